@@ -1,0 +1,39 @@
+# Set-up is automatic: every target below creates the virtual environment and gets the data first.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+FASHION_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
+
+.PHONY: demo test bench data install clean
+
+demo: install data
+	$(PY) -m slowlearn demo --out runs/demo
+
+test: install data
+	$(PY) -m pytest -q tests
+
+bench: install data
+	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/data.py
+
+install: $(STAMP)
+
+$(STAMP): settings.ini setup.py
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+# Fashion-MNIST from the Debian package where apt is usable; otherwise slowlearn falls back to
+# torchvision's download at first use, and says how to get the data if that fails too.
+data:
+	@if [ -f $(FASHION_DEB) ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null; then echo "apt-get not found: Fashion-MNIST will come from torchvision's download"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+	  echo "apt-get needs root: Fashion-MNIST will come from torchvision's download"; exit 0; fi; \
+	echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
+	$$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
+	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
+	  echo "apt-get could not install dataset-fashion-mnist: Fashion-MNIST will come from torchvision's download"
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache *.egg-info

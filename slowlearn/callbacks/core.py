@@ -1,0 +1,49 @@
+"""Core callbacks: put the model and batches on a device, and the seed's momentum-by-gradient-decay trick."""
+from __future__ import annotations
+
+import torch
+
+from ..device import default_device, to_device
+from ..learner import Callback
+
+__all__ = ["DeviceCB", "MomentumCB"]
+
+
+class DeviceCB(Callback):
+    """Moves the model to `device` before fit and every batch to it before the model sees it.
+
+    `device=None` picks CUDA, then MPS, then the CPU. Batches already on the device (a GPU-resident
+    loader) are not copied.
+    """
+
+    order = -10
+
+    def __init__(self, device: torch.device | str | None = None):
+        self.device = torch.device(device) if device is not None else default_device()
+
+    def before_fit(self, learn) -> None:
+        learn.model.to(self.device)
+        learn.device = self.device
+
+    def before_batch(self, learn) -> None:
+        learn.batch = to_device(learn.batch, self.device)
+
+
+class MomentumCB(Callback):
+    """Momentum without a momentum optimizer: instead of zeroing gradients, multiply them by `mom`.
+
+    The next backward pass adds the new gradient to the decayed old one, so a plain SGD step uses
+    g_t = grad_t + mom * g_{t-1}, the heavy-ball momentum of `torch.optim.SGD(momentum=mom)`.
+    Replaces the Learner's `zero_grad` step.
+    """
+
+    def __init__(self, mom: float = 0.85):
+        if not 0 <= mom < 1:
+            raise ValueError(f"MomentumCB needs 0 <= mom < 1, got mom={mom}")
+        self.mom = mom
+
+    def zero_grad(self, learn) -> None:
+        grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
+        if grads:
+            with torch.no_grad():
+                torch._foreach_mul_(grads, self.mom)

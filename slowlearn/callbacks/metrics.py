@@ -1,0 +1,75 @@
+"""MetricsCB: the loss and torcheval metrics per epoch and phase, accumulated on the device."""
+from __future__ import annotations
+
+import sys
+import warnings
+from collections.abc import Callable
+
+with warnings.catch_warnings():  # torcheval 0.0.7 uses torch.jit.script, deprecated in recent torch
+    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
+    from torcheval.metrics import Metric
+
+from ..learner import Callback
+
+__all__ = ["MetricsCB", "TablePrinter"]
+
+
+class TablePrinter:
+    """Prints dict rows as a fixed-width text table, the header before the first row."""
+
+    def __init__(self, write: Callable[[str], None] = print, width: int = 8):
+        self.write, self.width, self.columns = write, width, None
+
+    def __call__(self, row: dict) -> None:
+        if self.columns is None:
+            self.columns = list(row)
+            self.widths = [max(self.width, len(c)) for c in self.columns]
+            self.write("  ".join(c.rjust(w) for c, w in zip(self.columns, self.widths)))
+        self.write("  ".join(format_value(row.get(c)).rjust(w) for c, w in zip(self.columns, self.widths)))
+
+
+def format_value(v) -> str:
+    return f"{v:.3f}" if isinstance(v, float) else str(v)
+
+
+class MetricsCB(Callback):
+    """Computes the mean loss and each torcheval metric over every epoch phase, read once per phase.
+
+    `MetricsCB(MulticlassAccuracy())` names the column after the metric's class; `MetricsCB(acc=...)`
+    names it `acc`. The loss is weighted by batch size, so it is the exact mean over samples even
+    with an uneven last batch. Each phase appends a row to `learn.history`:
+    `{<metric>: float, ..., "loss": float, "epoch": int, "train": "train" | "eval"}` (the seed's
+    columns) and passes it to `self.log`: by default a table printed to stdout, which ProgressCB
+    replaces with its own display.
+    """
+
+    order = 50
+
+    def __init__(self, *metrics: Metric, **named_metrics: Metric):
+        self.metrics = {type(m).__name__: m for m in metrics} | named_metrics
+
+    def before_fit(self, learn) -> None:
+        self.log: Callable[[dict], None] = TablePrinter(lambda line: print(line, file=sys.stdout, flush=True))
+
+    def before_epoch(self, learn) -> None:
+        for m in self.metrics.values():
+            m.reset()
+        self.loss_sum, self.count = None, 0
+
+    def after_batch(self, learn) -> None:
+        preds, target = learn.preds.detach(), learn.batch[-1]
+        for m in self.metrics.values():
+            if m.device != preds.device:
+                m.to(preds.device)
+            m.update(preds, target)
+        n = len(target)
+        batch_loss = learn.loss.detach() * n
+        self.loss_sum = batch_loss if self.loss_sum is None else self.loss_sum + batch_loss
+        self.count += n
+
+    def after_epoch(self, learn) -> None:
+        row = {name: m.compute().item() for name, m in self.metrics.items()}
+        row["loss"] = self.loss_sum.item() / self.count if self.count else float("nan")
+        row |= {"epoch": learn.epoch, "train": "train" if learn.training else "eval"}
+        learn.history.append(row)
+        self.log(row)

@@ -1,0 +1,202 @@
+"""Data: an in-memory batch loader with no per-sample Python, DataLoaders, and Fashion-MNIST."""
+from __future__ import annotations
+
+import gzip
+import math
+import os
+import struct
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from .device import default_device
+
+__all__ = ["TensorLoader", "DataLoaders", "fashion_mnist", "find_fashion_mnist", "FASHION_MNIST_CLASSES",
+           "DEBIAN_FASHION_MNIST"]
+
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
+                         "Bag", "Ankle boot")
+DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
+_FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+                  "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")}
+
+
+class TensorLoader:
+    """Batches sliced from a whole dataset held as one tensor, on the CPU or directly on the GPU.
+
+    Each epoch draws one index permutation (when `shuffle`) from the loader's own generator,
+    seeded by `seed` (or by torch's global RNG, so `set_seed` makes it reproducible); a batch is one
+    gather plus one normalisation of the whole batch. uint8 images are scaled to [0, 1] before
+    `(x - mean) / std`; `mean`/`std` are scalars or one value per channel.
+
+    For distributed training `shard(rank, world_size)` makes each rank take a disjoint, equally
+    long slice of the same permutation; the last `n % world_size` samples of the permutation are
+    dropped so that every rank runs the same number of batches.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 512, shuffle: bool = False,
+                 drop_last: bool = False, device: torch.device | str | None = None,
+                 mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
+                 seed: int | None = None):
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same length, got {len(x)} inputs and {len(y)} labels")
+        if bs < 1:
+            raise ValueError(f"batch size must be at least 1, got bs={bs}")
+        device = torch.device(device) if device is not None else default_device()
+        self.x, self.y = x.to(device), y.to(device)
+        self.bs, self.shuffle, self.drop_last, self.device = bs, shuffle, drop_last, device
+        self.scale, self.shift = self._affine(mean, std)
+        if seed is None:
+            seed = int(torch.randint(2**62, ()))
+        self.generator = torch.Generator().manual_seed(seed)
+        self.rank, self.world_size = 0, 1
+
+    def _affine(self, mean, std) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        """Normalisation as one multiply-subtract: x * scale - shift == (x / 255 - mean) / std."""
+        if mean is None and std is None and self.x.dtype != torch.uint8:
+            return None, None
+        to255 = 255. if self.x.dtype == torch.uint8 else 1.
+        shape = (1, -1) + (1,) * (self.x.ndim - 2) if self.x.ndim > 1 else (-1,)
+        mean = torch.as_tensor(0. if mean is None else mean, dtype=torch.float32, device=self.device)
+        std = torch.as_tensor(1. if std is None else std, dtype=torch.float32, device=self.device)
+        if mean.ndim:
+            mean, std = mean.reshape(shape), std.reshape(shape)
+        return 1 / (to255 * std), mean / std
+
+    def shard(self, rank: int, world_size: int) -> TensorLoader:
+        """Make this loader yield only rank `rank`'s share of every epoch (see the class docs)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        self.rank, self.world_size = rank, world_size
+        return self
+
+    @property
+    def n_items(self) -> int:
+        """Samples this loader (this rank's shard of it) yields per epoch."""
+        return len(self.x) // self.world_size if self.world_size > 1 else len(self.x)
+
+    def __len__(self) -> int:
+        return self.n_items // self.bs if self.drop_last else math.ceil(self.n_items / self.bs)
+
+    def _order(self) -> torch.Tensor | None:
+        n = len(self.x)
+        if self.shuffle:
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+        elif self.world_size > 1:
+            order = torch.arange(n, device=self.device)
+        else:
+            return None
+        if self.world_size > 1:
+            order = order[self.rank:self.n_items * self.world_size:self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self._order()
+        for i in range(len(self)):
+            if order is None:
+                xb, yb = self.x[i * self.bs:(i + 1) * self.bs], self.y[i * self.bs:(i + 1) * self.bs]
+            else:
+                idx = order[i * self.bs:(i + 1) * self.bs]
+                xb, yb = self.x[idx], self.y[idx]
+            yield self._normalise(xb), yb
+
+    def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        if self.scale is None:
+            return xb
+        return xb.to(torch.float32).mul_(self.scale).sub_(self.shift)
+
+
+class DataLoaders:
+    """The training and validation loaders (and optionally a test loader) of one dataset.
+
+    `dls.train`, `dls.valid`, and `dls["train"]`, `dls["valid"]`, `dls["test"]` as in the seeds.
+    """
+
+    def __init__(self, train, valid, test=None, classes: Sequence[str] | None = None):
+        self.train, self.valid, self.test = train, valid, test
+        self.classes = list(classes) if classes is not None else None
+
+    def __getitem__(self, split: str):
+        loader = {"train": self.train, "valid": self.valid, "test": self.test}.get(split)
+        if loader is None:
+            raise KeyError(f"No '{split}' loader: this DataLoaders has "
+                           f"{', '.join(k for k in ('train', 'valid', 'test') if getattr(self, k) is not None)}")
+        return loader
+
+
+def read_idx(path: Path) -> torch.Tensor:
+    """Read a (gzipped) IDX file, the format of MNIST and Fashion-MNIST, as a uint8 tensor."""
+    opener = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rb") as f:
+        data = f.read()
+    ndim = data[3]
+    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
+
+
+def _data_root(root: str | os.PathLike | None) -> Path:
+    if root is not None:
+        return Path(root)
+    return Path(os.environ.get("SLOWLEARN_DATA", Path.home() / ".cache" / "slowlearn"))
+
+
+def _has_fashion_files(folder: Path) -> bool:
+    return all((folder / name).is_file() for pair in _FASHION_FILES.values() for name in pair)
+
+
+def find_fashion_mnist(root: str | os.PathLike | None = None, download: bool = True) -> Path:
+    """The folder holding Fashion-MNIST's four IDX .gz files, downloading them with torchvision if needed.
+
+    Looks in `root` (default: `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`), in its `fashion-mnist/`
+    and `FashionMNIST/raw/` subfolders, then in the Debian package's folder.
+    """
+    base = _data_root(root)
+    candidates = [base, base / "fashion-mnist", base / "FashionMNIST" / "raw", DEBIAN_FASHION_MNIST]
+    for folder in candidates:
+        if _has_fashion_files(folder):
+            return folder
+    if download:
+        try:
+            from torchvision.datasets import FashionMNIST
+            FashionMNIST(str(base), train=True, download=True)
+            FashionMNIST(str(base), train=False, download=True)
+        except Exception as e:
+            raise FileNotFoundError(_missing_message(candidates, f"The torchvision download failed: {e!r}.")) from e
+        if _has_fashion_files(base / "FashionMNIST" / "raw"):
+            return base / "FashionMNIST" / "raw"
+    raise FileNotFoundError(_missing_message(candidates, "Downloading was not allowed (download=False)."))
+
+
+def _missing_message(candidates: list[Path], why: str) -> str:
+    return ("Fashion-MNIST was not found in " + ", ".join(map(str, candidates)) + f". {why} Get it either way:\n"
+            "  - the Debian package: sudo apt-get install dataset-fashion-mnist (files in "
+            f"{DEBIAN_FASHION_MNIST}), or\n"
+            "  - torchvision's download, with network: fashion_mnist(download=True) "
+            "(saved under root, $SLOWLEARN_DATA or ~/.cache/slowlearn).")
+
+
+def _load_fashion_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images, labels = (read_idx(folder / name) for name in _FASHION_FILES[split])
+    return images.unsqueeze(1), labels.long()
+
+
+def fashion_mnist(bs: int = 512, device: torch.device | str | None = None, root: str | os.PathLike | None = None,
+                  download: bool = True, valid_bs: int | None = None, seed: int | None = None,
+                  n_train: int | None = None, n_valid: int | None = None) -> DataLoaders:
+    """Fashion-MNIST as in-memory loaders: 60 000 training and 10 000 validation (official test) images.
+
+    Images are 1x28x28, normalised with the training set's mean and std; the training loader
+    shuffles every epoch. Data is found as `find_fashion_mnist` says and kept on `device` (default:
+    the GPU when there is one). `n_train`/`n_valid` keep only the first images (quick runs).
+    `dls["test"]` is the validation loader: Fashion-MNIST has no separate validation split.
+    """
+    folder = find_fashion_mnist(root, download)
+    x_train, y_train = _load_fashion_split(folder, "train")
+    x_valid, y_valid = _load_fashion_split(folder, "test")
+    x_train, y_train, x_valid, y_valid = x_train[:n_train], y_train[:n_train], x_valid[:n_valid], y_valid[:n_valid]
+    std, mean = torch.std_mean(x_train.float() / 255)
+    norm = dict(mean=mean.item(), std=std.item(), device=device)
+    train = TensorLoader(x_train, y_train, bs, shuffle=True, seed=seed, **norm)
+    valid = TensorLoader(x_valid, y_valid, valid_bs or 2 * bs, **norm)
+    return DataLoaders(train, valid, test=valid, classes=FASHION_MNIST_CLASSES)

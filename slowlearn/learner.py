@@ -1,0 +1,247 @@
+"""The Learner: a training loop whose every step is an event that callbacks can hook or replace.
+
+```
+fit(n_epochs)
+  before_fit
+  for epoch:  train phase, then valid phase (no_grad), each:
+    before_epoch
+      for batch: before_batch, predict, after_predict, get_loss, after_loss,
+                 [train: backward, after_backward, step, after_step, zero_grad], after_batch
+    after_epoch
+  after_fit
+cleanup_fit / cleanup_epoch / cleanup_batch always run, also after an error or a cancel.
+```
+"""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable, Sequence
+
+import torch
+import torch.nn.functional as F
+from fastcore.basics import camel2snake
+from torch import nn
+
+__all__ = ["Learner", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException", "EVENTS",
+           "VERBS"]
+
+EVENTS = ("before_fit", "before_epoch", "before_batch", "after_predict", "after_loss", "after_backward",
+          "after_step", "after_batch", "after_epoch", "after_fit", "cleanup_fit", "cleanup_epoch", "cleanup_batch")
+VERBS = ("predict", "get_loss", "backward", "step", "zero_grad")
+
+
+class CancelException(Exception):
+    """Base of the cancel exceptions: skip the rest of a level and its `after_*` event."""
+
+
+class CancelFitException(CancelException):
+    """Raise in a callback to end training now; `cleanup_fit` still runs."""
+
+
+class CancelEpochException(CancelException):
+    """Raise in a callback to skip the rest of this epoch's phase (train or valid) and its `after_epoch`."""
+
+
+class CancelBatchException(CancelException):
+    """Raise in a callback to skip the rest of this batch and its `after_batch`."""
+
+
+class Callback:
+    """Base class of callbacks. Define methods named after events or verbs, each taking the learner.
+
+    Events (run in `order`, lower first):
+      before_fit     once, before training starts (the optimizer exists already)
+      before_epoch   at the start of each phase of an epoch: `learn.training` says train or valid
+      before_batch   before the model sees `learn.batch`
+      after_predict  after `learn.preds` is set
+      after_loss     after `learn.loss` is set
+      after_backward after gradients are computed (train only)
+      after_step     after the optimizer step (train only)
+      after_batch    at the end of each batch
+      after_epoch    at the end of each phase of an epoch
+      after_fit      once, after the last epoch
+      cleanup_batch / cleanup_epoch / cleanup_fit  always, even after an error or a cancel
+    Verbs (`predict, get_loss, backward, step, zero_grad`): a callback defining one replaces the
+    Learner's default; only one callback may replace each verb.
+    """
+
+    order: int = 0
+
+    @property
+    def name(self) -> str:
+        """Snake-case class name without the `CB`/`Callback` suffix: `learn.<name>` finds the callback."""
+        cls = type(self).__name__
+        for suffix in ("Callback", "CB"):
+            cls = cls.removesuffix(suffix)
+        return camel2snake(cls)
+
+
+def _looks_like_event(name: str) -> bool:
+    if name.startswith(("before_", "after_", "cleanup_")):
+        return True
+    return bool(difflib.get_close_matches(name, EVENTS + VERBS, n=1, cutoff=0.85))
+
+
+def _check_callback(cb: Callback) -> None:
+    for attr in dir(type(cb)):
+        if attr.startswith("_") or attr in EVENTS or attr in VERBS:
+            continue
+        if callable(getattr(type(cb), attr)) and _looks_like_event(attr):
+            close = difflib.get_close_matches(attr, EVENTS + VERBS, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise AttributeError(f"Callback {type(cb).__name__} defines '{attr}', which is not an event."
+                                 f"{hint} Events are: {', '.join(EVENTS)}.")
+
+
+def _call(cb: Callback, method: Callable, where: str, learn: Learner) -> None:
+    try:
+        method(learn)
+    except CancelException:
+        raise
+    except Exception as e:
+        e.add_note(f"(raised in callback {type(cb).__name__} during {where})")
+        raise
+
+
+class Learner:
+    """Trains `model` on `dls` (a `DataLoaders`) with `loss_func`, an optimizer from `opt_func` and callbacks."""
+
+    def __init__(self, model: nn.Module, dls, loss_func: Callable = F.cross_entropy, lr: float = 0.1,
+                 cbs: Iterable[Callback] = (), opt_func: Callable = torch.optim.SGD):
+        self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
+        self.cbs: list[Callback] = list(cbs)
+        self.opt: torch.optim.Optimizer | None = None
+        self.history: list[dict] = []
+        self.training = False
+
+    def __getattr__(self, name: str):
+        if name != "cbs":
+            for cb in self.__dict__.get("cbs", ()):
+                if cb.name == name:
+                    return cb
+        raise AttributeError(f"'Learner' has no attribute or callback named '{name}'")
+
+    def add_cb(self, cb: Callback) -> Learner:
+        self.cbs.append(cb)
+        return self
+
+    def remove_cb(self, cb: Callback) -> Learner:
+        self.cbs.remove(cb)
+        return self
+
+    # The default loop verbs; a callback that defines a method of the same name replaces one.
+    def predict(self) -> None:
+        self.preds = self.model(self.batch[0])
+
+    def get_loss(self) -> None:
+        self.loss = self.loss_func(self.preds, *self.batch[1:])
+
+    def backward(self) -> None:
+        self.loss.backward()
+
+    def step(self) -> None:
+        self.opt.step()
+
+    def zero_grad(self) -> None:
+        self.opt.zero_grad(set_to_none=True)
+
+    def fit(self, n_epochs: int = 1, lr: float | None = None, cbs: Sequence[Callback] = (), train: bool = True,
+            valid: bool = True, reset_opt: bool = False) -> Learner:
+        """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets every param group's lr."""
+        cbs = list(cbs)
+        self.cbs += cbs
+        try:
+            self._check_data(train, valid)
+            self._prepare(lr, reset_opt)
+            self.n_epochs, self.epoch, self.pct_train = n_epochs, 0, 0.
+            self._run_level("fit", CancelFitException, lambda: self._epochs(n_epochs, train, valid))
+        finally:
+            for cb in cbs:
+                self.cbs.remove(cb)
+        return self
+
+    def _check_data(self, train: bool, valid: bool) -> None:
+        for phase, wanted in (("train", train), ("valid", valid)):
+            if wanted and len(getattr(self.dls, phase)) == 0:
+                raise ValueError(f"The {phase} loader has no batches: check the dataset is not empty and that "
+                                 f"drop_last=True is not dropping a dataset smaller than one batch.")
+
+    def _prepare(self, lr: float | None, reset_opt: bool) -> None:
+        if lr is not None:
+            self.lr = lr
+        if self.opt is None or reset_opt:
+            self.opt = self.opt_func(self.model.parameters(), self.lr)
+        elif lr is not None:
+            for group in self.opt.param_groups:
+                group["lr"] = lr
+        self._build_dispatch()
+
+    def _build_dispatch(self) -> None:
+        """Sort callbacks once per fit and bind every event and verb to its handlers."""
+        cbs = sorted(self.cbs, key=lambda cb: cb.order)
+        for cb in cbs:
+            _check_callback(cb)
+        self._handlers = {ev: [(cb, getattr(cb, ev)) for cb in cbs if hasattr(cb, ev)] for ev in EVENTS}
+        self._verbs = {}
+        for verb in VERBS:
+            owners = [cb for cb in cbs if callable(getattr(type(cb), verb, None))]
+            if len(owners) > 1:
+                names = " and ".join(type(cb).__name__ for cb in owners)
+                raise RuntimeError(f"Callbacks {names} both replace the '{verb}' step; keep only one of them.")
+            self._verbs[verb] = (owners[0], getattr(owners[0], verb)) if owners else None
+
+    def callback(self, event: str) -> None:
+        for cb, method in self._handlers[event]:
+            _call(cb, method, event, self)
+
+    def _do(self, verb: str) -> None:
+        owner = self._verbs[verb]
+        if owner is None:
+            getattr(self, verb)()
+        else:
+            _call(owner[0], owner[1], verb, self)
+
+    def _run_level(self, level: str, cancel: type[CancelException], body: Callable[[], None]) -> None:
+        try:
+            self.callback(f"before_{level}")
+            body()
+            self.callback(f"after_{level}")
+        except cancel:
+            pass
+        finally:
+            self.callback(f"cleanup_{level}")
+
+    def _epochs(self, n_epochs: int, train: bool, valid: bool) -> None:
+        for self.epoch in range(n_epochs):
+            if train:
+                self._one_epoch(True)
+            if valid:
+                with torch.no_grad():
+                    self._one_epoch(False)
+
+    def _one_epoch(self, training: bool) -> None:
+        self.training = training
+        self.model.train(training)
+        self.dl = self.dls.train if training else self.dls.valid
+        self.n_iter = len(self.dl)
+        self._run_level("epoch", CancelEpochException, self._batches)
+
+    def _batches(self) -> None:
+        for self.iter, self.batch in enumerate(self.dl):
+            if self.training:
+                self.pct_train = (self.epoch + self.iter / self.n_iter) / self.n_epochs
+            self._run_level("batch", CancelBatchException, self._one_batch)
+        if self.training:
+            self.pct_train = (self.epoch + 1) / self.n_epochs
+
+    def _one_batch(self) -> None:
+        self._do("predict")
+        self.callback("after_predict")
+        self._do("get_loss")
+        self.callback("after_loss")
+        if self.training:
+            self._do("backward")
+            self.callback("after_backward")
+            self._do("step")
+            self.callback("after_step")
+            self._do("zero_grad")
