@@ -114,6 +114,10 @@ class Learner:
         self.history: list[dict] = []
         self.training = False
 
+    def __repr__(self) -> str:
+        cbs = ", ".join(type(cb).__name__ for cb in self.cbs)
+        return f"Learner({type(self.model).__name__}, lr={self.lr}, opt_func={getattr(self.opt_func, '__name__', self.opt_func)}, cbs=[{cbs}])"
+
     def __getattr__(self, name: str):
         if name != "cbs":
             for cb in self.__dict__.get("cbs", ()):

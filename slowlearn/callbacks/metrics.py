@@ -9,6 +9,8 @@ with warnings.catch_warnings():  # torcheval 0.0.7 uses torch.jit.script, deprec
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     from torcheval.metrics import Metric
 
+import torch
+
 from ..learner import Callback
 
 __all__ = ["MetricsCB", "TablePrinter"]
@@ -41,12 +43,18 @@ class MetricsCB(Callback):
     `{<metric>: float, ..., "loss": float, "epoch": int, "train": "train" | "eval"}` (the seed's
     columns) and passes it to `self.log`: by default a table printed to stdout, which ProgressCB
     replaces with its own display.
+
+    Per batch this callback only keeps references to the detached predictions, targets and loss;
+    every `update_every` batches they are concatenated and fed to the metrics in one update, which
+    keeps the per-batch cost to a few microseconds even for tiny models. Nothing is read back to
+    the host before the end of the phase.
     """
 
     order = 50
 
-    def __init__(self, *metrics: Metric, **named_metrics: Metric):
+    def __init__(self, *metrics: Metric, update_every: int = 16, **named_metrics: Metric):
         self.metrics = {type(m).__name__: m for m in metrics} | named_metrics
+        self.update_every = update_every
 
     def before_fit(self, learn) -> None:
         self.log: Callable[[dict], None] = TablePrinter(lambda line: print(line, file=sys.stdout, flush=True))
@@ -55,19 +63,33 @@ class MetricsCB(Callback):
         for m in self.metrics.values():
             m.reset()
         self.loss_sum, self.count = None, 0
+        self._preds, self._targets, self._losses, self._buffered = [], [], {}, 0
 
     def after_batch(self, learn) -> None:
-        preds, target = learn.preds.detach(), learn.batch[-1]
-        for m in self.metrics.values():
-            if m.device != preds.device:
-                m.to(preds.device)
-            m.update(preds, target)
-        n = len(target)
-        batch_loss = learn.loss.detach() * n
-        self.loss_sum = batch_loss if self.loss_sum is None else self.loss_sum + batch_loss
-        self.count += n
+        target = learn.batch[-1]
+        if self.metrics:
+            self._preds.append(learn.preds.detach())
+            self._targets.append(target)
+        self._losses.setdefault(len(target), []).append(learn.loss.detach())
+        self.count += len(target)
+        self._buffered += 1
+        if self._buffered >= self.update_every:
+            self._update()
+
+    def _update(self) -> None:
+        if self._preds:
+            preds, targets = torch.cat(self._preds), torch.cat(self._targets)
+            for m in self.metrics.values():
+                if m.device != preds.device:
+                    m.to(preds.device)
+                m.update(preds, targets)
+        for n, losses in self._losses.items():
+            batch_sum = torch.stack(losses).float().sum() * n
+            self.loss_sum = batch_sum if self.loss_sum is None else self.loss_sum + batch_sum
+        self._preds, self._targets, self._losses, self._buffered = [], [], {}, 0
 
     def after_epoch(self, learn) -> None:
+        self._update()
         row = {name: m.compute().item() for name, m in self.metrics.items()}
         row["loss"] = self.loss_sum.item() / self.count if self.count else float("nan")
         row |= {"epoch": learn.epoch, "train": "train" if learn.training else "eval"}

@@ -14,24 +14,14 @@ from .metrics import MetricsCB, TablePrinter, format_value
 __all__ = ["ProgressCB"]
 
 
-def _bar_class():
-    if in_notebook():
-        try:
-            from tqdm.notebook import tqdm as notebook_tqdm
-            import ipywidgets  # noqa: F401  (tqdm's notebook bars need it)
-            return notebook_tqdm
-        except ImportError:
-            pass
-    return tqdm
-
-
 class ProgressCB(Callback):
-    """Bars for epochs and batches, the metrics table, and the training loss per batch.
+    """Progress of epochs and batches, the metrics table, and the training loss per batch.
 
     Batch losses stay on the device and are read together every `loss_every` batches (one host
-    sync per read, not per batch). In a terminal the MetricsCB table is printed above the bars;
-    in a notebook it is an HTML table and, unless `plot=False`, a live plot shows
-    the training loss per batch and the validation loss per epoch. `plot_loss()` draws that plot.
+    sync per read, not per batch). In a terminal: tqdm bars, with the MetricsCB table printed
+    above them. In a notebook: one HTML progress line, an HTML table and, unless `plot=False`, a
+    live plot of the training loss per batch and the validation loss per epoch (redrawn at most
+    every `plot_interval` seconds). `plot_loss()` draws that plot at any time.
     """
 
     order = 60  # after MetricsCB, whose table output this callback takes over
@@ -40,30 +30,26 @@ class ProgressCB(Callback):
         self.loss_every, self.plot, self.plot_interval = loss_every, plot, plot_interval
         self.train_losses: list[float] = []
         self.valid_losses: list[tuple[int, float]] = []
+        self.view = None
 
     def before_fit(self, learn) -> None:
-        self.notebook = in_notebook()
-        self.live_plot = self.notebook and self.plot is not False
+        notebook = in_notebook()
+        self.view = NotebookView(learn.n_epochs) if notebook else TerminalView(learn.n_epochs)
+        self.live_plot = notebook and self.plot is not False
         self.train_losses, self.valid_losses, self._pending = [], [], []
-        self._n_train_batches, self._last_plot, self._plot_handle, self._table = 0, 0., None, None
-        self.bar_cls = _bar_class()
-        self.epoch_bar = self.bar_cls(total=learn.n_epochs, desc="epochs", unit="epoch", dynamic_ncols=True)
-        self.batch_bar = None
+        self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
         for cb in learn.cbs:
             if isinstance(cb, MetricsCB):
                 cb.log = self._log_row
-        self._printer = TablePrinter(self.epoch_bar.write)
-        self._rows: list[dict] = []
 
     def before_epoch(self, learn) -> None:
         phase = "train" if learn.training else "valid"
-        self.batch_bar = self.bar_cls(total=learn.n_iter, desc=f"{phase} {learn.epoch}", leave=False,
-                                      dynamic_ncols=True)
+        self.view.start_phase(f"{phase} {learn.epoch}", learn.n_iter)
         if learn.training:
             self._n_train_batches = learn.n_iter
 
     def after_batch(self, learn) -> None:
-        self.batch_bar.update(1)
+        self.view.advance()
         if learn.training:
             self._pending.append(learn.loss.detach())
             if len(self._pending) >= self.loss_every:
@@ -73,40 +59,27 @@ class ProgressCB(Callback):
 
     def after_epoch(self, learn) -> None:
         self._read_losses()
-        self.epoch_bar.update(learn.epoch + 1 - self.epoch_bar.n)
+        self.view.epochs_done(learn.epoch + 1)
         if self.live_plot:
             self._update_plot()
 
     def cleanup_epoch(self, learn) -> None:
-        if self.batch_bar is not None:
-            self.batch_bar.close()
-            self.batch_bar = None
+        self.view.end_phase()
 
     def cleanup_fit(self, learn) -> None:
         self._read_losses()
-        self.cleanup_epoch(learn)
-        self.epoch_bar.close()
+        self.view.close()
 
     def _read_losses(self) -> None:
         if self._pending:
             self.train_losses += torch.stack(self._pending).float().tolist()
             self._pending = []
-            if self.batch_bar is not None:
-                self.batch_bar.set_postfix(loss=f"{self.train_losses[-1]:.3f}", refresh=False)
+            self.view.show_loss(self.train_losses[-1])
 
     def _log_row(self, row: dict) -> None:
         if row.get("train") == "eval" and "loss" in row:
             self.valid_losses.append((row["epoch"], row["loss"]))
-        if not self.notebook:
-            self._printer(row)
-            return
-        from IPython.display import HTML, display
-        self._rows.append(row)
-        html = _html_table(self._rows)
-        if self._table is None:
-            self._table = display(HTML(html), display_id=True)
-        else:
-            self._table.update(HTML(html))
+        self.view.row(row)
 
     def plot_loss(self):
         """A Figure of the training loss per batch and the validation loss at the end of each epoch."""
@@ -131,8 +104,91 @@ class ProgressCB(Callback):
         self._last_plot = time.monotonic()
 
 
-def _html_table(rows: list[dict]) -> str:
-    head = "".join(f"<th>{c}</th>" for c in rows[0])
-    body = "".join("<tr>" + "".join(f"<td>{format_value(row.get(c))}</td>" for c in rows[0]) + "</tr>"
-                   for row in rows)
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+class TerminalView:
+    """tqdm bars for epochs and batches; table rows are written above the bars."""
+
+    def __init__(self, n_epochs: int):
+        self.epochs = tqdm(total=n_epochs, desc="epochs", unit="epoch", dynamic_ncols=True)
+        self.batches = None
+        self.table = TablePrinter(self.epochs.write)
+
+    def start_phase(self, desc: str, total: int) -> None:
+        self.batches = tqdm(total=total, desc=desc, leave=False, dynamic_ncols=True)
+
+    def advance(self) -> None:
+        self.batches.update(1)
+
+    def show_loss(self, loss: float) -> None:
+        if self.batches is not None:
+            self.batches.set_postfix(loss=f"{loss:.3f}", refresh=False)
+
+    def epochs_done(self, n: int) -> None:
+        self.epochs.update(n - self.epochs.n)
+
+    def row(self, row: dict) -> None:
+        self.table(row)
+
+    def end_phase(self) -> None:
+        if self.batches is not None:
+            self.batches.close()
+            self.batches = None
+
+    def close(self) -> None:
+        self.end_phase()
+        self.epochs.close()
+
+
+class NotebookView:
+    """One HTML progress line and an HTML metrics table, updated in place (no widgets needed)."""
+
+    def __init__(self, n_epochs: int, interval: float = 0.2):
+        from IPython.display import HTML, display
+        self.html, self.interval = HTML, interval
+        self.n_epochs, self.done, self.desc, self.n, self.total, self.loss = n_epochs, 0, "", 0, 0, None
+        self.start, self.last = time.monotonic(), 0.
+        self.line = display(HTML(""), display_id=True)
+        self.table = display(HTML(""), display_id=True)
+        self.rows = []
+
+    def start_phase(self, desc: str, total: int) -> None:
+        self.desc, self.n, self.total = desc, 0, total
+        self._render()
+
+    def advance(self) -> None:
+        self.n += 1
+        if time.monotonic() - self.last > self.interval:
+            self._render()
+
+    def show_loss(self, loss: float) -> None:
+        self.loss = loss
+
+    def epochs_done(self, n: int) -> None:
+        self.done = n
+        self._render()
+
+    def row(self, row: dict) -> None:
+        self.rows.append(row)
+        head = "".join(f"<th>{c}</th>" for c in self.rows[0])
+        body = "".join("<tr>" + "".join(f"<td>{format_value(r.get(c))}</td>" for c in self.rows[0]) + "</tr>"
+                       for r in self.rows)
+        self.table.update(self.html(f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"))
+
+    def end_phase(self) -> None:
+        pass
+
+    def close(self) -> None:
+        self.desc = ""
+        self._render()
+
+    def _render(self) -> None:
+        elapsed = time.monotonic() - self.start
+        parts = [f"epoch {self.done}/{self.n_epochs}"]
+        if self.desc:
+            parts.append(f"{self.desc}: {self.n}/{self.total}")
+        if self.loss is not None:
+            parts.append(f"loss {self.loss:.3f}")
+        parts.append(f"{elapsed:.1f} s")
+        value, total = (self.n, self.total) if self.desc else (self.done, self.n_epochs)
+        self.line.update(self.html(f'<progress value="{value}" max="{max(total, 1)}" style="width:240px">'
+                                   f'</progress> {" · ".join(parts)}'))
+        self.last = time.monotonic()

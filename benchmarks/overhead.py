@@ -1,0 +1,120 @@
+"""Framework overhead: a plain PyTorch loop vs a bare Learner vs a Learner with the default callbacks.
+
+Same model, same initial weights, same batches (loaders with the same seed), one epoch of training
+and one validation pass per run; the three are interleaved and repeated, and reported as ratios
+to the plain loop. Targets (DESIGN.md): bare <= 1.02 x, default callbacks <= 1.05 x the plain loop.
+A second part measures the per-step cost on a trivial model (target: <= 50 us per step).
+
+    python benchmarks/overhead.py [--repeats 5] [--trivial-steps 3000]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+
+from common import interleaved, report
+from slowlearn import (DataLoaders, DeviceCB, Learner, MetricsCB, ProgressCB, TensorLoader, default_device,
+                       fashion_mnist, get_kaiming_initialized_model)
+
+LR = 0.1
+
+
+def plain_loop(model: nn.Module, dls: DataLoaders, train: bool = True, valid: bool = True) -> None:
+    """What a hand-written loop does: train one epoch, then loss and accuracy on the validation set."""
+    opt = torch.optim.SGD(model.parameters(), LR)
+    if train:
+        model.train()
+        for xb, yb in dls.train:
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+    if valid:
+        model.eval()
+        loss_sum, correct = 0., 0
+        with torch.no_grad():
+            for xb, yb in dls.valid:
+                preds = model(xb)
+                loss_sum += F.cross_entropy(preds, yb, reduction="sum")
+                correct += (preds.argmax(1) == yb).sum()
+        n = dls.valid.n_items
+        print(f"plain loop: valid loss {float(loss_sum) / n:.3f}, accuracy {int(correct) / n:.3f}")
+
+
+def fresh_loaders(base: DataLoaders) -> DataLoaders:
+    """New loaders over the same tensors, with the same seed: every run sees the same batches."""
+    def like(dl: TensorLoader, shuffle: bool) -> TensorLoader:
+        new = TensorLoader(dl.x, dl.y, dl.bs, shuffle=shuffle, device=dl.device, seed=0)
+        new.scale, new.shift = dl.scale, dl.shift
+        return new
+    return DataLoaders(like(base.train, True), like(base.valid, False))
+
+
+def candidates(make_model, base: DataLoaders, device, train=True, valid=True):
+    def model():
+        torch.manual_seed(0)
+        return make_model().to(device)
+
+    def learner(cbs):
+        def setup():
+            learn = Learner(model(), fresh_loaders(base), F.cross_entropy, lr=LR, cbs=cbs())
+            return lambda: learn.fit(1, train=train, valid=valid)
+        return setup
+
+    def plain():
+        m, dls = model(), fresh_loaders(base)
+        return lambda: plain_loop(m, dls, train, valid)
+
+    default = lambda: [DeviceCB(device), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()]
+    return {"plain loop": plain, "bare Learner": learner(list), "Learner + default cbs": learner(default)}
+
+
+def check_same_trajectory(make_model, base, device) -> None:
+    torch.manual_seed(0)
+    a = make_model().to(device)
+    b = make_model().to(device)
+    b.load_state_dict(a.state_dict())
+    plain_loop(a, fresh_loaders(base), valid=False)
+    Learner(b, fresh_loaders(base), F.cross_entropy, lr=LR).fit(1, valid=False)
+    same = all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    print(f"plain loop and bare Learner end with {'bitwise identical' if same else 'DIFFERENT'} weights")
+
+
+def trivial_dls(n: int, device) -> DataLoaders:
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 10, generator=g), torch.randint(0, 2, (n,), generator=g)
+    return DataLoaders(TensorLoader(x, y, 32, shuffle=True, device=device, seed=0),
+                       TensorLoader(x[:32], y[:32], 32, device=device))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--trivial-steps", type=int, default=3000)
+    args = parser.parse_args()
+    device = default_device()
+    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+
+    base = fashion_mnist(bs=512, device=device)
+    check_same_trajectory(get_kaiming_initialized_model, base, device)
+    times = interleaved(candidates(get_kaiming_initialized_model, base, device), args.repeats)
+    print(f"\nSeed CNN on Fashion-MNIST, 1 epoch (train + valid), {args.repeats} interleaved repeats:")
+    report(times, "plain loop")
+
+    tiny = trivial_dls(args.trivial_steps * 32, device)
+    times = interleaved(candidates(lambda: nn.Linear(10, 2), tiny, device, valid=False), args.repeats)
+    print(f"\nTrivial model (Linear(10, 2), bs 32), {args.trivial_steps} training steps per run:")
+    report(times, "plain loop")
+    plain = statistics.median(times["plain loop"])
+    for name in ("bare Learner", "Learner + default cbs"):
+        extra = (statistics.median(times[name]) - plain) / args.trivial_steps * 1e6
+        print(f"{name}: {extra:.1f} us per step over the plain loop")
+
+
+if __name__ == "__main__":
+    main()

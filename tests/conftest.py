@@ -1,0 +1,39 @@
+import matplotlib
+import pytest
+import torch
+from torch import nn
+
+from slowlearn import DataLoaders, TensorLoader
+from slowlearn.data import find_fashion_mnist
+
+matplotlib.use("Agg")
+
+
+def make_dls(n_train=10, n_valid=5, bs=4, n_in=3, n_classes=2, seed=0):
+    """A tiny classification dataset on the CPU: uneven last batches in both loaders."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n_train + n_valid, n_in, generator=g)
+    y = torch.randint(0, n_classes, (n_train + n_valid,), generator=g)
+    train = TensorLoader(x[:n_train], y[:n_train], bs, shuffle=True, device="cpu", seed=seed)
+    valid = TensorLoader(x[n_train:], y[n_train:], bs, device="cpu")
+    return DataLoaders(train, valid)
+
+
+@pytest.fixture
+def dls():
+    return make_dls()
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return nn.Linear(3, 2)
+
+
+@pytest.fixture(scope="session")
+def fashion_folder():
+    try:
+        return find_fashion_mnist(download=False)
+    except FileNotFoundError as e:
+        pytest.skip(f"Fashion-MNIST is not installed here (run `make data`, or apt-get install "
+                    f"dataset-fashion-mnist): {str(e).splitlines()[0]}")

@@ -1,0 +1,155 @@
+import matplotlib.figure
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+
+from slowlearn import Callback, DeviceCB, Learner, MetricsCB, MomentumCB, ProgressCB
+from slowlearn.callbacks.metrics import TablePrinter
+
+from conftest import make_dls
+
+
+class Frozen(Callback):
+    """Skips the optimizer step, so every batch sees the same model."""
+
+    def step(self, learn):
+        pass
+
+
+@pytest.mark.parametrize("update_every", [1, 2, 16])
+def test_metrics_equal_hand_computation_with_uneven_last_batch(capsys, update_every):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    dls = make_dls(n_train=10, n_valid=7, bs=4)  # batches of 4, 4, 2 and 4, 3
+    metrics = MetricsCB(MulticlassAccuracy(), acc=MulticlassAccuracy(), update_every=update_every)
+    learn = Learner(model, dls, cbs=[metrics, Frozen()]).fit(1)
+    for row, dl in zip(learn.history, (dls.train, dls.valid)):
+        x, y = dl.x, dl.y
+        with torch.no_grad():
+            preds = model(x)
+        assert row["loss"] == pytest.approx(F.cross_entropy(preds, y).item(), rel=1e-6)
+        expected_acc = (preds.argmax(1) == y).float().mean().item()
+        assert row["MulticlassAccuracy"] == pytest.approx(expected_acc)
+        assert row["acc"] == pytest.approx(expected_acc)
+    assert [(r["epoch"], r["train"]) for r in learn.history] == [(0, "train"), (0, "eval")]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["MulticlassAccuracy", "acc", "loss", "epoch", "train"]
+    assert out[2].split()[-1] == "eval" and len(out) == 3
+
+
+def test_history_accumulates_over_fits_and_epochs():
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB()])
+    learn.fit(2)
+    learn.fit(1)
+    assert [(r["epoch"], r["train"]) for r in learn.history] == [
+        (0, "train"), (0, "eval"), (1, "train"), (1, "eval"), (0, "train"), (0, "eval")]
+
+
+def test_table_printer_formats_floats_and_prints_header_once():
+    lines = []
+    printer = TablePrinter(lines.append)
+    printer({"accuracy": 0.79123, "loss": 0.5, "epoch": 0, "train": "train"})
+    printer({"accuracy": 0.8, "loss": 0.4, "epoch": 0, "train": "eval"})
+    assert [line.split() for line in lines] == [["accuracy", "loss", "epoch", "train"],
+                                                ["0.791", "0.500", "0", "train"], ["0.800", "0.400", "0", "eval"]]
+
+
+def test_momentum_cb_runs_and_equals_sgd_with_momentum():
+    def run(cbs, momentum):
+        torch.manual_seed(0)
+        model = nn.Linear(3, 2)
+        opt_func = lambda params, lr: torch.optim.SGD(params, lr, momentum=momentum)
+        Learner(model, make_dls(seed=1), lr=0.1, cbs=cbs, opt_func=opt_func).fit(3, valid=False)
+        return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+    plain = run([], 0.)
+    with_cb = run([MomentumCB(0.85)], 0.)
+    torch_momentum = run([], 0.85)
+    assert not torch.allclose(plain, with_cb)  # the callback changes the trajectory
+    torch.testing.assert_close(with_cb, torch_momentum)  # ... into heavy-ball momentum
+
+
+def test_momentum_cb_rejects_bad_mom():
+    with pytest.raises(ValueError, match="mom=1.5"):
+        MomentumCB(1.5)
+
+
+def test_device_cb_moves_model_and_batches():
+    seen = []
+
+    class Where(Callback):
+        order = 0
+
+        def before_batch(self, learn):
+            seen.append(learn.batch[0].device)
+
+    model = nn.Linear(3, 2)
+    learn = Learner(model, make_dls(), cbs=[DeviceCB("cpu"), Where()]).fit(1)
+    assert learn.device == torch.device("cpu") and set(seen) == {torch.device("cpu")}
+    assert next(model.parameters()).device.type == "cpu"
+
+
+def test_progress_records_every_training_loss_with_few_reads():
+    losses = []
+
+    class Losses(Callback):
+        def after_loss(self, learn):
+            if learn.training:
+                losses.append(learn.loss.item())
+
+    progress = ProgressCB(loss_every=2)
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=20, bs=4), cbs=[MetricsCB(), progress, Losses()])
+    learn.fit(2)
+    assert progress.train_losses == pytest.approx(losses)
+    assert progress.valid_losses == [(e, r["loss"]) for r in learn.history if r["train"] == "eval"
+                                     for e in [r["epoch"]]]
+    assert learn.progress is progress
+
+
+def test_progress_prints_table_and_plots(capsys):
+    progress = ProgressCB()
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress]).fit(2)
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["loss", "epoch", "train"] and len(out) == 5
+    fig = learn.progress.plot_loss()
+    assert isinstance(fig, matplotlib.figure.Figure)
+    ax = fig.axes[0]
+    assert [line.get_label() for line in ax.get_lines()] == ["train (per batch)", "valid (per epoch)"]
+    assert len(ax.get_lines()[0].get_xdata()) == 2 * len(learn.dls.train)
+
+
+def test_progress_bars_are_closed_after_an_error():
+    bad = type("Bad", (Callback,), {"after_batch": lambda self, learn: 1 / 0})()
+    progress = ProgressCB()
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[progress, bad])
+    with pytest.raises(ZeroDivisionError):
+        learn.fit(1)
+    assert progress.view.batches is None and progress.view.epochs.disable  # closed bars are disabled
+
+
+def test_notebook_view_updates_one_line_and_one_table_in_place(monkeypatch):
+    import IPython.display
+    from slowlearn.callbacks import progress as progress_module
+
+    shown = []
+
+    class Handle:
+        def __init__(self, obj):
+            self.objs = [obj]
+
+        def update(self, obj):
+            self.objs.append(obj)
+
+    def display(obj, display_id=False):
+        shown.append(Handle(obj))
+        return shown[-1]
+
+    monkeypatch.setattr(progress_module, "in_notebook", lambda: True)
+    monkeypatch.setattr(IPython.display, "display", display)
+    progress = ProgressCB(plot=False)
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress]).fit(2)
+    line, table = shown  # nothing else was displayed: every update went to these two
+    assert "epoch 2/2" in line.objs[-1].data and "<progress" in line.objs[-1].data
+    assert table.objs[-1].data.count("<tr>") == 5  # header + 2 epochs x 2 phases

@@ -1,0 +1,144 @@
+import gzip
+import struct
+
+import pytest
+import torch
+
+from slowlearn import DataLoaders, TensorLoader, fashion_mnist
+from slowlearn import data as data_module
+from slowlearn.data import read_idx
+
+
+def epoch_labels(loader):
+    return torch.cat([yb for _, yb in loader])
+
+
+def ids_loader(n=10, bs=4, **kwargs):
+    """A loader whose labels are the sample indices, so batches show which samples they hold."""
+    return TensorLoader(torch.arange(n).float()[:, None], torch.arange(n), bs, device="cpu", **kwargs)
+
+
+def test_every_sample_once_per_epoch_in_a_new_order_each_epoch():
+    loader = ids_loader(n=50, bs=8, shuffle=True, seed=0)
+    first, second = epoch_labels(loader), epoch_labels(loader)
+    assert sorted(first.tolist()) == list(range(50)) and sorted(second.tolist()) == list(range(50))
+    assert not torch.equal(first, second)
+    assert [len(yb) for _, yb in loader] == [8] * 6 + [2]
+
+
+def test_order_is_reproducible_under_a_seed():
+    a, b = ids_loader(n=50, shuffle=True, seed=3), ids_loader(n=50, shuffle=True, seed=3)
+    assert torch.equal(epoch_labels(a), epoch_labels(b)) and torch.equal(epoch_labels(a), epoch_labels(b))
+    torch.manual_seed(7)
+    c = ids_loader(n=50, shuffle=True)
+    torch.manual_seed(7)
+    d = ids_loader(n=50, shuffle=True)
+    assert torch.equal(epoch_labels(c), epoch_labels(d))  # seeded from torch's RNG: set_seed works
+
+
+def test_unshuffled_loader_keeps_order_and_len_follows_drop_last():
+    assert epoch_labels(ids_loader()).tolist() == list(range(10))
+    assert len(ids_loader(bs=4)) == 3
+    dropped = ids_loader(bs=4, drop_last=True)
+    assert len(dropped) == 2 and epoch_labels(dropped).tolist() == list(range(8))
+
+
+def test_uint8_images_are_scaled_and_normalised():
+    x = torch.tensor([0, 51, 255], dtype=torch.uint8).reshape(3, 1, 1, 1)
+    loader = TensorLoader(x, torch.zeros(3), bs=3, mean=0.2, std=0.5, device="cpu")
+    xb, _ = next(iter(loader))
+    assert xb.dtype == torch.float32
+    torch.testing.assert_close(xb.flatten(), (torch.tensor([0, 51, 255]) / 255 - 0.2) / 0.5)
+
+
+def test_per_channel_normalisation():
+    x = torch.full((2, 3, 2, 2), 255, dtype=torch.uint8)
+    loader = TensorLoader(x, torch.zeros(2), bs=2, mean=[0., 0.5, 1.], std=[1., 0.5, 0.25], device="cpu")
+    xb, _ = next(iter(loader))
+    torch.testing.assert_close(xb[0, :, 0, 0], torch.tensor([1., 1., 0.]))
+
+
+def test_shards_are_disjoint_equal_and_cover_the_same_permutation():
+    shards = [ids_loader(n=11, bs=2, shuffle=True, seed=5).shard(r, 3) for r in range(3)]
+    labels = [epoch_labels(s) for s in shards]
+    assert [len(s) for s in shards] == [2, 2, 2] and all(len(l) == 3 for l in labels)
+    assert len(set(torch.cat(labels).tolist())) == 9  # disjoint; the last 11 % 3 = 2 dropped
+    full = epoch_labels(ids_loader(n=11, bs=2, shuffle=True, seed=5))
+    assert torch.equal(torch.stack(labels, 1).flatten(), full[:9])
+
+
+def test_loader_errors():
+    with pytest.raises(ValueError, match="3 inputs and 2 labels"):
+        TensorLoader(torch.zeros(3, 1), torch.zeros(2), device="cpu")
+    with pytest.raises(ValueError, match="bs=0"):
+        TensorLoader(torch.zeros(3, 1), torch.zeros(3), bs=0, device="cpu")
+    with pytest.raises(ValueError, match="rank=3"):
+        ids_loader().shard(3, 2)
+
+
+def test_dataloaders_access():
+    train, valid = ids_loader(), ids_loader()
+    dls = DataLoaders(train, valid, test=valid, classes=["a", "b"])
+    assert dls["train"] is dls.train is train and dls["valid"] is valid and dls["test"] is valid
+    assert dls.classes == ["a", "b"]
+    with pytest.raises(KeyError, match="No 'test' loader"):
+        DataLoaders(train, valid)["test"]
+
+
+def write_idx(path, tensor):
+    header = struct.pack(">4B", 0, 0, 8, tensor.ndim) + struct.pack(f">{tensor.ndim}I", *tensor.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + tensor.numpy().tobytes())
+
+
+def fake_fashion(folder, n_train=6, n_test=4):
+    folder.mkdir(parents=True, exist_ok=True)
+    for prefix, n in (("train", n_train), ("t10k", n_test)):
+        write_idx(folder / f"{prefix}-images-idx3-ubyte.gz", torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8))
+        write_idx(folder / f"{prefix}-labels-idx1-ubyte.gz", torch.arange(n, dtype=torch.uint8) % 10)
+
+
+def test_read_idx_round_trip(tmp_path):
+    t = torch.randint(0, 256, (5, 3, 2), dtype=torch.uint8)
+    write_idx(tmp_path / "x.gz", t)
+    assert torch.equal(read_idx(tmp_path / "x.gz"), t)
+
+
+def test_fashion_mnist_from_root_and_env(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    fake_fashion(tmp_path / "root" / "fashion-mnist")
+    dls = fashion_mnist(bs=4, root=tmp_path / "root", download=False, device="cpu")
+    xb, yb = next(iter(dls.valid))
+    assert xb.shape == (4, 1, 28, 28) and yb.tolist() == [0, 1, 2, 3] and len(dls.train) == 2
+    assert dls.classes[9] == "Ankle boot" and dls["test"] is dls.valid
+    fake_fashion(tmp_path / "env" / "FashionMNIST" / "raw")
+    monkeypatch.setenv("SLOWLEARN_DATA", str(tmp_path / "env"))
+    assert data_module.find_fashion_mnist(download=False) == tmp_path / "env" / "FashionMNIST" / "raw"
+
+
+def test_missing_fashion_mnist_names_both_ways_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    with pytest.raises(FileNotFoundError) as info:
+        fashion_mnist(root=tmp_path, download=False)
+    message = str(info.value)
+    assert "apt-get install dataset-fashion-mnist" in message and "torchvision" in message
+
+
+def test_failed_download_is_a_clear_error(tmp_path, monkeypatch):
+    import torchvision.datasets
+
+    def offline(*args, **kwargs):
+        raise OSError("no network")
+
+    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    monkeypatch.setattr(torchvision.datasets, "FashionMNIST", offline)
+    with pytest.raises(FileNotFoundError, match="download failed.*no network"):
+        fashion_mnist(root=tmp_path, download=True)
+
+
+def test_real_fashion_mnist(fashion_folder):
+    dls = fashion_mnist(bs=512, device="cpu")
+    assert dls.train.n_items == 60_000 and dls.valid.n_items == 10_000 and len(dls.train) == 118
+    xb, yb = next(iter(dls.train))
+    assert xb.shape == (512, 1, 28, 28) and yb.dtype == torch.int64
+    assert abs(xb.mean().item()) < 0.1 and abs(xb.std().item() - 1) < 0.1

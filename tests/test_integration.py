@@ -1,0 +1,27 @@
+"""Training on the real Fashion-MNIST (skipped, with the reason, where the data is not installed)."""
+import subprocess
+import sys
+
+from slowlearn import MomentumCB, get_kaiming_initialized_model, set_seed, train
+
+
+def test_seed_recipe_reaches_84_percent_in_one_epoch(fashion_folder):
+    set_seed(42)
+    learn = train(get_kaiming_initialized_model(), lr=0.2, n_epochs=1, cbs=[MomentumCB()])
+    valid = [row for row in learn.history if row["train"] == "eval"]
+    assert len(valid) == 1 and valid[0]["accuracy"] >= 0.84
+
+
+def test_cli_demo_prints_table_and_saves_plot(fashion_folder, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "slowlearn", "demo", "--epochs", "1", "--out", str(tmp_path)],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[0].split() == ["accuracy", "loss", "epoch", "train"]
+    assert (tmp_path / "loss.png").stat().st_size > 1000
+    assert f"Loss plot saved to {tmp_path / 'loss.png'}" in result.stdout
+
+
+def test_cli_rejects_bad_values():
+    result = subprocess.run([sys.executable, "-m", "slowlearn", "demo", "--epochs", "0"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and "--epochs must be at least 1" in result.stderr

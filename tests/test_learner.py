@@ -1,0 +1,233 @@
+import pytest
+import torch
+from torch import nn
+
+from slowlearn import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner)
+from slowlearn.learner import EVENTS
+
+from conftest import make_dls
+
+
+def _record(event):
+    return lambda self, learn: self.events.append(event)
+
+
+class EventLog(Callback):
+    """Records the name of every event, in order."""
+
+    def __init__(self):
+        self.events = []
+
+    locals().update({event: _record(event) for event in EVENTS})
+
+
+def fit_events(cbs=(), n_train=8, n_valid=4, bs=4, **fit_kwargs):
+    log = EventLog()
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train, n_valid, bs), lr=0.1, cbs=[log, *cbs])
+    learn.fit(1, **fit_kwargs)
+    return log.events, learn
+
+
+BATCH_TRAIN = ["before_batch", "after_predict", "after_loss", "after_backward", "after_step", "after_batch",
+               "cleanup_batch"]
+BATCH_VALID = ["before_batch", "after_predict", "after_loss", "after_batch", "cleanup_batch"]
+
+
+def test_event_sequence_of_one_epoch():
+    events, _ = fit_events()
+    assert events == (["before_fit", "before_epoch"] + BATCH_TRAIN * 2 + ["after_epoch", "cleanup_epoch"]
+                      + ["before_epoch"] + BATCH_VALID + ["after_epoch", "cleanup_epoch", "after_fit", "cleanup_fit"])
+
+
+def raising(event, exc, when=lambda learn: True):
+    """A callback class whose `event` method raises `exc` when `when(learn)`."""
+    cls = type(f"Raise_{event}", (Callback,), {event: lambda self, learn: _maybe_raise(exc, when, learn)})
+    return cls()
+
+
+def _maybe_raise(exc, when, learn):
+    if when(learn):
+        raise exc("boom")
+
+
+def test_cancel_batch_skips_rest_of_batch_and_after_batch():
+    events, _ = fit_events([raising("after_loss", CancelBatchException, lambda l: l.training and l.iter == 0)])
+    first_batch = events[2:2 + 4]
+    assert first_batch == ["before_batch", "after_predict", "after_loss", "cleanup_batch"]
+    assert events[6:6 + len(BATCH_TRAIN)] == BATCH_TRAIN  # the next batch runs in full
+
+
+def test_cancel_epoch_skips_rest_of_phase_and_after_epoch():
+    events, _ = fit_events([raising("after_batch", CancelEpochException, lambda l: l.training)])
+    assert events[:2 + len(BATCH_TRAIN)] == ["before_fit", "before_epoch"] + BATCH_TRAIN
+    rest = events[2 + len(BATCH_TRAIN):]
+    assert rest[0] == "cleanup_epoch"  # no second batch, no after_epoch
+    assert rest[1] == "before_epoch" and "after_fit" in rest  # the valid phase and the fit go on
+
+
+def test_cancel_fit_skips_after_fit_but_cleans_up():
+    events, _ = fit_events([raising("before_epoch", CancelFitException)])
+    assert events == ["before_fit", "before_epoch", "cleanup_epoch", "cleanup_fit"]
+
+
+def test_error_in_callback_names_it_runs_every_cleanup_and_leaves_model_usable():
+    bad = raising("after_backward", ValueError, lambda l: l.iter == 1)
+    log = EventLog()
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[log])
+    with pytest.raises(ValueError) as info:
+        learn.fit(1, cbs=[bad])
+    assert any("Raise_after_backward" in note and "after_backward" in note for note in info.value.__notes__)
+    assert log.events[-3:] == ["cleanup_batch", "cleanup_epoch", "cleanup_fit"]
+    assert bad not in learn.cbs
+    assert all(torch.isfinite(p).all() for p in learn.model.parameters())
+    learn.fit(1)  # trains again without error
+    assert torch.isfinite(learn.loss)
+
+
+def test_error_in_model_propagates_with_cleanup():
+    log = EventLog()
+    learn = Learner(nn.Linear(4, 2), make_dls(), cbs=[log])  # wrong input size
+    with pytest.raises(RuntimeError):
+        learn.fit(1)
+    assert log.events[-3:] == ["cleanup_batch", "cleanup_epoch", "cleanup_fit"]
+
+
+def test_two_callbacks_replacing_one_verb_is_an_error_naming_both():
+    class StepA(Callback):
+        def step(self, learn): pass
+
+    class StepB(Callback):
+        def step(self, learn): pass
+
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[StepA(), StepB()])
+    with pytest.raises(RuntimeError, match="StepA and StepB.*'step'"):
+        learn.fit(1)
+
+
+def test_replaced_verb_runs_instead_of_default():
+    class NoStep(Callback):
+        def step(self, learn):
+            self.calls = getattr(self, "calls", 0) + 1
+
+    model = nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    cb = NoStep()
+    Learner(model, make_dls(), cbs=[cb]).fit(1)
+    assert cb.calls == 3  # 10 samples in batches of 4
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_misspelt_event_is_an_error_naming_the_callback():
+    class Typo(Callback):
+        def after_btach(self, learn): pass
+
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[Typo()])
+    with pytest.raises(AttributeError, match="Typo.*after_btach.*after_batch"):
+        learn.fit(1)
+
+
+def test_near_miss_without_prefix_is_caught_but_helpers_are_not():
+    class Typo(Callback):
+        def zero_grads(self, learn): pass
+
+    class Helper(Callback):
+        def plot(self): pass
+
+        def state_dict(self): return {}
+
+    with pytest.raises(AttributeError, match="zero_grad"):
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[Typo()]).fit(1)
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[Helper()]).fit(1)
+
+
+def test_callbacks_run_in_order():
+    seen = []
+
+    def cb(order):
+        return type(f"O{order}", (Callback,), {"order": order,
+                                               "before_fit": lambda self, learn: seen.append(self.order)})()
+
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[cb(5), cb(-1), cb(2)]).fit(1)
+    assert seen == [-1, 2, 5]
+
+
+def test_optimizer_state_survives_two_fits():
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1,
+                    opt_func=lambda params, lr: torch.optim.SGD(params, lr, momentum=0.9))
+    learn.fit(1)
+    opt = learn.opt
+    buf = opt.state[learn.model.weight]["momentum_buffer"].clone()
+    learn.fit(1)
+    assert learn.opt is opt
+    assert not torch.equal(opt.state[learn.model.weight]["momentum_buffer"], buf)
+    learn.fit(1, reset_opt=True)
+    assert learn.opt is not opt
+
+
+def test_fit_lr_sets_every_param_group():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    groups = lambda params, lr: torch.optim.SGD([{"params": model[0].parameters()},
+                                                 {"params": model[1].parameters(), "lr": 1.}], lr)
+    learn = Learner(model, make_dls(), lr=0.1, opt_func=groups)
+    learn.fit(1)
+    learn.fit(1, lr=0.01)
+    assert [g["lr"] for g in learn.opt.param_groups] == [0.01, 0.01]
+
+
+def test_fit_callbacks_are_removed_afterwards_and_add_remove_cb():
+    class A(Callback):
+        pass
+
+    a, b = A(), A()
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[a])
+    learn.fit(1, cbs=[b])
+    assert learn.cbs == [a]
+    learn.add_cb(b)
+    assert learn.cbs == [a, b]
+    learn.remove_cb(a)
+    assert learn.cbs == [b]
+
+
+def test_state_during_fit_and_pct_train():
+    seen = []
+
+    class Watch(Callback):
+        def before_batch(self, learn):
+            if learn.training:
+                seen.append((learn.epoch, learn.iter, learn.n_iter, learn.n_epochs, learn.pct_train))
+
+        def after_loss(self, learn):
+            assert learn.preds.shape == (len(learn.batch[0]), 2) and learn.loss.ndim == 0
+            assert learn.dl is (learn.dls.train if learn.training else learn.dls.valid)
+            assert learn.model.training == learn.training
+            assert torch.is_grad_enabled() == learn.training
+
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=8), cbs=[Watch()])
+    learn.fit(2)
+    assert [s[:4] for s in seen] == [(0, 0, 2, 2), (0, 1, 2, 2), (1, 0, 2, 2), (1, 1, 2, 2)]
+    assert [s[4] for s in seen] == pytest.approx([0, 0.25, 0.5, 0.75])
+    assert learn.pct_train == 1
+
+
+def test_callbacks_are_found_by_name():
+    class SaveBestCB(Callback):
+        pass
+
+    cb = SaveBestCB()
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[cb])
+    assert learn.save_best is cb
+    with pytest.raises(AttributeError, match="no attribute or callback named 'nothing'"):
+        learn.nothing
+
+
+def test_empty_loader_is_a_clear_error():
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=0))
+    with pytest.raises(ValueError, match="train loader has no batches"):
+        learn.fit(1)
+
+
+def test_train_only_and_valid_only():
+    events, _ = fit_events(valid=False)
+    assert "after_backward" in events and events.count("before_epoch") == 1
+    events, _ = fit_events(train=False)
+    assert "after_backward" not in events and events.count("before_epoch") == 1
