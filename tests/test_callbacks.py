@@ -87,7 +87,7 @@ def test_device_cb_moves_model_and_batches():
 
     model = nn.Linear(3, 2)
     learn = Learner(model, make_dls(), cbs=[DeviceCB("cpu"), Where()]).fit(1)
-    assert learn.device == torch.device("cpu") and set(seen) == {torch.device("cpu")}
+    assert learn.device.device == torch.device("cpu") and set(seen) == {torch.device("cpu")}
     assert next(model.parameters()).device.type == "cpu"
 
 
@@ -153,3 +153,14 @@ def test_notebook_view_updates_one_line_and_one_table_in_place(monkeypatch):
     line, table = shown  # nothing else was displayed: every update went to these two
     assert "epoch 2/2" in line.objs[-1].data and "<progress" in line.objs[-1].data
     assert table.objs[-1].data.count("<tr>") == 5  # header + 2 epochs x 2 phases
+
+
+def test_to_device_moves_nested_batches_and_keeps_their_types():
+    from slowlearn.device import default_device, to_device
+
+    batch = {"x": [torch.zeros(2), (torch.ones(1), "label")], "n": 3}
+    moved = to_device(batch, "cpu")
+    assert isinstance(moved["x"], list) and isinstance(moved["x"][1], tuple) and moved["n"] == 3
+    assert moved["x"][1][1] == "label" and torch.equal(moved["x"][1][0], torch.ones(1))
+    expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    assert default_device().type == expected

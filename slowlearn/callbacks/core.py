@@ -23,7 +23,6 @@ class DeviceCB(Callback):
 
     def before_fit(self, learn) -> None:
         learn.model.to(self.device)
-        learn.device = self.device
 
     def before_batch(self, learn) -> None:
         learn.batch = to_device(learn.batch, self.device)
