@@ -2,7 +2,10 @@
 import subprocess
 import sys
 
+import pytest
+
 from slowlearn import MomentumCB, get_kaiming_initialized_model, set_seed, train
+from slowlearn.optim import Adam, MomentumSGD
 
 
 def test_seed_recipe_reaches_84_percent_in_one_epoch(fashion_folder):
@@ -25,3 +28,10 @@ def test_cli_rejects_bad_values():
     result = subprocess.run([sys.executable, "-m", "slowlearn", "demo", "--epochs", "0"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "--epochs must be at least 1" in result.stderr
+
+
+@pytest.mark.parametrize("opt_func, lr", [(MomentumSGD, 1.25), (Adam, 1e-2)], ids=["MomentumSGD", "Adam"])
+def test_seed_optimizers_reach_85_percent_in_three_epochs(fashion_folder, opt_func, lr):
+    set_seed(0)
+    learn = train(get_kaiming_initialized_model(), lr=lr, n_epochs=3, opt_func=opt_func)
+    assert learn.history[-1]["train"] == "eval" and learn.history[-1]["accuracy"] >= 0.85

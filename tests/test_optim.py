@@ -8,6 +8,9 @@ from torch import nn
 from torch.optim import lr_scheduler
 
 from slowlearn.optim import SGD, AdaDelta, AdaGrad, Adam, AdamW, MomentumSGD, RMSProp
+from slowlearn.train import compare_optimizers
+
+from conftest import make_dls
 
 
 def small_cnn():
@@ -220,3 +223,19 @@ def test_torch_schedulers_drive_lr_and_momentum(ours, theirs, make_sched, cycles
     mine, reference = (record_schedule(o, make_sched(o), 50) for o in (mine_opt, torch_opt))
     assert [v for pair in mine for v in pair] == pytest.approx([v for pair in reference for v in pair])
     assert len({lr for lr, _ in mine}) > 40 and (len({m for _, m in mine}) > 40) == cycles_momentum
+
+
+def test_compare_optimizers_same_start_table_and_figure(capsys):
+    torch.manual_seed(0)
+    dls = make_dls(n_train=40, n_valid=10, bs=8)
+    rows, fig = compare_optimizers(lambda: nn.Linear(3, 2), {"sgd": (SGD, 0.1), "sgd again": (SGD, 0.1),
+                                                            "momentum": (MomentumSGD, 0.1), "adam": (Adam, 1e-2)},
+                                   n_epochs=2, dls=dls)
+    by_name = {r["optimizer"]: r for r in rows}
+    # same initial weights and batch order: the same optimizer twice gives the same numbers
+    assert by_name["sgd"]["valid_loss"] == by_name["sgd again"]["valid_loss"]
+    assert by_name["sgd"]["valid_loss"] != by_name["adam"]["valid_loss"]
+    assert [by_name[n]["state/param bytes"] for n in ("sgd", "momentum", "adam")] == [0, 1, 2]
+    assert [ax.get_title() for ax in fig.axes] == ["Training loss", "Validation accuracy"]
+    assert len(fig.axes[0].get_lines()) == 4
+    assert "state/param bytes" in capsys.readouterr().out
