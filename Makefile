@@ -13,8 +13,10 @@ test: install data
 	$(PY) -m pytest -q tests
 
 bench: install data
-	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/overhead.py 2>/dev/null
 	$(PY) benchmarks/data.py
+	$(PY) benchmarks/optim.py
+	$(PY) benchmarks/one_cycle.py 2>/dev/null
 
 install: $(STAMP)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-__all__ = ["in_notebook", "show_or_save"]
+__all__ = ["in_notebook", "show_or_save", "save_png"]
 
 
 def in_notebook() -> bool:
@@ -20,6 +20,11 @@ def show_or_save(fig, path: str | Path) -> Path | None:
         from IPython.display import display
         display(fig)
         return None
+    return save_png(fig, path)
+
+
+def save_png(fig, path: str | Path) -> Path:
+    """Save `fig` as a PNG at `path`, creating its folder."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")

@@ -149,6 +149,12 @@ class Learner:
     def zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
 
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
+                show_plot: bool = True):
+        """Exponential lr sweep that restores everything afterwards; see `slowlearn.callbacks.lr_finder`."""
+        from .callbacks.lr_finder import lr_find  # the callbacks import this module
+        return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot)
+
     def fit(self, n_epochs: int = 1, lr: float | None = None, cbs: Sequence[Callback] = (), train: bool = True,
             valid: bool = True, reset_opt: bool = False) -> Learner:
         """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets every param group's lr."""

@@ -120,6 +120,11 @@ def test_progress_prints_table_and_plots(capsys):
     assert len(ax.get_lines()[0].get_xdata()) == 2 * len(learn.dls.train)
 
 
+def test_progress_without_table_prints_nothing(capsys):
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), ProgressCB(table=False)]).fit(1)
+    assert capsys.readouterr().out == ""
+
+
 def test_progress_bars_are_closed_after_an_error():
     bad = type("Bad", (Callback,), {"after_batch": lambda self, learn: 1 / 0})()
     progress = ProgressCB()

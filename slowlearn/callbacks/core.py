@@ -1,4 +1,5 @@
-"""Core callbacks: put the model and batches on a device, and the seed's momentum-by-gradient-decay trick."""
+"""Core callbacks (device placement, the seed's MomentumCB) and `DeviceFloats`, which other callbacks
+use to collect per-batch scalars without a host sync per batch."""
 from __future__ import annotations
 
 import torch
@@ -6,7 +7,7 @@ import torch
 from ..device import default_device, to_device
 from ..learner import Callback
 
-__all__ = ["DeviceCB", "MomentumCB"]
+__all__ = ["DeviceCB", "MomentumCB", "DeviceFloats"]
 
 
 class DeviceCB(Callback):
@@ -46,3 +47,28 @@ class MomentumCB(Callback):
         if grads:
             with torch.no_grad():
                 torch._foreach_mul_(grads, self.mom)
+
+
+class DeviceFloats:
+    """Scalar tensors (e.g. batch losses) kept on their device and read back to Python floats in bulk.
+
+    `append` costs no host-device sync; `read()` does one for everything appended since the last read.
+    """
+
+    def __init__(self):
+        self.values: list[float] = []
+        self._pending: list[torch.Tensor] = []
+
+    def append(self, x: torch.Tensor) -> None:
+        self._pending.append(x.detach())
+
+    @property
+    def n_pending(self) -> int:
+        return len(self._pending)
+
+    def read(self) -> list[float]:
+        """All values so far, as floats."""
+        if self._pending:
+            self.values += torch.stack(self._pending).float().tolist()
+            self._pending = []
+        return self.values

@@ -4,11 +4,11 @@ from __future__ import annotations
 import time
 
 import matplotlib.pyplot as plt
-import torch
 from tqdm import tqdm
 
 from ..display import in_notebook
 from ..learner import Callback
+from .core import DeviceFloats
 from .metrics import MetricsCB, TablePrinter, format_value
 
 __all__ = ["ProgressCB"]
@@ -21,22 +21,29 @@ class ProgressCB(Callback):
     sync per read, not per batch). In a terminal: tqdm bars, with the MetricsCB table printed
     above them. In a notebook: one HTML progress line, an HTML table and, unless `plot=False`, a
     live plot of the training loss per batch and the validation loss per epoch (redrawn at most
-    every `plot_interval` seconds). `plot_loss()` draws that plot at any time.
+    every `plot_interval` seconds). `table=False` hides the metrics table. `plot_loss()` draws the
+    loss plot at any time.
     """
 
     order = 60  # after MetricsCB, whose table output this callback takes over
 
-    def __init__(self, loss_every: int = 10, plot: bool | None = None, plot_interval: float = 2.0):
-        self.loss_every, self.plot, self.plot_interval = loss_every, plot, plot_interval
-        self.train_losses: list[float] = []
+    def __init__(self, loss_every: int = 10, plot: bool | None = None, plot_interval: float = 2.0,
+                 table: bool = True):
+        self.loss_every, self.plot, self.plot_interval, self.table = loss_every, plot, plot_interval, table
+        self._losses = DeviceFloats()
         self.valid_losses: list[tuple[int, float]] = []
         self.view = None
 
+    @property
+    def train_losses(self) -> list[float]:
+        """The training loss of every batch so far."""
+        return self._losses.read()
+
     def before_fit(self, learn) -> None:
         notebook = in_notebook()
-        self.view = NotebookView(learn.n_epochs) if notebook else TerminalView(learn.n_epochs)
+        self.view = NotebookView(learn.n_epochs, self.table) if notebook else TerminalView(learn.n_epochs)
         self.live_plot = notebook and self.plot is not False
-        self.train_losses, self.valid_losses, self._pending = [], [], []
+        self._losses, self.valid_losses = DeviceFloats(), []
         self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
         for cb in learn.cbs:
             if isinstance(cb, MetricsCB):
@@ -51,8 +58,8 @@ class ProgressCB(Callback):
     def after_batch(self, learn) -> None:
         self.view.advance()
         if learn.training:
-            self._pending.append(learn.loss.detach())
-            if len(self._pending) >= self.loss_every:
+            self._losses.append(learn.loss)
+            if self._losses.n_pending >= self.loss_every:
                 self._read_losses()
                 if self.live_plot and time.monotonic() - self._last_plot > self.plot_interval:
                     self._update_plot()
@@ -71,15 +78,14 @@ class ProgressCB(Callback):
         self.view.close()
 
     def _read_losses(self) -> None:
-        if self._pending:
-            self.train_losses += torch.stack(self._pending).float().tolist()
-            self._pending = []
-            self.view.show_loss(self.train_losses[-1])
+        if self._losses.n_pending:
+            self.view.show_loss(self._losses.read()[-1])
 
     def _log_row(self, row: dict) -> None:
         if row.get("train") == "eval" and "loss" in row:
             self.valid_losses.append((row["epoch"], row["loss"]))
-        self.view.row(row)
+        if self.table:
+            self.view.row(row)
 
     def plot_loss(self):
         """A Figure of the training loss per batch and the validation loss at the end of each epoch."""
@@ -141,13 +147,13 @@ class TerminalView:
 class NotebookView:
     """One HTML progress line and an HTML metrics table, updated in place (no widgets needed)."""
 
-    def __init__(self, n_epochs: int, interval: float = 0.2):
+    def __init__(self, n_epochs: int, table: bool = True, interval: float = 0.2):
         from IPython.display import HTML, display
         self.html, self.interval = HTML, interval
         self.n_epochs, self.done, self.desc, self.n, self.total, self.loss = n_epochs, 0, "", 0, 0, None
         self.start, self.last = time.monotonic(), 0.
         self.line = display(HTML(""), display_id=True)
-        self.table = display(HTML(""), display_id=True)
+        self.table = display(HTML(""), display_id=True) if table else None
         self.rows = []
 
     def start_phase(self, desc: str, total: int) -> None:

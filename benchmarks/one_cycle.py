@@ -1,0 +1,78 @@
+"""train_1cycle vs a plain PyTorch loop doing the same recipe on the same batches.
+
+Recipe (the seed's headline): the seed CNN, Fashion-MNIST, bs 512, torch AdamW, OneCycleLR(max_lr=5e-2)
+stepped per batch, 6 epochs, validation every epoch. Both start from the same weights and see the same
+batches; each repeat uses a new seed. Reports wall time (ratio, target <= 1.05) and final accuracy.
+
+    python benchmarks/one_cycle.py [--repeats 3] [--epochs 6]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from torch.optim import lr_scheduler
+
+from overhead import fresh_loaders
+from slowlearn import default_device, fashion_mnist, get_kaiming_initialized_model, set_seed, train_1cycle
+from slowlearn.train import fast_adamw
+
+LR = 5e-2
+
+
+def plain_one_cycle(model, dls, n_epochs: int) -> float:
+    """The recipe by hand; returns the final validation accuracy."""
+    opt = fast_adamw()(model.parameters(), LR)
+    sched = lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=n_epochs * len(dls.train))
+    for epoch in range(n_epochs):
+        model.train()
+        for xb, yb in dls.train:
+            loss = F.cross_entropy(model(xb), yb)
+            loss.backward()
+            opt.step()
+            opt.zero_grad()
+            sched.step()
+        model.eval()
+        correct = 0
+        with torch.no_grad():
+            for xb, yb in dls.valid:
+                correct += (model(xb).argmax(1) == yb).sum()
+        accuracy = int(correct) / dls.valid.n_items
+        print(f"plain loop epoch {epoch}: valid accuracy {accuracy:.4f}")
+    return accuracy
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=6)
+    args = parser.parse_args()
+    device = default_device()
+    base = fashion_mnist(bs=512, device=device)
+    results = {"plain loop": [], "train_1cycle": []}
+    for seed in range(args.repeats):
+        for name in results:
+            set_seed(seed)
+            model = get_kaiming_initialized_model().to(device)
+            dls = fresh_loaders(base)
+            start = time.perf_counter()
+            if name == "plain loop":
+                accuracy = plain_one_cycle(model, dls, args.epochs)
+            else:
+                accuracy = train_1cycle(model, lr=LR, n_epochs=args.epochs, dls=dls).history[-1]["accuracy"]
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            results[name].append((time.perf_counter() - start, accuracy))
+    plain_time = statistics.median(t for t, _ in results["plain loop"])
+    print(f"\n{args.epochs} epochs on {device}, {args.repeats} seeds (same seed = same weights and batches for both):")
+    for name, runs in results.items():
+        times, accs = [t for t, _ in runs], [a for _, a in runs]
+        print(f"{name:14} median {statistics.median(times):6.2f} s ({statistics.median(times) / plain_time:.3f} x plain)"
+              f"  accuracy per seed {', '.join(f'{a:.4f}' for a in accs)}  mean {statistics.mean(accs):.4f}")
+
+
+if __name__ == "__main__":
+    main()

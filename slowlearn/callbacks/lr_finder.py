@@ -1,0 +1,156 @@
+"""The learning-rate finder: an exponential lr sweep that leaves the Learner exactly as it found it."""
+from __future__ import annotations
+
+import copy
+import math
+import random
+from typing import NamedTuple
+
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
+
+from ..display import in_notebook
+from ..learner import Callback, CancelFitException
+from .metrics import MetricsCB
+from .progress import ProgressCB
+from .recorder import RecorderCB
+
+__all__ = ["LRFinderCB", "SuggestedLRs", "lr_find"]
+
+
+class SuggestedLRs(NamedTuple):
+    """Learning rates suggested by the sweep: `valley` (the default choice) and `steep`."""
+    valley: float
+    steep: float
+
+
+class LRFinderCB(Callback):
+    """Raises the lr geometrically from `start_lr` to `end_lr` over `num_it` training batches.
+
+    Records the loss of each batch (one host sync per batch: the sweep must see divergence) and
+    its exponentially smoothed value; stops at `num_it`, at a NaN/inf loss, or, with `stop_div`,
+    when the smoothed loss exceeds 4 x its minimum.
+    """
+
+    order = 90  # sets the lr after any scheduler has set it
+
+    def __init__(self, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
+                 beta: float = 0.98):
+        if not 0 < start_lr < end_lr:
+            raise ValueError(f"lr_find needs 0 < start_lr < end_lr, got start_lr={start_lr}, end_lr={end_lr}")
+        if num_it < 2:
+            raise ValueError(f"lr_find needs num_it >= 2, got {num_it}")
+        self.start_lr, self.end_lr, self.num_it, self.stop_div, self.beta = start_lr, end_lr, num_it, stop_div, beta
+
+    def before_fit(self, learn) -> None:
+        self.lrs, self.losses, self.smooth_losses = [], [], []
+        self._avg, self._best = 0., math.inf
+
+    def before_batch(self, learn) -> None:
+        lr = self.start_lr * (self.end_lr / self.start_lr) ** (len(self.lrs) / (self.num_it - 1))
+        for group in learn.opt.param_groups:
+            group["lr"] = lr
+        self.lrs.append(lr)
+
+    def after_batch(self, learn) -> None:
+        loss = learn.loss.item()
+        self._avg = self.beta * self._avg + (1 - self.beta) * loss
+        smooth = self._avg / (1 - self.beta ** (len(self.losses) + 1))
+        self.losses.append(loss)
+        self.smooth_losses.append(smooth)
+        if not math.isfinite(smooth) or (self.stop_div and smooth > 4 * self._best):
+            raise CancelFitException()
+        self._best = min(self._best, smooth)
+        if len(self.lrs) >= self.num_it:
+            raise CancelFitException()
+
+    def suggest(self) -> SuggestedLRs:
+        """`steep`: where the smoothed loss falls fastest per unit of log lr, before its minimum.
+        `valley`: the middle of the longest stretch over which the smoothed loss keeps falling."""
+        losses = np.array([l for l in self.smooth_losses if math.isfinite(l)])
+        lrs = np.array(self.lrs[:len(losses)])
+        if len(losses) < 3:
+            raise RuntimeError(f"lr_find saw only {len(losses)} batches before stopping: lower start_lr or "
+                               f"give it more batches")
+        end = int(losses.argmin()) + 1
+        slopes = np.gradient(losses[:max(end, 2)], np.log(lrs[:max(end, 2)]))
+        steep = lrs[int(slopes.argmin())]
+        falling = np.diff(losses) < 0
+        best_start, best_len, start = 0, 0, None
+        for i, f in enumerate(np.append(falling, False)):
+            if f and start is None:
+                start = i
+            elif not f and start is not None:
+                if i - start > best_len:
+                    best_start, best_len = start, i - start
+                start = None
+        valley = lrs[best_start + best_len // 2]
+        return SuggestedLRs(valley=float(valley), steep=float(steep))
+
+    def plot(self, suggestion: SuggestedLRs | None = None):
+        """Loss against lr on a log axis, with the suggestions marked."""
+        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+        n = len(self.losses)
+        ax.plot(self.lrs[:n], self.losses, alpha=0.3, label="loss")
+        ax.plot(self.lrs[:n], self.smooth_losses, label="smoothed loss")
+        suggestion = suggestion or self.suggest()
+        for (name, lr), marker in zip(suggestion._asdict().items(), ("o", "^")):
+            ax.plot(lr, np.interp(np.log(lr), np.log(self.lrs[:n]), self.smooth_losses), marker, ms=8,
+                    label=f"{name}: {lr:.2e}")
+        ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder")
+        ax.legend()
+        fig.tight_layout()
+        plt.close(fig)
+        return fig
+
+
+def _snapshot(learn) -> dict:
+    loaders = [dl for dl in (learn.dls.train, learn.dls.valid) if hasattr(dl, "generator")]
+    return {
+        "model": copy.deepcopy(learn.model.state_dict()),
+        "opt": copy.deepcopy(learn.opt.state_dict()) if learn.opt is not None else None,
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+        "loaders": [(dl, dl.generator.get_state()) for dl in loaders],
+    }
+
+
+def _restore(learn, saved: dict) -> None:
+    learn.model.load_state_dict(saved["model"])
+    if saved["opt"] is None:
+        learn.opt = None
+    else:
+        learn.opt.load_state_dict(saved["opt"])
+    torch.set_rng_state(saved["torch"])
+    if saved["cuda"] is not None:
+        torch.cuda.set_rng_state_all(saved["cuda"])
+    np.random.set_state(saved["numpy"])
+    random.setstate(saved["python"])
+    for dl, state in saved["loaders"]:
+        dl.generator.set_state(state)
+
+
+def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
+            show_plot: bool = True) -> SuggestedLRs:
+    """Sweep the lr over `num_it` training batches, then restore model, optimizer, RNGs, loader order and
+    history exactly. Metrics, progress and recorder callbacks sit the sweep out. Returns
+    `SuggestedLRs(valley, steep)`; `learn.lr_finder` keeps the sweep and its `plot()`, which a
+    notebook shows right away when `show_plot`."""
+    finder = LRFinderCB(start_lr, end_lr, num_it, stop_div)
+    saved = _snapshot(learn)
+    cbs = learn.cbs
+    learn.cbs = [cb for cb in cbs if not isinstance(cb, (MetricsCB, ProgressCB, RecorderCB))]
+    try:
+        learn.fit(math.ceil(num_it / len(learn.dls.train)), cbs=[finder], valid=False)
+    finally:
+        learn.cbs = cbs
+        _restore(learn, saved)
+    learn.lr_finder = finder
+    suggestion = finder.suggest()
+    if show_plot and in_notebook():
+        from IPython.display import display
+        display(finder.plot(suggestion))
+    return suggestion

@@ -1,0 +1,221 @@
+import math
+import random
+
+import matplotlib.figure
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from torch.optim import lr_scheduler
+
+from slowlearn import (Adam, BatchSchedulerCB, EpochSchedulerCB, Learner, MetricsCB, MomentumSGD, OneCycleCB,
+                       ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, one_cycle_lr, sched_cos, sched_exp,
+                       sched_lin, train_1cycle, warmup_cos)
+from slowlearn.callbacks.schedule import get_hyper, set_hyper
+
+from conftest import make_dls
+
+
+def one_cycle_by_hand(opt_factory, total, **kwargs):
+    opt = opt_factory([nn.Parameter(torch.zeros(1))])
+    sched = lr_scheduler.OneCycleLR(opt, total_steps=total, **kwargs)
+    values = []
+    for _ in range(total):
+        values.append((opt.param_groups[0]["lr"], get_hyper(opt.param_groups[0], "mom")))
+        opt.step()
+        sched.step()
+    return values
+
+
+@pytest.mark.parametrize("opt_func", [torch.optim.AdamW, Adam, MomentumSGD], ids=["torch AdamW", "Adam", "MomentumSGD"])
+def test_recorded_one_cycle_equals_torch_stepped_by_hand(opt_func):
+    dls = make_dls(n_train=20, bs=4)
+    recorder = train_1cycle(nn.Linear(3, 2), lr=0.1, n_epochs=3, dls=dls, opt_func=opt_func).recorder
+    total = 3 * len(dls.train)
+    expected = one_cycle_by_hand(lambda p: opt_func(p, 0.1), total, max_lr=0.1)
+    assert len(recorder.recs["lr"]) == len(recorder.recs["mom"]) == len(recorder.losses) == total
+    assert recorder.recs["lr"] == pytest.approx([lr for lr, _ in expected])
+    assert recorder.recs["mom"] == pytest.approx([m for _, m in expected])
+    lr, mom = np.array(recorder.recs["lr"]), np.array(recorder.recs["mom"])
+    assert np.corrcoef(lr, mom)[0, 1] < -0.9
+
+
+def test_recorder_getters_strings_and_callables_and_plots():
+    recorder = RecorderCB(lr="lr", mom="mom", wd="wd", double_lr=lambda cb: 2 * cb.pg["lr"],
+                          n_iter=lambda cb: cb.learn.n_iter)
+    opt_func = lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9, weight_decay=1e-3)
+    Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[recorder], opt_func=opt_func).fit(2)
+    n = 2 * 3
+    assert recorder.recs == {"lr": [0.1] * n, "mom": [0.9] * n, "wd": [1e-3] * n, "double_lr": [0.2] * n,
+                             "n_iter": [3] * n}
+    assert recorder.learn is None  # no reference to the learner kept after the fit
+    fig = recorder.plot()
+    assert isinstance(fig, matplotlib.figure.Figure) and [ax.get_title() for ax in fig.axes] == list(recorder.recs)
+    assert recorder.plot_loss().axes[0].get_lines()[0].get_ydata().shape == (n,)
+
+
+def test_recorder_saves_png_outside_notebooks(tmp_path):
+    recorder = RecorderCB()
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[recorder]).fit(1)
+    recorder.plot(tmp_path / "sched.png")
+    recorder.plot_loss(tmp_path / "loss.png")
+    assert (tmp_path / "sched.png").stat().st_size > 1000 and (tmp_path / "loss.png").stat().st_size > 1000
+
+
+def test_recorded_loss_equals_the_batch_losses():
+    seen = []
+    from slowlearn import Callback
+
+    class Losses(Callback):
+        def after_loss(self, learn):
+            if learn.training:
+                seen.append(learn.loss.item())
+
+    recorder = RecorderCB()
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[recorder, Losses()]).fit(2)
+    assert recorder.losses == pytest.approx(seen)
+
+
+def test_fit_callbacks_leave_nothing_behind():
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[MetricsCB()])
+    learn.fit(1)
+    attrs, group_keys = set(vars(learn)), set(learn.opt.param_groups[0])
+    sched = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=3)
+    learn.fit(1, cbs=[sched, RecorderCB(), EpochSchedulerCB(lr_scheduler.StepLR, step_size=1)])
+    assert [type(cb) for cb in learn.cbs] == [MetricsCB]
+    assert set(vars(learn)) == attrs and set(learn.opt.param_groups[0]) == group_keys
+    with pytest.raises(AttributeError):
+        learn.recorder
+
+
+def test_epoch_scheduler_steps_once_per_training_epoch():
+    recorder = RecorderCB(lr="lr")
+    Learner(nn.Linear(3, 2), make_dls(), lr=1., cbs=[recorder]).fit(
+        3, cbs=[EpochSchedulerCB(lr_scheduler.StepLR, step_size=1, gamma=0.5)])
+    assert recorder.recs["lr"] == [1.] * 3 + [0.5] * 3 + [0.25] * 3
+
+
+def test_scheduler_state_dict_round_trip():
+    cb = BatchSchedulerCB(lr_scheduler.CosineAnnealingLR, T_max=10)
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[cb])
+    learn.fit(1)
+    state = cb.state_dict()
+    assert state["last_epoch"] == 3
+    cb.load_state_dict({**state, "last_epoch": 1})
+    assert cb.scheduler.last_epoch == 1
+
+
+def test_pure_schedules():
+    assert [sched_lin(1, 3)(p) for p in (0, 0.5, 1)] == [1, 2, 3]
+    assert [sched_cos(1, 3)(p) for p in (0, 0.5, 1)] == pytest.approx([1, 2, 3])
+    assert [sched_exp(1, 100)(p) for p in (0, 0.5, 1)] == pytest.approx([1, 10, 100])
+    combined = combine_scheds([0.25, 0.75], [sched_lin(0, 1), sched_lin(1, 0)])
+    assert [combined(p) for p in (0, 0.125, 0.25, 0.625, 1)] == pytest.approx([0, 0.5, 1, 0.5, 0])
+    warm = warmup_cos(1., pct_warmup=0.2)
+    assert [warm(p) for p in (0, 0.1, 0.2, 0.6, 1)] == pytest.approx([0, 0.5, 1, 0.5, 0])
+    with pytest.raises(ValueError, match="summing to 1"):
+        combine_scheds([0.5, 0.6], [sched_lin(0, 1), sched_lin(1, 0)])
+
+
+def test_one_cycle_functions_follow_torch_shape():
+    total = 1000
+    expected = one_cycle_by_hand(lambda p: torch.optim.SGD(p, 0.1, momentum=0.9), total, max_lr=0.1)
+    ours = one_cycle_lr(0.1)
+    lrs = [ours(k / total) for k in range(total)]
+    assert lrs == pytest.approx([lr for lr, _ in expected], rel=0.02, abs=1e-4)
+
+
+def test_param_scheduler_sets_every_group_and_betas():
+    model = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2))
+    opt_func = lambda params, lr: Adam([{"params": model[0].parameters()}, {"params": model[1].parameters()}], lr)
+    recorder = RecorderCB(lr="lr", mom="mom", lr1=lambda cb: cb.learn.opt.param_groups[1]["lr"])
+    learn = Learner(model, make_dls(n_train=8), lr=0.1, opt_func=opt_func, cbs=[recorder])
+    learn.fit(2, cbs=[ParamSchedulerCB(lr=sched_lin(1., 0.), mom=sched_lin(0.9, 0.8))])
+    assert recorder.recs["lr"] == pytest.approx([1, 0.75, 0.5, 0.25]) == recorder.recs["lr1"]
+    assert recorder.recs["mom"] == pytest.approx([0.9, 0.875, 0.85, 0.825])
+    assert learn.opt.param_groups[1]["betas"][1] == 0.999
+
+
+def test_one_cycle_cb_on_momentum_sgd():
+    recorder = RecorderCB()
+    Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4), opt_func=MomentumSGD, cbs=[recorder, OneCycleCB(0.1)]).fit(2)
+    lrs, moms = recorder.recs["lr"], recorder.recs["mom"]
+    peak = int(np.argmax(lrs))
+    assert max(lrs) == pytest.approx(0.1, rel=0.01) and lrs[0] == pytest.approx(0.1 / 25)
+    assert moms[peak] == pytest.approx(0.85, abs=0.01) and moms[0] == 0.95
+
+
+def test_get_set_hyper_names():
+    group = {"lr": 0.1, "betas": (0.9, 0.99), "weight_decay": 0.}
+    set_hyper(group, "mom", 0.8)
+    set_hyper(group, "wd", 0.1)
+    assert group["betas"] == (0.8, 0.99) and get_hyper(group, "wd") == 0.1 and get_hyper(group, "mom") == 0.8
+    group = {"lr": 0.1, "momentum": 0.9}
+    set_hyper(group, "mom", 0.5)
+    assert group["momentum"] == 0.5
+
+
+def model_state(learn):
+    tensors = {f"model.{k}": v.clone() for k, v in learn.model.state_dict().items()}
+    if learn.opt is not None:
+        for i, state in enumerate(learn.opt.state.values()):
+            tensors |= {f"opt.{i}.{k}": v.clone() for k, v in state.items() if isinstance(v, torch.Tensor)}
+    return tensors
+
+
+def bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def adam(params, lr):
+    return torch.optim.Adam(params, lr)
+
+
+def test_lr_find_restores_everything_bitwise_and_suggests_inside_range():
+    learn = Learner(bn_model(), make_dls(n_train=400, bs=8), lr=1e-2, opt_func=adam,
+                    cbs=[MetricsCB(), ProgressCB(), RecorderCB()])
+    learn.fit(1)  # optimizer state exists
+    before, n_history = model_state(learn), len(learn.history)
+    torch.manual_seed(3)
+    rngs = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate(),
+            learn.dls.train.generator.get_state())
+    suggestion = learn.lr_find(start_lr=1e-5, end_lr=10, num_it=80)
+    after = model_state(learn)
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(torch.get_rng_state(), rngs[0]) and np.array_equal(np.random.get_state()[1], rngs[1])
+    assert random.getstate() == rngs[2] and torch.equal(learn.dls.train.generator.get_state(), rngs[3])
+    assert len(learn.history) == n_history and learn.opt.param_groups[0]["lr"] == 1e-2
+    assert [type(cb) for cb in learn.cbs] == [MetricsCB, ProgressCB, RecorderCB]
+    assert len(learn.recorder.recs["lr"]) == len(learn.dls.train)  # the recorder sat the sweep out
+    lrs = learn.lr_finder.lrs
+    assert 1e-5 <= suggestion.steep <= lrs[-1] and 1e-5 <= suggestion.valley <= lrs[-1]
+    assert isinstance(learn.lr_finder.plot(), matplotlib.figure.Figure)
+
+
+def test_lr_find_then_fit_equals_fit_alone():
+    def run(find):
+        torch.manual_seed(0)
+        learn = Learner(bn_model(), make_dls(n_train=200, bs=8, seed=5), lr=1e-2, opt_func=adam)
+        if find:
+            learn.lr_find(num_it=30)
+        learn.fit(2)
+        return torch.cat([p.flatten() for p in learn.model.state_dict().values()])
+
+    assert torch.equal(run(True), run(False))
+
+
+def test_lr_find_stops_on_divergence():
+    learn = Learner(bn_model(), make_dls(n_train=800, bs=8), opt_func=lambda p, lr: torch.optim.SGD(p, lr))
+    learn.lr_find(start_lr=1e-3, end_lr=1e6, num_it=100)
+    assert len(learn.lr_finder.losses) < 100
+    with pytest.raises(ValueError, match="start_lr < end_lr"):
+        learn.lr_find(start_lr=1., end_lr=0.1)
+
+
+def test_train_1cycle_with_progress_prints_table(capsys):
+    learn = train_1cycle(nn.Linear(3, 2), lr=0.05, n_epochs=2, dls=make_dls())
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["accuracy", "loss", "epoch", "train"] and len(out) == 5
+    assert isinstance(learn.opt, torch.optim.AdamW) and math.isfinite(learn.history[-1]["loss"])
+    assert [type(cb).__name__ for cb in learn.cbs] == ["DeviceCB", "MetricsCB", "ProgressCB", "RecorderCB"]
