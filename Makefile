@@ -13,10 +13,10 @@ test: install data
 	$(PY) -m pytest -q tests
 
 bench: install data
-	$(PY) benchmarks/overhead.py 2>/dev/null
+	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/optim.py
-	$(PY) benchmarks/one_cycle.py 2>/dev/null
+	$(PY) benchmarks/one_cycle.py
 
 install: $(STAMP)
 
