@@ -13,10 +13,9 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
 from torch.optim import lr_scheduler
 
-from overhead import fresh_loaders
+from overhead import fresh_loaders, plain_loop
 from slowlearn import default_device, fashion_mnist, get_kaiming_initialized_model, set_seed, train_1cycle
 from slowlearn.train import fast_adamw
 
@@ -27,21 +26,8 @@ def plain_one_cycle(model, dls, n_epochs: int) -> float:
     """The recipe by hand; returns the final validation accuracy."""
     opt = fast_adamw()(model.parameters(), LR)
     sched = lr_scheduler.OneCycleLR(opt, max_lr=LR, total_steps=n_epochs * len(dls.train))
-    for epoch in range(n_epochs):
-        model.train()
-        for xb, yb in dls.train:
-            loss = F.cross_entropy(model(xb), yb)
-            loss.backward()
-            opt.step()
-            opt.zero_grad()
-            sched.step()
-        model.eval()
-        correct = 0
-        with torch.no_grad():
-            for xb, yb in dls.valid:
-                correct += (model(xb).argmax(1) == yb).sum()
-        accuracy = int(correct) / dls.valid.n_items
-        print(f"plain loop epoch {epoch}: valid accuracy {accuracy:.4f}")
+    for _ in range(n_epochs):
+        accuracy = plain_loop(model, dls, opt=opt, sched=sched)
     return accuracy
 
 

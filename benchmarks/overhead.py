@@ -24,9 +24,11 @@ from slowlearn import (DataLoaders, DeviceCB, Learner, MetricsCB, ProgressCB, Te
 LR = 0.1
 
 
-def plain_loop(model: nn.Module, dls: DataLoaders, train: bool = True, valid: bool = True) -> None:
-    """What a hand-written loop does: train one epoch, then loss and accuracy on the validation set."""
-    opt = torch.optim.SGD(model.parameters(), LR)
+def plain_loop(model: nn.Module, dls: DataLoaders, train: bool = True, valid: bool = True, opt=None,
+               sched=None) -> float | None:
+    """What a hand-written loop does: train one epoch (SGD unless `opt` is given; `sched` stepped per
+    batch), then loss and accuracy on the validation set. Returns the accuracy."""
+    opt = opt if opt is not None else torch.optim.SGD(model.parameters(), LR)
     if train:
         model.train()
         for xb, yb in dls.train:
@@ -34,6 +36,8 @@ def plain_loop(model: nn.Module, dls: DataLoaders, train: bool = True, valid: bo
             loss.backward()
             opt.step()
             opt.zero_grad()
+            if sched is not None:
+                sched.step()
     if valid:
         model.eval()
         loss_sum, correct = 0., 0
@@ -43,7 +47,8 @@ def plain_loop(model: nn.Module, dls: DataLoaders, train: bool = True, valid: bo
                 loss_sum += F.cross_entropy(preds, yb, reduction="sum")
                 correct += (preds.argmax(1) == yb).sum()
         n = dls.valid.n_items
-        print(f"plain loop: valid loss {float(loss_sum) / n:.3f}, accuracy {int(correct) / n:.3f}")
+        print(f"plain loop: valid loss {float(loss_sum) / n:.3f}, accuracy {int(correct) / n:.4f}")
+        return int(correct) / n
 
 
 def fresh_loaders(base: DataLoaders) -> DataLoaders:

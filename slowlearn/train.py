@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from functools import partial
 
 import matplotlib.pyplot as plt
+from matplotlib.ticker import MaxNLocator
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -117,6 +118,7 @@ def _comparison_figure(curves: dict[str, tuple[list[float], list[float]]]):
         acc_ax.plot(range(1, len(accs) + 1), accs, "o-", label=name)
     loss_ax.set(xlabel="training batch", ylabel="loss", title="Training loss", yscale="log")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
+    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (loss_ax, acc_ax):
         ax.legend()
     fig.tight_layout()

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from slowlearn import DataLoaders, TensorLoader
+from slowlearn import Callback, DataLoaders, TensorLoader
 from slowlearn.data import find_fashion_mnist
 
 matplotlib.use("Agg")
@@ -37,3 +37,14 @@ def fashion_folder():
     except FileNotFoundError as e:
         pytest.skip(f"Fashion-MNIST is not installed here (run `make data`, or apt-get install "
                     f"dataset-fashion-mnist): {str(e).splitlines()[0]}")
+
+
+class TrainLosses(Callback):
+    """Reads every training batch's loss (with a sync per batch: a reference for the tests)."""
+
+    def __init__(self):
+        self.losses = []
+
+    def after_loss(self, learn):
+        if learn.training:
+            self.losses.append(learn.loss.item())

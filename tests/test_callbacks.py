@@ -8,7 +8,7 @@ from torcheval.metrics import MulticlassAccuracy
 from slowlearn import Callback, DeviceCB, Learner, MetricsCB, MomentumCB, ProgressCB
 from slowlearn.callbacks.metrics import TablePrinter
 
-from conftest import make_dls
+from conftest import TrainLosses, make_dls
 
 
 class Frozen(Callback):
@@ -92,17 +92,10 @@ def test_device_cb_moves_model_and_batches():
 
 
 def test_progress_records_every_training_loss_with_few_reads():
-    losses = []
-
-    class Losses(Callback):
-        def after_loss(self, learn):
-            if learn.training:
-                losses.append(learn.loss.item())
-
-    progress = ProgressCB(loss_every=2)
-    learn = Learner(nn.Linear(3, 2), make_dls(n_train=20, bs=4), cbs=[MetricsCB(), progress, Losses()])
+    progress, reference = ProgressCB(loss_every=2), TrainLosses()
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=20, bs=4), cbs=[MetricsCB(), progress, reference])
     learn.fit(2)
-    assert progress.train_losses == pytest.approx(losses)
+    assert progress.train_losses == pytest.approx(reference.losses)
     assert progress.valid_losses == [(e, r["loss"]) for r in learn.history if r["train"] == "eval"
                                      for e in [r["epoch"]]]
     assert learn.progress is progress

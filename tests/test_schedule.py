@@ -13,7 +13,7 @@ from slowlearn import (Adam, BatchSchedulerCB, EpochSchedulerCB, Learner, Metric
                        sched_lin, train_1cycle, warmup_cos)
 from slowlearn.callbacks.schedule import get_hyper, set_hyper
 
-from conftest import make_dls
+from conftest import TrainLosses, make_dls
 
 
 def one_cycle_by_hand(opt_factory, total, **kwargs):
@@ -63,17 +63,9 @@ def test_recorder_saves_png_outside_notebooks(tmp_path):
 
 
 def test_recorded_loss_equals_the_batch_losses():
-    seen = []
-    from slowlearn import Callback
-
-    class Losses(Callback):
-        def after_loss(self, learn):
-            if learn.training:
-                seen.append(learn.loss.item())
-
-    recorder = RecorderCB()
-    Learner(nn.Linear(3, 2), make_dls(), cbs=[recorder, Losses()]).fit(2)
-    assert recorder.losses == pytest.approx(seen)
+    recorder, reference = RecorderCB(), TrainLosses()
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[recorder, reference]).fit(2)
+    assert recorder.losses == pytest.approx(reference.losses)
 
 
 def test_fit_callbacks_leave_nothing_behind():

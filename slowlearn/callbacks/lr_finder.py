@@ -98,6 +98,9 @@ class LRFinderCB(Callback):
         for (name, lr), marker in zip(suggestion._asdict().items(), ("o", "^")):
             ax.plot(lr, np.interp(np.log(lr), np.log(self.lrs[:n]), self.smooth_losses), marker, ms=8,
                     label=f"{name}: {lr:.2e}")
+        low, start = min(self.smooth_losses), self.smooth_losses[0]
+        if start > low:  # keep the divergence at the end from flattening the rest
+            ax.set_ylim(low - 0.1 * (start - low), start + 0.5 * (start - low))
         ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder")
         ax.legend()
         fig.tight_layout()
