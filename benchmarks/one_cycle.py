@@ -56,7 +56,8 @@ def main() -> None:
     print(f"\n{args.epochs} epochs on {device}, {args.repeats} seeds (same seed = same weights and batches for both):")
     for name, runs in results.items():
         times, accs = [t for t, _ in runs], [a for _, a in runs]
-        print(f"{name:14} median {statistics.median(times):6.2f} s ({statistics.median(times) / plain_time:.3f} x plain)"
+        median = statistics.median(times)
+        print(f"{name:14} median {median:6.2f} s ({median / plain_time:.3f} x plain)"
               f"  accuracy per seed {', '.join(f'{a:.4f}' for a in accs)}  mean {statistics.mean(accs):.4f}")
 
 

@@ -1,21 +1,27 @@
 """slowlearn: a callback-driven training framework for PyTorch."""
-from .callbacks import (BaseSchedulerCB, BatchSchedulerCB, DeviceCB, EpochSchedulerCB, LRFinderCB, MetricsCB,
-                        MomentumCB, OneCycleCB, ParamSchedulerCB, ProgressCB, RecorderCB, SuggestedLRs,
-                        combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin, warmup_cos)
+from .callbacks import (ActivationStatsCB, BaseSchedulerCB, BatchSchedulerCB, DeviceCB, EpochSchedulerCB,
+                        LRFinderCB, MetricsCB, MomentumCB, OneCycleCB, ParamSchedulerCB, ProgressCB, RecorderCB,
+                        SuggestedLRs, combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin,
+                        warmup_cos)
 from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
-from .init import GeneralReLU, init_weights, set_seed
+from .init import BatchNorm, GeneralReLU, init_weights, lsuv_init, set_seed
 from .learner import Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner
-from .models import conv_block, get_kaiming_initalized_model, get_kaiming_initialized_model, seed_cnn
+from .models import (MLP, ResBlock, conv_block, get_kaiming_initalized_model, get_kaiming_initialized_model, resnet,
+                     seed_cnn, summary)
 from .optim import SGD, AdaDelta, AdaGrad, Adam, AdamW, MomentumSGD, RMSProp
 from .train import compare_optimizers, train, train_1cycle
 
 __version__ = "0.1.0"
-__all__ = ["Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
-           "DeviceCB", "MetricsCB", "MomentumCB", "ProgressCB", "RecorderCB", "LRFinderCB", "SuggestedLRs",
-           "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB",
-           "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
-           "DataLoaders", "TensorLoader", "fashion_mnist", "default_device", "GeneralReLU", "init_weights",
-           "set_seed", "conv_block", "seed_cnn", "get_kaiming_initialized_model", "get_kaiming_initalized_model",
-           "SGD", "MomentumSGD", "RMSProp", "AdaGrad", "AdaDelta", "Adam", "AdamW",
-           "train", "train_1cycle", "compare_optimizers"]
+__all__ = [
+    "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException",
+    "DeviceCB", "MetricsCB", "MomentumCB", "ProgressCB", "RecorderCB", "ActivationStatsCB", "LRFinderCB",
+    "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB",
+    "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
+    "DataLoaders", "TensorLoader", "fashion_mnist", "default_device",
+    "GeneralReLU", "init_weights", "lsuv_init", "BatchNorm", "set_seed",
+    "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "get_kaiming_initialized_model",
+    "get_kaiming_initalized_model",
+    "SGD", "MomentumSGD", "RMSProp", "AdaGrad", "AdaDelta", "Adam", "AdamW",
+    "train", "train_1cycle", "compare_optimizers",
+]

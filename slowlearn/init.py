@@ -1,4 +1,4 @@
-"""Initialisation: GeneralReLU, Kaiming init for conv and linear layers, and seeding every RNG."""
+"""Initialisation: GeneralReLU, Kaiming init, LSUV, a from-scratch BatchNorm, and seeding every RNG."""
 from __future__ import annotations
 
 import random
@@ -8,7 +8,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["GeneralReLU", "init_weights", "set_seed"]
+__all__ = ["GeneralReLU", "init_weights", "lsuv_init", "BatchNorm", "set_seed"]
+
+WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class GeneralReLU(nn.Module):
@@ -33,10 +35,90 @@ class GeneralReLU(nn.Module):
 def init_weights(m: nn.Module, leak: float = 0.) -> None:
     """Kaiming-normal weights (gain for a leaky ReLU of slope `leak`) and zero bias for conv and linear
     layers; use as `model.apply(partial(init_weights, leak=0.1))`."""
-    if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+    if isinstance(m, WEIGHT_LAYERS):
         nn.init.kaiming_normal_(m.weight, a=leak)
         if m.bias is not None:
             nn.init.zeros_(m.bias)
+
+
+@torch.no_grad()
+def lsuv_init(model: nn.Module, xb: torch.Tensor, modules: list[nn.Module] | None = None, tol: float = 1e-3,
+              max_iter: int = 10) -> nn.Module:
+    """Layer-sequential unit variance (Mishkin & Matas, 2015): in forward order, rescale each layer's
+    weight and shift its bias until its output on `xb` has |mean| < tol and |std - 1| < tol.
+
+    `modules` defaults to every conv and linear layer. A layer's output is an affine function of its
+    weight and bias, so one correction w <- w/std, b <- (b - mean)/std nearly always suffices; the
+    loop re-measures because earlier layers feed later ones. Raises RuntimeError, naming the layer,
+    when it cannot: no bias to remove a non-zero mean, an output with no variance, or no convergence
+    within `max_iter` passes. Returns the model.
+    """
+    modules = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)] if modules is None else modules
+    names = {m: name for name, m in model.named_modules()}
+    for m in modules:
+        for _ in range(max_iter):
+            mean, std = _output_stats(model, m, xb)
+            if abs(mean) < tol and abs(std - 1) < tol:
+                break
+            if std < 1e-8:
+                raise RuntimeError(f"lsuv_init: layer '{names.get(m, m)}' outputs a constant on this batch "
+                                   f"(std {std:.2e}): its variance cannot be scaled to 1")
+            if abs(mean) >= tol and getattr(m, "bias", None) is None:
+                raise RuntimeError(f"lsuv_init: layer '{names.get(m, m)}' has no bias, so its output mean "
+                                   f"{mean:.3g} cannot be moved to 0; exclude it with `modules=`")
+            m.weight.div_(std)
+            if m.bias is not None:
+                m.bias.sub_(mean).div_(std)
+        else:
+            raise RuntimeError(f"lsuv_init: layer '{names.get(m, m)}' did not reach |mean| < {tol} and "
+                               f"|std - 1| < {tol} in {max_iter} passes (mean {mean:.3g}, std {std:.3g})")
+    return model
+
+
+def _output_stats(model: nn.Module, module: nn.Module, xb: torch.Tensor) -> tuple[float, float]:
+    out = {}
+
+    def keep_output(mod, inputs, output):
+        out["o"] = output
+
+    handle = module.register_forward_hook(keep_output)
+    try:
+        model(xb)
+    finally:
+        handle.remove()
+    std, mean = torch.std_mean(out["o"].float())
+    return mean.item(), std.item()
+
+
+class BatchNorm(nn.Module):
+    r"""Batch normalisation from scratch, equal to `nn.BatchNorm1d/2d/3d` (channels on dim 1).
+
+    Training: normalise with the batch's mean and (biased) variance over every dim but the channels,
+    and update the running statistics with the unbiased variance:
+    running <- (1 - mom) * running + mom * batch. Evaluation: normalise with the running statistics.
+    Then y = weight * x_hat + bias.
+    """
+
+    def __init__(self, nf: int, mom: float = 0.1, eps: float = 1e-5):
+        super().__init__()
+        self.mom, self.eps = mom, eps
+        self.weight, self.bias = nn.Parameter(torch.ones(nf)), nn.Parameter(torch.zeros(nf))
+        self.register_buffer("running_mean", torch.zeros(nf))
+        self.register_buffer("running_var", torch.ones(nf))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        if self.training:
+            dims = [0] + list(range(2, x.ndim))
+            var, mean = torch.var_mean(x, dim=dims, correction=0)
+            n = x.numel() / x.shape[1]
+            with torch.no_grad():
+                self.running_mean.lerp_(mean, self.mom)
+                self.running_var.lerp_(var * n / (n - 1), self.mom)
+        else:
+            mean, var = self.running_mean, self.running_var
+        x_hat = (x - mean.reshape(shape)) / (var.reshape(shape) + self.eps).sqrt()
+        return x_hat * self.weight.reshape(shape) + self.bias.reshape(shape)
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:

@@ -116,7 +116,8 @@ class Learner:
 
     def __repr__(self) -> str:
         cbs = ", ".join(type(cb).__name__ for cb in self.cbs)
-        return f"Learner({type(self.model).__name__}, lr={self.lr}, opt_func={getattr(self.opt_func, '__name__', self.opt_func)}, cbs=[{cbs}])"
+        opt_func = getattr(self.opt_func, "__name__", self.opt_func)
+        return f"Learner({type(self.model).__name__}, lr={self.lr}, opt_func={opt_func}, cbs=[{cbs}])"
 
     def __getattr__(self, name: str):
         if name != "cbs":

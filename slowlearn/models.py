@@ -1,14 +1,18 @@
-"""Models: convolution blocks and the seed CNN."""
+"""Models: convolution blocks, the seed CNN, a ResNet for small images, an MLP, and `summary`."""
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from functools import partial
 
+import torch
 from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
 
+from .display import format_table
 from .init import GeneralReLU, init_weights
 
-__all__ = ["conv_block", "seed_cnn", "get_kaiming_initialized_model", "get_kaiming_initalized_model"]
+__all__ = ["conv_block", "seed_cnn", "get_kaiming_initialized_model", "get_kaiming_initalized_model", "ResBlock",
+           "resnet", "MLP", "summary"]
 
 
 def conv_block(ni: int, nf: int, ks: int = 3, stride: int = 2, act: Callable[[], nn.Module] | None = nn.ReLU,
@@ -43,3 +47,87 @@ def get_kaiming_initialized_model(leak: float = 0.1) -> nn.Sequential:
 
 
 get_kaiming_initalized_model = get_kaiming_initialized_model  # the seed's spelling
+
+
+class ResBlock(nn.Module):
+    """Two convs plus a shortcut: act(convs(x) + idconv(pool(x))).
+
+    The shortcut average-pools when `stride` > 1 and uses a 1x1 conv when the channel count changes.
+    """
+
+    def __init__(self, ni: int, nf: int, stride: int = 1, ks: int = 3, act: Callable[[], nn.Module] = nn.ReLU,
+                 norm: Callable[[int], nn.Module] | None = nn.BatchNorm2d):
+        super().__init__()
+        self.convs = nn.Sequential(conv_block(ni, nf, ks, stride=1, act=act, norm=norm),
+                                   conv_block(nf, nf, ks, stride=stride, act=None, norm=norm))
+        self.idconv = nn.Identity() if ni == nf else conv_block(ni, nf, ks=1, stride=1, act=None, norm=norm)
+        self.pool = nn.Identity() if stride == 1 else nn.AvgPool2d(stride, ceil_mode=True)
+        self.act = act()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(self.convs(x) + self.idconv(self.pool(x)))
+
+
+def resnet(nfs: Sequence[int] = (16, 32, 64, 128, 256), in_channels: int = 1, n_classes: int = 10,
+           act: Callable[[], nn.Module] = nn.ReLU, norm: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
+           leak: float = 0.) -> nn.Sequential:
+    """A ResNet for small images (28x28 Fashion-MNIST, 32x32 CIFAR-10): a stride-1 ResBlock to
+    `nfs[0]`, stride-2 ResBlocks through `nfs`, global average pooling and a linear head.
+    Kaiming-initialised for a leaky ReLU of slope `leak`."""
+    layers = [ResBlock(in_channels, nfs[0], ks=5, act=act, norm=norm)]
+    layers += [ResBlock(ni, nf, stride=2, act=act, norm=norm) for ni, nf in zip(nfs, nfs[1:])]
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nfs[-1], n_classes)]
+    model = nn.Sequential(*layers)
+    model.apply(partial(init_weights, leak=leak))
+    return model
+
+
+class MLP(nn.Sequential):
+    """Flatten, then Linear + activation through `hidden_dims`, then a Linear to `out_dim`."""
+
+    def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int,
+                 act: Callable[[], nn.Module] = nn.ReLU):
+        dims = [in_dim, *hidden_dims]
+        layers: list[nn.Module] = [nn.Flatten()]
+        for ni, nf in zip(dims, dims[1:]):
+            layers += [nn.Linear(ni, nf), act()]
+        super().__init__(*layers, nn.Linear(dims[-1], out_dim))
+
+
+def summary(learn_or_model, xb: torch.Tensor | None = None, print_table: bool = True) -> list[dict]:
+    """One row per top-level layer: output shape, parameters and MFLOPs per sample (torch's
+    FlopCounterMode), for a Learner (on a batch of its training data) or a model and a batch `xb`.
+    Runs the model once in eval mode, without gradients, and restores its mode."""
+    model = getattr(learn_or_model, "model", learn_or_model)
+    if xb is None:
+        xb = next(iter(learn_or_model.dls.train))[0]
+    param = next(model.parameters(), None)
+    xb = xb.to(param.device) if param is not None else xb
+    shapes, hooks = {}, []
+
+    def record_shape(name):
+        def hook(module, inputs, output):
+            shapes[name] = output.shape
+        return hook
+
+    for name, m in model.named_children():
+        hooks.append(m.register_forward_hook(record_shape(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(xb)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    rows = [{"layer": f"{name}: {type(m).__name__}", "output": "x".join(map(str, shapes[name][1:])),
+             "params": sum(p.numel() for p in m.parameters()),
+             "MFLOPs": flops.get(f"{root}.{name}", 0) / len(xb) / 1e6} for name, m in model.named_children()]
+    rows.append({"layer": "total", "output": "", "params": sum(p.numel() for p in model.parameters()),
+                 "MFLOPs": flops.get("Global", 0) / len(xb) / 1e6})
+    if print_table:
+        print(format_table(rows))
+    return rows

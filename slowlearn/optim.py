@@ -172,7 +172,7 @@ class RMSProp(ForeachOptimizer):
     .. math::
         g_t &\leftarrow g_t + \lambda p_{t-1} \\
         v_t &= \alpha v_{t-1} + (1 - \alpha) g_t^2 \\
-        b_t &= \mu b_{t-1} + g_t / (\sqrt{v_t} + \epsilon) \quad (b_t = g_t / (\sqrt{v_t} + \epsilon) \text{ if } \mu = 0) \\
+        b_t &= \mu b_{t-1} + g_t / (\sqrt{v_t} + \epsilon) \quad \text{(no buffer when } \mu = 0) \\
         p_t &= p_{t-1} - \gamma b_t
 
     `v_init="zero"` (the default) starts at v_0 = 0 and matches `torch.optim.RMSprop`;

@@ -16,12 +16,13 @@ from torch.optim import lr_scheduler
 from torcheval.metrics import MulticlassAccuracy
 
 from .callbacks.core import DeviceCB
-from .callbacks.metrics import MetricsCB, TablePrinter
+from .callbacks.metrics import MetricsCB
 from .callbacks.progress import ProgressCB
 from .callbacks.recorder import RecorderCB
 from .callbacks.schedule import BatchSchedulerCB
 from .data import DataLoaders, fashion_mnist
 from .device import default_device
+from .display import TablePrinter, finished
 from .learner import Callback, Learner
 
 __all__ = ["train", "train_1cycle", "default_cbs", "fast_adamw", "compare_optimizers", "optimizer_state_bytes"]
@@ -121,6 +122,4 @@ def _comparison_figure(curves: dict[str, tuple[list[float], list[float]]]):
     acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (loss_ax, acc_ax):
         ax.legend()
-    fig.tight_layout()
-    plt.close(fig)
-    return fig
+    return finished(fig)

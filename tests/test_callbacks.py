@@ -6,7 +6,7 @@ from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
 from slowlearn import Callback, DeviceCB, Learner, MetricsCB, MomentumCB, ProgressCB
-from slowlearn.callbacks.metrics import TablePrinter
+from slowlearn.display import TablePrinter
 
 from conftest import TrainLosses, make_dls
 

@@ -1,5 +1,6 @@
 """Callbacks, one module per concern."""
 from .core import DeviceCB, MomentumCB
+from .hooks import ActivationStatsCB
 from .lr_finder import LRFinderCB, SuggestedLRs
 from .metrics import MetricsCB
 from .progress import ProgressCB
@@ -7,6 +8,7 @@ from .recorder import RecorderCB
 from .schedule import (BaseSchedulerCB, BatchSchedulerCB, EpochSchedulerCB, OneCycleCB, ParamSchedulerCB,
                        combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin, warmup_cos)
 
-__all__ = ["DeviceCB", "MomentumCB", "MetricsCB", "ProgressCB", "RecorderCB", "LRFinderCB", "SuggestedLRs",
+__all__ = ["DeviceCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "ProgressCB", "RecorderCB", "LRFinderCB",
+           "SuggestedLRs",
            "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom"]

@@ -10,7 +10,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import torch
 
-from ..display import in_notebook
+from ..display import finished, in_notebook
 from ..learner import Callback, CancelFitException
 from .metrics import MetricsCB
 from .progress import ProgressCB
@@ -103,9 +103,7 @@ class LRFinderCB(Callback):
             ax.set_ylim(low - 0.1 * (start - low), start + 0.5 * (start - low))
         ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder")
         ax.legend()
-        fig.tight_layout()
-        plt.close(fig)
-        return fig
+        return finished(fig)
 
 
 def _snapshot(learn) -> dict:

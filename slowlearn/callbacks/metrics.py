@@ -11,27 +11,10 @@ with warnings.catch_warnings():  # torcheval 0.0.7 uses torch.jit.script, deprec
 
 import torch
 
+from ..display import TablePrinter
 from ..learner import Callback
 
-__all__ = ["MetricsCB", "TablePrinter"]
-
-
-class TablePrinter:
-    """Prints dict rows as a fixed-width text table, the header before the first row."""
-
-    def __init__(self, write: Callable[[str], None] = print, width: int = 8):
-        self.write, self.width, self.columns = write, width, None
-
-    def __call__(self, row: dict) -> None:
-        if self.columns is None:
-            self.columns = list(row)
-            self.widths = [max(self.width, len(c)) for c in self.columns]
-            self.write("  ".join(c.rjust(w) for c, w in zip(self.columns, self.widths)))
-        self.write("  ".join(format_value(row.get(c)).rjust(w) for c, w in zip(self.columns, self.widths)))
-
-
-def format_value(v) -> str:
-    return f"{v:.3f}" if isinstance(v, float) else str(v)
+__all__ = ["MetricsCB"]
 
 
 class MetricsCB(Callback):

@@ -6,10 +6,10 @@ import time
 import matplotlib.pyplot as plt
 from tqdm import tqdm
 
-from ..display import in_notebook
+from ..display import TablePrinter, finished, format_value, in_notebook
 from ..learner import Callback
 from .core import DeviceFloats
-from .metrics import MetricsCB, TablePrinter, format_value
+from .metrics import MetricsCB
 
 __all__ = ["ProgressCB"]
 
@@ -96,9 +96,7 @@ class ProgressCB(Callback):
             ax.plot(xs, [loss for _, loss in self.valid_losses], "o-", label="valid (per epoch)")
         ax.set(xlabel="training batch", ylabel="loss", title="Loss")
         ax.legend()
-        fig.tight_layout()
-        plt.close(fig)
-        return fig
+        return finished(fig)
 
     def _update_plot(self) -> None:
         from IPython.display import display

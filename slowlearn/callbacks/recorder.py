@@ -6,7 +6,7 @@ from pathlib import Path
 
 import matplotlib.pyplot as plt
 
-from ..display import in_notebook, save_png
+from ..display import finished, in_notebook, save_png
 from ..learner import Callback
 from .core import DeviceFloats
 from .schedule import get_hyper
@@ -70,8 +70,7 @@ class RecorderCB(Callback):
         return self._finish(fig, path)
 
     def _finish(self, fig, path):
-        fig.tight_layout()
-        plt.close(fig)
+        fig = finished(fig)
         if path is not None and not in_notebook():
             save_png(fig, path)
         return fig

@@ -1,0 +1,116 @@
+"""ActivationStatsCB: per-layer activation statistics from forward hooks, and the plots that show them."""
+from __future__ import annotations
+
+from functools import partial
+
+import matplotlib.pyplot as plt
+import torch
+from torch import nn
+
+from ..display import finished
+from ..init import GeneralReLU
+from ..learner import Callback
+
+__all__ = ["ActivationStatsCB", "ACTIVATIONS"]
+
+ACTIVATIONS = (nn.ReLU, nn.LeakyReLU, nn.ReLU6, nn.ELU, nn.GELU, nn.SiLU, nn.Mish, nn.Tanh, nn.Sigmoid, GeneralReLU)
+
+
+class ActivationStatsCB(Callback):
+    """Mean, std, histogram and near-zero ("dead") fraction of layer outputs, every `every` training batches.
+
+    `modules` defaults to the model's activation layers (ReLU, GeneralReLU, ...), or its top-level
+    children if it has none. Statistics stay on the device and are read once per epoch. The
+    histogram counts |activation| in `bins` bins over [0, `hist_max`]; "dead" means |activation| <
+    `dead_below`. Hooks are removed when the fit ends, also after an error. Plots: `plot_stats()`,
+    `color_dim()`, `dead_chart()`; `stats[i]` holds layer i's lists (`mean`, `std`, `dead`, `hist`).
+    """
+
+    def __init__(self, modules: list[nn.Module] | None = None, every: int = 1, with_hist: bool = True,
+                 bins: int = 40, hist_max: float = 10., dead_below: float = 0.05):
+        self.modules, self.every, self.with_hist = modules, every, with_hist
+        self.bins, self.hist_max, self.dead_below = bins, hist_max, dead_below
+        self.hooks: list = []
+
+    def before_fit(self, learn) -> None:
+        model = learn.model
+        modules = self.modules or [m for m in model.modules() if isinstance(m, ACTIVATIONS)] or list(model.children())
+        names = {m: name for name, m in model.named_modules()}
+        self.names = [names.get(m, type(m).__name__) for m in modules]
+        self.stats = [{"mean": [], "std": [], "dead": [], "hist": []} for _ in modules]
+        self._pending = [[] for _ in modules]
+        self._pending_hist = [[] for _ in modules]
+        self._recording = False
+        self.hooks = [m.register_forward_hook(partial(self._hook, i)) for i, m in enumerate(modules)]
+
+    def before_batch(self, learn) -> None:
+        self._recording = learn.training and learn.iter % self.every == 0
+
+    def _hook(self, i: int, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        if not self._recording:
+            return
+        out = output.detach().float()
+        std, mean = torch.std_mean(out)
+        magnitude = out.abs()
+        dead = (magnitude < self.dead_below).float().mean()
+        self._pending[i].append(torch.stack([mean, std, dead]))
+        if self.with_hist:
+            self._pending_hist[i].append(torch.histc(magnitude, self.bins, 0, self.hist_max))
+
+    def after_epoch(self, learn) -> None:
+        if learn.training:
+            self._read()
+
+    def cleanup_fit(self, learn) -> None:
+        for hook in self.hooks:
+            hook.remove()
+        self.hooks = []
+        self._read()
+
+    def _read(self) -> None:
+        for stats, pending, hists in zip(self.stats, self._pending, self._pending_hist):
+            if pending:
+                mean, std, dead = torch.stack(pending).T.tolist()
+                stats["mean"] += mean
+                stats["std"] += std
+                stats["dead"] += dead
+            if hists:
+                stats["hist"] += list(torch.stack(hists).cpu())
+            pending.clear()
+            hists.clear()
+
+    def plot_stats(self):
+        """Mean and std of each layer's output over the recorded batches."""
+        fig, (mean_ax, std_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+        for name, stats in zip(self.names, self.stats):
+            mean_ax.plot(stats["mean"], label=name)
+            std_ax.plot(stats["std"], label=name)
+        mean_ax.set(title="Activation means", xlabel="recorded batch")
+        std_ax.set(title="Activation stds", xlabel="recorded batch")
+        std_ax.legend(fontsize=8)
+        return finished(fig)
+
+    def color_dim(self):
+        """Each layer's histogram of |activation| over time (log scale): bright at the bottom = dead units."""
+        n = len(self.stats)
+        cols = min(n, 4)
+        rows = -(-n // cols)
+        fig, axs = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+        for ax, name, stats in zip(axs.flat, self.names, self.stats):
+            if stats["hist"]:
+                image = torch.stack(stats["hist"]).T.log1p()
+                ax.imshow(image, origin="lower", aspect="auto", extent=(0, len(stats["hist"]), 0, self.hist_max))
+            ax.set(title=name, xlabel="recorded batch", ylabel="|activation|")
+        for ax in list(axs.flat)[n:]:
+            ax.axis("off")
+        return finished(fig)
+
+    def dead_chart(self):
+        """Fraction of each layer's activations that are near zero, over the recorded batches."""
+        fig, ax = plt.subplots(figsize=(6, 3.5))
+        for name, stats in zip(self.names, self.stats):
+            ax.plot(stats["dead"], label=name)
+        ax.set(title=f"Near-zero activations (|x| < {self.dead_below})", xlabel="recorded batch",
+               ylabel="fraction", ylim=(0, 1))
+        ax.legend(fontsize=8)
+        return finished(fig)
