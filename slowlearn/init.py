@@ -56,22 +56,28 @@ def lsuv_init(model: nn.Module, xb: torch.Tensor, modules: list[nn.Module] | Non
     modules = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)] if modules is None else modules
     names = {m: name for name, m in model.named_modules()}
     for m in modules:
+        name = names.get(m, type(m).__name__)
+        if not isinstance(getattr(m, "weight", None), torch.Tensor):
+            raise RuntimeError(f"lsuv_init: '{name}' has no weight to rescale; pass layers such as conv or "
+                               f"linear layers in `modules=`")
         for _ in range(max_iter):
             mean, std = _output_stats(model, m, xb)
             if abs(mean) < tol and abs(std - 1) < tol:
                 break
             if std < 1e-8:
-                raise RuntimeError(f"lsuv_init: layer '{names.get(m, m)}' outputs a constant on this batch "
-                                   f"(std {std:.2e}): its variance cannot be scaled to 1")
+                raise RuntimeError(f"lsuv_init: layer '{name}' outputs a constant on this batch (std {std:.2e}): "
+                                   f"its variance cannot be scaled to 1")
             if abs(mean) >= tol and getattr(m, "bias", None) is None:
-                raise RuntimeError(f"lsuv_init: layer '{names.get(m, m)}' has no bias, so its output mean "
-                                   f"{mean:.3g} cannot be moved to 0; exclude it with `modules=`")
+                raise RuntimeError(f"lsuv_init: layer '{name}' has no bias, so its output mean {mean:.3g} "
+                                   f"cannot be moved to 0; exclude it with `modules=`")
             m.weight.div_(std)
             if m.bias is not None:
                 m.bias.sub_(mean).div_(std)
         else:
-            raise RuntimeError(f"lsuv_init: layer '{names.get(m, m)}' did not reach |mean| < {tol} and "
-                               f"|std - 1| < {tol} in {max_iter} passes (mean {mean:.3g}, std {std:.3g})")
+            mean, std = _output_stats(model, m, xb)
+            if abs(mean) >= tol or abs(std - 1) >= tol:
+                raise RuntimeError(f"lsuv_init: layer '{name}' did not reach |mean| < {tol} and |std - 1| < {tol} "
+                                   f"in {max_iter} passes (mean {mean:.3g}, std {std:.3g})")
     return model
 
 

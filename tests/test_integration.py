@@ -45,3 +45,9 @@ def test_train_1cycle_seed_recipe_reaches_90_5_percent(fashion_folder):
     learn = train_1cycle(get_kaiming_initialized_model(), lr=5e-2, n_epochs=6)
     assert learn.history[-1]["train"] == "eval" and learn.history[-1]["accuracy"] >= 0.905
     assert len(learn.recorder.recs["lr"]) == 6 * len(learn.dls.train)
+
+
+def test_seed_cnn_reaches_85_percent_in_one_epoch_of_train_1cycle(fashion_folder):
+    set_seed(0)  # seeds 0, 1, 2: 85.38, 85.65, 85.73 %
+    learn = train_1cycle(get_kaiming_initialized_model(), n_epochs=1)
+    assert learn.history[-1]["train"] == "eval" and learn.history[-1]["accuracy"] >= 0.85

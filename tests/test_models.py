@@ -1,11 +1,12 @@
 import math
 from functools import partial
 
+import pytest
 import torch
 from torch import nn
 
-from slowlearn import (GeneralReLU, conv_block, get_kaiming_initalized_model, get_kaiming_initialized_model,
-                       init_weights, seed_cnn, set_seed)
+from slowlearn import (MLP, BatchNorm, GeneralReLU, ResBlock, conv_block, get_kaiming_initalized_model,
+                       get_kaiming_initialized_model, init_weights, lsuv_init, resnet, seed_cnn, set_seed, summary)
 
 
 def test_general_relu_options():
@@ -50,3 +51,97 @@ def test_set_seed_reproduces_weights():
     set_seed(1)
     b = get_kaiming_initialized_model()
     assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+
+
+def test_lsuv_meets_tolerance_on_every_layer():
+    torch.manual_seed(0)
+    model = seed_cnn(act=partial(GeneralReLU, leak=0.1, sub=0.4), norm=None)
+    xb = torch.randn(64, 1, 28, 28) * 3 + 1
+    lsuv_init(model, xb, tol=1e-3)
+    outputs = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: outputs.append(out)) for m in model.modules()
+             if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        model(xb)
+    for h in hooks:
+        h.remove()
+    assert len(outputs) == 5
+    for out in outputs:
+        assert abs(out.mean().item()) < 1e-3 and abs(out.std().item() - 1) < 1e-3
+
+
+def test_lsuv_raises_instead_of_looping_when_it_cannot():
+    torch.manual_seed(0)
+    no_bias = nn.Sequential(nn.Linear(4, 4, bias=False))
+    with pytest.raises(RuntimeError, match="layer '0' has no bias"):
+        lsuv_init(no_bias, torch.randn(32, 4) + 5)
+    constant = nn.Sequential(nn.Linear(4, 4))
+    nn.init.zeros_(constant[0].weight), nn.init.zeros_(constant[0].bias)
+    with pytest.raises(RuntimeError, match="outputs a constant"):
+        lsuv_init(constant, torch.randn(32, 4))
+    with pytest.raises(RuntimeError, match="has no weight"):
+        lsuv_init(nn.Sequential(nn.Linear(4, 4), nn.Tanh()), torch.randn(32, 4), modules=[nn.Tanh()])
+
+    class Twice(nn.Module):  # one layer used twice: its output is no longer affine in its weights
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 4)
+
+        def forward(self, x):
+            return self.lin(torch.tanh(self.lin(x)))
+
+    with pytest.raises(RuntimeError, match="did not reach .* in 1 passes"):
+        lsuv_init(Twice(), torch.randn(32, 4) * 4, max_iter=1)
+
+
+@pytest.mark.parametrize("shape", [(8, 3, 5, 5), (16, 4)])
+def test_from_scratch_batchnorm_matches_torch(shape):
+    torch.manual_seed(0)
+    ours, reference = BatchNorm(shape[1]), (nn.BatchNorm2d if len(shape) == 4 else nn.BatchNorm1d)(shape[1])
+    with torch.no_grad():
+        ours.weight.uniform_(0.5, 1.5)
+        reference.weight.copy_(ours.weight)
+    for step in range(5):
+        x = torch.randn(shape) * (step + 1) + step
+        torch.testing.assert_close(ours(x), reference(x))
+    torch.testing.assert_close(ours.running_mean, reference.running_mean)
+    torch.testing.assert_close(ours.running_var, reference.running_var)
+    ours.eval(), reference.eval()
+    x = torch.randn(shape)
+    torch.testing.assert_close(ours(x), reference(x))
+    x.requires_grad_(True)
+    ours.train()(x).sum().backward()
+    assert ours.weight.grad is not None
+
+
+@pytest.mark.parametrize("size, channels", [(28, 1), (32, 3)])
+def test_resnet_shapes_and_training_step(size, channels):
+    torch.manual_seed(0)
+    model = resnet(nfs=(8, 16, 32), in_channels=channels)
+    xb, yb = torch.randn(4, channels, size, size), torch.tensor([0, 1, 2, 3])
+    assert model(xb).shape == (4, 10)
+    loss = torch.nn.functional.cross_entropy(model(xb), yb)
+    loss.backward()
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_res_block_shortcut():
+    block = ResBlock(4, 8, stride=2)
+    assert block(torch.randn(2, 4, 7, 7)).shape == (2, 8, 4, 4)
+    assert isinstance(ResBlock(4, 4).idconv, nn.Identity)
+
+
+def test_mlp():
+    model = MLP(784, [50, 20], 10)
+    assert model(torch.randn(3, 1, 28, 28)).shape == (3, 10)
+    assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [50, 20, 10]
+
+
+def test_summary_rows(capsys):
+    model = get_kaiming_initialized_model()
+    model.train()
+    rows = summary(model, torch.randn(4, 1, 28, 28))
+    assert [r["output"] for r in rows[:5]] == ["8x14x14", "16x7x7", "32x4x4", "64x2x2", "10x1x1"]
+    assert rows[-1]["params"] == sum(p.numel() for p in model.parameters())
+    assert rows[0]["MFLOPs"] == pytest.approx(2 * 8 * 14 * 14 * 25 / 1e6)  # 2 flops per multiply-add
+    assert model.training and "MFLOPs" in capsys.readouterr().out

@@ -98,7 +98,7 @@ class ActivationStatsCB(Callback):
         fig, axs = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
         for ax, name, stats in zip(axs.flat, self.names, self.stats):
             if stats["hist"]:
-                image = torch.stack(stats["hist"]).T.log1p()
+                image = torch.stack(stats["hist"]).T.log1p().numpy()
                 ax.imshow(image, origin="lower", aspect="auto", extent=(0, len(stats["hist"]), 0, self.hist_max))
             ax.set(title=name, xlabel="recorded batch", ylabel="|activation|")
         for ax in list(axs.flat)[n:]:
