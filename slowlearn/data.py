@@ -50,6 +50,7 @@ class TensorLoader:
         if seed is None:
             seed = int(torch.randint(2**62, ()))
         self.generator = torch.Generator().manual_seed(seed)
+        self.epoch_start_state = self.generator.get_state()  # checkpoints taken mid-epoch need it
         self.rank, self.world_size = 0, 1
 
     def _affine(self, mean, std) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -82,6 +83,7 @@ class TensorLoader:
     def _order(self) -> torch.Tensor | None:
         n = len(self.x)
         if self.shuffle:
+            self.epoch_start_state = self.generator.get_state()
             order = torch.randperm(n, generator=self.generator).to(self.device)
         elif self.world_size > 1:
             order = torch.arange(n, device=self.device)

@@ -15,6 +15,8 @@ cleanup_fit / cleanup_epoch / cleanup_batch always run, also after an error or a
 from __future__ import annotations
 
 import difflib
+import itertools
+import os
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -22,8 +24,10 @@ import torch.nn.functional as F
 from fastcore.basics import camel2snake
 from torch import nn
 
-__all__ = ["Learner", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException", "EVENTS",
-           "VERBS"]
+from .checkpoint import read_checkpoint, restore_run_state, restore_weights, save_checkpoint
+
+__all__ = ["Learner", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
+           "CancelStepException", "EVENTS", "VERBS"]
 
 EVENTS = ("before_fit", "before_epoch", "before_batch", "after_predict", "after_loss", "after_backward",
           "after_step", "after_batch", "after_epoch", "after_fit", "cleanup_fit", "cleanup_epoch", "cleanup_batch")
@@ -46,6 +50,11 @@ class CancelBatchException(CancelException):
     """Raise in a callback to skip the rest of this batch and its `after_batch`."""
 
 
+class CancelStepException(CancelException):
+    """Raise in `after_backward` to skip this batch's optimizer step, `after_step` and `zero_grad`
+    (gradient accumulation); `after_batch` still runs."""
+
+
 class Callback:
     """Base class of callbacks. Define methods named after events or verbs, each taking the learner.
 
@@ -55,7 +64,7 @@ class Callback:
       before_batch   before the model sees `learn.batch`
       after_predict  after `learn.preds` is set
       after_loss     after `learn.loss` is set
-      after_backward after gradients are computed (train only)
+      after_backward after gradients are computed (train only); CancelStepException here skips the step
       after_step     after the optimizer step (train only)
       after_batch    at the end of each batch
       after_epoch    at the end of each phase of an epoch
@@ -156,20 +165,41 @@ class Learner:
         from .callbacks.lr_finder import lr_find  # the callbacks import this module
         return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot)
 
+    def save(self, path: str | os.PathLike) -> None:
+        """Checkpoint everything (model, optimizer, callbacks, RNGs, history) at the end of the last epoch."""
+        save_checkpoint(self, path, epoch=getattr(self, "epoch", -1) + 1)
+
+    def load(self, path: str | os.PathLike) -> Learner:
+        """Restore a checkpoint written by `save` or CheckpointCB (safely: plain data only). To continue
+        an interrupted run where it stopped, use `fit(n_epochs, resume=path)` instead."""
+        state = read_checkpoint(path)
+        restore_weights(self, state)
+        restore_run_state(self, state)
+        return self
+
     def fit(self, n_epochs: int = 1, lr: float | None = None, cbs: Sequence[Callback] = (), train: bool = True,
-            valid: bool = True, reset_opt: bool = False) -> Learner:
-        """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets every param group's lr."""
+            valid: bool = True, reset_opt: bool = False, resume: str | os.PathLike | None = None) -> Learner:
+        """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets every param group's lr.
+        `resume=path` continues the run saved at `path` up to a total of `n_epochs`."""
         cbs = list(cbs)
         self.cbs += cbs
         try:
             self._check_data(train, valid)
             self._prepare(lr, reset_opt)
-            self.n_epochs, self.epoch, self.pct_train = n_epochs, 0, 0.
-            self._run_level("fit", CancelFitException, lambda: self._epochs(n_epochs, train, valid))
+            state = read_checkpoint(resume) if resume is not None else None
+            if state is not None:
+                restore_weights(self, state)
+            self.n_epochs, self.epoch, self.pct_train, self.valid_phase = n_epochs, 0, 0., valid
+            self._run_level("fit", CancelFitException, lambda: self._epochs(n_epochs, train, valid, state))
         finally:
             for cb in cbs:
                 self.cbs.remove(cb)
         return self
+
+    @property
+    def in_last_phase(self) -> bool:
+        """True during an epoch's last phase: valid, or train when fitting with `valid=False`."""
+        return not self.training or not self.valid_phase
 
     def _check_data(self, train: bool, valid: bool) -> None:
         for phase, wanted in (("train", train), ("valid", valid)):
@@ -222,23 +252,27 @@ class Learner:
         finally:
             self.callback(f"cleanup_{level}")
 
-    def _epochs(self, n_epochs: int, train: bool, valid: bool) -> None:
-        for self.epoch in range(n_epochs):
+    def _epochs(self, n_epochs: int, train: bool, valid: bool, resume_state: dict | None) -> None:
+        start_epoch, start_iter = 0, 0
+        if resume_state is not None:  # after before_fit, which creates the schedulers whose state we restore
+            restore_run_state(self, resume_state)
+            start_epoch, start_iter = resume_state["epoch"], resume_state["iter"]
+        for self.epoch in range(start_epoch, n_epochs):
             if train:
-                self._one_epoch(True)
+                self._one_epoch(True, start_iter if self.epoch == start_epoch else 0)
             if valid:
                 with torch.no_grad():
                     self._one_epoch(False)
 
-    def _one_epoch(self, training: bool) -> None:
+    def _one_epoch(self, training: bool, start_iter: int = 0) -> None:
         self.training = training
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
         self.n_iter = len(self.dl)
-        self._run_level("epoch", CancelEpochException, self._batches)
+        self._run_level("epoch", CancelEpochException, lambda: self._batches(start_iter))
 
-    def _batches(self) -> None:
-        for self.iter, self.batch in enumerate(self.dl):
+    def _batches(self, start_iter: int) -> None:
+        for self.iter, self.batch in itertools.islice(enumerate(self.dl), start_iter, None):
             if self.training:
                 self.pct_train = (self.epoch + self.iter / self.n_iter) / self.n_epochs
             self._run_level("batch", CancelBatchException, self._one_batch)
@@ -252,7 +286,10 @@ class Learner:
         self.callback("after_loss")
         if self.training:
             self._do("backward")
-            self.callback("after_backward")
-            self._do("step")
-            self.callback("after_step")
-            self._do("zero_grad")
+            try:
+                self.callback("after_backward")
+                self._do("step")
+                self.callback("after_step")
+                self._do("zero_grad")
+            except CancelStepException:
+                pass

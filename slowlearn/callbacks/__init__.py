@@ -1,14 +1,21 @@
 """Callbacks, one module per concern."""
 from .core import DeviceCB, MomentumCB
+from .gradients import GradientAccumulationCB, GradientClipCB
 from .hooks import ActivationStatsCB
 from .lr_finder import LRFinderCB, SuggestedLRs
 from .metrics import MetricsCB
+from .precision import MixedPrecisionCB
+from .profile import ProfilerCB, find_batch_size
 from .progress import ProgressCB
 from .recorder import RecorderCB
 from .schedule import (BaseSchedulerCB, BatchSchedulerCB, EpochSchedulerCB, OneCycleCB, ParamSchedulerCB,
                        combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin, warmup_cos)
+from .tracking import (CheckpointCB, CSVLoggerCB, EarlyStoppingCB, ReduceLROnPlateauCB, TerminateOnNaNCB,
+                       latest_metric)
 
 __all__ = ["DeviceCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "ProgressCB", "RecorderCB", "LRFinderCB",
            "SuggestedLRs",
            "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB",
-           "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom"]
+           "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
+           "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
+           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "CSVLoggerCB", "latest_metric", "ProfilerCB", "find_batch_size"]

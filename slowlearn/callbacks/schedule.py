@@ -37,12 +37,17 @@ class BaseSchedulerCB(Callback):
     `max_lr`, ...) are removed again; the hyper-parameters keep their last scheduled values.
     """
 
+    order = 80  # steps after RecorderCB has recorded the values the step used
+
     def __init__(self, scheduler_f: Callable, **kwargs):
-        self.scheduler_f, self.kwargs, self.scheduler = scheduler_f, kwargs, None
+        self.scheduler_f, self.kwargs, self.scheduler, self._pending = scheduler_f, kwargs, None, None
 
     def before_fit(self, learn) -> None:
         self._own_keys = [set(group) for group in learn.opt.param_groups]
         self.scheduler = self.scheduler_f(learn.opt, **self.kwargs)
+        if self._pending is not None:
+            self.scheduler.load_state_dict(self._pending)
+            self._pending = None
 
     def cleanup_fit(self, learn) -> None:
         for group, keys in zip(learn.opt.param_groups, getattr(self, "_own_keys", ())):
@@ -57,14 +62,18 @@ class BaseSchedulerCB(Callback):
         return self.scheduler.state_dict() if self.scheduler is not None else {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.scheduler.load_state_dict(state)
+        """Restore now, or when the scheduler is created at the next `before_fit`."""
+        if self.scheduler is None:
+            self._pending = state
+        else:
+            self.scheduler.load_state_dict(state)
 
 
 class BatchSchedulerCB(BaseSchedulerCB):
-    """Steps the scheduler after every training batch (`OneCycleLR`, or `CosineAnnealingLR` with
-    `T_max` = total batches)."""
+    """Steps the scheduler after every optimizer step (`OneCycleLR`, or `CosineAnnealingLR` with
+    `T_max` = total steps); with gradient accumulation that is once per accumulated step."""
 
-    def after_batch(self, learn) -> None:
+    def after_step(self, learn) -> None:
         self._step(learn)
 
 

@@ -1,0 +1,146 @@
+"""Where the time goes: ProfilerCB splits training time by loop step; find_batch_size measures throughput."""
+from __future__ import annotations
+
+import copy
+import resource
+import sys
+import time
+from collections.abc import Sequence
+from functools import wraps
+
+import torch
+import torch.nn.functional as F
+
+from ..display import format_table
+from ..learner import Callback
+
+__all__ = ["ProfilerCB", "find_batch_size"]
+
+PHASES = ("data", "forward", "loss", "backward", "step", "callbacks")
+
+
+def _peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kilobytes on Linux, bytes on macOS
+    return kb / (2**20 if sys.platform == "darwin" else 2**10)
+
+
+class ProfilerCB(Callback):
+    """Splits training wall time into data loading, forward, loss, backward, optimizer step (with
+    zero_grad) and the other callbacks, and measures samples/s and peak memory.
+
+    On a GPU it synchronises the device at every boundary, which is what makes the split honest and
+    also why it slows training down: use it to look, not while measuring speed. Only training
+    batches are profiled. `report()` prints a table and returns the numbers as a dict.
+    """
+
+    order = -100  # first in every event: its marks bracket everyone else's work
+
+    def before_fit(self, learn) -> None:
+        self.times = dict.fromkeys(PHASES, 0.)
+        self.samples, self.batches, self._cb_time = 0, 0, 0.
+        self.device = next(learn.model.parameters()).device
+        for event, handlers in learn._handlers.items():  # time every other callback
+            learn._handlers[event] = [(cb, method if cb is self else self._timed(method)) for cb, method in handlers]
+        self._last = None
+
+    def _sync(self) -> float:
+        return _sync_time(self.device)
+
+    def _timed(self, method):
+        @wraps(method)
+        def timed(learn):
+            start = self._sync()
+            try:
+                method(learn)
+            finally:
+                self._cb_time += self._sync() - start
+        return timed
+
+    def _mark(self, phase: str | None) -> None:
+        now = self._sync()
+        if phase is not None and self._last is not None:
+            self.times[phase] += now - self._last - self._cb_time
+            self.times["callbacks"] += self._cb_time
+        self._cb_time, self._last = 0., now
+
+    def before_epoch(self, learn) -> None:
+        self._last = self._sync() if learn.training else None
+
+    def before_batch(self, learn) -> None:
+        if learn.training:
+            self._mark("data")
+
+    def after_predict(self, learn) -> None:
+        if learn.training:
+            self._mark("forward")
+
+    def after_loss(self, learn) -> None:
+        if learn.training:
+            self._mark("loss")
+
+    def after_backward(self, learn) -> None:
+        self._mark("backward")
+
+    def after_step(self, learn) -> None:
+        self._mark("step")
+
+    def after_batch(self, learn) -> None:
+        if learn.training:
+            self._mark("step")  # zero_grad, or the rest of a batch whose step was skipped
+            self.samples += len(learn.batch[-1])
+            self.batches += 1
+
+    def report(self, print_table: bool = True) -> dict:
+        """Seconds per phase, their share, ms per batch, samples/s and peak memory (MB)."""
+        total = sum(self.times.values())
+        rows = [{"phase": phase, "seconds": round(t, 4), "share": f"{100 * t / total:.1f} %" if total else "-",
+                 "ms/batch": round(1e3 * t / max(self.batches, 1), 3)} for phase, t in self.times.items()]
+        result = {"times": dict(self.times), "total": total, "batches": self.batches,
+                  "samples_per_s": self.samples / total if total else 0., "peak_memory_mb": _peak_memory_mb(self.device)}
+        if print_table:
+            memory = "GPU" if self.device.type == "cuda" else "process RSS"
+            print(format_table(rows))
+            print(f"{result['samples_per_s']:,.0f} samples/s over {self.batches} training batches; "
+                  f"peak memory {result['peak_memory_mb']:,.0f} MB ({memory})")
+        return result
+
+
+def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
+                    steps: int = 5, opt_func=torch.optim.AdamW, loss_func=F.cross_entropy) -> list[dict]:
+    """Training throughput (samples/s) for each batch size in `candidates`, on a copy of `model`, until
+    the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader)."""
+    device = next(model.parameters()).device
+    x_all, y_all = dls.train.x, dls.train.y
+    results = []
+    for bs in candidates:
+        if bs > len(x_all):
+            break
+        trial = copy.deepcopy(model).to(device).train()
+        opt = opt_func(trial.parameters(), 1e-3)
+        xb = dls.train._normalise(x_all[:bs]).to(device)
+        yb = y_all[:bs].to(device)
+        try:
+            for i in range(steps + 1):
+                if i == 1:  # the first step warms up kernels and allocators
+                    start = _sync_time(device)
+                loss_func(trial(xb), yb).backward()
+                opt.step()
+                opt.zero_grad()
+            seconds = _sync_time(device) - start
+        except torch.cuda.OutOfMemoryError:
+            results.append({"bs": bs, "samples_per_s": None, "note": "out of memory"})
+            break
+        finally:
+            del trial, opt
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results.append({"bs": bs, "samples_per_s": round(bs * steps / seconds, 1), "note": ""})
+    return results
+
+
+def _sync_time(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

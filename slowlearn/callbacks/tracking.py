@@ -1,0 +1,209 @@
+"""Tracking a run: checkpoints, early stopping, the NaN guard, lr on plateau, and a CSV log."""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import time
+from pathlib import Path
+
+from torch.optim import lr_scheduler
+
+from ..checkpoint import save_checkpoint
+from ..learner import Callback, CancelFitException
+from .schedule import BaseSchedulerCB
+
+__all__ = ["latest_metric", "CheckpointCB", "EarlyStoppingCB", "TerminateOnNaNCB", "ReduceLROnPlateauCB",
+           "CSVLoggerCB"]
+
+
+def latest_metric(learn, name: str) -> float:
+    """The latest value of a MetricsCB column: `valid_loss`, `train_loss`, `valid_accuracy`, ..."""
+    phase, _, key = name.partition("_")
+    wanted = {"valid": "eval", "train": "train"}.get(phase)
+    for row in reversed(learn.history):
+        if row.get("train") == wanted and key in row:
+            return row[key]
+    names = sorted({f"{'valid' if r.get('train') == 'eval' else 'train'}_{k}" for r in learn.history
+                    for k in r if k not in ("epoch", "train")})
+    raise KeyError(f"No metric '{name}' in learn.history (needs MetricsCB); available: {names or 'none yet'}")
+
+
+def _monitored_phase_ended(learn, monitor: str) -> bool:
+    return learn.training == monitor.startswith("train_")
+
+
+def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.) -> bool:
+    if best is None:
+        return True
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _mode(monitor: str, mode: str | None) -> str:
+    if mode is None:
+        return "min" if "loss" in monitor else "max"
+    if mode not in ("min", "max"):
+        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+    return mode
+
+
+class CheckpointCB(Callback):
+    """Saves complete checkpoints (see `slowlearn.checkpoint`) to `path` during training.
+
+    `every="epoch"` saves at the end of every epoch; an int saves every that many training batches
+    (a mid-epoch checkpoint resumes mid-epoch). With `monitor` (e.g. "valid_loss"), it saves at the
+    end of an epoch only when that metric improved (`mode` "min"/"max", by default "min" for losses).
+    Continue a run with `learn.fit(n_epochs, resume=path)`.
+    """
+
+    order = 90  # after MetricsCB and the schedulers: the checkpoint holds their latest state
+
+    def __init__(self, path: str | os.PathLike, every: str | int = "epoch", monitor: str | None = None,
+                 mode: str | None = None):
+        if every != "epoch" and not (isinstance(every, int) and every > 0):
+            raise ValueError(f"every must be 'epoch' or a positive number of batches, got {every!r}")
+        self.path, self.every, self.monitor = Path(path), every, monitor
+        self.mode = _mode(monitor, mode) if monitor else None
+        self.best: float | None = None
+
+    def after_batch(self, learn) -> None:
+        if learn.training and isinstance(self.every, int) and (learn.iter + 1) % self.every == 0:
+            save_checkpoint(learn, self.path, epoch=learn.epoch, iter=learn.iter + 1)
+
+    def after_epoch(self, learn) -> None:
+        if self.monitor is not None:
+            if _monitored_phase_ended(learn, self.monitor):
+                value = latest_metric(learn, self.monitor)
+                if _improved(value, self.best, self.mode):
+                    self.best = value
+                    self._save_epoch(learn)
+        elif self.every == "epoch" and learn.in_last_phase:
+            self._save_epoch(learn)
+
+    def _save_epoch(self, learn) -> None:
+        # a monitor on train_* fires before the valid phase: resuming then runs that phase again
+        save_checkpoint(learn, self.path, epoch=learn.epoch + 1 if learn.in_last_phase else learn.epoch,
+                        iter=0 if learn.in_last_phase else learn.n_iter)
+
+    def state_dict(self) -> dict:
+        return {"best": self.best}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best = state["best"]
+
+
+class EarlyStoppingCB(Callback):
+    """Stops training when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+
+    order = 90
+
+    def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0., mode: str | None = None):
+        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, _mode(monitor, mode)
+        self.best, self.wait, self.stopped_epoch = None, 0, None
+
+    def before_fit(self, learn) -> None:
+        self.best, self.wait, self.stopped_epoch = None, 0, None
+
+    def after_epoch(self, learn) -> None:
+        if not _monitored_phase_ended(learn, self.monitor):
+            return
+        value = latest_metric(learn, self.monitor)
+        if _improved(value, self.best, self.mode, self.min_delta):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_epoch = learn.epoch
+            print(f"Early stopping at epoch {learn.epoch}: {self.monitor} has not improved on {self.best:.4g} "
+                  f"for {self.patience} epochs")
+            raise CancelFitException()
+
+    def state_dict(self) -> dict:
+        return {"best": self.best, "wait": self.wait}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.best, self.wait = state["best"], state["wait"]
+
+
+class TerminateOnNaNCB(Callback):
+    """Stops the fit at the first NaN or infinite loss, saying at which epoch and batch.
+
+    Checks every training batch, so it reads the loss back each batch (a host sync). Steps that an
+    fp16 GradScaler skips for overflowing gradients have a finite loss and do not stop the fit.
+    """
+
+    order = 0
+
+    def __init__(self):
+        self.stopped_at: tuple[int, int] | None = None
+
+    def after_loss(self, learn) -> None:
+        if learn.training and not math.isfinite(learn.loss.item()):
+            self.stopped_at = (learn.epoch, learn.iter)
+            print(f"Terminating: the loss is {learn.loss.item()} at epoch {learn.epoch}, batch {learn.iter}")
+            raise CancelFitException()
+
+
+class ReduceLROnPlateauCB(BaseSchedulerCB):
+    """torch's ReduceLROnPlateau, stepped with `monitor` at the end of each epoch (kwargs: factor, patience, ...)."""
+
+    def __init__(self, monitor: str = "valid_loss", mode: str | None = None, **kwargs):
+        super().__init__(lr_scheduler.ReduceLROnPlateau, mode=_mode(monitor, mode), **kwargs)
+        self.monitor = monitor
+
+    def after_epoch(self, learn) -> None:
+        if _monitored_phase_ended(learn, self.monitor):
+            self.scheduler.step(latest_metric(learn, self.monitor))
+
+
+class CSVLoggerCB(Callback):
+    """Writes one CSV row per epoch and phase: the MetricsCB row, the lr and the phase's seconds.
+
+    A new fit starts a new file (unless `append`); a resumed fit keeps the rows written up to its
+    checkpoint and appends after them.
+    """
+
+    order = 90
+
+    def __init__(self, path: str | os.PathLike, append: bool = False):
+        self.path, self.append = Path(path), append
+        self._written: int | None = None
+
+    def before_fit(self, learn) -> None:
+        self._columns, self._resume_at = None, None
+
+    def before_epoch(self, learn) -> None:
+        self._start = time.perf_counter()
+
+    def after_epoch(self, learn) -> None:
+        if not learn.history:
+            return
+        row = {**learn.history[-1], "lr": learn.opt.param_groups[0]["lr"],
+               "time": round(time.perf_counter() - self._start, 3)}
+        self._write(row)
+
+    def _write(self, row: dict) -> None:
+        if self._columns is None:
+            self._columns = list(row)
+            self._open_file()
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self._columns, extrasaction="ignore").writerow(row)
+        self._written = (self._written or 0) + 1
+
+    def _open_file(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if self._resume_at is not None and self.path.exists():
+            with open(self.path, newline="") as f:
+                kept = f.readlines()[:1 + self._resume_at]
+            self.path.write_text("".join(kept))
+            self._written = self._resume_at
+        elif not (self.append and self.path.exists()):
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerow(self._columns)
+            self._written = 0
+
+    def state_dict(self) -> dict:
+        return {"rows": self._written or 0}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resume_at = state["rows"]

@@ -1,0 +1,114 @@
+"""Complete checkpoints: everything needed to continue a run exactly, written atomically, loaded safely.
+
+A checkpoint is a dict of tensors and plain Python values (so `torch.load(weights_only=True)` reads
+it): model and optimizer state, the state of every callback that has `state_dict()`, the RNG states
+(torch, CUDA, NumPy, Python, and each loader's generator), the history, and the position: `epoch`
+(epochs completed) and `iter` (training batches completed in the epoch after those).
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["save_checkpoint", "read_checkpoint", "restore_weights", "restore_run_state", "callback_key"]
+
+FORMAT = 1
+
+
+def callback_key(cbs, cb) -> str:
+    """A callback's key in a checkpoint: its class name, numbered when the class appears more than once."""
+    same = [other for other in cbs if type(other) is type(cb)]
+    return type(cb).__name__ if len(same) == 1 else f"{type(cb).__name__}_{same.index(cb)}"
+
+
+def _loader_states(learn, mid_epoch: bool) -> dict:
+    states = {}
+    for split in ("train", "valid"):
+        dl = getattr(learn.dls, split, None)
+        if hasattr(dl, "generator"):
+            # mid-epoch, the permutation being used was drawn from the state at the epoch's start
+            states[split] = dl.epoch_start_state if mid_epoch and split == "train" else dl.generator.get_state()
+    return states
+
+
+def _rng_states() -> dict:
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate()}
+
+
+def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -> Path:
+    """Write `learn`'s complete state at position (`epoch`, `iter`) to `path`, atomically: the file is
+    written next to its destination and renamed over it, so a crash leaves the previous checkpoint."""
+    state = {
+        "format": FORMAT,
+        "model": learn.model.state_dict(),
+        "opt": learn.opt.state_dict() if learn.opt is not None else None,
+        "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
+        "rng": _rng_states(),
+        "loaders": _loader_states(learn, mid_epoch=iter > 0),
+        "history": list(learn.history),
+        "epoch": epoch,
+        "iter": iter,
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
+    """Load a checkpoint with `torch.load(weights_only=True)`: plain data only, never code."""
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"Refusing to load {path}: it is not a plain-data slowlearn checkpoint (loading it "
+                         f"would need to run code from the file). Only load checkpoints you trust with "
+                         f"torch.load(weights_only=False). Details: {e}") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ValueError(f"{path} is not a slowlearn checkpoint (format {FORMAT})")
+    return state
+
+
+def restore_weights(learn, state: dict) -> None:
+    """Model, optimizer and history: what must be in place before the fit starts."""
+    learn.model.load_state_dict(state["model"])
+    if state["opt"] is not None:
+        if learn.opt is None:
+            learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)
+        learn.opt.load_state_dict(state["opt"])
+    learn.history[:] = state["history"]
+
+
+def restore_run_state(learn, state: dict) -> None:
+    """Callbacks, RNGs and loader order: applied after `before_fit`, which (re)creates schedulers."""
+    saved = state["callbacks"]
+    for cb in learn.cbs:
+        key = callback_key(learn.cbs, cb)
+        if hasattr(cb, "load_state_dict") and key in saved:
+            cb.load_state_dict(saved[key])
+    rng = state["rng"]
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(_as_tuples(rng["python"]))
+    for split, generator_state in state["loaders"].items():
+        getattr(learn.dls, split).generator.set_state(generator_state)
+
+
+def _as_tuples(x):
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
