@@ -99,6 +99,9 @@ def restore_run_state(learn, state: dict) -> None:
         key = callback_key(learn.cbs, cb)
         if hasattr(cb, "load_state_dict") and key in saved:
             cb.load_state_dict(saved[key])
+    if state["opt"] is not None:  # a scheduler created at before_fit has reset lr/momentum to its start values
+        for group, saved_group in zip(learn.opt.param_groups, state["opt"]["param_groups"]):
+            group.update({k: v for k, v in saved_group.items() if k != "params"})
     rng = state["rng"]
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():

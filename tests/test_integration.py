@@ -51,3 +51,15 @@ def test_seed_cnn_reaches_85_percent_in_one_epoch_of_train_1cycle(fashion_folder
     set_seed(0)  # seeds 0, 1, 2: 85.38, 85.65, 85.73 %
     learn = train_1cycle(get_kaiming_initialized_model(), n_epochs=1)
     assert learn.history[-1]["train"] == "eval" and learn.history[-1]["accuracy"] >= 0.85
+
+
+def test_bf16_mixed_precision_on_cpu_is_within_one_point_of_fp32(fashion_folder):
+    from slowlearn import MixedPrecisionCB, fashion_mnist
+
+    dls = fashion_mnist()
+    accuracies = []
+    for cbs in ([], [MixedPrecisionCB("bf16")]):
+        set_seed(0)
+        accuracies.append(train_1cycle(get_kaiming_initialized_model(), n_epochs=1, dls=dls, cbs=cbs)
+                          .history[-1]["accuracy"])
+    assert abs(accuracies[0] - accuracies[1]) <= 0.01

@@ -67,6 +67,7 @@ class ProfilerCB(Callback):
 
     def before_epoch(self, learn) -> None:
         self._last = self._sync() if learn.training else None
+        self._cb_time = 0.
 
     def before_batch(self, learn) -> None:
         if learn.training:

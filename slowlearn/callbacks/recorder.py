@@ -49,6 +49,15 @@ class RecorderCB(Callback):
             self.recs[name].append(get_hyper(self.pg, getter) if isinstance(getter, str) else getter(self))
         self._losses.append(learn.loss)
 
+    def state_dict(self) -> dict:
+        return {"recs": {k: list(v) for k, v in self.recs.items()}, "losses": list(self.losses)}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue the recording of a resumed run."""
+        self.recs = {k: list(v) for k, v in state["recs"].items()}
+        self._losses = DeviceFloats()
+        self._losses.values = list(state["losses"])
+
     def cleanup_fit(self, learn) -> None:
         self._losses.read()
         self.learn = self.pg = None
