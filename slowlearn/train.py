@@ -35,15 +35,16 @@ def default_cbs() -> list[Callback]:
 
 def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,
           opt_func: Callable = torch.optim.SGD, cbs: Sequence[Callback] = (), dls: DataLoaders | None = None,
-          loss_func: Callable = F.cross_entropy) -> Learner:
+          loss_func: Callable = F.cross_entropy, resume: str | None = None) -> Learner:
     """Train a Fashion-MNIST model (or one on `dls`), printing accuracy and loss per epoch and phase.
 
-    `cbs` are added to the defaults (device, metrics, progress). Returns the Learner: its
-    `history` holds the table, `learn.progress.plot_loss()` draws the loss curve.
+    `cbs` are added to the defaults (device, metrics, progress). `resume=path` continues the run
+    checkpointed there (by CheckpointCB) when called again with the same arguments. Returns the
+    Learner: its `history` holds the table, `learn.progress.plot_loss()` draws the loss curve.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
     learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(), *cbs], opt_func=opt_func)
-    return learn.fit(n_epochs)
+    return learn.fit(n_epochs, resume=resume)
 
 
 def fast_adamw() -> Callable:
@@ -55,20 +56,21 @@ def fast_adamw() -> Callable:
 
 def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: DataLoaders | None = None,
                  opt_func: Callable | None = None, cbs: Sequence[Callback] = (), bs: int = 512,
-                 loss_func: Callable = F.cross_entropy, **one_cycle_kwargs) -> Learner:
+                 loss_func: Callable = F.cross_entropy, resume: str | None = None, **one_cycle_kwargs) -> Learner:
     """One-cycle training: AdamW, lr warmed up to `lr` then annealed (cosine), momentum (beta1) cycled
     the opposite way, stepped every batch by torch's `OneCycleLR` (`one_cycle_kwargs` go to it:
     `pct_start`, `div_factor`, `final_div_factor`, `base_momentum`, `max_momentum`, ...).
 
-    Fashion-MNIST by default, or any `dls`. `opt_func=None` picks `fast_adamw()`. Prints the metrics
-    table and returns the Learner: `learn.recorder.plot()` shows lr and momentum per batch.
+    Fashion-MNIST by default, or any `dls`. `opt_func=None` picks `fast_adamw()`. `resume=path`
+    continues the run checkpointed there when called again with the same arguments. Prints the
+    metrics table and returns the Learner: `learn.recorder.plot()` shows lr and momentum per batch.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
     schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=lr, total_steps=n_epochs * len(dls.train),
                                 **one_cycle_kwargs)
     learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(), RecorderCB(), *cbs],
                     opt_func=opt_func or fast_adamw())
-    return learn.fit(n_epochs, cbs=[schedule])
+    return learn.fit(n_epochs, cbs=[schedule], resume=resume)
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:

@@ -321,3 +321,17 @@ def test_find_batch_size():
     dls = make_dls(n_train=300, bs=4)
     rows = find_batch_size(nn.Linear(3, 2), dls, candidates=(16, 64, 256, 1024), steps=2)
     assert [r["bs"] for r in rows] == [16, 64, 256] and all(r["samples_per_s"] > 0 for r in rows)
+
+
+def test_train_1cycle_resumes_its_own_run(tmp_path):
+    def run(cbs, resume=None):
+        set_seed(0)
+        from slowlearn import train_1cycle
+        model = nn.Sequential(nn.Linear(3, 8), nn.ReLU(), nn.Linear(8, 2))
+        return train_1cycle(model, lr=0.05, n_epochs=3, dls=make_dls(n_train=32, bs=8), cbs=cbs, resume=resume)
+
+    straight = run([])
+    run([CheckpointCB(tmp_path / "ckpt.pt"), StopAt(epoch=1, iter=3)])
+    resumed = run([CheckpointCB(tmp_path / "ckpt.pt")], resume=tmp_path / "ckpt.pt")
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.parameters(), resumed.model.parameters()))
+    assert resumed.recorder.recs["lr"] == straight.recorder.recs["lr"]
