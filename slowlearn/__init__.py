@@ -6,12 +6,14 @@ from .callbacks import (ActivationStatsCB, BaseSchedulerCB, BatchSchedulerCB, Ch
                         find_batch_size, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin, warmup_cos)
 from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
+from .inference import Prediction, Preds, confusion_matrix
 from .init import BatchNorm, GeneralReLU, init_weights, lsuv_init, set_seed
 from .learner import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException,
                       Learner)
 from .models import (MLP, ResBlock, conv_block, get_kaiming_initalized_model, get_kaiming_initialized_model, resnet,
                      seed_cnn, summary)
 from .optim import SGD, AdaDelta, AdaGrad, Adam, AdamW, MomentumSGD, RMSProp
+from .show import plot_confusion_matrix, plot_metrics, plot_top_losses, show_batch, show_results
 from .train import compare_optimizers, train, train_1cycle
 
 __version__ = "0.1.0"
@@ -28,4 +30,6 @@ __all__ = [
     "get_kaiming_initalized_model",
     "SGD", "MomentumSGD", "RMSProp", "AdaGrad", "AdaDelta", "Adam", "AdamW",
     "train", "train_1cycle", "compare_optimizers",
+    "Preds", "Prediction", "confusion_matrix", "show_batch", "show_results", "plot_confusion_matrix",
+    "plot_top_losses", "plot_metrics",
 ]

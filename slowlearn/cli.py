@@ -8,28 +8,33 @@ from collections.abc import Sequence
 
 def demo(args: argparse.Namespace) -> int:
     from .callbacks.core import MomentumCB
-    from .display import show_or_save
+    from .display import save_png
     from .init import set_seed
     from .models import get_kaiming_initialized_model
+    from .show import plot_confusion_matrix, plot_metrics
     from .train import train
 
     set_seed(args.seed)
     learn = train(get_kaiming_initialized_model(), lr=args.lr, n_epochs=args.epochs, cbs=[MomentumCB()])
-    path = show_or_save(learn.progress.plot_loss(), f"{args.out}/loss.png")
-    print(f"Loss plot saved to {path}")
+    pictures = {"Loss plot": (learn.progress.plot_loss(), "loss.png"),
+                "Metrics per epoch": (plot_metrics(learn), "metrics.png"),
+                "Confusion matrix": (plot_confusion_matrix(learn), "confusion_matrix.png")}
+    for what, (fig, name) in pictures.items():
+        print(f"{what} saved to {save_png(fig, f'{args.out}/{name}')}")
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="slowlearn", description="Train image classifiers with slowlearn.")
     sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="train the seed CNN on Fashion-MNIST and save a loss plot",
+    d = sub.add_parser("demo", help="train the seed CNN on Fashion-MNIST and save plots",
                        description="Train the seed CNN (Kaiming init, SGD + MomentumCB) on Fashion-MNIST, print "
-                                   "the metrics table and save the loss curve as a PNG.")
+                                   "the metrics table and save the loss curve, the metrics per epoch and the "
+                                   "confusion matrix as PNGs.")
     d.add_argument("--epochs", type=int, default=3, help="number of epochs (default: 3)")
     d.add_argument("--lr", type=float, default=0.2, help="learning rate (default: 0.2)")
     d.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
-    d.add_argument("--out", default="runs/demo", help="folder for the loss plot (default: runs/demo)")
+    d.add_argument("--out", default="runs/demo", help="folder for the plots (default: runs/demo)")
     d.set_defaults(func=demo)
     return p
 

@@ -101,12 +101,20 @@ class TensorLoader:
             else:
                 idx = order[i * self.bs:(i + 1) * self.bs]
                 xb, yb = self.x[idx], self.y[idx]
-            yield self._normalise(xb), yb
+            yield self.normalise(xb), yb
 
-    def _normalise(self, xb: torch.Tensor) -> torch.Tensor:
+    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        """A batch as stored (e.g. uint8 images) to what the model sees."""
         if self.scale is None:
             return xb
-        return xb.to(torch.float32).mul_(self.scale).sub_(self.shift)
+        return xb.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift)  # never in place on the data
+
+    def decode(self, xb: torch.Tensor) -> torch.Tensor:
+        """Undo `normalise` for display: images back in [0, 1] (or the stored units for non-images)."""
+        if self.scale is None:
+            return xb
+        x = (xb.float() + self.shift.to(xb.device)) / self.scale.to(xb.device)
+        return x / 255 if self.x.dtype == torch.uint8 else x
 
 
 class DataLoaders:

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from fastcore.basics import camel2snake
 from torch import nn
 
+from . import inference
 from .checkpoint import read_checkpoint, restore_run_state, restore_weights, save_checkpoint
 
 __all__ = ["Learner", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
@@ -143,21 +144,33 @@ class Learner:
         self.cbs.remove(cb)
         return self
 
-    # The default loop verbs; a callback that defines a method of the same name replaces one.
-    def predict(self) -> None:
+    # The default loop verbs; a callback that defines `predict`, `get_loss`, ... replaces one.
+    def _predict(self) -> None:
         self.preds = self.model(self.batch[0])
 
-    def get_loss(self) -> None:
+    def _get_loss(self) -> None:
         self.loss = self.loss_func(self.preds, *self.batch[1:])
 
-    def backward(self) -> None:
+    def _backward(self) -> None:
         self.loss.backward()
 
-    def step(self) -> None:
+    def _step(self) -> None:
         self.opt.step()
 
-    def zero_grad(self) -> None:
+    def _zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
+
+    def get_preds(self, dl=None, with_input: bool = False, with_loss: bool = False):
+        """Probabilities and targets (and inputs, per-item losses) on `dl` (default: the validation set)."""
+        return inference.get_preds(self, dl, with_input, with_loss)
+
+    def predict(self, x: torch.Tensor):
+        """Class index, name and probabilities for one item (or a batch) as stored in the dataset."""
+        return inference.predict(self, x)
+
+    def validate(self, dl=None) -> dict:
+        """Loss and metrics on `dl` (default: the validation set), without touching the history."""
+        return inference.validate(self, dl)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
                 show_plot: bool = True):
@@ -238,7 +251,7 @@ class Learner:
     def _do(self, verb: str) -> None:
         owner = self._verbs[verb]
         if owner is None:
-            getattr(self, verb)()
+            getattr(self, "_" + verb)()
         else:
             _call(owner[0], owner[1], verb, self)
 

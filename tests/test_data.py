@@ -51,6 +51,13 @@ def test_uint8_images_are_scaled_and_normalised():
     torch.testing.assert_close(xb.flatten(), (torch.tensor([0, 51, 255]) / 255 - 0.2) / 0.5)
 
 
+def test_normalising_float_data_leaves_the_dataset_alone():
+    x = torch.ones(4, 2)
+    loader = TensorLoader(x, torch.zeros(4), bs=2, mean=0.5, std=0.5, device="cpu")
+    assert [xb.tolist() for xb, _ in loader] == [[[1., 1.], [1., 1.]]] * 2
+    assert torch.equal(loader.x, torch.ones(4, 2)) and torch.equal(loader.decode(loader.normalise(x)), x)
+
+
 def test_per_channel_normalisation():
     x = torch.full((2, 3, 2, 2), 255, dtype=torch.uint8)
     loader = TensorLoader(x, torch.zeros(2), bs=2, mean=[0., 0.5, 1.], std=[1., 0.5, 0.25], device="cpu")

@@ -20,8 +20,8 @@ def test_cli_demo_prints_table_and_saves_plot(fashion_folder, tmp_path):
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].split() == ["accuracy", "loss", "epoch", "train"]
-    assert (tmp_path / "loss.png").stat().st_size > 1000
-    assert f"Loss plot saved to {tmp_path / 'loss.png'}" in result.stdout
+    for name in ("loss.png", "metrics.png", "confusion_matrix.png"):
+        assert (tmp_path / name).stat().st_size > 1000 and f"saved to {tmp_path / name}" in result.stdout
 
 
 def test_cli_rejects_bad_values():

@@ -120,7 +120,7 @@ def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64
             break
         trial = copy.deepcopy(model).to(device).train()
         opt = opt_func(trial.parameters(), 1e-3)
-        xb = dls.train._normalise(x_all[:bs]).to(device)
+        xb = dls.train.normalise(x_all[:bs]).to(device)
         yb = y_all[:bs].to(device)
         try:
             for i in range(steps + 1):

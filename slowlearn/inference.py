@@ -1,0 +1,103 @@
+"""Using a trained model: predictions over a loader, single-item prediction, validation metrics."""
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import torch
+
+from .device import to_device
+
+__all__ = ["Preds", "Prediction", "get_preds", "predict", "validate", "confusion_matrix"]
+
+
+class Preds(NamedTuple):
+    """What `get_preds` returns: `preds` (probabilities), `targets`, and `inputs`/`losses` when asked for."""
+    preds: torch.Tensor
+    targets: torch.Tensor
+    inputs: torch.Tensor | None = None
+    losses: torch.Tensor | None = None
+
+
+class Prediction(NamedTuple):
+    """`learn.predict(x)`: class index, class name and probabilities (tensors and a list for a batch)."""
+    index: int | torch.Tensor
+    name: str | list[str] | None
+    probs: torch.Tensor
+
+
+def _device(learn) -> torch.device:
+    param = next(learn.model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False) -> Preds:
+    """Run the model in eval mode over `dl` (default `learn.dls.valid`), in order, without callbacks.
+
+    Everything stays on the model's device until one copy to the CPU at the end (no host sync per
+    batch). Per-item losses call `learn.loss_func(..., reduction="none")`.
+    """
+    dl = dl if dl is not None else learn.dls.valid
+    device, was_training = _device(learn), learn.model.training
+    preds, targets, inputs, losses = [], [], [], []
+    learn.model.eval()
+    try:
+        for xb, yb in dl:
+            xb, yb = to_device((xb, yb), device)
+            out = learn.model(xb)
+            preds.append(out.float().softmax(-1))
+            targets.append(yb)
+            if with_input:
+                inputs.append(xb)
+            if with_loss:
+                losses.append(learn.loss_func(out.float(), yb, reduction="none"))
+    finally:
+        learn.model.train(was_training)
+    cat = lambda ts: torch.cat(ts).cpu() if ts else None  # noqa: E731
+    return Preds(cat(preds), cat(targets), cat(inputs), cat(losses))
+
+
+@torch.no_grad()
+def predict(learn, x: torch.Tensor) -> Prediction:
+    """Predict one item (shape as stored in the dataset, e.g. uint8 1x28x28) or a batch of them.
+
+    The item is normalised the way the loaders normalise batches. Classes are named from `dls.classes`.
+    """
+    loader = learn.dls.valid
+    expected = tuple(loader.x.shape[1:])
+    single = tuple(x.shape) == expected
+    if not single and tuple(x.shape[1:]) != expected:
+        raise ValueError(f"predict expects one item of shape {expected} (or a batch of shape (N, "
+                         f"{', '.join(map(str, expected))})), as in the dataset; got shape {tuple(x.shape)}")
+    xb = loader.normalise(to_device(x[None] if single else x, loader.device))
+    was_training = learn.model.training
+    learn.model.eval()
+    try:
+        probs = learn.model(xb.to(_device(learn))).float().softmax(-1).cpu()
+    finally:
+        learn.model.train(was_training)
+    index = probs.argmax(-1)
+    classes = getattr(learn.dls, "classes", None)
+    names = [classes[i] for i in index.tolist()] if classes else None
+    if single:
+        return Prediction(int(index[0]), names[0] if names else None, probs[0])
+    return Prediction(index, names, probs)
+
+
+def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Counts: row = true class, column = predicted class (`preds` are class indexes)."""
+    return torch.bincount(targets * n_classes + preds, minlength=n_classes ** 2).reshape(n_classes, n_classes)
+
+
+def validate(learn, dl=None) -> dict:
+    """The mean loss and the MetricsCB metrics on `dl`, computed from `get_preds` (history untouched)."""
+    result = get_preds(learn, dl, with_loss=True)
+    row = {"loss": result.losses.mean().item()}
+    metrics_cb = next((cb for cb in learn.cbs if hasattr(cb, "metrics") and isinstance(cb.metrics, dict)), None)
+    for name, metric in (metrics_cb.metrics.items() if metrics_cb else ()):
+        fresh = copy.deepcopy(metric).to("cpu")
+        fresh.reset()
+        fresh.update(result.preds, result.targets)
+        row[name] = fresh.compute().item()
+    return row

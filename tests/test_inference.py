@@ -1,0 +1,105 @@
+import matplotlib.figure
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+
+from slowlearn import (DataLoaders, Learner, MetricsCB, TensorLoader, confusion_matrix, plot_confusion_matrix,
+                       plot_metrics, plot_top_losses, show_batch, show_results)
+
+CLASSES = ["zero", "one", "two"]
+
+
+def image_dls(n_train=24, n_valid=10, bs=8):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n_train + n_valid, 1, 6, 6), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 3, (n_train + n_valid,), generator=g)
+    norm = dict(mean=0.5, std=0.25, device="cpu")
+    return DataLoaders(TensorLoader(x[:n_train], y[:n_train], bs, shuffle=True, seed=0, **norm),
+                       TensorLoader(x[n_train:], y[n_train:], bs, **norm), classes=CLASSES)
+
+
+def image_learner():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    return Learner(model, image_dls(), lr=0.1, cbs=[MetricsCB(accuracy=MulticlassAccuracy())])
+
+
+def test_get_preds_equals_a_manual_loop():
+    learn = image_learner().fit(1)
+    learn.model.train()
+    result = learn.get_preds(with_input=True, with_loss=True)
+    xs, ys = zip(*learn.dls.valid)
+    x, y = torch.cat(xs), torch.cat(ys)
+    with torch.no_grad():
+        logits = learn.model(x)
+    torch.testing.assert_close(result.preds, logits.softmax(-1))
+    assert torch.equal(result.targets, y) and torch.equal(result.inputs, x)
+    torch.testing.assert_close(result.losses, F.cross_entropy(logits, y, reduction="none"))
+    assert result.preds.shape == (10, 3) and learn.model.training  # mode restored
+    assert learn.get_preds(learn.dls.train).preds.shape == (24, 3)
+
+
+def test_validate_returns_metrics_without_touching_history():
+    learn = image_learner().fit(1)
+    n_history = len(learn.history)
+    metrics = learn.validate()
+    assert metrics["loss"] == pytest.approx(learn.history[-1]["loss"], rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(learn.history[-1]["accuracy"])
+    assert len(learn.history) == n_history
+
+
+def test_predict_single_item_and_batch():
+    learn = image_learner().fit(1)
+    item = learn.dls.valid.x[3]
+    single = learn.predict(item)
+    probs = learn.get_preds().preds[3]
+    torch.testing.assert_close(single.probs, probs)
+    assert single.index == int(probs.argmax()) and single.name == CLASSES[single.index]
+    batch = learn.predict(learn.dls.valid.x[:4])
+    assert batch.index.tolist() == learn.get_preds().preds[:4].argmax(-1).tolist()
+    assert batch.name == [CLASSES[i] for i in batch.index.tolist()]
+
+
+def test_predict_wrong_shape_says_what_it_expects():
+    learn = image_learner()
+    with pytest.raises(ValueError, match=r"one item of shape \(1, 6, 6\).*got shape \(6, 6\)"):
+        learn.predict(torch.zeros(6, 6, dtype=torch.uint8))
+
+
+def test_confusion_matrix_counts():
+    targets = torch.tensor([0, 0, 1, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 2, 0, 2])
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for t, p in zip(targets.tolist(), preds.tolist()):
+        expected[t, p] += 1
+    assert torch.equal(confusion_matrix(targets, preds, 3), expected)
+    learn = image_learner().fit(1)
+    fig = plot_confusion_matrix(learn)
+    assert fig.confusion_matrix.sum() == 10  # the number of validation items
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == CLASSES
+    assert "normalised" in plot_confusion_matrix(learn, normalize=True).axes[0].get_title()
+
+
+def titles(fig):
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_pictures_are_figures_with_class_names():
+    learn = image_learner().fit(2)
+    batch = show_batch(learn.dls, n=6)
+    assert isinstance(batch, matplotlib.figure.Figure) and len(titles(batch)) == 6
+    assert all(t in CLASSES for t in titles(batch))
+    results = show_results(learn, n=8)
+    assert len(titles(results)) == 8 and all(t.split("\n")[0] in CLASSES for t in titles(results))
+    top = plot_top_losses(learn, k=4)
+    assert len(titles(top)) == 4 and all(t.split(" / ")[0] in CLASSES for t in titles(top))
+    metrics = plot_metrics(learn)
+    assert titles(metrics) == ["accuracy", "loss"] and len(metrics.axes[0].get_lines()) == 2
+
+
+def test_decode_undoes_normalisation():
+    dls = image_dls()
+    xb, _ = next(iter(dls.valid))
+    torch.testing.assert_close(dls.valid.decode(xb), dls.valid.x[:8].float() / 255)
