@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .distributed import is_rank0
+
 __all__ = ["save_checkpoint", "read_checkpoint", "restore_weights", "restore_run_state", "callback_key"]
 
 FORMAT = 1
@@ -46,10 +48,14 @@ def _rng_states() -> dict:
 
 def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -> Path:
     """Write `learn`'s complete state at position (`epoch`, `iter`) to `path`, atomically: the file is
-    written next to its destination and renamed over it, so a crash leaves the previous checkpoint."""
+    written next to its destination and renamed over it, so a crash leaves the previous checkpoint.
+    In a distributed run only rank 0 writes; the model is saved without its DDP wrapper."""
+    path = Path(path)
+    if not is_rank0():
+        return path
     state = {
         "format": FORMAT,
-        "model": learn.model.state_dict(),
+        "model": getattr(learn.model, "module", learn.model).state_dict(),
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
         "rng": _rng_states(),
@@ -58,7 +64,6 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "epoch": epoch,
         "iter": iter,
     }
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -84,7 +89,7 @@ def read_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
 
 def restore_weights(learn, state: dict) -> None:
     """Model, optimizer and history: what must be in place before the fit starts."""
-    learn.model.load_state_dict(state["model"])
+    getattr(learn.model, "module", learn.model).load_state_dict(state["model"])
     if state["opt"] is not None:
         if learn.opt is None:
             learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .device import default_device
+from .distributed import rank0_first
 
 __all__ = ["TensorLoader", "DataLoaders", "fashion_mnist", "find_fashion_mnist", "FASHION_MNIST_CLASSES",
            "DEBIAN_FASHION_MNIST"]
@@ -30,9 +31,11 @@ class TensorLoader:
     gather plus one normalisation of the whole batch. uint8 images are scaled to [0, 1] before
     `(x - mean) / std`; `mean`/`std` are scalars or one value per channel.
 
-    For distributed training `shard(rank, world_size)` makes each rank take a disjoint, equally
-    long slice of the same permutation; the last `n % world_size` samples of the permutation are
-    dropped so that every rank runs the same number of batches.
+    For distributed training `shard(rank, world_size)` makes each rank take a disjoint slice of the
+    same permutation (every `world_size`-th sample from `rank`). With `even=True` (training) the last
+    `n % world_size` samples of each permutation are dropped so that every rank runs the same number
+    of batches, which DistributedDataParallel needs; with `even=False` (evaluation) nothing is
+    dropped and the first `n % world_size` ranks get one sample more.
     """
 
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 512, shuffle: bool = False,
@@ -51,7 +54,7 @@ class TensorLoader:
             seed = int(torch.randint(2**62, ()))
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch_start_state = self.generator.get_state()  # checkpoints taken mid-epoch need it
-        self.rank, self.world_size = 0, 1
+        self.rank, self.world_size, self.even = 0, 1, True
 
     def _affine(self, mean, std) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Normalisation as one multiply-subtract: x * scale - shift == (x / 255 - mean) / std."""
@@ -65,17 +68,18 @@ class TensorLoader:
             mean, std = mean.reshape(shape), std.reshape(shape)
         return 1 / (to255 * std), mean / std
 
-    def shard(self, rank: int, world_size: int) -> TensorLoader:
+    def shard(self, rank: int, world_size: int, even: bool = True) -> TensorLoader:
         """Make this loader yield only rank `rank`'s share of every epoch (see the class docs)."""
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
-        self.rank, self.world_size = rank, world_size
+        self.rank, self.world_size, self.even = rank, world_size, even
         return self
 
     @property
     def n_items(self) -> int:
         """Samples this loader (this rank's shard of it) yields per epoch."""
-        return len(self.x) // self.world_size if self.world_size > 1 else len(self.x)
+        n, world = len(self.x), self.world_size
+        return n // world if self.even else n // world + (self.rank < n % world)
 
     def __len__(self) -> int:
         return self.n_items // self.bs if self.drop_last else math.ceil(self.n_items / self.bs)
@@ -90,7 +94,8 @@ class TensorLoader:
         else:
             return None
         if self.world_size > 1:
-            order = order[self.rank:self.n_items * self.world_size:self.world_size]
+            end = self.n_items * self.world_size if self.even else n
+            order = order[self.rank:end:self.world_size]
         return order
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -201,7 +206,8 @@ def fashion_mnist(bs: int = 512, device: torch.device | str | None = None, root:
     the GPU when there is one). `n_train`/`n_valid` keep only the first images (quick runs).
     `dls["test"]` is the validation loader: Fashion-MNIST has no separate validation split.
     """
-    folder = find_fashion_mnist(root, download)
+    with rank0_first():  # in a distributed run, rank 0 downloads while the others wait
+        folder = find_fashion_mnist(root, download)
     x_train, y_train = _load_fashion_split(folder, "train")
     x_valid, y_valid = _load_fashion_split(folder, "test")
     x_train, y_train, x_valid, y_valid = x_train[:n_train], y_train[:n_train], x_valid[:n_valid], y_valid[:n_valid]

@@ -1,15 +1,18 @@
 """Where tensors live: picking the default device and moving nested batches to it."""
 from __future__ import annotations
 
+import os
+
 import torch
 
 __all__ = ["default_device", "to_device"]
 
 
 def default_device() -> torch.device:
-    """The best available device: CUDA, then Apple's MPS, then the CPU."""
+    """The best available device: CUDA (this process's GPU under torchrun: `LOCAL_RANK`), then Apple's
+    MPS, then the CPU."""
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     if torch.backends.mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")

@@ -33,8 +33,11 @@ def finished(fig):
 
 
 def save_png(fig, path: str | Path) -> Path:
-    """Save `fig` as a PNG at `path`, creating its folder."""
+    """Save `fig` as a PNG at `path`, creating its folder (on rank 0 only, in a distributed run)."""
+    from .distributed import is_rank0
     path = Path(path)
+    if not is_rank0():
+        return path
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100, bbox_inches="tight")
     return path

@@ -16,12 +16,14 @@ from torch.optim import lr_scheduler
 from torcheval.metrics import MulticlassAccuracy
 
 from .callbacks.core import DeviceCB
+from .callbacks.distributed import DistributedCB
 from .callbacks.metrics import MetricsCB
 from .callbacks.progress import ProgressCB
 from .callbacks.recorder import RecorderCB
 from .callbacks.schedule import BatchSchedulerCB
 from .data import DataLoaders, fashion_mnist
 from .device import default_device
+from .distributed import world_size
 from .display import TablePrinter, finished
 from .learner import Callback, Learner
 
@@ -29,8 +31,10 @@ __all__ = ["train", "train_1cycle", "default_cbs", "fast_adamw", "compare_optimi
 
 
 def default_cbs() -> list[Callback]:
-    """Device placement, loss and accuracy per epoch, and progress: what `train` always uses."""
-    return [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()]
+    """Device placement, loss and accuracy per epoch, and progress: what `train` always uses; under
+    torchrun (WORLD_SIZE > 1) also DistributedCB."""
+    cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()]
+    return [DistributedCB(), *cbs] if world_size() > 1 else cbs
 
 
 def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,

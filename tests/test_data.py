@@ -74,6 +74,12 @@ def test_shards_are_disjoint_equal_and_cover_the_same_permutation():
     assert torch.equal(torch.stack(labels, 1).flatten(), full[:9])
 
 
+def test_uneven_shards_cover_every_sample():
+    shards = [ids_loader(n=11, bs=2).shard(r, 3, even=False) for r in range(3)]
+    labels = [epoch_labels(s).tolist() for s in shards]
+    assert [s.n_items for s in shards] == [4, 4, 3] and sorted(sum(labels, [])) == list(range(11))
+
+
 def test_loader_errors():
     with pytest.raises(ValueError, match="3 inputs and 2 labels"):
         TensorLoader(torch.zeros(3, 1), torch.zeros(2), device="cpu")

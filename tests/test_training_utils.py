@@ -271,7 +271,8 @@ def test_terminate_on_nan_names_epoch_and_batch_and_cleans_up(capsys):
 def test_keyboard_interrupt_runs_every_cleanup_and_keeps_history():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
     progress = ProgressCB()
-    learn = Learner(model, make_dls(), cbs=[MetricsCB(), progress, ActivationStatsCB(), StopAt(1, 1, KeyboardInterrupt)])
+    cbs = [MetricsCB(), progress, ActivationStatsCB(), StopAt(1, 1, KeyboardInterrupt)]
+    learn = Learner(model, make_dls(), cbs=cbs)
     with pytest.raises(KeyboardInterrupt):
         learn.fit(3)
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0

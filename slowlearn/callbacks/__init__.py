@@ -1,5 +1,6 @@
 """Callbacks, one module per concern."""
 from .core import DeviceCB, MomentumCB
+from .distributed import DistributedCB
 from .gradients import GradientAccumulationCB, GradientClipCB
 from .hooks import ActivationStatsCB
 from .lr_finder import LRFinderCB, SuggestedLRs
@@ -18,4 +19,5 @@ __all__ = ["DeviceCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "Progress
            "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
            "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
-           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "CSVLoggerCB", "latest_metric", "ProfilerCB", "find_batch_size"]
+           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "CSVLoggerCB", "latest_metric", "ProfilerCB", "find_batch_size",
+           "DistributedCB"]

@@ -66,9 +66,10 @@ class DeviceFloats:
     def n_pending(self) -> int:
         return len(self._pending)
 
-    def read(self) -> list[float]:
-        """All values so far, as floats."""
+    def read(self, reduce=None) -> list[float]:
+        """All values so far, as floats; `reduce` maps the pending values first (e.g. a mean over ranks)."""
         if self._pending:
-            self.values += torch.stack(self._pending).float().tolist()
+            pending = torch.stack(self._pending).float()
+            self.values += (reduce(pending) if reduce is not None else pending).tolist()
             self._pending = []
         return self.values

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from ..display import finished
+from ..distributed import all_reduce_mean, all_reduce_sum, world_size
 from ..init import GeneralReLU
 from ..learner import Callback
 
@@ -58,8 +59,8 @@ class ActivationStatsCB(Callback):
             self._pending_hist[i].append(torch.histc(magnitude, self.bins, 0, self.hist_max))
 
     def after_epoch(self, learn) -> None:
-        if learn.training:
-            self._read()
+        if learn.training:  # the same point on every rank: statistics become global in a distributed run
+            self._read(distributed=world_size() > 1)
 
     def cleanup_fit(self, learn) -> None:
         for hook in self.hooks:
@@ -67,15 +68,21 @@ class ActivationStatsCB(Callback):
         self.hooks = []
         self._read()
 
-    def _read(self) -> None:
+    def _read(self, distributed: bool = False) -> None:
         for stats, pending, hists in zip(self.stats, self._pending, self._pending_hist):
             if pending:
-                mean, std, dead = torch.stack(pending).T.tolist()
+                values = torch.stack(pending)
+                if distributed:  # average mean, E[x^2] and dead fraction over ranks (equal shards)
+                    mean, std, dead = values.T
+                    mean, sq, dead = all_reduce_mean(torch.stack([mean, std ** 2 + mean ** 2, dead]))
+                    values = torch.stack([mean, (sq - mean ** 2).clamp_min(0).sqrt(), dead], 1)
+                mean, std, dead = values.T.tolist()
                 stats["mean"] += mean
                 stats["std"] += std
                 stats["dead"] += dead
             if hists:
-                stats["hist"] += list(torch.stack(hists).cpu())
+                hist = torch.stack(hists)
+                stats["hist"] += list((all_reduce_sum(hist) if distributed else hist).cpu())
             pending.clear()
             hists.clear()
 

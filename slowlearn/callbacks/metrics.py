@@ -8,10 +8,12 @@ from collections.abc import Callable
 with warnings.catch_warnings():  # torcheval 0.0.7 uses torch.jit.script, deprecated in recent torch
     warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
     from torcheval.metrics import Metric
+    from torcheval.metrics.toolkit import sync_and_compute
 
 import torch
 
 from ..display import TablePrinter
+from ..distributed import all_reduce_sum, is_rank0, world_size
 from ..learner import Callback
 
 __all__ = ["MetricsCB"]
@@ -40,7 +42,8 @@ class MetricsCB(Callback):
         self.update_every = update_every
 
     def before_fit(self, learn) -> None:
-        self.log: Callable[[dict], None] = TablePrinter(lambda line: print(line, file=sys.stdout, flush=True))
+        printer = TablePrinter(lambda line: print(line, file=sys.stdout, flush=True))
+        self.log: Callable[[dict], None] = printer if is_rank0() else (lambda row: None)
 
     def before_epoch(self, learn) -> None:
         for m in self.metrics.values():
@@ -73,8 +76,17 @@ class MetricsCB(Callback):
 
     def after_epoch(self, learn) -> None:
         self._update()
-        row = {name: m.compute().item() for name, m in self.metrics.items()}
-        row["loss"] = self.loss_sum.item() / self.count if self.count else float("nan")
+        distributed = world_size() > 1
+        row = {name: (sync_and_compute(m) if distributed else m.compute()).item() for name, m in self.metrics.items()}
+        loss_sum = self.loss_sum if self.loss_sum is not None else torch.zeros((), device=self._device(learn))
+        totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(self.count),
+                                                                             device=loss_sum.device).double()]))
+        loss_sum, count = totals.tolist()
+        row["loss"] = loss_sum / count if count else float("nan")
         row |= {"epoch": learn.epoch, "train": "train" if learn.training else "eval"}
         learn.history.append(row)
         self.log(row)
+
+    @staticmethod
+    def _device(learn) -> torch.device:
+        return next(learn.model.parameters()).device

@@ -99,7 +99,8 @@ class ProfilerCB(Callback):
         rows = [{"phase": phase, "seconds": round(t, 4), "share": f"{100 * t / total:.1f} %" if total else "-",
                  "ms/batch": round(1e3 * t / max(self.batches, 1), 3)} for phase, t in self.times.items()]
         result = {"times": dict(self.times), "total": total, "batches": self.batches,
-                  "samples_per_s": self.samples / total if total else 0., "peak_memory_mb": _peak_memory_mb(self.device)}
+                  "samples_per_s": self.samples / total if total else 0.,
+                  "peak_memory_mb": _peak_memory_mb(self.device)}
         if print_table:
             memory = "GPU" if self.device.type == "cuda" else "process RSS"
             print(format_table(rows))

@@ -7,6 +7,7 @@ import matplotlib.pyplot as plt
 from tqdm import tqdm
 
 from ..display import TablePrinter, finished, format_value, in_notebook
+from ..distributed import is_rank0
 from ..learner import Callback
 from .core import DeviceFloats
 from .metrics import MetricsCB
@@ -41,7 +42,12 @@ class ProgressCB(Callback):
 
     def before_fit(self, learn) -> None:
         notebook = in_notebook()
-        self.view = NotebookView(learn.n_epochs, self.table) if notebook else TerminalView(learn.n_epochs)
+        if not is_rank0():
+            self.view = NullView()
+        elif notebook:
+            self.view = NotebookView(learn.n_epochs, self.table)
+        else:
+            self.view = TerminalView(learn.n_epochs)
         self.live_plot = notebook and self.plot is not False
         self._losses, self.valid_losses = DeviceFloats(), []
         self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
@@ -106,6 +112,13 @@ class ProgressCB(Callback):
         else:
             self._plot_handle.update(fig)
         self._last_plot = time.monotonic()
+
+
+class NullView:
+    """What ranks other than 0 show: nothing."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
 
 
 class TerminalView:

@@ -7,6 +7,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 
 from ..display import finished, in_notebook, save_png
+from ..distributed import all_reduce_mean
 from ..learner import Callback
 from .core import DeviceFloats
 from .schedule import get_hyper
@@ -23,7 +24,8 @@ class RecorderCB(Callback):
     param group (`"lr"`, `"mom"` for momentum or betas[0], `"wd"` for weight decay, or any key), a
     callable receives the recorder, whose `pg` is `learn.opt.param_groups[0]` and `learn` the
     learner (the seed's style: `RecorderCB(lr=lambda cb: cb.pg["lr"])`). `RecorderCB()` records lr
-    and mom. The training loss is recorded too, on the device, and read in bulk when asked for.
+    and mom. The training loss is recorded too, on the device, and read in bulk at the end of each
+    epoch (in a distributed run, as the mean over ranks).
     """
 
     order = 70
@@ -48,6 +50,10 @@ class RecorderCB(Callback):
         for name, getter in self.getters.items():
             self.recs[name].append(get_hyper(self.pg, getter) if isinstance(getter, str) else getter(self))
         self._losses.append(learn.loss)
+
+    def after_epoch(self, learn) -> None:
+        if learn.training:  # the same point on every rank: losses become means over ranks
+            self._losses.read(reduce=all_reduce_mean)
 
     def state_dict(self) -> dict:
         return {"recs": {k: list(v) for k, v in self.recs.items()}, "losses": list(self.losses)}

@@ -9,7 +9,10 @@ from pathlib import Path
 
 from torch.optim import lr_scheduler
 
+import torch
+
 from ..checkpoint import save_checkpoint
+from ..distributed import all_reduce_sum, is_rank0, rank0_print
 from ..learner import Callback, CancelFitException
 from .schedule import BaseSchedulerCB
 
@@ -114,7 +117,7 @@ class EarlyStoppingCB(Callback):
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = learn.epoch
-            print(f"Early stopping at epoch {learn.epoch}: {self.monitor} has not improved on {self.best:.4g} "
+            rank0_print(f"Early stopping at epoch {learn.epoch}: {self.monitor} has not improved on {self.best:.4g} "
                   f"for {self.patience} epochs")
             raise CancelFitException()
 
@@ -138,9 +141,12 @@ class TerminateOnNaNCB(Callback):
         self.stopped_at: tuple[int, int] | None = None
 
     def after_loss(self, learn) -> None:
-        if learn.training and not math.isfinite(learn.loss.item()):
+        if not learn.training:
+            return
+        bad = all_reduce_sum((~torch.isfinite(learn.loss.detach())).float().reshape(1))  # every rank stops together
+        if bad.item():
             self.stopped_at = (learn.epoch, learn.iter)
-            print(f"Terminating: the loss is {learn.loss.item()} at epoch {learn.epoch}, batch {learn.iter}")
+            rank0_print(f"Terminating: the loss is {learn.loss.item()} at epoch {learn.epoch}, batch {learn.iter}")
             raise CancelFitException()
 
 
@@ -183,6 +189,8 @@ class CSVLoggerCB(Callback):
         self._write(row)
 
     def _write(self, row: dict) -> None:
+        if not is_rank0():
+            return
         if self._columns is None:
             self._columns = list(row)
             self._open_file()

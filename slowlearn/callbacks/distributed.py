@@ -1,0 +1,57 @@
+"""DistributedCB: data-parallel training on torch.distributed (DistributedDataParallel), launched by torchrun."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from ..distributed import broadcast_, init_distributed, local_rank, rank, world_size
+from ..learner import Callback
+from .core import DeviceCB
+
+__all__ = ["DistributedCB", "unwrap"]
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The plain module inside a DistributedDataParallel wrapper (or the model itself)."""
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+class DistributedCB(Callback):
+    """Trains on every process of a torchrun launch: one model replica per process, gradients averaged.
+
+    At `before_fit`: starts the process group if needed (`nccl` on CUDA, `gloo` on the CPU), puts the
+    model on this process's device (`cuda:LOCAL_RANK`, or the CPU), converts BatchNorm to SyncBatchNorm
+    when `sync_bn`, wraps it in DistributedDataParallel, and shards the loaders: every rank walks
+    the same permutation (rank 0's loader generator is broadcast) and takes every `world_size`-th
+    sample, so the batch size is per process. After the fit `learn.model` is the plain module again.
+    `default_cbs()` (so `train`, `train_1cycle` and the CLI) adds it when `WORLD_SIZE` > 1.
+    """
+
+    order = -20  # before DeviceCB, whose device it sets
+
+    def __init__(self, sync_bn: bool = False, backend: str | None = None):
+        self.sync_bn, self.backend = sync_bn, backend
+
+    def before_fit(self, learn) -> None:
+        if not init_distributed(self.backend):
+            return
+        device = torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+        for cb in learn.cbs:
+            if isinstance(cb, DeviceCB):
+                cb.device = device
+        model = learn.model.to(device)
+        if self.sync_bn:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        learn.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        collective_device = device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
+        for dl, even in ((learn.dls.train, True), (learn.dls.valid, False)):
+            if hasattr(dl, "shard"):
+                dl.generator.set_state(broadcast_(dl.generator.get_state().to(collective_device)).cpu())
+                dl.shard(rank(), world_size(), even=even)
+
+    def cleanup_fit(self, learn) -> None:
+        learn.model = unwrap(learn.model)
+        for dl in (learn.dls.train, learn.dls.valid):
+            if hasattr(dl, "shard"):
+                dl.shard(0, 1)  # whole datasets again for get_preds, validate, pictures

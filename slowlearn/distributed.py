@@ -1,0 +1,85 @@
+"""torch.distributed helpers: who am I, only-rank-0 output, and collectives that are no-ops in one process.
+
+Launch any slowlearn script with `torchrun --nproc_per_node=N script.py`: torchrun sets RANK,
+LOCAL_RANK and WORLD_SIZE, DistributedCB does the rest. In a single process every helper here does
+what a single process needs (rank 0 of 1).
+"""
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["world_size", "rank", "local_rank", "is_rank0", "rank0_print", "init_distributed", "rank0_first",
+           "all_reduce_sum", "all_reduce_mean", "broadcast_"]
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else int(os.environ.get("WORLD_SIZE", 1))
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else int(os.environ.get("RANK", 0))
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", 0))
+
+
+def is_rank0() -> bool:
+    return rank() == 0
+
+
+def rank0_print(*args, **kwargs) -> None:
+    if is_rank0():
+        print(*args, **kwargs)
+
+
+def init_distributed(backend: str | None = None, timeout_s: float = 300.) -> bool:
+    """Start the process group from torchrun's environment if WORLD_SIZE > 1 and none is running:
+    `nccl` with CUDA, `gloo` on the CPU. Returns whether the run is distributed."""
+    if dist.is_initialized():
+        return True
+    if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
+        return False
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(local_rank())
+    dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    return True
+
+
+@contextmanager
+def rank0_first():
+    """Run the body on rank 0 first (download, decode, cache), then on the other ranks."""
+    distributed = init_distributed()
+    if distributed and not is_rank0():
+        dist.barrier()
+    try:
+        yield
+    finally:
+        if distributed and is_rank0():
+            dist.barrier()
+
+
+def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks, in place (nothing to do in one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(x)
+    return x
+
+
+def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
+    """Mean over ranks, in place (nothing to do in one process)."""
+    return all_reduce_sum(x).div_(world_size()) if world_size() > 1 else x
+
+
+def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
+    """Overwrite `x` on every rank with rank `src`'s value (nothing to do in one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.broadcast(x, src)
+    return x

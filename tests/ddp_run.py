@@ -1,0 +1,62 @@
+"""A small distributed run for the tests, launched with torchrun (or plainly, as one process):
+`python -m torch.distributed.run --standalone --nproc_per_node=2 tests/ddp_run.py OUT [--fail-rank R]`.
+Each rank saves its final weights and history under OUT/results/ (the test harness's files, not slowlearn's)."""
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from slowlearn import (Callback, CheckpointCB, CSVLoggerCB, DataLoaders, Learner, TensorLoader, seed_cnn, set_seed)
+from slowlearn.distributed import rank, world_size
+from slowlearn.train import default_cbs
+
+GLOBAL_BS = 32
+
+
+def synthetic_dls(bs: int) -> DataLoaders:
+    """Learnable images: the class is the brightest of 4 quadrants."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 128, (320, 1, 28, 28), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 4, (320,), generator=g)
+    for i, label in enumerate(y.tolist()):
+        r, c = divmod(label, 2)
+        x[i, :, r * 14:(r + 1) * 14, c * 14:(c + 1) * 14] += 100
+    norm = dict(mean=0.4, std=0.3, device="cpu")
+    return DataLoaders(TensorLoader(x[:256], y[:256], bs, shuffle=True, seed=1, **norm),
+                       TensorLoader(x[256:], y[256:], 2 * bs, **norm))
+
+
+def model() -> nn.Module:
+    set_seed(0)
+    return seed_cnn(norm=None, n_classes=4)
+
+
+class FailOn(Callback):
+    def __init__(self, fail_rank):
+        self.fail_rank = fail_rank
+
+    def after_batch(self, learn):
+        if rank() == self.fail_rank and learn.iter == 2:
+            raise RuntimeError(f"deliberate failure on rank {rank()}")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out")
+    parser.add_argument("--fail-rank", type=int, default=None)
+    parser.add_argument("--resume", default=None)
+    args = parser.parse_args()
+    out = Path(args.out)
+    cbs = [*default_cbs(), CSVLoggerCB(out / "log.csv"), CheckpointCB(out / "ckpt.pt")]
+    if args.fail_rank is not None:
+        cbs.append(FailOn(args.fail_rank))
+    learn = Learner(model(), synthetic_dls(GLOBAL_BS // world_size()), lr=0.1, cbs=cbs,
+                    opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+    learn.fit(2, resume=args.resume)
+    assert not isinstance(learn.model, nn.parallel.DistributedDataParallel)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    torch.save({"weights": [p.detach() for p in learn.model.parameters()], "history": learn.history},
+               out / "results" / f"rank{rank()}.pt")
+    sys.exit(0)

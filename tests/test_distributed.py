@@ -1,0 +1,78 @@
+"""Two gloo processes on the CPU, launched with torchrun by the tests themselves."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from slowlearn import Learner, MetricsCB, TensorLoader
+from slowlearn.checkpoint import read_checkpoint
+
+sys.path.insert(0, str(Path(__file__).parent))
+from ddp_run import GLOBAL_BS, model, synthetic_dls  # noqa: E402
+
+HERE = Path(__file__).parent
+
+
+def torchrun(out, *extra, nproc=2, timeout=240):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           str(HERE / "ddp_run.py"), str(out), *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def two_process_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp")
+    result = torchrun(out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result
+
+
+def single_process_weights():
+    learn = Learner(model(), synthetic_dls(GLOBAL_BS), lr=0.1,
+                    opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+    learn.fit(2)
+    return [p.detach() for p in learn.model.parameters()]
+
+
+def test_two_ranks_agree_and_match_one_process(two_process_run):
+    out, _ = two_process_run
+    rank0, rank1 = (torch.load(out / "results" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(a, b) for a, b in zip(rank0["weights"], rank1["weights"]))
+    for a, b in zip(rank0["weights"], single_process_weights()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    assert rank0["history"] == rank1["history"]  # every rank holds the global metrics
+
+
+def test_only_rank0_writes_and_reduced_accuracy_is_global(two_process_run):
+    out, result = two_process_run
+    assert result.stdout.count("accuracy") == 1  # one table, printed by rank 0
+    assert sorted(p.name for p in out.iterdir()) == ["ckpt.pt", "log.csv", "results"]
+    rank0 = torch.load(out / "results" / "rank0.pt", weights_only=True)
+    learn = Learner(model(), synthetic_dls(GLOBAL_BS), cbs=[MetricsCB()])
+    learn.model.load_state_dict(read_checkpoint(out / "ckpt.pt")["model"])  # a DDP checkpoint, one process
+    preds = learn.get_preds()
+    accuracy = (preds.preds.argmax(-1) == preds.targets).float().mean().item()
+    assert rank0["history"][-1]["train"] == "eval"
+    assert rank0["history"][-1]["accuracy"] == pytest.approx(accuracy)
+    assert len(open(out / "log.csv").readlines()) == 1 + 4
+
+
+def test_a_failure_on_one_rank_ends_the_run(tmp_path):
+    result = torchrun(tmp_path, "--fail-rank", "1", timeout=180)
+    assert result.returncode != 0
+    assert "deliberate failure on rank 1" in result.stdout + result.stderr
+
+
+def test_a_single_process_checkpoint_resumes_in_two_processes(tmp_path):
+    learn = Learner(model(), synthetic_dls(GLOBAL_BS), lr=0.1, cbs=[MetricsCB()],
+                    opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+    learn.fit(1)
+    learn.save(tmp_path / "single.pt")
+    result = torchrun(tmp_path / "run", "--resume", str(tmp_path / "single.pt"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    history = torch.load(tmp_path / "run" / "results" / "rank0.pt", weights_only=True)["history"]
+    assert [(r["epoch"], r["train"]) for r in history] == [(0, "train"), (0, "eval"), (1, "train"), (1, "eval")]
