@@ -9,6 +9,7 @@ from collections.abc import Sequence
 def demo(args: argparse.Namespace) -> int:
     from .callbacks.core import MomentumCB
     from .display import save_png
+    from .distributed import rank0_print
     from .init import set_seed
     from .models import get_kaiming_initialized_model
     from .show import plot_confusion_matrix, plot_metrics
@@ -20,7 +21,7 @@ def demo(args: argparse.Namespace) -> int:
                 "Metrics per epoch": (plot_metrics(learn), "metrics.png"),
                 "Confusion matrix": (plot_confusion_matrix(learn), "confusion_matrix.png")}
     for what, (fig, name) in pictures.items():
-        print(f"{what} saved to {save_png(fig, f'{args.out}/{name}')}")
+        rank0_print(f"{what} saved to {save_png(fig, f'{args.out}/{name}')}")
     return 0
 
 
