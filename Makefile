@@ -7,7 +7,7 @@ FASHION_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 .PHONY: demo test bench data install clean
 
 demo: install data
-	$(PY) -m slowlearn demo --out runs/demo
+	$(PY) -m slowlearn train --data fashion_mnist --model cnn --epochs 3 --out runs/demo
 
 test: install data
 	$(PY) -m pytest -q tests

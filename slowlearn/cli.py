@@ -1,53 +1,167 @@
-"""The `slowlearn` command line (also `python -m slowlearn`)."""
+"""The `slowlearn` command line (also `python -m slowlearn`): train, find a learning rate, run the demo."""
 from __future__ import annotations
 
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
+from pathlib import Path
+
+OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 
 
-def demo(args: argparse.Namespace) -> int:
-    from .callbacks.core import MomentumCB
+class CLIError(Exception):
+    """A bad option value or unreadable input: reported as one line, exit code 2."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _data(args):
+    from .data import fashion_mnist
+    from .image_data import cifar10, image_folder
+    if args.data == "fashion_mnist":
+        return fashion_mnist(bs=args.bs)
+    if args.data == "cifar10":
+        return cifar10(bs=args.bs)
+    path = Path(args.data)
+    if not path.is_dir():
+        raise CLIError(f"--data {args.data}: not fashion_mnist, cifar10, or a readable folder")
+    return image_folder(path, bs=args.bs)
+
+
+def _model(args, dls):
+    from .models import get_kaiming_initialized_model, resnet, seed_cnn
+    channels, size = dls.train.x.shape[1], dls.train.x.shape[-1]
+    n_classes = len(dls.classes)
+    if args.model == "resnet":
+        return resnet(in_channels=channels, n_classes=n_classes)
+    if (channels, size, n_classes) == (1, 28, 10):
+        return get_kaiming_initialized_model()
+    return seed_cnn(in_channels=channels, n_classes=n_classes)
+
+
+def _opt_func(name: str):
+    import torch
+
+    from .optim import Adam, MomentumSGD, RMSProp
+    from .train import fast_adamw
+    return {"adamw": None, "adam": Adam, "sgd": torch.optim.SGD, "momentum": partial(MomentumSGD, dampening=0.),
+            "nesterov": partial(MomentumSGD, dampening=0., nesterov=True), "rmsprop": RMSProp}[name] or fast_adamw()
+
+
+def _precision_cbs(precision: str) -> list:
+    from .callbacks.precision import MixedPrecisionCB
+    return [] if precision == "fp32" else [MixedPrecisionCB(precision)]
+
+
+def train_command(args) -> int:
+    from .callbacks.tracking import CheckpointCB, CSVLoggerCB
     from .display import save_png
     from .distributed import rank0_print
     from .init import set_seed
-    from .models import get_kaiming_initialized_model
     from .show import plot_confusion_matrix, plot_metrics
-    from .train import train
+    from .train import train_1cycle
 
+    if args.resume is not None and not Path(args.resume).is_file():
+        raise CLIError(f"--resume {args.resume}: no such checkpoint file")
+    out = Path(args.out)
     set_seed(args.seed)
-    learn = train(get_kaiming_initialized_model(), lr=args.lr, n_epochs=args.epochs, cbs=[MomentumCB()])
-    pictures = {"Loss plot": (learn.progress.plot_loss(), "loss.png"),
-                "Metrics per epoch": (plot_metrics(learn), "metrics.png"),
-                "Confusion matrix": (plot_confusion_matrix(learn), "confusion_matrix.png")}
-    for what, (fig, name) in pictures.items():
-        rank0_print(f"{what} saved to {save_png(fig, f'{args.out}/{name}')}")
+    dls = _data(args)
+    cbs = [*_precision_cbs(args.precision), CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
+    learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls, opt_func=_opt_func(args.opt),
+                         cbs=cbs, resume=args.resume)
+    pictures = {"lr and momentum": (learn.recorder.plot(), "schedule.png"),
+                "loss curves": (learn.progress.plot_loss(), "loss.png"),
+                "metrics per epoch": (plot_metrics(learn), "metrics.png"),
+                "confusion matrix": (plot_confusion_matrix(learn), "confusion_matrix.png")}
+    for fig, name in pictures.values():
+        save_png(fig, out / name)
+    rank0_print(f"Wrote to {out}/: metrics.csv, checkpoint.pt, " + ", ".join(n for _, n in pictures.values()))
     return 0
 
 
+def lr_find_command(args) -> int:
+    from .display import save_png
+    from .distributed import rank0_print
+    from .init import set_seed
+    from .learner import Learner
+    from .train import default_cbs
+
+    set_seed(args.seed)
+    dls = _data(args)
+    learn = Learner(_model(args, dls), dls, lr=args.lr, cbs=[*default_cbs(), *_precision_cbs(args.precision)],
+                    opt_func=_opt_func(args.opt))
+    suggestion = learn.lr_find(show_plot=False)
+    path = save_png(learn.lr_finder.plot(suggestion), Path(args.out) / "lr_find.png")
+    rank0_print(f"Suggested learning rate: {suggestion.valley:.2e} (valley); steepest descent at "
+                f"{suggestion.steep:.2e}. Plot: {path}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, out: str) -> None:
+    p.add_argument("--data", default="fashion_mnist",
+                   help="fashion_mnist, cifar10, or a folder with train/<class>/* and test/<class>/* images "
+                        "(default: fashion_mnist)")
+    p.add_argument("--model", choices=("cnn", "resnet"), default="cnn",
+                   help="cnn: the seed CNN (Kaiming init, BatchNorm); resnet: a ResNet for small images "
+                        "(default: cnn)")
+    p.add_argument("--bs", type=_positive_int, default=512, help="batch size per process (default: 512)")
+    p.add_argument("--opt", choices=OPTIMIZERS, default="adamw",
+                   help="optimizer: adamw (torch's, fused on CUDA), adam, sgd, momentum, nesterov, rmsprop "
+                        "(slowlearn's) (default: adamw)")
+    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
+                   help="fp32, or mixed precision in bf16 or fp16 with loss scaling (default: fp32)")
+    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+
+
+def _positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    number = float(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return number
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="slowlearn", description="Train image classifiers with slowlearn.")
-    sub = p.add_subparsers(dest="command", required=True)
-    d = sub.add_parser("demo", help="train the seed CNN on Fashion-MNIST and save plots",
-                       description="Train the seed CNN (Kaiming init, SGD + MomentumCB) on Fashion-MNIST, print "
-                                   "the metrics table and save the loss curve, the metrics per epoch and the "
-                                   "confusion matrix as PNGs.")
-    d.add_argument("--epochs", type=int, default=3, help="number of epochs (default: 3)")
-    d.add_argument("--lr", type=float, default=0.2, help="learning rate (default: 0.2)")
-    d.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
-    d.add_argument("--out", default="runs/demo", help="folder for the plots (default: runs/demo)")
-    d.set_defaults(func=demo)
+    p = Parser(prog="slowlearn", description="Train image classifiers with slowlearn. Under torchrun, the same "
+                                             "commands train on every process (data parallel).")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    t = sub.add_parser("train", help="one-cycle training, with metrics table, plots, CSV log and checkpoint",
+                       description="Train with train_1cycle (one-cycle lr and momentum) and write into --out: "
+                                   "metrics.csv, checkpoint.pt (every epoch), schedule.png (lr and momentum), "
+                                   "loss.png, metrics.png and confusion_matrix.png.")
+    _common(t, "runs/train")
+    t.add_argument("--epochs", type=_positive_int, default=5, help="number of epochs (default: 5)")
+    t.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate (default: 1e-2)")
+    t.add_argument("--resume", default=None, metavar="CKPT",
+                   help="continue the run saved in this checkpoint (same options otherwise)")
+    t.set_defaults(func=train_command)
+    f = sub.add_parser("lr-find", help="suggest a learning rate and plot loss against it",
+                       description="Sweep the learning rate over 100 batches (restoring everything afterwards), "
+                                   "print the suggestions and write lr_find.png into --out.")
+    _common(f, "runs/lr_find")
+    f.add_argument("--lr", type=_positive_float, default=1e-2, help=argparse.SUPPRESS)
+    f.set_defaults(func=lr_find_command)
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser().parse_args(argv)
-    if getattr(args, "epochs", 1) < 1:
-        parser().error(f"--epochs must be at least 1, got {args.epochs}")
+    p = parser()
+    args = p.parse_args(argv)
     try:
         return args.func(args)
-    except FileNotFoundError as e:
-        print(f"slowlearn: {e}", file=sys.stderr)
+    except (CLIError, FileNotFoundError) as e:
+        print(f"slowlearn: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
 
 

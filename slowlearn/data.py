@@ -5,7 +5,7 @@ import gzip
 import math
 import os
 import struct
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -29,7 +29,8 @@ class TensorLoader:
     Each epoch draws one index permutation (when `shuffle`) from the loader's own generator,
     seeded by `seed` (or by torch's global RNG, so `set_seed` makes it reproducible); a batch is one
     gather plus one normalisation of the whole batch. uint8 images are scaled to [0, 1] before
-    `(x - mean) / std`; `mean`/`std` are scalars or one value per channel.
+    `(x - mean) / std`; `mean`/`std` are scalars or one value per channel. `aug` (e.g. a
+    `BatchAugment`) transforms each normalised batch; give it to the training loader only.
 
     For distributed training `shard(rank, world_size)` makes each rank take a disjoint slice of the
     same permutation (every `world_size`-th sample from `rank`). With `even=True` (training) the last
@@ -41,14 +42,14 @@ class TensorLoader:
     def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 512, shuffle: bool = False,
                  drop_last: bool = False, device: torch.device | str | None = None,
                  mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
-                 seed: int | None = None):
+                 seed: int | None = None, aug: Callable[[torch.Tensor], torch.Tensor] | None = None):
         if len(x) != len(y):
             raise ValueError(f"x and y must have the same length, got {len(x)} inputs and {len(y)} labels")
         if bs < 1:
             raise ValueError(f"batch size must be at least 1, got bs={bs}")
         device = torch.device(device) if device is not None else default_device()
         self.x, self.y = x.to(device), y.to(device)
-        self.bs, self.shuffle, self.drop_last, self.device = bs, shuffle, drop_last, device
+        self.bs, self.shuffle, self.drop_last, self.device, self.aug = bs, shuffle, drop_last, device, aug
         self.scale, self.shift = self._affine(mean, std)
         if seed is None:
             seed = int(torch.randint(2**62, ()))
@@ -106,7 +107,8 @@ class TensorLoader:
             else:
                 idx = order[i * self.bs:(i + 1) * self.bs]
                 xb, yb = self.x[idx], self.y[idx]
-            yield self.normalise(xb), yb
+            xb = self.normalise(xb)
+            yield (self.aug(xb) if self.aug is not None else xb), yb
 
     def normalise(self, xb: torch.Tensor) -> torch.Tensor:
         """A batch as stored (e.g. uint8 images) to what the model sees."""

@@ -15,19 +15,27 @@ def test_seed_recipe_reaches_84_percent_in_one_epoch(fashion_folder):
     assert len(valid) == 1 and valid[0]["accuracy"] >= 0.84
 
 
-def test_cli_demo_prints_table_and_saves_plot(fashion_folder, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "slowlearn", "demo", "--epochs", "1", "--out", str(tmp_path)],
+def test_cli_train_prints_table_and_writes_its_outputs(fashion_folder, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "slowlearn", "train", "--epochs", "1", "--out", str(tmp_path)],
                             capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].split() == ["accuracy", "loss", "epoch", "train"]
-    for name in ("loss.png", "metrics.png", "confusion_matrix.png"):
-        assert (tmp_path / name).stat().st_size > 1000 and f"saved to {tmp_path / name}" in result.stdout
+    for name in ("schedule.png", "loss.png", "metrics.png", "confusion_matrix.png"):
+        assert (tmp_path / name).stat().st_size > 1000 and name in result.stdout
+    assert (tmp_path / "checkpoint.pt").exists() and len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
 
 
-def test_cli_rejects_bad_values():
-    result = subprocess.run([sys.executable, "-m", "slowlearn", "demo", "--epochs", "0"],
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 2 and "--epochs must be at least 1" in result.stderr
+@pytest.mark.parametrize("args, message", [
+    (["--epochs", "0"], "argument --epochs: must be at least 1, got 0"),
+    (["--opt", "lion"], "argument --opt: invalid choice: 'lion'"),
+    (["--data", "/no/such/folder"], "--data /no/such/folder: not fashion_mnist, cifar10, or a readable folder"),
+    (["--resume", "/no/such.pt"], "--resume /no/such.pt: no such checkpoint file"),
+])
+def test_cli_bad_values_give_one_line_and_exit_code_2(args, message):
+    result = subprocess.run([sys.executable, "-m", "slowlearn", "train", *args], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
 @pytest.mark.parametrize("opt_func, lr", [(MomentumSGD, 1.25), (Adam, 1e-2)], ids=["MomentumSGD", "Adam"])
