@@ -10,8 +10,9 @@ import pickle
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import torch
-from torchvision.io import ImageReadMode, decode_image, read_file
+from PIL import Image
 from tqdm import tqdm
 
 from .augment import BatchAugment
@@ -39,10 +40,12 @@ def load_image_split(split_dir: Path, classes: list[str]) -> tuple[torch.Tensor,
         cached = torch.load(cache, weights_only=True)
         if cached["n_files"] == len(files) and cached["classes"] == classes:
             return cached["x"], cached["y"]
-    mode = ImageReadMode.RGB if decode_image(read_file(str(files[0][0]))).shape[0] >= 3 else ImageReadMode.GRAY
+    with Image.open(files[0][0]) as first:
+        mode = "L" if first.mode in ("1", "L", "I;16") else "RGB"
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        images = list(tqdm(pool.map(lambda f: decode_image(read_file(str(f[0])), mode=mode), files),
-                           total=len(files), desc=f"decoding {split_dir.name}", disable=not is_rank0()))
+        images = list(tqdm(pool.map(lambda f: _decode(f[0], mode), files),
+                           total=len(files), desc=f"decoding {split_dir.name}", disable=not is_rank0(),
+                           mininterval=2.))
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) > 1:
         raise ValueError(f"Images in {split_dir} have different sizes {sorted(sizes)[:4]}: resize them to one size")
@@ -52,6 +55,13 @@ def load_image_split(split_dir: Path, classes: list[str]) -> tuple[torch.Tensor,
         torch.save({"x": x, "y": y, "classes": classes, "n_files": len(files)}, tmp)
         os.replace(tmp, cache)
     return x, y
+
+
+def _decode(path: Path, mode: str) -> torch.Tensor:
+    """One image file as a uint8 C x H x W tensor (Pillow decodes; grayscale or RGB for the whole folder)."""
+    with Image.open(path) as image:
+        array = np.asarray(image.convert(mode))
+    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
@@ -68,10 +78,11 @@ def _loaders(x_train, y_train, x_valid, y_valid, bs, device, aug, seed, classes)
 
 
 def image_folder(path: str | os.PathLike, bs: int = 512, device=None, aug=None, seed: int | None = None,
-                 valid: str | None = None) -> DataLoaders:
+                 valid: str | None = None, n_train: int | None = None, n_valid: int | None = None) -> DataLoaders:
     """Loaders for `path/train/<class>/*` and `path/<valid>/<class>/*` (`valid` defaults to `valid`
     or `test`, whichever exists). Class names are the sorted folder names; images must share one size.
-    Normalised per channel with the training set's statistics; `aug` augments training batches."""
+    Normalised per channel with the training set's statistics; `aug` augments training batches.
+    `n_train`/`n_valid` keep a fixed random subset of that size (quick runs)."""
     path = Path(path)
     if not (path / "train").is_dir():
         raise FileNotFoundError(f"{path} has no train/ folder: expected {path}/train/<class>/*.jpg and "
@@ -83,7 +94,7 @@ def image_folder(path: str | os.PathLike, bs: int = 512, device=None, aug=None, 
     with rank0_first():
         x_train, y_train = load_image_split(path / "train", classes)
         x_valid, y_valid = load_image_split(path / valid, classes)
-    return _loaders(x_train, y_train, x_valid, y_valid, bs, device, aug, seed, classes)
+    return _subset(_loaders(x_train, y_train, x_valid, y_valid, bs, device, aug, seed, classes), n_train, n_valid)
 
 
 def _read_python_batches(folder: Path) -> tuple[torch.Tensor, ...]:
@@ -98,16 +109,17 @@ def _read_python_batches(folder: Path) -> tuple[torch.Tensor, ...]:
 
 def cifar10(bs: int = 512, root: str | os.PathLike | None = None, device=None,
             aug: BatchAugment | None = BatchAugment(pad=4, flip=True), seed: int | None = None,
-            download: bool = True) -> DataLoaders:
+            download: bool = True, n_train: int | None = None, n_valid: int | None = None) -> DataLoaders:
     """CIFAR-10: 50 000 training and 10 000 test images, 3x32x32, augmented by random crop and flip.
 
     Looks under `root` (default `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`) for an image folder
     `cifar10/{train,test}/<class>/` or torchvision's `cifar-10-batches-py/`, else downloads the
     latter with torchvision. The official python batches are pickles: load only a copy you trust.
+    `n_train`/`n_valid` keep a random subset of that size (quick runs).
     """
     base = _data_root(root)
     if (base / "cifar10" / "train").is_dir():
-        return image_folder(base / "cifar10", bs, device, aug, seed)
+        return image_folder(base / "cifar10", bs, device, aug, seed, n_train=n_train, n_valid=n_valid)
     batches = base / "cifar-10-batches-py"
     if not batches.is_dir():
         if not download:
@@ -116,4 +128,14 @@ def cifar10(bs: int = 512, root: str | os.PathLike | None = None, device=None,
         from torchvision.datasets import CIFAR10
         with rank0_first():
             CIFAR10(str(base), download=True)
-    return _loaders(*_read_python_batches(batches), bs, device, aug, seed, list(CIFAR10_CLASSES))
+    return _subset(_loaders(*_read_python_batches(batches), bs, device, aug, seed, list(CIFAR10_CLASSES)),
+                   n_train, n_valid)
+
+
+def _subset(dls: DataLoaders, n_train: int | None, n_valid: int | None) -> DataLoaders:
+    """A fixed random subset of each split (the folder layout stores images class by class)."""
+    for dl, n in ((dls.train, n_train), (dls.valid, n_valid)):
+        if n is not None:
+            keep = torch.randperm(len(dl.x), generator=torch.Generator().manual_seed(0))[:n].to(dl.x.device)
+            dl.x, dl.y = dl.x[keep], dl.y[keep]
+    return dls

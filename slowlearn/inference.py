@@ -32,11 +32,12 @@ def _device(learn) -> torch.device:
 
 
 @torch.no_grad()
-def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False) -> Preds:
+def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False, tta: bool = False) -> Preds:
     """Run the model in eval mode over `dl` (default `learn.dls.valid`), in order, without callbacks.
 
     Everything stays on the model's device until one copy to the CPU at the end (no host sync per
-    batch). Per-item losses call `learn.loss_func(..., reduction="none")`.
+    batch). Per-item losses call `learn.loss_func(..., reduction="none")`. `tta=True` averages the
+    predictions for each image and its mirror image (test-time augmentation).
     """
     dl = dl if dl is not None else learn.dls.valid
     device, was_training = _device(learn), learn.model.training
@@ -45,13 +46,17 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False)
     try:
         for xb, yb in dl:
             xb, yb = to_device((xb, yb), device)
-            out = learn.model(xb)
-            preds.append(out.float().softmax(-1))
+            out = learn.model(xb).float()
+            probs = out.softmax(-1)
+            if tta:
+                probs = (probs + learn.model(xb.flip(-1)).float().softmax(-1)) / 2
+                out = probs.log()  # so that per-item losses score the averaged prediction
+            preds.append(probs)
             targets.append(yb)
             if with_input:
                 inputs.append(xb)
             if with_loss:
-                losses.append(learn.loss_func(out.float(), yb, reduction="none"))
+                losses.append(learn.loss_func(out, yb, reduction="none"))
     finally:
         learn.model.train(was_training)
     cat = lambda ts: torch.cat(ts).cpu() if ts else None  # noqa: E731

@@ -160,9 +160,10 @@ class Learner:
     def _zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
 
-    def get_preds(self, dl=None, with_input: bool = False, with_loss: bool = False):
-        """Probabilities and targets (and inputs, per-item losses) on `dl` (default: the validation set)."""
-        return inference.get_preds(self, dl, with_input, with_loss)
+    def get_preds(self, dl=None, with_input: bool = False, with_loss: bool = False, tta: bool = False):
+        """Probabilities and targets (and inputs, per-item losses) on `dl` (default: the validation set);
+        `tta` averages each image's prediction with its mirror image's."""
+        return inference.get_preds(self, dl, with_input, with_loss, tta)
 
     def predict(self, x: torch.Tensor):
         """Class index, name and probabilities for one item (or a batch) as stored in the dataset."""

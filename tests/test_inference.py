@@ -41,6 +41,16 @@ def test_get_preds_equals_a_manual_loop():
     assert learn.get_preds(learn.dls.train).preds.shape == (24, 3)
 
 
+def test_tta_averages_with_the_mirror_image():
+    learn = image_learner().fit(1)
+    x = torch.cat([xb for xb, _ in learn.dls.valid])
+    with torch.no_grad():
+        expected = (learn.model(x).softmax(-1) + learn.model(x.flip(-1)).softmax(-1)) / 2
+    result = learn.get_preds(tta=True, with_loss=True)
+    torch.testing.assert_close(result.preds, expected)
+    torch.testing.assert_close(result.losses, -expected.log().gather(1, result.targets[:, None])[:, 0])
+
+
 def test_validate_returns_metrics_without_touching_history():
     learn = image_learner().fit(1)
     n_history = len(learn.history)

@@ -1,0 +1,101 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from slowlearn.augment import BatchAugment, cutout, random_crop, random_flip
+from slowlearn.image_data import cifar10, image_folder
+
+CLASSES = ["cat", "dog", "frog"]
+SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+
+
+def make_folder(root: Path, n_per_class=4, size=12, channels=3):
+    g = torch.Generator().manual_seed(0)
+    for split in ("train", "test"):
+        for label, name in enumerate(CLASSES):
+            (root / split / name).mkdir(parents=True, exist_ok=True)
+            for i in range(n_per_class):
+                image = torch.randint(0, 256, (channels, size, size), dtype=torch.uint8, generator=g)
+                image[:, 0, 0] = label  # a marker to check labels against
+                pixels = image.permute(1, 2, 0).squeeze(-1).numpy()
+                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
+    return root
+
+
+def test_image_folder_loads_labels_classes_and_caches(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    dls = image_folder(root, bs=4, device="cpu")
+    assert dls.classes == CLASSES and dls.train.x.shape == (12, 3, 12, 12) and dls.valid.x.shape == (12, 3, 12, 12)
+    assert torch.equal(dls.train.x[:, 0, 0, 0], dls.train.y)  # every image carries its class marker
+    assert (root / ".slowlearn-cache-train.pt").exists() and (root / ".slowlearn-cache-test.pt").exists()
+    for png in root.rglob("*.png"):
+        png.write_bytes(b"not an image any more")  # the second load must come from the cache
+    again = image_folder(root, bs=4, device="cpu")
+    assert torch.equal(again.train.x, dls.train.x)
+    xb, _ = next(iter(dls.valid))
+    assert abs(xb.mean().item()) < 0.3  # normalised with the training statistics
+
+
+def test_image_folder_grayscale_and_errors(tmp_path):
+    dls = image_folder(make_folder(tmp_path / "gray", channels=1), bs=4, device="cpu")
+    assert dls.train.x.shape[1] == 1
+    with pytest.raises(FileNotFoundError, match="no train/ folder"):
+        image_folder(tmp_path / "nowhere")
+
+
+def test_cifar10_from_an_image_folder_root(tmp_path):
+    make_folder(tmp_path / "cifar10")
+    dls = cifar10(bs=4, root=tmp_path, device="cpu", download=False)
+    assert dls.classes == CLASSES and isinstance(dls.train.aug, BatchAugment) and dls.valid.aug is None
+    with pytest.raises(FileNotFoundError, match="download=False"):
+        cifar10(root=tmp_path / "empty", download=False)
+
+
+def test_augmentations_keep_shapes_and_content():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    torch.manual_seed(0)
+    cropped = random_crop(x, 2)
+    assert cropped.shape == x.shape
+    for image, original in zip(cropped, x):  # a translated (reflect-padded) window of the original
+        padded = torch.nn.functional.pad(original[None], (2,) * 4, mode="reflect")[0]
+        assert any(torch.equal(image, padded[:, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+    flipped = random_flip(x)
+    assert all(torch.equal(f, o) or torch.equal(f, o.flip(2)) for f, o in zip(flipped, x))
+    holes = cutout(torch.ones(4, 1, 8, 8), 3)
+    assert ((holes == 0).sum((1, 2, 3)) <= 9).all() and (holes == 0).any()
+
+
+def test_training_loader_augments_and_validation_does_not(tmp_path):
+    dls = image_folder(make_folder(tmp_path / "pets"), bs=12, device="cpu", aug=BatchAugment(pad=2, cutout=4))
+    torch.manual_seed(0)
+    first, second = next(iter(dls.train))[0], next(iter(dls.train))[0]
+    assert not torch.equal(first.sort(0).values, second.sort(0).values)
+    assert torch.equal(next(iter(dls.valid))[0], next(iter(dls.valid))[0])
+
+
+def test_cli_on_an_image_folder(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=8)
+    for command, outputs in (("train", ["metrics.csv", "checkpoint.pt", "confusion_matrix.png"]),
+                             ("lr-find", ["lr_find.png"])):
+        out = tmp_path / command
+        result = subprocess.run([sys.executable, "-m", "slowlearn", command, "--data", str(root), "--bs", "8",
+                                 "--out", str(out), *(["--epochs", "1"] if command == "train" else [])],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert all((out / name).exists() for name in outputs)
+    assert "Suggested learning rate" in result.stdout
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg-test.zip").exists(),
+                    reason="the CIFAR-10 JPEG zips are not in ../shared/data on this machine")
+def test_real_cifar10_jpeg_test_split(tmp_path):
+    import zipfile
+    with zipfile.ZipFile(SHARED_DATA / "cifar10-jpg-test.zip") as z:
+        z.extractall(tmp_path)
+    (tmp_path / "cifar10" / "train").symlink_to(tmp_path / "cifar10" / "test")  # decode only the 10 000 test images
+    dls = image_folder(tmp_path / "cifar10", device="cpu")
+    assert dls.classes[:3] == ["airplane", "automobile", "bird"] and dls.valid.x.shape == (10_000, 3, 32, 32)
