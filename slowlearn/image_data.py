@@ -36,9 +36,10 @@ def load_image_split(split_dir: Path, classes: list[str]) -> tuple[torch.Tensor,
              if f.suffix.lower() in IMAGE_SUFFIXES]
     if not files:
         raise FileNotFoundError(f"No images in {split_dir}/<class>/ (looked for {sorted(IMAGE_SUFFIXES)})")
+    signature = [len(files), max(f.stat().st_mtime_ns for f, _ in files)]  # any added or changed file
     if cache.exists():
         cached = torch.load(cache, weights_only=True)
-        if cached["n_files"] == len(files) and cached["classes"] == classes:
+        if cached["signature"] == signature and cached["classes"] == classes:
             return cached["x"], cached["y"]
     with Image.open(files[0][0]) as first:
         mode = "L" if first.mode in ("1", "L", "I;16") else "RGB"
@@ -52,15 +53,18 @@ def load_image_split(split_dir: Path, classes: list[str]) -> tuple[torch.Tensor,
     x, y = torch.stack(images), torch.tensor([label for _, label in files])
     if is_rank0():
         tmp = cache.with_suffix(".tmp")
-        torch.save({"x": x, "y": y, "classes": classes, "n_files": len(files)}, tmp)
+        torch.save({"x": x, "y": y, "classes": classes, "signature": signature}, tmp)
         os.replace(tmp, cache)
     return x, y
 
 
 def _decode(path: Path, mode: str) -> torch.Tensor:
     """One image file as a uint8 C x H x W tensor (Pillow decodes; grayscale or RGB for the whole folder)."""
-    with Image.open(path) as image:
-        array = np.asarray(image.convert(mode))
+    try:
+        with Image.open(path) as image:
+            array = np.asarray(image.convert(mode))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Cannot decode image file {path}: {e}. Remove or replace it.") from None
     return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
 
 

@@ -2,6 +2,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -32,12 +33,26 @@ def test_image_folder_loads_labels_classes_and_caches(tmp_path):
     assert dls.classes == CLASSES and dls.train.x.shape == (12, 3, 12, 12) and dls.valid.x.shape == (12, 3, 12, 12)
     assert torch.equal(dls.train.x[:, 0, 0, 0], dls.train.y)  # every image carries its class marker
     assert (root / ".slowlearn-cache-train.pt").exists() and (root / ".slowlearn-cache-test.pt").exists()
-    for png in root.rglob("*.png"):
-        png.write_bytes(b"not an image any more")  # the second load must come from the cache
-    again = image_folder(root, bs=4, device="cpu")
-    assert torch.equal(again.train.x, dls.train.x)
     xb, _ = next(iter(dls.valid))
     assert abs(xb.mean().item()) < 0.3  # normalised with the training statistics
+    pixels = torch.from_numpy(np.array(Image.open(root / "train" / "dog" / "2.png")))
+    assert torch.equal(dls.train.x[4 + 2], pixels.permute(2, 0, 1))  # round trip: cat 0-3, then dog 0-3
+
+    cache_time = (root / ".slowlearn-cache-train.pt").stat().st_mtime_ns
+    again = image_folder(root, bs=4, device="cpu")  # unchanged folder: from the cache
+    assert torch.equal(again.train.x, dls.train.x)
+    assert (root / ".slowlearn-cache-train.pt").stat().st_mtime_ns == cache_time
+
+    Image.new("RGB", (12, 12), (7, 7, 7)).save(root / "train" / "frog" / "new.png")  # the folder changes
+    changed = image_folder(root, bs=4, device="cpu")
+    assert len(changed.train.x) == 13 and changed.train.x[-1].eq(7).all()
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    (root / "test" / "dog" / "1.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="Cannot decode image file .*dog/1.png"):
+        image_folder(root, device="cpu")
 
 
 def test_image_folder_grayscale_and_errors(tmp_path):
@@ -63,10 +78,13 @@ def test_augmentations_keep_shapes_and_content():
     for image, original in zip(cropped, x):  # a translated (reflect-padded) window of the original
         padded = torch.nn.functional.pad(original[None], (2,) * 4, mode="reflect")[0]
         assert any(torch.equal(image, padded[:, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
-    flipped = random_flip(x)
-    assert all(torch.equal(f, o) or torch.equal(f, o.flip(2)) for f, o in zip(flipped, x))
+    assert cropped.min() >= x.min() and cropped.max() <= x.max()  # values kept
+    flipped = random_flip(torch.cat([x] * 8))
+    mirrored = [torch.equal(f, o.flip(2)) for f, o in zip(flipped, torch.cat([x] * 8))]
+    assert all(m or torch.equal(f, o) for m, f, o in zip(mirrored, flipped, torch.cat([x] * 8)))
+    assert 0 < sum(mirrored) < 16  # an exact mirror, for some of the images
     holes = cutout(torch.ones(4, 1, 8, 8), 3)
-    assert ((holes == 0).sum((1, 2, 3)) <= 9).all() and (holes == 0).any()
+    assert ((holes == 0).sum((1, 2, 3)) <= 9).all() and (holes == 0).any() and set(holes.unique().tolist()) <= {0, 1}
 
 
 def test_training_loader_augments_and_validation_does_not(tmp_path):
@@ -79,8 +97,8 @@ def test_training_loader_augments_and_validation_does_not(tmp_path):
 
 def test_cli_on_an_image_folder(tmp_path):
     root = make_folder(tmp_path / "pets", n_per_class=8)
-    for command, outputs in (("train", ["metrics.csv", "checkpoint.pt", "confusion_matrix.png"]),
-                             ("lr-find", ["lr_find.png"])):
+    promised = ["metrics.csv", "checkpoint.pt", "schedule.png", "loss.png", "metrics.png", "confusion_matrix.png"]
+    for command, outputs in (("train", promised), ("lr-find", ["lr_find.png"])):
         out = tmp_path / command
         result = subprocess.run([sys.executable, "-m", "slowlearn", command, "--data", str(root), "--bs", "8",
                                  "--out", str(out), *(["--epochs", "1"] if command == "train" else [])],
