@@ -39,7 +39,7 @@ def load_image_split(split_dir: Path, classes: list[str]) -> tuple[torch.Tensor,
     signature = [len(files), max(f.stat().st_mtime_ns for f, _ in files)]  # any added or changed file
     if cache.exists():
         cached = torch.load(cache, weights_only=True)
-        if cached["signature"] == signature and cached["classes"] == classes:
+        if cached.get("signature") == signature and cached.get("classes") == classes:
             return cached["x"], cached["y"]
     with Image.open(files[0][0]) as first:
         mode = "L" if first.mode in ("1", "L", "I;16") else "RGB"
