@@ -17,6 +17,8 @@ bench: install data
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/optim.py
 	$(PY) benchmarks/one_cycle.py
+	$(PY) benchmarks/distributed.py
+	$(PY) benchmarks/cifar.py
 
 install: $(STAMP)
 
