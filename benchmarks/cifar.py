@@ -15,24 +15,12 @@ from pathlib import Path
 
 import torch.nn.functional as F
 
-from slowlearn import Callback, MixedPrecisionCB, resnet, set_seed, train_1cycle
+from common import EpochTimer
+from slowlearn import MixedPrecisionCB, resnet, set_seed, train_1cycle
 from slowlearn.data import _data_root
 from slowlearn.image_data import cifar10
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-
-
-class EpochTimer(Callback):
-    order = 100
-
-    def before_epoch(self, learn):
-        if learn.training:
-            self.start = time.perf_counter()
-
-    def after_epoch(self, learn):
-        if not learn.training:
-            print(f"epoch {learn.epoch}: {time.perf_counter() - self.start:.1f} s, "
-                  f"valid accuracy {learn.history[-1]['accuracy']:.4f}", flush=True)
 
 
 def main() -> None:

@@ -10,26 +10,14 @@ import argparse
 import os
 import subprocess
 import sys
-import time
 
 import torch
 
 
 def worker(epochs: int) -> None:
-    from slowlearn import Callback, get_kaiming_initialized_model, set_seed, train
-    from slowlearn.distributed import rank0_print, world_size
-
-    class EpochTimer(Callback):
-        order = 100
-
-        def before_epoch(self, learn):
-            if learn.training:
-                self.start = time.perf_counter()
-
-        def after_epoch(self, learn):
-            if not learn.training:
-                rank0_print(f"EPOCH {learn.epoch} {time.perf_counter() - self.start:.3f} s "
-                            f"accuracy {learn.history[-1]['accuracy']:.4f}")
+    from common import EpochTimer
+    from slowlearn import get_kaiming_initialized_model, set_seed, train
+    from slowlearn.distributed import world_size
 
     set_seed(0)
     train(get_kaiming_initialized_model(), lr=0.2, n_epochs=epochs, bs=512 // world_size(), cbs=[EpochTimer()])
