@@ -100,8 +100,13 @@ class TensorLoader:
         return order
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from batch `start` on; the skipped ones are never built or augmented
+        (a mid-epoch resume must not spend random numbers on them)."""
         order = self._order()
-        for i in range(len(self)):
+        for i in range(start, len(self)):
             if order is None:
                 xb, yb = self.x[i * self.bs:(i + 1) * self.bs], self.y[i * self.bs:(i + 1) * self.bs]
             else:

@@ -286,7 +286,11 @@ class Learner:
         self._run_level("epoch", CancelEpochException, lambda: self._batches(start_iter))
 
     def _batches(self, start_iter: int) -> None:
-        for self.iter, self.batch in itertools.islice(enumerate(self.dl), start_iter, None):
+        if start_iter and hasattr(self.dl, "iter_from"):
+            batches = enumerate(self.dl.iter_from(start_iter), start_iter)
+        else:
+            batches = itertools.islice(enumerate(self.dl), start_iter, None)
+        for self.iter, self.batch in batches:
             if self.training:
                 self.pct_train = (self.epoch + self.iter / self.n_iter) / self.n_epochs
             self._run_level("batch", CancelBatchException, self._one_batch)

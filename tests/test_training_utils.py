@@ -336,3 +336,22 @@ def test_train_1cycle_resumes_its_own_run(tmp_path):
     resumed = run([CheckpointCB(tmp_path / "ckpt.pt")], resume=tmp_path / "ckpt.pt")
     assert all(torch.equal(a, b) for a, b in zip(straight.model.parameters(), resumed.model.parameters()))
     assert resumed.recorder.recs["lr"] == straight.recorder.recs["lr"]
+
+
+def test_mid_epoch_resume_with_batch_augmentation_is_exact(tmp_path):
+    from slowlearn.augment import BatchAugment
+
+    def run(cbs=(), resume=None):
+        set_seed(0)
+        dls = make_dls(n_train=32, bs=4)
+        dls.train.x = dls.train.x.reshape(32, 1, 1, 3).expand(32, 1, 3, 3).contiguous()
+        dls.valid.x = dls.valid.x.reshape(-1, 1, 1, 3).expand(-1, 1, 3, 3).contiguous()
+        dls.train.aug = BatchAugment(pad=1, flip=True)
+        learn = Learner(nn.Sequential(nn.Flatten(), nn.Linear(9, 2)), dls, lr=0.1)
+        return learn.fit(2, cbs=list(cbs), resume=resume)
+
+    straight = run()
+    run([CheckpointCB(tmp_path / "ckpt.pt", every=3), StopAt(epoch=0, iter=5)])
+    assert read_checkpoint(tmp_path / "ckpt.pt")["iter"] == 3
+    resumed = run(resume=tmp_path / "ckpt.pt")
+    assert torch.equal(straight.model[1].weight, resumed.model[1].weight)
