@@ -70,8 +70,7 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     metrics table and returns the Learner: `learn.recorder.plot()` shows lr and momentum per batch.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
-    schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=lr, total_steps=n_epochs * len(dls.train),
-                                **one_cycle_kwargs)
+    schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=lr, **one_cycle_kwargs)
     learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(), RecorderCB(), *cbs],
                     opt_func=opt_func or fast_adamw())
     return learn.fit(n_epochs, cbs=[schedule], resume=resume)

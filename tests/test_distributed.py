@@ -7,7 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from slowlearn import Learner, MetricsCB, TensorLoader
+from torch.optim import lr_scheduler
+
+from slowlearn import BatchSchedulerCB, Learner, MetricsCB, TensorLoader
 from slowlearn.checkpoint import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -26,7 +28,7 @@ def torchrun(out, *extra, nproc=2, timeout=240):
 @pytest.fixture(scope="module")
 def two_process_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("ddp")
-    result = torchrun(out)
+    result = torchrun(out, "--one-cycle")
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result
 
@@ -34,7 +36,7 @@ def two_process_run(tmp_path_factory):
 def single_process_weights():
     learn = Learner(model(), synthetic_dls(GLOBAL_BS), lr=0.1,
                     opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
-    learn.fit(2)
+    learn.fit(2, cbs=[BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1)])
     return [p.detach() for p in learn.model.parameters()]
 
 
@@ -45,6 +47,7 @@ def test_two_ranks_agree_and_match_one_process(two_process_run):
     for a, b in zip(rank0["weights"], single_process_weights()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert rank0["history"] == rank1["history"]  # every rank holds the global metrics
+    assert rank0["total_steps"] == 2 * len(synthetic_dls(GLOBAL_BS).train)  # counted on the rank's shard
 
 
 def test_only_rank0_writes_and_reduced_accuracy_is_global(two_process_run):

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from slowlearn import (Adam, BatchSchedulerCB, EpochSchedulerCB, Learner, MetricsCB, MomentumSGD, OneCycleCB,
+from slowlearn import (Adam, BatchSchedulerCB, EpochSchedulerCB, GradientAccumulationCB, Learner, MetricsCB, MomentumSGD, OneCycleCB,
                        ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, one_cycle_lr, sched_cos, sched_exp,
                        sched_lin, train_1cycle, warmup_cos)
 from slowlearn.callbacks.schedule import get_hyper, set_hyper
@@ -211,3 +211,20 @@ def test_train_1cycle_with_progress_prints_table(capsys):
     assert out[0].split() == ["accuracy", "loss", "epoch", "train"] and len(out) == 5
     assert isinstance(learn.opt, torch.optim.AdamW) and math.isfinite(learn.history[-1]["loss"])
     assert [type(cb).__name__ for cb in learn.cbs] == ["DeviceCB", "MetricsCB", "ProgressCB", "RecorderCB"]
+
+
+@pytest.mark.parametrize("n_batches, n_accumulate", [(5, 2), (6, 3), (4, 1)])
+def test_train_1cycle_completes_its_cycle_with_gradient_accumulation(n_batches, n_accumulate):
+    dls = make_dls(n_train=4 * n_batches, bs=4)
+    learn = train_1cycle(nn.Linear(3, 2), lr=0.1, n_epochs=2, dls=dls, cbs=[GradientAccumulationCB(n_accumulate)])
+    steps = 2 * math.ceil(n_batches / n_accumulate)
+    expected = one_cycle_by_hand(lambda p: torch.optim.AdamW(p, 0.1), steps, max_lr=0.1)
+    assert learn.recorder.recs["lr"] == pytest.approx([lr for lr, _ in expected])
+    assert learn.recorder.recs["lr"][-1] == pytest.approx(0.1 / 25 / 1e4)  # the last step is the cycle's end
+
+
+def test_explicit_total_steps_is_kept():
+    dls = make_dls(n_train=20, bs=4)
+    schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=100)
+    Learner(nn.Linear(3, 2), dls, cbs=[schedule]).fit(1)
+    assert schedule.scheduler.total_steps == 100

@@ -2,12 +2,13 @@
 training progress (`learn.pct_train`), which make a resumed run land exactly where it left off."""
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable, Sequence
 
 from ..learner import Callback
 
-__all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB",
+__all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "optimizer_steps_per_epoch", "EpochSchedulerCB", "ParamSchedulerCB",
            "OneCycleCB", "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr",
            "one_cycle_mom"]
 
@@ -44,10 +45,14 @@ class BaseSchedulerCB(Callback):
 
     def before_fit(self, learn) -> None:
         self._own_keys = [set(group) for group in learn.opt.param_groups]
-        self.scheduler = self.scheduler_f(learn.opt, **self.kwargs)
+        self.scheduler = self.scheduler_f(learn.opt, **self.scheduler_kwargs(learn))
         if self._pending is not None:
             self.scheduler.load_state_dict(self._pending)
             self._pending = None
+
+    def scheduler_kwargs(self, learn) -> dict:
+        """The keyword arguments the scheduler is created with (subclasses fill in what they know)."""
+        return self.kwargs
 
     def cleanup_fit(self, learn) -> None:
         for group, keys in zip(learn.opt.param_groups, getattr(self, "_own_keys", ())):
@@ -71,10 +76,29 @@ class BaseSchedulerCB(Callback):
 
 class BatchSchedulerCB(BaseSchedulerCB):
     """Steps the scheduler after every optimizer step (`OneCycleLR`, or `CosineAnnealingLR` with
-    `T_max` = total steps); with gradient accumulation that is once per accumulated step."""
+    `T_max` = total steps); with gradient accumulation that is once per accumulated step.
+
+    A scheduler that takes `total_steps` (OneCycleLR) gets it at `before_fit` when it is not given
+    (nor `epochs`): the optimizer steps of the whole fit, counted on the loader as this process sees
+    it (after DDP sharding) and with a GradientAccumulationCB's grouping of batches.
+    """
+
+    def scheduler_kwargs(self, learn) -> dict:
+        takes_total = "total_steps" in inspect.signature(self.scheduler_f).parameters
+        if not takes_total or {"total_steps", "epochs"} & self.kwargs.keys():
+            return self.kwargs
+        return {**self.kwargs, "total_steps": learn.n_epochs * optimizer_steps_per_epoch(learn)}
 
     def after_step(self, learn) -> None:
         self._step(learn)
+
+
+def optimizer_steps_per_epoch(learn) -> int:
+    """Optimizer steps in one training epoch: one per batch, or one per group of a
+    GradientAccumulationCB's `n_steps` batches (the last, partial group is stepped too)."""
+    n_batches = len(learn.dls.train)
+    accumulation = getattr(learn, "gradient_accumulation", None)
+    return math.ceil(n_batches / accumulation.n_steps) if accumulation is not None else n_batches
 
 
 class EpochSchedulerCB(BaseSchedulerCB):
