@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from fastcore.basics import camel2snake
 from torch import nn
 
-from . import inference
+from . import checks, inference
 from .checkpoint import read_checkpoint, restore_run_state, restore_weights, save_checkpoint
 
 __all__ = ["Learner", "Callback", "CancelFitException", "CancelEpochException", "CancelBatchException",
@@ -293,12 +293,27 @@ class Learner:
         for self.iter, self.batch in batches:
             if self.training:
                 self.pct_train = (self.epoch + self.iter / self.n_iter) / self.n_epochs
-            self._run_level("batch", CancelBatchException, self._one_batch)
+            first = self.iter == start_iter
+            self._run_level("batch", CancelBatchException, self._first_batch if first else self._one_batch)
         if self.training:
             self.pct_train = (self.epoch + 1) / self.n_epochs
 
-    def _one_batch(self) -> None:
+    def _first_batch(self) -> None:
+        """A phase's first batch, checked: bad data gets a clear error, any error a description of the batch."""
+        try:
+            self._one_batch(check=True)
+        except CancelException:
+            raise
+        except Exception as e:
+            e.add_note(checks.describe_batch(self.batch, self.model))
+            raise
+
+    def _one_batch(self, check: bool = False) -> None:
+        if check:
+            checks.check_inputs(self.batch, self.model)
         self._do("predict")
+        if check:
+            checks.check_targets(self.preds, self.batch, self.loss_func)
         self.callback("after_predict")
         self._do("get_loss")
         self.callback("after_loss")

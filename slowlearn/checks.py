@@ -1,0 +1,85 @@
+"""First-batch checks: bad data stops with an error that says what is wrong and how to fix it,
+instead of a cryptic one from deep inside torch (or, on a GPU, a device-side assert that kills
+the process). The Learner runs them on the first batch of each phase, so they cost nothing later."""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["check_inputs", "check_targets", "describe_batch"]
+
+IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
+
+
+def _tensors(batch) -> list[Tensor] | None:
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2 and all(isinstance(t, Tensor) for t in batch):
+        return list(batch)
+    return None
+
+
+def _first_param(model: nn.Module) -> Tensor | None:
+    return next(model.parameters(), None)
+
+
+def check_inputs(batch, model: nn.Module) -> None:
+    """Before the model sees an `(inputs, targets, ...)` batch: every tensor has the same batch
+    size, and images are not fed as raw bytes to a floating-point model."""
+    tensors = _tensors(batch)
+    if tensors is None:
+        return
+    sizes = [len(t) if t.ndim else None for t in tensors]
+    if len(set(sizes)) > 1:
+        shapes = ", ".join(str(tuple(t.shape)) for t in tensors)
+        raise ValueError(f"The batch's inputs and targets have different batch sizes (shapes {shapes}): "
+                         f"each input needs one target; check the dataset's tensors have the same length.")
+    x, param = tensors[0], _first_param(model)
+    if param is not None and param.is_floating_point() and x.dtype in (torch.uint8, torch.bool):
+        raise ValueError(f"The inputs are {x.dtype} but the model's parameters are {param.dtype}: convert them "
+                         f"to floats in the loader, e.g. TensorLoader(x, y, mean=..., std=...), which scales "
+                         f"uint8 images to [0, 1] and normalises them.")
+
+
+def _is_cross_entropy(loss_func) -> bool:
+    while isinstance(loss_func, partial):
+        loss_func = loss_func.func
+    return loss_func is F.cross_entropy or isinstance(loss_func, nn.CrossEntropyLoss)
+
+
+def check_targets(preds, batch, loss_func) -> None:
+    """After the first prediction: class-index targets lie in [0, number of model outputs), and
+    cross-entropy gets integer class indices, not floats."""
+    tensors = _tensors(batch)
+    if tensors is None or not isinstance(preds, Tensor) or not preds.is_floating_point() or preds.ndim < 2:
+        return
+    if preds.shape[1] == 1:
+        return  # one output is a score or a regression, not a choice between classes
+    y, n_classes = tensors[1], preds.shape[1]
+    if y.shape != preds.shape[:1] + preds.shape[2:]:
+        return  # not class indices (one-hot, probabilities or regression targets)
+    if y.is_floating_point():
+        if _is_cross_entropy(loss_func):
+            raise ValueError(f"The targets are {y.dtype} but cross-entropy needs integer class indices: "
+                             f"convert the labels with `.long()`.")
+        return
+    if y.dtype == torch.bool:
+        return
+    labels = y[y != IGNORE_INDEX]
+    if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
+        low, high = labels.min().item(), labels.max().item()
+        raise ValueError(f"The targets run from {low} to {high}, but the model has {n_classes} outputs, so class "
+                         f"indices must be in [0, {n_classes - 1}]: give the model's last layer "
+                         f"{max(high + 1, n_classes)} outputs, or check the labels.")
+
+
+def describe_batch(batch, model: nn.Module) -> str:
+    """One line on the batch and model, added to any error raised on the first batch."""
+    def tensor(t) -> str:
+        return f"{t.dtype} {tuple(t.shape)} on {t.device}" if isinstance(t, Tensor) else type(t).__name__
+
+    parts = [tensor(t) for t in batch] if isinstance(batch, (tuple, list)) else [tensor(batch)]
+    param = _first_param(model)
+    model_part = f"; model parameters {param.dtype} on {param.device}" if param is not None else ""
+    return f"(first batch: {', '.join(parts)}{model_part})"

@@ -1,0 +1,83 @@
+"""Bad data stops at the first batch of a phase, with an error that says what is wrong and how to fix it."""
+from functools import partial
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from slowlearn import DataLoaders, Learner
+
+from conftest import make_dls
+
+
+def batches(x, y, bs=4):
+    return [(x[i:i + bs], y[i:i + bs]) for i in range(0, len(x), bs)]
+
+
+def fit_on(train, valid=None, model=None, loss_func=F.cross_entropy):
+    torch.manual_seed(0)
+    model = model or nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    learn = Learner(model, DataLoaders(train, valid if valid is not None else train), loss_func, lr=0.1)
+    with pytest.raises(ValueError) as error:
+        learn.fit(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # stopped before any step
+    return str(error.value)
+
+
+def test_labels_out_of_range_name_the_range_and_the_fix():
+    message = fit_on(batches(torch.randn(8, 3), torch.tensor([0, 1, 2, 1, 0, 1, 1, 0])))
+    assert "run from 0 to 2" in message and "2 outputs" in message and "[0, 1]" in message
+    assert "3 outputs" in message  # the fix: a last layer with one output per class
+
+
+def test_negative_labels_are_caught_but_the_ignore_index_is_not():
+    assert "run from -1 to 1" in fit_on(batches(torch.randn(4, 3), torch.tensor([0, -1, 1, 0])))
+    ignored = torch.tensor([0, -100, 1, 0])
+    Learner(nn.Linear(3, 2), DataLoaders(batches(torch.randn(4, 3), ignored), []), lr=0.1).fit(1, valid=False)
+
+
+def test_bad_labels_in_the_validation_set_are_caught_too():
+    good = batches(torch.randn(8, 3), torch.tensor([0, 1] * 4))
+    bad = batches(torch.randn(4, 3), torch.tensor([0, 5, 1, 0]))
+    learn = Learner(nn.Linear(3, 2), DataLoaders(good, bad), lr=0.1)
+    with pytest.raises(ValueError, match="run from 0 to 5"):
+        learn.fit(1)
+
+
+def test_mismatched_batch_sizes():
+    train = [(torch.randn(4, 3), torch.tensor([0, 1, 1]))]
+    assert "different batch sizes (shapes (4, 3), (3,))" in fit_on(train)
+
+
+def test_uint8_images_for_a_float_model_say_how_to_convert():
+    x = torch.randint(0, 255, (8, 3), dtype=torch.uint8)
+    message = fit_on(batches(x, torch.tensor([0, 1] * 4)))
+    assert "torch.uint8" in message and "TensorLoader" in message
+
+
+@pytest.mark.parametrize("loss_func", [F.cross_entropy, nn.CrossEntropyLoss(), partial(F.cross_entropy, label_smoothing=0.1)],
+                         ids=["function", "module", "partial"])
+def test_float_class_labels_for_cross_entropy(loss_func):
+    message = fit_on(batches(torch.randn(8, 3), torch.tensor([0., 1.] * 4)), loss_func=loss_func)
+    assert "integer class indices" in message and ".long()" in message
+
+
+def test_regression_and_soft_targets_pass():
+    x = torch.randn(8, 3)
+    Learner(nn.Linear(3, 1), DataLoaders(batches(x, torch.randn(8, 1)), []), F.mse_loss).fit(1, valid=False)
+    soft = torch.softmax(torch.randn(8, 2), 1)  # class probabilities: same shape as the predictions
+    Learner(nn.Linear(3, 2), DataLoaders(batches(x, soft), []), F.cross_entropy).fit(1, valid=False)
+    counts = torch.randint(0, 9, (8, 1)).float()  # one output, integer-valued targets: not a classifier
+    Learner(nn.Linear(3, 1), DataLoaders(batches(x, counts), []), F.mse_loss).fit(1, valid=False)
+
+
+def test_any_error_on_the_first_batch_describes_the_batch_and_model():
+    learn = Learner(nn.Linear(5, 2), make_dls())  # the data has 3 features
+    with pytest.raises(RuntimeError) as error:
+        learn.fit(1)
+    notes = " ".join(getattr(error.value, "__notes__", []))
+    assert "first batch: torch.float32 (4, 3) on cpu, torch.int64 (4,) on cpu" in notes
+    assert "model parameters torch.float32 on cpu" in notes
+
