@@ -16,6 +16,7 @@ bench: install data
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/optim.py
+	$(PY) benchmarks/optim_accuracy.py
 	$(PY) benchmarks/one_cycle.py
 	$(PY) benchmarks/distributed.py
 	$(PY) benchmarks/cifar.py

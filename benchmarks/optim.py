@@ -11,6 +11,11 @@ of parameter size per step: Adam reads p, g, m, v and writes p, m, v, so 7. The 
 of the simplest such update, `p += g` (3 accesses, one foreach op), scaled to that count; where the
 loop is less than 3x the floor, no implementation can be 3x faster than the loop here.
 
+On a CPU with glibc, a foreach op's outputs (all parameter-sized temporaries at once) are large
+enough to be mapped from the OS and returned after every step, so each step pays page faults that
+the loop, freeing one small temporary at a time, does not. To see the bandwidth-bound times, run
+with `MALLOC_MMAP_THRESHOLD_=4000000000 MALLOC_TRIM_THRESHOLD_=4000000000`.
+
     python benchmarks/optim.py [--steps 20] [--repeats 5]
 """
 from __future__ import annotations

@@ -11,6 +11,7 @@ fit(n_epochs)
   after_fit
 cleanup_fit / cleanup_epoch / cleanup_batch always run, also after an error or a cancel.
 ```
+The first batch of each phase is checked (`checks.py`): bad data stops there with a clear error.
 """
 from __future__ import annotations
 
