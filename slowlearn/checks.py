@@ -1,6 +1,7 @@
-"""First-batch checks: bad data stops with an error that says what is wrong and how to fix it,
-instead of a cryptic one from deep inside torch (or, on a GPU, a device-side assert that kills
-the process). The Learner runs them on the first batch of each phase, so they cost nothing later."""
+"""Data checks, so that bad data stops with an error that says what is wrong and how to fix it
+instead of a cryptic one from deep inside torch (or, on a GPU, a device-side assert that kills the
+process). The Learner checks its loaders before a fit and the first batch of each phase, so the
+checks cost nothing on the batches after it."""
 from __future__ import annotations
 
 from functools import partial
@@ -9,9 +10,17 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["check_inputs", "check_targets", "describe_batch"]
+__all__ = ["check_loaders", "check_inputs", "check_targets", "describe_batch"]
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
+
+
+def check_loaders(dls, train: bool, valid: bool) -> None:
+    """Before a fit: each loader the fit will use has at least one batch."""
+    for phase, wanted in (("train", train), ("valid", valid)):
+        if wanted and len(getattr(dls, phase)) == 0:
+            raise ValueError(f"The {phase} loader has no batches: check the dataset is not empty and that "
+                             f"drop_last=True is not dropping a dataset smaller than one batch.")
 
 
 def _tensors(batch) -> list[Tensor] | None:

@@ -199,7 +199,7 @@ class Learner:
         cbs = list(cbs)
         self.cbs += cbs
         try:
-            self._check_data(train, valid)
+            checks.check_loaders(self.dls, train, valid)
             self._prepare(lr, reset_opt)
             state = read_checkpoint(resume) if resume is not None else None
             if state is not None:
@@ -215,12 +215,6 @@ class Learner:
     def in_last_phase(self) -> bool:
         """True during an epoch's last phase: valid, or train when fitting with `valid=False`."""
         return not self.training or not self.valid_phase
-
-    def _check_data(self, train: bool, valid: bool) -> None:
-        for phase, wanted in (("train", train), ("valid", valid)):
-            if wanted and len(getattr(self.dls, phase)) == 0:
-                raise ValueError(f"The {phase} loader has no batches: check the dataset is not empty and that "
-                                 f"drop_last=True is not dropping a dataset smaller than one batch.")
 
     def _prepare(self, lr: float | None, reset_opt: bool) -> None:
         if lr is not None:
