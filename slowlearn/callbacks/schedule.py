@@ -84,7 +84,10 @@ class BatchSchedulerCB(BaseSchedulerCB):
     """
 
     def scheduler_kwargs(self, learn) -> dict:
-        takes_total = "total_steps" in inspect.signature(self.scheduler_f).parameters
+        try:
+            takes_total = "total_steps" in inspect.signature(self.scheduler_f).parameters
+        except (TypeError, ValueError):  # a callable without a signature to read
+            takes_total = False
         if not takes_total or {"total_steps", "epochs"} & self.kwargs.keys():
             return self.kwargs
         return {**self.kwargs, "total_steps": learn.n_epochs * optimizer_steps_per_epoch(learn)}
