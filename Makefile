@@ -20,6 +20,7 @@ bench: install data
 	$(PY) benchmarks/one_cycle.py
 	$(PY) benchmarks/distributed.py
 	$(PY) benchmarks/cifar.py
+	$(PY) benchmarks/channels_last.py
 
 install: $(STAMP)
 

@@ -1,5 +1,6 @@
 """slowlearn: a callback-driven training framework for PyTorch."""
-from .callbacks import (ActivationStatsCB, BaseSchedulerCB, BatchSchedulerCB, CheckpointCB, CSVLoggerCB, DeviceCB,
+from .callbacks import (ActivationStatsCB, BaseSchedulerCB, BatchSchedulerCB, ChannelsLastCB, CheckpointCB, CSVLoggerCB,
+                        DeviceCB,
                         DistributedCB,
                         EarlyStoppingCB, EpochSchedulerCB, GradientAccumulationCB, GradientClipCB, LRFinderCB,
                         MetricsCB, MixedPrecisionCB, MomentumCB, OneCycleCB, ParamSchedulerCB, ProfilerCB,
@@ -21,7 +22,7 @@ from .train import compare_optimizers, train, train_1cycle
 __version__ = "0.1.0"
 __all__ = [
     "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
-    "DeviceCB", "MetricsCB", "MomentumCB", "ProgressCB", "RecorderCB", "ActivationStatsCB", "LRFinderCB",
+    "DeviceCB", "ChannelsLastCB", "MetricsCB", "MomentumCB", "ProgressCB", "RecorderCB", "ActivationStatsCB", "LRFinderCB",
     "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB",
     "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
     "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",

@@ -5,7 +5,8 @@ import torch.nn.functional as F
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from slowlearn import Callback, DeviceCB, Learner, MetricsCB, MomentumCB, ProgressCB
+from slowlearn import (Callback, ChannelsLastCB, DataLoaders, DeviceCB, Learner, MetricsCB, MomentumCB, ProgressCB,
+                       TensorLoader)
 from slowlearn.display import TablePrinter
 
 from conftest import TrainLosses, make_dls
@@ -162,3 +163,42 @@ def test_to_device_moves_nested_batches_and_keeps_their_types():
     assert moved["x"][1][1] == "label" and torch.equal(moved["x"][1][0], torch.ones(1))
     expected = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
     assert default_device().type == expected
+
+
+def image_dls(n=32, bs=8):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 3, 8, 8, generator=g), torch.randint(0, 4, (n,), generator=g)
+    return DataLoaders(TensorLoader(x, y, bs, device="cpu"), TensorLoader(x[:8], y[:8], bs, device="cpu"))
+
+
+def small_convnet():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, stride=2),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten())
+
+
+def test_channels_last_cb_lays_out_model_and_images_and_trains_the_same():
+    seen = []
+
+    class Layout(Callback):
+        def after_predict(self, learn):
+            seen.append(learn.batch[0].is_contiguous(memory_format=torch.channels_last))
+
+    def run(cbs):
+        model = small_convnet()
+        opt_func = lambda params, lr: torch.optim.SGD(params, lr, momentum=0.9)
+        Learner(model, image_dls(), lr=0.1, cbs=cbs, opt_func=opt_func).fit(2)
+        return model
+
+    plain, channels_last = run([]), run([ChannelsLastCB(), Layout()])
+    assert seen and all(seen)
+    assert channels_last[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert not plain[0].weight.is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(plain.parameters(), channels_last.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # same maths, another memory order
+
+
+def test_channels_last_cb_leaves_flat_inputs_alone():
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[ChannelsLastCB()])
+    learn.fit(1)
+    assert learn.batch[0].shape == (1, 3) and learn.batch[0].is_contiguous()

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from slowlearn.augment import BatchAugment, cutout, random_crop, random_flip
+from slowlearn.checkpoint import read_checkpoint
 from slowlearn.image_data import cifar10, image_folder
 
 CLASSES = ["cat", "dog", "frog"]
@@ -101,11 +102,15 @@ def test_cli_on_an_image_folder(tmp_path):
     for command, outputs in (("train", promised), ("lr-find", ["lr_find.png"])):
         out = tmp_path / command
         result = subprocess.run([sys.executable, "-m", "slowlearn", command, "--data", str(root), "--bs", "8",
-                                 "--out", str(out), *(["--epochs", "1"] if command == "train" else [])],
+                                 "--model", "resnet", "--out", str(out),
+                                 *(["--epochs", "1"] if command == "train" else [])],
                                 capture_output=True, text=True, timeout=300)
         assert result.returncode == 0, result.stderr
         assert all((out / name).exists() for name in outputs)
     assert "Suggested learning rate" in result.stdout
+    weights = read_checkpoint(tmp_path / "train" / "checkpoint.pt")["model"]
+    convs = [w for w in weights.values() if w.ndim == 4]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)  # the ResNet's layout
 
 
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg-test.zip").exists(),

@@ -1,5 +1,5 @@
 """Callbacks, one module per concern."""
-from .core import DeviceCB, MomentumCB
+from .core import ChannelsLastCB, DeviceCB, MomentumCB
 from .distributed import DistributedCB
 from .gradients import GradientAccumulationCB, GradientClipCB
 from .hooks import ActivationStatsCB
@@ -14,7 +14,7 @@ from .schedule import (BaseSchedulerCB, BatchSchedulerCB, EpochSchedulerCB, OneC
 from .tracking import (CheckpointCB, CSVLoggerCB, EarlyStoppingCB, ReduceLROnPlateauCB, TerminateOnNaNCB,
                        latest_metric)
 
-__all__ = ["DeviceCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "ProgressCB", "RecorderCB", "LRFinderCB",
+__all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "ProgressCB", "RecorderCB", "LRFinderCB",
            "SuggestedLRs",
            "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",

@@ -1,5 +1,5 @@
-"""Core callbacks (device placement, the seed's MomentumCB) and `DeviceFloats`, which other callbacks
-use to collect per-batch scalars without a host sync per batch."""
+"""Core callbacks (device placement, channels-last layout, the seed's MomentumCB) and `DeviceFloats`,
+which other callbacks use to collect per-batch scalars without a host sync per batch."""
 from __future__ import annotations
 
 import torch
@@ -7,7 +7,7 @@ import torch
 from ..device import default_device, to_device
 from ..learner import Callback
 
-__all__ = ["DeviceCB", "MomentumCB", "DeviceFloats"]
+__all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "DeviceFloats"]
 
 
 class DeviceCB(Callback):
@@ -27,6 +27,25 @@ class DeviceCB(Callback):
 
     def before_batch(self, learn) -> None:
         learn.batch = to_device(learn.batch, self.device)
+
+
+class ChannelsLastCB(Callback):
+    """Puts the model and every batch of images (4-D inputs) in channels-last memory layout (NHWC).
+
+    Convolutions run faster that way with oneDNN on CPUs and with tensor cores on GPUs: the CIFAR
+    ResNet trains about 1.3x faster on a 2-core CPU (`benchmarks/channels_last.py`). A very small
+    CNN such as the seed's can get slower, so measure before making it a habit.
+    """
+
+    order = DeviceCB.order + 1  # after DeviceCB has moved the batch
+
+    def before_fit(self, learn) -> None:
+        learn.model.to(memory_format=torch.channels_last)
+
+    def before_batch(self, learn) -> None:
+        x = learn.batch[0]
+        if x.ndim == 4:
+            learn.batch = (x.contiguous(memory_format=torch.channels_last), *learn.batch[1:])
 
 
 class MomentumCB(Callback):
