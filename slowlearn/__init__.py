@@ -1,11 +1,10 @@
 """slowlearn: a callback-driven training framework for PyTorch."""
-from .callbacks import (ActivationStatsCB, BaseSchedulerCB, BatchSchedulerCB, ChannelsLastCB, CheckpointCB, CSVLoggerCB,
-                        DeviceCB,
-                        DistributedCB,
-                        EarlyStoppingCB, EpochSchedulerCB, GradientAccumulationCB, GradientClipCB, LRFinderCB,
-                        MetricsCB, MixedPrecisionCB, MomentumCB, OneCycleCB, ParamSchedulerCB, ProfilerCB,
-                        ProgressCB, RecorderCB, ReduceLROnPlateauCB, SuggestedLRs, TerminateOnNaNCB, combine_scheds,
-                        find_batch_size, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin, warmup_cos)
+from .callbacks import (ActivationStatsCB, BaseSchedulerCB, BatchSchedulerCB, ChannelsLastCB, CheckpointCB,
+                        CSVLoggerCB, DeviceCB, DistributedCB, EarlyStoppingCB, EpochSchedulerCB,
+                        GradientAccumulationCB, GradientClipCB, LRFinderCB, MetricsCB, MixedPrecisionCB, MomentumCB,
+                        OneCycleCB, ParamSchedulerCB, ProfilerCB, ProgressCB, RecorderCB, ReduceLROnPlateauCB,
+                        SuggestedLRs, TerminateOnNaNCB, combine_scheds, find_batch_size, one_cycle_lr, one_cycle_mom,
+                        sched_cos, sched_exp, sched_lin, warmup_cos)
 from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
 from .distributed import is_rank0, rank0_first
@@ -22,8 +21,9 @@ from .train import compare_optimizers, train, train_1cycle
 __version__ = "0.1.0"
 __all__ = [
     "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
-    "DeviceCB", "ChannelsLastCB", "MetricsCB", "MomentumCB", "ProgressCB", "RecorderCB", "ActivationStatsCB", "LRFinderCB",
-    "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB",
+    "DeviceCB", "ChannelsLastCB", "MetricsCB", "MomentumCB", "ProgressCB", "RecorderCB", "ActivationStatsCB",
+    "LRFinderCB", "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB",
+    "OneCycleCB",
     "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
     "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
     "TerminateOnNaNCB", "ReduceLROnPlateauCB", "CSVLoggerCB", "ProfilerCB", "find_batch_size",

@@ -7,11 +7,10 @@ from pathlib import Path
 
 import torch
 from torch import nn
-
 from torch.optim import lr_scheduler
 
-from slowlearn import (BatchSchedulerCB, Callback, CheckpointCB, CSVLoggerCB, DataLoaders, Learner, TensorLoader,
-                       seed_cnn, set_seed)
+from slowlearn import (BatchSchedulerCB, Callback, ChannelsLastCB, CheckpointCB, CSVLoggerCB, DataLoaders, Learner,
+                       TensorLoader, seed_cnn, set_seed)
 from slowlearn.distributed import rank, world_size
 from slowlearn.train import default_cbs
 
@@ -50,7 +49,8 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--fail-rank", type=int, default=None)
     parser.add_argument("--resume", default=None)
-    parser.add_argument("--one-cycle", action="store_true", help="OneCycleLR with total_steps left to the callback")
+    parser.add_argument("--one-cycle", action="store_true",
+                        help="OneCycleLR with total_steps left to the callback, and channels-last layout")
     args = parser.parse_args()
     out = Path(args.out)
     cbs = [*default_cbs(), CSVLoggerCB(out / "log.csv"), CheckpointCB(out / "ckpt.pt")]
@@ -59,7 +59,7 @@ if __name__ == "__main__":
     learn = Learner(model(), synthetic_dls(GLOBAL_BS // world_size()), lr=0.1, cbs=cbs,
                     opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
     schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1)
-    learn.fit(2, cbs=[schedule] if args.one_cycle else [], resume=args.resume)
+    learn.fit(2, cbs=[schedule, ChannelsLastCB()] if args.one_cycle else [], resume=args.resume)
     assert not isinstance(learn.model, nn.parallel.DistributedDataParallel)
     (out / "results").mkdir(parents=True, exist_ok=True)
     total_steps = schedule.scheduler.total_steps if args.one_cycle else None

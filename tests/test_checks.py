@@ -57,8 +57,10 @@ def test_uint8_images_for_a_float_model_say_how_to_convert():
     assert "torch.uint8" in message and "TensorLoader" in message
 
 
-@pytest.mark.parametrize("loss_func", [F.cross_entropy, nn.CrossEntropyLoss(), partial(F.cross_entropy, label_smoothing=0.1)],
-                         ids=["function", "module", "partial"])
+CROSS_ENTROPIES = [F.cross_entropy, nn.CrossEntropyLoss(), partial(F.cross_entropy, label_smoothing=0.1)]
+
+
+@pytest.mark.parametrize("loss_func", CROSS_ENTROPIES, ids=["function", "module", "partial"])
 def test_float_class_labels_for_cross_entropy(loss_func):
     message = fit_on(batches(torch.randn(8, 3), torch.tensor([0., 1.] * 4)), loss_func=loss_func)
     assert "integer class indices" in message and ".long()" in message

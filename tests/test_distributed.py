@@ -9,7 +9,7 @@ import torch
 
 from torch.optim import lr_scheduler
 
-from slowlearn import BatchSchedulerCB, Learner, MetricsCB, TensorLoader
+from slowlearn import BatchSchedulerCB, ChannelsLastCB, Learner, MetricsCB, TensorLoader
 from slowlearn.checkpoint import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -36,7 +36,7 @@ def two_process_run(tmp_path_factory):
 def single_process_weights():
     learn = Learner(model(), synthetic_dls(GLOBAL_BS), lr=0.1,
                     opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
-    learn.fit(2, cbs=[BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1)])
+    learn.fit(2, cbs=[BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1), ChannelsLastCB()])
     return [p.detach() for p in learn.model.parameters()]
 
 
@@ -48,6 +48,7 @@ def test_two_ranks_agree_and_match_one_process(two_process_run):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
     assert rank0["history"] == rank1["history"]  # every rank holds the global metrics
     assert rank0["total_steps"] == 2 * len(synthetic_dls(GLOBAL_BS).train)  # counted on the rank's shard
+    assert all(w.is_contiguous(memory_format=torch.channels_last) for w in rank0["weights"] if w.ndim == 4)
 
 
 def test_only_rank0_writes_and_reduced_accuracy_is_global(two_process_run):

@@ -8,9 +8,9 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from slowlearn import (Adam, BatchSchedulerCB, EpochSchedulerCB, GradientAccumulationCB, Learner, MetricsCB, MomentumSGD, OneCycleCB,
-                       ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, one_cycle_lr, sched_cos, sched_exp,
-                       sched_lin, train_1cycle, warmup_cos)
+from slowlearn import (Adam, BatchSchedulerCB, EpochSchedulerCB, GradientAccumulationCB, Learner, MetricsCB,
+                       MomentumSGD, OneCycleCB, ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, one_cycle_lr,
+                       sched_cos, sched_exp, sched_lin, train_1cycle, warmup_cos)
 from slowlearn.callbacks.schedule import get_hyper, set_hyper
 
 from conftest import TrainLosses, make_dls

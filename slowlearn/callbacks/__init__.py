@@ -14,9 +14,9 @@ from .schedule import (BaseSchedulerCB, BatchSchedulerCB, EpochSchedulerCB, OneC
 from .tracking import (CheckpointCB, CSVLoggerCB, EarlyStoppingCB, ReduceLROnPlateauCB, TerminateOnNaNCB,
                        latest_metric)
 
-__all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "ProgressCB", "RecorderCB", "LRFinderCB",
-           "SuggestedLRs",
-           "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB",
+__all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "ProgressCB", "RecorderCB",
+           "LRFinderCB", "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB",
+           "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
            "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
            "TerminateOnNaNCB", "ReduceLROnPlateauCB", "CSVLoggerCB", "latest_metric", "ProfilerCB", "find_batch_size",

@@ -37,7 +37,9 @@ class ChannelsLastCB(Callback):
     CNN such as the seed's can get slower, so measure before making it a habit.
     """
 
-    order = DeviceCB.order + 1  # after DeviceCB has moved the batch
+    # Before DistributedCB (-20): DistributedDataParallel must wrap the model in its final layout.
+    # Batches are converted before DeviceCB moves them, and the move keeps their layout.
+    order = -21
 
     def before_fit(self, learn) -> None:
         learn.model.to(memory_format=torch.channels_last)

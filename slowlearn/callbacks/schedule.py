@@ -8,9 +8,9 @@ from collections.abc import Callable, Sequence
 
 from ..learner import Callback
 
-__all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "optimizer_steps_per_epoch", "EpochSchedulerCB", "ParamSchedulerCB",
-           "OneCycleCB", "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr",
-           "one_cycle_mom"]
+__all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "optimizer_steps_per_epoch",
+           "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB", "sched_lin", "sched_cos", "sched_exp",
+           "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom"]
 
 Schedule = Callable[[float], float]
 
