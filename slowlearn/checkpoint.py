@@ -14,12 +14,23 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
+from torch._dynamo.eval_frame import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
 
 from .distributed import is_rank0
 
-__all__ = ["save_checkpoint", "read_checkpoint", "restore_weights", "restore_run_state", "callback_key"]
+__all__ = ["save_checkpoint", "read_checkpoint", "restore_weights", "restore_run_state", "callback_key", "bare_model"]
 
 FORMAT = 1
+
+
+def bare_model(model: nn.Module) -> nn.Module:
+    """The user's module inside DistributedDataParallel and `torch.compile` wrappers, however nested.
+    Checkpoints hold its state, so they load into the plain model whichever wrappers trained it."""
+    while isinstance(model, (DistributedDataParallel, OptimizedModule)):
+        model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
+    return model
 
 
 def callback_key(cbs, cb) -> str:
@@ -49,13 +60,13 @@ def _rng_states() -> dict:
 def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -> Path:
     """Write `learn`'s complete state at position (`epoch`, `iter`) to `path`, atomically: the file is
     written next to its destination and renamed over it, so a crash leaves the previous checkpoint.
-    In a distributed run only rank 0 writes; the model is saved without its DDP wrapper."""
+    In a distributed run only rank 0 writes; the model is saved without its DDP or compile wrapper."""
     path = Path(path)
     if not is_rank0():
         return path
     state = {
         "format": FORMAT,
-        "model": getattr(learn.model, "module", learn.model).state_dict(),
+        "model": bare_model(learn.model).state_dict(),
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
         "rng": _rng_states(),
@@ -89,7 +100,7 @@ def read_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
 
 def restore_weights(learn, state: dict) -> None:
     """Model, optimizer and history: what must be in place before the fit starts."""
-    getattr(learn.model, "module", learn.model).load_state_dict(state["model"])
+    bare_model(learn.model).load_state_dict(state["model"])
     if state["opt"] is not None:
         if learn.opt is None:
             learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)

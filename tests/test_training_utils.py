@@ -153,6 +153,39 @@ def test_load_restores_model_optimizer_and_history(tmp_path):
                        learn.opt.state[learn.model.weight]["momentum_buffer"])
 
 
+def test_checkpoints_of_a_compiled_model_load_into_the_plain_model_and_back(tmp_path):
+    def learner(model):
+        return Learner(model, make_dls(), opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+
+    torch.manual_seed(0)
+    compiled = learner(torch.compile(nn.Linear(3, 2), backend="eager"))  # the eager backend: a fast test
+    compiled.fit(2)
+    compiled.save(tmp_path / "compiled.pt")
+    assert list(read_checkpoint(tmp_path / "compiled.pt")["model"]) == ["weight", "bias"]  # no "_orig_mod."
+    plain = learner(nn.Linear(3, 2)).load(tmp_path / "compiled.pt")
+    assert torch.equal(plain.model.weight, compiled.model.weight)
+    plain.fit(1)
+    plain.save(tmp_path / "plain.pt")
+    again = learner(torch.compile(nn.Linear(3, 2), backend="eager")).load(tmp_path / "plain.pt")
+    assert torch.equal(again.model.weight, plain.model.weight)
+
+
+def test_a_model_with_an_attribute_named_module_is_saved_whole(tmp_path):
+    class Head(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.module, self.out = nn.Linear(3, 4), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.out(self.module(x))
+
+    learn = Learner(Head(), make_dls())
+    learn.fit(1)
+    learn.save(tmp_path / "ckpt.pt")
+    assert set(read_checkpoint(tmp_path / "ckpt.pt")["model"]) == {"module.weight", "module.bias", "out.weight",
+                                                                    "out.bias"}
+
+
 def linear_dls(n, bs):
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
