@@ -59,22 +59,35 @@ def _is_cross_entropy(loss_func) -> bool:
 
 def check_targets(preds, batch, loss_func) -> None:
     """After the first prediction: class-index targets lie in [0, number of model outputs), and
-    cross-entropy gets integer class indices, not floats."""
+    cross-entropy gets them as integers of the right shape."""
     tensors = _tensors(batch)
     if tensors is None or not isinstance(preds, Tensor) or not preds.is_floating_point() or preds.ndim < 2:
         return
     if preds.shape[1] == 1:
         return  # one output is a score or a regression, not a choice between classes
     y, n_classes = tensors[1], preds.shape[1]
-    if y.shape != preds.shape[:1] + preds.shape[2:]:
-        return  # not class indices (one-hot, probabilities or regression targets)
+    index_shape = preds.shape[:1] + preds.shape[2:]  # one class index per item (per pixel, for segmentation)
+    if _is_cross_entropy(loss_func):
+        _check_cross_entropy_targets(y, index_shape)
+    if y.shape == index_shape and not y.is_floating_point() and y.dtype != torch.bool:
+        _check_label_range(y, n_classes)
+
+
+def _check_cross_entropy_targets(y: Tensor, index_shape: torch.Size) -> None:
+    if y.shape == index_shape[:1] + (1,) + index_shape[1:]:
+        raise ValueError(f"The targets have shape {tuple(y.shape)}, but cross-entropy wants one class index per "
+                         f"item, shape {tuple(index_shape)}: remove the extra dimension with `y.squeeze(1)`.")
+    if y.shape != index_shape:
+        return  # class probabilities, shaped like the predictions
     if y.is_floating_point():
-        if _is_cross_entropy(loss_func):
-            raise ValueError(f"The targets are {y.dtype} but cross-entropy needs integer class indices: "
-                             f"convert the labels with `.long()`.")
-        return
-    if y.dtype == torch.bool:
-        return
+        raise ValueError(f"The targets are {y.dtype} but cross-entropy needs integer class indices: "
+                         f"convert the labels with `.long()`.")
+    if y.dtype not in (torch.int64, torch.uint8):
+        raise ValueError(f"The targets are {y.dtype} but cross-entropy needs int64 class indices: "
+                         f"convert the labels with `.long()`.")
+
+
+def _check_label_range(y: Tensor, n_classes: int) -> None:
     labels = y[y != IGNORE_INDEX]
     if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
         low, high = labels.min().item(), labels.max().item()

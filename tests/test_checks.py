@@ -66,6 +66,27 @@ def test_float_class_labels_for_cross_entropy(loss_func):
     assert "integer class indices" in message and ".long()" in message
 
 
+def test_int32_class_labels_for_cross_entropy():
+    message = fit_on(batches(torch.randn(8, 3), torch.tensor([0, 1] * 4, dtype=torch.int32)))
+    assert "torch.int32" in message and "int64" in message and ".long()" in message
+
+
+@pytest.mark.parametrize("y_shape, preds_shape", [((8, 1), (8, 2)), ((8, 1, 4, 4), (8, 2, 4, 4))],
+                         ids=["classification", "segmentation"])
+def test_targets_with_an_extra_dimension_for_cross_entropy(y_shape, preds_shape):
+    class Fixed(nn.Module):  # predictions of the given shape
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def forward(self, x):
+            return self.w + torch.zeros(len(x), *preds_shape[1:])
+
+    y = torch.zeros(y_shape, dtype=torch.long)
+    message = fit_on(batches(torch.randn(8, 3), y), model=Fixed())
+    assert f"shape {(4, *y_shape[1:])}" in message and "squeeze(1)" in message
+
+
 def test_regression_and_soft_targets_pass():
     x = torch.randn(8, 3)
     Learner(nn.Linear(3, 1), DataLoaders(batches(x, torch.randn(8, 1)), []), F.mse_loss).fit(1, valid=False)
