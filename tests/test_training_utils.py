@@ -371,6 +371,18 @@ def test_train_1cycle_resumes_its_own_run(tmp_path):
     assert resumed.recorder.recs["lr"] == straight.recorder.recs["lr"]
 
 
+def test_resuming_a_one_cycle_run_with_other_epochs_is_refused_before_training(tmp_path):
+    from slowlearn import train_1cycle
+    dls = make_dls(n_train=32, bs=8)
+    train_1cycle(nn.Linear(3, 2), lr=0.05, n_epochs=2, dls=dls, cbs=[CheckpointCB(tmp_path / "ckpt.pt"),
+                                                                      StopAt(epoch=1, iter=1)])
+    model = nn.Linear(3, 2)
+    saved = read_checkpoint(tmp_path / "ckpt.pt")["model"]
+    with pytest.raises(ValueError, match="made for 8 steps, but this fit has 12: resume with the n_epochs"):
+        train_1cycle(model, lr=0.05, n_epochs=3, dls=dls, resume=tmp_path / "ckpt.pt")
+    assert torch.equal(model.weight, saved["weight"])  # the checkpoint's weights, not one step further
+
+
 def test_mid_epoch_resume_with_batch_augmentation_is_exact(tmp_path):
     from slowlearn.augment import BatchAugment
 

@@ -47,7 +47,7 @@ class BaseSchedulerCB(Callback):
         self._own_keys = [set(group) for group in learn.opt.param_groups]
         self.scheduler = self.scheduler_f(learn.opt, **self.scheduler_kwargs(learn))
         if self._pending is not None:
-            self.scheduler.load_state_dict(self._pending)
+            self._load(self._pending)
             self._pending = None
 
     def scheduler_kwargs(self, learn) -> dict:
@@ -71,7 +71,15 @@ class BaseSchedulerCB(Callback):
         if self.scheduler is None:
             self._pending = state
         else:
-            self.scheduler.load_state_dict(state)
+            self._load(state)
+
+    def _load(self, state: dict) -> None:
+        saved, now = state.get("total_steps"), getattr(self.scheduler, "total_steps", None)
+        if saved is not None and now is not None and saved != now:
+            raise ValueError(f"The saved {type(self.scheduler).__name__} was made for {saved} steps, but this fit "
+                             f"has {now}: resume with the n_epochs (and batch size) of the interrupted run. To "
+                             f"train longer, start a new fit from the loaded weights instead of resuming.")
+        self.scheduler.load_state_dict(state)
 
 
 class BatchSchedulerCB(BaseSchedulerCB):
