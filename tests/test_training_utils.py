@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
 from slowlearn import (ActivationStatsCB, Callback, CancelFitException, CheckpointCB, CSVLoggerCB, DataLoaders,
                        EarlyStoppingCB, GradientAccumulationCB, GradientClipCB, Learner, MetricsCB, MixedPrecisionCB,
@@ -184,6 +185,29 @@ def test_a_model_with_an_attribute_named_module_is_saved_whole(tmp_path):
     learn.save(tmp_path / "ckpt.pt")
     assert set(read_checkpoint(tmp_path / "ckpt.pt")["model"]) == {"module.weight", "module.bias", "out.weight",
                                                                     "out.bias"}
+
+
+@pytest.mark.parametrize("with_generator", [False, True], ids=["global RNG", "own generator"])
+def test_torch_dataloaders_resume_and_lr_find_exactly(tmp_path, with_generator):
+    def torch_dls():
+        g = torch.Generator().manual_seed(0)
+        ds = TensorDataset(torch.randn(64, 3, generator=g), torch.randint(0, 2, (64,), generator=g))
+        order = torch.Generator().manual_seed(1) if with_generator else None
+        return DataLoaders(DataLoader(ds, batch_size=8, shuffle=True, generator=order), DataLoader(ds, batch_size=16))
+
+    def run(n_epochs, cbs=(), resume=None, find_lr=False):
+        set_seed(0)
+        learn = Learner(nn.Linear(3, 2), torch_dls(), cbs=list(cbs),
+                        opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+        if find_lr:
+            learn.lr_find(show_plot=False)
+        learn.fit(n_epochs, resume=resume)
+        return learn.model.weight
+
+    straight = run(3)
+    run(2, cbs=[CheckpointCB(tmp_path / "ckpt.pt")])
+    assert torch.equal(run(3, resume=tmp_path / "ckpt.pt"), straight)
+    assert torch.equal(run(3, find_lr=True), straight)
 
 
 def linear_dls(n, bs):

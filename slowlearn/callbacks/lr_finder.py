@@ -3,13 +3,12 @@ from __future__ import annotations
 
 import copy
 import math
-import random
 from typing import NamedTuple
 
 import matplotlib.pyplot as plt
 import numpy as np
-import torch
 
+from ..checkpoint import loader_generators, rng_states, set_rng_states
 from ..display import finished, in_notebook
 from ..learner import Callback, CancelFitException
 from .metrics import MetricsCB
@@ -107,15 +106,11 @@ class LRFinderCB(Callback):
 
 
 def _snapshot(learn) -> dict:
-    loaders = [dl for dl in (learn.dls.train, learn.dls.valid) if hasattr(dl, "generator")]
     return {
         "model": copy.deepcopy(learn.model.state_dict()),
         "opt": copy.deepcopy(learn.opt.state_dict()) if learn.opt is not None else None,
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
-        "numpy": np.random.get_state(),
-        "python": random.getstate(),
-        "loaders": [(dl, dl.generator.get_state()) for dl in loaders],
+        "rng": rng_states(),
+        "loaders": [(g, g.get_state()) for g in loader_generators(learn.dls).values()],
     }
 
 
@@ -125,13 +120,9 @@ def _restore(learn, saved: dict) -> None:
         learn.opt = None
     else:
         learn.opt.load_state_dict(saved["opt"])
-    torch.set_rng_state(saved["torch"])
-    if saved["cuda"] is not None:
-        torch.cuda.set_rng_state_all(saved["cuda"])
-    np.random.set_state(saved["numpy"])
-    random.setstate(saved["python"])
-    for dl, state in saved["loaders"]:
-        dl.generator.set_state(state)
+    set_rng_states(saved["rng"])
+    for generator, state in saved["loaders"]:
+        generator.set_state(state)
 
 
 def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
