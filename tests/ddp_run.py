@@ -8,6 +8,7 @@ from pathlib import Path
 import torch
 from torch import nn
 from torch.optim import lr_scheduler
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
 from slowlearn import (BatchSchedulerCB, Callback, ChannelsLastCB, CheckpointCB, CSVLoggerCB, DataLoaders, Learner,
                        TensorLoader, seed_cnn, set_seed)
@@ -28,6 +29,15 @@ def synthetic_dls(bs: int) -> DataLoaders:
     norm = dict(mean=0.4, std=0.3, device="cpu")
     return DataLoaders(TensorLoader(x[:256], y[:256], bs, shuffle=True, seed=1, **norm),
                        TensorLoader(x[256:], y[256:], 2 * bs, **norm))
+
+
+def torch_loader_dls(bs: int, distributed_sampler: bool) -> DataLoaders:
+    """The same data through torch DataLoaders; the training one with a DistributedSampler, or none."""
+    dls = synthetic_dls(bs)
+    train = TensorDataset(dls.train.x.float() / 255, dls.train.y)
+    sampler = DistributedSampler(train, world_size(), rank(), seed=1) if distributed_sampler else None
+    valid = TensorDataset(dls.valid.x.float() / 255, dls.valid.y)
+    return DataLoaders(DataLoader(train, bs, sampler=sampler), DataLoader(valid, 2 * bs))
 
 
 def model() -> nn.Module:
@@ -51,12 +61,16 @@ if __name__ == "__main__":
     parser.add_argument("--resume", default=None)
     parser.add_argument("--one-cycle", action="store_true",
                         help="OneCycleLR with total_steps left to the callback, and channels-last layout")
+    parser.add_argument("--torch-loader", choices=("distributed-sampler", "plain"), default=None,
+                        help="torch DataLoaders instead of TensorLoaders")
     args = parser.parse_args()
     out = Path(args.out)
     cbs = [*default_cbs(), CSVLoggerCB(out / "log.csv"), CheckpointCB(out / "ckpt.pt")]
     if args.fail_rank is not None:
         cbs.append(FailOn(args.fail_rank))
-    learn = Learner(model(), synthetic_dls(GLOBAL_BS // world_size()), lr=0.1, cbs=cbs,
+    bs = GLOBAL_BS // world_size()
+    dls = synthetic_dls(bs) if args.torch_loader is None else torch_loader_dls(bs, args.torch_loader != "plain")
+    learn = Learner(model(), dls, lr=0.1, cbs=cbs,
                     opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
     schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1)
     learn.fit(2, cbs=[schedule, ChannelsLastCB()] if args.one_cycle else [], resume=args.resume)

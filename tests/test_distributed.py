@@ -9,11 +9,11 @@ import torch
 
 from torch.optim import lr_scheduler
 
-from slowlearn import BatchSchedulerCB, ChannelsLastCB, Learner, MetricsCB, TensorLoader
+from slowlearn import BatchSchedulerCB, ChannelsLastCB, DistributedCB, Learner, MetricsCB, TensorLoader
 from slowlearn.checkpoint import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))
-from ddp_run import GLOBAL_BS, model, synthetic_dls  # noqa: E402
+from ddp_run import GLOBAL_BS, model, synthetic_dls, torch_loader_dls  # noqa: E402
 
 HERE = Path(__file__).parent
 
@@ -80,3 +80,22 @@ def test_a_single_process_checkpoint_resumes_in_two_processes(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     history = torch.load(tmp_path / "run" / "results" / "rank0.pt", weights_only=True)["history"]
     assert [(r["epoch"], r["train"]) for r in history] == [(0, "train"), (0, "eval"), (1, "train"), (1, "eval")]
+
+
+def test_torch_dataloaders_with_a_distributed_sampler_match_one_process(tmp_path):
+    result = torchrun(tmp_path, "--torch-loader", "distributed-sampler")
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / "results" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(a, b) for a, b in zip(rank0["weights"], rank1["weights"]))
+    learn = Learner(model(), torch_loader_dls(GLOBAL_BS, distributed_sampler=True), lr=0.1, cbs=[DistributedCB()],
+                    opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+    learn.fit(2)  # one process: the same global batches, reshuffled each epoch by set_epoch
+    assert learn.dls.train.sampler.epoch == 1
+    for a, b in zip(rank0["weights"], learn.model.parameters()):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-5)
+
+
+def test_a_torch_dataloader_without_a_distributed_sampler_is_an_error(tmp_path):
+    result = torchrun(tmp_path, "--torch-loader", "plain", timeout=180)
+    assert result.returncode != 0
+    assert "without a DistributedSampler, so every process would train on the same batches" in result.stderr

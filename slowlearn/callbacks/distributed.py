@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler
 
 from ..distributed import broadcast_, init_distributed, local_rank, rank, world_size
 from ..learner import Callback
@@ -17,6 +18,14 @@ def unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, DistributedDataParallel) else model
 
 
+def _check_torch_train_loader(dl) -> None:
+    if isinstance(dl, DataLoader) and not isinstance(dl.sampler, DistributedSampler):
+        raise ValueError("The training loader is a torch DataLoader without a DistributedSampler, so every process "
+                         "would train on the same batches: create it with "
+                         "`DataLoader(dataset, batch_size, sampler=DistributedSampler(dataset))` (no `shuffle=`; "
+                         "the sampler shuffles), or use slowlearn's TensorLoader, which DistributedCB shards.")
+
+
 class DistributedCB(Callback):
     """Trains on every process of a torchrun launch: one model replica per process, gradients averaged.
 
@@ -26,6 +35,10 @@ class DistributedCB(Callback):
     the same permutation (rank 0's loader generator is broadcast) and takes every `world_size`-th
     sample, so the batch size is per process. After the fit `learn.model` is the plain module again.
     `default_cbs()` (so `train`, `train_1cycle` and the CLI) adds it when `WORLD_SIZE` > 1.
+
+    A torch DataLoader cannot be sharded from outside: give the training one a
+    `DistributedSampler(dataset)` (its `set_epoch` is called every epoch here); without one every
+    process would train on the same batches, which is an error.
     """
 
     order = -20  # before DeviceCB, whose device it sets
@@ -49,6 +62,12 @@ class DistributedCB(Callback):
             if hasattr(dl, "shard"):
                 dl.generator.set_state(broadcast_(dl.generator.get_state().to(collective_device)).cpu())
                 dl.shard(rank(), world_size(), even=even)
+        _check_torch_train_loader(learn.dls.train)
+
+    def before_epoch(self, learn) -> None:
+        sampler = getattr(learn.dl, "sampler", None)
+        if learn.training and isinstance(sampler, DistributedSampler):
+            sampler.set_epoch(learn.epoch)  # a new shuffle each epoch, the same on every process
 
     def cleanup_fit(self, learn) -> None:
         learn.model = unwrap(learn.model)
