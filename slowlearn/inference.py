@@ -67,15 +67,18 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False,
 def predict(learn, x: torch.Tensor) -> Prediction:
     """Predict one item (shape as stored in the dataset, e.g. uint8 1x28x28) or a batch of them.
 
-    The item is normalised the way the loaders normalise batches. Classes are named from `dls.classes`.
+    A TensorLoader's normalisation is applied to the item; with a torch DataLoader, give the item as
+    its dataset returns it. Classes are named from `dls.classes`.
     """
     loader = learn.dls.valid
-    expected = tuple(loader.x.shape[1:])
+    expected = _item_shape(loader)
     single = tuple(x.shape) == expected
     if not single and tuple(x.shape[1:]) != expected:
         raise ValueError(f"predict expects one item of shape {expected} (or a batch of shape (N, "
                          f"{', '.join(map(str, expected))})), as in the dataset; got shape {tuple(x.shape)}")
-    xb = loader.normalise(to_device(x[None] if single else x, loader.device))
+    xb = x[None] if single else x
+    if hasattr(loader, "normalise"):
+        xb = loader.normalise(to_device(xb, loader.device))
     was_training = learn.model.training
     learn.model.eval()
     try:
@@ -88,6 +91,13 @@ def predict(learn, x: torch.Tensor) -> Prediction:
     if single:
         return Prediction(int(index[0]), names[0] if names else None, probs[0])
     return Prediction(index, names, probs)
+
+
+def _item_shape(loader) -> tuple[int, ...]:
+    """The shape of one input item: from a TensorLoader's tensor, or a torch DataLoader's first item."""
+    if hasattr(loader, "x"):
+        return tuple(loader.x.shape[1:])
+    return tuple(torch.as_tensor(loader.dataset[0][0]).shape)
 
 
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, n_classes: int) -> torch.Tensor:

@@ -35,12 +35,24 @@ def _show_image(ax, image: torch.Tensor) -> None:
         ax.imshow(image.permute(1, 2, 0).numpy())
 
 
+def _for_display(loader, xb: torch.Tensor) -> torch.Tensor:
+    """Images in [0, 1]: the loader's `decode` undoes its normalisation; for other loaders (a torch
+    DataLoader), uint8 images are scaled and float images are stretched, each to its own range."""
+    if hasattr(loader, "decode"):
+        return loader.decode(xb)
+    if xb.dtype == torch.uint8:
+        return xb.float() / 255
+    dims = tuple(range(1, xb.ndim))
+    low, high = xb.amin(dims, keepdim=True), xb.amax(dims, keepdim=True)
+    return (xb - low) / (high - low).clamp_min(1e-12)
+
+
 def show_batch(dls, n: int = 16, split: str = "train"):
     """The first `n` images of a batch from `dls[split]`, de-normalised, titled with their class names."""
     loader = dls[split]
     xb, yb = next(iter(loader))
     n = min(n, len(xb))
-    images, classes = loader.decode(xb[:n]), getattr(dls, "classes", None)
+    images, classes = _for_display(loader, xb[:n]), getattr(dls, "classes", None)
     fig, axs = _grid(n)
     for ax, image, label in zip(axs, images, yb[:n].tolist()):
         _show_image(ax, image)
@@ -52,7 +64,7 @@ def show_results(learn, n: int = 16):
     """Validation images with truth and prediction, titled in green when right and red when wrong."""
     result = get_preds(learn, with_input=True)
     n = min(n, len(result.targets))
-    images, classes = learn.dls.valid.decode(result.inputs[:n]), getattr(learn.dls, "classes", None)
+    images, classes = _for_display(learn.dls.valid, result.inputs[:n]), getattr(learn.dls, "classes", None)
     predicted = result.preds[:n].argmax(-1).tolist()
     fig, axs = _grid(n)
     for ax, image, truth, guess in zip(axs, images, result.targets[:n].tolist(), predicted):
@@ -91,7 +103,7 @@ def plot_top_losses(learn, k: int = 9):
     result = get_preds(learn, with_input=True, with_loss=True)
     losses, idx = result.losses.topk(min(k, len(result.losses)))
     classes = getattr(learn.dls, "classes", None)
-    images = learn.dls.valid.decode(result.inputs[idx])
+    images = _for_display(learn.dls.valid, result.inputs[idx])
     fig, axs = _grid(len(idx), size=2.)
     for ax, image, i, loss in zip(axs, images, idx.tolist(), losses.tolist()):
         truth, guess = result.targets[i].item(), result.preds[i].argmax().item()

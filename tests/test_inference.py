@@ -3,6 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
 from slowlearn import (DataLoaders, Learner, MetricsCB, TensorLoader, confusion_matrix, plot_confusion_matrix,
@@ -113,3 +114,26 @@ def test_decode_undoes_normalisation():
     dls = image_dls()
     xb, _ = next(iter(dls.valid))
     torch.testing.assert_close(dls.valid.decode(xb), dls.valid.x[:8].float() / 255)
+
+
+def torch_loader_learner():
+    """A learner on torch DataLoaders of normalised float images (no `decode`, `normalise` or `x`)."""
+    dls = image_dls()
+    x = dls.valid.normalise(torch.cat([dls.train.x, dls.valid.x]))
+    y = torch.cat([dls.train.y, dls.valid.y])
+    train, valid = TensorDataset(x[:24], y[:24]), TensorDataset(x[24:], y[24:])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    return Learner(model, DataLoaders(DataLoader(train, 8, shuffle=True), DataLoader(valid, 8), classes=CLASSES))
+
+
+def test_pictures_and_predict_with_torch_dataloaders():
+    learn = torch_loader_learner().fit(1)
+    for fig in (show_batch(learn.dls, n=6), show_results(learn, n=6), plot_top_losses(learn, k=6)):
+        assert len(titles(fig)) == 6
+        shown = [ax.get_images()[0].get_array() for ax in fig.axes if ax.get_images()]
+        assert all(0 <= a.min() and a.max() <= 1 for a in shown)  # normalised floats stretched for display
+    item = learn.dls.valid.dataset[3][0]
+    single = learn.predict(item)
+    torch.testing.assert_close(single.probs, learn.get_preds().preds[3])
+    assert learn.predict(torch.stack([item, item])).index.tolist() == [single.index] * 2
