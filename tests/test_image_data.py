@@ -71,6 +71,19 @@ def test_cifar10_from_an_image_folder_root(tmp_path):
         cifar10(root=tmp_path / "empty", download=False)
 
 
+def test_cifar10_offline_says_where_it_looked_and_why_the_download_failed(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_network)
+    with pytest.raises(FileNotFoundError, match=r"not found under .*empty.*download failed.*Name or service"):
+        cifar10(root=tmp_path / "empty")
+
+
 def test_augmentations_keep_shapes_and_content():
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
     torch.manual_seed(0)
