@@ -29,7 +29,10 @@ def _data(args):
     path = Path(args.data)
     if not path.is_dir():
         raise CLIError(f"--data {args.data}: not fashion_mnist, cifar10, or a readable folder")
-    return image_folder(path, bs=args.bs)
+    try:
+        return image_folder(path, bs=args.bs)
+    except ValueError as e:  # an image that does not decode, images of different sizes, ...
+        raise CLIError(f"--data {args.data}: {e}") from e
 
 
 def _model(args, dls):

@@ -126,6 +126,15 @@ def test_cli_on_an_image_folder(tmp_path):
     assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)  # the ResNet's layout
 
 
+def test_cli_names_an_image_that_does_not_decode_in_one_line(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    (root / "train" / CLASSES[0] / "broken.jpg").write_bytes(b"not an image")
+    result = subprocess.run([sys.executable, "-m", "slowlearn", "train", "--data", str(root), "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert "Cannot decode image file" in result.stderr and "broken.jpg" in result.stderr
+
+
 @pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg-test.zip").exists(),
                     reason="the CIFAR-10 JPEG zips are not in ../shared/data on this machine")
 def test_real_cifar10_jpeg_test_split(tmp_path):
