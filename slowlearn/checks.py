@@ -18,6 +18,8 @@ IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
 def check_loaders(dls, train: bool, valid: bool) -> None:
     """Before a fit: each loader the fit will use has at least one batch."""
     for phase, wanted in (("train", train), ("valid", valid)):
+        if wanted and getattr(dls, phase) is None:
+            raise ValueError(f"There is no {phase} loader: give DataLoaders one, or fit with {phase}=False.")
         if wanted and len(getattr(dls, phase)) == 0:
             raise ValueError(f"The {phase} loader has no batches: check the dataset is not empty and that "
                              f"drop_last=True is not dropping a dataset smaller than one batch.")

@@ -104,3 +104,13 @@ def test_any_error_on_the_first_batch_describes_the_batch_and_model():
     assert "first batch: torch.float32 (4, 3) on cpu, torch.int64 (4,) on cpu" in notes
     assert "model parameters torch.float32 on cpu" in notes
 
+
+
+def test_a_missing_validation_loader_says_how_to_train_without_one():
+    model = nn.Linear(3, 2)
+    learn = Learner(model, DataLoaders(batches(torch.randn(8, 3), torch.tensor([0, 1] * 4)), None))
+    with pytest.raises(ValueError, match="no valid loader: give DataLoaders one, or fit with valid=False"):
+        learn.fit(1)
+    before = model.weight.detach().clone()
+    learn.fit(1, valid=False)
+    assert not torch.equal(model.weight, before)
