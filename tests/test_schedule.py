@@ -1,5 +1,6 @@
 import math
 import random
+from types import SimpleNamespace
 
 import matplotlib.figure
 import numpy as np
@@ -8,9 +9,9 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from slowlearn import (Adam, BatchSchedulerCB, EpochSchedulerCB, GradientAccumulationCB, Learner, MetricsCB,
-                       MomentumSGD, OneCycleCB, ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, one_cycle_lr,
-                       sched_cos, sched_exp, sched_lin, train_1cycle, warmup_cos)
+from slowlearn import (Adam, BatchSchedulerCB, CancelFitException, EpochSchedulerCB, GradientAccumulationCB, Learner,
+                       LRFinderCB, MetricsCB, MomentumSGD, OneCycleCB, ParamSchedulerCB, ProgressCB, RecorderCB,
+                       combine_scheds, one_cycle_lr, sched_cos, sched_exp, sched_lin, train_1cycle, warmup_cos)
 from slowlearn.callbacks.schedule import get_hyper, set_hyper
 
 from conftest import TrainLosses, make_dls
@@ -228,3 +229,27 @@ def test_explicit_total_steps_is_kept():
     schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=100)
     Learner(nn.Linear(3, 2), dls, cbs=[schedule]).fit(1)
     assert schedule.scheduler.total_steps == 100
+
+
+def sweep(raw_losses, lrs):
+    """An LRFinderCB fed these losses at these lrs, as a sweep would."""
+    finder = LRFinderCB(lrs[0], lrs[-1], num_it=len(lrs), stop_div=False)
+    finder.before_fit(None)
+    for lr, loss in zip(lrs, raw_losses):
+        finder.lrs.append(lr)
+        try:
+            finder.after_batch(SimpleNamespace(loss=torch.tensor(loss)))
+        except CancelFitException:
+            pass
+    return finder
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_lr_find_suggestions_lie_where_a_noisy_loss_comes_down(seed):
+    # flat around 2.3 up to lr 1e-3, straight down to 0.5 at lr 1e-1, then diverging; noise throughout
+    lrs = np.geomspace(1e-7, 10, 100)
+    t = np.log10(lrs)
+    clean = np.where(t < -3, 2.3, np.where(t < -1, 2.3 - 0.9 * (t + 3), 0.5 + 3 * (t + 1)))
+    noisy = clean + np.random.default_rng(seed).normal(0, 0.1, len(lrs))
+    suggestion = sweep(noisy.tolist(), lrs.tolist()).suggest()
+    assert 1e-3 <= suggestion.valley <= 1e-1 and 1e-3 <= suggestion.steep <= 1e-1, suggestion

@@ -65,26 +65,19 @@ class LRFinderCB(Callback):
             raise CancelFitException()
 
     def suggest(self) -> SuggestedLRs:
-        """`steep`: where the smoothed loss falls fastest per unit of log lr, before its minimum.
-        `valley`: the middle of the longest stretch over which the smoothed loss keeps falling."""
+        """Both from the descent, found by the longest run of ever-lower smoothed losses (which may
+        step over bumps, so noise is not mistaken for progress): `valley` is the lr halfway through
+        it (fastai's default suggestion), `steep` where inside it the smoothed loss falls fastest per
+        unit of log lr."""
         losses = np.array([l for l in self.smooth_losses if math.isfinite(l)])
         lrs = np.array(self.lrs[:len(losses)])
         if len(losses) < 3:
             raise RuntimeError(f"lr_find saw only {len(losses)} batches before stopping: lower start_lr or "
                                f"give it more batches")
-        end = int(losses.argmin()) + 1
-        slopes = np.gradient(losses[:max(end, 2)], np.log(lrs[:max(end, 2)]))
-        steep = lrs[int(slopes.argmin())]
-        falling = np.diff(losses) < 0
-        best_start, best_len, start = 0, 0, None
-        for i, f in enumerate(np.append(falling, False)):
-            if f and start is None:
-                start = i
-            elif not f and start is not None:
-                if i - start > best_len:
-                    best_start, best_len = start, i - start
-                start = None
-        valley = lrs[best_start + best_len // 2]
+        start, end = _descent(losses)
+        valley = lrs[(start + end) // 2]
+        slopes = np.gradient(losses[start:end + 1], np.log(lrs[start:end + 1])) if end > start else np.zeros(1)
+        steep = lrs[start + int(slopes.argmin())]
         return SuggestedLRs(valley=float(valley), steep=float(steep))
 
     def plot(self, suggestion: SuggestedLRs | None = None):
@@ -103,6 +96,19 @@ class LRFinderCB(Callback):
         ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder")
         ax.legend()
         return finished(fig)
+
+
+def _descent(losses: np.ndarray) -> tuple[int, int]:
+    """Where the loss comes down: the longest strictly decreasing subsequence of `losses` ends at
+    `end`; the stretch is that many steps back from there. (Counting back, rather than from the
+    subsequence's first element, ignores the lucky low points of a flat, noisy start.)"""
+    length = [1] * len(losses)
+    for i in range(len(losses)):
+        for j in range(i):
+            if losses[j] > losses[i]:
+                length[i] = max(length[i], length[j] + 1)
+    end = int(np.argmax(length))
+    return end - length[end] + 1, end
 
 
 def _snapshot(learn) -> dict:
