@@ -21,7 +21,7 @@ from torch.nn.parallel import DistributedDataParallel
 from .distributed import is_rank0
 
 __all__ = ["save_checkpoint", "read_checkpoint", "restore_weights", "restore_run_state", "callback_key", "bare_model",
-           "loader_generators", "rng_states", "set_rng_states"]
+           "randomness", "restore_randomness"]
 
 FORMAT = 1
 
@@ -40,7 +40,7 @@ def callback_key(cbs, cb) -> str:
     return type(cb).__name__ if len(same) == 1 else f"{type(cb).__name__}_{same.index(cb)}"
 
 
-def loader_generators(dls) -> dict[str, torch.Generator]:
+def _loader_generators(dls) -> dict[str, torch.Generator]:
     """The generators that order the loaders' batches, by split: a TensorLoader's, or the one given to a
     torch DataLoader as `generator=`. A DataLoader without one draws its order from torch's global RNG."""
     generators = {}
@@ -53,7 +53,7 @@ def loader_generators(dls) -> dict[str, torch.Generator]:
 
 def _loader_states(learn, mid_epoch: bool) -> dict:
     states = {}
-    for split, generator in loader_generators(learn.dls).items():
+    for split, generator in _loader_generators(learn.dls).items():
         # mid-epoch, the permutation being used was drawn from the state at the epoch's start
         epoch_start = getattr(getattr(learn.dls, split), "epoch_start_state", None)
         use_start = mid_epoch and split == "train" and epoch_start is not None
@@ -61,8 +61,8 @@ def _loader_states(learn, mid_epoch: bool) -> dict:
     return states
 
 
-def rng_states() -> dict:
-    """torch's, CUDA's, NumPy's and Python's random states, as plain data (see `set_rng_states`)."""
+def _rng_states() -> dict:
+    """torch's, CUDA's, NumPy's and Python's random states, as plain data (see `_set_rng_states`)."""
     name, keys, pos, has_gauss, gauss = np.random.get_state()
     return {"torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -82,7 +82,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "model": bare_model(learn.model).state_dict(),
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
-        "rng": rng_states(),
+        "rng": _rng_states(),
         "loaders": _loader_states(learn, mid_epoch=iter > 0),
         "history": list(learn.history),
         "epoch": epoch,
@@ -131,15 +131,25 @@ def restore_run_state(learn, state: dict) -> None:
     if state["opt"] is not None:  # a scheduler created at before_fit has reset lr/momentum to its start values
         for group, saved_group in zip(learn.opt.param_groups, state["opt"]["param_groups"]):
             group.update({k: v for k, v in saved_group.items() if k != "params"})
-    set_rng_states(state["rng"])
-    generators = loader_generators(learn.dls)
-    for split, generator_state in state["loaders"].items():
+    restore_randomness(learn.dls, state)
+
+
+def randomness(dls) -> dict:
+    """All a fit draws random numbers from: the global RNGs and the loaders' generators."""
+    return {"rng": _rng_states(), "loaders": {split: g.get_state() for split, g in _loader_generators(dls).items()}}
+
+
+def restore_randomness(dls, saved: dict) -> None:
+    """Put back what `randomness(dls)` returned (or a checkpoint's "rng" and "loaders")."""
+    _set_rng_states(saved["rng"])
+    generators = _loader_generators(dls)
+    for split, state in saved["loaders"].items():
         if split in generators:
-            generators[split].set_state(generator_state)
+            generators[split].set_state(state)
 
 
-def set_rng_states(rng: dict) -> None:
-    """Put back the random states that `rng_states()` returned."""
+def _set_rng_states(rng: dict) -> None:
+    """Put back the random states that `_rng_states()` returned."""
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])

@@ -26,11 +26,12 @@ _FASHION_FILES = {"train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-uby
 class TensorLoader:
     """Batches sliced from a whole dataset held as one tensor, on the CPU or directly on the GPU.
 
-    Each epoch draws one index permutation (when `shuffle`) from the loader's own generator,
-    seeded by `seed` (or by torch's global RNG, so `set_seed` makes it reproducible); a batch is one
-    gather plus one normalisation of the whole batch. uint8 images are scaled to [0, 1] before
-    `(x - mean) / std`; `mean`/`std` are scalars or one value per channel. `aug` (e.g. a
-    `BatchAugment`) transforms each normalised batch; give it to the training loader only.
+    Each epoch draws one index permutation (when `shuffle`) from the loader's generator: seeded once
+    by `seed`, or, with `seed=None`, re-seeded from torch's global RNG at the start of every epoch,
+    as torch's DataLoader does, so a `set_seed` any time before training makes the order
+    reproducible. A batch is one gather plus one normalisation of the whole batch. uint8 images are
+    scaled to [0, 1] before `(x - mean) / std`; `mean`/`std` are scalars or one value per channel.
+    `aug` (e.g. a `BatchAugment`) transforms each normalised batch; give it to the training loader only.
 
     For distributed training `shard(rank, world_size)` makes each rank take a disjoint slice of the
     same permutation (every `world_size`-th sample from `rank`). With `even=True` (training) the last
@@ -51,9 +52,9 @@ class TensorLoader:
         self.x, self.y = x.to(device), y.to(device)
         self.bs, self.shuffle, self.drop_last, self.device, self.aug = bs, shuffle, drop_last, device, aug
         self.scale, self.shift = self._affine(mean, std)
-        if seed is None:
-            seed = int(torch.randint(2**62, ()))
-        self.generator = torch.Generator().manual_seed(seed)
+        self.seed, self.generator = seed, torch.Generator()
+        if seed is not None:
+            self.generator.manual_seed(seed)
         self.epoch_start_state = self.generator.get_state()  # checkpoints taken mid-epoch need it
         self.rank, self.world_size, self.even = 0, 1, True
 
@@ -85,9 +86,11 @@ class TensorLoader:
     def __len__(self) -> int:
         return self.n_items // self.bs if self.drop_last else math.ceil(self.n_items / self.bs)
 
-    def _order(self) -> torch.Tensor | None:
+    def _order(self, new_epoch: bool) -> torch.Tensor | None:
         n = len(self.x)
         if self.shuffle:
+            if new_epoch and self.seed is None:
+                self.generator.manual_seed(int(torch.randint(2**62, ())))
             self.epoch_start_state = self.generator.get_state()
             order = torch.randperm(n, generator=self.generator).to(self.device)
         elif self.world_size > 1:
@@ -105,7 +108,7 @@ class TensorLoader:
     def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """This epoch's batches from batch `start` on; the skipped ones are never built or augmented
         (a mid-epoch resume must not spend random numbers on them)."""
-        order = self._order()
+        order = self._order(new_epoch=start == 0)  # a resumed epoch keeps the order it was restored with
         for i in range(start, len(self)):
             if order is None:
                 xb, yb = self.x[i * self.bs:(i + 1) * self.bs], self.y[i * self.bs:(i + 1) * self.bs]

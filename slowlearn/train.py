@@ -21,6 +21,7 @@ from .callbacks.metrics import MetricsCB
 from .callbacks.progress import ProgressCB
 from .callbacks.recorder import RecorderCB
 from .callbacks.schedule import BatchSchedulerCB
+from .checkpoint import randomness, restore_randomness
 from .data import DataLoaders, fashion_mnist
 from .device import default_device
 from .distributed import world_size
@@ -93,14 +94,13 @@ def compare_optimizers(model_fn: Callable[[], nn.Module], optimizers: dict[str, 
     """
     dls = dls if dls is not None else fashion_mnist()
     initial = copy.deepcopy(model_fn().state_dict())
-    order = dls.train.generator.get_state() if hasattr(dls.train, "generator") else None
+    same_start = randomness(dls)
     rows, curves = [], {}
     print_row = TablePrinter(lambda line: print(line, file=sys.stdout, flush=True))
     for name, (opt_func, lr) in optimizers.items():
         model = model_fn()
         model.load_state_dict(initial)
-        if order is not None:
-            dls.train.generator.set_state(order)
+        restore_randomness(dls, same_start)  # the same batches (and augmentations) for every optimizer
         quiet = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(plot=False, table=False)]
         learn = Learner(model, dls, loss_func, lr=lr, cbs=[*quiet, *cbs], opt_func=opt_func)
         start = time.perf_counter()

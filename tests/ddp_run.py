@@ -18,7 +18,7 @@ from slowlearn.train import default_cbs
 GLOBAL_BS = 32
 
 
-def synthetic_dls(bs: int) -> DataLoaders:
+def synthetic_dls(bs: int, seed: int | None = 1) -> DataLoaders:
     """Learnable images: the class is the brightest of 4 quadrants."""
     g = torch.Generator().manual_seed(0)
     x = torch.randint(0, 128, (320, 1, 28, 28), dtype=torch.uint8, generator=g)
@@ -27,7 +27,7 @@ def synthetic_dls(bs: int) -> DataLoaders:
         r, c = divmod(label, 2)
         x[i, :, r * 14:(r + 1) * 14, c * 14:(c + 1) * 14] += 100
     norm = dict(mean=0.4, std=0.3, device="cpu")
-    return DataLoaders(TensorLoader(x[:256], y[:256], bs, shuffle=True, seed=1, **norm),
+    return DataLoaders(TensorLoader(x[:256], y[:256], bs, shuffle=True, seed=seed, **norm),
                        TensorLoader(x[256:], y[256:], 2 * bs, **norm))
 
 
@@ -43,6 +43,19 @@ def torch_loader_dls(bs: int, distributed_sampler: bool) -> DataLoaders:
 def model() -> nn.Module:
     set_seed(0)
     return seed_cnn(norm=None, n_classes=4)
+
+
+class SeenItems(Callback):
+    """The training items each epoch shows this rank, as weighted sums of their pixels (fingerprints)."""
+
+    def __init__(self):
+        self.sums = {}
+
+    def after_batch(self, learn):
+        if learn.training:
+            x = learn.batch[0].flatten(1).double()
+            fingerprints = x @ torch.linspace(1, 2, x.shape[1], dtype=torch.float64)
+            self.sums.setdefault(learn.epoch, []).extend(fingerprints.tolist())
 
 
 class FailOn(Callback):
@@ -63,6 +76,8 @@ if __name__ == "__main__":
                         help="OneCycleLR with total_steps left to the callback, and channels-last layout")
     parser.add_argument("--torch-loader", choices=("distributed-sampler", "plain"), default=None,
                         help="torch DataLoaders instead of TensorLoaders")
+    parser.add_argument("--unseeded", action="store_true",
+                        help="an unseeded training loader, and each rank's torch RNG seeded differently")
     args = parser.parse_args()
     out = Path(args.out)
     cbs = [*default_cbs(), CSVLoggerCB(out / "log.csv"), CheckpointCB(out / "ckpt.pt")]
@@ -70,14 +85,19 @@ if __name__ == "__main__":
         cbs.append(FailOn(args.fail_rank))
     bs = GLOBAL_BS // world_size()
     dls = synthetic_dls(bs) if args.torch_loader is None else torch_loader_dls(bs, args.torch_loader != "plain")
+    if args.unseeded:
+        dls = synthetic_dls(bs, seed=None)
+        cbs.append(seen := SeenItems())
     learn = Learner(model(), dls, lr=0.1, cbs=cbs,
                     opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
     schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1)
+    if args.unseeded:
+        torch.manual_seed(100 + rank())  # after model(), which seeds every rank alike
     learn.fit(2, cbs=[schedule, ChannelsLastCB()] if args.one_cycle else [], resume=args.resume)
     assert not isinstance(learn.model, nn.parallel.DistributedDataParallel)
     (out / "results").mkdir(parents=True, exist_ok=True)
     total_steps = schedule.scheduler.total_steps if args.one_cycle else None
     torch.save({"weights": [p.detach() for p in learn.model.parameters()], "history": learn.history,
-                "total_steps": total_steps},
+                "total_steps": total_steps, "seen": seen.sums if args.unseeded else None},
                out / "results" / f"rank{rank()}.pt")
     sys.exit(0)

@@ -99,3 +99,13 @@ def test_a_torch_dataloader_without_a_distributed_sampler_is_an_error(tmp_path):
     result = torchrun(tmp_path, "--torch-loader", "plain", timeout=180)
     assert result.returncode != 0
     assert "without a DistributedSampler, so every process would train on the same batches" in result.stderr
+
+
+def test_an_unseeded_loader_is_split_between_ranks_without_overlap(tmp_path):
+    result = torchrun(tmp_path, "--unseeded")  # each rank's torch RNG differs: they must still share one order
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / "results" / f"rank{r}.pt", weights_only=True)["seen"] for r in (0, 1))
+    for epoch in (0, 1):
+        items = sorted(round(v, 6) for v in rank0[epoch] + rank1[epoch])
+        assert len(items) == 256 and len(set(items)) == 256  # every training item once, on one rank
+    assert rank0[0] != rank0[1]  # and a new order each epoch

@@ -33,7 +33,8 @@ class DistributedCB(Callback):
     model on this process's device (`cuda:LOCAL_RANK`, or the CPU), converts BatchNorm to SyncBatchNorm
     when `sync_bn`, wraps it in DistributedDataParallel, and shards the loaders: every rank walks
     the same permutation (rank 0's loader generator is broadcast) and takes every `world_size`-th
-    sample, so the batch size is per process. After the fit `learn.model` is the plain module again.
+    sample (an unseeded loader gets one seed, the same on every rank), so the batch size is per
+    process. After the fit `learn.model` is the plain module again.
     `default_cbs()` (so `train`, `train_1cycle` and the CLI) adds it when `WORLD_SIZE` > 1.
 
     A torch DataLoader cannot be sharded from outside: give the training one a
@@ -60,6 +61,9 @@ class DistributedCB(Callback):
         collective_device = device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
         for dl, even in ((learn.dls.train, True), (learn.dls.valid, False)):
             if hasattr(dl, "shard"):
+                if dl.seed is None:  # each process's global RNG would pick its own order: share one seed
+                    dl.seed = int(broadcast_(torch.randint(2**62, (), device=collective_device)))
+                    dl.generator.manual_seed(dl.seed)
                 dl.generator.set_state(broadcast_(dl.generator.get_state().to(collective_device)).cpu())
                 dl.shard(rank(), world_size(), even=even)
         _check_torch_train_loader(learn.dls.train)

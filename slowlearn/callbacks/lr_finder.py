@@ -8,7 +8,7 @@ from typing import NamedTuple
 import matplotlib.pyplot as plt
 import numpy as np
 
-from ..checkpoint import loader_generators, rng_states, set_rng_states
+from ..checkpoint import randomness, restore_randomness
 from ..display import finished, in_notebook
 from ..learner import Callback, CancelFitException
 from .metrics import MetricsCB
@@ -115,8 +115,7 @@ def _snapshot(learn) -> dict:
     return {
         "model": copy.deepcopy(learn.model.state_dict()),
         "opt": copy.deepcopy(learn.opt.state_dict()) if learn.opt is not None else None,
-        "rng": rng_states(),
-        "loaders": [(g, g.get_state()) for g in loader_generators(learn.dls).values()],
+        "random": randomness(learn.dls),
     }
 
 
@@ -126,9 +125,7 @@ def _restore(learn, saved: dict) -> None:
         learn.opt = None
     else:
         learn.opt.load_state_dict(saved["opt"])
-    set_rng_states(saved["rng"])
-    for generator, state in saved["loaders"]:
-        generator.set_state(state)
+    restore_randomness(learn.dls, saved["random"])
 
 
 def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
