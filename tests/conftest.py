@@ -9,12 +9,13 @@ from slowlearn.data import find_fashion_mnist
 matplotlib.use("Agg")
 
 
-def make_dls(n_train=10, n_valid=5, bs=4, n_in=3, n_classes=2, seed=0):
-    """A tiny classification dataset on the CPU: uneven last batches in both loaders."""
+def make_dls(n_train=10, n_valid=5, bs=4, n_in=3, n_classes=2, seed=0, unseeded=False):
+    """A tiny classification dataset on the CPU: uneven last batches in both loaders. `unseeded`:
+    the training order comes from torch's global RNG instead of the loader's own seed."""
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(n_train + n_valid, n_in, generator=g)
     y = torch.randint(0, n_classes, (n_train + n_valid,), generator=g)
-    train = TensorLoader(x[:n_train], y[:n_train], bs, shuffle=True, device="cpu", seed=seed)
+    train = TensorLoader(x[:n_train], y[:n_train], bs, shuffle=True, device="cpu", seed=None if unseeded else seed)
     valid = TensorLoader(x[n_train:], y[n_train:], bs, device="cpu")
     return DataLoaders(train, valid)
 

@@ -17,7 +17,7 @@ N_BATCHES = 8
 
 def make_learner(log_path):
     model = nn.Sequential(nn.Linear(3, 16), nn.BatchNorm1d(16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 2))
-    dls = make_dls(n_train=8 * N_BATCHES, n_valid=16, bs=8, seed=0)
+    dls = make_dls(n_train=8 * N_BATCHES, n_valid=16, bs=8, seed=0, unseeded=True)  # the default loaders' kind
     schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=4 * N_BATCHES)
     cbs = [MetricsCB(), RecorderCB(), schedule, CSVLoggerCB(log_path)]
     return Learner(model, dls, lr=0.1, cbs=cbs, opt_func=lambda p, lr: MomentumSGD(p, lr, mom=0.9))
