@@ -17,10 +17,11 @@ IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
 
 def check_loaders(dls, train: bool, valid: bool) -> None:
     """Before a fit: each loader the fit will use has at least one batch."""
-    for phase, wanted in (("train", train), ("valid", valid)):
-        if wanted and getattr(dls, phase) is None:
+    for phase in [phase for phase, wanted in (("train", train), ("valid", valid)) if wanted]:
+        loader = getattr(dls, phase)
+        if loader is None:
             raise ValueError(f"There is no {phase} loader: give DataLoaders one, or fit with {phase}=False.")
-        if wanted and len(getattr(dls, phase)) == 0:
+        if len(loader) == 0:
             raise ValueError(f"The {phase} loader has no batches: check the dataset is not empty and that "
                              f"drop_last=True is not dropping a dataset smaller than one batch.")
 
@@ -91,8 +92,11 @@ def _check_cross_entropy_targets(y: Tensor, index_shape: torch.Size) -> None:
 
 def _check_label_range(y: Tensor, n_classes: int) -> None:
     labels = y[y != IGNORE_INDEX]
-    if labels.numel() and (labels.min() < 0 or labels.max() >= n_classes):
-        low, high = labels.min().item(), labels.max().item()
+    if not labels.numel():
+        return
+    low, high = labels.aminmax()  # one read back to the host, on the first batch only
+    low, high = low.item(), high.item()
+    if low < 0 or high >= n_classes:
         raise ValueError(f"The targets run from {low} to {high}, but the model has {n_classes} outputs, so class "
                          f"indices must be in [0, {n_classes - 1}]: give the model's last layer "
                          f"{max(high + 1, n_classes)} outputs, or check the labels.")

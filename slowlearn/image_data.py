@@ -126,18 +126,18 @@ def cifar10(bs: int = 512, root: str | os.PathLike | None = None, device=None,
         return image_folder(base / "cifar10", bs, device, aug, seed, n_train=n_train, n_valid=n_valid)
     batches = base / "cifar-10-batches-py"
     if not batches.is_dir():
-        where = (f"CIFAR-10 was not found under {base} (as image folders cifar10/train/<class>/ and "
-                 f"cifar10/test/<class>/, or torchvision's cifar-10-batches-py/)")
+        def missing(why: str) -> FileNotFoundError:
+            return FileNotFoundError(f"CIFAR-10 was not found under {base} (as image folders cifar10/train/<class>/ "
+                                     f"and cifar10/test/<class>/, or torchvision's cifar-10-batches-py/), and {why}. "
+                                     f"Put it there, or pass root= or set SLOWLEARN_DATA to where it is.")
         if not download:
-            raise FileNotFoundError(f"{where}, and download=False. Put it there, or pass root= or set "
-                                    f"SLOWLEARN_DATA to where it is.")
+            raise missing("download=False")
         from torchvision.datasets import CIFAR10
         try:
             with rank0_first():
                 CIFAR10(str(base), download=True)
         except OSError as e:  # no network: URLError, socket errors
-            raise FileNotFoundError(f"{where}, and torchvision's download failed ({e}). Put it there, or pass "
-                                    f"root= or set SLOWLEARN_DATA to where it is.") from e
+            raise missing(f"torchvision's download failed ({e})") from e
     return _subset(_loaders(*_read_python_batches(batches), bs, device, aug, seed, list(CIFAR10_CLASSES)),
                    n_train, n_valid)
 

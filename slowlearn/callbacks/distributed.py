@@ -50,6 +50,7 @@ class DistributedCB(Callback):
     def before_fit(self, learn) -> None:
         if not init_distributed(self.backend):
             return
+        _check_torch_train_loader(learn.dls.train)  # before anything is wrapped or sharded
         device = torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
         for cb in learn.cbs:
             if isinstance(cb, DeviceCB):
@@ -66,7 +67,6 @@ class DistributedCB(Callback):
                     dl.generator.manual_seed(dl.seed)
                 dl.generator.set_state(broadcast_(dl.generator.get_state().to(collective_device)).cpu())
                 dl.shard(rank(), world_size(), even=even)
-        _check_torch_train_loader(learn.dls.train)
 
     def before_epoch(self, learn) -> None:
         sampler = getattr(learn.dl, "sampler", None)
