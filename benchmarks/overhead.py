@@ -2,7 +2,7 @@
 
 Same model, same initial weights, same batches (loaders with the same seed), one epoch of training
 and one validation pass per run; the three are interleaved and repeated, and reported as ratios
-to the plain loop. Targets (DESIGN.md): bare <= 1.02 x, default callbacks <= 1.05 x the plain loop.
+to the plain loop. Targets: bare <= 1.02 x, default callbacks <= 1.05 x the plain loop.
 A second part measures the per-step cost on a trivial model (target: <= 50 us per step).
 
     python benchmarks/overhead.py [--repeats 5] [--trivial-steps 3000]

@@ -7,31 +7,40 @@ it): model and optimizer state, the state of every callback that has `state_dict
 """
 from __future__ import annotations
 
+import itertools
 import os
 import pickle
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
-from torch._dynamo.eval_frame import OptimizedModule
-from torch.nn.parallel import DistributedDataParallel
 
+from .device import bare_model
 from .distributed import is_rank0
 
-__all__ = ["save_checkpoint", "read_checkpoint", "restore_weights", "restore_run_state", "callback_key", "bare_model",
-           "randomness", "restore_randomness"]
+__all__ = ["CheckpointMixin", "save_checkpoint", "read_checkpoint", "restore_weights", "restore_run_state",
+           "resume_point", "batches_from", "callback_key", "randomness", "restore_randomness"]
 
 FORMAT = 1
 
 
-def bare_model(model: nn.Module) -> nn.Module:
-    """The user's module inside DistributedDataParallel and `torch.compile` wrappers, however nested.
-    Checkpoints hold its state, so they load into the plain model whichever wrappers trained it."""
-    while isinstance(model, (DistributedDataParallel, OptimizedModule)):
-        model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
-    return model
+class CheckpointMixin:
+    """The Learner's `save` and `load`."""
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Checkpoint everything (model, optimizer, callbacks, RNGs, history) at the end of the last epoch."""
+        save_checkpoint(self, path, epoch=getattr(self, "epoch", -1) + 1)
+
+    def load(self, path: str | os.PathLike):
+        """Restore the model, optimizer, history and random states of a checkpoint written by `save` or
+        CheckpointCB (safely: plain data only). To continue an interrupted run where it stopped, with
+        its callbacks' state and position, use `fit(n_epochs, resume=path)` instead."""
+        state = read_checkpoint(path)
+        restore_weights(self, state)
+        restore_randomness(self.dls, state)
+        return self
 
 
 def callback_key(cbs, cb) -> str:
@@ -128,10 +137,24 @@ def restore_run_state(learn, state: dict) -> None:
         key = callback_key(learn.cbs, cb)
         if hasattr(cb, "load_state_dict") and key in saved:
             cb.load_state_dict(saved[key])
-    if state["opt"] is not None:  # a scheduler created at before_fit has reset lr/momentum to its start values
-        for group, saved_group in zip(learn.opt.param_groups, state["opt"]["param_groups"]):
-            group.update({k: v for k, v in saved_group.items() if k != "params"})
     restore_randomness(learn.dls, state)
+
+
+def resume_point(learn, state: dict | None) -> tuple[int, int]:
+    """The (epoch, training batch) a fit starts from: (0, 0), or a resumed run's position, once its
+    callbacks, RNGs and loader order are put back (after `before_fit`, which creates schedulers)."""
+    if state is None:
+        return 0, 0
+    restore_run_state(learn, state)
+    return state["epoch"], state["iter"]
+
+
+def batches_from(dl, start: int) -> Iterator[tuple[int, object]]:
+    """`(index, batch)` pairs of `dl` from batch `start` on: a TensorLoader jumps there, any other
+    loader is run through the skipped batches (which draws their random numbers, as the run did)."""
+    if start and hasattr(dl, "iter_from"):
+        return enumerate(dl.iter_from(start), start)
+    return itertools.islice(enumerate(dl), start, None)
 
 
 def randomness(dls) -> dict:

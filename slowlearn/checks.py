@@ -4,13 +4,16 @@ process). The Learner checks its loaders before a fit and the first batch of eac
 checks cost nothing on the batches after it."""
 from __future__ import annotations
 
+from contextlib import contextmanager
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["check_loaders", "check_inputs", "check_targets", "describe_batch"]
+from .callback import CancelException
+
+__all__ = ["check_loaders", "first_batch", "check_inputs", "check_targets", "describe_batch"]
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
 
@@ -24,6 +27,20 @@ def check_loaders(dls, train: bool, valid: bool) -> None:
         if len(loader) == 0:
             raise ValueError(f"The {phase} loader has no batches: check the dataset is not empty and that "
                              f"drop_last=True is not dropping a dataset smaller than one batch.")
+
+
+@contextmanager
+def first_batch(learn):
+    """Around a phase's first batch: its inputs are checked first (`check_inputs`; the Learner checks the
+    targets after the first prediction), and any error gets a note describing the batch and model."""
+    try:
+        check_inputs(learn.batch, learn.model)
+        yield
+    except CancelException:
+        raise
+    except Exception as e:
+        e.add_note(describe_batch(learn.batch, learn.model))
+        raise
 
 
 def _tensors(batch) -> list[Tensor] | None:

@@ -1,11 +1,15 @@
-"""Where tensors live: picking the default device and moving nested batches to it."""
+"""Where tensors and models live: the default device, moving nested batches, a model's device, and the
+user's model inside the DistributedDataParallel / `torch.compile` wrappers."""
 from __future__ import annotations
 
 import os
 
 import torch
+from torch import nn
+from torch._dynamo.eval_frame import OptimizedModule
+from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["default_device", "to_device"]
+__all__ = ["default_device", "to_device", "model_device", "bare_model"]
 
 
 def default_device() -> torch.device:
@@ -27,3 +31,17 @@ def to_device(x, device: torch.device | str):
     if isinstance(x, (list, tuple)):
         return type(x)(to_device(v, device) for v in x)
     return x
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter (the CPU for a model without parameters)."""
+    param = next(model.parameters(), None)
+    return param.device if param is not None else torch.device("cpu")
+
+
+def bare_model(model: nn.Module) -> nn.Module:
+    """The user's module inside DistributedDataParallel and `torch.compile` wrappers, however nested.
+    Checkpoints hold its state, so they load into the plain model whichever wrappers trained it."""
+    while isinstance(model, (DistributedDataParallel, OptimizedModule)):
+        model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
+    return model

@@ -6,9 +6,9 @@ from typing import NamedTuple
 
 import torch
 
-from .device import to_device
+from .device import model_device, to_device
 
-__all__ = ["Preds", "Prediction", "get_preds", "predict", "validate", "confusion_matrix"]
+__all__ = ["InferenceMixin", "Preds", "Prediction", "get_preds", "predict", "validate", "confusion_matrix"]
 
 
 class Preds(NamedTuple):
@@ -26,11 +26,6 @@ class Prediction(NamedTuple):
     probs: torch.Tensor
 
 
-def _device(learn) -> torch.device:
-    param = next(learn.model.parameters(), None)
-    return param.device if param is not None else torch.device("cpu")
-
-
 @torch.no_grad()
 def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False, tta: bool = False) -> Preds:
     """Run the model in eval mode over `dl` (default `learn.dls.valid`), in order, without callbacks.
@@ -40,7 +35,7 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False,
     predictions for each image and its mirror image (test-time augmentation).
     """
     dl = dl if dl is not None else learn.dls.valid
-    device, was_training = _device(learn), learn.model.training
+    device, was_training = model_device(learn.model), learn.model.training
     preds, targets, inputs, losses = [], [], [], []
     learn.model.eval()
     try:
@@ -82,7 +77,7 @@ def predict(learn, x: torch.Tensor) -> Prediction:
     was_training = learn.model.training
     learn.model.eval()
     try:
-        probs = learn.model(xb.to(_device(learn))).float().softmax(-1).cpu()
+        probs = learn.model(xb.to(model_device(learn.model))).float().softmax(-1).cpu()
     finally:
         learn.model.train(was_training)
     index = probs.argmax(-1)
@@ -116,3 +111,20 @@ def validate(learn, dl=None) -> dict:
         fresh.update(result.preds, result.targets)
         row[name] = fresh.compute().item()
     return row
+
+
+class InferenceMixin:
+    """The Learner's `get_preds`, `predict` and `validate`."""
+
+    def get_preds(self, dl=None, with_input: bool = False, with_loss: bool = False, tta: bool = False) -> Preds:
+        """Probabilities and targets (and inputs, per-item losses) on `dl` (default: the validation set);
+        `tta` averages each image's prediction with its mirror image's."""
+        return get_preds(self, dl, with_input, with_loss, tta)
+
+    def predict(self, x: torch.Tensor) -> Prediction:
+        """Class index, name and probabilities for one item (or a batch) as stored in the dataset."""
+        return predict(self, x)
+
+    def validate(self, dl=None) -> dict:
+        """Loss and metrics on `dl` (default: the validation set), without touching the history."""
+        return validate(self, dl)

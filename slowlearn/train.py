@@ -12,7 +12,6 @@ from matplotlib.ticker import MaxNLocator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.optim import lr_scheduler
 from torcheval.metrics import MulticlassAccuracy
 
 from .callbacks.core import DeviceCB
@@ -20,13 +19,13 @@ from .callbacks.distributed import DistributedCB
 from .callbacks.metrics import MetricsCB
 from .callbacks.progress import ProgressCB
 from .callbacks.recorder import RecorderCB
-from .callbacks.schedule import BatchSchedulerCB
 from .checkpoint import randomness, restore_randomness
 from .data import DataLoaders, fashion_mnist
 from .device import default_device
 from .distributed import world_size
 from .display import TablePrinter, finished
-from .learner import Callback, Learner
+from .callback import Callback
+from .learner import Learner
 
 __all__ = ["train", "train_1cycle", "default_cbs", "fast_adamw", "compare_optimizers", "optimizer_state_bytes"]
 
@@ -63,18 +62,17 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
                  opt_func: Callable | None = None, cbs: Sequence[Callback] = (), bs: int = 512,
                  loss_func: Callable = F.cross_entropy, resume: str | None = None, **one_cycle_kwargs) -> Learner:
     """One-cycle training: AdamW, lr warmed up to `lr` then annealed (cosine), momentum (beta1) cycled
-    the opposite way, stepped every batch by torch's `OneCycleLR` (`one_cycle_kwargs` go to it:
-    `pct_start`, `div_factor`, `final_div_factor`, `base_momentum`, `max_momentum`, ...).
+    the opposite way, set every batch from training progress by `Learner.fit_one_cycle`
+    (`one_cycle_kwargs` go to it: `pct_start`, `div`, `div_final`, `moms`).
 
     Fashion-MNIST by default, or any `dls`. `opt_func=None` picks `fast_adamw()`. `resume=path`
     continues the run checkpointed there when called again with the same arguments. Prints the
     metrics table and returns the Learner: `learn.recorder.plot()` shows lr and momentum per batch.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
-    schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=lr, **one_cycle_kwargs)
     learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(), RecorderCB(), *cbs],
                     opt_func=opt_func or fast_adamw())
-    return learn.fit(n_epochs, cbs=[schedule], resume=resume)
+    return learn.fit_one_cycle(n_epochs, lr, resume=resume, **one_cycle_kwargs)
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:

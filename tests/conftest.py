@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from slowlearn import Callback, DataLoaders, TensorLoader
+from slowlearn import Callback, CancelFitException, DataLoaders, TensorLoader
 from slowlearn.data import find_fashion_mnist
 
 matplotlib.use("Agg")
@@ -49,3 +49,14 @@ class TrainLosses(Callback):
     def after_loss(self, learn):
         if learn.training:
             self.losses.append(learn.loss.item())
+
+
+class StopAt(Callback):
+    """Raises `exc` at the end of training batch `iter` of epoch `epoch`."""
+
+    def __init__(self, epoch, iter, exc=CancelFitException):
+        self.epoch, self.iter, self.exc = epoch, iter, exc
+
+    def after_batch(self, learn):
+        if learn.training and learn.epoch == self.epoch and learn.iter == self.iter:
+            raise self.exc()

@@ -7,11 +7,11 @@ from pathlib import Path
 
 import torch
 from torch import nn
-from torch.optim import lr_scheduler
+from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from slowlearn import (BatchSchedulerCB, Callback, ChannelsLastCB, CheckpointCB, CSVLoggerCB, DataLoaders, Learner,
-                       TensorLoader, seed_cnn, set_seed)
+from slowlearn import (Callback, ChannelsLastCB, CheckpointCB, CSVLoggerCB, DataLoaders, GradientAccumulationCB,
+                       Learner, TensorLoader, seed_cnn, set_seed)
 from slowlearn.distributed import rank, world_size
 from slowlearn.train import default_cbs
 
@@ -58,6 +58,26 @@ class SeenItems(Callback):
             self.sums.setdefault(learn.epoch, []).extend(fingerprints.tolist())
 
 
+class CountAllReduces(Callback):
+    """Counts the gradient all-reduces of DistributedDataParallel (one per bucket and synchronised backward),
+    and with `every_batch` synchronises every micro-batch, as DDP does when nobody says otherwise."""
+
+    order = -19  # right after DistributedCB has wrapped the model and set this batch's synchronisation
+
+    def __init__(self, every_batch: bool):
+        self.every_batch, self.count = every_batch, 0
+
+    def before_fit(self, learn):
+        def counting_hook(state, bucket):
+            self.count += 1
+            return allreduce_hook(state, bucket)
+        learn.model.register_comm_hook(None, counting_hook)
+
+    def before_batch(self, learn):
+        if self.every_batch:
+            learn.model.require_backward_grad_sync = True
+
+
 class FailOn(Callback):
     def __init__(self, fail_rank):
         self.fail_rank = fail_rank
@@ -72,8 +92,10 @@ if __name__ == "__main__":
     parser.add_argument("out")
     parser.add_argument("--fail-rank", type=int, default=None)
     parser.add_argument("--resume", default=None)
-    parser.add_argument("--one-cycle", action="store_true",
-                        help="OneCycleLR with total_steps left to the callback, and channels-last layout")
+    parser.add_argument("--one-cycle", action="store_true", help="a one-cycle fit, and channels-last layout")
+    parser.add_argument("--accumulate", type=int, default=None,
+                        help="gradient accumulation over this many micro-batches; counts the all-reduces")
+    parser.add_argument("--sync-every-batch", action="store_true", help="with --accumulate: all-reduce every micro-batch")
     parser.add_argument("--torch-loader", choices=("distributed-sampler", "plain"), default=None,
                         help="torch DataLoaders instead of TensorLoaders")
     parser.add_argument("--unseeded", action="store_true",
@@ -88,16 +110,20 @@ if __name__ == "__main__":
     if args.unseeded:
         dls = synthetic_dls(bs, seed=None)
         cbs.append(seen := SeenItems())
+    if args.accumulate is not None:
+        cbs += [GradientAccumulationCB(args.accumulate), all_reduces := CountAllReduces(args.sync_every_batch)]
     learn = Learner(model(), dls, lr=0.1, cbs=cbs,
                     opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
-    schedule = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1)
     if args.unseeded:
         torch.manual_seed(100 + rank())  # after model(), which seeds every rank alike
-    learn.fit(2, cbs=[schedule, ChannelsLastCB()] if args.one_cycle else [], resume=args.resume)
-    assert not isinstance(learn.model, nn.parallel.DistributedDataParallel)
+    if args.one_cycle:
+        learn.fit_one_cycle(2, 0.1, cbs=[ChannelsLastCB()], resume=args.resume)
+    else:
+        learn.fit(2, resume=args.resume)
+    assert not isinstance(learn.model, nn.parallel.DistributedDataParallel) and learn.device is None
     (out / "results").mkdir(parents=True, exist_ok=True)
-    total_steps = schedule.scheduler.total_steps if args.one_cycle else None
     torch.save({"weights": [p.detach() for p in learn.model.parameters()], "history": learn.history,
-                "total_steps": total_steps, "seen": seen.sums if args.unseeded else None},
+                "all_reduces": all_reduces.count if args.accumulate else None,
+                "seen": seen.sums if args.unseeded else None},
                out / "results" / f"rank{rank()}.pt")
     sys.exit(0)

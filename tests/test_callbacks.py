@@ -84,12 +84,13 @@ def test_device_cb_moves_model_and_batches():
         order = 0
 
         def before_batch(self, learn):
-            seen.append(learn.batch[0].device)
+            seen.append((learn.batch[0].device, learn.device))
 
     model = nn.Linear(3, 2)
     learn = Learner(model, make_dls(), cbs=[DeviceCB("cpu"), Where()]).fit(1)
-    assert learn.device.device == torch.device("cpu") and set(seen) == {torch.device("cpu")}
+    assert set(seen) == {(torch.device("cpu"), torch.device("cpu"))}  # the batches and the shared slot
     assert next(model.parameters()).device.type == "cpu"
+    assert learn.device is None  # the slot is DeviceCB's for the fit only
 
 
 def test_progress_records_every_training_loss_with_few_reads():
@@ -112,6 +113,23 @@ def test_progress_prints_table_and_plots(capsys):
     ax = fig.axes[0]
     assert [line.get_label() for line in ax.get_lines()] == ["train (per batch)", "valid (per epoch)"]
     assert len(ax.get_lines()[0].get_xdata()) == 2 * len(learn.dls.train)
+
+
+def test_metrics_rows_reach_the_display_through_the_learners_slot(capsys):
+    seen = []
+
+    class Peek(Callback):
+        order = 70
+
+        def before_fit(self, learn):
+            seen.append(learn.metrics_log)
+
+    progress = ProgressCB(table=False)
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress, Peek()]).fit(1)
+    assert seen == [progress._log_row] and learn.metrics_log is None  # ProgressCB's for its fit only
+    assert capsys.readouterr().out == "" and [loss for _, loss in progress.valid_losses] == [learn.history[-1]["loss"]]
+    learn.remove_cb(progress).fit(1)  # without a display, MetricsCB prints its own table
+    assert capsys.readouterr().out.splitlines()[0].split() == ["loss", "epoch", "train"]
 
 
 def test_progress_without_table_prints_nothing(capsys):

@@ -2,10 +2,11 @@ import pytest
 import torch
 from torch import nn
 
-from slowlearn import (Callback, CancelBatchException, CancelEpochException, CancelFitException, Learner)
-from slowlearn.learner import EVENTS
+from slowlearn import (ActivationStatsCB, Callback, CancelBatchException, CancelEpochException, CancelFitException,
+                       Learner, MetricsCB, ProgressCB)
+from slowlearn.callback import EVENTS
 
-from conftest import make_dls
+from conftest import StopAt, make_dls
 
 
 def _record(event):
@@ -231,3 +232,37 @@ def test_train_only_and_valid_only():
     assert "after_backward" in events and events.count("before_epoch") == 1
     events, _ = fit_events(train=False)
     assert "after_backward" not in events and events.count("before_epoch") == 1
+
+
+def test_keyboard_interrupt_runs_every_cleanup_and_keeps_history():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    progress = ProgressCB()
+    cbs = [MetricsCB(), progress, ActivationStatsCB(), StopAt(1, 1, KeyboardInterrupt)]
+    learn = Learner(model, make_dls(), cbs=cbs)
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(3)
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    assert progress.view.batches is None and progress.view.epochs.disable
+    assert [(r["epoch"], r["train"]) for r in learn.history] == [(0, "train"), (0, "eval")]
+    learn.fit(1)  # the learner still works
+
+
+def test_dispatch_wrap_runs_every_other_handler_through_the_wrapper():
+    calls = []
+
+    class Tracer(Callback):
+        def before_fit(self, learn):
+            def wrap(method):
+                def traced(learn):
+                    calls.append(method.__self__)
+                    method(learn)
+                return traced
+            learn.dispatch.wrap(wrap, skip=[self])
+
+        def after_fit(self, learn):
+            pass  # skipped: not traced
+
+    log = EventLog()
+    Learner(nn.Linear(3, 2), make_dls(n_train=4, n_valid=4), cbs=[Tracer(), log]).fit(1)
+    # every EventLog handler after before_fit (whose list was running when it was wrapped), none of Tracer's
+    assert calls == [log] * (len(log.events) - 1) and log.events[0] == "before_fit"

@@ -9,36 +9,35 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from slowlearn import (Adam, BatchSchedulerCB, CancelFitException, EpochSchedulerCB, GradientAccumulationCB, Learner,
+from slowlearn import (Adam, BatchSchedulerCB, Callback, CancelFitException, EpochSchedulerCB, GradientAccumulationCB, Learner,
                        LRFinderCB, MetricsCB, MomentumSGD, OneCycleCB, ParamSchedulerCB, ProgressCB, RecorderCB,
-                       combine_scheds, one_cycle_lr, sched_cos, sched_exp, sched_lin, train_1cycle, warmup_cos)
+                       combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin, train_1cycle, warmup_cos)
 from slowlearn.callbacks.schedule import get_hyper, set_hyper
 
 from conftest import TrainLosses, make_dls
 
 
-def one_cycle_by_hand(opt_factory, total, **kwargs):
-    opt = opt_factory([nn.Parameter(torch.zeros(1))])
-    sched = lr_scheduler.OneCycleLR(opt, total_steps=total, **kwargs)
-    values = []
-    for _ in range(total):
-        values.append((opt.param_groups[0]["lr"], get_hyper(opt.param_groups[0], "mom")))
-        opt.step()
-        sched.step()
-    return values
+def progress(n_epochs, n_batches):
+    """`learn.pct_train` at every training batch of a fit, computed as the Learner does."""
+    return [(epoch + i / n_batches) / n_epochs for epoch in range(n_epochs) for i in range(n_batches)]
 
 
 @pytest.mark.parametrize("opt_func", [torch.optim.AdamW, Adam, MomentumSGD], ids=["torch AdamW", "Adam", "MomentumSGD"])
-def test_recorded_one_cycle_equals_torch_stepped_by_hand(opt_func):
+def test_recorded_one_cycle_follows_the_formula_and_ends_on_its_last_value(opt_func):
     dls = make_dls(n_train=20, bs=4)
-    recorder = train_1cycle(nn.Linear(3, 2), lr=0.1, n_epochs=3, dls=dls, opt_func=opt_func).recorder
-    total = 3 * len(dls.train)
-    expected = one_cycle_by_hand(lambda p: opt_func(p, 0.1), total, max_lr=0.1)
-    assert len(recorder.recs["lr"]) == len(recorder.recs["mom"]) == len(recorder.losses) == total
-    assert recorder.recs["lr"] == pytest.approx([lr for lr, _ in expected])
-    assert recorder.recs["mom"] == pytest.approx([m for _, m in expected])
-    lr, mom = np.array(recorder.recs["lr"]), np.array(recorder.recs["mom"])
-    assert np.corrcoef(lr, mom)[0, 1] < -0.9
+    learn = train_1cycle(nn.Linear(3, 2), lr=0.1, n_epochs=3, dls=dls, opt_func=opt_func)
+    pcts = progress(3, len(dls.train))
+    assert learn.recorder.recs["lr"] == [one_cycle_lr(0.1)(p) for p in pcts]
+    assert learn.recorder.recs["mom"] == [one_cycle_mom()(p) for p in pcts]
+    assert len(learn.recorder.losses) == len(pcts)
+    lr, mom = np.array(learn.recorder.recs["lr"]), np.array(learn.recorder.recs["mom"])
+    assert lr.max() == pytest.approx(0.1, rel=1e-2) and np.corrcoef(lr, mom)[0, 1] < -0.9
+    # after the fit: the schedule's end value, which a plain fit() then trains at
+    end_lr = one_cycle_lr(0.1)(1.)
+    assert learn.opt.param_groups[0]["lr"] == end_lr == pytest.approx(0.1 / 25 / 1e4)
+    assert get_hyper(learn.opt.param_groups[0], "mom") == one_cycle_mom()(1.) == pytest.approx(0.95)
+    learn.fit(1)
+    assert learn.recorder.recs["lr"] == [end_lr] * len(dls.train)
 
 
 def test_recorder_getters_strings_and_callables_and_plots():
@@ -93,9 +92,12 @@ def test_scheduler_state_dict_round_trip():
     learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[cb])
     learn.fit(1)
     state = cb.state_dict()
-    assert state["last_epoch"] == 3
-    cb.load_state_dict({**state, "last_epoch": 1})
-    assert cb.scheduler.last_epoch == 1
+    assert state["scheduler"]["last_epoch"] == 3 and state["param_groups"][0]["lr"] == learn.opt.param_groups[0]["lr"]
+    learn.opt.param_groups[0]["lr"] = 1.  # as creating a scheduler resets it
+    cb.load_state_dict({**state, "scheduler": {**state["scheduler"], "last_epoch": 1}})
+    assert cb.scheduler.last_epoch == 1 and learn.opt.param_groups[0]["lr"] == state["param_groups"][0]["lr"]
+    with pytest.raises(RuntimeError, match="no scheduler to load a state into"):
+        BatchSchedulerCB(lr_scheduler.CosineAnnealingLR, T_max=10).load_state_dict(state)
 
 
 def test_pure_schedules():
@@ -110,12 +112,25 @@ def test_pure_schedules():
         combine_scheds([0.5, 0.6], [sched_lin(0, 1), sched_lin(1, 0)])
 
 
+def one_cycle_by_hand(opt_factory, total, **kwargs):
+    """The lr and momentum of each step of torch's OneCycleLR."""
+    opt = opt_factory([nn.Parameter(torch.zeros(1))])
+    sched = lr_scheduler.OneCycleLR(opt, total_steps=total, **kwargs)
+    values = []
+    for _ in range(total):
+        values.append((opt.param_groups[0]["lr"], get_hyper(opt.param_groups[0], "mom")))
+        opt.step()
+        sched.step()
+    return values
+
+
 def test_one_cycle_functions_follow_torch_shape():
     total = 1000
     expected = one_cycle_by_hand(lambda p: torch.optim.SGD(p, 0.1, momentum=0.9), total, max_lr=0.1)
     ours = one_cycle_lr(0.1)
     lrs = [ours(k / total) for k in range(total)]
     assert lrs == pytest.approx([lr for lr, _ in expected], rel=0.02, abs=1e-4)
+    assert [one_cycle_mom()(k / total) for k in range(total)] == pytest.approx([m for _, m in expected], abs=1e-3)
 
 
 def test_param_scheduler_sets_every_group_and_betas():
@@ -215,13 +230,41 @@ def test_train_1cycle_with_progress_prints_table(capsys):
 
 
 @pytest.mark.parametrize("n_batches, n_accumulate", [(5, 2), (6, 3), (4, 1)])
-def test_train_1cycle_completes_its_cycle_with_gradient_accumulation(n_batches, n_accumulate):
+def test_one_cycle_with_gradient_accumulation_steps_at_the_formula_of_each_stepping_batch(n_batches, n_accumulate):
     dls = make_dls(n_train=4 * n_batches, bs=4)
     learn = train_1cycle(nn.Linear(3, 2), lr=0.1, n_epochs=2, dls=dls, cbs=[GradientAccumulationCB(n_accumulate)])
-    steps = 2 * math.ceil(n_batches / n_accumulate)
-    expected = one_cycle_by_hand(lambda p: torch.optim.AdamW(p, 0.1), steps, max_lr=0.1)
-    assert learn.recorder.recs["lr"] == pytest.approx([lr for lr, _ in expected])
-    assert learn.recorder.recs["lr"][-1] == pytest.approx(0.1 / 25 / 1e4)  # the last step is the cycle's end
+    stepping = [i for i in range(n_batches) if (i + 1) % n_accumulate == 0 or i == n_batches - 1]
+    pcts = [(epoch + i / n_batches) / 2 for epoch in range(2) for i in stepping]
+    assert learn.recorder.recs["lr"] == [one_cycle_lr(0.1)(p) for p in pcts]
+    assert learn.opt.param_groups[0]["lr"] == one_cycle_lr(0.1)(1.)
+
+
+class GroupLRs(Callback):
+    order = 70  # after the schedule has set the lrs
+
+    def __init__(self):
+        self.lrs = []
+
+    def before_batch(self, learn):
+        if learn.training:
+            self.lrs.append([group["lr"] for group in learn.opt.param_groups])
+
+
+def test_fit_one_cycle_gives_each_param_group_its_own_peak():
+    model = nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2))
+    opt_func = lambda params, lr: torch.optim.SGD([{"params": model[0].parameters()},  # noqa: E731
+                                                   {"params": model[1].parameters()}], lr, momentum=0.9)
+    dls = make_dls(n_train=20, bs=4)
+    groups = GroupLRs()
+    learn = Learner(model, dls, lr=0.3, opt_func=opt_func)
+    learn.fit_one_cycle(2, lr_max=[0.01, 0.1], pct_start=0.25, moms=None, cbs=[groups])
+    pcts = progress(2, len(dls.train))
+    assert groups.lrs == [[one_cycle_lr(0.01, 0.25)(p), one_cycle_lr(0.1, 0.25)(p)] for p in pcts]
+    assert [g["momentum"] for g in learn.opt.param_groups] == [0.9, 0.9]  # moms=None leaves it alone
+    learn.fit_one_cycle(1, cbs=[groups])  # one lr_max for every group, by default learn.lr
+    assert groups.lrs[-1] == [one_cycle_lr(0.3)(1 - 1 / len(dls.train))] * 2
+    with pytest.raises(ValueError, match="got 3 peak lrs for an optimizer with 2 param groups"):
+        learn.fit_one_cycle(1, lr_max=[0.1, 0.1, 0.1])
 
 
 def test_explicit_total_steps_is_kept():

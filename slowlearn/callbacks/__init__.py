@@ -11,7 +11,7 @@ from .progress import ProgressCB
 from .recorder import RecorderCB
 from .schedule import (BaseSchedulerCB, BatchSchedulerCB, EpochSchedulerCB, OneCycleCB, ParamSchedulerCB,
                        combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin, warmup_cos)
-from .tracking import (CheckpointCB, CSVLoggerCB, EarlyStoppingCB, ReduceLROnPlateauCB, TerminateOnNaNCB,
+from .tracking import (CheckpointCB, CSVLoggerCB, EarlyStoppingCB, MonitorCB, ReduceLROnPlateauCB, TerminateOnNaNCB,
                        latest_metric)
 
 __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "ProgressCB", "RecorderCB",
@@ -19,5 +19,5 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
            "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
-           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "CSVLoggerCB", "latest_metric", "ProfilerCB", "find_batch_size",
+           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB", "find_batch_size",
            "DistributedCB"]

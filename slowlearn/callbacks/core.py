@@ -5,28 +5,37 @@ from __future__ import annotations
 import torch
 
 from ..device import default_device, to_device
-from ..learner import Callback
+from ..callback import Callback
 
 __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "DeviceFloats"]
 
 
 class DeviceCB(Callback):
-    """Moves the model to `device` before fit and every batch to it before the model sees it.
+    """Moves the model to the fit's device before fit and every batch to it before the model sees it.
 
-    `device=None` picks CUDA, then MPS, then the CPU. Batches already on the device (a GPU-resident
-    loader) are not copied.
+    The fit's device is `learn.device`: this process's device when DistributedCB has set it, else
+    `device` (`None` picks CUDA, then MPS, then the CPU), which this callback puts in the slot for the
+    fit. Batches already on the device (a GPU-resident loader) are not copied.
     """
 
     order = -10
 
     def __init__(self, device: torch.device | str | None = None):
         self.device = torch.device(device) if device is not None else default_device()
+        self._claimed = False
 
     def before_fit(self, learn) -> None:
-        learn.model.to(self.device)
+        self._claimed = learn.device is None
+        if self._claimed:
+            learn.device = self.device
+        learn.model.to(learn.device)
 
     def before_batch(self, learn) -> None:
-        learn.batch = to_device(learn.batch, self.device)
+        learn.batch = to_device(learn.batch, learn.device)
+
+    def cleanup_fit(self, learn) -> None:
+        if self._claimed:
+            learn.device, self._claimed = None, False
 
 
 class ChannelsLastCB(Callback):

@@ -7,15 +7,10 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
 from ..distributed import broadcast_, init_distributed, local_rank, rank, world_size
-from ..learner import Callback
-from .core import DeviceCB
+from ..callback import Callback
+from .gradients import steps_after_this_batch
 
-__all__ = ["DistributedCB", "unwrap"]
-
-
-def unwrap(model: nn.Module) -> nn.Module:
-    """The plain module inside a DistributedDataParallel wrapper (or the model itself)."""
-    return model.module if isinstance(model, DistributedDataParallel) else model
+__all__ = ["DistributedCB"]
 
 
 def _check_torch_train_loader(dl) -> None:
@@ -34,7 +29,10 @@ class DistributedCB(Callback):
     when `sync_bn`, wraps it in DistributedDataParallel, and shards the loaders: every rank walks
     the same permutation (rank 0's loader generator is broadcast) and takes every `world_size`-th
     sample (an unseeded loader gets one seed, the same on every rank), so the batch size is per
-    process. After the fit `learn.model` is the plain module again.
+    process. During the fit `learn.device` is this process's device (DeviceCB moves batches there);
+    after it `learn.model` is the model it wrapped and `learn.device` what it was before. With gradient
+    accumulation (`learn.accumulate` > 1) gradients are averaged over processes only in the backward
+    pass before each optimizer step, not after every micro-batch.
     `default_cbs()` (so `train`, `train_1cycle` and the CLI) adds it when `WORLD_SIZE` > 1.
 
     A torch DataLoader cannot be sharded from outside: give the training one a
@@ -42,22 +40,22 @@ class DistributedCB(Callback):
     process would train on the same batches, which is an error.
     """
 
-    order = -20  # before DeviceCB, whose device it sets
+    order = -20  # before DeviceCB, which moves batches to the device set here
 
     def __init__(self, sync_bn: bool = False, backend: str | None = None):
         self.sync_bn, self.backend = sync_bn, backend
+        self._wrapped = None
 
     def before_fit(self, learn) -> None:
         if not init_distributed(self.backend):
             return
         _check_torch_train_loader(learn.dls.train)  # before anything is wrapped or sharded
         device = torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
-        for cb in learn.cbs:
-            if isinstance(cb, DeviceCB):
-                cb.device = device
+        self._device_before, learn.device = learn.device, device
         model = learn.model.to(device)
         if self.sync_bn:
             model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self._wrapped = model
         learn.model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
         collective_device = device if torch.distributed.get_backend() == "nccl" else torch.device("cpu")
         for dl, even in ((learn.dls.train, True), (learn.dls.valid, False)):
@@ -68,13 +66,18 @@ class DistributedCB(Callback):
                 dl.generator.set_state(broadcast_(dl.generator.get_state().to(collective_device)).cpu())
                 dl.shard(rank(), world_size(), even=even)
 
+    def before_batch(self, learn) -> None:
+        if learn.training and isinstance(learn.model, DistributedDataParallel):
+            learn.model.require_backward_grad_sync = steps_after_this_batch(learn)  # what `no_sync()` sets
+
     def before_epoch(self, learn) -> None:
         sampler = getattr(learn.dl, "sampler", None)
         if learn.training and isinstance(sampler, DistributedSampler):
             sampler.set_epoch(learn.epoch)  # a new shuffle each epoch, the same on every process
 
     def cleanup_fit(self, learn) -> None:
-        learn.model = unwrap(learn.model)
+        if self._wrapped is not None:
+            learn.model, learn.device, self._wrapped = self._wrapped, self._device_before, None
         for dl in (learn.dls.train, learn.dls.valid):
             if hasattr(dl, "shard"):
                 dl.shard(0, 1)  # whole datasets again for get_preds, validate, pictures

@@ -3,15 +3,16 @@ from __future__ import annotations
 
 import torch
 
-from ..learner import Callback, CancelStepException
+from ..callback import Callback, CancelStepException
 from .core import DeviceFloats
 
-__all__ = ["GradientClipCB", "GradientAccumulationCB"]
+__all__ = ["GradientClipCB", "GradientAccumulationCB", "steps_after_this_batch"]
 
 
-def _scaler(learn):
-    """The fp16 GradScaler of a MixedPrecisionCB on the learner, if any."""
-    return getattr(getattr(learn, "mixed_precision", None), "scaler", None)
+def steps_after_this_batch(learn) -> bool:
+    """Whether the optimizer steps after the current training batch: at the end of each group of
+    `learn.accumulate` micro-batches of an epoch, and after the epoch's last batch."""
+    return (learn.iter + 1) % learn.accumulate == 0 or learn.iter == learn.n_iter - 1
 
 
 class GradientAccumulationCB(Callback):
@@ -19,7 +20,8 @@ class GradientAccumulationCB(Callback):
     batches of 128 give the update of one batch of 512 (exactly, for a model without BatchNorm).
 
     The last, partial accumulation of an epoch is stepped too (averaged over its own batches).
-    Schedulers stepped in `after_step` advance once per optimizer step.
+    Schedulers stepped in `after_step` advance once per optimizer step. `n_steps` is shared as
+    `learn.accumulate` during the fit (DistributedCB synchronises gradients only before a step).
     """
 
     order = -1  # before GradientClipCB, which must see the averaged gradients
@@ -27,19 +29,21 @@ class GradientAccumulationCB(Callback):
     def __init__(self, n_steps: int):
         if n_steps < 1:
             raise ValueError(f"GradientAccumulationCB needs n_steps >= 1, got {n_steps}")
-        self.n_steps, self.count = n_steps, 0
+        self.n_steps = n_steps
 
-    def before_epoch(self, learn) -> None:
-        self.count = 0
+    def before_fit(self, learn) -> None:
+        learn.accumulate = self.n_steps
+
+    def cleanup_fit(self, learn) -> None:
+        learn.accumulate = 1
 
     def after_backward(self, learn) -> None:
-        self.count += 1
-        if self.count < self.n_steps and learn.iter < learn.n_iter - 1:
+        if not steps_after_this_batch(learn):
             raise CancelStepException()
+        count = learn.iter % self.n_steps + 1  # micro-batches in this group (fewer in an epoch's last one)
         grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
-        if self.count > 1 and grads:
-            torch._foreach_div_(grads, self.count)
-        self.count = 0
+        if count > 1 and grads:
+            torch._foreach_div_(grads, count)
 
 
 class GradientClipCB(Callback):
@@ -58,8 +62,7 @@ class GradientClipCB(Callback):
         self._norms = DeviceFloats()
 
     def after_backward(self, learn) -> None:
-        scaler = _scaler(learn)
-        if scaler is not None:
-            scaler.unscale_(learn.opt)
+        if learn.grad_scaler is not None:
+            learn.grad_scaler.unscale_(learn.opt)
         norm = torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)
         self._norms.append(norm)

@@ -10,7 +10,7 @@ from torch import nn
 from ..display import finished
 from ..distributed import all_reduce_mean, all_reduce_sum, world_size
 from ..init import GeneralReLU
-from ..learner import Callback
+from ..callback import Callback
 
 __all__ = ["ActivationStatsCB", "ACTIVATIONS"]
 

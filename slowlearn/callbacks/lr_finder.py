@@ -10,12 +10,12 @@ import numpy as np
 
 from ..checkpoint import randomness, restore_randomness
 from ..display import finished, in_notebook
-from ..learner import Callback, CancelFitException
+from ..callback import Callback, CancelFitException
 from .metrics import MetricsCB
 from .progress import ProgressCB
 from .recorder import RecorderCB
 
-__all__ = ["LRFinderCB", "SuggestedLRs", "lr_find"]
+__all__ = ["LRFinderCB", "SuggestedLRs", "lr_find", "LRFindMixin"]
 
 
 class SuggestedLRs(NamedTuple):
@@ -149,3 +149,12 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 10
         from IPython.display import display
         display(finder.plot(suggestion))
     return suggestion
+
+
+class LRFindMixin:
+    """The Learner's `lr_find`."""
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
+                show_plot: bool = True) -> SuggestedLRs:
+        """Exponential lr sweep that restores everything afterwards; see `lr_find` in this module."""
+        return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot)

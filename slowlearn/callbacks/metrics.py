@@ -14,7 +14,8 @@ import torch
 
 from ..display import TablePrinter
 from ..distributed import all_reduce_sum, is_rank0, world_size
-from ..learner import Callback
+from ..callback import Callback
+from ..device import model_device
 
 __all__ = ["MetricsCB"]
 
@@ -26,8 +27,9 @@ class MetricsCB(Callback):
     names it `acc`. The loss is weighted by batch size, so it is the exact mean over samples even
     with an uneven last batch. Each phase appends a row to `learn.history`:
     `{<metric>: float, ..., "loss": float, "epoch": int, "train": "train" | "eval"}` (the seed's
-    columns) and passes it to `self.log`: by default a table printed to stdout, which ProgressCB
-    replaces with its own display.
+    columns) and passes it to `learn.metrics_log` (ProgressCB's display), or when that slot is empty
+    prints it as a table. During the fit `learn.metric_names` holds the column names, "loss" included,
+    so that callbacks monitoring a metric can check its name before training.
 
     Per batch this callback only keeps references to the detached predictions, targets and loss;
     every `update_every` batches they are concatenated and fed to the metrics in one update, which
@@ -43,7 +45,11 @@ class MetricsCB(Callback):
 
     def before_fit(self, learn) -> None:
         printer = TablePrinter(lambda line: print(line, file=sys.stdout, flush=True))
-        self.log: Callable[[dict], None] = printer if is_rank0() else (lambda row: None)
+        self._print: Callable[[dict], None] = printer if is_rank0() else (lambda row: None)
+        learn.metric_names = (*self.metrics, "loss")
+
+    def cleanup_fit(self, learn) -> None:
+        learn.metric_names = ()
 
     def before_epoch(self, learn) -> None:
         for m in self.metrics.values():
@@ -78,15 +84,11 @@ class MetricsCB(Callback):
         self._update()
         distributed = world_size() > 1
         row = {name: (sync_and_compute(m) if distributed else m.compute()).item() for name, m in self.metrics.items()}
-        loss_sum = self.loss_sum if self.loss_sum is not None else torch.zeros((), device=self._device(learn))
+        loss_sum = self.loss_sum if self.loss_sum is not None else torch.zeros((), device=model_device(learn.model))
         totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(self.count),
                                                                              device=loss_sum.device).double()]))
         loss_sum, count = totals.tolist()
         row["loss"] = loss_sum / count if count else float("nan")
         row |= {"epoch": learn.epoch, "train": "train" if learn.training else "eval"}
         learn.history.append(row)
-        self.log(row)
-
-    @staticmethod
-    def _device(learn) -> torch.device:
-        return next(learn.model.parameters()).device
+        (learn.metrics_log or self._print)(row)

@@ -3,7 +3,8 @@ from __future__ import annotations
 
 import torch
 
-from ..learner import Callback
+from ..callback import Callback
+from ..device import model_device
 
 __all__ = ["MixedPrecisionCB"]
 
@@ -16,7 +17,8 @@ class MixedPrecisionCB(Callback):
 
     For fp16 a `torch.amp.GradScaler` scales the loss before `backward` and unscales before the step,
     which it skips when gradients overflowed; `skipped_steps` counts those (read without a host sync
-    per step). Replaces the Learner's `backward` and `step`.
+    per step). The scaler is shared as `learn.grad_scaler` during the fit, for callbacks that must
+    unscale gradients before looking at them (GradientClipCB). Replaces the Learner's `backward` and `step`.
     """
 
     order = -5  # after DeviceCB has moved the batch, before callbacks that look at predictions
@@ -30,9 +32,9 @@ class MixedPrecisionCB(Callback):
 
     def before_fit(self, learn) -> None:
         self._skipped = None
-        device_type = next(learn.model.parameters()).device.type
         if self.dtype == torch.float16:
-            self.scaler = torch.amp.GradScaler(device_type)
+            self.scaler = torch.amp.GradScaler(model_device(learn.model).type)
+            learn.grad_scaler = self.scaler
 
     def before_batch(self, learn) -> None:
         self._autocast = torch.autocast(learn.batch[0].device.type, dtype=self.dtype)
@@ -43,6 +45,9 @@ class MixedPrecisionCB(Callback):
 
     def cleanup_batch(self, learn) -> None:
         self._exit_autocast()
+
+    def cleanup_fit(self, learn) -> None:
+        learn.grad_scaler = None
 
     def _exit_autocast(self) -> None:
         if self._autocast is not None:

@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from ..display import format_table
-from ..learner import Callback
+from ..callback import Callback
+from ..device import model_device
 
 __all__ = ["ProfilerCB", "find_batch_size"]
 
@@ -40,9 +41,8 @@ class ProfilerCB(Callback):
     def before_fit(self, learn) -> None:
         self.times = dict.fromkeys(PHASES, 0.)
         self.samples, self.batches, self._cb_time = 0, 0, 0.
-        self.device = next(learn.model.parameters()).device
-        for event, handlers in learn._handlers.items():  # time every other callback
-            learn._handlers[event] = [(cb, method if cb is self else self._timed(method)) for cb, method in handlers]
+        self.device = model_device(learn.model)
+        learn.dispatch.wrap(self._timed, skip=[self])  # time every other callback
         self._last = None
 
     def _sync(self) -> float:
@@ -113,7 +113,7 @@ def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64
                     steps: int = 5, opt_func=torch.optim.AdamW, loss_func=F.cross_entropy) -> list[dict]:
     """Training throughput (samples/s) for each batch size in `candidates`, on a copy of `model`, until
     the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader)."""
-    device = next(model.parameters()).device
+    device = model_device(model)
     x_all, y_all = dls.train.x, dls.train.y
     results = []
     for bs in candidates:

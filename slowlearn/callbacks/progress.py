@@ -8,9 +8,8 @@ from tqdm import tqdm
 
 from ..display import TablePrinter, finished, format_value, in_notebook
 from ..distributed import is_rank0
-from ..learner import Callback
+from ..callback import Callback
 from .core import DeviceFloats
-from .metrics import MetricsCB
 
 __all__ = ["ProgressCB"]
 
@@ -26,7 +25,7 @@ class ProgressCB(Callback):
     loss plot at any time.
     """
 
-    order = 60  # after MetricsCB, whose table output this callback takes over
+    order = 60  # shows the rows MetricsCB sends to `learn.metrics_log`, which it fills for the fit
 
     def __init__(self, loss_every: int = 10, plot: bool | None = None, plot_interval: float = 2.0,
                  table: bool = True):
@@ -51,9 +50,7 @@ class ProgressCB(Callback):
         self.live_plot = notebook and self.plot is not False
         self._losses, self.valid_losses = DeviceFloats(), []
         self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
-        for cb in learn.cbs:
-            if isinstance(cb, MetricsCB):
-                cb.log = self._log_row
+        learn.metrics_log = self._log_row
 
     def before_epoch(self, learn) -> None:
         phase = "train" if learn.training else "valid"
@@ -80,6 +77,7 @@ class ProgressCB(Callback):
         self.view.end_phase()
 
     def cleanup_fit(self, learn) -> None:
+        learn.metrics_log = None
         self._read_losses()
         self.view.close()
 

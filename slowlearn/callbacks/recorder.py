@@ -8,7 +8,7 @@ import matplotlib.pyplot as plt
 
 from ..display import finished, in_notebook, save_png
 from ..distributed import all_reduce_mean
-from ..learner import Callback
+from ..callback import Callback
 from .core import DeviceFloats
 from .schedule import get_hyper
 

@@ -2,15 +2,13 @@
 training progress (`learn.pct_train`), which make a resumed run land exactly where it left off."""
 from __future__ import annotations
 
-import inspect
 import math
 from collections.abc import Callable, Sequence
 
-from ..learner import Callback
+from ..callback import Callback
 
-__all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "optimizer_steps_per_epoch",
-           "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB", "sched_lin", "sched_cos", "sched_exp",
-           "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom"]
+__all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB", "sched_lin", "sched_cos", "sched_exp",
+           "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom", "OneCycleMixin"]
 
 Schedule = Callable[[float], float]
 
@@ -33,26 +31,21 @@ def set_hyper(group: dict, name: str, value: float) -> None:
 class BaseSchedulerCB(Callback):
     """Creates `scheduler_f(learn.opt, **kwargs)` (any `torch.optim.lr_scheduler` class) at `before_fit`.
 
-    Subclasses decide when it steps. `state_dict`/`load_state_dict` expose the scheduler's state
-    for checkpoints. After the fit, the keys the scheduler added to the param groups (`initial_lr`,
-    `max_lr`, ...) are removed again; the hyper-parameters keep their last scheduled values.
+    Subclasses decide when it steps. `state_dict`/`load_state_dict` hold the scheduler's state and the
+    param groups' hyper-parameters (creating a torch scheduler resets them to its start values, so a
+    resumed fit puts them back). After the fit, the keys the scheduler added to the param groups
+    (`initial_lr`, `max_lr`, ...) are removed again; the hyper-parameters keep their last values.
     """
 
     order = 80  # steps after RecorderCB has recorded the values the step used
 
     def __init__(self, scheduler_f: Callable, **kwargs):
-        self.scheduler_f, self.kwargs, self.scheduler, self._pending = scheduler_f, kwargs, None, None
+        self.scheduler_f, self.kwargs, self.scheduler = scheduler_f, kwargs, None
 
     def before_fit(self, learn) -> None:
         self._own_keys = [set(group) for group in learn.opt.param_groups]
-        self.scheduler = self.scheduler_f(learn.opt, **self.scheduler_kwargs(learn))
-        if self._pending is not None:
-            self._load(self._pending)
-            self._pending = None
-
-    def scheduler_kwargs(self, learn) -> dict:
-        """The keyword arguments the scheduler is created with (subclasses fill in what they know)."""
-        return self.kwargs
+        self._opt = learn.opt
+        self.scheduler = self.scheduler_f(learn.opt, **self.kwargs)
 
     def cleanup_fit(self, learn) -> None:
         for group, keys in zip(learn.opt.param_groups, getattr(self, "_own_keys", ())):
@@ -64,52 +57,28 @@ class BaseSchedulerCB(Callback):
             self.scheduler.step()
 
     def state_dict(self) -> dict:
-        return self.scheduler.state_dict() if self.scheduler is not None else {}
+        if self.scheduler is None:
+            return {}
+        hypers = [{k: v for k, v in group.items() if k != "params"} for group in self._opt.param_groups]
+        return {"scheduler": self.scheduler.state_dict(), "param_groups": hypers}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore now, or when the scheduler is created at the next `before_fit`."""
+        """Continue a resumed run (called after `before_fit` has created the scheduler)."""
         if self.scheduler is None:
-            self._pending = state
-        else:
-            self._load(state)
-
-    def _load(self, state: dict) -> None:
-        saved, now = state.get("total_steps"), getattr(self.scheduler, "total_steps", None)
-        if saved is not None and now is not None and saved != now:
-            raise ValueError(f"The saved {type(self.scheduler).__name__} was made for {saved} steps, but this fit "
-                             f"has {now}: resume with the n_epochs (and batch size) of the interrupted run. To "
-                             f"train longer, start a new fit from the loaded weights instead of resuming.")
-        self.scheduler.load_state_dict(state)
+            raise RuntimeError(f"{type(self).__name__} has no scheduler to load a state into: its state is "
+                               f"restored by `fit(resume=path)`, after the scheduler is created.")
+        self.scheduler.load_state_dict(state["scheduler"])
+        for group, hypers in zip(self._opt.param_groups, state["param_groups"]):
+            group.update(hypers)
 
 
 class BatchSchedulerCB(BaseSchedulerCB):
-    """Steps the scheduler after every optimizer step (`OneCycleLR`, or `CosineAnnealingLR` with
-    `T_max` = total steps); with gradient accumulation that is once per accumulated step.
-
-    A scheduler that takes `total_steps` (OneCycleLR) gets it at `before_fit` when it is not given
-    (nor `epochs`): the optimizer steps of the whole fit, counted on the loader as this process sees
-    it (after DDP sharding) and with a GradientAccumulationCB's grouping of batches.
-    """
-
-    def scheduler_kwargs(self, learn) -> dict:
-        try:
-            takes_total = "total_steps" in inspect.signature(self.scheduler_f).parameters
-        except (TypeError, ValueError):  # a callable without a signature to read
-            takes_total = False
-        if not takes_total or {"total_steps", "epochs"} & self.kwargs.keys():
-            return self.kwargs
-        return {**self.kwargs, "total_steps": learn.n_epochs * optimizer_steps_per_epoch(learn)}
+    """Steps the scheduler after every optimizer step (`CosineAnnealingLR` with `T_max` = total steps,
+    torch's `OneCycleLR` with `total_steps`); with gradient accumulation that is once per accumulated
+    step. (slowlearn's own `OneCycleCB` needs no step count: it follows `learn.pct_train`.)"""
 
     def after_step(self, learn) -> None:
         self._step(learn)
-
-
-def optimizer_steps_per_epoch(learn) -> int:
-    """Optimizer steps in one training epoch: one per batch, or one per group of a
-    GradientAccumulationCB's `n_steps` batches (the last, partial group is stepped too)."""
-    n_batches = len(learn.dls.train)
-    accumulation = getattr(learn, "gradient_accumulation", None)
-    return math.ceil(n_batches / accumulation.n_steps) if accumulation is not None else n_batches
 
 
 class EpochSchedulerCB(BaseSchedulerCB):
@@ -187,12 +156,55 @@ def one_cycle_mom(moms: tuple[float, float] = (0.95, 0.85), pct_start: float = 0
     return combine_scheds([pct_start, 1 - pct_start], [sched_cos(high, low), sched_cos(low, high)])
 
 
-class OneCycleCB(ParamSchedulerCB):
-    """One-cycle training as pure functions of progress: lr up then down, momentum down then up."""
+class OneCycleCB(Callback):
+    """One-cycle training as pure functions of training progress (`learn.pct_train`).
 
-    def __init__(self, max_lr: float, pct_start: float = 0.3, div: float = 25., div_final: float = 1e4,
-                 moms: tuple[float, float] | None = (0.95, 0.85)):
-        scheds = {"lr": one_cycle_lr(max_lr, pct_start, div, div_final)}
-        if moms is not None:
-            scheds["mom"] = one_cycle_mom(moms, pct_start)
-        super().__init__(**scheds)
+    Each param group's lr follows `one_cycle_lr(peak)`: a cosine from peak/`div` up to its peak over
+    `pct_start` of training, then down to peak/(`div` * `div_final`); momentum (or Adam's beta1) goes
+    the opposite way between `moms` (`None` leaves it alone). `lr_max` is every group's peak, or a
+    sequence of one peak per group. With no state of its own, a resumed run gets exactly the values of
+    an uninterrupted one; resumed with another `n_epochs`, it continues on the cycle of the new length.
+    After a complete fit the groups hold the schedule's end values (lr peak/(div * div_final), the
+    highest momentum): a later plain `fit()` trains at those unless given `lr=`.
+    """
+
+    order = 10  # before callbacks that read hyper-parameters in before_batch
+
+    def __init__(self, lr_max: float | Sequence[float], pct_start: float = 0.3, div: float = 25.,
+                 div_final: float = 1e4, moms: tuple[float, float] | None = (0.95, 0.85)):
+        self.lr_max, self.pct_start, self.div, self.div_final = lr_max, pct_start, div, div_final
+        self.mom = one_cycle_mom(moms, pct_start) if moms is not None else None
+
+    def before_fit(self, learn) -> None:
+        groups = learn.opt.param_groups
+        peaks = list(self.lr_max) if isinstance(self.lr_max, Sequence) else [self.lr_max] * len(groups)
+        if len(peaks) != len(groups):
+            raise ValueError(f"OneCycleCB got {len(peaks)} peak lrs for an optimizer with {len(groups)} param "
+                             f"groups: give one lr_max for all groups, or one per group.")
+        self.lr_scheds = [one_cycle_lr(peak, self.pct_start, self.div, self.div_final) for peak in peaks]
+
+    def before_batch(self, learn) -> None:
+        if learn.training:
+            self._set(learn, learn.pct_train)
+
+    def after_fit(self, learn) -> None:
+        if learn.pct_train:  # the schedule's last value (1 after a complete fit) for whatever comes next
+            self._set(learn, learn.pct_train)
+
+    def _set(self, learn, pct: float) -> None:
+        for group, lr_sched in zip(learn.opt.param_groups, self.lr_scheds):
+            group["lr"] = lr_sched(pct)
+            if self.mom is not None:
+                set_hyper(group, "mom", self.mom(pct))
+
+
+class OneCycleMixin:
+    """The Learner's `fit_one_cycle`."""
+
+    def fit_one_cycle(self, n_epochs: int, lr_max: float | Sequence[float] | None = None, pct_start: float = 0.3,
+                      div: float = 25., div_final: float = 1e4, moms: tuple[float, float] | None = (0.95, 0.85),
+                      cbs: Sequence[Callback] = (), **fit_kwargs):
+        """`fit(n_epochs)` under `OneCycleCB(lr_max, ...)` (`lr_max` defaults to `learn.lr`); `fit_kwargs`
+        go to `fit` (`resume=path` continues a run). See OneCycleCB for what the next fit trains at."""
+        cycle = OneCycleCB(lr_max if lr_max is not None else self.lr, pct_start, div, div_final, moms)
+        return self.fit(n_epochs, cbs=[cycle, *cbs], **fit_kwargs)

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import csv
-import math
 import os
 import time
 from pathlib import Path
@@ -13,10 +12,10 @@ import torch
 
 from ..checkpoint import save_checkpoint
 from ..distributed import all_reduce_sum, is_rank0, rank0_print
-from ..learner import Callback, CancelFitException
+from ..callback import Callback, CancelFitException
 from .schedule import BaseSchedulerCB
 
-__all__ = ["latest_metric", "CheckpointCB", "EarlyStoppingCB", "TerminateOnNaNCB", "ReduceLROnPlateauCB",
+__all__ = ["latest_metric", "MonitorCB", "CheckpointCB", "EarlyStoppingCB", "TerminateOnNaNCB", "ReduceLROnPlateauCB",
            "CSVLoggerCB"]
 
 
@@ -32,16 +31,6 @@ def latest_metric(learn, name: str) -> float:
     raise KeyError(f"No metric '{name}' in learn.history (needs MetricsCB); available: {names or 'none yet'}")
 
 
-def _monitored_phase_ended(learn, monitor: str) -> bool:
-    return learn.training == monitor.startswith("train_")
-
-
-def _improved(value: float, best: float | None, mode: str, min_delta: float = 0.) -> bool:
-    if best is None:
-        return True
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
 def _mode(monitor: str, mode: str | None) -> str:
     if mode is None:
         return "min" if "loss" in monitor else "max"
@@ -50,7 +39,39 @@ def _mode(monitor: str, mode: str | None) -> str:
     return mode
 
 
-class CheckpointCB(Callback):
+class MonitorCB(Callback):
+    """Base of the callbacks that watch one metric: `monitor` names a phase and a MetricsCB column
+    ("valid_loss", "train_accuracy", ...), `mode` says whether "min" or "max" is better (by default
+    "min" for losses). At `before_fit` the name is checked against the columns this fit will produce
+    (`learn.metric_names`, for the phases it runs), so a wrong name fails before any training, listing
+    the available ones. `monitor=None` watches nothing."""
+
+    def __init__(self, monitor: str | None, mode: str | None = None):
+        self.monitor, self.mode = monitor, _mode(monitor, mode) if monitor else None
+
+    def before_fit(self, learn) -> None:
+        if self.monitor is not None:
+            phases = ["train", "valid"] if learn.valid_phase else ["train"]
+            available = [f"{phase}_{name}" for phase in phases for name in learn.metric_names]
+            if self.monitor not in available:
+                raise ValueError(f"{type(self).__name__} monitors '{self.monitor}', which this fit does not "
+                                 f"compute; available: {', '.join(available) or 'none (add a MetricsCB)'}.")
+        if hasattr(super(), "before_fit"):  # e.g. BaseSchedulerCB's, for ReduceLROnPlateauCB
+            super().before_fit(learn)
+
+    def monitored_value(self, learn) -> float | None:
+        """The monitored metric's latest value at the end of its phase; None at the end of the other."""
+        if learn.training != self.monitor.startswith("train_"):
+            return None
+        return latest_metric(learn, self.monitor)
+
+    def improved(self, value: float, best: float | None, min_delta: float = 0.) -> bool:
+        if best is None:
+            return True
+        return value < best - min_delta if self.mode == "min" else value > best + min_delta
+
+
+class CheckpointCB(MonitorCB):
     """Saves complete checkpoints (see `slowlearn.checkpoint`) to `path` during training.
 
     `every="epoch"` saves at the end of every epoch; an int saves every that many training batches
@@ -65,8 +86,8 @@ class CheckpointCB(Callback):
                  mode: str | None = None):
         if every != "epoch" and not (isinstance(every, int) and every > 0):
             raise ValueError(f"every must be 'epoch' or a positive number of batches, got {every!r}")
-        self.path, self.every, self.monitor = Path(path), every, monitor
-        self.mode = _mode(monitor, mode) if monitor else None
+        super().__init__(monitor, mode)
+        self.path, self.every = Path(path), every
         self.best: float | None = None
 
     def after_batch(self, learn) -> None:
@@ -75,11 +96,10 @@ class CheckpointCB(Callback):
 
     def after_epoch(self, learn) -> None:
         if self.monitor is not None:
-            if _monitored_phase_ended(learn, self.monitor):
-                value = latest_metric(learn, self.monitor)
-                if _improved(value, self.best, self.mode):
-                    self.best = value
-                    self._save_epoch(learn)
+            value = self.monitored_value(learn)
+            if value is not None and self.improved(value, self.best):
+                self.best = value
+                self._save_epoch(learn)
         elif self.every == "epoch" and learn.in_last_phase:
             self._save_epoch(learn)
 
@@ -95,23 +115,25 @@ class CheckpointCB(Callback):
         self.best = state["best"]
 
 
-class EarlyStoppingCB(Callback):
+class EarlyStoppingCB(MonitorCB):
     """Stops training when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
 
     order = 90
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0., mode: str | None = None):
-        self.monitor, self.patience, self.min_delta, self.mode = monitor, patience, min_delta, _mode(monitor, mode)
+        super().__init__(monitor, mode)
+        self.patience, self.min_delta = patience, min_delta
         self.best, self.wait, self.stopped_epoch = None, 0, None
 
     def before_fit(self, learn) -> None:
+        super().before_fit(learn)
         self.best, self.wait, self.stopped_epoch = None, 0, None
 
     def after_epoch(self, learn) -> None:
-        if not _monitored_phase_ended(learn, self.monitor):
+        value = self.monitored_value(learn)
+        if value is None:
             return
-        value = latest_metric(learn, self.monitor)
-        if _improved(value, self.best, self.mode, self.min_delta):
+        if self.improved(value, self.best, self.min_delta):
             self.best, self.wait = value, 0
             return
         self.wait += 1
@@ -150,16 +172,19 @@ class TerminateOnNaNCB(Callback):
             raise CancelFitException()
 
 
-class ReduceLROnPlateauCB(BaseSchedulerCB):
+class ReduceLROnPlateauCB(MonitorCB, BaseSchedulerCB):
     """torch's ReduceLROnPlateau, stepped with `monitor` at the end of each epoch (kwargs: factor, patience, ...)."""
 
+    order = BaseSchedulerCB.order
+
     def __init__(self, monitor: str = "valid_loss", mode: str | None = None, **kwargs):
-        super().__init__(lr_scheduler.ReduceLROnPlateau, mode=_mode(monitor, mode), **kwargs)
-        self.monitor = monitor
+        MonitorCB.__init__(self, monitor, mode)
+        BaseSchedulerCB.__init__(self, lr_scheduler.ReduceLROnPlateau, mode=self.mode, **kwargs)
 
     def after_epoch(self, learn) -> None:
-        if _monitored_phase_ended(learn, self.monitor):
-            self.scheduler.step(latest_metric(learn, self.monitor))
+        value = self.monitored_value(learn)
+        if value is not None:
+            self.scheduler.step(value)
 
 
 class CSVLoggerCB(Callback):

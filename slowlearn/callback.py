@@ -1,0 +1,154 @@
+"""The callback protocol: the events and verbs of the loop, the `Callback` base class, the cancel
+exceptions, and the checks and dispatch tables that bind callbacks to events (see `learner.py`)."""
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterable
+
+from fastcore.basics import camel2snake
+
+__all__ = ["EVENTS", "VERBS", "Callback", "CallbackListMixin", "CancelException", "CancelFitException", "CancelEpochException",
+           "CancelBatchException", "CancelStepException", "check_callback", "call", "Dispatch"]
+
+EVENTS = ("before_fit", "before_epoch", "before_batch", "after_predict", "after_loss", "after_backward",
+          "after_step", "after_batch", "after_epoch", "after_fit", "cleanup_fit", "cleanup_epoch", "cleanup_batch")
+VERBS = ("predict", "get_loss", "backward", "step", "zero_grad")
+
+Handler = Callable[[object], None]
+
+
+class CancelException(Exception):
+    """Base of the cancel exceptions: skip the rest of a level and its `after_*` event."""
+
+
+class CancelFitException(CancelException):
+    """Raise in a callback to end training now; `cleanup_fit` still runs."""
+
+
+class CancelEpochException(CancelException):
+    """Raise in a callback to skip the rest of this epoch's phase (train or valid) and its `after_epoch`."""
+
+
+class CancelBatchException(CancelException):
+    """Raise in a callback to skip the rest of this batch and its `after_batch`."""
+
+
+class CancelStepException(CancelException):
+    """Raise in `after_backward` to skip this batch's optimizer step, `after_step` and `zero_grad`
+    (gradient accumulation); `after_batch` still runs."""
+
+
+class Callback:
+    """Base class of callbacks. Define methods named after events or verbs, each taking the learner.
+
+    Events (run in `order`, lower first):
+      before_fit     once, before training starts (the optimizer exists already)
+      before_epoch   at the start of each phase of an epoch: `learn.training` says train or valid
+      before_batch   before the model sees `learn.batch`
+      after_predict  after `learn.preds` is set
+      after_loss     after `learn.loss` is set
+      after_backward after gradients are computed (train only); CancelStepException here skips the step
+      after_step     after the optimizer step (train only)
+      after_batch    at the end of each batch
+      after_epoch    at the end of each phase of an epoch
+      after_fit      once, after the last epoch
+      cleanup_batch / cleanup_epoch / cleanup_fit  always, even after an error or a cancel
+    Verbs (`predict, get_loss, backward, step, zero_grad`): a callback defining one replaces the
+    Learner's default; only one callback may replace each verb.
+    """
+
+    order: int = 0
+
+    @property
+    def name(self) -> str:
+        """Snake-case class name without the `CB`/`Callback` suffix: `learn.<name>` finds the callback."""
+        cls = type(self).__name__
+        for suffix in ("Callback", "CB"):
+            cls = cls.removesuffix(suffix)
+        return camel2snake(cls)
+
+
+class CallbackListMixin:
+    """The Learner's list of callbacks `cbs`: `add_cb`, `remove_cb`, and `learn.<name>` for a callback."""
+
+    cbs: list[Callback]
+
+    def __getattr__(self, name: str):
+        if name != "cbs":
+            for cb in self.__dict__.get("cbs", ()):
+                if cb.name == name:
+                    return cb
+        raise AttributeError(f"'{type(self).__name__}' has no attribute or callback named '{name}'")
+
+    def add_cb(self, cb: Callback):
+        self.cbs.append(cb)
+        return self
+
+    def remove_cb(self, cb: Callback):
+        self.cbs.remove(cb)
+        return self
+
+
+def _looks_like_event(name: str) -> bool:
+    if name.startswith(("before_", "after_", "cleanup_")):
+        return True
+    return bool(difflib.get_close_matches(name, EVENTS + VERBS, n=1, cutoff=0.85))
+
+
+def check_callback(cb: Callback) -> None:
+    """A method whose name looks like an event but is none (a typo such as `after_btach`) is an error."""
+    for attr in dir(type(cb)):
+        if attr.startswith("_") or attr in EVENTS or attr in VERBS:
+            continue
+        if callable(getattr(type(cb), attr)) and _looks_like_event(attr):
+            close = difflib.get_close_matches(attr, EVENTS + VERBS, n=1, cutoff=0.6)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise AttributeError(f"Callback {type(cb).__name__} defines '{attr}', which is not an event."
+                                 f"{hint} Events are: {', '.join(EVENTS)}.")
+
+
+def call(cb: Callback, method: Handler, where: str, learn) -> None:
+    """Run one handler; an error (not a cancel) gets a note naming the callback and the event."""
+    try:
+        method(learn)
+    except CancelException:
+        raise
+    except Exception as e:
+        e.add_note(f"(raised in callback {type(cb).__name__} during {where})")
+        raise
+
+
+class Dispatch:
+    """A fit's callbacks bound to the events and verbs: sorted by `order` and checked once per fit."""
+
+    def __init__(self, cbs: Iterable[Callback]):
+        cbs = sorted(cbs, key=lambda cb: cb.order)
+        for cb in cbs:
+            check_callback(cb)
+        self.handlers = {ev: [(cb, getattr(cb, ev)) for cb in cbs if hasattr(cb, ev)] for ev in EVENTS}
+        self.verbs = {}
+        for verb in VERBS:
+            owners = [cb for cb in cbs if callable(getattr(type(cb), verb, None))]
+            if len(owners) > 1:
+                names = " and ".join(type(cb).__name__ for cb in owners)
+                raise RuntimeError(f"Callbacks {names} both replace the '{verb}' step; keep only one of them.")
+            self.verbs[verb] = (owners[0], getattr(owners[0], verb)) if owners else None
+
+    def event(self, event: str, learn) -> None:
+        for cb, method in self.handlers[event]:
+            call(cb, method, event, learn)
+
+    def verb(self, verb: str, learn, default: Callable[[], None]) -> None:
+        """Run the callback that replaces `verb`, or else the Learner's `default`."""
+        owner = self.verbs[verb]
+        if owner is None:
+            default()
+        else:
+            call(owner[0], owner[1], verb, learn)
+
+    def wrap(self, wrap: Callable[[Handler], Handler], skip: Iterable[Callback] = ()) -> None:
+        """Run every event handler (but those of `skip`) as `wrap(handler)(learn)` for the rest of this fit:
+        call it in `before_fit` to measure or trace the other callbacks (ProfilerCB does)."""
+        skip = list(skip)
+        self.handlers = {event: [(cb, method if cb in skip else wrap(method)) for cb, method in handlers]
+                         for event, handlers in self.handlers.items()}

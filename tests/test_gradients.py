@@ -1,0 +1,51 @@
+import torch
+from torch import nn
+
+from slowlearn import Callback, DataLoaders, GradientAccumulationCB, GradientClipCB, Learner, TensorLoader
+
+
+def linear_dls(n, bs):
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(n, 5, generator=g), torch.randint(0, 3, (n,), generator=g)
+    return DataLoaders(TensorLoader(x, y, bs, device="cpu"), TensorLoader(x[:8], y[:8], 8, device="cpu"))
+
+
+def trained_weights(dls, cbs=()):
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    Learner(model, dls, lr=0.5, cbs=list(cbs)).fit(1, valid=False)
+    return torch.cat([model.weight.flatten(), model.bias])
+
+
+def test_gradient_accumulation_equals_one_big_batch():
+    big = trained_weights(linear_dls(512, 512))
+    accumulated = trained_weights(linear_dls(512, 128), [GradientAccumulationCB(4)])
+    plain_small = trained_weights(linear_dls(512, 128))
+    torch.testing.assert_close(accumulated, big)
+    assert not torch.allclose(plain_small, big)
+
+
+def test_last_partial_accumulation_is_stepped():
+    steps = []
+
+    class CountSteps(Callback):
+        def after_step(self, learn):
+            steps.append(learn.iter)
+
+    trained_weights(linear_dls(640, 128), [GradientAccumulationCB(4), CountSteps()])
+    assert steps == [3, 4]  # after 4 batches, then the 5th batch alone at the end of the epoch
+
+
+def test_gradient_clip_bounds_the_global_norm():
+    seen = []
+
+    class Norm(Callback):
+        order = 10  # after GradientClipCB
+
+        def after_backward(self, learn):
+            grads = [p.grad for p in learn.model.parameters()]
+            seen.append(torch.linalg.vector_norm(torch.stack([g.norm() for g in grads])).item())
+
+    clip = GradientClipCB(max_norm=0.05)
+    trained_weights(linear_dls(256, 32), [clip, Norm()])
+    assert max(seen) <= 0.05 + 1e-6 and max(clip.norms) > 0.05 and len(clip.norms) == 8

@@ -1,0 +1,57 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from slowlearn import Callback, GradientClipCB, Learner, MixedPrecisionCB, TerminateOnNaNCB
+
+from conftest import make_dls
+
+
+def test_mixed_precision_bf16_on_cpu_runs_forward_in_bf16():
+    dtypes = []
+
+    class Watch(Callback):
+        def after_predict(self, learn):
+            dtypes.append(learn.preds.dtype)
+
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MixedPrecisionCB("bf16"), Watch()])
+    learn.fit(1)
+    assert set(dtypes) == {torch.bfloat16} and learn.model.weight.dtype == torch.float32
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_mixed_precision_fp16_counts_skipped_steps():
+    class Overflow(Callback):
+        order = -3  # after MixedPrecisionCB's backward, before its step
+
+        def after_backward(self, learn):
+            if learn.iter == 1:
+                learn.model.weight.grad[0, 0] = math.inf
+
+    mp = MixedPrecisionCB("fp16")
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[mp, Overflow(), GradientClipCB(1.), TerminateOnNaNCB()])
+    learn.fit(1)
+    assert mp.skipped_steps == 1 and torch.isfinite(learn.model.weight).all()
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        MixedPrecisionCB("int8")
+
+
+class HalfPrecisionCB(MixedPrecisionCB):
+    """MixedPrecisionCB under another name: the scaler reaches GradientClipCB through the Learner's slot."""
+
+
+@pytest.mark.parametrize("precision_cb", [MixedPrecisionCB, HalfPrecisionCB])
+def test_clipping_under_fp16_sees_unscaled_gradients_whatever_the_callback_is_called(precision_cb):
+    def norms(cbs):
+        clip = GradientClipCB(max_norm=1e9)  # measures without clipping
+        torch.manual_seed(0)
+        learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[*cbs, clip])
+        learn.fit(1)
+        return clip.norms, learn
+
+    fp32, _ = norms([])
+    fp16, learn = norms([precision_cb("fp16")])
+    assert fp16 == pytest.approx(fp32, rel=1e-2)  # scaled gradients would be 2**16 times larger
+    assert learn.grad_scaler is None  # the slot is the callback's for the fit only

@@ -1,0 +1,25 @@
+import pytest
+from torch import nn
+
+from slowlearn import Learner, MetricsCB, ProfilerCB, ProgressCB, find_batch_size
+
+from conftest import make_dls
+
+
+def test_profiler_report(capsys):
+    profiler = ProfilerCB()
+    learn = Learner(nn.Sequential(nn.Linear(3, 64), nn.ReLU(), nn.Linear(64, 2)), make_dls(n_train=40, bs=4),
+                    cbs=[profiler, MetricsCB(), ProgressCB()])
+    learn.fit(2)
+    report = profiler.report()
+    assert report["batches"] == 20 and report["samples_per_s"] > 0 and report["peak_memory_mb"] > 0
+    assert set(report["times"]) == {"data", "forward", "loss", "backward", "step", "callbacks"}
+    assert all(t >= 0 for t in report["times"].values()) and report["times"]["callbacks"] > 0
+    assert report["total"] == pytest.approx(sum(report["times"].values()))
+    assert "samples/s" in capsys.readouterr().out
+
+
+def test_find_batch_size():
+    dls = make_dls(n_train=300, bs=4)
+    rows = find_batch_size(nn.Linear(3, 2), dls, candidates=(16, 64, 256, 1024), steps=2)
+    assert [r["bs"] for r in rows] == [16, 64, 256] and all(r["samples_per_s"] > 0 for r in rows)

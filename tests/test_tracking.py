@@ -1,0 +1,133 @@
+import csv
+
+import pytest
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+
+from slowlearn import (ActivationStatsCB, CSVLoggerCB, Callback, CheckpointCB, EarlyStoppingCB, Learner, MetricsCB,
+                       ReduceLROnPlateauCB, TerminateOnNaNCB)
+from slowlearn import checkpoint as checkpoint_module
+from slowlearn.checkpoint import read_checkpoint
+
+from conftest import make_dls
+
+
+def test_checkpoint_keeps_best_by_monitor(tmp_path):
+    losses = iter([0.5, 0.4, 0.45, 0.3])
+
+    class Scripted(Callback):
+        order = MetricsCB.order + 1
+
+        def after_epoch(self, learn):
+            if not learn.training:
+                learn.history[-1]["loss"] = next(losses)
+
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), Scripted(),
+                                                      CheckpointCB(tmp_path / "best.pt", monitor="valid_loss")])
+    saved = []
+    original = checkpoint_module.save_checkpoint
+
+    def spy(learn, path, epoch, iter=0):
+        saved.append(epoch)
+        return original(learn, path, epoch, iter)
+
+    import slowlearn.callbacks.tracking as tracking
+    tracking.save_checkpoint, old = spy, tracking.save_checkpoint
+    try:
+        learn.fit(4)
+    finally:
+        tracking.save_checkpoint = old
+    assert saved == [1, 2, 4]  # positions after epochs 0, 1 and 3: the improvements
+    assert read_checkpoint(tmp_path / "best.pt")["callbacks"]["CheckpointCB"]["best"] == 0.3
+
+
+def test_early_stopping_on_a_scripted_sequence():
+    losses = iter([1.0, 0.8, 0.81, 0.79, 0.80, 0.82, 0.5])
+
+    class Scripted(Callback):
+        order = MetricsCB.order + 1
+
+        def after_epoch(self, learn):
+            if not learn.training:
+                learn.history[-1]["loss"] = next(losses)
+
+    stop = EarlyStoppingCB(patience=2, min_delta=0.02)
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), Scripted(), stop])
+    learn.fit(10)
+    # 0.79 improves on 0.8 by less than min_delta: epochs 2 and 3 are no better, so it stops at epoch 3
+    assert stop.stopped_epoch == 3 and len(learn.history) == 8
+
+
+def test_terminate_on_nan_names_epoch_and_batch_and_cleans_up(capsys):
+    cleanups = []
+
+    class Poison(Callback):
+        order = -1
+
+        def after_loss(self, learn):
+            if learn.training and learn.epoch == 1 and learn.iter == 2:
+                learn.loss = learn.loss * float("nan")
+
+        def cleanup_fit(self, learn):
+            cleanups.append("fit")
+
+    nan = TerminateOnNaNCB()
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
+    learn = Learner(model, make_dls(), cbs=[Poison(), nan, ActivationStatsCB()])
+    learn.fit(3)
+    assert nan.stopped_at == (1, 2) and cleanups == ["fit"]
+    assert "epoch 1, batch 2" in capsys.readouterr().out
+    assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+
+
+def test_reduce_lr_on_plateau():
+    class Flat(Callback):
+        order = MetricsCB.order + 1
+
+        def after_epoch(self, learn):
+            if not learn.training:
+                learn.history[-1]["loss"] = 1.0
+
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1,
+                    cbs=[MetricsCB(), Flat(), ReduceLROnPlateauCB(patience=0, factor=0.5)])
+    learn.fit(3)
+    assert learn.opt.param_groups[0]["lr"] == pytest.approx(0.025)
+
+
+def test_csv_logger_rows(tmp_path):
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[MetricsCB(), CSVLoggerCB(tmp_path / "log.csv")])
+    learn.fit(2)
+    rows = list(csv.DictReader(open(tmp_path / "log.csv")))
+    assert [(r["epoch"], r["train"]) for r in rows] == [("0", "train"), ("0", "eval"), ("1", "train"), ("1", "eval")]
+    assert float(rows[0]["lr"]) == 0.1 and float(rows[0]["time"]) >= 0 and float(rows[0]["loss"]) > 0
+    learn.fit(1)
+    assert len(list(csv.DictReader(open(tmp_path / "log.csv")))) == 2  # a new fit starts a new log
+
+
+class CountBatches(Callback):
+    def __init__(self):
+        self.n = 0
+
+    def after_batch(self, learn):
+        self.n += 1
+
+
+def test_a_monitored_name_the_fit_does_not_compute_fails_before_training_naming_those_it_does(tmp_path):
+    monitors = [EarlyStoppingCB("valid_acc"), CheckpointCB(tmp_path / "best.pt", monitor="valid_acc"),
+                ReduceLROnPlateauCB("valid_acc")]
+    for monitor in monitors:
+        batches = CountBatches()
+        learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(accuracy=MulticlassAccuracy()), monitor, batches])
+        with pytest.raises(ValueError, match=f"{type(monitor).__name__} monitors 'valid_acc', which this fit does "
+                                             f"not compute; available: train_accuracy, train_loss, valid_accuracy, "
+                                             f"valid_loss"):
+            learn.fit(1)
+        assert batches.n == 0 and not (tmp_path / "best.pt").exists()
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), EarlyStoppingCB("valid_loss")])
+    with pytest.raises(ValueError, match="available: train_loss[.]"):
+        learn.fit(1, valid=False)  # no valid phase, no valid_loss
+    with pytest.raises(ValueError, match=r"available: none \(add a MetricsCB\)"):
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[EarlyStoppingCB("valid_loss")]).fit(1)
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), ReduceLROnPlateauCB("valid_loss")]).fit(1)
+    assert learn.reduce_lr_on_plateau.scheduler is not None  # the monitor's check, then the scheduler's before_fit
+

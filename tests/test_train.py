@@ -1,0 +1,37 @@
+import pytest
+import torch
+from torch import nn
+
+from slowlearn import CheckpointCB, one_cycle_lr, set_seed, train_1cycle
+
+from conftest import StopAt, make_dls
+
+
+def one_cycle_run(cbs=(), resume=None, n_epochs=3):
+    set_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+    return train_1cycle(model, lr=0.05, n_epochs=n_epochs, dls=make_dls(n_train=32, bs=8, unseeded=True),
+                        cbs=list(cbs), resume=resume)
+
+
+@pytest.mark.parametrize("stop_at, every", [((1, 3), "epoch"), ((1, 3), 2), ((2, 0), 1)],
+                         ids=["epoch end", "mid-epoch", "first batch of the last epoch"])
+def test_train_1cycle_resumes_its_own_run_bitwise(tmp_path, stop_at, every):
+    straight = one_cycle_run()
+    one_cycle_run([CheckpointCB(tmp_path / "ckpt.pt", every=every), StopAt(*stop_at)])
+    resumed = one_cycle_run([CheckpointCB(tmp_path / "ckpt.pt", every=every)], resume=tmp_path / "ckpt.pt")
+    assert all(torch.equal(a, b) for a, b in zip(straight.model.state_dict().values(),
+                                                  resumed.model.state_dict().values()))
+    assert resumed.recorder.recs["lr"] == straight.recorder.recs["lr"]
+    # (a train row of an epoch resumed mid-way averages only the batches run after the resume)
+    assert [r for r in resumed.history if r["train"] == "eval"] == [r for r in straight.history if r["train"] == "eval"]
+    assert resumed.opt.param_groups[0]["lr"] == straight.opt.param_groups[0]["lr"] == one_cycle_lr(0.05)(1.)
+
+
+def test_resuming_a_one_cycle_run_with_more_epochs_continues_on_the_longer_cycle(tmp_path):
+    one_cycle_run([CheckpointCB(tmp_path / "ckpt.pt"), StopAt(epoch=1, iter=1)])  # saved after epoch 0 of 3
+    resumed = one_cycle_run(resume=tmp_path / "ckpt.pt", n_epochs=5)
+    lrs = resumed.recorder.recs["lr"]
+    assert len(lrs) == 5 * 4  # epoch 0's 4 from the checkpoint, then epochs 1-4
+    assert lrs[4:] == [one_cycle_lr(0.05)((epoch + i / 4) / 5) for epoch in range(1, 5) for i in range(4)]
+    assert resumed.opt.param_groups[0]["lr"] == one_cycle_lr(0.05)(1.)
