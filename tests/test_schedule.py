@@ -9,9 +9,10 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from slowlearn import (Adam, BatchSchedulerCB, Callback, CancelFitException, EpochSchedulerCB, GradientAccumulationCB, Learner,
-                       LRFinderCB, MetricsCB, MomentumSGD, OneCycleCB, ParamSchedulerCB, ProgressCB, RecorderCB,
-                       combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin, train_1cycle, warmup_cos)
+from slowlearn import (Adam, BatchSchedulerCB, Callback, CancelFitException, CheckpointCB, EarlyStoppingCB,
+                       EpochSchedulerCB, GradientAccumulationCB, Learner, LRFinderCB, MetricsCB, MomentumSGD, OneCycleCB,
+                       ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos,
+                       sched_exp, sched_lin, train_1cycle, warmup_cos)
 from slowlearn.callbacks.schedule import get_hyper, set_hyper
 
 from conftest import TrainLosses, make_dls
@@ -211,6 +212,13 @@ def test_lr_find_then_fit_equals_fit_alone():
         return torch.cat([p.flatten() for p in learn.model.state_dict().values()])
 
     assert torch.equal(run(True), run(False))
+
+
+def test_lr_find_with_metric_monitors_sweeps_without_them(tmp_path):
+    monitors = [EarlyStoppingCB("valid_loss"), CheckpointCB(tmp_path / "best.pt", monitor="valid_loss")]
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=200, bs=8), cbs=[MetricsCB(), *monitors])
+    learn.lr_find(num_it=10, show_plot=False)  # the sweep computes no metrics: monitors would have nothing to watch
+    assert learn.cbs[1:] == monitors and not (tmp_path / "best.pt").exists()
 
 
 def test_lr_find_stops_on_divergence():

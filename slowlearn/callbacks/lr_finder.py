@@ -14,6 +14,7 @@ from ..callback import Callback, CancelFitException
 from .metrics import MetricsCB
 from .progress import ProgressCB
 from .recorder import RecorderCB
+from .tracking import MonitorCB
 
 __all__ = ["LRFinderCB", "SuggestedLRs", "lr_find", "LRFindMixin"]
 
@@ -131,13 +132,14 @@ def _restore(learn, saved: dict) -> None:
 def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
             show_plot: bool = True) -> SuggestedLRs:
     """Sweep the lr over `num_it` training batches, then restore model, optimizer, RNGs, loader order and
-    history exactly. Metrics, progress and recorder callbacks sit the sweep out. Returns
+    history exactly. Metrics, progress, recorder and metric-monitoring callbacks (early stopping, checkpoints
+    of the best, lr on plateau) sit the sweep out. Returns
     `SuggestedLRs(valley, steep)`; `learn.lr_finder` keeps the sweep and its `plot()`, which a
     notebook shows right away when `show_plot`."""
     finder = LRFinderCB(start_lr, end_lr, num_it, stop_div)
     saved = _snapshot(learn)
     cbs = learn.cbs
-    learn.cbs = [cb for cb in cbs if not isinstance(cb, (MetricsCB, ProgressCB, RecorderCB))]
+    learn.cbs = [cb for cb in cbs if not isinstance(cb, (MetricsCB, ProgressCB, RecorderCB, MonitorCB))]
     try:
         learn.fit(math.ceil(num_it / len(learn.dls.train)), cbs=[finder], valid=False)
     finally:
