@@ -38,7 +38,8 @@ class Learner(CallbackListMixin, OneCycleMixin, LRFindMixin, InferenceMixin, Che
     """Trains `model` on `dls` (a `DataLoaders`) with `loss_func`, an optimizer from `opt_func` and callbacks.
 
     During a fit callbacks read `model, dls, opt, loss_func, n_epochs, epoch, training, dl, n_iter, iter,
-    batch, preds, loss, pct_train` (fraction of training done) and `cbs`. What callbacks share lives in
+    batch, preds, loss, pct_train` (fraction of training done), `cbs` and `dispatch` (the fit's handlers,
+    which `dispatch.wrap` can wrap, e.g. to time them). What callbacks share lives in
     these slots, each set by one callback for the fit and put back after it:
       device        the device the fit trains on: this process's under DistributedCB, else DeviceCB's
       grad_scaler   the fp16 GradScaler (MixedPrecisionCB): unscale with it before touching gradients
@@ -111,7 +112,7 @@ class Learner(CallbackListMixin, OneCycleMixin, LRFindMixin, InferenceMixin, Che
         elif lr is not None:
             for group in self.opt.param_groups:
                 group["lr"] = lr
-        self.dispatch = Dispatch(self.cbs)  # `learn.dispatch.wrap(...)` wraps handlers for this fit
+        self.dispatch = Dispatch(self.cbs)
 
     def callback(self, event: str) -> None:
         self.dispatch.event(event, self)

@@ -44,7 +44,7 @@ class MonitorCB(Callback):
     ("valid_loss", "train_accuracy", ...), `mode` says whether "min" or "max" is better (by default
     "min" for losses). At `before_fit` the name is checked against the columns this fit will produce
     (`learn.metric_names`, for the phases it runs), so a wrong name fails before any training, listing
-    the available ones. `monitor=None` watches nothing."""
+    the available ones (subclasses therefore run after MetricsCB: `order` > 50). `monitor=None` watches nothing."""
 
     def __init__(self, monitor: str | None, mode: str | None = None):
         self.monitor, self.mode = monitor, _mode(monitor, mode) if monitor else None
