@@ -16,6 +16,7 @@ setup(
     python_requires=">=" + cfg["min_python"],
     packages=find_packages(include=[cfg["lib_name"], cfg["lib_name"] + ".*"]),
     install_requires=cfg["requirements"].split(),
-    extras_require={"dev": cfg["dev_requirements"].split()},
+    # every `<extra>_requirements` line is an extra: dev, onnx, ...
+    extras_require={key.removesuffix("_requirements"): cfg[key].split() for key in cfg if key.endswith("_requirements")},
     entry_points={"console_scripts": cfg["console_scripts"].split()},
 )

@@ -8,11 +8,14 @@ from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
 from .distributed import is_rank0, rank0_first
 from .inference import Prediction, Preds, confusion_matrix
+from .export import ExportError
 from .init import BatchNorm, GeneralReLU, init_weights, lsuv_init, set_seed
 from .learner import Learner
 from .models import (MLP, ResBlock, conv_block, get_kaiming_initalized_model, get_kaiming_initialized_model, resnet,
                      seed_cnn, summary)
 from .optim import SGD, AdaDelta, AdaGrad, Adam, AdamW, MomentumSGD, RMSProp
+from .predictor import FilePreds, Predictor, load_learner
+from .preprocess import Preprocessing
 from .show import plot_confusion_matrix, plot_metrics, plot_top_losses, show_batch, show_results
 from .train import compare_optimizers, train, train_1cycle
 
@@ -32,4 +35,5 @@ __all__ = [
     "train", "train_1cycle", "compare_optimizers",
     "Preds", "Prediction", "confusion_matrix", "show_batch", "show_results", "plot_confusion_matrix",
     "plot_top_losses", "plot_metrics",
+    "load_learner", "Predictor", "FilePreds", "Preprocessing", "ExportError",
 ]

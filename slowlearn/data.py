@@ -51,6 +51,7 @@ class TensorLoader:
         device = torch.device(device) if device is not None else default_device()
         self.x, self.y = x.to(device), y.to(device)
         self.bs, self.shuffle, self.drop_last, self.device, self.aug = bs, shuffle, drop_last, device, aug
+        self.mean, self.std = mean, std  # as given; exports record them
         self.scale, self.shift = self._affine(mean, std)
         self.seed, self.generator = seed, torch.Generator()
         if seed is not None:

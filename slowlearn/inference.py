@@ -2,13 +2,17 @@
 from __future__ import annotations
 
 import copy
+import os
 from typing import NamedTuple
 
 import torch
 
 from .device import model_device, to_device
+from .export import export_learner
+from .preprocess import as_items, preprocessing_of, to_batch
 
-__all__ = ["InferenceMixin", "Preds", "Prediction", "get_preds", "predict", "validate", "confusion_matrix"]
+__all__ = ["InferenceMixin", "Preds", "Prediction", "get_preds", "predict", "prediction", "validate",
+           "confusion_matrix"]
 
 
 class Preds(NamedTuple):
@@ -59,40 +63,32 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False,
 
 
 @torch.no_grad()
-def predict(learn, x: torch.Tensor) -> Prediction:
-    """Predict one item (shape as stored in the dataset, e.g. uint8 1x28x28) or a batch of them.
+def predict(learn, x) -> Prediction:
+    """Predict one item, or a batch of them (a list, or a tensor with a batch dimension).
 
-    A TensorLoader's normalisation is applied to the item; with a torch DataLoader, give the item as
-    its dataset returns it. Classes are named from `dls.classes`.
+    For image data (a `TensorLoader` of uint8 images) an item is an image file path, a PIL image, a uint8
+    tensor or array, or a float one in [0, 1], normalised as the training data was (the rule of
+    `slowlearn.preprocess`, shared with exported models). Other data is given as the dataset stores it.
+    Classes are named from `dls.classes`.
     """
-    loader = learn.dls.valid
-    expected = _item_shape(loader)
-    single = tuple(x.shape) == expected
-    if not single and tuple(x.shape[1:]) != expected:
-        raise ValueError(f"predict expects one item of shape {expected} (or a batch of shape (N, "
-                         f"{', '.join(map(str, expected))})), as in the dataset; got shape {tuple(x.shape)}")
-    xb = x[None] if single else x
-    if hasattr(loader, "normalise"):
-        xb = loader.normalise(to_device(xb, loader.device))
+    prep = preprocessing_of(learn.dls)
+    items, single = as_items(x, prep)
     was_training = learn.model.training
     learn.model.eval()
     try:
-        probs = learn.model(xb.to(model_device(learn.model))).float().softmax(-1).cpu()
+        probs = learn.model(to_batch(items, prep).to(model_device(learn.model))).float().softmax(-1).cpu()
     finally:
         learn.model.train(was_training)
+    return prediction(probs, getattr(learn.dls, "classes", None), single)
+
+
+def prediction(probs: torch.Tensor, classes, single: bool) -> Prediction:
+    """Class indexes and names from a batch of probabilities (one item's when `single`)."""
     index = probs.argmax(-1)
-    classes = getattr(learn.dls, "classes", None)
     names = [classes[i] for i in index.tolist()] if classes else None
     if single:
         return Prediction(int(index[0]), names[0] if names else None, probs[0])
     return Prediction(index, names, probs)
-
-
-def _item_shape(loader) -> tuple[int, ...]:
-    """The shape of one input item: from a TensorLoader's tensor, or a torch DataLoader's first item."""
-    if hasattr(loader, "x"):
-        return tuple(loader.x.shape[1:])
-    return tuple(torch.as_tensor(loader.dataset[0][0]).shape)
 
 
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, n_classes: int) -> torch.Tensor:
@@ -114,17 +110,23 @@ def validate(learn, dl=None) -> dict:
 
 
 class InferenceMixin:
-    """The Learner's `get_preds`, `predict` and `validate`."""
+    """The Learner's `get_preds`, `predict`, `validate` and `export`."""
 
     def get_preds(self, dl=None, with_input: bool = False, with_loss: bool = False, tta: bool = False) -> Preds:
         """Probabilities and targets (and inputs, per-item losses) on `dl` (default: the validation set);
         `tta` averages each image's prediction with its mirror image's."""
         return get_preds(self, dl, with_input, with_loss, tta)
 
-    def predict(self, x: torch.Tensor) -> Prediction:
-        """Class index, name and probabilities for one item (or a batch) as stored in the dataset."""
+    def predict(self, x) -> Prediction:
+        """Class index, name and probabilities for one item (or a batch): an image file, PIL image, uint8
+        tensor or array, or float tensor in [0, 1] (see `slowlearn.preprocess`)."""
         return predict(self, x)
 
     def validate(self, dl=None) -> dict:
         """Loss and metrics on `dl` (default: the validation set), without touching the history."""
         return validate(self, dl)
+
+    def export(self, path: str | os.PathLike, format: str = "pt2", preprocessing=None):
+        """One file with the model, its preprocessing and class names: `load_learner(path)` predicts with it
+        anywhere, without this code or the data (see `slowlearn.export`). `format="onnx"` for onnxruntime."""
+        return export_learner(self, path, format, preprocessing)

@@ -10,7 +10,7 @@ from matplotlib.ticker import MaxNLocator
 from .display import finished
 from .inference import confusion_matrix, get_preds
 
-__all__ = ["show_batch", "show_results", "plot_confusion_matrix", "plot_top_losses", "plot_metrics"]
+__all__ = ["show_batch", "show_results", "plot_confusion_matrix", "plot_confusion", "plot_top_losses", "plot_metrics"]
 
 
 def _class_name(classes, i: int) -> str:
@@ -80,8 +80,15 @@ def plot_confusion_matrix(learn, normalize: bool = False, dl=None):
     result = get_preds(learn, dl)
     n_classes = result.preds.shape[-1]
     cm = confusion_matrix(result.targets, result.preds.argmax(-1), n_classes)
+    return plot_confusion(cm, getattr(learn.dls, "classes", None), normalize)
+
+
+def plot_confusion(cm: torch.Tensor, classes=None, normalize: bool = False):
+    """Draw a confusion matrix of counts (row = true class, column = predicted), as fractions per row with
+    `normalize`. The figure keeps the counts as `fig.confusion_matrix`."""
+    n_classes = len(cm)
     shown = cm / cm.sum(1, keepdim=True).clamp_min(1) if normalize else cm
-    classes = getattr(learn.dls, "classes", None) or [str(i) for i in range(n_classes)]
+    classes = classes or [str(i) for i in range(n_classes)]
     fig, ax = plt.subplots(figsize=(0.55 * n_classes + 3, 0.55 * n_classes + 2.5))
     ax.imshow(shown.numpy(), cmap="Blues")
     ax.set(xticks=range(n_classes), yticks=range(n_classes), xlabel="predicted", ylabel="actual",

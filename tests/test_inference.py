@@ -75,8 +75,8 @@ def test_predict_single_item_and_batch():
 
 def test_predict_wrong_shape_says_what_it_expects():
     learn = image_learner()
-    with pytest.raises(ValueError, match=r"one item of shape \(1, 6, 6\).*got shape \(6, 6\)"):
-        learn.predict(torch.zeros(6, 6, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"images of 1 channel\(s\), 6x6.*got shape \(3, 6, 6\)"):
+        learn.predict(torch.zeros(3, 6, 6, dtype=torch.uint8))
 
 
 def test_confusion_matrix_counts():

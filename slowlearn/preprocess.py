@@ -1,0 +1,207 @@
+"""What a model's inputs must look like, and the one rule that turns what a user has into them.
+
+`Preprocessing` describes a classifier's input: for images, the channels, the size, the uint8-to-float
+scaling, the per-channel mean/std, and how the training data was resized (if it was). Both
+`learn.predict` and an exported model's `Predictor` accept, through `to_batch`:
+
+- a path to an image file (anything Pillow reads): converted to the model's channels (grayscale or
+  RGB) and resized as the training data was;
+- a PIL image: the same;
+- a uint8 tensor or NumPy array with values 0-255: tensors C x H x W (torchvision's layout), arrays
+  H x W x C (Pillow's and OpenCV's); H x W for one channel;
+- a float tensor or array in [0, 1] (what torchvision's `ToTensor()` gives), in the same layouts.
+
+Anything ambiguous is refused with a message saying what to pass: a float tensor far outside
+[0, 1] (already normalised, or 0-255 floats), another integer dtype, a wrong channel count or rank,
+an array of another size than the model's.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+__all__ = ["Preprocessing", "preprocessing_of", "to_batch", "as_items", "resize_image", "open_image", "RESIZE_METHODS"]
+
+RESIZE_METHODS = ("crop", "squish")
+FLOAT_TOLERANCE = 1e-3  # how far outside [0, 1] a float image may stray (rounding in the user's own resizing)
+
+
+@dataclass
+class Preprocessing:
+    """A model's input. `kind` "image": uint8 images of `channels` x `size` (h, w), scaled to [0, 1] by
+    `scale` (1/255) and normalised with `mean`/`std` (one value per channel, or one for all);
+    `resize` says how files of other sizes are brought to `size`: {"method": "crop" (shorter side to
+    the size, then centre crop) or "squish", "interpolation": "bilinear"}, or None (sizes must match).
+    `kind` "tensor": items of shape `shape` given as stored in the dataset (not images)."""
+    kind: str = "image"
+    channels: int = 1
+    size: tuple[int, int] = (28, 28)
+    scale: float = 1 / 255
+    mean: list[float] | None = None
+    std: list[float] | None = None
+    resize: dict | None = None
+    shape: list[int] = field(default_factory=list)
+
+    def __post_init__(self):
+        if self.kind == "image" and not self.shape:
+            self.shape = [self.channels, *self.size]
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "size": list(self.size)}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Preprocessing:
+        return cls(**{**d, "size": tuple(d["size"])})
+
+    def affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(scale, shift) with x * scale - shift == (x * self.scale - mean) / std, computed in float32 exactly
+        as `TensorLoader` does, so a prediction matches the validation loader's to the last bit."""
+        if self.mean is None and self.std is None and self.scale == 1:
+            return None
+        mean = torch.as_tensor(0. if self.mean is None else self.mean, dtype=torch.float32)
+        std = torch.as_tensor(1. if self.std is None else self.std, dtype=torch.float32)
+        shape = (1, -1) + (1,) * (len(self.shape) - 1)  # one value per channel (or feature)
+        if mean.ndim:
+            mean, std = mean.reshape(shape), std.reshape(shape)
+        return 1 / (round(1 / self.scale) * std), mean / std
+
+
+def preprocessing_of(dls) -> Preprocessing:
+    """What the validation loader of `dls` feeds its model. A `TensorLoader` of uint8 N x C x H x W images
+    is "image" (with the resize rule of `dls.resize` when the loaders resized); anything else is
+    "tensor": items given as the dataset stores them."""
+    loader = dls.valid
+    x = getattr(loader, "x", None)
+    if x is None:  # a torch DataLoader: items as its dataset returns them
+        return Preprocessing(kind="tensor", shape=list(torch.as_tensor(loader.dataset[0][0]).shape), scale=1.)
+    mean, std = _as_list(getattr(loader, "mean", None)), _as_list(getattr(loader, "std", None))
+    if x.dtype != torch.uint8 or x.ndim != 4:
+        scale = 1 / 255 if x.dtype == torch.uint8 else 1.
+        return Preprocessing(kind="tensor", shape=list(x.shape[1:]), scale=scale, mean=mean, std=std)
+    resize = getattr(dls, "resize", None)
+    return Preprocessing(channels=x.shape[1], size=(x.shape[2], x.shape[3]), mean=mean, std=std,
+                         resize=dict(resize) if resize else None, shape=list(x.shape[1:]))
+
+
+def _as_list(v) -> list[float] | None:
+    if v is None:
+        return None
+    return torch.as_tensor(v, dtype=torch.float32).reshape(-1).tolist()
+
+
+def open_image(path: str | os.PathLike) -> Image.Image:
+    """Decode an image file fully (so the file is closed), or say which file could not be read."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image
+    except (OSError, ValueError) as e:
+        raise ValueError(f"Cannot read image file {path}: {e}") from None
+
+
+def resize_image(image: Image.Image, size: tuple[int, int], method: str = "crop",
+                 interpolation: str = "bilinear") -> Image.Image:
+    """`image` at `size` (h, w): "squish" resizes to it; "crop" resizes the shorter side to fit and crops
+    the centre."""
+    h, w = size
+    resample = Image.Resampling[interpolation.upper()]
+    if image.size == (w, h):
+        return image
+    if method == "squish":
+        return image.resize((w, h), resample)
+    if method != "crop":
+        raise ValueError(f"Unknown resize method {method!r}: use one of {RESIZE_METHODS}")
+    factor = max(w / image.width, h / image.height)
+    new_w, new_h = max(w, round(image.width * factor)), max(h, round(image.height * factor))
+    image = image.resize((new_w, new_h), resample)
+    left, top = (new_w - w) // 2, (new_h - h) // 2
+    return image.crop((left, top, left + w, top + h))
+
+
+def _from_pil(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
+    image = image.convert("L" if prep.channels == 1 else "RGB")
+    if image.size != (prep.size[1], prep.size[0]):
+        if prep.resize is None:
+            raise ValueError(f"The model takes {prep.size[0]}x{prep.size[1]} images and its training images were "
+                             f"not resized; got {image.height}x{image.width}. Resize it to that size first.")
+        image = resize_image(image, prep.size, **prep.resize)
+    array = np.asarray(image)
+    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+
+
+def _layout(x: torch.Tensor, prep: Preprocessing, channels_last: bool) -> torch.Tensor:
+    """C x H x W from a tensor (C x H x W) or an array (H x W x C); H x W when the model takes one channel."""
+    c, (h, w) = prep.channels, prep.size
+    chw_array = x.ndim == 3 and x.shape[0] == c and x.shape[-1] != c  # e.g. from tensor.numpy()
+    if x.ndim == 2 and c == 1:
+        x = x[None]
+    elif x.ndim == 3 and channels_last and not chw_array:
+        x = x.permute(2, 0, 1)
+    if x.ndim != 3 or tuple(x.shape) != (c, h, w):
+        layout = "H x W x C" if channels_last else "C x H x W"
+        raise ValueError(f"The model takes images of {c} channel(s), {h}x{w} ({layout} here, H x W for one "
+                         f"channel, a batch N x C x H x W); got shape {tuple(x.shape)}. Pass an image file or PIL "
+                         f"image to have it converted{' and resized' if prep.resize else ''}.")
+    return x
+
+
+def _as_float255(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images, or floats in [0, 1], as float32 in 0-255 units."""
+    if x.dtype == torch.uint8:
+        return x.float()
+    if not x.is_floating_point():
+        raise ValueError(f"Got a {x.dtype} image: pass uint8 (0-255) or floats in [0, 1], "
+                         f"e.g. x.to(torch.uint8) or x / 255.")
+    low, high = x.min().item(), x.max().item()
+    if low < -FLOAT_TOLERANCE or high > 1 + FLOAT_TOLERANCE:
+        hint = ("it looks like 0-255 pixel values: pass them as uint8 (x.to(torch.uint8)) or divide by 255"
+                if high > 1 + FLOAT_TOLERANCE and low >= -FLOAT_TOLERANCE else
+                "it looks already normalised: pass the raw image (uint8, or floats in [0, 1]) and the model's "
+                "normalisation is applied for you")
+        raise ValueError(f"A float image must hold values in [0, 1] (as torchvision's ToTensor gives); this one "
+                         f"spans [{low:.3g}, {high:.3g}]: {hint}.")
+    return x.float() * 255
+
+
+def _image_item(item, prep: Preprocessing) -> torch.Tensor:
+    """One item as a float32 C x H x W tensor in 0-255 units (the unit the normalisation expects)."""
+    if isinstance(item, (str, os.PathLike)):
+        return _from_pil(open_image(item), prep).float()
+    if isinstance(item, Image.Image):
+        return _from_pil(item, prep).float()
+    if isinstance(item, np.ndarray):
+        return _as_float255(_layout(torch.from_numpy(np.ascontiguousarray(item)), prep, channels_last=True))
+    if isinstance(item, torch.Tensor):
+        return _as_float255(_layout(item.cpu(), prep, channels_last=False))
+    raise TypeError(f"Cannot predict on a {type(item).__name__}: pass an image file path, a PIL image, a uint8 "
+                    f"tensor or array (0-255) or a float one in [0, 1].")
+
+
+def as_items(x, prep: Preprocessing) -> tuple[list, bool]:
+    """`x` as a list of items, and whether it was one item: a list or tuple, or a tensor or array with
+    one dimension more than an item (N x C x H x W for images), is a batch."""
+    if isinstance(x, (list, tuple)):
+        return list(x), False
+    if isinstance(x, (torch.Tensor, np.ndarray)) and x.ndim == len(prep.shape) + 1:
+        return list(x), False
+    return [x], True
+
+
+def to_batch(items: Sequence, prep: Preprocessing, map_fn: Callable = map) -> torch.Tensor:
+    """Items (see the module docs) as the normalised float32 N x C x H x W batch the model takes, each
+    item converted by `map_fn` (e.g. a thread pool's `map`). For a "tensor" model, items are stacked as
+    given and normalised as the training data was."""
+    if prep.kind == "image":
+        scale, shift = prep.affine()
+        return torch.stack(list(map_fn(lambda item: _image_item(item, prep), items))).mul_(scale).sub_(shift)
+    xb = torch.stack([torch.as_tensor(item) for item in items])
+    if list(xb.shape[1:]) != prep.shape:
+        raise ValueError(f"The model takes items of shape {tuple(prep.shape)}; got {tuple(xb.shape[1:])}")
+    affine = prep.affine()
+    return xb.float() * affine[0] - affine[1] if affine else xb
