@@ -21,6 +21,7 @@ bench: install data
 	$(PY) benchmarks/distributed.py
 	$(PY) benchmarks/cifar.py
 	$(PY) benchmarks/channels_last.py
+	$(PY) benchmarks/export.py
 
 install: $(STAMP)
 

@@ -131,9 +131,11 @@ def export_command(args) -> int:
     learn = Learner(_model(args, dls), dls)
     try:
         learn.load(checkpoint)
-    except (RuntimeError, ValueError) as e:  # weights of another architecture, not a checkpoint
-        raise CLIError(f"{checkpoint} does not load into --model {args.model} for --data {args.data}: "
-                       f"{str(e).splitlines()[0]}") from None
+    except RuntimeError:  # load_state_dict: weights of another architecture
+        raise CLIError(f"{checkpoint} does not load into --model {args.model} for --data {args.data}: pass the "
+                       f"--model and --data the run was trained with") from None
+    except ValueError as e:  # not a checkpoint
+        raise CLIError(str(e)) from None
     out = Path(args.out) if args.out else checkpoint.with_name("model." + ("onnx" if args.format == "onnx" else "pt2"))
     print(f"Wrote {learn.export(out, format=args.format)}")
     return 0
