@@ -17,13 +17,11 @@ import torch
 from PIL import Image
 
 from common import interleaved, report
-from slowlearn import Learner, fashion_mnist, get_kaiming_initialized_model, load_learner, resnet, set_seed
-from slowlearn.train import default_cbs
+from slowlearn import DeviceCB, Learner, fashion_mnist, get_kaiming_initialized_model, load_learner, resnet, set_seed
 
 
 def trained(model, dls) -> Learner:
-    learn = Learner(model, dls, lr=0.05, opt_func=torch.optim.AdamW, cbs=default_cbs())
-    return learn.fit(1)
+    return Learner(model, dls, lr=0.05, opt_func=torch.optim.AdamW, cbs=[DeviceCB(device="cpu")]).fit(1)
 
 
 def plain_loop(model, files: list[Path], mean: float, std: float, bs: int = 64) -> torch.Tensor:
@@ -49,10 +47,11 @@ def measure(name: str, learn: Learner, files: list[Path], folder: Path, repeats:
         predictor = load_learner(export, device="cpu")
         load_times.append(time.perf_counter() - start)
     learn.save(checkpoint)
-    size, ckpt_size = export.stat().st_size, checkpoint.stat().st_size
+    torch.save(learn.model.state_dict(), folder / "weights.pt")
+    size, ckpt_size, weights_size = (p.stat().st_size for p in (export, checkpoint, folder / "weights.pt"))
     print(f"\n{name}: export {export_s:.2f} s, load {statistics.median(load_times):.3f} s (median of {repeats}); "
-          f"file {size / 1e6:.2f} MB, checkpoint {ckpt_size / 1e6:.2f} MB (ratio {size / ckpt_size:.2f}; the "
-          f"checkpoint also holds the optimizer state)")
+          f"file {size / 1e6:.3f} MB = {size / ckpt_size:.2f} x the checkpoint ({ckpt_size / 1e6:.3f} MB, with the "
+          f"optimizer state) = {size / weights_size:.2f} x the weights alone (torch.save(state_dict))")
     mean, std = learn.dls.valid.mean, learn.dls.valid.std
     times = interleaved({
         "learn.get_preds (memory)": lambda: learn.get_preds,

@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 from .device import bare_model
+from .distributed import is_rank0
 from .preprocess import Preprocessing, preprocessing_of
 
 __all__ = ["export_learner", "read_export", "ExportError", "FORMAT", "VERSION"]
@@ -69,6 +70,9 @@ def export_learner(learn, path: str | os.PathLike, format: str = "pt2",
     """Write `learn`'s model with its preprocessing, class names and metadata to `path` (atomically)."""
     if format not in ("pt2", "onnx"):
         raise ValueError(f"format={format!r}: use 'pt2' (torch.export, loaded by load_learner) or 'onnx'")
+    path = Path(path)
+    if not is_rank0():  # in a distributed run, one process writes
+        return path
     prep = preprocessing or preprocessing_of(learn.dls)
     if prep.kind != "image" and preprocessing is None:
         raise ValueError("learn.export: the training data is not uint8 images in a TensorLoader, so what the model "
@@ -76,7 +80,6 @@ def export_learner(learn, path: str | os.PathLike, format: str = "pt2",
                          "(see slowlearn.preprocess)")
     model = copy.deepcopy(bare_model(learn.model)).cpu().eval()
     meta = _meta(learn, model, prep)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -84,7 +87,9 @@ def export_learner(learn, path: str | os.PathLike, format: str = "pt2",
             _write_onnx(model, prep, meta, tmp)
         else:
             buffer = io.BytesIO()
-            torch.export.save(export_program(model, prep), buffer, extra_files={META: json.dumps(meta)})
+            with warnings.catch_warnings():  # torch's note on weights sharing storage (channels-last layouts)
+                warnings.filterwarnings("ignore", "No complete tensor found")
+                torch.export.save(export_program(model, prep), buffer, extra_files={META: json.dumps(meta)})
             tmp.write_bytes(buffer.getvalue())
         os.replace(tmp, path)
     finally:

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["Preprocessing", "preprocessing_of", "to_batch", "as_items", "resize_image", "open_image", "RESIZE_METHODS"]
+__all__ = ["Preprocessing", "preprocessing_of", "to_batch", "as_items", "resize_image", "RESIZE_METHODS"]
 
 RESIZE_METHODS = ("crop", "squish")
 FLOAT_TOLERANCE = 1e-3  # how far outside [0, 1] a float image may stray (rounding in the user's own resizing)
@@ -95,44 +95,45 @@ def _as_list(v) -> list[float] | None:
     return torch.as_tensor(v, dtype=torch.float32).reshape(-1).tolist()
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image file fully (so the file is closed), or say which file could not be read."""
-    try:
-        with Image.open(path) as image:
-            image.load()
-            return image
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Cannot read image file {path}: {e}") from None
-
-
 def resize_image(image: Image.Image, size: tuple[int, int], method: str = "crop",
                  interpolation: str = "bilinear") -> Image.Image:
-    """`image` at `size` (h, w): "squish" resizes to it; "crop" resizes the shorter side to fit and crops
-    the centre."""
+    """`image` at `size` (h, w): "squish" resizes to it; "crop" resizes the largest centred region with the
+    aspect ratio of `size` (the image scaled to cover `size`, then centre-cropped)."""
     h, w = size
     resample = Image.Resampling[interpolation.upper()]
     if image.size == (w, h):
         return image
     if method == "squish":
-        return image.resize((w, h), resample)
+        return image.resize((w, h), resample, reducing_gap=3.0)
     if method != "crop":
         raise ValueError(f"Unknown resize method {method!r}: use one of {RESIZE_METHODS}")
-    factor = max(w / image.width, h / image.height)
-    new_w, new_h = max(w, round(image.width * factor)), max(h, round(image.height * factor))
-    image = image.resize((new_w, new_h), resample)
-    left, top = (new_w - w) // 2, (new_h - h) // 2
-    return image.crop((left, top, left + w, top + h))
+    scale = max(w / image.width, h / image.height)
+    left, top = (image.width - w / scale) / 2, (image.height - h / scale) / 2
+    return image.resize((w, h), resample, box=(left, top, left + w / scale, top + h / scale), reducing_gap=3.0)
 
 
 def _from_pil(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    image = image.convert("L" if prep.channels == 1 else "RGB")
-    if image.size != (prep.size[1], prep.size[0]):
+    """A PIL image in the model's mode and size, as uint8 C x H x W; decoded as the training loaders do
+    (palette transparency dropped, JPEGs drafted at a reduced scale before resizing)."""
+    (h, w), mode = prep.size, "L" if prep.channels == 1 else "RGB"
+    if image.size != (w, h):
         if prep.resize is None:
-            raise ValueError(f"The model takes {prep.size[0]}x{prep.size[1]} images and its training images were "
-                             f"not resized; got {image.height}x{image.width}. Resize it to that size first.")
-        image = resize_image(image, prep.size, **prep.resize)
+            raise ValueError(f"The model takes {h}x{w} images and its training images were not resized; got "
+                             f"{image.height}x{image.width}. Resize it to that size first.")
+        image.draft(mode, (w, h))
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    image = resize_image(image.convert(mode), prep.size, **(prep.resize or {}))
     array = np.asarray(image)
-    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+    return torch.from_numpy(array.copy()).reshape(h, w, -1).permute(2, 0, 1)
+
+
+def _read_file(path: str | os.PathLike, prep: Preprocessing) -> torch.Tensor:
+    try:
+        with Image.open(path) as image:
+            return _from_pil(image, prep)
+    except (OSError, Image.DecompressionBombError) as e:
+        raise ValueError(f"Cannot read image file {path}: {e}") from None
 
 
 def _layout(x: torch.Tensor, prep: Preprocessing, channels_last: bool) -> torch.Tensor:
@@ -172,7 +173,7 @@ def _as_float255(x: torch.Tensor) -> torch.Tensor:
 def _image_item(item, prep: Preprocessing) -> torch.Tensor:
     """One item as a float32 C x H x W tensor in 0-255 units (the unit the normalisation expects)."""
     if isinstance(item, (str, os.PathLike)):
-        return _from_pil(open_image(item), prep).float()
+        return _read_file(item, prep).float()
     if isinstance(item, Image.Image):
         return _from_pil(item, prep).float()
     if isinstance(item, np.ndarray):

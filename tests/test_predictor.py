@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from slowlearn import DataLoaders, Learner, TensorLoader, load_learner
-from slowlearn.preprocess import open_image, resize_image
+from slowlearn.preprocess import resize_image
 
 CLASSES = ["ant", "bee", "cat"]
 # Run in a new process whose path has neither this file nor the training data: only the export and PNG files.
@@ -96,7 +96,7 @@ def test_new_process_on_rgb_images_of_mixed_sizes_resized_as_in_training(tmp_pat
         labels.append(label)
     files, labels = zip(*sorted(zip(files, labels)))
     resize = {"method": "crop", "interpolation": "bilinear"}
-    decoded = [np.asarray(resize_image(open_image(f).convert("RGB"), (8, 8), **resize)) for f in files]
+    decoded = [np.asarray(resize_image(Image.open(f).convert("RGB"), (8, 8), **resize)) for f in files]
     x = torch.from_numpy(np.stack(decoded)).permute(0, 3, 1, 2).contiguous()
     y = torch.tensor(labels)
     learn = learner(x, y, x, y, resize=resize)
