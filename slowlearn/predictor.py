@@ -14,7 +14,7 @@ from typing import NamedTuple
 import torch
 
 from .device import default_device
-from .export import read_export
+from .export import ExportError, read_export
 from .image_data import IMAGE_SUFFIXES
 from .inference import Prediction, prediction
 from .preprocess import Preprocessing, as_items, to_batch
@@ -100,4 +100,9 @@ class Predictor:
 
 def load_learner(path: str | os.PathLike, device: torch.device | str | None = None) -> Predictor:
     """Load a model written by `learn.export(path)` (checked first: loading never runs code from the file)."""
-    return Predictor(*read_export(path), device=device)
+    program, meta = read_export(path)
+    try:
+        return Predictor(program, meta, device=device)
+    except (KeyError, TypeError, ValueError) as e:
+        raise ExportError(f"{path}: its slowlearn.json record is incomplete or malformed ({type(e).__name__}: {e}). "
+                          f"Export the model again.") from None

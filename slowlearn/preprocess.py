@@ -123,9 +123,8 @@ def _from_pil(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
         image.draft(mode, (w, h))
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
-    image = resize_image(image.convert(mode), prep.size, **(prep.resize or {}))
-    array = np.asarray(image)
-    return torch.from_numpy(array.copy()).reshape(h, w, -1).permute(2, 0, 1)
+    image = resize_image(image if image.mode == mode else image.convert(mode), prep.size, **(prep.resize or {}))
+    return torch.from_numpy(np.array(image)).reshape(h, w, -1).permute(2, 0, 1)
 
 
 def _read_file(path: str | os.PathLike, prep: Preprocessing) -> torch.Tensor:
@@ -152,10 +151,10 @@ def _layout(x: torch.Tensor, prep: Preprocessing, channels_last: bool) -> torch.
     return x
 
 
-def _as_float255(x: torch.Tensor) -> torch.Tensor:
-    """uint8 images, or floats in [0, 1], as float32 in 0-255 units."""
+def _as_pixels(x: torch.Tensor) -> torch.Tensor:
+    """uint8 images as they are, floats in [0, 1] as float32 in 0-255 units."""
     if x.dtype == torch.uint8:
-        return x.float()
+        return x
     if not x.is_floating_point():
         raise ValueError(f"Got a {x.dtype} image: pass uint8 (0-255) or floats in [0, 1], "
                          f"e.g. x.to(torch.uint8) or x / 255.")
@@ -171,15 +170,15 @@ def _as_float255(x: torch.Tensor) -> torch.Tensor:
 
 
 def _image_item(item, prep: Preprocessing) -> torch.Tensor:
-    """One item as a float32 C x H x W tensor in 0-255 units (the unit the normalisation expects)."""
+    """One item as a C x H x W tensor in 0-255 units (the unit the normalisation expects): uint8, or float32."""
     if isinstance(item, (str, os.PathLike)):
-        return _read_file(item, prep).float()
+        return _read_file(item, prep)
     if isinstance(item, Image.Image):
-        return _from_pil(item, prep).float()
+        return _from_pil(item, prep)
     if isinstance(item, np.ndarray):
-        return _as_float255(_layout(torch.from_numpy(np.ascontiguousarray(item)), prep, channels_last=True))
+        return _as_pixels(_layout(torch.from_numpy(np.ascontiguousarray(item)), prep, channels_last=True))
     if isinstance(item, torch.Tensor):
-        return _as_float255(_layout(item.cpu(), prep, channels_last=False))
+        return _as_pixels(_layout(item.cpu(), prep, channels_last=False))
     raise TypeError(f"Cannot predict on a {type(item).__name__}: pass an image file path, a PIL image, a uint8 "
                     f"tensor or array (0-255) or a float one in [0, 1].")
 
@@ -199,8 +198,11 @@ def to_batch(items: Sequence, prep: Preprocessing, map_fn: Callable = map) -> to
     item converted by `map_fn` (e.g. a thread pool's `map`). For a "tensor" model, items are stacked as
     given and normalised as the training data was."""
     if prep.kind == "image":
+        images = list(map_fn(lambda item: _image_item(item, prep), items))
+        same_dtype = all(image.dtype == torch.uint8 for image in images)  # one conversion for the whole batch
+        xb = torch.stack(images).float() if same_dtype else torch.stack([image.float() for image in images])
         scale, shift = prep.affine()
-        return torch.stack(list(map_fn(lambda item: _image_item(item, prep), items))).mul_(scale).sub_(shift)
+        return xb.mul_(scale).sub_(shift)
     xb = torch.stack([torch.as_tensor(item) for item in items])
     if list(xb.shape[1:]) != prep.shape:
         raise ValueError(f"The model takes items of shape {tuple(prep.shape)}; got {tuple(xb.shape[1:])}")

@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from slowlearn import ExportError, Learner, MetricsCB, load_learner
+from slowlearn import ExportError, Learner, MetricsCB, Preprocessing, load_learner
 from slowlearn.export import FORMAT, VERSION
 from test_preprocess import image_learner
 
@@ -74,6 +74,27 @@ def test_export_refuses_data_it_cannot_describe(tmp_path):
         learn.export(tmp_path / "m.pt2")
     with pytest.raises(ValueError, match="format='tflite'"):
         trained().export(tmp_path / "m.pt2", format="tflite")
+
+
+def test_export_of_other_data_with_its_preprocessing_given(tmp_path):
+    from conftest import make_dls
+    torch.manual_seed(0)
+    learn = Learner(nn.Linear(3, 2), make_dls()).fit(1)
+    path = learn.export(tmp_path / "m.pt2", preprocessing=Preprocessing(kind="tensor", shape=[3], scale=1.))
+    predictor = load_learner(path, device="cpu")
+    x = learn.dls.valid.x
+    torch.testing.assert_close(predictor.predict_batch(x).probs, learn.predict(x).probs)
+    assert predictor.predict(x[0]).index == learn.predict(x[0]).index and "input 3" in repr(predictor)
+
+
+def test_a_malformed_description_is_an_error_naming_the_file(export_file, tmp_path):
+    def drop_classes(records):
+        meta = json.loads(records["extra/slowlearn.json"])
+        del meta["classes"]
+        records["extra/slowlearn.json"] = json.dumps(meta).encode()
+    broken = rewrite(export_file[1], tmp_path / "broken.pt2", drop_classes)
+    with pytest.raises(ExportError, match=r"broken.pt2: its slowlearn.json record is incomplete"):
+        load_learner(broken)
 
 
 class RunsCode:
