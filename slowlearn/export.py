@@ -58,7 +58,12 @@ _MEMBERS = re.compile(r"(archive_format|archive_version|byteorder|\.data/version
                       r"data/constants/(model_constants_config\.json|tensor_\d+))")
 _OPERATORS = {f"_operator.{name}" for name in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
                                                "pow", "eq", "ne", "lt", "le", "gt", "ge")}
-_EXPR_NAMES = {"Symbol", "Integer", "True", "False", "positive", "integer", "nonnegative", "real"}
+# What torch writes in symbolic shapes (sympy's srepr): classes that only build expressions, and their flags
+_EXPR_NAMES = {"Symbol", "Integer", "Rational", "Add", "Mul", "Pow", "Max", "Min", "Mod", "Abs", "floor", "ceiling",
+               "Equality", "Unequality", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan", "And", "Or",
+               "Not", "FloorDiv", "CeilDiv", "CleanDiv", "ModularIndexing", "PythonMod", "IntTrueDiv", "FloatTrueDiv",
+               "PowByNatural", "FloatPow", "CeilToInt", "FloorToInt", "TruncToInt", "RoundToInt", "ToFloat",
+               "Identity", "Where", "true", "false", "True", "False", "positive", "integer", "nonnegative", "real"}
 
 
 class ExportError(ValueError):

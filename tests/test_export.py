@@ -15,15 +15,18 @@ from test_preprocess import image_learner
 
 
 class Net(nn.Module):
-    """A model class the loading side never sees: BatchNorm and dropout behave differently in eval mode."""
+    """A model class the loading side never sees: BatchNorm and dropout behave differently in eval mode,
+    and the reshapes put arithmetic on the symbolic batch size into the program."""
 
     def __init__(self, channels=1, size=6):
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5),
-                                  nn.Flatten(), nn.Linear(4 * size * size, 3))
+        self.body = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5))
+        self.head = nn.Linear(4 * size * size, 3)
 
     def forward(self, x):
-        return self.body(x) * 2
+        h = self.body(x)
+        n = h.shape[0]
+        return self.head(h.reshape(2 * n, -1).reshape(n, -1)) * 2
 
 
 def trained(channels=1):
