@@ -1,5 +1,5 @@
-"""The `slowlearn` command line (also `python -m slowlearn`): train, find a learning rate, export a trained
-model, predict with it on image files, evaluate it on a labelled folder."""
+"""The `slowlearn` command line (also `python -m slowlearn`): train, find a learning rate; and, in
+`cli_model.py`, export a trained model, predict with it on image files, evaluate it on a labelled folder."""
 from __future__ import annotations
 
 import argparse
@@ -7,6 +7,8 @@ import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+
+from .cli_model import add_model_commands
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 
@@ -111,121 +113,6 @@ def lr_find_command(args) -> int:
     return 0
 
 
-def _load_model(path: str):
-    """The Predictor of an export, or a CLIError naming the file."""
-    from .export import ExportError
-    from .predictor import load_learner
-    try:
-        return load_learner(path)
-    except ExportError as e:
-        raise CLIError(str(e)) from None
-
-
-def export_command(args) -> int:
-    from .learner import Learner
-    source = Path(args.source)
-    checkpoint = source / "checkpoint.pt" if source.is_dir() else source
-    if not checkpoint.is_file():
-        raise CLIError(f"{args.source}: no checkpoint here (give a run folder holding checkpoint.pt, or a checkpoint)")
-    dls = _data(args)
-    learn = Learner(_model(args, dls), dls)
-    try:
-        learn.load(checkpoint)
-    except RuntimeError:  # load_state_dict: weights of another architecture
-        raise CLIError(f"{checkpoint} does not load into --model {args.model} for --data {args.data}: pass the "
-                       f"--model and --data the run was trained with") from None
-    except ValueError as e:  # not a checkpoint
-        raise CLIError(str(e)) from None
-    out = Path(args.out) if args.out else checkpoint.with_name("model." + ("onnx" if args.format == "onnx" else "pt2"))
-    print(f"Wrote {learn.export(out, format=args.format)}")
-    return 0
-
-
-def predict_command(args) -> int:
-    import csv
-
-    from .predictor import image_files
-    predictor = _load_model(args.model)
-    files = [f for item in args.images for f in image_files(item)]
-    if not files:
-        raise CLIError(f"No image files in {' '.join(args.images)}")
-    try:
-        probs = predictor.predict_batch(files).probs
-    except ValueError as e:  # an image that does not decode, or has the wrong size
-        raise CLIError(str(e)) from None
-    k = min(args.top_k, probs.shape[1])
-    top = probs.topk(k)
-    rows = [[str(f)] + [x for i, p in zip(idx.tolist(), ps.tolist()) for x in (predictor.classes[i], f"{p:.4f}")]
-            for f, idx, ps in zip(files, top.indices, top.values)]
-    for row in rows:
-        print(row[0] + "\t" + "  ".join(f"{name} {p}" for name, p in zip(row[1::2], row[2::2])))
-    if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(["file"] + [x for j in range(1, k + 1) for x in (f"class_{j}", f"prob_{j}")])
-            writer.writerows(rows)
-    return 0
-
-
-def evaluate_command(args) -> int:
-    import torch
-
-    from .display import save_png
-    from .inference import confusion_matrix
-    from .show import plot_confusion
-    predictor = _load_model(args.model)
-    folder = Path(args.data)
-    folder = next((folder / s for s in ("test", "valid") if (folder / s).is_dir()), folder)
-    if not folder.is_dir():
-        raise CLIError(f"--data {args.data}: not a folder of <class>/ image folders")
-    try:
-        result = predictor.get_preds(folder)
-    except ValueError as e:
-        raise CLIError(str(e)) from None
-    labelled = result.targets >= 0
-    if not labelled.any():
-        raise CLIError(f"--data {args.data}: no image is in a folder named after one of the model's classes "
-                       f"({', '.join(predictor.classes[:5])}...)")
-    probs, targets = result.preds[labelled], result.targets[labelled]
-    loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
-    accuracy = (probs.argmax(-1) == targets).float().mean().item()
-    cm = confusion_matrix(targets, probs.argmax(-1), len(predictor.classes))
-    path = save_png(plot_confusion(cm, predictor.classes), Path(args.out) / "confusion_matrix.png")
-    skipped = f" ({int((~labelled).sum())} images outside class folders skipped)" if not labelled.all() else ""
-    print(f"{int(labelled.sum())} images in {folder}{skipped}: loss {loss:.4f}, accuracy {accuracy:.4f}. "
-          f"Confusion matrix: {path}")
-    return 0
-
-
-def _add_use_commands(sub) -> None:
-    """export / predict / evaluate: using a trained model."""
-    e = sub.add_parser("export", help="write a trained run's model as one file for `slowlearn predict`",
-                       description="Rebuild the model of a `slowlearn train` run (same --data and --model), load "
-                                   "its checkpoint and export it (model, preprocessing, class names) to --out.")
-    e.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
-    e.add_argument("--data", default="fashion_mnist", help="the --data the run was trained on (default: fashion_mnist)")
-    e.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="the run's --model (default: cnn)")
-    e.add_argument("--bs", type=_positive_int, default=512, help=argparse.SUPPRESS)
-    e.add_argument("--format", choices=("pt2", "onnx"), default="pt2",
-                   help="pt2 (torch.export, for slowlearn predict / load_learner) or onnx (default: pt2)")
-    e.add_argument("--out", default=None, help="the file to write (default: model.pt2 next to the checkpoint)")
-    e.set_defaults(func=export_command)
-    p = sub.add_parser("predict", help="classify image files with an exported model",
-                       description="Print one line per image: the file, then the top classes with probabilities.")
-    p.add_argument("model", metavar="MODEL", help="a file written by learn.export or `slowlearn export`")
-    p.add_argument("images", metavar="FILES_OR_FOLDER", nargs="+", help="image files, or folders searched recursively")
-    p.add_argument("--top-k", type=_positive_int, default=3, help="classes shown per image (default: 3)")
-    p.add_argument("--csv", default=None, help="also write the predictions to this CSV file")
-    p.set_defaults(func=predict_command)
-    v = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of an exported model on labelled images",
-                       description="Evaluate on PATH/test/<class>/* (or valid/, or PATH/<class>/*): print loss "
-                                   "and accuracy, write confusion_matrix.png into --out.")
-    v.add_argument("model", metavar="MODEL")
-    v.add_argument("--data", required=True, metavar="PATH", help="a folder of <class>/ image folders")
-    v.add_argument("--out", default="runs/evaluate", help="output folder (default: runs/evaluate)")
-    v.set_defaults(func=evaluate_command)
-
-
 def _common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--data", default="fashion_mnist",
                    help="fashion_mnist, cifar10, or a folder with train/<class>/* and test/<class>/* images "
@@ -277,7 +164,7 @@ def parser() -> argparse.ArgumentParser:
     _common(f, "runs/lr_find")
     f.add_argument("--lr", type=_positive_float, default=1e-2, help=argparse.SUPPRESS)
     f.set_defaults(func=lr_find_command)
-    _add_use_commands(sub)
+    add_model_commands(sub)
     return p
 
 

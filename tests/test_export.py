@@ -195,7 +195,8 @@ def test_an_unaltered_rewrite_still_loads(export_file, tmp_path):
 def test_truncated_damaged_or_foreign_files_are_errors_naming_the_file(export_file, tmp_path):
     data = export_file[1].read_bytes()
     (tmp_path / "truncated.pt2").write_bytes(data[:len(data) // 2])
-    with pytest.raises(ExportError, match=f"{tmp_path / 'truncated.pt2'} is not a slowlearn export, or it is truncated"):
+    truncated = tmp_path / "truncated.pt2"
+    with pytest.raises(ExportError, match=f"{truncated} is not a slowlearn export, or it is truncated"):
         load_learner(tmp_path / "truncated.pt2")
     at = data.index(b'"graph_module"')  # inside the program's record
     (tmp_path / "damaged.pt2").write_bytes(data[:at] + b"X" + data[at + 1:])

@@ -111,7 +111,8 @@ def test_training_loader_augments_and_validation_does_not(tmp_path):
 
 def test_cli_on_an_image_folder(tmp_path):
     root = make_folder(tmp_path / "pets", n_per_class=8)
-    promised = ["metrics.csv", "checkpoint.pt", "model.pt2", "schedule.png", "loss.png", "metrics.png", "confusion_matrix.png"]
+    promised = ["metrics.csv", "checkpoint.pt", "model.pt2", "schedule.png", "loss.png", "metrics.png",
+                "confusion_matrix.png"]
     for command, outputs in (("train", promised), ("lr-find", ["lr_find.png"])):
         out = tmp_path / command
         result = subprocess.run([sys.executable, "-m", "slowlearn", command, "--data", str(root), "--bs", "8",

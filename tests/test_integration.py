@@ -4,7 +4,7 @@ import sys
 
 import pytest
 
-from slowlearn import MomentumCB, get_kaiming_initialized_model, set_seed, train, train_1cycle
+from slowlearn import MomentumCB, get_kaiming_initialized_model, load_learner, set_seed, train, train_1cycle
 from slowlearn.optim import Adam, MomentumSGD
 
 
@@ -22,7 +22,8 @@ def test_cli_train_prints_table_and_writes_its_outputs(fashion_folder, tmp_path)
     assert result.stdout.splitlines()[0].split() == ["accuracy", "loss", "epoch", "train"]
     for name in ("schedule.png", "loss.png", "metrics.png", "confusion_matrix.png"):
         assert (tmp_path / name).stat().st_size > 1000 and name in result.stdout
-    assert (tmp_path / "checkpoint.pt").exists() and (tmp_path / "model.pt2").exists() and len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+    assert (tmp_path / "checkpoint.pt").exists() and len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
+    assert "model.pt2" in result.stdout and load_learner(tmp_path / "model.pt2").classes[0] == "T-shirt/top"
 
 
 @pytest.mark.parametrize("args, message", [

@@ -1,5 +1,5 @@
-"""`slowlearn export / predict / evaluate`, run in this process through `cli.main` (the subprocess tests of
-`train` are in test_integration.py and test_image_data.py)."""
+"""`slowlearn export / predict / evaluate` (cli_model.py), run in this process through `cli.main` (the
+subprocess tests of `train` are in test_integration.py and test_image_data.py)."""
 import csv
 
 import pytest
@@ -41,7 +41,8 @@ def test_export_from_a_run_folder_predicts_as_the_learner(run, capsys):
 
 def test_predict_prints_top_classes_per_image_and_writes_csv(run, capsys, tmp_path):
     root, tmp, _ = run
-    code, out, err = cli(capsys, "predict", tmp / "model.pt2", root / "test", "--top-k", "2", "--csv", tmp_path / "p.csv")
+    csv_file = tmp_path / "p.csv"
+    code, out, err = cli(capsys, "predict", tmp / "model.pt2", root / "test", "--top-k", "2", "--csv", csv_file)
     assert code == 0, err
     result = load_learner(tmp / "model.pt2", device="cpu").get_preds(root / "test")
     lines = out.strip().splitlines()
@@ -51,9 +52,10 @@ def test_predict_prints_top_classes_per_image_and_writes_csv(run, capsys, tmp_pa
         best = probs.topk(2)
         assert name == str(file) and top == "  ".join(f"{CLASSES[i]} {p:.4f}" for i, p in
                                                       zip(best.indices.tolist(), best.values.tolist()))
-    rows = list(csv.reader(open(tmp_path / "p.csv")))
+    rows = list(csv.reader(open(csv_file)))
     assert rows[0] == ["file", "class_1", "prob_1", "class_2", "prob_2"]
-    assert [r[0] for r in rows[1:]] == [str(f) for f in result.files] and rows[1][1] == lines[0].split("\t")[1].split()[0]
+    assert [r[0] for r in rows[1:]] == [str(f) for f in result.files]
+    assert [r[1:] for r in rows[1:]] == [line.split("\t")[1].split() for line in lines]
 
 
 def test_evaluate_prints_loss_and_accuracy_and_saves_the_confusion_matrix(run, capsys, tmp_path):
