@@ -24,7 +24,7 @@ def trained(model, dls) -> Learner:
     return Learner(model, dls, lr=0.05, opt_func=torch.optim.AdamW, cbs=[DeviceCB(device="cpu")]).fit(1)
 
 
-def plain_loop(model, files: list[Path], mean: float, std: float, bs: int = 64) -> torch.Tensor:
+def plain_loop(model, files: list[Path], mean: float, std: float, bs: int = 256) -> torch.Tensor:
     """What a user would write by hand: decode each PNG with Pillow, normalise, run the model in eval mode."""
     model.eval()
     out = []

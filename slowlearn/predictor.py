@@ -75,12 +75,12 @@ class Predictor:
         items, single = as_items(item, self.preprocessing)
         return prediction(self._probs(items), self.classes, single)
 
-    def predict_batch(self, items: Sequence, bs: int = 64) -> Prediction:
+    def predict_batch(self, items: Sequence, bs: int = 256) -> Prediction:
         """Indexes, names and probabilities for many items, decoded in parallel and run `bs` at a time."""
         items, _ = as_items(items, self.preprocessing)
         return prediction(self._probs(items, bs), self.classes, single=False)
 
-    def get_preds(self, folder_or_files, bs: int = 64) -> FilePreds:
+    def get_preds(self, folder_or_files, bs: int = 256) -> FilePreds:
         """Probabilities for every image in a folder (recursively) or in a list of files."""
         files = image_files(folder_or_files)
         if not files:
@@ -89,7 +89,7 @@ class Predictor:
         targets = torch.tensor([index.get(f.parent.name, -1) for f in files])
         return FilePreds(files, self._probs(files, bs), targets)
 
-    def _probs(self, items: list, bs: int = 64) -> torch.Tensor:
+    def _probs(self, items: list, bs: int = 256) -> torch.Tensor:
         if not items:
             return torch.empty(0, len(self.classes))
         workers = min(os.cpu_count() or 1, 8)
