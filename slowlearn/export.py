@@ -117,8 +117,13 @@ def export_program(model: nn.Module, prep: Preprocessing) -> torch.export.Export
     """`model` (on the CPU, in eval mode) as a program with a dynamic batch dimension, holding nothing
     that loading would unpickle or execute."""
     example = torch.zeros(2, *prep.shape)
-    with torch.no_grad():
-        program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    except Exception as e:
+        raise RuntimeError(f"torch.export could not trace {type(model).__name__} on a batch of shape "
+                           f"{tuple(example.shape)} with any batch size: {str(e).splitlines()[0]} (Python branches on "
+                           f"tensor values or on the batch size cannot be exported; see torch.export's docs)") from e
     program.example_inputs = None  # else saved as a pickle
     program._guards_code = []  # Python source run at load; the Predictor checks input shapes itself
     return program

@@ -79,6 +79,19 @@ def test_export_refuses_data_it_cannot_describe(tmp_path):
         trained().export(tmp_path / "m.pt2", format="tflite")
 
 
+class BatchSizeBranch(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :3] if x.shape[0] > 4 else -x.flatten(1)[:, :3]
+
+
+def test_a_model_that_cannot_be_traced_for_any_batch_size_is_named(tmp_path):
+    learn = trained()
+    learn.model = BatchSizeBranch()
+    with pytest.raises(RuntimeError, match=r"torch.export could not trace BatchSizeBranch on a batch of shape \(2, 1, 6"):
+        learn.export(tmp_path / "m.pt2")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 def test_export_of_other_data_with_its_preprocessing_given(tmp_path):
     from conftest import make_dls
     torch.manual_seed(0)
