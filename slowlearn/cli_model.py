@@ -57,9 +57,9 @@ def predict_command(args) -> int:
         probs = predictor.predict_batch(files).probs
     except ValueError as e:  # an image that does not decode, or has the wrong size
         raise CLIError(str(e)) from None
-    k = min(args.top_k, probs.shape[1])
+    k, names = min(args.top_k, probs.shape[1]), predictor.classes or [str(i) for i in range(probs.shape[1])]
     top = probs.topk(k)
-    rows = [[str(f)] + [x for i, p in zip(idx.tolist(), ps.tolist()) for x in (predictor.classes[i], f"{p:.4f}")]
+    rows = [[str(f)] + [x for i, p in zip(idx.tolist(), ps.tolist()) for x in (names[i], f"{p:.4f}")]
             for f, idx, ps in zip(files, top.indices, top.values)]
     for row in rows:
         print(row[0] + "\t" + "  ".join(f"{name} {p}" for name, p in zip(row[1::2], row[2::2])))
