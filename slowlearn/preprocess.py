@@ -49,6 +49,13 @@ class Preprocessing:
     shape: list[int] = field(default_factory=list)
 
     def __post_init__(self):
+        if self.kind not in ("image", "tensor"):
+            raise ValueError(f"Preprocessing kind={self.kind!r}: use 'image' or 'tensor'")
+        resize = self.resize or {}
+        if self.resize is not None and (resize.get("method") not in RESIZE_METHODS or
+                                        resize.get("interpolation", "bilinear").upper() not in Image.Resampling.__members__):
+            raise ValueError(f"Preprocessing resize={self.resize!r}: give {{'method': one of {RESIZE_METHODS}, "
+                             f"'interpolation': a Pillow resampling name such as 'bilinear'}}")
         if self.kind == "image" and not self.shape:
             self.shape = [self.channels, *self.size]
 

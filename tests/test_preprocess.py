@@ -84,6 +84,13 @@ def test_resize_crops_the_centre_or_squishes():
         resize_image(image, (5, 5), "zoom")
 
 
+def test_a_resize_rule_is_checked():
+    with pytest.raises(ValueError, match="resize=.*give {'method': one of \\('crop', 'squish'\\)"):
+        Preprocessing(resize={"method": "zoom"})
+    with pytest.raises(ValueError, match="kind='text'"):
+        Preprocessing(kind="text")
+
+
 def test_preprocessing_round_trips_through_a_dict():
     prep = preprocessing_of(image_learner(3, resize={"method": "squish", "interpolation": "bilinear"}).dls)
     assert prep.channels == 3 and prep.size == (6, 6) and prep.mean == [0.5] * 3 and prep.scale == 1 / 255
