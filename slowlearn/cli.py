@@ -8,13 +8,11 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from .cli_common import CLIError
+from .cli_common import positive_int as _positive_int
 from .cli_model import add_model_commands
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
-
-
-class CLIError(Exception):
-    """A bad option value or unreadable input: reported as one line, exit code 2."""
 
 
 class Parser(argparse.ArgumentParser):
@@ -47,6 +45,11 @@ def _model(args, dls):
     if (channels, size, n_classes) == (1, 28, 10):
         return get_kaiming_initialized_model()
     return seed_cnn(in_channels=channels, n_classes=n_classes)
+
+
+def _data_and_model(args):
+    dls = _data(args)
+    return dls, _model(args, dls)
 
 
 def _opt_func(name: str):
@@ -130,13 +133,6 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
 
 
-def _positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return number
-
-
 def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
@@ -164,7 +160,7 @@ def parser() -> argparse.ArgumentParser:
     _common(f, "runs/lr_find")
     f.add_argument("--lr", type=_positive_float, default=1e-2, help=argparse.SUPPRESS)
     f.set_defaults(func=lr_find_command)
-    add_model_commands(sub)
+    add_model_commands(sub, rebuild=_data_and_model)
     return p
 
 

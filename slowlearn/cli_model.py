@@ -2,19 +2,21 @@
 `slowlearn predict` (classes of image files), `slowlearn evaluate` (loss, accuracy, confusion matrix).
 
 Each is one function taking the parsed arguments; a user's mistake is a `CLIError` (one line, exit code 2).
-The command line's shared helpers are imported from `cli.py` when a command runs (it imports this module).
+`cli.py` adds them to its parser and gives `export` the way to rebuild a run's data and model.
 """
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
+
+from .cli_common import CLIError, positive_int
 
 __all__ = ["add_model_commands", "export_command", "predict_command", "evaluate_command"]
 
 
 def _load_model(path: str):
     """The Predictor of an export, or a CLIError naming the file."""
-    from .cli import CLIError
     from .export import ExportError
     from .predictor import load_learner
     try:
@@ -24,14 +26,13 @@ def _load_model(path: str):
 
 
 def export_command(args) -> int:
-    from .cli import CLIError, _data, _model
     from .learner import Learner
     source = Path(args.source)
     checkpoint = source / "checkpoint.pt" if source.is_dir() else source
     if not checkpoint.is_file():
         raise CLIError(f"{args.source}: no checkpoint here (give a run folder holding checkpoint.pt, or a checkpoint)")
-    dls = _data(args)
-    learn = Learner(_model(args, dls), dls)
+    dls, model = args.rebuild(args)
+    learn = Learner(model, dls)
     try:
         learn.load(checkpoint)
     except RuntimeError:  # load_state_dict: weights of another architecture
@@ -47,7 +48,6 @@ def export_command(args) -> int:
 def predict_command(args) -> int:
     import csv
 
-    from .cli import CLIError
     from .predictor import image_files
     predictor = _load_model(args.model)
     files = [f for item in args.images for f in image_files(item)]
@@ -74,7 +74,6 @@ def predict_command(args) -> int:
 def evaluate_command(args) -> int:
     import torch
 
-    from .cli import CLIError
     from .display import save_png
     from .inference import confusion_matrix
     from .show import plot_confusion
@@ -102,25 +101,25 @@ def evaluate_command(args) -> int:
     return 0
 
 
-def add_model_commands(sub) -> None:
-    """The `export`, `predict` and `evaluate` subcommands, added to the `slowlearn` parser's subparsers."""
-    from .cli import _positive_int
+def add_model_commands(sub, rebuild: Callable) -> None:
+    """The `export`, `predict` and `evaluate` subcommands, added to the `slowlearn` parser's subparsers.
+    `rebuild(args)` gives the (DataLoaders, model) of a training run's options, for `export`."""
     e = sub.add_parser("export", help="write a trained run's model as one file for `slowlearn predict`",
                        description="Rebuild the model of a `slowlearn train` run (same --data and --model), load "
                                    "its checkpoint and export it (model, preprocessing, class names) to --out.")
     e.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
     e.add_argument("--data", default="fashion_mnist", help="the --data the run was trained on (default: fashion_mnist)")
     e.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="the run's --model (default: cnn)")
-    e.add_argument("--bs", type=_positive_int, default=512, help=argparse.SUPPRESS)
+    e.add_argument("--bs", type=positive_int, default=512, help=argparse.SUPPRESS)
     e.add_argument("--format", choices=("pt2", "onnx"), default="pt2",
                    help="pt2 (torch.export, for slowlearn predict / load_learner) or onnx (default: pt2)")
     e.add_argument("--out", default=None, help="the file to write (default: model.pt2 next to the checkpoint)")
-    e.set_defaults(func=export_command)
+    e.set_defaults(func=export_command, rebuild=rebuild)
     p = sub.add_parser("predict", help="classify image files with an exported model",
                        description="Print one line per image: the file, then the top classes with probabilities.")
     p.add_argument("model", metavar="MODEL", help="a file written by learn.export or `slowlearn export`")
     p.add_argument("images", metavar="FILES_OR_FOLDER", nargs="+", help="image files, or folders searched recursively")
-    p.add_argument("--top-k", type=_positive_int, default=3, help="classes shown per image (default: 3)")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image (default: 3)")
     p.add_argument("--csv", default=None, help="also write the predictions to this CSV file")
     p.set_defaults(func=predict_command)
     v = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of an exported model on labelled images",
