@@ -1,11 +1,12 @@
-"""Showing results: notebook detection, text tables, and figures shown in notebooks or saved as PNG elsewhere."""
+"""Showing results: notebook detection, text tables, and figures (shown once in notebooks, left open for
+`plt.show()` in scripts, saved as PNG when asked)."""
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
 from pathlib import Path
 
-__all__ = ["in_notebook", "show_or_save", "save_png", "finished", "TablePrinter", "format_value", "format_table"]
+__all__ = ["in_notebook", "subplots", "integer_xticks", "save_png", "finished", "TablePrinter", "format_value", "format_table"]
 
 
 def in_notebook() -> bool:
@@ -15,21 +16,54 @@ def in_notebook() -> bool:
     return shell is not None and "IPKernelApp" in shell.config
 
 
-def show_or_save(fig, path: str | Path) -> Path | None:
-    """Display `fig` in a notebook; elsewhere save it as a PNG at `path` and return that path."""
-    if in_notebook():
-        from IPython.display import display
-        display(fig)
-        return None
-    return save_png(fig, path)
+def subplots(*args, **kwargs):
+    """`plt.subplots`, with pyplot imported on first use (it takes a while to import)."""
+    import matplotlib.pyplot as plt
+    return plt.subplots(*args, **kwargs)
 
 
-def finished(fig):
-    """Lay `fig` out and detach it from pyplot, so that it shows once (as the value returned) in notebooks."""
+def integer_xticks(ax) -> None:
+    """Ticks at whole numbers only on the x axis (batches and epochs have no 2.5); a single point
+    gets one tick in the middle instead of a 0.95..1.05 range. Call after plotting."""
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    low, high = ax.get_xlim()
+    if high - low < 1:
+        middle = round((low + high) / 2)
+        ax.set_xlim(middle - 1, middle + 1)
+
+
+def finished(fig, path: str | Path | None = None, show: bool = True):
+    """Lay `fig` out, save it as a PNG at `path` if given, show it, and return it.
+
+    In a notebook the figure is shown right away, once: it is closed in pyplot (so the inline backend
+    does not show it again at the end of the cell) and returning it as the cell's value does not
+    repeat it (in a later cell, `fig` shows it again). Elsewhere it stays open, so `plt.show()`
+    shows it. `show=False` closes it instead: for figures the caller displays or saves itself.
+    """
     import matplotlib.pyplot as plt
     fig.tight_layout()
-    plt.close(fig)
+    if path is not None:
+        save_png(fig, path)
+    if not show:
+        plt.close(fig)
+    elif in_notebook():
+        plt.close(fig)
+        _display_png(fig)
     return fig
+
+
+def _display_png(fig) -> None:
+    from IPython import get_ipython
+    from IPython.core.pylabtools import print_figure
+    from IPython.display import display
+    display({"image/png": print_figure(fig, "png", bbox_inches="tight"), "text/plain": repr(fig)}, raw=True)
+    cell = get_ipython().execution_count
+
+    def show_unless_shown_in_this_cell():  # IPython calls this when `fig` is a cell's value or is displayed
+        if get_ipython().execution_count != cell:
+            _display_png(fig)
+    fig._ipython_display_ = show_unless_shown_in_this_cell
 
 
 def save_png(fig, path: str | Path) -> Path:

@@ -6,7 +6,6 @@ from functools import partial
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .display import format_table
 from .init import GeneralReLU, init_weights
@@ -98,6 +97,7 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, print_table: bool = 
     """One row per top-level layer: output shape, parameters and MFLOPs per sample (torch's
     FlopCounterMode), for a Learner (on a batch of its training data) or a model and a batch `xb`.
     Runs the model once in eval mode, without gradients, and restores its mode."""
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton where installed: only when used
     model = getattr(learn_or_model, "model", learn_or_model)
     if xb is None:
         xb = next(iter(learn_or_model.dls.train))[0]

@@ -7,12 +7,9 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torcheval.metrics import MulticlassAccuracy
 
 from .callbacks.core import DeviceCB
 from .callbacks.distributed import DistributedCB
@@ -23,8 +20,8 @@ from .checkpoint import randomness, restore_randomness
 from .data import DataLoaders, fashion_mnist
 from .device import default_device
 from .distributed import world_size
-from .display import TablePrinter, finished
 from .callback import Callback
+from .display import TablePrinter, finished, integer_xticks, subplots
 from .learner import Learner
 
 __all__ = ["train", "train_1cycle", "default_cbs", "fast_adamw", "compare_optimizers", "optimizer_state_bytes"]
@@ -33,6 +30,7 @@ __all__ = ["train", "train_1cycle", "default_cbs", "fast_adamw", "compare_optimi
 def default_cbs() -> list[Callback]:
     """Device placement, loss and accuracy per epoch, and progress: what `train` always uses; under
     torchrun (WORLD_SIZE > 1) also DistributedCB."""
+    from torcheval.metrics import MulticlassAccuracy  # imported when used: it takes a second
     cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()]
     return [DistributedCB(), *cbs] if world_size() > 1 else cbs
 
@@ -90,6 +88,7 @@ def compare_optimizers(model_fn: Callable[[], nn.Module], optimizers: dict[str, 
     optimizer-state bytes per parameter byte: 0 for SGD, 1 for momentum, 2 for Adam), printed as
     a table, and a Figure of the training loss per batch and the validation accuracy per epoch.
     """
+    from torcheval.metrics import MulticlassAccuracy
     dls = dls if dls is not None else fashion_mnist()
     initial = copy.deepcopy(model_fn().state_dict())
     same_start = randomness(dls)
@@ -116,13 +115,13 @@ def compare_optimizers(model_fn: Callable[[], nn.Module], optimizers: dict[str, 
 
 
 def _comparison_figure(curves: dict[str, tuple[list[float], list[float]]]):
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (loss_ax, acc_ax) = subplots(1, 2, figsize=(10, 3.5))
     for name, (losses, accs) in curves.items():
         loss_ax.plot(range(1, len(losses) + 1), losses, lw=1, label=name)
-        acc_ax.plot(range(1, len(accs) + 1), accs, "o-", label=name)
+        acc_ax.plot(range(len(accs)), accs, "o-", label=name)
     loss_ax.set(xlabel="training batch", ylabel="loss", title="Training loss", yscale="log")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
-    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (loss_ax, acc_ax):
+        integer_xticks(ax)
         ax.legend()
     return finished(fig)

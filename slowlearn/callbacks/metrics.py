@@ -2,13 +2,8 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable
-
-with warnings.catch_warnings():  # torcheval 0.0.7 uses torch.jit.script, deprecated in recent torch
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-    from torcheval.metrics import Metric
-    from torcheval.metrics.toolkit import sync_and_compute
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,7 +12,15 @@ from ..distributed import all_reduce_sum, is_rank0, world_size
 from ..callback import Callback
 from ..device import model_device
 
-__all__ = ["MetricsCB"]
+if TYPE_CHECKING:  # torcheval takes a second to import: only when metrics are used
+    from torcheval.metrics import Metric
+
+__all__ = ["MetricsCB", "phase_of"]
+
+
+def phase_of(row: dict) -> str:
+    """A history row's phase, "train" or "valid" (older histories wrote "eval" for valid)."""
+    return "valid" if row.get("train") in ("eval", "valid") else "train"
 
 
 class MetricsCB(Callback):
@@ -82,8 +85,7 @@ class MetricsCB(Callback):
 
     def after_epoch(self, learn) -> None:
         self._update()
-        distributed = world_size() > 1
-        row = {name: (sync_and_compute(m) if distributed else m.compute()).item() for name, m in self.metrics.items()}
+        row = {name: self._compute(m).item() for name, m in self.metrics.items()}
         loss_sum = self.loss_sum if self.loss_sum is not None else torch.zeros((), device=model_device(learn.model))
         totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(self.count),
                                                                              device=loss_sum.device).double()]))
@@ -92,3 +94,10 @@ class MetricsCB(Callback):
         row |= {"epoch": learn.epoch, "train": "train" if learn.training else "eval"}
         learn.history.append(row)
         (learn.metrics_log or self._print)(row)
+
+    @staticmethod
+    def _compute(metric: Metric) -> torch.Tensor:
+        if world_size() == 1:
+            return metric.compute()
+        from torcheval.metrics.toolkit import sync_and_compute
+        return sync_and_compute(metric)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
-import matplotlib.pyplot as plt
 from tqdm import tqdm
 
-from ..display import TablePrinter, finished, format_value, in_notebook
+from ..display import TablePrinter, finished, format_value, in_notebook, integer_xticks, subplots
 from ..distributed import is_rank0
 from ..callback import Callback
 from .core import DeviceFloats
@@ -91,20 +91,22 @@ class ProgressCB(Callback):
         if self.table:
             self.view.row(row)
 
-    def plot_loss(self):
-        """A Figure of the training loss per batch and the validation loss at the end of each epoch."""
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+    def plot_loss(self, path: str | Path | None = None, show: bool = True):
+        """A Figure of the training loss per batch and the validation loss at the end of each epoch
+        (saved as PNG at `path`; `show=False` makes it without showing it)."""
+        fig, ax = subplots(figsize=(6, 3.5))
         ax.plot(range(1, len(self.train_losses) + 1), self.train_losses, label="train (per batch)", lw=1)
         if self.valid_losses:
             xs = [(epoch + 1) * self._n_train_batches for epoch, _ in self.valid_losses]
             ax.plot(xs, [loss for _, loss in self.valid_losses], "o-", label="valid (per epoch)")
         ax.set(xlabel="training batch", ylabel="loss", title="Loss")
+        integer_xticks(ax)
         ax.legend()
-        return finished(fig)
+        return finished(fig, path, show)
 
     def _update_plot(self) -> None:
         from IPython.display import display
-        fig = self.plot_loss()
+        fig = self.plot_loss(show=False)
         if self._plot_handle is None:
             self._plot_handle = display(fig, display_id=True)
         else:
