@@ -30,7 +30,8 @@ def integer_xticks(ax) -> None:
     low, high = ax.get_xlim()
     if high - low < 1:
         middle = round((low + high) / 2)
-        ax.set_xlim(middle - 1, middle + 1)
+        ax.set_xlim(middle - 0.5, middle + 0.5)
+        ax.set_xticks([middle])
 
 
 def finished(fig, path: str | Path | None = None, show: bool = True):

@@ -16,7 +16,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .augment import BatchAugment
-from .data import DataLoaders, TensorLoader, _data_root
+from .data import DataLoaders, DataNotFoundError, TensorLoader, _data_root
 from .distributed import is_rank0, rank0_first
 
 __all__ = ["image_folder", "cifar10", "load_image_split", "CIFAR10_CLASSES"]
@@ -126,10 +126,10 @@ def cifar10(bs: int = 512, root: str | os.PathLike | None = None, device=None,
         return image_folder(base / "cifar10", bs, device, aug, seed, n_train=n_train, n_valid=n_valid)
     batches = base / "cifar-10-batches-py"
     if not batches.is_dir():
-        def missing(why: str) -> FileNotFoundError:
-            return FileNotFoundError(f"CIFAR-10 was not found under {base} (as image folders cifar10/train/<class>/ "
-                                     f"and cifar10/test/<class>/, or torchvision's cifar-10-batches-py/), and {why}. "
-                                     f"Put it there, or pass root= or set SLOWLEARN_DATA to where it is.")
+        def missing(why: str) -> DataNotFoundError:
+            return DataNotFoundError(f"CIFAR-10 was not found under {base} (as image folders cifar10/train/<class>/ "
+                                     f"and cifar10/test/<class>/, or torchvision's cifar-10-batches-py/), and {why}.",
+                                     "Put it there, or pass root= or set SLOWLEARN_DATA to where it is.")
         if not download:
             raise missing("download=False")
         from torchvision.datasets import CIFAR10

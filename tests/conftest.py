@@ -60,3 +60,11 @@ class StopAt(Callback):
     def after_batch(self, learn):
         if learn.training and learn.epoch == self.epoch and learn.iter == self.iter:
             raise self.exc()
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Plot functions leave their figures open for `plt.show()`; each test starts with none open."""
+    yield
+    import matplotlib.pyplot as plt
+    plt.close("all")

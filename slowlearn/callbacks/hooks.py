@@ -23,7 +23,8 @@ class ActivationStatsCB(Callback):
     `modules` defaults to the model's activation layers (ReLU, GeneralReLU, ...), or its top-level
     children if it has none. Statistics stay on the device and are read once per epoch. The
     histogram counts |activation| in `bins` bins over [0, `hist_max`]; "dead" means |activation| <
-    `dead_below`. Plots label layer i (in forward order) as `"i: <class name>"`. Hooks are removed when the fit ends, also after an error. Plots: `plot_stats()`,
+    `dead_below`. `names` holds the layers' paths in the model ("0.1"); plots label them in order
+    from 1 with their class (`labels`: "1: GeneralReLU", ...). Hooks are removed when the fit ends, also after an error. Plots: `plot_stats()`,
     `color_dim()`, `dead_chart()`; `stats[i]` holds layer i's lists (`mean`, `std`, `dead`, `hist`).
     """
 
@@ -36,7 +37,9 @@ class ActivationStatsCB(Callback):
     def before_fit(self, learn) -> None:
         model = learn.model
         modules = self.modules or [m for m in model.modules() if isinstance(m, ACTIVATIONS)] or list(model.children())
-        self.names = [f"{i}: {type(m).__name__}" for i, m in enumerate(modules)]
+        names = {m: name for name, m in model.named_modules()}
+        self.names = [names.get(m, type(m).__name__) for m in modules]
+        self.labels = [f"{i}: {type(m).__name__}" for i, m in enumerate(modules, 1)]
         self.stats = [{"mean": [], "std": [], "dead": [], "hist": []} for _ in modules]
         self._pending = [[] for _ in modules]
         self._pending_hist = [[] for _ in modules]
@@ -88,7 +91,7 @@ class ActivationStatsCB(Callback):
     def plot_stats(self, path: str | Path | None = None):
         """Mean and std of each layer's output over the recorded batches."""
         fig, (mean_ax, std_ax) = subplots(1, 2, figsize=(10, 3.5))
-        for name, stats in zip(self.names, self.stats):
+        for name, stats in zip(self.labels, self.stats):
             mean_ax.plot(stats["mean"], label=name)
             std_ax.plot(stats["std"], label=name)
         mean_ax.set(title="Activation means", xlabel="recorded batch")
@@ -106,7 +109,7 @@ class ActivationStatsCB(Callback):
         cols = min(n, 4)
         rows = -(-n // cols)
         fig, axs = subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-        for ax, name, stats in zip(axs.flat, self.names, self.stats):
+        for ax, name, stats in zip(axs.flat, self.labels, self.stats):
             if stats["hist"]:
                 image = torch.stack(stats["hist"]).T.log1p().numpy()
                 ax.imshow(image, origin="lower", aspect="auto", extent=(0, len(stats["hist"]), 0, self.hist_max))
@@ -118,7 +121,7 @@ class ActivationStatsCB(Callback):
     def dead_chart(self, path: str | Path | None = None):
         """Fraction of each layer's activations that are near zero, over the recorded batches."""
         fig, ax = subplots(figsize=(6, 3.5))
-        for name, stats in zip(self.names, self.stats):
+        for name, stats in zip(self.labels, self.stats):
             ax.plot(stats["dead"], label=name)
         ax.set(title=f"Near-zero activations (|x| < {self.dead_below})", xlabel="recorded batch",
                ylabel="fraction", ylim=(0, 1))
