@@ -81,7 +81,7 @@ def train_command(args) -> int:
     dls = _data(args)
     cbs = [*_speed_cbs(args), CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
     learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls, opt_func=_opt_func(args.opt),
-                         cbs=cbs, resume=args.resume)
+                         cbs=cbs, resume=args.resume, verbose=args.verbose)
     pictures = {"lr and momentum": (learn.recorder.plot(), "schedule.png"),
                 "loss curves": (learn.progress.plot_loss(), "loss.png"),
                 "metrics per epoch": (plot_metrics(learn), "metrics.png"),
@@ -104,7 +104,8 @@ def lr_find_command(args) -> int:
         raise CLIError(f"--num-it {args.num_it}: the sweep needs at least 2 batches")
     set_seed(args.seed)
     dls = _data(args)
-    learn = Learner(_model(args, dls), dls, cbs=[*default_cbs(), *_speed_cbs(args)], opt_func=_opt_func(args.opt))
+    learn = Learner(_model(args, dls), dls, cbs=[*default_cbs(args.verbose), *_speed_cbs(args)],
+                    opt_func=_opt_func(args.opt))
     suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)
     path = Path(args.out) / "lr_find.png"
     learn.lr_finder.plot(suggestion, path)
@@ -128,6 +129,16 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
                    help="fp32, or mixed precision in bf16 or fp16 with loss scaling (default: fp32)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    _verbosity(p)
+
+
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", dest="verbose", action="store_const", const=2,
+                       help="no progress bars: one line per epoch and phase (the default when the output is a "
+                            "file or a pipe)")
+    shown.add_argument("--verbose", dest="verbose", action="store_const", const=1,
+                       help="progress bars even when the output is a file or a pipe (the default on a terminal)")
 
 
 def _positive_int(value: str) -> int:

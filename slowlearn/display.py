@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
-__all__ = ["in_notebook", "subplots", "integer_xticks", "save_png", "finished", "TablePrinter", "format_value", "format_table"]
+__all__ = ["in_notebook", "live_output", "progress", "subplots", "integer_xticks", "save_png", "finished", "TablePrinter", "format_value", "format_table"]
 
 
 def in_notebook() -> bool:
@@ -14,6 +15,42 @@ def in_notebook() -> bool:
     ipython = sys.modules.get("IPython")
     shell = ipython.get_ipython() if ipython else None
     return shell is not None and "IPKernelApp" in shell.config
+
+
+def live_output() -> bool:
+    """True where progress can be redrawn in place: a notebook, or a terminal on stderr (where tqdm
+    writes). False for a file or a pipe (a batch job's log, CI), where plain lines fit better."""
+    return in_notebook() or sys.stderr.isatty()
+
+
+def progress(items: Iterable, total: int, desc: str) -> Iterator:
+    """Iterate over `items` showing progress: an HTML progress line in a notebook, a tqdm bar on a
+    terminal, and elsewhere (a log file) one line saying what is being done."""
+    if in_notebook():
+        yield from _html_progress(items, total, desc)
+    elif sys.stderr.isatty():
+        from tqdm import tqdm
+        yield from tqdm(items, total=total, desc=desc, mininterval=2.)
+    else:
+        print(f"{desc}: {total} items", file=sys.stderr, flush=True)
+        yield from items
+
+
+def _html_progress(items: Iterable, total: int, desc: str, interval: float = 0.5) -> Iterator:
+    from IPython.display import HTML, display
+    start = last = time.monotonic()
+
+    def html(n: int):
+        return HTML(f'<progress value="{n}" max="{max(total, 1)}" style="width:240px"></progress> '
+                    f"{desc}: {n}/{total} · {time.monotonic() - start:.1f} s")
+    line = display(html(0), display_id=True)
+    n = 0
+    for n, item in enumerate(items, 1):
+        yield item
+        if time.monotonic() - last > interval:
+            line.update(html(n))
+            last = time.monotonic()
+    line.update(html(n))
 
 
 def subplots(*args, **kwargs):

@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from .augment import BatchAugment
+from .display import progress
 from .data import DataLoaders, DataNotFoundError, TensorLoader, _data_root
 from .distributed import is_rank0, rank0_first
 
@@ -44,9 +44,8 @@ def load_image_split(split_dir: Path, classes: list[str]) -> tuple[torch.Tensor,
     with Image.open(files[0][0]) as first:
         mode = "L" if first.mode in ("1", "L", "I;16") else "RGB"
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        images = list(tqdm(pool.map(lambda f: _decode(f[0], mode), files),
-                           total=len(files), desc=f"decoding {split_dir.name}", disable=not is_rank0(),
-                           mininterval=2.))
+        decoded = pool.map(lambda f: _decode(f[0], mode), files)
+        images = list(progress(decoded, len(files), f"decoding {split_dir}") if is_rank0() else decoded)
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) > 1:
         raise ValueError(f"Images in {split_dir} have different sizes {sorted(sizes)[:4]}: resize them to one size")

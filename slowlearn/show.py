@@ -7,7 +7,6 @@ from pathlib import Path
 
 import torch
 
-from .callbacks.metrics import phase_of
 from .display import finished, integer_xticks, subplots
 from .inference import confusion_matrix, get_preds
 
@@ -121,11 +120,11 @@ def plot_top_losses(learn, k: int = 9, path: str | Path | None = None):
 def plot_metrics(learn, path: str | Path | None = None):
     """Training and validation loss (and every other metric) per epoch, from `learn.history`, with
     epochs numbered as in the history and the metrics table (from 0; later fits continue the count)."""
-    names = [k for k in learn.history[0] if k not in ("epoch", "train", "phase")] if learn.history else ["loss"]
+    names = [k for k in learn.history[0] if k not in ("epoch", "phase")] if learn.history else ["loss"]
     fig, axs = subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axs[0], names):
         for phase in ("train", "valid"):
-            values = [r[name] for r in learn.history if phase_of(r) == phase and name in r]
+            values = [r[name] for r in learn.history if r.get("phase") == phase and name in r]
             ax.plot(range(len(values)), values, "o-", label=phase)
         ax.set(title=name, xlabel="epoch")
         integer_xticks(ax)

@@ -27,25 +27,27 @@ from .learner import Learner
 __all__ = ["train", "train_1cycle", "default_cbs", "fast_adamw", "compare_optimizers", "optimizer_state_bytes"]
 
 
-def default_cbs() -> list[Callback]:
-    """Device placement, loss and accuracy per epoch, and progress: what `train` always uses; under
-    torchrun (WORLD_SIZE > 1) also DistributedCB."""
+def default_cbs(verbose: int | None = None) -> list[Callback]:
+    """Device placement, loss and accuracy per epoch, and progress (`ProgressCB(verbose=verbose)`):
+    what `train` always uses; under torchrun (WORLD_SIZE > 1) also DistributedCB."""
     from torcheval.metrics import MulticlassAccuracy  # imported when used: it takes a second
-    cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()]
+    cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(verbose=verbose)]
     return [DistributedCB(), *cbs] if world_size() > 1 else cbs
 
 
 def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,
           opt_func: Callable = torch.optim.SGD, cbs: Sequence[Callback] = (), dls: DataLoaders | None = None,
-          loss_func: Callable = F.cross_entropy, resume: str | None = None) -> Learner:
+          loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None) -> Learner:
     """Train a Fashion-MNIST model (or one on `dls`), printing accuracy and loss per epoch and phase.
 
-    `cbs` are added to the defaults (device, metrics, progress). `resume=path` continues the run
+    `cbs` are added to the defaults (device, metrics, progress). `verbose` is ProgressCB's: 0 nothing,
+    1 progress bars, 2 one line per epoch and phase, None (default) bars on a terminal or in a
+    notebook and lines in a log file. `resume=path` continues the run
     checkpointed there (by CheckpointCB) when called again with the same arguments. Returns the
     Learner: its `history` holds the table, `learn.progress.plot_loss()` draws the loss curve.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
-    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(), *cbs], opt_func=opt_func)
+    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), *cbs], opt_func=opt_func)
     return learn.fit(n_epochs, resume=resume)
 
 
@@ -58,17 +60,19 @@ def fast_adamw() -> Callable:
 
 def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: DataLoaders | None = None,
                  opt_func: Callable | None = None, cbs: Sequence[Callback] = (), bs: int = 512,
-                 loss_func: Callable = F.cross_entropy, resume: str | None = None, **one_cycle_kwargs) -> Learner:
+                 loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None,
+                 **one_cycle_kwargs) -> Learner:
     """One-cycle training: AdamW, lr warmed up to `lr` then annealed (cosine), momentum (beta1) cycled
     the opposite way, set every batch from training progress by `Learner.fit_one_cycle`
     (`one_cycle_kwargs` go to it: `pct_start`, `div`, `div_final`, `moms`).
 
     Fashion-MNIST by default, or any `dls`. `opt_func=None` picks `fast_adamw()`. `resume=path`
     continues the run checkpointed there when called again with the same arguments. Prints the
-    metrics table and returns the Learner: `learn.recorder.plot()` shows lr and momentum per batch.
+    metrics table (`verbose` as in `train`) and returns the Learner: `learn.recorder.plot()` shows lr
+    and momentum per batch.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
-    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(), RecorderCB(), *cbs],
+    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), RecorderCB(), *cbs],
                     opt_func=opt_func or fast_adamw())
     return learn.fit_one_cycle(n_epochs, lr, resume=resume, **one_cycle_kwargs)
 
@@ -110,7 +114,7 @@ def compare_optimizers(model_fn: Callable[[], nn.Module], optimizers: dict[str, 
                      "valid_acc": valid_row["accuracy"], "seconds": seconds,
                      "state/param bytes": optimizer_state_bytes(learn.opt) / param_bytes})
         print_row(rows[-1])
-        curves[name] = (learn.progress.train_losses, [r["accuracy"] for r in learn.history if r["train"] == "eval"])
+        curves[name] = (learn.progress.train_losses, [r["accuracy"] for r in learn.history if r["phase"] == "valid"])
     return rows, _comparison_figure(curves)
 
 

@@ -77,7 +77,7 @@ def test_image_grids_are_near_square(n, shape):
 
 def test_plot_metrics_numbers_epochs_as_the_history(trained):
     ax = plot_metrics(trained).axes[0]
-    epochs = [row["epoch"] for row in trained.history if row["train"] == "train"]
+    epochs = [row["epoch"] for row in trained.history if row["phase"] == "train"]
     assert list(ax.get_lines()[0].get_xdata()) == epochs == [0, 1]
     one_epoch = image_learner().fit(1)
     ax = plot_metrics(one_epoch).axes[0]

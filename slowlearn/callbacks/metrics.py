@@ -15,12 +15,7 @@ from ..device import model_device
 if TYPE_CHECKING:  # torcheval takes a second to import: only when metrics are used
     from torcheval.metrics import Metric
 
-__all__ = ["MetricsCB", "phase_of"]
-
-
-def phase_of(row: dict) -> str:
-    """A history row's phase, "train" or "valid" (older histories wrote "eval" for valid)."""
-    return "valid" if row.get("train") in ("eval", "valid") else "train"
+__all__ = ["MetricsCB"]
 
 
 class MetricsCB(Callback):
@@ -29,8 +24,8 @@ class MetricsCB(Callback):
     `MetricsCB(MulticlassAccuracy())` names the column after the metric's class; `MetricsCB(acc=...)`
     names it `acc`. The loss is weighted by batch size, so it is the exact mean over samples even
     with an uneven last batch. Each phase appends a row to `learn.history`:
-    `{<metric>: float, ..., "loss": float, "epoch": int, "train": "train" | "eval"}` (the seed's
-    columns) and passes it to `learn.metrics_log` (ProgressCB's display), or when that slot is empty
+    `{<metric>: float, ..., "loss": float, "epoch": int, "phase": "train" | "valid"}` (the phases
+    named as monitors name them: `valid_loss` is the loss of a "valid" row) and passes it to `learn.metrics_log` (ProgressCB's display), or when that slot is empty
     prints it as a table. During the fit `learn.metric_names` holds the column names, "loss" included,
     so that callbacks monitoring a metric can check its name before training.
 
@@ -91,7 +86,7 @@ class MetricsCB(Callback):
                                                                              device=loss_sum.device).double()]))
         loss_sum, count = totals.tolist()
         row["loss"] = loss_sum / count if count else float("nan")
-        row |= {"epoch": learn.epoch, "train": "train" if learn.training else "eval"}
+        row |= {"epoch": learn.epoch, "phase": "train" if learn.training else "valid"}
         learn.history.append(row)
         (learn.metrics_log or self._print)(row)
 
