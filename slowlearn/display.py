@@ -1,10 +1,11 @@
-"""Showing results: notebook detection, text tables, and figures (shown once in notebooks, left open for
-`plt.show()` in scripts, saved as PNG when asked)."""
+"""Showing results: notebook detection, progress, text tables, and figures (shown once in notebooks, left
+open for `plt.show()` in scripts, saved as PNG when asked)."""
 from __future__ import annotations
 
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from pathlib import Path
 
 __all__ = ["in_notebook", "live_output", "progress", "subplots", "integer_xticks", "save_png", "finished", "TablePrinter", "format_value", "format_table"]
@@ -72,13 +73,10 @@ def integer_xticks(ax) -> None:
 
 
 def finished(fig, path: str | Path | None = None, show: bool = True):
-    """Lay `fig` out, save it as a PNG at `path` if given, show it, and return it.
-
-    In a notebook the figure is shown right away, once: it is closed in pyplot (so the inline backend
-    does not show it again at the end of the cell) and returning it as the cell's value does not
-    repeat it (in a later cell, `fig` shows it again). Elsewhere it stays open, so `plt.show()`
-    shows it. `show=False` closes it instead: for figures the caller displays or saves itself.
-    """
+    """Lay `fig` out, save it as a PNG at `path` if given, and return it, open in pyplot: a script's
+    `plt.show()` shows it, a notebook shows it once at the end of the cell (after any change the cell
+    makes to it), also when it is the cell's value. `show=False` closes it instead: for figures the
+    caller displays or saves itself."""
     import matplotlib.pyplot as plt
     fig.tight_layout()
     if path is not None:
@@ -86,22 +84,19 @@ def finished(fig, path: str | Path | None = None, show: bool = True):
     if not show:
         plt.close(fig)
     elif in_notebook():
-        plt.close(fig)
-        _display_png(fig)
+        fig._ipython_display_ = partial(_show_once, fig)
     return fig
 
 
-def _display_png(fig) -> None:
-    from IPython import get_ipython
+def _show_once(fig) -> None:
+    """Show `fig` in the notebook and close it, so that the inline backend, which shows every open
+    figure at the end of a cell, does not show it a second time (returning a figure as a cell's value
+    otherwise shows it twice). Later cells that display it show it again."""
+    import matplotlib.pyplot as plt
     from IPython.core.pylabtools import print_figure
     from IPython.display import display
+    plt.close(fig)
     display({"image/png": print_figure(fig, "png", bbox_inches="tight"), "text/plain": repr(fig)}, raw=True)
-    cell = get_ipython().execution_count
-
-    def show_unless_shown_in_this_cell():  # IPython calls this when `fig` is a cell's value or is displayed
-        if get_ipython().execution_count != cell:
-            _display_png(fig)
-    fig._ipython_display_ = show_unless_shown_in_this_cell
 
 
 def save_png(fig, path: str | Path) -> Path:

@@ -113,7 +113,7 @@ def compare_optimizers(model_fn: Callable[[], nn.Module], optimizers: dict[str, 
                      "train_acc": train_row["accuracy"], "valid_loss": valid_row["loss"],
                      "valid_acc": valid_row["accuracy"], "seconds": seconds,
                      "state/param bytes": optimizer_state_bytes(learn.opt) / param_bytes})
-        print_row(rows[-1])
+        print_row({k: v for k, v in rows[-1].items() if k != "seconds"} | {"time": f"{seconds:.1f} s"})
         curves[name] = (learn.progress.train_losses, [r["accuracy"] for r in learn.history if r["phase"] == "valid"])
     return rows, _comparison_figure(curves)
 

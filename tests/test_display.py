@@ -1,4 +1,4 @@
-"""What a notebook shows: a figure once, where it is made; no echo of what was printed already."""
+"""What a notebook shows: a figure once per cell; no echo of what was printed already."""
 import matplotlib.pyplot as plt
 import nbformat
 import pytest
@@ -13,6 +13,7 @@ CELLS = {
     "mid-cell": "fig = plot()\nprint('after')",
     "last value": "plot()",
     "later cell": "fig",
+    "changed": "fig = plot()\nfig.suptitle('changed')\ndisplay(fig)",
     "summary": "summary(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3))",
     "summary rows": "summary(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3), print_table=False)",
 }
@@ -31,10 +32,11 @@ def kinds(outputs):
     return ["png" if "image/png" in o.get("data", {}) else o.output_type for o in outputs]
 
 
-def test_a_figure_shows_once_where_it_is_made(outputs):
-    assert kinds(outputs["mid-cell"]) == ["png", "stream"]  # before what the cell prints next
+def test_a_figure_shows_once_per_cell(outputs):
+    assert kinds(outputs["mid-cell"]) == ["stream", "png"]  # at the end of the cell, as pyplot figures
     assert kinds(outputs["last value"]) == ["png"]  # returned as the cell's value: not shown twice
     assert kinds(outputs["later cell"]) == ["png"]  # shown again when asked for in another cell
+    assert kinds(outputs["changed"]) == ["png"]  # changed, then displayed: once
 
 
 def test_summary_prints_its_table_once(outputs):
