@@ -129,7 +129,13 @@ def format_value(v) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    """A whole table as text: columns as wide as their widest cell, text left- and numbers right-aligned."""
+    """A whole table as text: columns as wide as their widest cell, text left- and numbers right-aligned.
+
+    >>> print(format_table([{"layer": "conv", "params": 208}, {"layer": "total", "params": 30282}]))
+    layer  params
+    conv      208
+    total   30282
+    """
     columns = list(rows[0])
     cells = [[format_value(row.get(c)) for c in columns] for row in rows]
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(columns)]

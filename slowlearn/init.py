@@ -14,7 +14,11 @@ WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class GeneralReLU(nn.Module):
-    """ReLU with options: `leak` (leaky slope), `sub` (subtracted after), `maxv` (clamped above)."""
+    """ReLU with options: `leak` (leaky slope), `sub` (subtracted after), `maxv` (clamped above).
+
+    >>> GeneralReLU(leak=0.1, sub=0.4, maxv=2.)(torch.tensor([-1., 0., 1., 5.]))
+    tensor([-0.5000, -0.4000,  0.6000,  2.0000])
+    """
 
     def __init__(self, leak: float | None = None, sub: float | None = None, maxv: float | None = None):
         super().__init__()
