@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable, Iterator
 from functools import partial
 from pathlib import Path
 
-__all__ = ["in_notebook", "live_output", "progress", "subplots", "integer_xticks", "save_png", "finished", "TablePrinter", "format_value", "format_table"]
+__all__ = ["in_notebook", "live_output", "progress", "progress_html", "subplots", "integer_xticks", "save_png",
+           "finished", "TablePrinter", "format_value", "format_table"]
 
 
 def in_notebook() -> bool:
@@ -37,13 +38,17 @@ def progress(items: Iterable, total: int, desc: str) -> Iterator:
         yield from items
 
 
+def progress_html(value: int, total: int, text: str) -> str:
+    """A notebook's progress line: an HTML progress bar followed by `text`."""
+    return f'<progress value="{value}" max="{max(total, 1)}" style="width:240px"></progress> {text}'
+
+
 def _html_progress(items: Iterable, total: int, desc: str, interval: float = 0.5) -> Iterator:
     from IPython.display import HTML, display
     start = last = time.monotonic()
 
     def html(n: int):
-        return HTML(f'<progress value="{n}" max="{max(total, 1)}" style="width:240px"></progress> '
-                    f"{desc}: {n}/{total} · {time.monotonic() - start:.1f} s")
+        return HTML(progress_html(n, total, f"{desc}: {n}/{total} · {time.monotonic() - start:.1f} s"))
     line = display(html(0), display_id=True)
     n = 0
     for n, item in enumerate(items, 1):

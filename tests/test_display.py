@@ -4,7 +4,7 @@ import nbformat
 import pytest
 from nbclient import NotebookClient
 
-from slowlearn.display import finished, integer_xticks, subplots
+from slowlearn.display import finished, integer_xticks, progress, subplots
 
 CELLS = {
     "setup": "import torch\nfrom torch import nn\nfrom slowlearn import summary\n"
@@ -16,6 +16,7 @@ CELLS = {
     "changed": "fig = plot()\nfig.suptitle('changed')\ndisplay(fig)",
     "summary": "summary(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3))",
     "summary rows": "summary(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3), print_table=False)",
+    "progress": "from slowlearn.display import progress\nitems = list(progress(range(3), 3, 'decoding'))",
 }
 
 
@@ -42,6 +43,14 @@ def test_a_figure_shows_once_per_cell(outputs):
 def test_summary_prints_its_table_once(outputs):
     assert kinds(outputs["summary"]) == ["stream"] and "params" in outputs["summary"][0].text
     assert kinds(outputs["summary rows"]) == ["stream"] and "params" in outputs["summary rows"][0].text
+
+
+def test_progress_is_an_html_line_in_a_notebook_and_one_plain_line_in_a_log(outputs, capsys):
+    assert [o.output_type for o in outputs["progress"]] == ["display_data"]  # updated in place
+    assert "<progress" in outputs["progress"][0].data["text/html"]
+    assert list(progress(range(3), 3, "decoding")) == [0, 1, 2]
+    captured = capsys.readouterr()
+    assert captured.err == "decoding: 3 items\n" and captured.out == ""
 
 
 def test_figures_stay_open_outside_notebooks(tmp_path):

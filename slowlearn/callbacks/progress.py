@@ -9,7 +9,8 @@ from tqdm import tqdm
 
 from ..callback import Callback
 from ..device import model_device
-from ..display import TablePrinter, finished, format_value, in_notebook, integer_xticks, live_output, subplots
+from ..display import (TablePrinter, finished, format_value, in_notebook, integer_xticks, live_output, progress_html,
+                       subplots)
 from ..distributed import is_rank0
 from .core import DeviceFloats
 
@@ -242,6 +243,5 @@ class NotebookView:
             parts.append(f"loss {self.loss:.3f}")
         parts.append(f"{elapsed:.1f} s")
         value, total = (self.n, self.total) if self.desc else (self.done, self.n_epochs)
-        self.line.update(self.html(f'<progress value="{value}" max="{max(total, 1)}" style="width:240px">'
-                                   f'</progress> {" · ".join(parts)}'))
+        self.line.update(self.html(progress_html(value, total, " · ".join(parts))))
         self.last = time.monotonic()
