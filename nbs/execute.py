@@ -30,7 +30,8 @@ def execute(path: Path, smoke: bool):
     os.environ["SLOWLEARN_SMOKE"] = "1" if smoke else "0"
     os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=3600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    resources = {"metadata": {"path": str(path.parent)}}
+    NotebookClient(nb, timeout=3600, kernel_name="python3", resources=resources).execute()
     return nb
 
 

@@ -5,8 +5,9 @@ import argparse
 import sys
 from collections.abc import Sequence
 from functools import partial
-from importlib.metadata import version
 from pathlib import Path
+
+from . import __version__
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 
@@ -27,8 +28,8 @@ def _data(args):
         try:
             return fashion_mnist(bs=args.bs) if args.data == "fashion_mnist" else cifar10(bs=args.bs)
         except DataNotFoundError as e:
-            raise CLIError(f"--data {args.data}: {e.problem} Put it there, set SLOWLEARN_DATA to the folder "
-                           f"that holds it, or train on your own images with --data PATH") from e
+            raise CLIError(f"--data {args.data}: {e.problem} Put the data where slowlearn looked, set SLOWLEARN_DATA "
+                           f"to the folder that holds it, or train on your own images with --data PATH") from e
     path = Path(args.data)
     if not path.is_dir():
         raise CLIError(f"--data {args.data}: not fashion_mnist, cifar10, or a readable folder")
@@ -158,7 +159,7 @@ def _positive_float(value: str) -> float:
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="slowlearn", description="Train image classifiers with slowlearn. Under torchrun, the same "
                                              "commands train on every process (data parallel).")
-    p.add_argument("--version", action="version", version=f"slowlearn {version('slowlearn')}")
+    p.add_argument("--version", action="version", version=f"slowlearn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     t = sub.add_parser("train", help="one-cycle training, with metrics table, plots, CSV log and checkpoint",
                        description="Train with train_1cycle (one-cycle lr and momentum) and write into --out: "

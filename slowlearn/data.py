@@ -13,8 +13,8 @@ import torch
 from .device import default_device
 from .distributed import rank0_first
 
-__all__ = ["TensorLoader", "DataLoaders", "fashion_mnist", "find_fashion_mnist", "DataNotFoundError", "FASHION_MNIST_CLASSES",
-           "DEBIAN_FASHION_MNIST"]
+__all__ = ["TensorLoader", "DataLoaders", "fashion_mnist", "find_fashion_mnist", "DataNotFoundError",
+           "FASHION_MNIST_CLASSES", "DEBIAN_FASHION_MNIST"]
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")

@@ -129,7 +129,7 @@ def test_metrics_rows_reach_the_display_through_the_learners_slot(capsys):
     assert seen == [progress._log_row] and learn.metrics_log is None  # ProgressCB's for its fit only
     assert capsys.readouterr().out == "" and [loss for _, loss in progress.valid_losses] == [learn.history[-1]["loss"]]
     learn.remove_cb(progress).fit(1)  # without a display, MetricsCB prints its own table
-    assert capsys.readouterr().out.splitlines()[0].split() == ["loss", "epoch", "train"]
+    assert capsys.readouterr().out.splitlines()[0].split() == ["loss", "epoch", "phase"]
 
 
 def test_progress_without_table_prints_nothing(capsys):
@@ -139,7 +139,7 @@ def test_progress_without_table_prints_nothing(capsys):
 
 def test_progress_bars_are_closed_after_an_error():
     bad = type("Bad", (Callback,), {"after_batch": lambda self, learn: 1 / 0})()
-    progress = ProgressCB()
+    progress = ProgressCB(verbose=1)
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[progress, bad])
     with pytest.raises(ZeroDivisionError):
         learn.fit(1)
@@ -164,6 +164,7 @@ def test_notebook_view_updates_one_line_and_one_table_in_place(monkeypatch):
         return shown[-1]
 
     monkeypatch.setattr(progress_module, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress_module, "live_output", lambda: True)
     monkeypatch.setattr(IPython.display, "display", display)
     progress = ProgressCB(plot=False)
     Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress]).fit(2)

@@ -47,7 +47,7 @@ def test_notebook_runs(path, fashion_folder, monkeypatch):
 
 def test_printed_numbers_leave_out_timings():
     nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")])
-    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout",
-                                                  text="accuracy 0.8773 after 12.3 s (5.6 it/s, 3s), epoch 2 of nbs/03\n"),
+    printed = "accuracy 0.8773 after 12.3 s (5.6 it/s, 3s), epoch 2 of nbs/03\n"
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed),
                            nbformat.v4.new_output("execute_result", data={"text/plain": "{'loss': 0.31, 'lr': 1e-05}"})]
     assert execute_notebooks.printed_numbers(nb) == [0.8773, 2, 0.31, 1e-05]

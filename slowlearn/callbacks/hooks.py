@@ -24,8 +24,8 @@ class ActivationStatsCB(Callback):
     children if it has none. Statistics stay on the device and are read once per epoch. The
     histogram counts |activation| in `bins` bins over [0, `hist_max`]; "dead" means |activation| <
     `dead_below`. `names` holds the layers' paths in the model ("0.1"); plots label them in order
-    from 1 with their class (`labels`: "1: GeneralReLU", ...). Hooks are removed when the fit ends, also after an error. Plots: `plot_stats()`,
-    `color_dim()`, `dead_chart()`; `stats[i]` holds layer i's lists (`mean`, `std`, `dead`, `hist`).
+    from 1 with their class (`labels`: "1: GeneralReLU", ...). Hooks are removed when the fit ends,
+    also after an error. Plots: `plot_stats()`, `color_dim()`, `dead_chart()`; `stats[i]` holds layer i's lists (`mean`, `std`, `dead`, `hist`).
     """
 
     def __init__(self, modules: list[nn.Module] | None = None, every: int = 1, with_hist: bool = True,

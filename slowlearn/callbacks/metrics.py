@@ -25,8 +25,8 @@ class MetricsCB(Callback):
     names it `acc`. The loss is weighted by batch size, so it is the exact mean over samples even
     with an uneven last batch. Each phase appends a row to `learn.history`:
     `{<metric>: float, ..., "loss": float, "epoch": int, "phase": "train" | "valid"}` (the phases
-    named as monitors name them: `valid_loss` is the loss of a "valid" row) and passes it to `learn.metrics_log` (ProgressCB's display), or when that slot is empty
-    prints it as a table. During the fit `learn.metric_names` holds the column names, "loss" included,
+    named as monitors name them: `valid_loss` is the loss of a "valid" row) and passes it to
+    `learn.metrics_log` (ProgressCB's display), or when that slot is empty prints it as a table. During the fit `learn.metric_names` holds the column names, "loss" included,
     so that callbacks monitoring a metric can check its name before training.
 
     Per batch this callback only keeps references to the detached predictions, targets and loss;

@@ -27,7 +27,7 @@ class ProgressCB(Callback):
             the training loss per batch and the validation loss per epoch (redrawn at most every
             `plot_interval` seconds);
       2     plain lines, for log files: one at the start saying what runs, then the table, one row
-            per epoch and phase, with no carriage returns or escape sequences;
+            per epoch and phase, with no carriage returns or escape sequences (nothing if `table=False`);
       None  (default) 1 in a notebook or when the output is a terminal, 2 otherwise (a file, a pipe,
             a batch job's log).
     Batch losses stay on the device and are read together every `loss_every` batches (one host
@@ -58,8 +58,8 @@ class ProgressCB(Callback):
         verbose = self.verbose if self.verbose is not None else (1 if live_output() else 2)
         if not is_rank0() or verbose == 0:
             self.view = NullView()
-        elif verbose == 2:
-            self.view = PlainView(learn)
+        elif verbose == 2:  # the start line introduces the table: neither without it
+            self.view = PlainView(learn) if self.table else NullView()
         elif notebook:
             self.view = NotebookView(learn.n_epochs, self.table)
         else:
