@@ -105,7 +105,7 @@ def lr_find_command(args) -> int:
         raise CLIError(f"--num-it {args.num_it}: the sweep needs at least 2 batches")
     set_seed(args.seed)
     dls = _data(args)
-    learn = Learner(_model(args, dls), dls, cbs=[*default_cbs(args.verbose), *_speed_cbs(args)],
+    learn = Learner(_model(args, dls), dls, cbs=[*default_cbs(), *_speed_cbs(args)],
                     opt_func=_opt_func(args.opt))
     suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)
     path = Path(args.out) / "lr_find.png"
@@ -130,7 +130,6 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
                    help="fp32, or mixed precision in bf16 or fp16 with loss scaling (default: fp32)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
-    _verbosity(p)
 
 
 def _verbosity(p: argparse.ArgumentParser) -> None:
@@ -170,6 +169,7 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate (default: 1e-2)")
     t.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run saved in this checkpoint (same options otherwise)")
+    _verbosity(t)
     t.set_defaults(func=train_command)
     f = sub.add_parser("lr-find", help="suggest a learning rate and plot loss against it",
                        description="Raise the learning rate geometrically from --start-lr to --end-lr over --num-it "

@@ -43,6 +43,11 @@ def test_train_verbose_draws_bars_even_into_a_file(tmp_path):
     assert result.returncode == 0 and "\r" in result.stderr
 
 
+@pytest.mark.parametrize("flag, verbose", [([], None), (["--quiet"], 2), (["--verbose"], 1)])
+def test_train_quiet_and_verbose_set_progress_verbosity(flag, verbose):
+    assert cli.parser().parse_args(["train", *flag]).verbose == verbose
+
+
 def test_lr_find_takes_the_sweeps_options(tmp_path):
     data = make_folder(tmp_path / "pets")
     result = slowlearn("lr-find", "--data", data, "--bs", 4, "--num-it", 8, "--start-lr", 1e-4, "--end-lr", 1,
