@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 FASHION_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test bench data install clean
+.PHONY: demo test bench notebooks data install clean
 
 demo: install data
 	$(PY) -m slowlearn train --data fashion_mnist --model cnn --epochs 3 --out runs/demo
@@ -12,7 +12,13 @@ demo: install data
 test: install data
 	$(PY) -m pytest -q tests
 
+# Re-execute every notebook in full (outputs committed) and record what each prints in smoke mode, which
+# tests/test_notebooks.py compares against to catch committed outputs left stale by a code change.
+notebooks: install data
+	$(PY) nbs/execute.py
+
 bench: install data
+	$(PY) benchmarks/import_time.py
 	$(PY) benchmarks/overhead.py
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/optim.py

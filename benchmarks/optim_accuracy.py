@@ -35,8 +35,8 @@ def accuracies(opt_func, lr: float, seed: int) -> tuple[list[float], float]:
     set_seed(seed)
     with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
         learn = train(get_kaiming_initialized_model(), lr=lr, opt_func=opt_func)
-    valid = [row["accuracy"] for row in learn.history if row["train"] == "eval"]
-    return valid, [row["accuracy"] for row in learn.history if row["train"] == "train"][-1]
+    valid = [row["accuracy"] for row in learn.history if row["phase"] == "valid"]
+    return valid, [row["accuracy"] for row in learn.history if row["phase"] == "train"][-1]
 
 
 def main() -> None:

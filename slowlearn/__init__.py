@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException)
 from .callbacks import *  # noqa: F403 -- the callbacks' own __all__, re-exported whole
 from .callbacks import __all__ as _callback_names
+from .compat import quiet_torcheval_imports
 from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
 from .distributed import is_rank0, rank0_first
@@ -37,3 +38,5 @@ __all__ = [
     "plot_top_losses", "plot_metrics",
     "load_learner", "Predictor", "FilePreds", "Preprocessing", "ExportError",
 ]
+
+quiet_torcheval_imports()  # for the user's torcheval imports too

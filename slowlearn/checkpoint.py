@@ -127,7 +127,16 @@ def restore_weights(learn, state: dict) -> None:
         if learn.opt is None:
             learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)
         learn.opt.load_state_dict(state["opt"])
-    learn.history[:] = state["history"]
+    learn.history[:] = [current_row(row) for row in state["history"]]
+
+
+def current_row(row: dict) -> dict:
+    """A history row as MetricsCB writes it now: checkpoints written before the phases were named
+    "train"/"valid" hold `"train": "train" | "eval"` instead of `"phase"`."""
+    if "phase" in row or "train" not in row:
+        return row
+    phase = "valid" if row["train"] == "eval" else "train"
+    return {**{k: v for k, v in row.items() if k != "train"}, "phase": phase}
 
 
 def restore_run_state(learn, state: dict) -> None:

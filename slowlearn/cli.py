@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from . import __version__
 from .cli_common import CLIError
 from .cli_common import positive_int as _positive_int
 from .cli_model import add_model_commands
@@ -21,12 +22,14 @@ class Parser(argparse.ArgumentParser):
 
 
 def _data(args):
-    from .data import fashion_mnist
+    from .data import DataNotFoundError, fashion_mnist
     from .image_data import cifar10, image_folder
-    if args.data == "fashion_mnist":
-        return fashion_mnist(bs=args.bs)
-    if args.data == "cifar10":
-        return cifar10(bs=args.bs)
+    if args.data in ("fashion_mnist", "cifar10"):
+        try:
+            return fashion_mnist(bs=args.bs) if args.data == "fashion_mnist" else cifar10(bs=args.bs)
+        except DataNotFoundError as e:
+            raise CLIError(f"--data {args.data}: {e.problem} Put the data where slowlearn looked, set SLOWLEARN_DATA "
+                           f"to the folder that holds it, or train on your own images with --data PATH") from e
     path = Path(args.data)
     if not path.is_dir():
         raise CLIError(f"--data {args.data}: not fashion_mnist, cifar10, or a readable folder")
@@ -84,7 +87,7 @@ def train_command(args) -> int:
     dls = _data(args)
     cbs = [*_speed_cbs(args), CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
     learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls, opt_func=_opt_func(args.opt),
-                         cbs=cbs, resume=args.resume)
+                         cbs=cbs, resume=args.resume, verbose=args.verbose)
     pictures = {"lr and momentum": (learn.recorder.plot(), "schedule.png"),
                 "loss curves": (learn.progress.plot_loss(), "loss.png"),
                 "metrics per epoch": (plot_metrics(learn), "metrics.png"),
@@ -99,18 +102,22 @@ def train_command(args) -> int:
 
 
 def lr_find_command(args) -> int:
-    from .display import save_png
     from .distributed import rank0_print
     from .init import set_seed
     from .learner import Learner
     from .train import default_cbs
 
+    if args.start_lr >= args.end_lr:
+        raise CLIError(f"--start-lr {args.start_lr:g} must be below --end-lr {args.end_lr:g}")
+    if args.num_it < 2:
+        raise CLIError(f"--num-it {args.num_it}: the sweep needs at least 2 batches")
     set_seed(args.seed)
     dls = _data(args)
-    learn = Learner(_model(args, dls), dls, lr=args.lr, cbs=[*default_cbs(), *_speed_cbs(args)],
+    learn = Learner(_model(args, dls), dls, cbs=[*default_cbs(), *_speed_cbs(args)],
                     opt_func=_opt_func(args.opt))
-    suggestion = learn.lr_find(show_plot=False)
-    path = save_png(learn.lr_finder.plot(suggestion), Path(args.out) / "lr_find.png")
+    suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)
+    path = Path(args.out) / "lr_find.png"
+    learn.lr_finder.plot(suggestion, path)
     rank0_print(f"Suggested learning rate: {suggestion.valley:.2e} (valley); steepest descent at "
                 f"{suggestion.steep:.2e}. Plot: {path}")
     return 0
@@ -133,6 +140,15 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
 
 
+def _verbosity(p: argparse.ArgumentParser) -> None:
+    shown = p.add_mutually_exclusive_group()
+    shown.add_argument("--quiet", dest="verbose", action="store_const", const=2,
+                       help="no progress bars: one line per epoch and phase (the default when the output is a "
+                            "file or a pipe)")
+    shown.add_argument("--verbose", dest="verbose", action="store_const", const=1,
+                       help="progress bars even when the output is a file or a pipe (the default on a terminal)")
+
+
 def _positive_float(value: str) -> float:
     number = float(value)
     if number <= 0:
@@ -143,6 +159,7 @@ def _positive_float(value: str) -> float:
 def parser() -> argparse.ArgumentParser:
     p = Parser(prog="slowlearn", description="Train image classifiers with slowlearn. Under torchrun, the same "
                                              "commands train on every process (data parallel).")
+    p.add_argument("--version", action="version", version=f"slowlearn {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
     t = sub.add_parser("train", help="one-cycle training, with metrics table, plots, CSV log and checkpoint",
                        description="Train with train_1cycle (one-cycle lr and momentum) and write into --out: "
@@ -153,12 +170,16 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate (default: 1e-2)")
     t.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run saved in this checkpoint (same options otherwise)")
+    _verbosity(t)
     t.set_defaults(func=train_command)
     f = sub.add_parser("lr-find", help="suggest a learning rate and plot loss against it",
-                       description="Sweep the learning rate over 100 batches (restoring everything afterwards), "
-                                   "print the suggestions and write lr_find.png into --out.")
+                       description="Raise the learning rate geometrically from --start-lr to --end-lr over --num-it "
+                                   "training batches (restoring everything afterwards), print the suggestions and "
+                                   "write lr_find.png into --out.")
     _common(f, "runs/lr_find")
-    f.add_argument("--lr", type=_positive_float, default=1e-2, help=argparse.SUPPRESS)
+    f.add_argument("--num-it", type=_positive_int, default=100, help="batches in the sweep (default: 100)")
+    f.add_argument("--start-lr", type=_positive_float, default=1e-7, help="first learning rate (default: 1e-7)")
+    f.add_argument("--end-lr", type=_positive_float, default=10., help="last learning rate (default: 10)")
     f.set_defaults(func=lr_find_command)
     add_model_commands(sub, rebuild=_data_and_model)
     return p

@@ -13,8 +13,8 @@ import torch
 from .device import default_device
 from .distributed import rank0_first
 
-__all__ = ["TensorLoader", "DataLoaders", "fashion_mnist", "find_fashion_mnist", "FASHION_MNIST_CLASSES",
-           "DEBIAN_FASHION_MNIST"]
+__all__ = ["TensorLoader", "DataLoaders", "fashion_mnist", "find_fashion_mnist", "DataNotFoundError",
+           "FASHION_MNIST_CLASSES", "DEBIAN_FASHION_MNIST"]
 
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker",
                          "Bag", "Ankle boot")
@@ -161,6 +161,16 @@ def read_idx(path: Path) -> torch.Tensor:
     return torch.frombuffer(bytearray(data[4 + 4 * ndim:]), dtype=torch.uint8).reshape(shape)
 
 
+class DataNotFoundError(FileNotFoundError):
+    """A dataset that is not where slowlearn looked and could not be downloaded. `problem` (one line)
+    says where it looked and why the download did not happen; the message adds how to get the data
+    from Python, front ends such as the command line add their own."""
+
+    def __init__(self, problem: str, fix: str):
+        super().__init__(f"{problem} {fix}")
+        self.problem = problem
+
+
 def _data_root(root: str | os.PathLike | None) -> Path:
     if root is not None:
         return Path(root)
@@ -188,18 +198,18 @@ def find_fashion_mnist(root: str | os.PathLike | None = None, download: bool = T
             FashionMNIST(str(base), train=True, download=True)
             FashionMNIST(str(base), train=False, download=True)
         except Exception as e:
-            raise FileNotFoundError(_missing_message(candidates, f"The torchvision download failed: {e!r}.")) from e
+            raise _missing(candidates, f"The torchvision download failed: {e!r}.") from e
         if _has_fashion_files(base / "FashionMNIST" / "raw"):
             return base / "FashionMNIST" / "raw"
-    raise FileNotFoundError(_missing_message(candidates, "Downloading was not allowed (download=False)."))
+    raise _missing(candidates, "Downloading was not allowed (download=False).")
 
 
-def _missing_message(candidates: list[Path], why: str) -> str:
-    return ("Fashion-MNIST was not found in " + ", ".join(map(str, candidates)) + f". {why} Get it either way:\n"
-            "  - the Debian package: sudo apt-get install dataset-fashion-mnist (files in "
-            f"{DEBIAN_FASHION_MNIST}), or\n"
-            "  - torchvision's download, with network: fashion_mnist(download=True) "
-            "(saved under root, $SLOWLEARN_DATA or ~/.cache/slowlearn).")
+def _missing(candidates: list[Path], why: str) -> DataNotFoundError:
+    return DataNotFoundError(
+        "Fashion-MNIST was not found in " + ", ".join(map(str, candidates)) + f". {why}",
+        "Get it either way:\n  - the Debian package: sudo apt-get install dataset-fashion-mnist (files in "
+        f"{DEBIAN_FASHION_MNIST}), or\n  - torchvision's download, with network: fashion_mnist(download=True) "
+        "(saved under root, $SLOWLEARN_DATA or ~/.cache/slowlearn).")
 
 
 def _load_fashion_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.Tensor]:

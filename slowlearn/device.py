@@ -3,10 +3,10 @@ user's model inside the DistributedDataParallel / `torch.compile` wrappers."""
 from __future__ import annotations
 
 import os
+import sys
 
 import torch
 from torch import nn
-from torch._dynamo.eval_frame import OptimizedModule
 from torch.nn.parallel import DistributedDataParallel
 
 __all__ = ["default_device", "to_device", "model_device", "bare_model"]
@@ -42,6 +42,12 @@ def model_device(model: nn.Module) -> torch.device:
 def bare_model(model: nn.Module) -> nn.Module:
     """The user's module inside DistributedDataParallel and `torch.compile` wrappers, however nested.
     Checkpoints hold its state, so they load into the plain model whichever wrappers trained it."""
-    while isinstance(model, (DistributedDataParallel, OptimizedModule)):
+    while isinstance(model, DistributedDataParallel) or _compiled(model):
         model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
     return model
+
+
+def _compiled(model: nn.Module) -> bool:
+    # torch._dynamo takes seconds to import; a compiled model means torch.compile has imported it already.
+    eval_frame = sys.modules.get("torch._dynamo.eval_frame")
+    return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)

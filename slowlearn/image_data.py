@@ -13,10 +13,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
 from .augment import BatchAugment
-from .data import DataLoaders, TensorLoader, _data_root
+from .display import progress
+from .data import DataLoaders, DataNotFoundError, TensorLoader, _data_root
 from .distributed import is_rank0, rank0_first
 
 __all__ = ["image_folder", "cifar10", "load_image_split", "CIFAR10_CLASSES"]
@@ -44,9 +44,8 @@ def load_image_split(split_dir: Path, classes: list[str]) -> tuple[torch.Tensor,
     with Image.open(files[0][0]) as first:
         mode = "L" if first.mode in ("1", "L", "I;16") else "RGB"
     with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        images = list(tqdm(pool.map(lambda f: _decode(f[0], mode), files),
-                           total=len(files), desc=f"decoding {split_dir.name}", disable=not is_rank0(),
-                           mininterval=2.))
+        decoded = pool.map(lambda f: _decode(f[0], mode), files)
+        images = list(progress(decoded, len(files), f"decoding {split_dir}") if is_rank0() else decoded)
     sizes = {tuple(im.shape) for im in images}
     if len(sizes) > 1:
         raise ValueError(f"Images in {split_dir} have different sizes {sorted(sizes)[:4]}: resize them to one size")
@@ -126,10 +125,10 @@ def cifar10(bs: int = 512, root: str | os.PathLike | None = None, device=None,
         return image_folder(base / "cifar10", bs, device, aug, seed, n_train=n_train, n_valid=n_valid)
     batches = base / "cifar-10-batches-py"
     if not batches.is_dir():
-        def missing(why: str) -> FileNotFoundError:
-            return FileNotFoundError(f"CIFAR-10 was not found under {base} (as image folders cifar10/train/<class>/ "
-                                     f"and cifar10/test/<class>/, or torchvision's cifar-10-batches-py/), and {why}. "
-                                     f"Put it there, or pass root= or set SLOWLEARN_DATA to where it is.")
+        def missing(why: str) -> DataNotFoundError:
+            return DataNotFoundError(f"CIFAR-10 was not found under {base} (as image folders cifar10/train/<class>/ "
+                                     f"and cifar10/test/<class>/, or torchvision's cifar-10-batches-py/), and {why}.",
+                                     "Put it there, or pass root= or set SLOWLEARN_DATA to where it is.")
         if not download:
             raise missing("download=False")
         from torchvision.datasets import CIFAR10

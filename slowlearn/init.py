@@ -14,7 +14,11 @@ WEIGHT_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
 
 
 class GeneralReLU(nn.Module):
-    """ReLU with options: `leak` (leaky slope), `sub` (subtracted after), `maxv` (clamped above)."""
+    """ReLU with options: `leak` (leaky slope), `sub` (subtracted after), `maxv` (clamped above).
+
+    >>> GeneralReLU(leak=0.1, sub=0.4, maxv=2.)(torch.tensor([-1., 0., 1., 5.]))
+    tensor([-0.5000, -0.4000,  0.6000,  2.0000])
+    """
 
     def __init__(self, leak: float | None = None, sub: float | None = None, maxv: float | None = None):
         super().__init__()
@@ -47,38 +51,48 @@ def lsuv_init(model: nn.Module, xb: torch.Tensor, modules: list[nn.Module] | Non
     """Layer-sequential unit variance (Mishkin & Matas, 2015): in forward order, rescale each layer's
     weight and shift its bias until its output on `xb` has |mean| < tol and |std - 1| < tol.
 
-    `modules` defaults to every conv and linear layer. A layer's output is an affine function of its
-    weight and bias, so one correction w <- w/std, b <- (b - mean)/std nearly always suffices; the
-    loop re-measures because earlier layers feed later ones. Raises RuntimeError, naming the layer,
-    when it cannot: no bias to remove a non-zero mean, an output with no variance, or no convergence
-    within `max_iter` passes. Returns the model.
+    `modules` defaults to every conv and linear layer. A layer without bias (a convolution followed
+    by BatchNorm, as in the seed CNN) only has its variance scaled: its mean is left to the BatchNorm
+    after it, which removes any mean anyway. A layer's output is an affine function of its weight
+    and bias, so one correction w <- w/std, b <- (b - mean)/std nearly always suffices; the loop
+    re-measures because earlier layers feed later ones. BatchNorm running statistics are left as they
+    were. Raises RuntimeError, naming the layer, when it cannot: an output with no variance, or no
+    convergence within `max_iter` passes. Returns the model.
     """
     modules = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)] if modules is None else modules
     names = {m: name for name, m in model.named_modules()}
+    buffers = {name: b.clone() for name, b in model.named_buffers()}  # forward passes move BatchNorm's
     for m in modules:
         name = names.get(m, type(m).__name__)
         if not isinstance(getattr(m, "weight", None), torch.Tensor):
             raise RuntimeError(f"lsuv_init: '{name}' has no weight to rescale; pass layers such as conv or "
                                f"linear layers in `modules=`")
-        for _ in range(max_iter):
-            mean, std = _output_stats(model, m, xb)
-            if abs(mean) < tol and abs(std - 1) < tol:
-                break
-            if std < 1e-8:
-                raise RuntimeError(f"lsuv_init: layer '{name}' outputs a constant on this batch (std {std:.2e}): "
-                                   f"its variance cannot be scaled to 1")
-            if abs(mean) >= tol and getattr(m, "bias", None) is None:
-                raise RuntimeError(f"lsuv_init: layer '{name}' has no bias, so its output mean {mean:.3g} "
-                                   f"cannot be moved to 0; exclude it with `modules=`")
-            m.weight.div_(std)
-            if m.bias is not None:
-                m.bias.sub_(mean).div_(std)
-        else:
-            mean, std = _output_stats(model, m, xb)
-            if abs(mean) >= tol or abs(std - 1) >= tol:
-                raise RuntimeError(f"lsuv_init: layer '{name}' did not reach |mean| < {tol} and |std - 1| < {tol} "
-                                   f"in {max_iter} passes (mean {mean:.3g}, std {std:.3g})")
+        _unit_variance(model, m, name, xb, tol, max_iter)
+    for name, b in model.named_buffers():
+        b.copy_(buffers[name])
     return model
+
+
+def _unit_variance(model: nn.Module, m: nn.Module, name: str, xb: torch.Tensor, tol: float, max_iter: int) -> None:
+    has_bias = getattr(m, "bias", None) is not None
+
+    def done(mean: float, std: float) -> bool:
+        return abs(std - 1) < tol and (abs(mean) < tol or not has_bias)
+
+    for _ in range(max_iter):
+        mean, std = _output_stats(model, m, xb)
+        if done(mean, std):
+            return
+        if std < 1e-8:
+            raise RuntimeError(f"lsuv_init: layer '{name}' outputs a constant on this batch (std {std:.2e}): "
+                               f"its variance cannot be scaled to 1")
+        m.weight.div_(std)
+        if has_bias:
+            m.bias.sub_(mean).div_(std)
+    mean, std = _output_stats(model, m, xb)
+    if not done(mean, std):
+        raise RuntimeError(f"lsuv_init: layer '{name}' did not reach |mean| < {tol} and |std - 1| < {tol} "
+                           f"in {max_iter} passes (mean {mean:.3g}, std {std:.3g})")
 
 
 def _output_stats(model: nn.Module, module: nn.Module, xb: torch.Tensor) -> tuple[float, float]:

@@ -6,7 +6,6 @@ from functools import partial
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
 
 from .display import format_table
 from .init import GeneralReLU, init_weights
@@ -94,10 +93,21 @@ class MLP(nn.Sequential):
         super().__init__(*layers, nn.Linear(dims[-1], out_dim))
 
 
-def summary(learn_or_model, xb: torch.Tensor | None = None, print_table: bool = True) -> list[dict]:
+class Summary(list):
+    """`summary`'s rows (dicts). As a notebook cell's value it shows the table, unless already printed."""
+    printed = False
+
+    def _ipython_display_(self) -> None:
+        if not self.printed:
+            print(format_table(self))
+
+
+def summary(learn_or_model, xb: torch.Tensor | None = None, print_table: bool = True) -> Summary:
     """One row per top-level layer: output shape, parameters and MFLOPs per sample (torch's
     FlopCounterMode), for a Learner (on a batch of its training data) or a model and a batch `xb`.
-    Runs the model once in eval mode, without gradients, and restores its mode."""
+    Runs the model once in eval mode, without gradients, and restores its mode. Prints the rows as a
+    table (unless `print_table=False`) and returns them."""
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton where installed: only when used
     model = getattr(learn_or_model, "model", learn_or_model)
     if xb is None:
         xb = next(iter(learn_or_model.dls.train))[0]
@@ -123,11 +133,12 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, print_table: bool = 
             h.remove()
     flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
     root = type(model).__name__
-    rows = [{"layer": f"{name}: {type(m).__name__}", "output": "x".join(map(str, shapes[name][1:])),
+    rows = Summary({"layer": f"{name}: {type(m).__name__}", "output": "x".join(map(str, shapes[name][1:])),
              "params": sum(p.numel() for p in m.parameters()),
-             "MFLOPs": flops.get(f"{root}.{name}", 0) / len(xb) / 1e6} for name, m in model.named_children()]
+             "MFLOPs": flops.get(f"{root}.{name}", 0) / len(xb) / 1e6} for name, m in model.named_children())
     rows.append({"layer": "total", "output": "", "params": sum(p.numel() for p in model.parameters()),
                  "MFLOPs": flops.get("Global", 0) / len(xb) / 1e6})
     if print_table:
         print(format_table(rows))
+        rows.printed = True
     return rows

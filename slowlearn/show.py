@@ -1,13 +1,13 @@
-"""Pictures of data and results; each function returns a matplotlib Figure (shown in notebooks, saved elsewhere)."""
+"""Pictures of data and results. Each function returns a matplotlib Figure: shown once in a notebook,
+left open for `plt.show()` in a script, and saved as a PNG when given `path=`."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
-from matplotlib.ticker import MaxNLocator
 
-from .display import finished
+from .display import finished, integer_xticks, subplots
 from .inference import confusion_matrix, get_preds
 
 __all__ = ["show_batch", "show_results", "plot_confusion_matrix", "plot_confusion", "plot_top_losses", "plot_metrics"]
@@ -18,9 +18,10 @@ def _class_name(classes, i: int) -> str:
 
 
 def _grid(n: int, size: float = 1.6):
-    cols = min(n, 8) if n > 4 else n
+    """A near-square grid of n image panels (9 as 3x3, 16 as 4x4), at most 8 columns."""
+    cols = min(math.ceil(math.sqrt(n)), 8)
     rows = math.ceil(n / cols)
-    fig, axs = plt.subplots(rows, cols, figsize=(size * cols, (size + 0.6) * rows), squeeze=False)
+    fig, axs = subplots(rows, cols, figsize=(size * cols, (size + 0.6) * rows), squeeze=False)
     for ax in axs.flat:
         ax.axis("off")
     return fig, list(axs.flat)
@@ -47,7 +48,7 @@ def _for_display(loader, xb: torch.Tensor) -> torch.Tensor:
     return (xb - low) / (high - low).clamp_min(1e-12)
 
 
-def show_batch(dls, n: int = 16, split: str = "train"):
+def show_batch(dls, n: int = 16, split: str = "train", path: str | Path | None = None):
     """The first `n` images of a batch from `dls[split]`, de-normalised, titled with their class names."""
     loader = dls[split]
     xb, yb = next(iter(loader))
@@ -57,10 +58,10 @@ def show_batch(dls, n: int = 16, split: str = "train"):
     for ax, image, label in zip(axs, images, yb[:n].tolist()):
         _show_image(ax, image)
         ax.set_title(_class_name(classes, label), fontsize=8)
-    return finished(fig)
+    return finished(fig, path)
 
 
-def show_results(learn, n: int = 16):
+def show_results(learn, n: int = 16, path: str | Path | None = None):
     """Validation images with truth and prediction, titled in green when right and red when wrong."""
     result = get_preds(learn, with_input=True)
     n = min(n, len(result.targets))
@@ -71,25 +72,25 @@ def show_results(learn, n: int = 16):
         _show_image(ax, image)
         ax.set_title(f"{_class_name(classes, truth)}\n{_class_name(classes, guess)}", fontsize=7,
                      color="green" if truth == guess else "red")
-    fig.suptitle("truth / prediction", fontsize=9)
-    return finished(fig)
+    fig.suptitle("actual / prediction", fontsize=9)
+    return finished(fig, path)
 
 
-def plot_confusion_matrix(learn, normalize: bool = False, dl=None):
+def plot_confusion_matrix(learn, normalize: bool = False, dl=None, path: str | Path | None = None):
     """Confusion matrix on the validation set (or `dl`): counts, or each row as fractions with `normalize`."""
     result = get_preds(learn, dl)
     n_classes = result.preds.shape[-1]
     cm = confusion_matrix(result.targets, result.preds.argmax(-1), n_classes)
-    return plot_confusion(cm, getattr(learn.dls, "classes", None), normalize)
+    return plot_confusion(cm, getattr(learn.dls, "classes", None), normalize, path)
 
 
-def plot_confusion(cm: torch.Tensor, classes=None, normalize: bool = False):
+def plot_confusion(cm: torch.Tensor, classes=None, normalize: bool = False, path: str | Path | None = None):
     """Draw a confusion matrix of counts (row = true class, column = predicted), as fractions per row with
     `normalize`. The figure keeps the counts as `fig.confusion_matrix`."""
     n_classes = len(cm)
     shown = cm / cm.sum(1, keepdim=True).clamp_min(1) if normalize else cm
     classes = classes or [str(i) for i in range(n_classes)]
-    fig, ax = plt.subplots(figsize=(0.55 * n_classes + 3, 0.55 * n_classes + 2.5))
+    fig, ax = subplots(figsize=(0.55 * n_classes + 3, 0.55 * n_classes + 2.5))
     ax.imshow(shown.numpy(), cmap="Blues")
     ax.set(xticks=range(n_classes), yticks=range(n_classes), xlabel="predicted", ylabel="actual",
            title="Confusion matrix" + (" (normalised)" if normalize else ""))
@@ -102,34 +103,37 @@ def plot_confusion(cm: torch.Tensor, classes=None, normalize: bool = False):
             ax.text(j, i, f"{value:.2f}" if normalize else str(int(value)), ha="center", va="center", fontsize=7,
                     color="white" if value > top / 2 else "black")
     fig.confusion_matrix = cm
-    return finished(fig)
+    return finished(fig, path)
 
 
-def plot_top_losses(learn, k: int = 9):
-    """The `k` validation items with the highest loss: prediction, truth, loss and probability of the truth."""
+def plot_top_losses(learn, k: int = 9, path: str | Path | None = None):
+    """The `k` validation items with the highest loss, titled as `show_results` (actual / prediction),
+    with the loss and the probability the model gave its (wrong or unsure) prediction."""
     result = get_preds(learn, with_input=True, with_loss=True)
     losses, idx = result.losses.topk(min(k, len(result.losses)))
     classes = getattr(learn.dls, "classes", None)
     images = _for_display(learn.dls.valid, result.inputs[idx])
     fig, axs = _grid(len(idx), size=2.)
     for ax, image, i, loss in zip(axs, images, idx.tolist(), losses.tolist()):
-        truth, guess = result.targets[i].item(), result.preds[i].argmax().item()
+        truth = result.targets[i].item()
+        prob, guess = (p.item() for p in result.preds[i].max(-1))
         _show_image(ax, image)
-        ax.set_title(f"{_class_name(classes, guess)} / {_class_name(classes, truth)}\n"
-                     f"{loss:.2f} / {result.preds[i, truth]:.2f}", fontsize=7)
-    fig.suptitle("prediction / actual, loss / probability of actual", fontsize=9)
-    return finished(fig)
+        ax.set_title(f"{_class_name(classes, truth)} / {_class_name(classes, guess)}\n"
+                     f"loss {loss:.2f}, p {prob:.2f}", fontsize=7, color="green" if truth == guess else "red")
+    fig.suptitle("actual / prediction; loss, probability of the prediction", fontsize=9)
+    return finished(fig, path)
 
 
-def plot_metrics(learn):
-    """Training and validation loss (and every other metric) per epoch, from `learn.history`."""
-    names = [k for k in learn.history[0] if k not in ("epoch", "train")] if learn.history else ["loss"]
-    fig, axs = plt.subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
+def plot_metrics(learn, path: str | Path | None = None):
+    """Training and validation loss (and every other metric) per epoch, from `learn.history`, with
+    epochs numbered as in the history and the metrics table (from 0; later fits continue the count)."""
+    names = [k for k in learn.history[0] if k not in ("epoch", "phase")] if learn.history else ["loss"]
+    fig, axs = subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axs[0], names):
-        for phase, label in (("train", "train"), ("eval", "valid")):
-            values = [r[name] for r in learn.history if r.get("train") == phase and name in r]
-            ax.plot(range(1, len(values) + 1), values, "o-", label=label)
-        ax.set(title=name, xlabel="epoch (counting every fit)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        for phase in ("train", "valid"):
+            values = [r[name] for r in learn.history if r.get("phase") == phase and name in r]
+            ax.plot(range(len(values)), values, "o-", label=phase)
+        ax.set(title=name, xlabel="epoch")
+        integer_xticks(ax)
         ax.legend()
-    return finished(fig)
+    return finished(fig, path)

@@ -7,12 +7,9 @@ import time
 from collections.abc import Callable, Sequence
 from functools import partial
 
-import matplotlib.pyplot as plt
-from matplotlib.ticker import MaxNLocator
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torcheval.metrics import MulticlassAccuracy
 
 from .callbacks.core import DeviceCB
 from .callbacks.distributed import DistributedCB
@@ -23,31 +20,34 @@ from .checkpoint import randomness, restore_randomness
 from .data import DataLoaders, fashion_mnist
 from .device import default_device
 from .distributed import world_size
-from .display import TablePrinter, finished
 from .callback import Callback
+from .display import TablePrinter, finished, integer_xticks, subplots
 from .learner import Learner
 
 __all__ = ["train", "train_1cycle", "default_cbs", "fast_adamw", "compare_optimizers", "optimizer_state_bytes"]
 
 
-def default_cbs() -> list[Callback]:
-    """Device placement, loss and accuracy per epoch, and progress: what `train` always uses; under
-    torchrun (WORLD_SIZE > 1) also DistributedCB."""
-    cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()]
+def default_cbs(verbose: int | None = None) -> list[Callback]:
+    """Device placement, loss and accuracy per epoch, and progress (`ProgressCB(verbose=verbose)`):
+    what `train` always uses; under torchrun (WORLD_SIZE > 1) also DistributedCB."""
+    from torcheval.metrics import MulticlassAccuracy  # imported when used: it takes a second
+    cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(verbose=verbose)]
     return [DistributedCB(), *cbs] if world_size() > 1 else cbs
 
 
 def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,
           opt_func: Callable = torch.optim.SGD, cbs: Sequence[Callback] = (), dls: DataLoaders | None = None,
-          loss_func: Callable = F.cross_entropy, resume: str | None = None) -> Learner:
+          loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None) -> Learner:
     """Train a Fashion-MNIST model (or one on `dls`), printing accuracy and loss per epoch and phase.
 
-    `cbs` are added to the defaults (device, metrics, progress). `resume=path` continues the run
+    `cbs` are added to the defaults (device, metrics, progress). `verbose` is ProgressCB's: 0 nothing,
+    1 progress bars, 2 one line per epoch and phase, None (default) bars on a terminal or in a
+    notebook and lines in a log file. `resume=path` continues the run
     checkpointed there (by CheckpointCB) when called again with the same arguments. Returns the
     Learner: its `history` holds the table, `learn.progress.plot_loss()` draws the loss curve.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
-    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(), *cbs], opt_func=opt_func)
+    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), *cbs], opt_func=opt_func)
     return learn.fit(n_epochs, resume=resume)
 
 
@@ -60,17 +60,19 @@ def fast_adamw() -> Callable:
 
 def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: DataLoaders | None = None,
                  opt_func: Callable | None = None, cbs: Sequence[Callback] = (), bs: int = 512,
-                 loss_func: Callable = F.cross_entropy, resume: str | None = None, **one_cycle_kwargs) -> Learner:
+                 loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None,
+                 **one_cycle_kwargs) -> Learner:
     """One-cycle training: AdamW, lr warmed up to `lr` then annealed (cosine), momentum (beta1) cycled
     the opposite way, set every batch from training progress by `Learner.fit_one_cycle`
     (`one_cycle_kwargs` go to it: `pct_start`, `div`, `div_final`, `moms`).
 
     Fashion-MNIST by default, or any `dls`. `opt_func=None` picks `fast_adamw()`. `resume=path`
     continues the run checkpointed there when called again with the same arguments. Prints the
-    metrics table and returns the Learner: `learn.recorder.plot()` shows lr and momentum per batch.
+    metrics table (`verbose` as in `train`) and returns the Learner: `learn.recorder.plot()` shows lr
+    and momentum per batch.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
-    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(), RecorderCB(), *cbs],
+    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), RecorderCB(), *cbs],
                     opt_func=opt_func or fast_adamw())
     return learn.fit_one_cycle(n_epochs, lr, resume=resume, **one_cycle_kwargs)
 
@@ -90,6 +92,7 @@ def compare_optimizers(model_fn: Callable[[], nn.Module], optimizers: dict[str, 
     optimizer-state bytes per parameter byte: 0 for SGD, 1 for momentum, 2 for Adam), printed as
     a table, and a Figure of the training loss per batch and the validation accuracy per epoch.
     """
+    from torcheval.metrics import MulticlassAccuracy
     dls = dls if dls is not None else fashion_mnist()
     initial = copy.deepcopy(model_fn().state_dict())
     same_start = randomness(dls)
@@ -110,19 +113,19 @@ def compare_optimizers(model_fn: Callable[[], nn.Module], optimizers: dict[str, 
                      "train_acc": train_row["accuracy"], "valid_loss": valid_row["loss"],
                      "valid_acc": valid_row["accuracy"], "seconds": seconds,
                      "state/param bytes": optimizer_state_bytes(learn.opt) / param_bytes})
-        print_row(rows[-1])
-        curves[name] = (learn.progress.train_losses, [r["accuracy"] for r in learn.history if r["train"] == "eval"])
+        print_row({k: v for k, v in rows[-1].items() if k != "seconds"} | {"time": f"{seconds:.1f} s"})
+        curves[name] = (learn.progress.train_losses, [r["accuracy"] for r in learn.history if r["phase"] == "valid"])
     return rows, _comparison_figure(curves)
 
 
 def _comparison_figure(curves: dict[str, tuple[list[float], list[float]]]):
-    fig, (loss_ax, acc_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
+    fig, (loss_ax, acc_ax) = subplots(1, 2, figsize=(10, 3.5))
     for name, (losses, accs) in curves.items():
         loss_ax.plot(range(1, len(losses) + 1), losses, lw=1, label=name)
-        acc_ax.plot(range(1, len(accs) + 1), accs, "o-", label=name)
+        acc_ax.plot(range(len(accs)), accs, "o-", label=name)
     loss_ax.set(xlabel="training batch", ylabel="loss", title="Training loss", yscale="log")
     acc_ax.set(xlabel="epoch", ylabel="accuracy", title="Validation accuracy")
-    acc_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     for ax in (loss_ax, acc_ax):
+        integer_xticks(ax)
         ax.legend()
     return finished(fig)

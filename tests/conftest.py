@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from slowlearn import Callback, CancelFitException, DataLoaders, TensorLoader
+from slowlearn import Callback, CancelFitException, DataLoaders, Learner, MetricsCB, TensorLoader
 from slowlearn.data import find_fashion_mnist
 
 matplotlib.use("Agg")
@@ -18,6 +18,26 @@ def make_dls(n_train=10, n_valid=5, bs=4, n_in=3, n_classes=2, seed=0, unseeded=
     train = TensorLoader(x[:n_train], y[:n_train], bs, shuffle=True, device="cpu", seed=None if unseeded else seed)
     valid = TensorLoader(x[n_train:], y[n_train:], bs, device="cpu")
     return DataLoaders(train, valid)
+
+
+CLASSES = ["zero", "one", "two"]
+
+
+def image_dls(n_train=24, n_valid=10, bs=8):
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n_train + n_valid, 1, 6, 6), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 3, (n_train + n_valid,), generator=g)
+    norm = dict(mean=0.5, std=0.25, device="cpu")
+    return DataLoaders(TensorLoader(x[:n_train], y[:n_train], bs, shuffle=True, seed=0, **norm),
+                       TensorLoader(x[n_train:], y[n_train:], bs, **norm), classes=CLASSES)
+
+
+def image_learner():
+    """A linear classifier of 6x6 grey images in 3 classes, with an accuracy metric."""
+    from torcheval.metrics import MulticlassAccuracy
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    return Learner(model, image_dls(), lr=0.1, cbs=[MetricsCB(accuracy=MulticlassAccuracy())])
 
 
 @pytest.fixture
@@ -60,3 +80,11 @@ class StopAt(Callback):
     def after_batch(self, learn):
         if learn.training and learn.epoch == self.epoch and learn.iter == self.iter:
             raise self.exc()
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    """Plot functions leave their figures open for `plt.show()`; each test starts with none open."""
+    yield
+    import matplotlib.pyplot as plt
+    plt.close("all")

@@ -34,27 +34,27 @@ def test_metrics_equal_hand_computation_with_uneven_last_batch(capsys, update_ev
         expected_acc = (preds.argmax(1) == y).float().mean().item()
         assert row["MulticlassAccuracy"] == pytest.approx(expected_acc)
         assert row["acc"] == pytest.approx(expected_acc)
-    assert [(r["epoch"], r["train"]) for r in learn.history] == [(0, "train"), (0, "eval")]
+    assert [(r["epoch"], r["phase"]) for r in learn.history] == [(0, "train"), (0, "valid")]
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["MulticlassAccuracy", "acc", "loss", "epoch", "train"]
-    assert out[2].split()[-1] == "eval" and len(out) == 3
+    assert out[0].split() == ["MulticlassAccuracy", "acc", "loss", "epoch", "phase"]
+    assert out[2].split()[-1] == "valid" and len(out) == 3
 
 
 def test_history_accumulates_over_fits_and_epochs():
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB()])
     learn.fit(2)
     learn.fit(1)
-    assert [(r["epoch"], r["train"]) for r in learn.history] == [
-        (0, "train"), (0, "eval"), (1, "train"), (1, "eval"), (0, "train"), (0, "eval")]
+    assert [(r["epoch"], r["phase"]) for r in learn.history] == [
+        (0, "train"), (0, "valid"), (1, "train"), (1, "valid"), (0, "train"), (0, "valid")]
 
 
 def test_table_printer_formats_floats_and_prints_header_once():
     lines = []
     printer = TablePrinter(lines.append)
-    printer({"accuracy": 0.79123, "loss": 0.5, "epoch": 0, "train": "train"})
-    printer({"accuracy": 0.8, "loss": 0.4, "epoch": 0, "train": "eval"})
-    assert [line.split() for line in lines] == [["accuracy", "loss", "epoch", "train"],
-                                                ["0.791", "0.500", "0", "train"], ["0.800", "0.400", "0", "eval"]]
+    printer({"accuracy": 0.79123, "loss": 0.5, "epoch": 0, "phase": "train"})
+    printer({"accuracy": 0.8, "loss": 0.4, "epoch": 0, "phase": "valid"})
+    assert [line.split() for line in lines] == [["accuracy", "loss", "epoch", "phase"],
+                                                ["0.791", "0.500", "0", "train"], ["0.800", "0.400", "0", "valid"]]
 
 
 def test_momentum_cb_runs_and_equals_sgd_with_momentum():
@@ -98,7 +98,7 @@ def test_progress_records_every_training_loss_with_few_reads():
     learn = Learner(nn.Linear(3, 2), make_dls(n_train=20, bs=4), cbs=[MetricsCB(), progress, reference])
     learn.fit(2)
     assert progress.train_losses == pytest.approx(reference.losses)
-    assert progress.valid_losses == [(e, r["loss"]) for r in learn.history if r["train"] == "eval"
+    assert progress.valid_losses == [(e, r["loss"]) for r in learn.history if r["phase"] == "valid"
                                      for e in [r["epoch"]]]
     assert learn.progress is progress
 
@@ -106,8 +106,8 @@ def test_progress_records_every_training_loss_with_few_reads():
 def test_progress_prints_table_and_plots(capsys):
     progress = ProgressCB()
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress]).fit(2)
-    out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["loss", "epoch", "train"] and len(out) == 5
+    out = capsys.readouterr().out.splitlines()  # not a terminal: the start line, then the table
+    assert out[1].split() == ["loss", "epoch", "phase"] and len(out) == 6
     fig = learn.progress.plot_loss()
     assert isinstance(fig, matplotlib.figure.Figure)
     ax = fig.axes[0]
@@ -129,7 +129,7 @@ def test_metrics_rows_reach_the_display_through_the_learners_slot(capsys):
     assert seen == [progress._log_row] and learn.metrics_log is None  # ProgressCB's for its fit only
     assert capsys.readouterr().out == "" and [loss for _, loss in progress.valid_losses] == [learn.history[-1]["loss"]]
     learn.remove_cb(progress).fit(1)  # without a display, MetricsCB prints its own table
-    assert capsys.readouterr().out.splitlines()[0].split() == ["loss", "epoch", "train"]
+    assert capsys.readouterr().out.splitlines()[0].split() == ["loss", "epoch", "phase"]
 
 
 def test_progress_without_table_prints_nothing(capsys):
@@ -139,7 +139,7 @@ def test_progress_without_table_prints_nothing(capsys):
 
 def test_progress_bars_are_closed_after_an_error():
     bad = type("Bad", (Callback,), {"after_batch": lambda self, learn: 1 / 0})()
-    progress = ProgressCB()
+    progress = ProgressCB(verbose=1)
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[progress, bad])
     with pytest.raises(ZeroDivisionError):
         learn.fit(1)
@@ -164,6 +164,7 @@ def test_notebook_view_updates_one_line_and_one_table_in_place(monkeypatch):
         return shown[-1]
 
     monkeypatch.setattr(progress_module, "in_notebook", lambda: True)
+    monkeypatch.setattr(progress_module, "live_output", lambda: True)
     monkeypatch.setattr(IPython.display, "display", display)
     progress = ProgressCB(plot=False)
     Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress]).fit(2)

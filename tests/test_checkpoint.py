@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from slowlearn import CheckpointCB, DataLoaders, Learner, MetricsCB, set_seed
 from slowlearn import checkpoint as checkpoint_module
+from slowlearn.callbacks import latest_metric
 from slowlearn.checkpoint import read_checkpoint
 
 from conftest import StopAt, make_dls
@@ -46,7 +47,7 @@ def test_resume_after_two_epochs_in_a_new_process_is_bitwise_exact(tmp_path):
     assert resumed["lrs"] == straight.recorder.recs["lr"]  # the one-cycle schedule continued, not restarted
     assert resumed["history"] == straight.history
     rows = list(csv.DictReader(open(tmp_path / "resumed.csv")))
-    assert len(rows) == 8 and [r["train"] for r in rows[:2]] == ["train", "eval"]  # 4 epochs x 2 phases
+    assert len(rows) == 8 and [r["phase"] for r in rows[:2]] == ["train", "valid"]  # 4 epochs x 2 phases
 
 
 def test_resume_from_a_mid_epoch_checkpoint_is_bitwise_exact(tmp_path):
@@ -108,6 +109,20 @@ def test_load_restores_model_optimizer_and_history(tmp_path):
     assert torch.equal(fresh.model.weight, learn.model.weight) and fresh.history == learn.history
     assert torch.equal(fresh.opt.state[fresh.model.weight]["momentum_buffer"],
                        learn.opt.state[learn.model.weight]["momentum_buffer"])
+
+
+def test_histories_of_older_checkpoints_read_with_the_phase_names_of_today(tmp_path):
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB()])
+    learn.fit(1)
+    learn.save(tmp_path / "ckpt.pt")
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    state["history"] = [{"loss": 0.7, "epoch": 0, "train": "train"}, {"loss": 0.6, "epoch": 0, "train": "eval"}]
+    torch.save(state, tmp_path / "old.pt")  # as slowlearn wrote it before the phases were "train"/"valid"
+    old = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB()]).load(tmp_path / "old.pt")
+    assert old.history == [{"loss": 0.7, "epoch": 0, "phase": "train"}, {"loss": 0.6, "epoch": 0, "phase": "valid"}]
+    old.fit(2, resume=tmp_path / "old.pt")
+    assert [r["phase"] for r in old.history] == ["train", "valid"] * 2
+    assert latest_metric(old, "valid_loss") == old.history[-1]["loss"]
 
 
 def test_checkpoints_of_a_compiled_model_load_into_the_plain_model_and_back(tmp_path):

@@ -57,7 +57,7 @@ def test_only_rank0_writes_and_reduced_accuracy_is_global(two_process_run):
     learn.model.load_state_dict(read_checkpoint(out / "ckpt.pt")["model"])  # a DDP checkpoint, one process
     preds = learn.get_preds()
     accuracy = (preds.preds.argmax(-1) == preds.targets).float().mean().item()
-    assert rank0["history"][-1]["train"] == "eval"
+    assert rank0["history"][-1]["phase"] == "valid"
     assert rank0["history"][-1]["accuracy"] == pytest.approx(accuracy)
     assert len(open(out / "log.csv").readlines()) == 1 + 4
 
@@ -76,7 +76,7 @@ def test_a_single_process_checkpoint_resumes_in_two_processes(tmp_path):
     result = torchrun(tmp_path / "run", "--resume", str(tmp_path / "single.pt"))
     assert result.returncode == 0, result.stderr[-3000:]
     history = torch.load(tmp_path / "run" / "results" / "rank0.pt", weights_only=True)["history"]
-    assert [(r["epoch"], r["train"]) for r in history] == [(0, "train"), (0, "eval"), (1, "train"), (1, "eval")]
+    assert [(r["epoch"], r["phase"]) for r in history] == [(0, "train"), (0, "valid"), (1, "train"), (1, "valid")]
 
 
 def test_torch_dataloaders_with_a_distributed_sampler_match_one_process(tmp_path):

@@ -69,5 +69,8 @@ def test_plots_are_figures_with_one_entry_per_layer():
     Learner(model, make_dls(), cbs=[stats]).fit(1)
     figs = [stats.plot_stats(), stats.color_dim(), stats.dead_chart()]
     assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
-    assert len(figs[0].axes[1].get_lines()) == 2 and [ax.get_title() for ax in figs[1].axes[:2]] == ["1", "3"]
+    assert len(figs[0].axes[1].get_lines()) == 2
+    assert [ax.get_title() for ax in figs[1].axes[:2]] == ["1: ReLU", "2: ReLU"]
+    assert [line.get_label() for line in figs[0].axes[1].get_lines()] == stats.labels == ["1: ReLU", "2: ReLU"]
+    assert stats.names == ["1", "3"]  # their paths in the model
     assert len(figs[2].axes[0].get_lines()) == 2

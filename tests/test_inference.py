@@ -4,27 +4,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from torcheval.metrics import MulticlassAccuracy
 
-from slowlearn import (DataLoaders, Learner, MetricsCB, TensorLoader, confusion_matrix, plot_confusion_matrix,
-                       plot_metrics, plot_top_losses, show_batch, show_results)
-
-CLASSES = ["zero", "one", "two"]
-
-
-def image_dls(n_train=24, n_valid=10, bs=8):
-    g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 256, (n_train + n_valid, 1, 6, 6), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 3, (n_train + n_valid,), generator=g)
-    norm = dict(mean=0.5, std=0.25, device="cpu")
-    return DataLoaders(TensorLoader(x[:n_train], y[:n_train], bs, shuffle=True, seed=0, **norm),
-                       TensorLoader(x[n_train:], y[n_train:], bs, **norm), classes=CLASSES)
-
-
-def image_learner():
-    torch.manual_seed(0)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
-    return Learner(model, image_dls(), lr=0.1, cbs=[MetricsCB(accuracy=MulticlassAccuracy())])
+from conftest import CLASSES, image_dls, image_learner
+from slowlearn import (DataLoaders, Learner, confusion_matrix, plot_confusion_matrix, plot_metrics, plot_top_losses,
+                       show_batch, show_results)
 
 
 def test_get_preds_equals_a_manual_loop():

@@ -11,7 +11,7 @@ from slowlearn.optim import Adam, MomentumSGD
 def test_seed_recipe_reaches_84_percent_in_one_epoch(fashion_folder):
     set_seed(42)
     learn = train(get_kaiming_initialized_model(), lr=0.2, n_epochs=1, cbs=[MomentumCB()])
-    valid = [row for row in learn.history if row["train"] == "eval"]
+    valid = [row for row in learn.history if row["phase"] == "valid"]
     assert len(valid) == 1 and valid[0]["accuracy"] >= 0.84
 
 
@@ -43,7 +43,7 @@ def test_cli_bad_values_give_one_line_and_exit_code_2(args, message):
 def test_seed_optimizers_reach_85_percent_in_three_epochs(fashion_folder, opt_func, lr):
     set_seed(0)
     learn = train(get_kaiming_initialized_model(), lr=lr, n_epochs=3, opt_func=opt_func)
-    assert learn.history[-1]["train"] == "eval" and learn.history[-1]["accuracy"] >= 0.85
+    assert learn.history[-1]["phase"] == "valid" and learn.history[-1]["accuracy"] >= 0.85
 
 
 def test_train_1cycle_seed_recipe_reaches_90_5_percent(fashion_folder):
@@ -52,14 +52,14 @@ def test_train_1cycle_seed_recipe_reaches_90_5_percent(fashion_folder):
     # (benchmarks/one_cycle.py). A broken schedule or optimizer lands far below.
     set_seed(1)
     learn = train_1cycle(get_kaiming_initialized_model(), lr=5e-2, n_epochs=6)
-    assert learn.history[-1]["train"] == "eval" and learn.history[-1]["accuracy"] >= 0.905
+    assert learn.history[-1]["phase"] == "valid" and learn.history[-1]["accuracy"] >= 0.905
     assert len(learn.recorder.recs["lr"]) == 6 * len(learn.dls.train)
 
 
 def test_seed_cnn_reaches_85_percent_in_one_epoch_of_train_1cycle(fashion_folder):
     set_seed(0)  # seeds 0, 1, 2: 85.38, 85.65, 85.73 %
     learn = train_1cycle(get_kaiming_initialized_model(), n_epochs=1)
-    assert learn.history[-1]["train"] == "eval" and learn.history[-1]["accuracy"] >= 0.85
+    assert learn.history[-1]["phase"] == "valid" and learn.history[-1]["accuracy"] >= 0.85
 
 
 def test_bf16_mixed_precision_on_cpu_is_within_one_point_of_fp32(fashion_folder):

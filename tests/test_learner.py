@@ -243,7 +243,7 @@ def test_keyboard_interrupt_runs_every_cleanup_and_keeps_history():
         learn.fit(3)
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
     assert progress.view.batches is None and progress.view.epochs.disable
-    assert [(r["epoch"], r["train"]) for r in learn.history] == [(0, "train"), (0, "eval")]
+    assert [(r["epoch"], r["phase"]) for r in learn.history] == [(0, "train"), (0, "valid")]
     learn.fit(1)  # the learner still works
 
 

@@ -70,11 +70,27 @@ def test_lsuv_meets_tolerance_on_every_layer():
         assert abs(out.mean().item()) < 1e-3 and abs(out.std().item() - 1) < 1e-3
 
 
+def test_lsuv_on_the_seed_model_scales_bias_free_convs_and_leaves_the_mean_to_batchnorm():
+    torch.manual_seed(0)
+    model = get_kaiming_initialized_model()
+    xb = torch.randn(64, 1, 28, 28)
+    running = {name: b.clone() for name, b in model.named_buffers()}
+    lsuv_init(model, xb)
+    assert all(torch.equal(b, running[name]) for name, b in model.named_buffers())  # BatchNorm statistics kept
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert sum(m.bias is None for m in convs) == 4  # the last conv, with no BatchNorm after it, has a bias
+    outputs = []
+    hooks = [m.register_forward_hook(lambda mod, inp, out: outputs.append(out)) for m in convs]
+    with torch.no_grad():
+        model(xb)
+    for h in hooks:
+        h.remove()
+    assert all(abs(out.std().item() - 1) < 1e-3 for out in outputs)
+    assert all(abs(out.mean().item()) < 1e-3 for m, out in zip(convs, outputs) if m.bias is not None)
+
+
 def test_lsuv_raises_instead_of_looping_when_it_cannot():
     torch.manual_seed(0)
-    no_bias = nn.Sequential(nn.Linear(4, 4, bias=False))
-    with pytest.raises(RuntimeError, match="layer '0' has no bias"):
-        lsuv_init(no_bias, torch.randn(32, 4) + 5)
     constant = nn.Sequential(nn.Linear(4, 4))
     nn.init.zeros_(constant[0].weight), nn.init.zeros_(constant[0].bias)
     with pytest.raises(RuntimeError, match="outputs a constant"):

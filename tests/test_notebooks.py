@@ -1,12 +1,19 @@
-"""The tutorial notebooks run top to bottom (trimmed by SLOWLEARN_SMOKE=1) and are committed executed."""
+"""The tutorial notebooks run top to bottom (trimmed by SLOWLEARN_SMOKE=1), are committed executed, and print
+in smoke mode what they printed when their outputs were last made (`make notebooks`): a code change that
+changes what they print leaves the committed outputs stale."""
+import importlib.util
+import json
 import os
 from pathlib import Path
 
 import nbformat
 import pytest
-from nbclient import NotebookClient
 
-NOTEBOOKS = sorted((Path(__file__).parent.parent / "nbs").glob("*.ipynb"))
+NBS = Path(__file__).parent.parent / "nbs"
+NOTEBOOKS = sorted(NBS.glob("*.ipynb"))
+_spec = importlib.util.spec_from_file_location("execute_notebooks", NBS / "execute.py")
+execute_notebooks = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(execute_notebooks)
 SHARED_CIFAR = Path(__file__).parents[2] / "shared" / "data" / "cifar10-jpg-train.zip"
 
 
@@ -27,8 +34,20 @@ def test_notebook_is_committed_with_outputs(path):
 def test_notebook_runs(path, fashion_folder, monkeypatch):
     if "cifar" in path.name and not cifar_available():
         pytest.skip("CIFAR-10 is not on this machine (../shared/data/cifar10-jpg-*.zip or $SLOWLEARN_DATA)")
-    monkeypatch.setenv("SLOWLEARN_SMOKE", "1")
-    monkeypatch.setenv("MPLBACKEND", "module://matplotlib_inline.backend_inline")
-    nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(path.parent)}}).execute()
+    for name in ("SLOWLEARN_SMOKE", "MPLBACKEND"):  # execute() sets them for the kernel
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    nb = execute_notebooks.execute(path, smoke=True)
     assert not [o for cell in nb.cells for o in cell.get("outputs", []) if o.output_type == "error"]
+    record = json.loads(execute_notebooks.RECORD.read_text()) if execute_notebooks.RECORD.exists() else {}
+    assert path.name in record, f"no smoke record for {path.name}: run `make notebooks` (python nbs/execute.py)"
+    assert execute_notebooks.printed_numbers(nb) == pytest.approx(record[path.name], rel=2e-3, abs=2e-3), (
+        f"{path.name} prints other numbers than when its outputs were made: its committed outputs are stale. "
+        f"Run `make notebooks` (python nbs/execute.py) and commit the notebooks and nbs/smoke_record.json")
+
+
+def test_printed_numbers_leave_out_timings():
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("")])
+    printed = "accuracy 0.8773 after 12.3 s (5.6 it/s, 3s), epoch 2 of nbs/03\n"
+    nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed),
+                           nbformat.v4.new_output("execute_result", data={"text/plain": "{'loss': 0.31, 'lr': 1e-05}"})]
+    assert execute_notebooks.printed_numbers(nb) == [0.8773, 2, 0.31, 1e-05]

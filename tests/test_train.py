@@ -24,7 +24,8 @@ def test_train_1cycle_resumes_its_own_run_bitwise(tmp_path, stop_at, every):
                                                   resumed.model.state_dict().values()))
     assert resumed.recorder.recs["lr"] == straight.recorder.recs["lr"]
     # (a train row of an epoch resumed mid-way averages only the batches run after the resume)
-    assert [r for r in resumed.history if r["train"] == "eval"] == [r for r in straight.history if r["train"] == "eval"]
+    valid_rows = [r for r in straight.history if r["phase"] == "valid"]
+    assert [r for r in resumed.history if r["phase"] == "valid"] == valid_rows
     assert resumed.opt.param_groups[0]["lr"] == straight.opt.param_groups[0]["lr"] == one_cycle_lr(0.05)(1.)
 
 

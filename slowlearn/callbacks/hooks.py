@@ -2,12 +2,12 @@
 from __future__ import annotations
 
 from functools import partial
+from pathlib import Path
 
-import matplotlib.pyplot as plt
 import torch
 from torch import nn
 
-from ..display import finished
+from ..display import finished, integer_xticks, subplots
 from ..distributed import all_reduce_mean, all_reduce_sum, world_size
 from ..init import GeneralReLU
 from ..callback import Callback
@@ -23,8 +23,9 @@ class ActivationStatsCB(Callback):
     `modules` defaults to the model's activation layers (ReLU, GeneralReLU, ...), or its top-level
     children if it has none. Statistics stay on the device and are read once per epoch. The
     histogram counts |activation| in `bins` bins over [0, `hist_max`]; "dead" means |activation| <
-    `dead_below`. Hooks are removed when the fit ends, also after an error. Plots: `plot_stats()`,
-    `color_dim()`, `dead_chart()`; `stats[i]` holds layer i's lists (`mean`, `std`, `dead`, `hist`).
+    `dead_below`. `names` holds the layers' paths in the model ("0.1"); plots label them in order
+    from 1 with their class (`labels`: "1: GeneralReLU", ...). Hooks are removed when the fit ends,
+    also after an error. Plots: `plot_stats()`, `color_dim()`, `dead_chart()`; `stats[i]` holds layer i's lists (`mean`, `std`, `dead`, `hist`).
     """
 
     def __init__(self, modules: list[nn.Module] | None = None, every: int = 1, with_hist: bool = True,
@@ -38,6 +39,7 @@ class ActivationStatsCB(Callback):
         modules = self.modules or [m for m in model.modules() if isinstance(m, ACTIVATIONS)] or list(model.children())
         names = {m: name for name, m in model.named_modules()}
         self.names = [names.get(m, type(m).__name__) for m in modules]
+        self.labels = [f"{i}: {type(m).__name__}" for i, m in enumerate(modules, 1)]
         self.stats = [{"mean": [], "std": [], "dead": [], "hist": []} for _ in modules]
         self._pending = [[] for _ in modules]
         self._pending_hist = [[] for _ in modules]
@@ -86,38 +88,43 @@ class ActivationStatsCB(Callback):
             pending.clear()
             hists.clear()
 
-    def plot_stats(self):
+    def plot_stats(self, path: str | Path | None = None):
         """Mean and std of each layer's output over the recorded batches."""
-        fig, (mean_ax, std_ax) = plt.subplots(1, 2, figsize=(10, 3.5))
-        for name, stats in zip(self.names, self.stats):
+        fig, (mean_ax, std_ax) = subplots(1, 2, figsize=(10, 3.5))
+        for name, stats in zip(self.labels, self.stats):
             mean_ax.plot(stats["mean"], label=name)
             std_ax.plot(stats["std"], label=name)
         mean_ax.set(title="Activation means", xlabel="recorded batch")
         std_ax.set(title="Activation stds", xlabel="recorded batch")
+        for ax in (mean_ax, std_ax):
+            integer_xticks(ax)
         std_ax.legend(fontsize=8)
-        return finished(fig)
+        return finished(fig, path)
 
-    def color_dim(self):
-        """Each layer's histogram of |activation| over time (log scale): bright at the bottom = dead units."""
+    def color_dim(self, path: str | Path | None = None):
+        """Each layer's histogram of |activation| over time (log colour scale). A bright bottom row means
+        many activations in the lowest bin, [0, hist_max / bins), which holds small as well as dead
+        ones: `dead_chart` gives the fraction that is really near zero."""
         n = len(self.stats)
         cols = min(n, 4)
         rows = -(-n // cols)
-        fig, axs = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
-        for ax, name, stats in zip(axs.flat, self.names, self.stats):
+        fig, axs = subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
+        for ax, name, stats in zip(axs.flat, self.labels, self.stats):
             if stats["hist"]:
                 image = torch.stack(stats["hist"]).T.log1p().numpy()
                 ax.imshow(image, origin="lower", aspect="auto", extent=(0, len(stats["hist"]), 0, self.hist_max))
             ax.set(title=name, xlabel="recorded batch", ylabel="|activation|")
         for ax in list(axs.flat)[n:]:
             ax.axis("off")
-        return finished(fig)
+        return finished(fig, path)
 
-    def dead_chart(self):
+    def dead_chart(self, path: str | Path | None = None):
         """Fraction of each layer's activations that are near zero, over the recorded batches."""
-        fig, ax = plt.subplots(figsize=(6, 3.5))
-        for name, stats in zip(self.names, self.stats):
+        fig, ax = subplots(figsize=(6, 3.5))
+        for name, stats in zip(self.labels, self.stats):
             ax.plot(stats["dead"], label=name)
         ax.set(title=f"Near-zero activations (|x| < {self.dead_below})", xlabel="recorded batch",
                ylabel="fraction", ylim=(0, 1))
+        integer_xticks(ax)
         ax.legend(fontsize=8)
-        return finished(fig)
+        return finished(fig, path)

@@ -3,14 +3,14 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 from typing import NamedTuple
 
-import matplotlib.pyplot as plt
 import numpy as np
 
 from ..checkpoint import randomness, restore_randomness
-from ..display import finished, in_notebook
 from ..callback import Callback, CancelFitException
+from ..display import finished, subplots
 from .metrics import MetricsCB
 from .progress import ProgressCB
 from .recorder import RecorderCB
@@ -81,9 +81,9 @@ class LRFinderCB(Callback):
         steep = lrs[start + int(slopes.argmin())]
         return SuggestedLRs(valley=float(valley), steep=float(steep))
 
-    def plot(self, suggestion: SuggestedLRs | None = None):
-        """Loss against lr on a log axis, with the suggestions marked."""
-        fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    def plot(self, suggestion: SuggestedLRs | None = None, path: str | Path | None = None):
+        """Loss against lr on a log axis, with the suggestions marked (a Figure, saved as PNG at `path`)."""
+        fig, ax = subplots(figsize=(7.5, 3.5))
         n = len(self.losses)
         ax.plot(self.lrs[:n], self.losses, alpha=0.3, label="loss")
         ax.plot(self.lrs[:n], self.smooth_losses, label="smoothed loss")
@@ -95,8 +95,8 @@ class LRFinderCB(Callback):
         if start > low:  # keep the divergence at the end from flattening the rest
             ax.set_ylim(low - 0.1 * (start - low), start + 0.5 * (start - low))
         ax.set(xscale="log", xlabel="learning rate", ylabel="loss", title="LR finder")
-        ax.legend()
-        return finished(fig)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1), borderaxespad=0)  # beside the curve, not on it
+        return finished(fig, path)
 
 
 def _descent(losses: np.ndarray) -> tuple[int, int]:
@@ -133,9 +133,9 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 10
             show_plot: bool = True) -> SuggestedLRs:
     """Sweep the lr over `num_it` training batches, then restore model, optimizer, RNGs, loader order and
     history exactly. Metrics, progress, recorder and metric-monitoring callbacks (early stopping, checkpoints
-    of the best, lr on plateau) sit the sweep out. Returns
-    `SuggestedLRs(valley, steep)`; `learn.lr_finder` keeps the sweep and its `plot()`, which a
-    notebook shows right away when `show_plot`."""
+    of the best, lr on plateau) sit the sweep out. Returns `SuggestedLRs(valley, steep)`; `learn.lr_finder`
+    keeps the sweep and its `plot()`, drawn right away when `show_plot` (shown in a notebook, left open for
+    `plt.show()` in a script)."""
     finder = LRFinderCB(start_lr, end_lr, num_it, stop_div)
     saved = _snapshot(learn)
     cbs = learn.cbs
@@ -147,9 +147,8 @@ def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 10
         _restore(learn, saved)
     learn.lr_finder = finder
     suggestion = finder.suggest()
-    if show_plot and in_notebook():
-        from IPython.display import display
-        display(finder.plot(suggestion))
+    if show_plot:
+        finder.plot(suggestion)
     return suggestion
 
 

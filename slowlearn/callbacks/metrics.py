@@ -2,13 +2,8 @@
 from __future__ import annotations
 
 import sys
-import warnings
 from collections.abc import Callable
-
-with warnings.catch_warnings():  # torcheval 0.0.7 uses torch.jit.script, deprecated in recent torch
-    warnings.filterwarnings("ignore", message=".*torch.jit.script.*", category=FutureWarning)
-    from torcheval.metrics import Metric
-    from torcheval.metrics.toolkit import sync_and_compute
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -16,6 +11,9 @@ from ..display import TablePrinter
 from ..distributed import all_reduce_sum, is_rank0, world_size
 from ..callback import Callback
 from ..device import model_device
+
+if TYPE_CHECKING:  # torcheval takes a second to import: only when metrics are used
+    from torcheval.metrics import Metric
 
 __all__ = ["MetricsCB"]
 
@@ -26,9 +24,9 @@ class MetricsCB(Callback):
     `MetricsCB(MulticlassAccuracy())` names the column after the metric's class; `MetricsCB(acc=...)`
     names it `acc`. The loss is weighted by batch size, so it is the exact mean over samples even
     with an uneven last batch. Each phase appends a row to `learn.history`:
-    `{<metric>: float, ..., "loss": float, "epoch": int, "train": "train" | "eval"}` (the seed's
-    columns) and passes it to `learn.metrics_log` (ProgressCB's display), or when that slot is empty
-    prints it as a table. During the fit `learn.metric_names` holds the column names, "loss" included,
+    `{<metric>: float, ..., "loss": float, "epoch": int, "phase": "train" | "valid"}` (the phases
+    named as monitors name them: `valid_loss` is the loss of a "valid" row) and passes it to
+    `learn.metrics_log` (ProgressCB's display), or when that slot is empty prints it as a table. During the fit `learn.metric_names` holds the column names, "loss" included,
     so that callbacks monitoring a metric can check its name before training.
 
     Per batch this callback only keeps references to the detached predictions, targets and loss;
@@ -82,13 +80,19 @@ class MetricsCB(Callback):
 
     def after_epoch(self, learn) -> None:
         self._update()
-        distributed = world_size() > 1
-        row = {name: (sync_and_compute(m) if distributed else m.compute()).item() for name, m in self.metrics.items()}
+        row = {name: self._compute(m).item() for name, m in self.metrics.items()}
         loss_sum = self.loss_sum if self.loss_sum is not None else torch.zeros((), device=model_device(learn.model))
         totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(self.count),
                                                                              device=loss_sum.device).double()]))
         loss_sum, count = totals.tolist()
         row["loss"] = loss_sum / count if count else float("nan")
-        row |= {"epoch": learn.epoch, "train": "train" if learn.training else "eval"}
+        row |= {"epoch": learn.epoch, "phase": "train" if learn.training else "valid"}
         learn.history.append(row)
         (learn.metrics_log or self._print)(row)
+
+    @staticmethod
+    def _compute(metric: Metric) -> torch.Tensor:
+        if world_size() == 1:
+            return metric.compute()
+        from torcheval.metrics.toolkit import sync_and_compute
+        return sync_and_compute(metric)

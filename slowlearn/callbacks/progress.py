@@ -1,14 +1,17 @@
 """ProgressCB: progress bars, the metrics table and a loss plot, without a host sync per batch."""
 from __future__ import annotations
 
+import sys
 import time
+from pathlib import Path
 
-import matplotlib.pyplot as plt
 from tqdm import tqdm
 
-from ..display import TablePrinter, finished, format_value, in_notebook
-from ..distributed import is_rank0
 from ..callback import Callback
+from ..device import model_device
+from ..display import (TablePrinter, finished, format_value, in_notebook, integer_xticks, live_output, progress_html,
+                       subplots)
+from ..distributed import is_rank0
 from .core import DeviceFloats
 
 __all__ = ["ProgressCB"]
@@ -17,19 +20,30 @@ __all__ = ["ProgressCB"]
 class ProgressCB(Callback):
     """Progress of epochs and batches, the metrics table, and the training loss per batch.
 
+    `verbose` says how much is shown, as Keras' `fit(verbose=)`:
+      0     nothing;
+      1     progress bars: in a terminal tqdm bars, with the MetricsCB table printed above them; in a
+            notebook one HTML progress line, an HTML table and, unless `plot=False`, a live plot of
+            the training loss per batch and the validation loss per epoch (redrawn at most every
+            `plot_interval` seconds);
+      2     plain lines, for log files: one at the start saying what runs, then the table, one row
+            per epoch and phase, with no carriage returns or escape sequences (nothing if `table=False`);
+      None  (default) 1 in a notebook or when the output is a terminal, 2 otherwise (a file, a pipe,
+            a batch job's log).
     Batch losses stay on the device and are read together every `loss_every` batches (one host
-    sync per read, not per batch). In a terminal: tqdm bars, with the MetricsCB table printed
-    above them. In a notebook: one HTML progress line, an HTML table and, unless `plot=False`, a
-    live plot of the training loss per batch and the validation loss per epoch (redrawn at most
-    every `plot_interval` seconds). `table=False` hides the metrics table. `plot_loss()` draws the
+    sync per read, not per batch). `table=False` hides the metrics table. `plot_loss()` draws the
     loss plot at any time.
     """
 
     order = 60  # shows the rows MetricsCB sends to `learn.metrics_log`, which it fills for the fit
 
     def __init__(self, loss_every: int = 10, plot: bool | None = None, plot_interval: float = 2.0,
-                 table: bool = True):
+                 table: bool = True, verbose: int | None = None):
+        if verbose not in (None, 0, 1, 2):
+            raise ValueError(f"ProgressCB(verbose={verbose!r}): use 0 (nothing), 1 (progress bars), 2 (one line "
+                             f"per epoch and phase) or None (bars on a terminal or in a notebook, lines otherwise)")
         self.loss_every, self.plot, self.plot_interval, self.table = loss_every, plot, plot_interval, table
+        self.verbose = verbose
         self._losses = DeviceFloats()
         self.valid_losses: list[tuple[int, float]] = []
         self.view = None
@@ -41,13 +55,16 @@ class ProgressCB(Callback):
 
     def before_fit(self, learn) -> None:
         notebook = in_notebook()
-        if not is_rank0():
+        verbose = self.verbose if self.verbose is not None else (1 if live_output() else 2)
+        if not is_rank0() or verbose == 0:
             self.view = NullView()
+        elif verbose == 2:  # the start line introduces the table: neither without it
+            self.view = PlainView(learn) if self.table else NullView()
         elif notebook:
             self.view = NotebookView(learn.n_epochs, self.table)
         else:
             self.view = TerminalView(learn.n_epochs)
-        self.live_plot = notebook and self.plot is not False
+        self.live_plot = notebook and verbose == 1 and self.plot is not False
         self._losses, self.valid_losses = DeviceFloats(), []
         self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
         learn.metrics_log = self._log_row
@@ -86,25 +103,27 @@ class ProgressCB(Callback):
             self.view.show_loss(self._losses.read()[-1])
 
     def _log_row(self, row: dict) -> None:
-        if row.get("train") == "eval" and "loss" in row:
+        if row.get("phase") == "valid" and "loss" in row:
             self.valid_losses.append((row["epoch"], row["loss"]))
         if self.table:
             self.view.row(row)
 
-    def plot_loss(self):
-        """A Figure of the training loss per batch and the validation loss at the end of each epoch."""
-        fig, ax = plt.subplots(figsize=(6, 3.5))
+    def plot_loss(self, path: str | Path | None = None, show: bool = True):
+        """A Figure of the training loss per batch and the validation loss at the end of each epoch
+        (saved as PNG at `path`; `show=False` makes it without showing it)."""
+        fig, ax = subplots(figsize=(6, 3.5))
         ax.plot(range(1, len(self.train_losses) + 1), self.train_losses, label="train (per batch)", lw=1)
         if self.valid_losses:
             xs = [(epoch + 1) * self._n_train_batches for epoch, _ in self.valid_losses]
             ax.plot(xs, [loss for _, loss in self.valid_losses], "o-", label="valid (per epoch)")
         ax.set(xlabel="training batch", ylabel="loss", title="Loss")
+        integer_xticks(ax)
         ax.legend()
-        return finished(fig)
+        return finished(fig, path, show)
 
     def _update_plot(self) -> None:
         from IPython.display import display
-        fig = self.plot_loss()
+        fig = self.plot_loss(show=False)
         if self._plot_handle is None:
             self._plot_handle = display(fig, display_id=True)
         else:
@@ -116,6 +135,26 @@ class NullView:
     """What ranks other than 0 show: nothing."""
 
     def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+class PlainView:
+    """Plain lines for log files: what runs, then one table row per epoch and phase."""
+
+    def __init__(self, learn):
+        phases = f"{len(learn.dls.train)} training"
+        if learn.valid_phase:
+            phases += f" and {len(learn.dls.valid)} validation"
+        device = learn.device or model_device(learn.model)
+        self.write(f"fit: {learn.n_epochs} epoch{'s' * (learn.n_epochs != 1)} of {phases} batches, "
+                   f"{type(learn.model).__name__} on {device}, {type(learn.opt).__name__} at lr {learn.lr:g}")
+        self.row = TablePrinter(self.write)
+
+    @staticmethod
+    def write(line: str) -> None:
+        print(line, file=sys.stdout, flush=True)
+
+    def __getattr__(self, name):  # progress within an epoch is not shown
         return lambda *args, **kwargs: None
 
 
@@ -204,6 +243,5 @@ class NotebookView:
             parts.append(f"loss {self.loss:.3f}")
         parts.append(f"{elapsed:.1f} s")
         value, total = (self.n, self.total) if self.desc else (self.done, self.n_epochs)
-        self.line.update(self.html(f'<progress value="{value}" max="{max(total, 1)}" style="width:240px">'
-                                   f'</progress> {" · ".join(parts)}'))
+        self.line.update(self.html(progress_html(value, total, " · ".join(parts))))
         self.last = time.monotonic()

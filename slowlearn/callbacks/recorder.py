@@ -4,9 +4,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-
-from ..display import finished, in_notebook, save_png
+from ..display import finished, integer_xticks, subplots
 from ..distributed import all_reduce_mean
 from ..callback import Callback
 from .core import DeviceFloats
@@ -69,23 +67,19 @@ class RecorderCB(Callback):
         self.learn = self.pg = None
 
     def plot(self, path: str | Path | None = None):
-        """One panel per recorded value against the training batch; saved as PNG at `path` outside notebooks."""
+        """One panel per recorded value against the training batch (a Figure, saved as PNG at `path`)."""
         names = list(self.recs)
-        fig, axs = plt.subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
+        fig, axs = subplots(1, len(names), figsize=(4 * len(names), 3), squeeze=False)
         for ax, name in zip(axs[0], names):
             ax.plot(self.recs[name])
             ax.set(xlabel="training batch", title=name)
-        return self._finish(fig, path)
+            integer_xticks(ax)
+        return finished(fig, path)
 
     def plot_loss(self, path: str | Path | None = None):
-        """The training loss per batch; saved as PNG at `path` outside notebooks."""
-        fig, ax = plt.subplots(figsize=(5, 3))
+        """The training loss per batch (a Figure, saved as PNG at `path`)."""
+        fig, ax = subplots(figsize=(5, 3))
         ax.plot(self.losses)
         ax.set(xlabel="training batch", ylabel="loss", title="Training loss")
-        return self._finish(fig, path)
-
-    def _finish(self, fig, path):
-        fig = finished(fig)
-        if path is not None and not in_notebook():
-            save_png(fig, path)
-        return fig
+        integer_xticks(ax)
+        return finished(fig, path)

@@ -126,7 +126,12 @@ def sched_exp(start: float, end: float) -> Schedule:
 
 
 def combine_scheds(pcts: Sequence[float], scheds: Sequence[Schedule]) -> Schedule:
-    """Run `scheds[i]` over a fraction `pcts[i]` of training (the fractions add up to 1)."""
+    """Run `scheds[i]` over a fraction `pcts[i]` of training (the fractions add up to 1).
+
+    >>> warmup_then_flat = combine_scheds([0.25, 0.75], [sched_lin(0., 1.), sched_lin(1., 1.)])
+    >>> [warmup_then_flat(pct) for pct in (0., 0.125, 0.5, 1.)]
+    [0.0, 0.5, 1.0, 1.0]
+    """
     if abs(sum(pcts) - 1) > 1e-6 or len(pcts) != len(scheds):
         raise ValueError(f"combine_scheds needs one fraction per schedule, summing to 1; got {list(pcts)}")
     bounds = [0.] + [sum(pcts[:i + 1]) for i in range(len(pcts))]
@@ -145,7 +150,12 @@ def warmup_cos(peak: float, pct_warmup: float = 0.1, start: float = 0., end: flo
 
 def one_cycle_lr(max_lr: float, pct_start: float = 0.3, div: float = 25., div_final: float = 1e4) -> Schedule:
     """One-cycle lr (torch's OneCycleLR shape): cosine from max_lr/div up to max_lr over `pct_start`,
-    then cosine down to max_lr/(div * div_final)."""
+    then cosine down to max_lr/(div * div_final).
+
+    >>> lr = one_cycle_lr(0.1)
+    >>> round(lr(0.), 6), lr(0.3), round(lr(1.), 9)
+    (0.004, 0.1, 4e-07)
+    """
     low = max_lr / div
     return combine_scheds([pct_start, 1 - pct_start], [sched_cos(low, max_lr), sched_cos(max_lr, low / div_final)])
 

@@ -22,12 +22,10 @@ __all__ = ["latest_metric", "MonitorCB", "CheckpointCB", "EarlyStoppingCB", "Ter
 def latest_metric(learn, name: str) -> float:
     """The latest value of a MetricsCB column: `valid_loss`, `train_loss`, `valid_accuracy`, ..."""
     phase, _, key = name.partition("_")
-    wanted = {"valid": "eval", "train": "train"}.get(phase)
     for row in reversed(learn.history):
-        if row.get("train") == wanted and key in row:
+        if row.get("phase") == phase and key in row:
             return row[key]
-    names = sorted({f"{'valid' if r.get('train') == 'eval' else 'train'}_{k}" for r in learn.history
-                    for k in r if k not in ("epoch", "train")})
+    names = sorted({f"{r.get('phase')}_{k}" for r in learn.history for k in r if k not in ("epoch", "phase")})
     raise KeyError(f"No metric '{name}' in learn.history (needs MetricsCB); available: {names or 'none yet'}")
 
 

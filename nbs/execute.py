@@ -1,0 +1,66 @@
+"""Re-execute the tutorial notebooks and record what they print in smoke mode.
+
+    python nbs/execute.py              # every notebook in full, in place (minutes on a CPU), then the record
+    python nbs/execute.py --record     # only the smoke-mode record (nbs/smoke_record.json)
+    python nbs/execute.py 03_init      # only the notebooks whose names contain 03_init
+
+The record holds the numbers each notebook prints when run with SLOWLEARN_SMOKE=1 (timings left out).
+tests/test_notebooks.py runs the notebooks in smoke mode and compares: when the code changes what a
+notebook prints, the committed full outputs are stale too, and the test says to run this script.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import nbformat
+from nbclient import NotebookClient
+
+NBS = Path(__file__).parent
+RECORD = NBS / "smoke_record.json"
+# A number, unless it is a duration or a rate ("1.2 s", "3.4s", "12 ms", "5.6 it/s") or part of a word/path.
+NUMBER = re.compile(r"(?<![\w./])[-+]?\d+(?:\.\d+)?(?:e[-+]?\d+)?(?![\w.]|\s*(?:s\b|ms\b|µs\b|it/s|s/))")
+
+
+def execute(path: Path, smoke: bool):
+    """The notebook at `path`, executed top to bottom (SLOWLEARN_SMOKE=1 when `smoke`)."""
+    os.environ["SLOWLEARN_SMOKE"] = "1" if smoke else "0"
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
+    nb = nbformat.read(path, as_version=4)
+    resources = {"metadata": {"path": str(path.parent)}}
+    NotebookClient(nb, timeout=3600, kernel_name="python3", resources=resources).execute()
+    return nb
+
+
+def printed_numbers(nb) -> list[float]:
+    """Every number in the notebook's printed text and text results, in order, timings left out."""
+    texts = []
+    for cell in nb.cells:
+        for out in cell.get("outputs", []):
+            if out.output_type == "stream" and out.name == "stdout":
+                texts.append(out.text)
+            elif out.output_type == "execute_result":
+                texts.append(out.data.get("text/plain", ""))
+    return [float(n) for text in texts for n in NUMBER.findall(text)]
+
+
+def main(args: list[str]) -> None:
+    record_only = "--record" in args
+    names = [a for a in args if not a.startswith("--")]
+    paths = [p for p in sorted(NBS.glob("*.ipynb")) if not names or any(n in p.name for n in names)]
+    record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+    for path in paths:
+        if not record_only:
+            print(f"executing {path.name} in full", flush=True)
+            nbformat.write(execute(path, smoke=False), path)
+        print(f"executing {path.name} in smoke mode", flush=True)
+        record[path.name] = printed_numbers(execute(path, smoke=True))
+    RECORD.write_text(json.dumps(record, indent=1) + "\n")
+    print(f"wrote {RECORD}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,40 @@
+"""ProgressCB's output fits where it goes: bars on a terminal or in a notebook, plain lines in a log file."""
+import pytest
+from torch import nn
+
+from conftest import make_dls
+from slowlearn import Learner, MetricsCB, ProgressCB
+from slowlearn.callbacks import progress as progress_module
+
+ESCAPES = ("\r", "\x1b")
+
+
+def fit_two_epochs(capsys, **kwargs):
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), ProgressCB(**kwargs)]).fit(2)
+    return capsys.readouterr()
+
+
+def test_a_log_file_gets_one_plain_line_per_epoch_and_phase(capsys):
+    captured = fit_two_epochs(capsys)  # pytest's capture is not a terminal: like `> run.log 2>&1`
+    assert not any(c in captured.out + captured.err for c in ESCAPES) and captured.err == ""
+    start, header, *rows = captured.out.splitlines()
+    assert start == "fit: 2 epochs of 3 training and 2 validation batches, Linear on cpu, SGD at lr 0.1"
+    assert header.split() == ["loss", "epoch", "phase"]
+    assert [row.split()[1:] for row in rows] == [["0", "train"], ["0", "valid"], ["1", "train"], ["1", "valid"]]
+
+
+def test_verbose_0_shows_nothing(capsys):
+    captured = fit_two_epochs(capsys, verbose=0)
+    assert captured.out == captured.err == ""
+
+
+def test_bars_on_a_terminal_or_when_asked(capsys, monkeypatch):
+    assert "\r" in fit_two_epochs(capsys, verbose=1).err  # tqdm, even into a file
+    monkeypatch.setattr(progress_module, "live_output", lambda: True)
+    captured = fit_two_epochs(capsys)
+    assert "\r" in captured.err and captured.out.splitlines()[0].split() == ["loss", "epoch", "phase"]
+
+
+def test_verbose_must_be_one_of_the_levels():
+    with pytest.raises(ValueError, match="verbose=3"):
+        ProgressCB(verbose=3)

@@ -1,0 +1,48 @@
+"""README.md's code runs as written: every ```python block, in order, in one namespace (so a block may use
+what an earlier one made), with a smoke setting (256 Fashion-MNIST images in batches of 64, at most one
+epoch per fit)."""
+import importlib
+import re
+from pathlib import Path
+
+import pytest
+
+import slowlearn
+from slowlearn import Learner, LRFinderCB
+
+train_module = importlib.import_module("slowlearn.train")  # `slowlearn.train` is the function
+
+README = Path(__file__).parent.parent / "README.md"
+
+
+def python_blocks(text: str) -> list[str]:
+    return re.findall(r"^```python\n(.*?)^```", text, flags=re.S | re.M)
+
+
+def test_readme_has_python_blocks():
+    blocks = python_blocks(README.read_text())
+    assert len(blocks) >= 2 and blocks[0].startswith("from slowlearn import *")
+
+
+def test_readme_python_blocks_run(fashion_folder, tmp_path, monkeypatch):
+    real = slowlearn.fashion_mnist
+
+    def small(bs=512, **kwargs):
+        return real(bs=min(bs, 64), n_train=256, n_valid=128)
+    monkeypatch.setattr(slowlearn, "fashion_mnist", small)
+    monkeypatch.setattr(train_module, "fashion_mnist", small)
+    fit = Learner.fit
+
+    def one_epoch_fit(self, n_epochs=1, *args, **kwargs):  # lr_find's sweep: 12 batches, over several epochs
+        sweeps = [cb for cb in kwargs.get("cbs", ()) if isinstance(cb, LRFinderCB)]
+        for cb in sweeps:
+            cb.num_it = 12
+        return fit(self, n_epochs if sweeps else min(n_epochs, 1), *args, **kwargs)
+    monkeypatch.setattr(Learner, "fit", one_epoch_fit)
+    monkeypatch.chdir(tmp_path)  # the README writes runs/ckpt.pt
+    namespace = {}
+    for i, block in enumerate(python_blocks(README.read_text())):
+        try:
+            exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
+        except Exception as e:
+            pytest.fail(f"README.md python block {i + 1} fails: {e!r}\n{block}")

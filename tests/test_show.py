@@ -1,0 +1,99 @@
+"""Pictures: every plot function returns its Figure, left open for plt.show() in a script, saved with path=;
+titles, layouts and axes that read right."""
+import matplotlib.pyplot as plt
+import pytest
+import torch
+from torch import nn
+
+from conftest import CLASSES, image_learner, make_dls
+from slowlearn import (ActivationStatsCB, Learner, ProgressCB, RecorderCB, compare_optimizers, plot_confusion_matrix,
+                       plot_metrics, plot_top_losses, show_batch, show_results)
+from slowlearn.show import _grid
+
+
+@pytest.fixture(scope="module")
+def trained():
+    stats = ActivationStatsCB()
+    learn = image_learner()
+    learn.cbs += [RecorderCB(), ProgressCB(), stats]
+    learn.fit(2)
+    learn.lr_find(num_it=6, show_plot=False)
+    return learn
+
+
+PLOTS = {
+    "show_batch": lambda learn, **kw: show_batch(learn.dls, n=6, **kw),
+    "show_results": lambda learn, **kw: show_results(learn, n=6, **kw),
+    "plot_confusion_matrix": plot_confusion_matrix,
+    "plot_top_losses": plot_top_losses,
+    "plot_metrics": plot_metrics,
+    "recorder.plot": lambda learn, **kw: learn.recorder.plot(**kw),
+    "recorder.plot_loss": lambda learn, **kw: learn.recorder.plot_loss(**kw),
+    "progress.plot_loss": lambda learn, **kw: learn.progress.plot_loss(**kw),
+    "lr_finder.plot": lambda learn, **kw: learn.lr_finder.plot(**kw),
+    "activation_stats.plot_stats": lambda learn, **kw: learn.activation_stats.plot_stats(**kw),
+    "activation_stats.color_dim": lambda learn, **kw: learn.activation_stats.color_dim(**kw),
+    "activation_stats.dead_chart": lambda learn, **kw: learn.activation_stats.dead_chart(**kw),
+}
+
+
+@pytest.mark.parametrize("name", PLOTS)
+def test_plot_returns_an_open_figure_and_saves_with_path(name, trained, tmp_path):
+    fig = PLOTS[name](trained)
+    assert fig.number in plt.get_fignums()  # a script's plt.show() shows it
+    saved = PLOTS[name](trained, path=tmp_path / "plot.png")
+    assert saved is not fig and (tmp_path / "plot.png").stat().st_size > 1000
+
+
+def test_compare_optimizers_figure_is_open():
+    model_fn = lambda: nn.Linear(3, 2)  # noqa: E731
+    _, fig = compare_optimizers(model_fn, {"sgd": (torch.optim.SGD, 0.1)}, n_epochs=1, dls=make_dls())
+    assert fig.number in plt.get_fignums()
+
+
+def titles(fig):
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_top_losses_read_like_show_results_in_a_square_grid(trained):
+    fig = plot_top_losses(trained, k=9)
+    result = trained.get_preds(with_loss=True)
+    top = result.losses.topk(9).indices
+    for title, i in zip(titles(fig), top.tolist()):
+        names, numbers = title.split("\n")
+        truth, guess = CLASSES[result.targets[i]], CLASSES[result.preds[i].argmax()]
+        assert names == f"{truth} / {guess}"  # actual / prediction, as show_results
+        assert numbers.endswith(f"p {result.preds[i].max():.2f}")  # the prediction's probability: never < 1/3
+    assert "actual / prediction" in fig._suptitle.get_text()
+    assert show_results(trained, n=4).axes[0].get_title().split("\n") == [
+        CLASSES[result.targets[0]], CLASSES[result.preds[0].argmax()]]
+
+
+@pytest.mark.parametrize("n, shape", [(9, (3, 3)), (16, (4, 4)), (4, (2, 2)), (8, (3, 3)), (2, (1, 2))])
+def test_image_grids_are_near_square(n, shape):
+    fig, axs = _grid(n)
+    assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == shape
+
+
+def test_plot_metrics_numbers_epochs_as_the_history(trained):
+    ax = plot_metrics(trained).axes[0]
+    epochs = [row["epoch"] for row in trained.history if row["phase"] == "train"]
+    assert list(ax.get_lines()[0].get_xdata()) == epochs == [0, 1]
+    one_epoch = image_learner().fit(1)
+    ax = plot_metrics(one_epoch).axes[0]
+    assert list(ax.get_xticks()) == [0]  # not a 0.95..1.05 axis
+
+
+def test_per_batch_axes_have_whole_number_ticks(trained):
+    for fig in (trained.recorder.plot(), trained.recorder.plot_loss(), trained.progress.plot_loss(),
+                trained.activation_stats.plot_stats(), trained.activation_stats.dead_chart()):
+        for ax in fig.axes:
+            assert all(float(t).is_integer() for t in ax.get_xticks()), ax.get_title()
+
+
+def test_lr_find_legend_does_not_cover_the_curve(trained):
+    fig = trained.lr_finder.plot()
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    legend = ax.get_legend().get_window_extent()
+    assert legend.x0 >= ax.get_window_extent().x1  # beside the axes
