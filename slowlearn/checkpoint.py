@@ -3,13 +3,14 @@
 A checkpoint is a dict of tensors and plain Python values (so `torch.load(weights_only=True)` reads
 it): model and optimizer state, the state of every callback that has `state_dict()`, the RNG states
 (torch, CUDA, NumPy, Python, and each loader's generator), the history, and the position: `epoch`
-(epochs completed) and `iter` (training batches completed in the epoch after those).
+(epochs completed) and `iter` (training batches completed in the epoch after those), plus the fit's
+`n_epochs`, the optimizer's type and a checksum of all of it. Reading, writing and the checks that a
+checkpoint fits the Learner are in `checkpoint_io.py`.
 """
 from __future__ import annotations
 
 import itertools
 import os
-import pickle
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .checkpoint_io import (FORMAT, CheckpointError, check_model_fits, check_optimizer_fits, checksum,
+                            non_finite_entries, read_verified, type_name, write_atomically)
 from .device import bare_model
 from .distributed import is_rank0
 
-__all__ = ["CheckpointMixin", "save_checkpoint", "read_checkpoint", "restore_weights", "restore_run_state",
-           "resume_point", "batches_from", "callback_key", "randomness", "restore_randomness"]
-
-FORMAT = 1
+__all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "restore_weights",
+           "restore_run_state", "resume_point", "batches_from", "callback_key", "randomness", "restore_randomness"]
 
 
 class CheckpointMixin:
@@ -82,50 +83,63 @@ def _rng_states() -> dict:
 def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -> Path:
     """Write `learn`'s complete state at position (`epoch`, `iter`) to `path`, atomically: the file is
     written next to its destination and renamed over it, so a crash leaves the previous checkpoint.
+    Weights holding NaN or infinity are refused (CheckpointError), which keeps the previous file.
     In a distributed run only rank 0 writes; the model is saved without its DDP or compile wrapper."""
     path = Path(path)
+    model_state = bare_model(learn.model).state_dict()
+    _refuse_non_finite(model_state, path, epoch, iter)  # on every rank, so that all stop together
     if not is_rank0():
         return path
     state = {
         "format": FORMAT,
-        "model": bare_model(learn.model).state_dict(),
+        "model": model_state,
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
+        "opt_type": type_name(learn.opt) if learn.opt is not None else None,
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
         "rng": _rng_states(),
         "loaders": _loader_states(learn, mid_epoch=iter > 0),
         "history": list(learn.history),
         "epoch": epoch,
         "iter": iter,
+        "n_epochs": getattr(learn, "n_epochs", None),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    state["checksum"] = checksum(state)
+    write_atomically(state, path)
     return path
 
 
+def _refuse_non_finite(model_state: dict, path: Path, epoch: int, iter: int) -> None:
+    bad = non_finite_entries(model_state)
+    if bad:
+        kept = f"{path} still holds the last good checkpoint" if path.exists() else f"nothing was written to {path}"
+        position = f"after epoch {epoch - 1}" if iter == 0 else f"at batch {iter} of epoch {epoch}"
+        raise CheckpointError(
+            f"Not saving a checkpoint {position}: the model's weights hold NaN or infinite "
+            f"values ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}), so training has diverged; {kept}. "
+            f"Lower the learning rate, clip gradients (GradientClipCB), or stop at the first non-finite loss "
+            f"(TerminateOnNaNCB).")
+
+
 def read_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
-    """Load a checkpoint with `torch.load(weights_only=True)`: plain data only, never code."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"Refusing to load {path}: it is not a plain-data slowlearn checkpoint (loading it "
-                         f"would need to run code from the file). Only load checkpoints you trust with "
-                         f"torch.load(weights_only=False). Details: {e}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a slowlearn checkpoint (format {FORMAT})")
+    """Load a checkpoint with `torch.load(weights_only=True)` (plain data only, never code) and verify
+    its checksum. A file that is missing, damaged, unsafe or not a slowlearn checkpoint raises an error
+    (FileNotFoundError or CheckpointError) that names it. The returned dict's "source" is `path`."""
+    state = read_verified(path, map_location)
+    state["source"] = str(path)
     return state
 
 
 def restore_weights(learn, state: dict) -> None:
-    """Model, optimizer and history: what must be in place before the fit starts."""
+    """Model, optimizer and history: what must be in place before the fit starts. Everything is checked
+    to fit (the model's keys and shapes, the optimizer's type and groups) before anything is overwritten."""
+    if state["opt"] is not None and learn.opt is None:
+        learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)
+    source = state.get("source", "the checkpoint")
+    check_model_fits(bare_model(learn.model), state["model"], source)
+    if state["opt"] is not None:
+        check_optimizer_fits(learn.opt, state["opt"], state.get("opt_type"), source)
     bare_model(learn.model).load_state_dict(state["model"])
     if state["opt"] is not None:
-        if learn.opt is None:
-            learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)
         learn.opt.load_state_dict(state["opt"])
     learn.history[:] = state["history"]
 

@@ -10,6 +10,7 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from .callback import CancelException
 
@@ -19,7 +20,8 @@ IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
 
 
 def check_loaders(dls, train: bool, valid: bool) -> None:
-    """Before a fit: each loader the fit will use has at least one batch."""
+    """Before a fit: each loader the fit will use has at least one batch, and data held in memory as
+    tensors (a TensorLoader's, a TensorDataset's) is finite, all of it."""
     for phase in [phase for phase, wanted in (("train", train), ("valid", valid)) if wanted]:
         loader = getattr(dls, phase)
         if loader is None:
@@ -27,6 +29,27 @@ def check_loaders(dls, train: bool, valid: bool) -> None:
         if len(loader) == 0:
             raise ValueError(f"The {phase} loader has no batches: check the dataset is not empty and that "
                              f"drop_last=True is not dropping a dataset smaller than one batch.")
+        for what, data in zip(("inputs", "targets"), _tensors_in_memory(loader)):
+            _check_finite(data, f"The {phase} set's {what}")
+
+
+def _tensors_in_memory(loader) -> list[Tensor]:
+    if isinstance(getattr(loader, "x", None), Tensor) and isinstance(getattr(loader, "y", None), Tensor):
+        return [loader.x, loader.y]
+    dataset = getattr(loader, "dataset", None)
+    return list(dataset.tensors) if isinstance(dataset, TensorDataset) else []
+
+
+def _check_finite(data: Tensor, what: str) -> None:
+    """One pass and one read back to the host; integer data cannot hold NaN."""
+    if not data.is_floating_point():
+        return
+    bad = ~torch.isfinite(data.reshape(len(data), -1) if data.ndim else data.reshape(1, 1)).all(dim=1)
+    count, first = torch.stack([bad.sum(), bad.int().argmax()]).tolist()
+    if count:
+        raise ValueError(f"{what} hold NaN or infinite values, in {count} item{'s' * (count > 1)} (the first is item "
+                         f"{first}): training on them would turn the weights into NaN. Remove those items or "
+                         f"replace the values (torch.nan_to_num) before making the loader.")
 
 
 @contextmanager
@@ -55,7 +78,8 @@ def _first_param(model: nn.Module) -> Tensor | None:
 
 def check_inputs(batch, model: nn.Module) -> None:
     """Before the model sees an `(inputs, targets, ...)` batch: every tensor has the same batch
-    size, and images are not fed as raw bytes to a floating-point model."""
+    size, the inputs are finite, and integers (raw pixel values) are not fed to a floating-point model
+    that does not embed them."""
     tensors = _tensors(batch)
     if tensors is None:
         return
@@ -65,10 +89,21 @@ def check_inputs(batch, model: nn.Module) -> None:
         raise ValueError(f"The batch's inputs and targets have different batch sizes (shapes {shapes}): "
                          f"each input needs one target; check the dataset's tensors have the same length.")
     x, param = tensors[0], _first_param(model)
-    if param is not None and param.is_floating_point() and x.dtype in (torch.uint8, torch.bool):
+    _check_finite(x, "The batch's inputs")
+    if param is None or not param.is_floating_point() or x.is_floating_point() or x.is_complex() or _embeds(model):
+        return
+    if x.dtype in (torch.uint8, torch.bool):
         raise ValueError(f"The inputs are {x.dtype} but the model's parameters are {param.dtype}: convert them "
                          f"to floats in the loader, e.g. TensorLoader(x, y, mean=..., std=...), which scales "
                          f"uint8 images to [0, 1] and normalises them.")
+    raise ValueError(f"The inputs are {x.dtype} but the model's parameters are {param.dtype} (and it has no "
+                     f"embedding layer to look integers up): convert the inputs to floats in the loader, e.g. "
+                     f"x.float() / 255 for pixel values, or store images as uint8 and let TensorLoader(x, y, "
+                     f"mean=..., std=...) scale and normalise them.")
+
+
+def _embeds(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
 
 
 def _is_cross_entropy(loss_func) -> bool:
