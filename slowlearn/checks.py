@@ -4,6 +4,7 @@ process). The Learner checks its loaders before a fit and the first batch of eac
 checks cost nothing on the batches after it."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from functools import partial
 
@@ -54,16 +55,66 @@ def _check_finite(data: Tensor, what: str) -> None:
 
 @contextmanager
 def first_batch(learn):
-    """Around a phase's first batch: its inputs are checked first (`check_inputs`; the Learner checks the
-    targets after the first prediction), and any error gets a note describing the batch and model."""
+    """Around a phase's first batch: its inputs are checked first (a dict batch needs a callback that
+    replaces `predict`; `check_inputs`; the Learner checks the targets after the first prediction); in
+    training, a BatchNorm layer to which the loader's last batch would give a single value per channel
+    stops the fit at this first forward pass, before any step; any error gets a note on the batch and model."""
+    hooks = []
     try:
+        _check_not_a_dict(learn.batch, learn.cbs)
         check_inputs(learn.batch, learn.model)
+        hooks = _watch_batchnorm(learn) if learn.training else []
         yield
     except CancelException:
         raise
     except Exception as e:
         e.add_note(describe_batch(learn.batch, learn.model))
         raise
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _check_not_a_dict(batch, cbs) -> None:
+    if isinstance(batch, Mapping) and not any(callable(getattr(type(cb), "predict", None)) for cb in cbs):
+        keys = ", ".join(map(repr, list(batch)[:5]))
+        raise TypeError(f"The loader yields dict batches (keys {keys}), but the Learner takes (inputs, targets, ...) "
+                        f"tuples: make the loader yield tuples (e.g. a collate_fn that returns "
+                        f"(inputs, targets)), or add a callback whose predict and get_loss read the dict.")
+
+
+def _last_batch_size(dl) -> int | None:
+    """Items in the loader's last batch of an epoch (0 if it is full or dropped); None if unknown."""
+    if hasattr(dl, "n_items") and hasattr(dl, "bs"):  # a TensorLoader (its shard under DDP)
+        n, bs, drop_last = dl.n_items, dl.bs, dl.drop_last
+    elif isinstance(getattr(dl, "batch_size", None), int) and getattr(dl, "sampler", None) is not None:
+        try:
+            n, bs, drop_last = len(dl.sampler), dl.batch_size, dl.drop_last
+        except TypeError:  # a sampler without a length
+            return None
+    else:
+        return None
+    return 0 if drop_last else n % bs
+
+
+def _watch_batchnorm(learn) -> list:
+    last = _last_batch_size(learn.dl)
+    if not last:
+        return []
+
+    def check(module, args):
+        x = args[0]
+        per_item = x.numel() // max(x.shape[0] * x.shape[1], 1)  # values per channel that one item gives
+        if last * per_item == 1:
+            raise ValueError(f"The training loader's last batch holds {last} item, and BatchNorm layer {names[module]} "
+                             f"cannot normalise a single value per channel in training, so the fit would fail at "
+                             f"the end of the first epoch: drop that batch with drop_last=True (TensorLoader(..., "
+                             f"drop_last=True) or DataLoader(..., drop_last=True)), or pick a batch size that does "
+                             f"not leave one item over.")
+
+    names = {m: f"'{name}' ({type(m).__name__})" for name, m in learn.model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training}
+    return [m.register_forward_pre_hook(check) for m in names]
 
 
 def _tensors(batch) -> list[Tensor] | None:
