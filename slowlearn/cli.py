@@ -108,7 +108,7 @@ def _writable_folder(folder: str) -> Path:
 
 
 def _check_resume(args) -> None:
-    """--resume: a readable slowlearn checkpoint of a run with this number of --epochs."""
+    """--resume: a readable slowlearn checkpoint of a run that has fewer epochs than --epochs."""
     if args.resume is None:
         return
     from .checkpoint import CheckpointError, read_checkpoint
@@ -118,11 +118,7 @@ def _check_resume(args) -> None:
         state = read_checkpoint(args.resume)
     except CheckpointError as e:
         raise CLIError(f"--resume {args.resume}: {e}") from e
-    started_with = state.get("n_epochs")
-    if started_with is not None and started_with != args.epochs:
-        raise CLIError(f"--resume {args.resume}: that run was started with --epochs {started_with}, and its one-cycle "
-                       f"schedule spans them all: resume it with --epochs {started_with}")
-    if state["epoch"] >= args.epochs:
+    if state["epoch"] >= args.epochs:  # another number of epochs than the run's continues on the longer cycle
         raise CLIError(f"--resume {args.resume}: that run has already trained {state['epoch']} epochs, so "
                        f"--epochs {args.epochs} would train nothing")
 

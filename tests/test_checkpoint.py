@@ -203,7 +203,7 @@ def learner(model=None, opt_func=None, cbs=()):
     return Learner(model, make_dls(), opt_func=opt_func, cbs=[MetricsCB(), *cbs])
 
 
-def weights(learn):
+def state_tensors(learn):
     return [p.detach().clone() for p in learn.model.state_dict().values()]
 
 
@@ -253,12 +253,12 @@ BAD_FILES = {  # what the message says, besides the file's name
 def test_a_damaged_or_foreign_file_is_an_error_naming_it_for_load_and_resume(tmp_path, kind):
     path = bad_file(tmp_path, kind)
     learn = learner()
-    before = weights(learn)
+    before = state_tensors(learn)
     for attempt in (lambda: learn.load(path), lambda: learn.fit(2, resume=path)):
         with pytest.raises(CheckpointError, match=re.escape(BAD_FILES[kind])) as error:
             attempt()
         assert str(path) in str(error.value)
-    assert same(weights(learn), before) and learn.history == []
+    assert same(state_tensors(learn), before) and learn.history == []
 
 
 def test_a_folder_or_a_missing_file_says_so(tmp_path):
@@ -316,12 +316,12 @@ def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeyp
 def test_another_models_checkpoint_is_refused_before_any_layer_is_overwritten(tmp_path):
     path = saved_checkpoint(tmp_path, model=nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
     other = learner(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5)))  # layer 0 would fit
-    before = weights(other)
+    before = state_tensors(other)
     for attempt in (lambda: other.load(path), lambda: other.fit(2, resume=path)):
         with pytest.raises(CheckpointError, match=f"{path} was saved from another model, so nothing was loaded: "
                                                   r"2 have another shape \(2.weight is \(2, 4\) there but \(5, 4\)"):
             attempt()
-    assert same(weights(other), before)
+    assert same(state_tensors(other), before)
     renamed = learner(nn.Sequential(nn.Linear(3, 2)))
     with pytest.raises(CheckpointError, match=r"2 of the model's entries are missing \(0.weight, 0.bias\); "
                                               r"2 are not in the model \(weight, bias\)"):
@@ -331,12 +331,12 @@ def test_another_models_checkpoint_is_refused_before_any_layer_is_overwritten(tm
 def test_resuming_with_another_optimizer_is_refused_before_the_weights_are_loaded(tmp_path):
     path = saved_checkpoint(tmp_path)  # SGD with momentum
     adam = learner(opt_func=torch.optim.Adam)
-    before = weights(adam)
+    before = state_tensors(adam)
     for attempt in (lambda: adam.fit(2, resume=path), lambda: adam.load(path)):
         with pytest.raises(CheckpointError, match=f"{path} was saved with torch.optim.sgd.SGD, but this Learner's "
                                                   f"optimizer is torch.optim.adam.Adam, so nothing was loaded"):
             attempt()
-    assert same(weights(adam), before)
+    assert same(state_tensors(adam), before)
 
 
 def test_an_old_checkpoint_of_another_optimizer_is_refused_by_its_hyper_parameters(tmp_path):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from slowlearn import Callback, CancelFitException, CheckpointCB, Learner
+from slowlearn.checkpoint import read_checkpoint
 from slowlearn.cli import main
 
 from conftest import make_dls
@@ -104,10 +105,14 @@ def test_a_bad_checkpoint_to_resume_is_one_line_and_nothing_is_written(capsys, t
     assert list(out.iterdir()) == [] and not (tmp_path / "pwned").exists()
 
 
-def test_resuming_with_another_number_of_epochs_is_refused(capsys, tmp_path, linear_checkpoint):
-    message = refused(capsys, "train", "--epochs", "5", "--out", str(tmp_path), "--resume", str(linear_checkpoint))
-    assert (f"--resume {linear_checkpoint}: that run was started with --epochs 3, and its one-cycle schedule spans "
-            f"them all: resume it with --epochs 3") in message
+def test_resuming_with_more_epochs_continues_the_run(capsys, tmp_path, images):
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(images), "--bs", "8", "--epochs", "1", "--out", str(out)]) == 0
+    code = main(["train", "--data", str(images), "--bs", "8", "--epochs", "2", "--out", str(out),
+                 "--resume", str(out / "checkpoint.pt")])
+    assert code == 0 and "Traceback" not in capsys.readouterr().err
+    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 2 * 2  # both epochs' rows, once
 
 
 def test_resuming_a_finished_run_is_refused(capsys, tmp_path):
