@@ -23,7 +23,7 @@ from .checkpoint_io import (FORMAT, CheckpointError, check_model_fits, check_opt
 from .device import bare_model
 from .distributed import is_rank0
 
-__all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "restore_weights",
+__all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "restore_weights",
            "restore_run_state", "resume_point", "batches_from", "callback_key", "randomness", "restore_randomness"]
 
 
@@ -102,6 +102,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "epoch": epoch,
         "iter": iter,
         "n_epochs": getattr(learn, "n_epochs", None),
+        "train_batches": len(learn.dls.train) if getattr(learn.dls, "train", None) is not None else None,
     }
     state["checksum"] = checksum(state)
     write_atomically(state, path)
@@ -127,6 +128,26 @@ def read_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
     state = read_verified(path, map_location)
     state["source"] = str(path)
     return state
+
+
+def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:
+    """Before a resumed fit touches anything: it has epochs left to train, does not ask for an lr (the run
+    continues with its saved lrs and schedule), and a mid-epoch position means the same batches."""
+    source, done = state.get("source", "the checkpoint"), state["epoch"]
+    if done >= n_epochs:
+        raise CheckpointError(f"{source} has already trained {done} epochs, so fit({n_epochs}, resume=...) would "
+                              f"train nothing: ask for more epochs than {done}, or take its weights with "
+                              f"learn.load(path).")
+    if lr is not None:
+        raise CheckpointError(f"fit(lr={lr}, resume={source}): a resumed run continues with the learning rates and "
+                              f"schedule it saved, so lr would be ignored: leave lr out, or start a new run from its "
+                              f"weights with learn.load(path) and then fit(n_epochs, lr={lr}).")
+    saved, now = state.get("train_batches"), len(learn.dls.train)
+    if state["iter"] and saved is not None and saved != now:
+        raise CheckpointError(f"{source} was saved after batch {state['iter']} of an epoch of {saved} batches, but "
+                              f"the training loader now has {now}: resume mid-epoch with the batch size and data "
+                              f"of the saved run (another batch size would skip the wrong samples), or resume from "
+                              f"a checkpoint taken at the end of an epoch.")
 
 
 def restore_weights(learn, state: dict) -> None:

@@ -371,3 +371,30 @@ def test_diverged_weights_never_replace_the_last_good_checkpoint(tmp_path):
     with pytest.raises(CheckpointError, match="NaN"):
         learn.save(path)  # an explicit save too
     assert read_checkpoint(path)["epoch"] == 2
+
+
+def test_resuming_a_run_already_at_n_epochs_is_refused(tmp_path):
+    path = saved_checkpoint(tmp_path)  # after 1 epoch
+    before = state_tensors(learner())
+    with pytest.raises(CheckpointError, match=f"{path} has already trained 1 epochs, so fit\\(1, resume=...\\) would "
+                                              f"train nothing"):
+        learner().fit(1, resume=path)
+    assert same(state_tensors(learner()), before)
+
+
+def test_an_lr_given_to_a_resumed_fit_is_refused_not_ignored(tmp_path):
+    path = saved_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=r"fit\(lr=0.0001, resume=.*\): a resumed run continues with the "
+                                              r"learning rates and schedule it saved, so lr would be ignored"):
+        learner().fit(3, lr=1e-4, resume=path)
+
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_refused(tmp_path):
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4))
+    learn.fit(2, cbs=[CheckpointCB(tmp_path / "mid.pt", every=3), StopAt(epoch=0, iter=4)])
+    other = Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=8))
+    with pytest.raises(CheckpointError, match=r"mid.pt was saved after batch 3 of an epoch of 10 batches, but the "
+                                              r"training loader now has 5"):
+        other.fit(2, resume=tmp_path / "mid.pt")
+    learn.fit(2, cbs=[CheckpointCB(tmp_path / "end.pt")], reset_opt=True)
+    other.fit(3, resume=tmp_path / "end.pt")  # at an epoch's end another batch size is fine

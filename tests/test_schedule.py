@@ -304,3 +304,19 @@ def test_lr_find_suggestions_lie_where_a_noisy_loss_comes_down(seed):
     noisy = clean + np.random.default_rng(seed).normal(0, 0.1, len(lrs))
     suggestion = sweep(noisy.tolist(), lrs.tolist()).suggest()
     assert 1e-3 <= suggestion.valley <= 1e-1 and 1e-3 <= suggestion.steep <= 1e-1, suggestion
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(moms=(1.5, 0.85)), r"OneCycleCB: Invalid moms\[0\]: 1.5 \(must be a finite number in \[0.0, 1.0\)\)"),
+    (dict(moms=(0.95, -0.1)), r"Invalid moms\[1\]: -0.1"),
+    (dict(pct_start=1.2), "Invalid pct_start: 1.2"),
+    (dict(div=0), "Invalid div: 0"),
+    (dict(lr_max=float("nan")), "Invalid lr_max: nan"),
+    (dict(lr_max=[0.1, -0.1]), "Invalid lr_max: -0.1"),
+])
+def test_one_cycle_refuses_hyper_parameters_that_would_diverge_or_mean_nothing(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OneCycleCB(**{"lr_max": 0.1, **kwargs})
+    one_cycle_kwargs = dict(kwargs)
+    with pytest.raises(ValueError, match=match):
+        train_1cycle(nn.Linear(3, 2), lr=one_cycle_kwargs.pop("lr_max", 0.1), dls=make_dls(), **one_cycle_kwargs)
