@@ -23,8 +23,9 @@ from .checkpoint_io import (FORMAT, CheckpointError, check_model_fits, check_opt
 from .device import bare_model
 from .distributed import is_rank0
 
-__all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "restore_weights",
-           "restore_run_state", "resume_point", "batches_from", "callback_key", "randomness", "restore_randomness"]
+__all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume",
+           "restore_weights", "restore_run_state", "resume_point", "batches_from", "callback_key", "randomness",
+           "restore_randomness"]
 
 
 class CheckpointMixin:

@@ -276,8 +276,8 @@ def test_dispatch_wrap_runs_every_other_handler_through_the_wrapper():
                                          ("on_after_backward", "after_backward"), ("on_epoch_begin", "before_epoch")])
 def test_another_frameworks_event_names_are_an_error_naming_the_slowlearn_event(name, event):
     foreign = type("FastaiStyle", (Callback,), {name: lambda self, learn: None})()
-    with pytest.raises(AttributeError, match=f"Callback FastaiStyle defines '{name}', an event name of another "
-                                             rf"framework that slowlearn never calls: name the method '{re.escape(event)}"):
+    with pytest.raises(AttributeError, match=f"Callback FastaiStyle defines '{name}', an event name of another framework "
+                                             f"that slowlearn never calls: name the method '{re.escape(event)}"):
         Learner(nn.Linear(3, 2), make_dls(), cbs=[foreign]).fit(1)
 
 
