@@ -55,9 +55,15 @@ class Callback:
       cleanup_batch / cleanup_epoch / cleanup_fit  always, even after an error or a cancel
     Verbs (`predict, get_loss, backward, step, zero_grad`): a callback defining one replaces the
     Learner's default; only one callback may replace each verb.
+
+    `sweep`: whether the callback takes part in sweeps (`lr_find`, `find_batch_size`), which must leave
+    the user's files and state as they were. Opt in (True) only for what the training maths needs:
+    device and memory layout, precision, gradient clipping or accumulation, a replaced verb. Callbacks
+    that record, schedule, monitor or write files keep the default, False.
     """
 
     order: int = 0
+    sweep: bool = False
 
     @property
     def name(self) -> str:

@@ -41,6 +41,7 @@ class DistributedCB(Callback):
     """
 
     order = -20  # before DeviceCB, which moves batches to the device set here
+    sweep = True
 
     def __init__(self, sync_bn: bool = False, backend: str | None = None):
         self.sync_bn, self.backend = sync_bn, backend

@@ -26,6 +26,7 @@ class GradientAccumulationCB(Callback):
     """
 
     order = -1  # before GradientClipCB, which must see the averaged gradients
+    sweep = True
 
     def __init__(self, n_steps: int):
         check_range("n_steps", n_steps, 1, integer=True, owner="GradientAccumulationCB")
@@ -50,8 +51,11 @@ class GradientClipCB(Callback):
     """Clips the global gradient norm to `max_norm` before each step (un-scaling first under fp16
     loss scaling). `norms` holds the pre-clip norm of every step, read in bulk."""
 
+    sweep = True
+
     def __init__(self, max_norm: float = 1., norm_type: float = 2.):
-        check_range("max_norm", max_norm, 0., low_open=True, owner="GradientClipCB")  # < 0 flips, 0 zeroes the gradients
+        # a max_norm < 0 would flip the gradients (gradient ascent), 0 would zero them
+        check_range("max_norm", max_norm, 0., low_open=True, owner="GradientClipCB")
         if norm_type != float("inf"):
             check_range("norm_type", norm_type, 0., low_open=True, owner="GradientClipCB")
         self.max_norm, self.norm_type = max_norm, norm_type
