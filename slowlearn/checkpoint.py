@@ -17,13 +17,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, RandomSampler
 
 from .checkpoint_io import (FORMAT, CheckpointError, check_model_fits, check_optimizer_fits, checksum,
                             non_finite_entries, read_verified, type_name, write_atomically)
 from .device import bare_model
 from .distributed import is_rank0
 
-__all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume",
+__all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
            "restore_weights", "restore_run_state", "resume_point", "batches_from", "callback_key", "randomness",
            "restore_randomness"]
 
@@ -129,6 +130,17 @@ def read_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
     state = read_verified(path, map_location)
     state["source"] = str(path)
     return state
+
+
+def check_mid_epoch_resumable(dl, saver: str) -> None:
+    """A torch DataLoader that shuffles draws a new order when iterated again, so a mid-epoch checkpoint
+    would resume on another permutation (some samples seen twice, others never): refuse it up front."""
+    sampler = getattr(getattr(dl, "batch_sampler", None), "sampler", None) or getattr(dl, "sampler", None)
+    if isinstance(dl, DataLoader) and isinstance(sampler, RandomSampler):
+        raise CheckpointError(f"{saver} saves mid-epoch, but the training loader is a torch DataLoader that "
+                              f"shuffles: resumed mid-epoch it would draw a new order, showing some samples twice "
+                              f"and others never. Save at epoch ends (CheckpointCB(path)), or use slowlearn's "
+                              f"TensorLoader, which resumes mid-epoch exactly.")
 
 
 def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:

@@ -15,8 +15,10 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torcheval.metrics import MulticlassAccuracy
 
-from slowlearn import Callback, CheckpointCB, CheckpointError, DataLoaders, Learner, MetricsCB, set_seed
+from slowlearn import (Callback, CheckpointCB, CheckpointError, DataLoaders, GradientAccumulationCB, Learner, MetricsCB,
+                       set_seed)
 from slowlearn import checkpoint as checkpoint_module
 from slowlearn import checkpoint_io
 from slowlearn.checkpoint import read_checkpoint
@@ -398,3 +400,53 @@ def test_a_mid_epoch_resume_with_another_batch_size_is_refused(tmp_path):
         other.fit(2, resume=tmp_path / "mid.pt")
     learn.fit(2, cbs=[CheckpointCB(tmp_path / "end.pt")], reset_opt=True)
     other.fit(3, resume=tmp_path / "end.pt")  # at an epoch's end another batch size is fine
+
+
+def interrupted_then_resumed(tmp_path, make, every, stop_at):
+    """The history and weights of an uninterrupted run, and of the same run resumed from a checkpoint
+    saved every `every` batches and interrupted at `stop_at`."""
+    straight = make()
+    straight.fit(3)
+    interrupted = make()
+    interrupted.fit(3, cbs=[CheckpointCB(tmp_path / "mid.pt", every=every), StopAt(*stop_at)])
+    resumed = make()
+    resumed.fit(3, resume=tmp_path / "mid.pt")
+    return straight, resumed, read_checkpoint(tmp_path / "mid.pt")
+
+
+def test_the_resumed_epochs_training_loss_is_the_mean_over_all_its_batches(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4), cbs=[MetricsCB(accuracy=MulticlassAccuracy())])
+
+    straight, resumed, state = interrupted_then_resumed(tmp_path, make, every=3, stop_at=(1, 7))
+    assert (state["epoch"], state["iter"]) == (1, 6)
+    assert len(resumed.history) == len(straight.history) == 6
+    for got, expected in zip(resumed.history, straight.history):
+        assert got == {**expected, "loss": pytest.approx(expected["loss"], rel=1e-6)}  # accuracy exactly
+
+
+def test_a_checkpoint_due_inside_an_accumulation_window_waits_for_its_step(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4), cbs=[GradientAccumulationCB(2)],
+                       opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+
+    straight, resumed, state = interrupted_then_resumed(tmp_path, make, every=3, stop_at=(1, 4))
+    assert (state["epoch"], state["iter"]) == (1, 4)  # due after batch 3, taken after the step of batches 3-4
+    assert same(state_tensors(resumed), state_tensors(straight))
+
+
+def test_a_mid_epoch_checkpoint_of_a_shuffling_torch_dataloader_is_refused_before_training(tmp_path):
+    dls = make_dls(n_train=40, bs=4)
+    shuffled = DataLoaders(DataLoader(TensorDataset(dls.train.x, dls.train.y), 4, shuffle=True), dls.valid)
+    learn = Learner(nn.Linear(3, 2), shuffled)
+    before = state_tensors(learn)
+    with pytest.raises(CheckpointError, match=r"CheckpointCB\(every=3\) saves mid-epoch, but the training loader is "
+                                              r"a torch DataLoader that shuffles: resumed mid-epoch it would draw a "
+                                              r"new order"):
+        learn.fit(2, cbs=[CheckpointCB(tmp_path / "mid.pt", every=3)])
+    assert same(state_tensors(learn), before)
+    learn.fit(1, cbs=[CheckpointCB(tmp_path / "end.pt")])  # epoch ends resume exactly
+    in_order = DataLoaders(DataLoader(TensorDataset(dls.train.x, dls.train.y), 4), dls.valid)
+    Learner(nn.Linear(3, 2), in_order).fit(1, cbs=[CheckpointCB(tmp_path / "mid.pt", every=3)])
