@@ -144,8 +144,8 @@ def check_mid_epoch_resumable(dl, saver: str) -> None:
 
 
 def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:
-    """Before a resumed fit touches anything: it has epochs left to train, does not ask for an lr (the run
-    continues with its saved lrs and schedule), and a mid-epoch position means the same batches."""
+    """Before a resumed fit touches anything: it has epochs left to train and does not ask for an lr (the
+    run continues with its saved lrs and schedule)."""
     source, done = state.get("source", "the checkpoint"), state["epoch"]
     if done >= n_epochs:
         raise CheckpointError(f"{source} has already trained {done} epochs, so fit({n_epochs}, resume=...) would "
@@ -155,7 +155,12 @@ def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:
         raise CheckpointError(f"fit(lr={lr}, resume={source}): a resumed run continues with the learning rates and "
                               f"schedule it saved, so lr would be ignored: leave lr out, or start a new run from its "
                               f"weights with learn.load(path) and then fit(n_epochs, lr={lr}).")
-    saved, now = state.get("train_batches"), len(learn.dls.train)
+
+
+def _check_same_batches(learn, state: dict) -> None:
+    """A mid-epoch position means the same batches: checked after `before_fit`, which shards the loaders
+    of a distributed run as they were when the checkpoint was saved."""
+    source, saved, now = state.get("source", "the checkpoint"), state.get("train_batches"), len(learn.dls.train)
     if state["iter"] and saved is not None and saved != now:
         raise CheckpointError(f"{source} was saved after batch {state['iter']} of an epoch of {saved} batches, but "
                               f"the training loader now has {now}: resume mid-epoch with the batch size and data "
@@ -193,6 +198,7 @@ def resume_point(learn, state: dict | None) -> tuple[int, int]:
     callbacks, RNGs and loader order are put back (after `before_fit`, which creates schedulers)."""
     if state is None:
         return 0, 0
+    _check_same_batches(learn, state)
     restore_run_state(learn, state)
     return state["epoch"], state["iter"]
 
