@@ -4,6 +4,7 @@ from importlib.metadata import PackageNotFoundError, version
 from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException)
 from .callbacks import *  # noqa: F403 -- the callbacks' own __all__, re-exported whole
 from .callbacks import __all__ as _callback_names
+from .checkpoint_io import CheckpointError
 from .compat import quiet_torcheval_imports
 from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
@@ -27,7 +28,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 
 __all__ = [
     "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
-    *_callback_names, "rank0_first", "is_rank0",
+    *_callback_names, "CheckpointError", "rank0_first", "is_rank0",
     "DataLoaders", "TensorLoader", "fashion_mnist", "default_device",
     "GeneralReLU", "init_weights", "lsuv_init", "BatchNorm", "set_seed",
     "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "get_kaiming_initialized_model",

@@ -55,9 +55,15 @@ class Callback:
       cleanup_batch / cleanup_epoch / cleanup_fit  always, even after an error or a cancel
     Verbs (`predict, get_loss, backward, step, zero_grad`): a callback defining one replaces the
     Learner's default; only one callback may replace each verb.
+
+    `sweep`: whether the callback takes part in sweeps (`lr_find`, `find_batch_size`), which must leave
+    the user's files and state as they were. Opt in (True) only for what the training maths needs:
+    device and memory layout, precision, gradient clipping or accumulation, a replaced verb. Callbacks
+    that record, schedule, monitor or write files keep the default, False.
     """
 
     order: int = 0
+    sweep: bool = False
 
     @property
     def name(self) -> str:
@@ -89,6 +95,32 @@ class CallbackListMixin:
         return self
 
 
+# Event methods of other frameworks (fastai, Lightning, Keras) that slowlearn would silently never call,
+# with the slowlearn event to use instead.
+_TRAIN, _VALID = " (with learn.training True)", " (with learn.training False)"
+FOREIGN_EVENTS = {
+    **dict.fromkeys(["begin_fit", "on_train_begin", "on_fit_start", "on_train_start"], "before_fit"),
+    **dict.fromkeys(["on_train_end", "on_fit_end"], "after_fit"),
+    **dict.fromkeys(["begin_epoch", "on_epoch_begin", "on_epoch_start"], "before_epoch"),
+    **dict.fromkeys(["on_train_epoch_start", "begin_train", "before_train"], "before_epoch" + _TRAIN),
+    **dict.fromkeys(["on_validation_epoch_start", "begin_validate", "before_validate", "on_test_begin"],
+                    "before_epoch" + _VALID),
+    "on_epoch_end": "after_epoch",
+    **dict.fromkeys(["on_train_epoch_end", "after_train"], "after_epoch" + _TRAIN),
+    **dict.fromkeys(["on_validation_epoch_end", "after_validate", "on_test_end"], "after_epoch" + _VALID),
+    **dict.fromkeys(["begin_batch", "on_batch_begin", "on_batch_start", "on_train_batch_start",
+                     "on_train_batch_begin", "on_validation_batch_start", "on_test_batch_begin"], "before_batch"),
+    **dict.fromkeys(["on_batch_end", "on_train_batch_end", "on_validation_batch_end", "on_test_batch_end"],
+                    "after_batch"),
+    **dict.fromkeys(["after_pred", "on_loss_begin"], "after_predict"),
+    **dict.fromkeys(["on_backward_begin", "on_before_backward", "before_backward"], "after_loss"),
+    **dict.fromkeys(["on_backward_end", "on_after_backward", "on_before_optimizer_step", "before_step"],
+                    "after_backward"),
+    **dict.fromkeys(["on_step_end", "on_before_zero_grad"], "after_step"),
+    **dict.fromkeys(["on_exception", "after_cancel_fit"], "cleanup_fit"),
+}
+
+
 def _looks_like_event(name: str) -> bool:
     if name.startswith(("before_", "after_", "cleanup_")):
         return True
@@ -96,10 +128,16 @@ def _looks_like_event(name: str) -> bool:
 
 
 def check_callback(cb: Callback) -> None:
-    """A method whose name looks like an event but is none (a typo such as `after_btach`) is an error."""
+    """A method whose name looks like an event but is none (a typo such as `after_btach`, or another
+    framework's name such as `on_batch_end`) is an error naming the event to use."""
     for attr in dir(type(cb)):
         if attr.startswith("_") or attr in EVENTS or attr in VERBS:
             continue
+        if attr in FOREIGN_EVENTS and callable(getattr(type(cb), attr)):
+            event, _, when = FOREIGN_EVENTS[attr].partition(" ")
+            raise AttributeError(f"Callback {type(cb).__name__} defines '{attr}', an event name of another framework "
+                                 f"that slowlearn never calls: name the method '{event}'{' ' * bool(when)}{when} "
+                                 f"instead. Events are: {', '.join(EVENTS)}.")
         if callable(getattr(type(cb), attr)) and _looks_like_event(attr):
             close = difflib.get_close_matches(attr, EVENTS + VERBS, n=1, cutoff=0.6)
             hint = f" Did you mean '{close[0]}'?" if close else ""
@@ -137,6 +175,26 @@ class Dispatch:
     def event(self, event: str, learn) -> None:
         for cb, method in self.handlers[event]:
             call(cb, method, event, learn)
+
+    def cleanup(self, event: str, learn, error: BaseException | None = None) -> None:
+        """Run every handler of a `cleanup_*` event, also after one of them fails. With `error` (what ended
+        the level, which the caller re-raises) the cleanup errors become notes on it; without one, or when
+        it is a cancel, the first cleanup error is raised with the others as notes."""
+        errors = []
+        for cb, method in self.handlers[event]:
+            try:
+                call(cb, method, event, learn)
+            except Exception as e:
+                errors.append(e)
+        if not errors:
+            return
+        if error is not None and not isinstance(error, CancelException):
+            for other in errors:
+                error.add_note(f"(then {event} failed too: {type(other).__name__}: {other})")
+            return
+        for other in errors[1:]:
+            errors[0].add_note(f"({event} also failed: {type(other).__name__}: {other})")
+        raise errors[0]
 
     def verb(self, verb: str, learn, default: Callable[[], None]) -> None:
         """Run the callback that replaces `verb`, or else the Learner's `default`."""

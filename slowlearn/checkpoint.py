@@ -3,27 +3,30 @@
 A checkpoint is a dict of tensors and plain Python values (so `torch.load(weights_only=True)` reads
 it): model and optimizer state, the state of every callback that has `state_dict()`, the RNG states
 (torch, CUDA, NumPy, Python, and each loader's generator), the history, and the position: `epoch`
-(epochs completed) and `iter` (training batches completed in the epoch after those).
+(epochs completed) and `iter` (training batches completed in the epoch after those), plus the fit's
+`n_epochs`, the optimizer's type and a checksum of all of it. Reading, writing and the checks that a
+checkpoint fits the Learner are in `checkpoint_io.py`.
 """
 from __future__ import annotations
 
 import itertools
 import os
-import pickle
 import random
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader, RandomSampler
 
+from .checkpoint_io import (FORMAT, CheckpointError, check_model_fits, check_optimizer_fits, checksum,
+                            non_finite_entries, read_verified, type_name, write_atomically)
 from .device import bare_model
 from .distributed import is_rank0
 
-__all__ = ["CheckpointMixin", "save_checkpoint", "read_checkpoint", "restore_weights", "restore_run_state",
-           "resume_point", "batches_from", "callback_key", "randomness", "restore_randomness"]
-
-FORMAT = 1
+__all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
+           "restore_weights", "restore_run_state", "resume_point", "batches_from", "callback_key", "randomness",
+           "restore_randomness"]
 
 
 class CheckpointMixin:
@@ -82,50 +85,100 @@ def _rng_states() -> dict:
 def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -> Path:
     """Write `learn`'s complete state at position (`epoch`, `iter`) to `path`, atomically: the file is
     written next to its destination and renamed over it, so a crash leaves the previous checkpoint.
+    Weights holding NaN or infinity are refused (CheckpointError), which keeps the previous file.
     In a distributed run only rank 0 writes; the model is saved without its DDP or compile wrapper."""
     path = Path(path)
+    model_state = bare_model(learn.model).state_dict()
+    _refuse_non_finite(model_state, path, epoch, iter)  # on every rank, so that all stop together
     if not is_rank0():
         return path
     state = {
         "format": FORMAT,
-        "model": bare_model(learn.model).state_dict(),
+        "model": model_state,
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
+        "opt_type": type_name(learn.opt) if learn.opt is not None else None,
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
         "rng": _rng_states(),
         "loaders": _loader_states(learn, mid_epoch=iter > 0),
         "history": list(learn.history),
         "epoch": epoch,
         "iter": iter,
+        "n_epochs": getattr(learn, "n_epochs", None),
+        "train_batches": len(learn.dls.train) if getattr(learn.dls, "train", None) is not None else None,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        torch.save(state, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    state["checksum"] = checksum(state)
+    write_atomically(state, path)
     return path
 
 
+def _refuse_non_finite(model_state: dict, path: Path, epoch: int, iter: int) -> None:
+    bad = non_finite_entries(model_state)
+    if bad:
+        kept = f"{path} still holds the last good checkpoint" if path.exists() else f"nothing was written to {path}"
+        position = f"after epoch {epoch - 1}" if iter == 0 else f"at batch {iter} of epoch {epoch}"
+        raise CheckpointError(
+            f"Not saving a checkpoint {position}: the model's weights hold NaN or infinite "
+            f"values ({', '.join(bad[:3])}{' ...' if len(bad) > 3 else ''}), so training has diverged; {kept}. "
+            f"Lower the learning rate, clip gradients (GradientClipCB), or stop at the first non-finite loss "
+            f"(TerminateOnNaNCB).")
+
+
 def read_checkpoint(path: str | os.PathLike, map_location=None) -> dict:
-    """Load a checkpoint with `torch.load(weights_only=True)`: plain data only, never code."""
-    try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"Refusing to load {path}: it is not a plain-data slowlearn checkpoint (loading it "
-                         f"would need to run code from the file). Only load checkpoints you trust with "
-                         f"torch.load(weights_only=False). Details: {e}") from None
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
-        raise ValueError(f"{path} is not a slowlearn checkpoint (format {FORMAT})")
+    """Load a checkpoint with `torch.load(weights_only=True)` (plain data only, never code) and verify
+    its checksum. A file that is missing, damaged, unsafe or not a slowlearn checkpoint raises an error
+    (FileNotFoundError or CheckpointError) that names it. The returned dict's "source" is `path`."""
+    state = read_verified(path, map_location)
+    state["source"] = str(path)
     return state
 
 
+def check_mid_epoch_resumable(dl, saver: str) -> None:
+    """A torch DataLoader that shuffles draws a new order when iterated again, so a mid-epoch checkpoint
+    would resume on another permutation (some samples seen twice, others never): refuse it up front."""
+    sampler = getattr(getattr(dl, "batch_sampler", None), "sampler", None) or getattr(dl, "sampler", None)
+    if isinstance(dl, DataLoader) and isinstance(sampler, RandomSampler):
+        raise CheckpointError(f"{saver} saves mid-epoch, but the training loader is a torch DataLoader that "
+                              f"shuffles: resumed mid-epoch it would draw a new order, showing some samples twice "
+                              f"and others never. Save at epoch ends (CheckpointCB(path)), or use slowlearn's "
+                              f"TensorLoader, which resumes mid-epoch exactly.")
+
+
+def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:
+    """Before a resumed fit touches anything: it has epochs left to train and does not ask for an lr (the
+    run continues with its saved lrs and schedule)."""
+    source, done = state.get("source", "the checkpoint"), state["epoch"]
+    if done >= n_epochs:
+        raise CheckpointError(f"{source} has already trained {done} epochs, so fit({n_epochs}, resume=...) would "
+                              f"train nothing: ask for more epochs than {done}, or take its weights with "
+                              f"learn.load(path).")
+    if lr is not None:
+        raise CheckpointError(f"fit(lr={lr}, resume={source}): a resumed run continues with the learning rates and "
+                              f"schedule it saved, so lr would be ignored: leave lr out, or start a new run from its "
+                              f"weights with learn.load(path) and then fit(n_epochs, lr={lr}).")
+
+
+def _check_same_batches(learn, state: dict) -> None:
+    """A mid-epoch position means the same batches: checked after `before_fit`, which shards the loaders
+    of a distributed run as they were when the checkpoint was saved."""
+    source, saved, now = state.get("source", "the checkpoint"), state.get("train_batches"), len(learn.dls.train)
+    if state["iter"] and saved is not None and saved != now:
+        raise CheckpointError(f"{source} was saved after batch {state['iter']} of an epoch of {saved} batches, but "
+                              f"the training loader now has {now}: resume mid-epoch with the batch size and data "
+                              f"of the saved run (another batch size would skip the wrong samples), or resume from "
+                              f"a checkpoint taken at the end of an epoch.")
+
+
 def restore_weights(learn, state: dict) -> None:
-    """Model, optimizer and history: what must be in place before the fit starts."""
+    """Model, optimizer and history: what must be in place before the fit starts. Everything is checked
+    to fit (the model's keys and shapes, the optimizer's type and groups) before anything is overwritten."""
+    if state["opt"] is not None and learn.opt is None:
+        learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)
+    source = state.get("source", "the checkpoint")
+    check_model_fits(bare_model(learn.model), state["model"], source)
+    if state["opt"] is not None:
+        check_optimizer_fits(learn.opt, state["opt"], state.get("opt_type"), source)
     bare_model(learn.model).load_state_dict(state["model"])
     if state["opt"] is not None:
-        if learn.opt is None:
-            learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)
         learn.opt.load_state_dict(state["opt"])
     learn.history[:] = [current_row(row) for row in state["history"]]
 
@@ -154,6 +207,7 @@ def resume_point(learn, state: dict | None) -> tuple[int, int]:
     callbacks, RNGs and loader order are put back (after `before_fit`, which creates schedulers)."""
     if state is None:
         return 0, 0
+    _check_same_batches(learn, state)
     restore_run_state(learn, state)
     return state["epoch"], state["iter"]
 

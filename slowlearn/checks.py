@@ -4,12 +4,14 @@ process). The Learner checks its loaders before a fit and the first batch of eac
 checks cost nothing on the batches after it."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from contextlib import contextmanager
 from functools import partial
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 
 from .callback import CancelException
 
@@ -19,7 +21,8 @@ IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
 
 
 def check_loaders(dls, train: bool, valid: bool) -> None:
-    """Before a fit: each loader the fit will use has at least one batch."""
+    """Before a fit: each loader the fit will use has at least one batch, and data held in memory as
+    tensors (a TensorLoader's, a TensorDataset's) is finite, all of it."""
     for phase in [phase for phase, wanted in (("train", train), ("valid", valid)) if wanted]:
         loader = getattr(dls, phase)
         if loader is None:
@@ -27,20 +30,91 @@ def check_loaders(dls, train: bool, valid: bool) -> None:
         if len(loader) == 0:
             raise ValueError(f"The {phase} loader has no batches: check the dataset is not empty and that "
                              f"drop_last=True is not dropping a dataset smaller than one batch.")
+        for what, data in zip(("inputs", "targets"), _tensors_in_memory(loader)):
+            _check_finite(data, f"The {phase} set's {what}")
+
+
+def _tensors_in_memory(loader) -> list[Tensor]:
+    if isinstance(getattr(loader, "x", None), Tensor) and isinstance(getattr(loader, "y", None), Tensor):
+        return [loader.x, loader.y]
+    dataset = getattr(loader, "dataset", None)
+    return list(dataset.tensors) if isinstance(dataset, TensorDataset) else []
+
+
+def _check_finite(data: Tensor, what: str) -> None:
+    """One pass and one read back to the host; integer data cannot hold NaN."""
+    if not data.is_floating_point():
+        return
+    bad = ~torch.isfinite(data.reshape(len(data), -1) if data.ndim else data.reshape(1, 1)).all(dim=1)
+    count, first = torch.stack([bad.sum(), bad.int().argmax()]).tolist()
+    if count:
+        raise ValueError(f"{what} hold NaN or infinite values, in {count} item{'s' * (count > 1)} (the first is item "
+                         f"{first}): training on them would turn the weights into NaN. Remove those items or "
+                         f"replace the values (torch.nan_to_num) before making the loader.")
 
 
 @contextmanager
 def first_batch(learn):
-    """Around a phase's first batch: its inputs are checked first (`check_inputs`; the Learner checks the
-    targets after the first prediction), and any error gets a note describing the batch and model."""
+    """Around a phase's first batch: its inputs are checked first (a dict batch needs a callback that
+    replaces `predict`; `check_inputs`; the Learner checks the targets after the first prediction); in
+    training, a BatchNorm layer to which the loader's last batch would give a single value per channel
+    stops the fit at this first forward pass, before any step; any error gets a note on the batch and model."""
+    hooks = []
     try:
+        _check_not_a_dict(learn.batch, learn.cbs)
         check_inputs(learn.batch, learn.model)
+        hooks = _watch_batchnorm(learn) if learn.training else []
         yield
     except CancelException:
         raise
     except Exception as e:
         e.add_note(describe_batch(learn.batch, learn.model))
         raise
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+
+def _check_not_a_dict(batch, cbs) -> None:
+    if isinstance(batch, Mapping) and not any(callable(getattr(type(cb), "predict", None)) for cb in cbs):
+        keys = ", ".join(map(repr, list(batch)[:5]))
+        raise TypeError(f"The loader yields dict batches (keys {keys}), but the Learner takes (inputs, targets, ...) "
+                        f"tuples: make the loader yield tuples (e.g. a collate_fn that returns "
+                        f"(inputs, targets)), or add a callback whose predict and get_loss read the dict.")
+
+
+def _last_batch_size(dl) -> int | None:
+    """Items in the loader's last batch of an epoch (0 if it is full or dropped); None if unknown."""
+    if hasattr(dl, "n_items") and hasattr(dl, "bs"):  # a TensorLoader (its shard under DDP)
+        n, bs, drop_last = dl.n_items, dl.bs, dl.drop_last
+    elif isinstance(getattr(dl, "batch_size", None), int) and getattr(dl, "sampler", None) is not None:
+        try:
+            n, bs, drop_last = len(dl.sampler), dl.batch_size, dl.drop_last
+        except TypeError:  # a sampler without a length
+            return None
+    else:
+        return None
+    return 0 if drop_last else n % bs
+
+
+def _watch_batchnorm(learn) -> list:
+    last = _last_batch_size(learn.dl)
+    if not last:
+        return []
+
+    def check(module, args):
+        x = args[0]
+        per_item = x.numel() // max(x.shape[0] * x.shape[1], 1)  # values per channel that one item gives
+        if last * per_item == 1:
+            raise ValueError(f"The training loader's last batch holds {last} item, and BatchNorm layer {names[module]} "
+                             f"cannot normalise a single value per channel in training, so the fit would fail at "
+                             f"the end of the first epoch: drop that batch with drop_last=True (TensorLoader(..., "
+                             f"drop_last=True) or DataLoader(..., drop_last=True)), or pick a batch size that does "
+                             f"not leave one item over.")
+
+    names = {m: f"'{name}' ({type(m).__name__})" for name, m in learn.model.named_modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training}
+    return [m.register_forward_pre_hook(check) for m in names]
 
 
 def _tensors(batch) -> list[Tensor] | None:
@@ -55,7 +129,8 @@ def _first_param(model: nn.Module) -> Tensor | None:
 
 def check_inputs(batch, model: nn.Module) -> None:
     """Before the model sees an `(inputs, targets, ...)` batch: every tensor has the same batch
-    size, and images are not fed as raw bytes to a floating-point model."""
+    size, the inputs are finite, and integers (raw pixel values) are not fed to a floating-point model
+    that does not embed them."""
     tensors = _tensors(batch)
     if tensors is None:
         return
@@ -65,10 +140,21 @@ def check_inputs(batch, model: nn.Module) -> None:
         raise ValueError(f"The batch's inputs and targets have different batch sizes (shapes {shapes}): "
                          f"each input needs one target; check the dataset's tensors have the same length.")
     x, param = tensors[0], _first_param(model)
-    if param is not None and param.is_floating_point() and x.dtype in (torch.uint8, torch.bool):
+    _check_finite(x, "The batch's inputs")
+    if param is None or not param.is_floating_point() or x.is_floating_point() or x.is_complex() or _embeds(model):
+        return
+    if x.dtype in (torch.uint8, torch.bool):
         raise ValueError(f"The inputs are {x.dtype} but the model's parameters are {param.dtype}: convert them "
                          f"to floats in the loader, e.g. TensorLoader(x, y, mean=..., std=...), which scales "
                          f"uint8 images to [0, 1] and normalises them.")
+    raise ValueError(f"The inputs are {x.dtype} but the model's parameters are {param.dtype} (and it has no "
+                     f"embedding layer to look integers up): convert the inputs to floats in the loader, e.g. "
+                     f"x.float() / 255 for pixel values, or store images as uint8 and let TensorLoader(x, y, "
+                     f"mean=..., std=...) scale and normalise them.")
+
+
+def _embeds(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.Embedding, nn.EmbeddingBag)) for m in model.modules())
 
 
 def _is_cross_entropy(loss_func) -> bool:

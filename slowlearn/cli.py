@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+import tempfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -74,20 +76,23 @@ def _speed_cbs(args) -> list:
 
 def train_command(args) -> int:
     from .callbacks.tracking import CheckpointCB, CSVLoggerCB
+    from .checkpoint import CheckpointError
     from .display import save_png
     from .distributed import is_rank0, rank0_print
     from .init import set_seed
     from .show import plot_confusion_matrix, plot_metrics
     from .train import train_1cycle
 
-    if args.resume is not None and not Path(args.resume).is_file():
-        raise CLIError(f"--resume {args.resume}: no such checkpoint file")
-    out = Path(args.out)
+    out = _writable_folder(args.out)
+    _check_resume(args)
     set_seed(args.seed)
     dls = _data(args)
     cbs = [*_speed_cbs(args), CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
-    learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls, opt_func=_opt_func(args.opt),
-                         cbs=cbs, resume=args.resume, verbose=args.verbose)
+    try:
+        learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls,
+                             opt_func=_opt_func(args.opt), cbs=cbs, resume=args.resume, verbose=args.verbose)
+    except CheckpointError as e:  # saved from another --model or --opt: found before training starts
+        raise CLIError(f"--resume {args.resume}: {e}") from e
     pictures = {"lr and momentum": (learn.recorder.plot(), "schedule.png"),
                 "loss curves": (learn.progress.plot_loss(), "loss.png"),
                 "metrics per epoch": (plot_metrics(learn), "metrics.png"),
@@ -101,6 +106,35 @@ def train_command(args) -> int:
     return 0
 
 
+def _writable_folder(folder: str) -> Path:
+    """--out, created if needed and checked writable before any training: a mistake there is found now."""
+    path = Path(folder)
+    if path.exists() and not path.is_dir():
+        raise CLIError(f"--out {folder}: that is a file; give a folder (it is created if needed)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryFile(dir=path).close()
+    except OSError as e:
+        raise CLIError(f"--out {folder}: cannot write there ({e.strerror or e}); give a folder you can write to")
+    return path
+
+
+def _check_resume(args) -> None:
+    """--resume: a readable slowlearn checkpoint of a run that has fewer epochs than --epochs."""
+    if args.resume is None:
+        return
+    from .checkpoint import CheckpointError, read_checkpoint
+    if not Path(args.resume).is_file():
+        raise CLIError(f"--resume {args.resume}: no such checkpoint file")
+    try:
+        state = read_checkpoint(args.resume)
+    except CheckpointError as e:
+        raise CLIError(f"--resume {args.resume}: {e}") from e
+    if state["epoch"] >= args.epochs:  # another number of epochs than the run's continues on the longer cycle
+        raise CLIError(f"--resume {args.resume}: that run has already trained {state['epoch']} epochs, so "
+                       f"--epochs {args.epochs} would train nothing")
+
+
 def lr_find_command(args) -> int:
     from .distributed import rank0_print
     from .init import set_seed
@@ -111,12 +145,13 @@ def lr_find_command(args) -> int:
         raise CLIError(f"--start-lr {args.start_lr:g} must be below --end-lr {args.end_lr:g}")
     if args.num_it < 2:
         raise CLIError(f"--num-it {args.num_it}: the sweep needs at least 2 batches")
+    out = _writable_folder(args.out)
     set_seed(args.seed)
     dls = _data(args)
     learn = Learner(_model(args, dls), dls, cbs=[*default_cbs(), *_speed_cbs(args)],
                     opt_func=_opt_func(args.opt))
     suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)
-    path = Path(args.out) / "lr_find.png"
+    path = out / "lr_find.png"
     learn.lr_finder.plot(suggestion, path)
     rank0_print(f"Suggested learning rate: {suggestion.valley:.2e} (valley); steepest descent at "
                 f"{suggestion.steep:.2e}. Plot: {path}")
@@ -151,8 +186,8 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
 
 def _positive_float(value: str) -> float:
     number = float(value)
-    if number <= 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    if not 0 < number < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value}")
     return number
 
 

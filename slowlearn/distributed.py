@@ -14,7 +14,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["world_size", "rank", "local_rank", "is_rank0", "rank0_print", "init_distributed", "rank0_first",
-           "all_reduce_sum", "all_reduce_mean", "broadcast_"]
+           "all_reduce_sum", "all_reduce_mean", "broadcast_", "check_ranks_agree"]
 
 
 def world_size() -> int:
@@ -83,3 +83,21 @@ def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:
     if dist.is_initialized() and dist.get_world_size() > 1:
         dist.broadcast(x, src)
     return x
+
+
+def check_ranks_agree(values: dict[str, int | None], fix: str) -> None:
+    """Stop every rank with one message when the ranks differ in any of `values` (numbers of batches,
+    epochs...): a run whose ranks differ there would wait in a collective until its timeout and then
+    die without naming the cause. `fix` says what to change. Nothing to do in one process."""
+    if not (dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    device = torch.device("cuda", torch.cuda.current_device()) if dist.get_backend() == "nccl" else "cpu"
+    mine = torch.tensor([-1 if v is None else int(v) for v in values.values()], dtype=torch.int64, device=device)
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    table = torch.stack(gathered).cpu().T.tolist()  # one row per value, one column per rank
+    differ = [f"{name}: " + ", ".join(f"rank {r} has {v}" for r, v in enumerate(row))
+              for name, row in zip(values, table) if len(set(row)) > 1]
+    if differ:
+        raise RuntimeError(f"The processes of this distributed run disagree on what must be the same on all of "
+                           f"them ({'; '.join(differ)}), so they would wait for each other forever: {fix}")

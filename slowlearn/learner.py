@@ -24,11 +24,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import checks
+from .arguments import check_range
 from .callback import (Callback, CallbackListMixin, CancelBatchException, CancelEpochException, CancelException,
                        CancelFitException, CancelStepException, Dispatch)
 from .callbacks.lr_finder import LRFindMixin
 from .callbacks.schedule import OneCycleMixin
-from .checkpoint import CheckpointMixin, batches_from, read_checkpoint, restore_weights, resume_point
+from .checkpoint import (CheckpointMixin, batches_from, check_resume, read_checkpoint, restore_weights,
+                         resume_point)
 from .inference import InferenceMixin
 
 __all__ = ["Learner"]
@@ -84,12 +86,17 @@ class Learner(CallbackListMixin, OneCycleMixin, LRFindMixin, InferenceMixin, Che
         """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets every param group's lr (else
         the optimizer keeps the lrs it has, e.g. where a one-cycle fit ended). `resume=path` continues the
         run saved at `path` up to a total of `n_epochs`."""
+        check_range("n_epochs", n_epochs, 1, integer=True, owner="fit")
+        if lr is not None:
+            check_range("lr", lr, 0., owner="fit")
         cbs = list(cbs)
         self.cbs += cbs
         try:
             checks.check_loaders(self.dls, train, valid)
-            self._prepare(lr, reset_opt)
             state = read_checkpoint(resume) if resume is not None else None
+            if state is not None:
+                check_resume(self, state, n_epochs, lr)
+            self._prepare(lr, reset_opt)
             if state is not None:
                 restore_weights(self, state)
             self.n_epochs, self.epoch, self.pct_train, self.valid_phase = n_epochs, 0, 0., valid
@@ -108,6 +115,7 @@ class Learner(CallbackListMixin, OneCycleMixin, LRFindMixin, InferenceMixin, Che
         if lr is not None:
             self.lr = lr
         if self.opt is None or reset_opt:
+            check_range("lr", self.lr, 0., owner="Learner")
             self.opt = self.opt_func(self.model.parameters(), self.lr)
         elif lr is not None:
             for group in self.opt.param_groups:
@@ -127,8 +135,10 @@ class Learner(CallbackListMixin, OneCycleMixin, LRFindMixin, InferenceMixin, Che
             self.callback(f"after_{level}")
         except cancel:
             pass
-        finally:
-            self.callback(f"cleanup_{level}")
+        except BaseException as error:  # every cleanup runs; the error that ended the level stays the one raised
+            self.dispatch.cleanup(f"cleanup_{level}", self, error)
+            raise
+        self.dispatch.cleanup(f"cleanup_{level}", self)
 
     def _epochs(self, train: bool, valid: bool, resume_state: dict | None) -> None:
         start_epoch, start_iter = resume_point(self, resume_state)

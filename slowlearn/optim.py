@@ -17,16 +17,13 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 
+from .arguments import check_range
+
 __all__ = ["SGD", "MomentumSGD", "RMSProp", "AdaGrad", "AdaDelta", "Adam", "AdamW"]
 
 
 def _check_range(name: str, value: float, low: float, high: float | None = None, low_open: bool = False) -> None:
-    bad = value <= low if low_open else value < low
-    if high is not None:
-        bad = bad or value >= high
-    if bad:
-        interval = f"{'(' if low_open else '['}{low}, {high if high is not None else 'inf'})"
-        raise ValueError(f"Invalid {name}: {value} (must be in {interval})")
+    check_range(name, value, low, high, low_open=low_open)
 
 
 class ForeachOptimizer(Optimizer):

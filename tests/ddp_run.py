@@ -18,17 +18,17 @@ from slowlearn.train import default_cbs
 GLOBAL_BS = 32
 
 
-def synthetic_dls(bs: int, seed: int | None = 1) -> DataLoaders:
+def synthetic_dls(bs: int, seed: int | None = 1, n_train: int = 256, n_valid: int = 64) -> DataLoaders:
     """Learnable images: the class is the brightest of 4 quadrants."""
     g = torch.Generator().manual_seed(0)
-    x = torch.randint(0, 128, (320, 1, 28, 28), dtype=torch.uint8, generator=g)
-    y = torch.randint(0, 4, (320,), generator=g)
+    x = torch.randint(0, 128, (n_train + n_valid, 1, 28, 28), dtype=torch.uint8, generator=g)
+    y = torch.randint(0, 4, (n_train + n_valid,), generator=g)
     for i, label in enumerate(y.tolist()):
         r, c = divmod(label, 2)
         x[i, :, r * 14:(r + 1) * 14, c * 14:(c + 1) * 14] += 100
     norm = dict(mean=0.4, std=0.3, device="cpu")
-    return DataLoaders(TensorLoader(x[:256], y[:256], bs, shuffle=True, seed=seed, **norm),
-                       TensorLoader(x[256:], y[256:], 2 * bs, **norm))
+    return DataLoaders(TensorLoader(x[:n_train], y[:n_train], bs, shuffle=True, seed=seed, **norm),
+                       TensorLoader(x[n_train:], y[n_train:], 2 * bs, **norm))
 
 
 def torch_loader_dls(bs: int, distributed_sampler: bool) -> DataLoaders:
@@ -100,6 +100,8 @@ if __name__ == "__main__":
                         help="torch DataLoaders instead of TensorLoaders")
     parser.add_argument("--unseeded", action="store_true",
                         help="an unseeded training loader, and each rank's torch RNG seeded differently")
+    parser.add_argument("--uneven", action="store_true",
+                        help="rank r's training set has 64 * r more items than rank 0's (data that differs by rank)")
     args = parser.parse_args()
     out = Path(args.out)
     cbs = [*default_cbs(), CSVLoggerCB(out / "log.csv"), CheckpointCB(out / "ckpt.pt")]
@@ -112,6 +114,8 @@ if __name__ == "__main__":
         cbs.append(seen := SeenItems())
     if args.accumulate is not None:
         cbs += [GradientAccumulationCB(args.accumulate), all_reduces := CountAllReduces(args.sync_every_batch)]
+    if args.uneven:
+        dls = synthetic_dls(bs, n_train=256 + 64 * rank())
     learn = Learner(model(), dls, lr=0.1, cbs=cbs,
                     opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
     if args.unseeded:

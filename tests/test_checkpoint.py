@@ -1,16 +1,26 @@
+"""Checkpoints: exact resume, atomic writes, and files that are damaged, foreign, unsafe or do not fit (an
+error naming the file, raised before anything is overwritten); diverged weights never replace a good one."""
 import csv
+import re
 import shutil
+import struct
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
+
+import numpy as np
 
 import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+from torcheval.metrics import MulticlassAccuracy
 
-from slowlearn import CheckpointCB, DataLoaders, Learner, MetricsCB, set_seed
+from slowlearn import (Callback, CheckpointCB, CheckpointError, DataLoaders, GradientAccumulationCB, Learner, MetricsCB,
+                       set_seed)
 from slowlearn import checkpoint as checkpoint_module
+from slowlearn import checkpoint_io
 from slowlearn.callbacks import latest_metric
 from slowlearn.checkpoint import read_checkpoint
 
@@ -198,3 +208,260 @@ def test_mid_epoch_resume_with_batch_augmentation_is_exact(tmp_path):
     assert read_checkpoint(tmp_path / "ckpt.pt")["iter"] == 3
     resumed = run(resume=tmp_path / "ckpt.pt")
     assert torch.equal(straight.model[1].weight, resumed.model[1].weight)
+
+
+PATTERN = 1.2345  # a weight value whose bytes are easy to find in the file
+
+
+def learner(model=None, opt_func=None, cbs=()):
+    torch.manual_seed(0)
+    model = model if model is not None else nn.Linear(3, 2)
+    opt_func = opt_func or (lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+    return Learner(model, make_dls(), opt_func=opt_func, cbs=[MetricsCB(), *cbs])
+
+
+def state_tensors(learn):
+    return [p.detach().clone() for p in learn.model.state_dict().values()]
+
+
+def same(a, b):
+    return all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def saved_checkpoint(tmp_path, **kwargs) -> Path:
+    learn = learner(**kwargs)
+    learn.fit(1)
+    learn.save(tmp_path / "ckpt.pt")
+    return tmp_path / "ckpt.pt"
+
+
+def bad_file(tmp_path, kind) -> Path:
+    path = tmp_path / f"{kind}.pt"
+    good = saved_checkpoint(tmp_path).read_bytes()
+    if kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "truncated":
+        path.write_bytes(good[:len(good) // 2])
+    elif kind == "text":
+        path.write_text("hello, this is not a checkpoint\n")
+    elif kind == "numpy":
+        np.save(path.with_suffix(".npy"), np.zeros(3))
+        path.with_suffix(".npy").rename(path)
+    elif kind == "zip":
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("notes.txt", "a zip file, not torch's")
+    elif kind == "state_dict":
+        torch.save(nn.Linear(3, 2).state_dict(), path)
+    elif kind == "list":
+        torch.save([1, 2, 3], path)
+    elif kind == "newer":
+        torch.save({"format": 99, "model": {}}, path)
+    return path
+
+
+BAD_FILES = {  # what the message says, besides the file's name
+    "empty": "is empty (0 bytes)", "truncated": "is truncated or damaged", "text": "is not a torch checkpoint",
+    "numpy": "is not a torch checkpoint of plain data", "zip": "is truncated or damaged",
+    "state_dict": "holds only a model's weights", "list": "holds a list", "newer": "upgrade slowlearn",
+}
+
+
+@pytest.mark.parametrize("kind", BAD_FILES)
+def test_a_damaged_or_foreign_file_is_an_error_naming_it_for_load_and_resume(tmp_path, kind):
+    path = bad_file(tmp_path, kind)
+    learn = learner()
+    before = state_tensors(learn)
+    for attempt in (lambda: learn.load(path), lambda: learn.fit(2, resume=path)):
+        with pytest.raises(CheckpointError, match=re.escape(BAD_FILES[kind])) as error:
+            attempt()
+        assert str(path) in str(error.value)
+    assert same(state_tensors(learn), before) and learn.history == []
+
+
+def test_a_folder_or_a_missing_file_says_so(tmp_path):
+    learn = learner()
+    with pytest.raises(FileNotFoundError, match=f"No checkpoint at {tmp_path}: a folder"):
+        learn.load(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        learn.fit(1, resume=tmp_path / "nothing.pt")
+
+
+def test_a_flipped_byte_is_detected_by_the_checksum(tmp_path):
+    model = nn.Linear(3, 2)
+    with torch.no_grad():
+        model.weight.fill_(PATTERN)
+    learn = learner(model)
+    learn.save(tmp_path / "ckpt.pt")
+    data = bytearray((tmp_path / "ckpt.pt").read_bytes())
+    where = data.find(struct.pack("<f", PATTERN) * 6)
+    assert where > 0
+    data[where + 9] ^= 0x01  # the lowest bit of the third weight's second byte: a tiny, plausible change
+    (tmp_path / "ckpt.pt").write_bytes(bytes(data))
+    state = torch.load(tmp_path / "ckpt.pt", weights_only=True)  # torch itself reads the changed value
+    assert not torch.equal(state["model"]["weight"], torch.full((2, 3), PATTERN))
+    with pytest.raises(CheckpointError, match="is damaged: its contents do not match the checksum"):
+        learner().load(tmp_path / "ckpt.pt")
+
+
+def test_checkpoints_of_format_1_without_a_checksum_still_load(tmp_path):
+    path = saved_checkpoint(tmp_path)
+    state = torch.load(path, weights_only=True)
+    for key in ("checksum", "opt_type", "n_epochs"):
+        del state[key]
+    torch.save({**state, "format": 1}, tmp_path / "old.pt")
+    learn = learner().load(tmp_path / "old.pt")
+    assert torch.equal(learn.model.weight, state["model"]["weight"])
+
+
+def test_a_full_disk_says_so_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch):
+    if not Path("/dev/full").exists():
+        pytest.skip("needs /dev/full (Linux)")
+    path = saved_checkpoint(tmp_path)
+    good = read_checkpoint(path)["model"]["weight"]
+    real_save = torch.save
+    monkeypatch.setattr(checkpoint_io.torch, "save", lambda obj, f: real_save(obj, "/dev/full"))  # ENOSPC
+    learn = learner()
+    learn.fit(2)
+    with pytest.raises(OSError, match=f"Could not write the checkpoint {path}: the write was cut short, as when "
+                                      f"the disk is full") as error:
+        learn.save(path)
+    assert "still holds the previous checkpoint" in str(error.value)
+    assert sorted(tmp_path.iterdir()) == [path]  # no temporary file left behind
+    assert torch.equal(read_checkpoint(path)["model"]["weight"], good)
+
+
+def test_another_models_checkpoint_is_refused_before_any_layer_is_overwritten(tmp_path):
+    path = saved_checkpoint(tmp_path, model=nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)))
+    other = learner(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 5)))  # layer 0 would fit
+    before = state_tensors(other)
+    for attempt in (lambda: other.load(path), lambda: other.fit(2, resume=path)):
+        with pytest.raises(CheckpointError, match=f"{path} was saved from another model, so nothing was loaded: "
+                                                  r"2 have another shape \(2.weight is \(2, 4\) there but \(5, 4\)"):
+            attempt()
+    assert same(state_tensors(other), before)
+    renamed = learner(nn.Sequential(nn.Linear(3, 2)))
+    with pytest.raises(CheckpointError, match=r"2 of the model's entries are missing \(0.weight, 0.bias\); "
+                                              r"2 are not in the model \(weight, bias\)"):
+        renamed.load(saved_checkpoint(tmp_path))
+
+
+def test_resuming_with_another_optimizer_is_refused_before_the_weights_are_loaded(tmp_path):
+    path = saved_checkpoint(tmp_path)  # SGD with momentum
+    adam = learner(opt_func=torch.optim.Adam)
+    before = state_tensors(adam)
+    for attempt in (lambda: adam.fit(2, resume=path), lambda: adam.load(path)):
+        with pytest.raises(CheckpointError, match=f"{path} was saved with torch.optim.sgd.SGD, but this Learner's "
+                                                  f"optimizer is torch.optim.adam.Adam, so nothing was loaded"):
+            attempt()
+    assert same(state_tensors(adam), before)
+
+
+def test_an_old_checkpoint_of_another_optimizer_is_refused_by_its_hyper_parameters(tmp_path):
+    state = torch.load(saved_checkpoint(tmp_path), weights_only=True)
+    del state["opt_type"], state["checksum"]
+    torch.save({**state, "format": 1}, tmp_path / "old.pt")
+    with pytest.raises(CheckpointError, match="saved with an optimizer with hyper-parameters"):
+        learner(opt_func=torch.optim.Adam).load(tmp_path / "old.pt")
+
+
+class Diverge(Callback):
+    """Turns a weight into NaN during epoch `epoch`, as a diverging run does."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def after_batch(self, learn):
+        if learn.training and learn.epoch == self.epoch:
+            with torch.no_grad():
+                learn.model.weight[0, 0] = float("nan")
+
+
+def test_diverged_weights_never_replace_the_last_good_checkpoint(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    learn = learner(cbs=[CheckpointCB(path), Diverge(epoch=2)])
+    with pytest.raises(CheckpointError, match=r"Not saving a checkpoint after epoch 2: the model's weights hold NaN "
+                                              r"or infinite values \(weight, bias\), so training has diverged; "
+                                              f"{path} still holds the last good checkpoint"):
+        learn.fit(4)
+    state = read_checkpoint(path)
+    assert state["epoch"] == 2 and torch.isfinite(state["model"]["weight"]).all()
+    with pytest.raises(CheckpointError, match="NaN"):
+        learn.save(path)  # an explicit save too
+    assert read_checkpoint(path)["epoch"] == 2
+
+
+def test_resuming_a_run_already_at_n_epochs_is_refused(tmp_path):
+    path = saved_checkpoint(tmp_path)  # after 1 epoch
+    before = state_tensors(learner())
+    with pytest.raises(CheckpointError, match=f"{path} has already trained 1 epochs, so fit\\(1, resume=...\\) would "
+                                              f"train nothing"):
+        learner().fit(1, resume=path)
+    assert same(state_tensors(learner()), before)
+
+
+def test_an_lr_given_to_a_resumed_fit_is_refused_not_ignored(tmp_path):
+    path = saved_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match=r"fit\(lr=0.0001, resume=.*\): a resumed run continues with the "
+                                              r"learning rates and schedule it saved, so lr would be ignored"):
+        learner().fit(3, lr=1e-4, resume=path)
+
+
+def test_a_mid_epoch_resume_with_another_batch_size_is_refused(tmp_path):
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4))
+    learn.fit(2, cbs=[CheckpointCB(tmp_path / "mid.pt", every=3), StopAt(epoch=0, iter=4)])
+    other = Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=8))
+    with pytest.raises(CheckpointError, match=r"mid.pt was saved after batch 3 of an epoch of 10 batches, but the "
+                                              r"training loader now has 5"):
+        other.fit(2, resume=tmp_path / "mid.pt")
+    learn.fit(2, cbs=[CheckpointCB(tmp_path / "end.pt")], reset_opt=True)
+    other.fit(3, resume=tmp_path / "end.pt")  # at an epoch's end another batch size is fine
+
+
+def interrupted_then_resumed(tmp_path, make, every, stop_at):
+    """The history and weights of an uninterrupted run, and of the same run resumed from a checkpoint
+    saved every `every` batches and interrupted at `stop_at`."""
+    straight = make()
+    straight.fit(3)
+    interrupted = make()
+    interrupted.fit(3, cbs=[CheckpointCB(tmp_path / "mid.pt", every=every), StopAt(*stop_at)])
+    resumed = make()
+    resumed.fit(3, resume=tmp_path / "mid.pt")
+    return straight, resumed, read_checkpoint(tmp_path / "mid.pt")
+
+
+def test_the_resumed_epochs_training_loss_is_the_mean_over_all_its_batches(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4), cbs=[MetricsCB(accuracy=MulticlassAccuracy())])
+
+    straight, resumed, state = interrupted_then_resumed(tmp_path, make, every=3, stop_at=(1, 7))
+    assert (state["epoch"], state["iter"]) == (1, 6)
+    assert len(resumed.history) == len(straight.history) == 6
+    for got, expected in zip(resumed.history, straight.history):
+        assert got == {**expected, "loss": pytest.approx(expected["loss"], rel=1e-6)}  # accuracy exactly
+
+
+def test_a_checkpoint_due_inside_an_accumulation_window_waits_for_its_step(tmp_path):
+    def make():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4), cbs=[GradientAccumulationCB(2)],
+                       opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+
+    straight, resumed, state = interrupted_then_resumed(tmp_path, make, every=3, stop_at=(1, 4))
+    assert (state["epoch"], state["iter"]) == (1, 4)  # due after batch 3, taken after the step of batches 3-4
+    assert same(state_tensors(resumed), state_tensors(straight))
+
+
+def test_a_mid_epoch_checkpoint_of_a_shuffling_torch_dataloader_is_refused_before_training(tmp_path):
+    dls = make_dls(n_train=40, bs=4)
+    shuffled = DataLoaders(DataLoader(TensorDataset(dls.train.x, dls.train.y), 4, shuffle=True), dls.valid)
+    learn = Learner(nn.Linear(3, 2), shuffled)
+    before = state_tensors(learn)
+    with pytest.raises(CheckpointError, match=r"CheckpointCB\(every=3\) saves mid-epoch, but the training loader is "
+                                              r"a torch DataLoader that shuffles: resumed mid-epoch it would draw a "
+                                              r"new order"):
+        learn.fit(2, cbs=[CheckpointCB(tmp_path / "mid.pt", every=3)])
+    assert same(state_tensors(learn), before)
+    learn.fit(1, cbs=[CheckpointCB(tmp_path / "end.pt")])  # epoch ends resume exactly
+    in_order = DataLoaders(DataLoader(TensorDataset(dls.train.x, dls.train.y), 4), dls.valid)
+    Learner(nn.Linear(3, 2), in_order).fit(1, cbs=[CheckpointCB(tmp_path / "mid.pt", every=3)])

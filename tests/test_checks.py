@@ -5,8 +5,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
 
-from slowlearn import DataLoaders, Learner
+from slowlearn import Callback, DataLoaders, Learner, TensorLoader
 
 from conftest import make_dls
 
@@ -114,3 +115,89 @@ def test_a_missing_validation_loader_says_how_to_train_without_one():
     before = model.weight.detach().clone()
     learn.fit(1, valid=False)
     assert not torch.equal(model.weight, before)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_inputs_anywhere_in_a_tensor_loader_are_named_before_training(bad):
+    dls = make_dls(n_train=40, bs=4)
+    dls.train.x[[13, 29], 1] = bad  # far from the first batch
+    model = nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"The train set's inputs hold NaN or infinite values, in 2 items \(the first "
+                                         r"is item 13\): training on them would turn the weights into NaN"):
+        Learner(model, dls).fit(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_non_finite_regression_targets_in_a_torch_dataset_are_named():
+    x, y = torch.randn(12, 3), torch.randn(12, 1)
+    y[7] = float("nan")
+    dls = DataLoaders(DataLoader(TensorDataset(x, y), 4), DataLoader(TensorDataset(x, y), 4))
+    with pytest.raises(ValueError, match=r"The train set's targets hold NaN .* \(the first is item 7\)"):
+        Learner(nn.Linear(3, 1), dls, F.mse_loss).fit(1)
+
+
+def test_non_finite_inputs_in_the_first_batch_of_any_loader_are_named():
+    x = torch.randn(8, 3)
+    x[2, 0] = float("nan")
+    assert "The batch's inputs hold NaN or infinite values, in 1 item (the first is item 2)" in fit_on(
+        batches(x, torch.tensor([0, 1] * 4)))
+
+
+@pytest.mark.parametrize("dtype", [torch.int64, torch.int32, torch.int16])
+def test_integer_images_for_a_float_model_say_how_to_convert(dtype):
+    x = torch.randint(0, 255, (8, 1, 4, 4)).to(dtype)
+    model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.Flatten(), nn.Linear(8, 2))
+    message = fit_on(batches(x, torch.tensor([0, 1] * 4)), model=model)
+    assert f"The inputs are {dtype} but the model's parameters are torch.float32" in message
+    assert "x.float() / 255" in message
+
+
+def test_integer_inputs_to_an_embedding_pass():
+    tokens = torch.randint(0, 10, (8, 5))
+    model = nn.Sequential(nn.Embedding(10, 4), nn.Flatten(), nn.Linear(20, 2))
+    Learner(model, DataLoaders(batches(tokens, torch.tensor([0, 1] * 4)), []), lr=0.1).fit(1, valid=False)
+
+
+def batchnorm_mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
+
+
+@pytest.mark.parametrize("loader", ["tensor", "torch"])
+def test_a_last_batch_of_one_item_for_batchnorm_suggests_drop_last_before_any_step(loader):
+    dls = make_dls(n_train=9, bs=4)  # batches of 4, 4, 1
+    if loader == "torch":
+        dls = DataLoaders(DataLoader(TensorDataset(dls.train.x, dls.train.y), 4, shuffle=True), dls.valid)
+    model = batchnorm_mlp()
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match=r"The training loader's last batch holds 1 item, and BatchNorm layer '1' "
+                                         r"\(BatchNorm1d\) cannot normalise a single value per channel in training.*"
+                                         r"drop_last=True"):
+        Learner(model, dls).fit(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+def test_a_last_batch_of_one_trains_where_batchnorm_sees_several_values_or_drop_last_is_set():
+    x, y = torch.randn(9, 1, 4, 4), torch.randint(0, 2, (9,))
+    conv = nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.BatchNorm2d(2), nn.Flatten(), nn.Linear(32, 2))
+    Learner(conv, DataLoaders(TensorLoader(x, y, 4, device="cpu"), [])).fit(1, valid=False)  # 16 values each
+    dls = make_dls(n_train=9, bs=4)
+    dls.train.drop_last = True
+    Learner(batchnorm_mlp(), dls).fit(1)
+
+
+def test_dict_batches_say_what_the_learner_takes():
+    batches = [{"image": torch.randn(4, 3), "label": torch.tensor([0, 1, 0, 1])}] * 2
+    with pytest.raises(TypeError, match=r"The loader yields dict batches \(keys 'image', 'label'\), but the Learner "
+                                        r"takes \(inputs, targets, ...\) tuples"):
+        Learner(nn.Linear(3, 2), DataLoaders(batches, batches)).fit(1)
+
+    class DictBatches(Callback):
+        def predict(self, learn):
+            learn.preds = learn.model(learn.batch["image"])
+
+        def get_loss(self, learn):
+            learn.loss = learn.loss_func(learn.preds, learn.batch["label"])
+
+    Learner(nn.Linear(3, 2), DataLoaders(batches, batches), cbs=[DictBatches()]).fit(1)

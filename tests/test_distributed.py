@@ -120,3 +120,9 @@ def test_gradient_accumulation_synchronises_once_per_optimizer_step(tmp_path):
     micro_batches = 2 * len(synthetic_dls(GLOBAL_BS).train)  # 2 epochs of 8 global batches, each rank's half
     assert every["all_reduces"] % micro_batches == 0  # one per gradient bucket and micro-batch
     assert once["all_reduces"] * 2 == every["all_reduces"]  # one per bucket and optimizer step: half as many
+def test_ranks_with_different_numbers_of_batches_stop_at_once_with_a_message(tmp_path):
+    result = torchrun(tmp_path, "--uneven", timeout=120)  # before: a 300 s gloo timeout naming no cause
+    assert result.returncode != 0
+    assert ("disagree on what must be the same on all of them (training batches: rank 0 has 8, rank 1 has 10)"
+            in result.stderr)
+    assert not (tmp_path / "results").exists()  # stopped before training

@@ -1,3 +1,5 @@
+"""Gradient accumulation and clipping, and the arguments they refuse (which would silently train the wrong way)."""
+import pytest
 import torch
 from torch import nn
 
@@ -49,3 +51,22 @@ def test_gradient_clip_bounds_the_global_norm():
     clip = GradientClipCB(max_norm=0.05)
     trained_weights(linear_dls(256, 32), [clip, Norm()])
     assert max(seen) <= 0.05 + 1e-6 and max(clip.norms) > 0.05 and len(clip.norms) == 8
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(max_norm=-1.), r"GradientClipCB: Invalid max_norm: -1.0 \(must be a finite number in \(0.0, inf\)\)"),
+    (dict(max_norm=0.), "Invalid max_norm: 0.0"),
+    (dict(max_norm=float("nan")), "Invalid max_norm: nan"),
+    (dict(norm_type=-2.), "Invalid norm_type: -2.0"),
+])
+def test_gradient_clip_refuses_a_norm_that_would_flip_or_zero_the_gradients(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        GradientClipCB(**kwargs)
+    GradientClipCB(norm_type=float("inf"))  # the max-norm is a real norm
+
+
+@pytest.mark.parametrize("n_steps", [0, -2, 2.5, float("nan")])
+def test_gradient_accumulation_needs_a_whole_number_of_batches(n_steps):
+    with pytest.raises(ValueError, match=f"GradientAccumulationCB: Invalid n_steps: {n_steps!r} "
+                                         r"\(must be an integer in \[1, inf\)\)"):
+        GradientAccumulationCB(n_steps)

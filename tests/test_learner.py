@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -266,3 +268,71 @@ def test_dispatch_wrap_runs_every_other_handler_through_the_wrapper():
     Learner(nn.Linear(3, 2), make_dls(n_train=4, n_valid=4), cbs=[Tracer(), log]).fit(1)
     # every EventLog handler after before_fit (whose list was running when it was wrapped), none of Tracer's
     assert calls == [log] * (len(log.events) - 1) and log.events[0] == "before_fit"
+
+
+@pytest.mark.parametrize("name, event", [("begin_fit", "before_fit"), ("on_batch_end", "after_batch"),
+                                         ("on_train_epoch_end", "after_epoch' (with learn.training True)"),
+                                         ("on_train_batch_start", "before_batch"), ("after_pred", "after_predict"),
+                                         ("on_after_backward", "after_backward"), ("on_epoch_begin", "before_epoch")])
+def test_another_frameworks_event_names_are_an_error_naming_the_slowlearn_event(name, event):
+    foreign = type("FastaiStyle", (Callback,), {name: lambda self, learn: None})()
+    with pytest.raises(AttributeError, match=f"Callback FastaiStyle defines '{name}', an event name of another framework "
+                                             f"that slowlearn never calls: name the method '{re.escape(event)}"):
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[foreign]).fit(1)
+
+
+@pytest.mark.parametrize("n_epochs", [-3, 0, 1.5])
+def test_a_number_of_epochs_that_trains_nothing_or_is_not_whole_is_refused(n_epochs):
+    with pytest.raises(ValueError, match=f"fit: Invalid n_epochs: {n_epochs}"):
+        Learner(nn.Linear(3, 2), make_dls()).fit(n_epochs)
+
+
+@pytest.mark.parametrize("lr", [-0.5, float("nan"), float("inf")])
+def test_an_lr_that_cannot_train_is_refused_also_for_an_existing_optimizer(lr):
+    learn = Learner(nn.Linear(3, 2), make_dls())
+    learn.fit(1)  # the optimizer exists: fit(lr=) only sets its groups' lr
+    before = learn.model.weight.detach().clone()
+    with pytest.raises(ValueError, match=f"fit: Invalid lr: {lr}"):
+        learn.fit(1, lr=lr)
+    assert torch.equal(learn.model.weight, before) and learn.opt.param_groups[0]["lr"] == 0.1
+    with pytest.raises(ValueError, match=f"Learner: Invalid lr: {lr}"):
+        Learner(nn.Linear(3, 2), make_dls(), lr=lr).fit(1)
+
+
+class Cleanup(Callback):
+    def __init__(self, order, fail_in=None):
+        self.order, self.fail_in, self.cleaned = order, fail_in, False
+
+    def before_fit(self, learn):
+        if self.fail_in == "before_fit":
+            raise RuntimeError(f"before_fit failed in {self.order}")
+
+    def cleanup_fit(self, learn):
+        self.cleaned = True
+        if self.fail_in == "cleanup_fit":
+            raise RuntimeError(f"cleanup failed in {self.order}")
+
+
+def test_every_cleanup_runs_when_one_fails_and_hooks_come_off():
+    stats, after = ActivationStatsCB(), Cleanup(order=20)
+    learn = Learner(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), make_dls(),
+                    cbs=[Cleanup(order=-10, fail_in="cleanup_fit"), Cleanup(order=-5, fail_in="cleanup_fit"),
+                         stats, after])
+    with pytest.raises(RuntimeError, match="cleanup failed in -10") as error:
+        learn.fit(1)
+    assert after.cleaned and not stats.hooks  # the later cleanups ran: no activation hook left on the model
+    assert "(cleanup_fit also failed: RuntimeError: cleanup failed in -5" in "\n".join(error.value.__notes__)
+    assert not any(m._forward_hooks for m in learn.model.modules())
+
+
+def test_an_error_in_before_fit_is_not_masked_by_a_cleanup_error():
+    first, second = Cleanup(order=0, fail_in="before_fit"), Cleanup(order=10, fail_in="cleanup_fit")
+    with pytest.raises(RuntimeError, match="before_fit failed in 0") as error:
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[first, second]).fit(1)
+    notes = "\n".join(error.value.__notes__)
+    assert "(then cleanup_fit failed too: RuntimeError: cleanup failed in 10" in notes and second.cleaned
+
+
+def test_a_cleanup_error_after_a_cancel_is_raised():
+    with pytest.raises(RuntimeError, match="cleanup failed in 10"):
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[StopAt(0, 0), Cleanup(order=10, fail_in="cleanup_fit")]).fit(1)

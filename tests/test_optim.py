@@ -191,6 +191,12 @@ def test_parameters_without_gradient_are_skipped_and_zero_grad_sets_none():
     (lambda p: AdamW(p, wd=-1.), "Invalid weight_decay: -1.0"),
     (lambda p: RMSProp(p, v_init="ones"), "Invalid v_init: 'ones'"),
     (lambda p: SGD([{"params": p, "lr": -0.5}], 0.1), "Invalid lr: -0.5"),
+    (lambda p: SGD(p, lr=float("nan")), r"Invalid lr: nan \(must be a finite number in \[0.0, inf\)\)"),
+    (lambda p: Adam(p, lr=float("inf")), "Invalid lr: inf"),
+    (lambda p: Adam(p, betas=(float("nan"), 0.9)), "Invalid beta1: nan"),
+    (lambda p: AdamW(p, wd=float("nan")), "Invalid weight_decay: nan"),
+    (lambda p: RMSProp(p, eps=float("inf")), "Invalid eps: inf"),
+    (lambda p: MomentumSGD(p, 0.1, mom=float("nan")), "Invalid momentum: nan"),
 ])
 def test_invalid_hyperparameters_name_the_value(make, match):
     with pytest.raises(ValueError, match=match):

@@ -1,4 +1,5 @@
 import pytest
+import torch
 from torch import nn
 
 from slowlearn import Learner, MetricsCB, ProfilerCB, ProgressCB, find_batch_size
@@ -23,3 +24,11 @@ def test_find_batch_size():
     dls = make_dls(n_train=300, bs=4)
     rows = find_batch_size(nn.Linear(3, 2), dls, candidates=(16, 64, 256, 1024), steps=2)
     assert [r["bs"] for r in rows] == [16, 64, 256] and all(r["samples_per_s"] > 0 for r in rows)
+
+
+def test_find_batch_size_leaves_torchs_random_state_as_it_was():
+    torch.manual_seed(0)
+    model, dls = nn.Sequential(nn.Linear(3, 8), nn.Dropout(0.5), nn.Linear(8, 2)), make_dls(n_train=64, bs=4)
+    before = torch.get_rng_state()
+    find_batch_size(model, dls, candidates=(16, 32), steps=2)
+    assert torch.equal(torch.get_rng_state(), before)  # a set_seed run after it still reproduces

@@ -9,13 +9,14 @@ import torch
 from torch import nn
 from torch.optim import lr_scheduler
 
-from slowlearn import (Adam, BatchSchedulerCB, Callback, CancelFitException, CheckpointCB, EarlyStoppingCB,
-                       EpochSchedulerCB, GradientAccumulationCB, Learner, LRFinderCB, MetricsCB, MomentumSGD, OneCycleCB,
-                       ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos,
-                       sched_exp, sched_lin, train_1cycle, warmup_cos)
+from slowlearn import (ActivationStatsCB, Adam, BatchSchedulerCB, CSVLoggerCB, Callback, CancelFitException,
+                       CheckpointCB, DeviceCB, EarlyStoppingCB, EpochSchedulerCB, GradientAccumulationCB,
+                       GradientClipCB, LRFinderCB, Learner, MetricsCB, MixedPrecisionCB, MomentumSGD, OneCycleCB,
+                       ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, one_cycle_lr, one_cycle_mom,
+                       sched_cos, sched_exp, sched_lin, train_1cycle, warmup_cos)
 from slowlearn.callbacks.schedule import get_hyper, set_hyper
 
-from conftest import TrainLosses, make_dls
+from conftest import StopAt, TrainLosses, make_dls
 
 
 def progress(n_epochs, n_batches):
@@ -304,3 +305,66 @@ def test_lr_find_suggestions_lie_where_a_noisy_loss_comes_down(seed):
     noisy = clean + np.random.default_rng(seed).normal(0, 0.1, len(lrs))
     suggestion = sweep(noisy.tolist(), lrs.tolist()).suggest()
     assert 1e-3 <= suggestion.valley <= 1e-1 and 1e-3 <= suggestion.steep <= 1e-1, suggestion
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(moms=(1.5, 0.85)), r"OneCycleCB: Invalid moms\[0\]: 1.5 \(must be a finite number in \[0.0, 1.0\)\)"),
+    (dict(moms=(0.95, -0.1)), r"Invalid moms\[1\]: -0.1"),
+    (dict(pct_start=1.2), "Invalid pct_start: 1.2"),
+    (dict(div=0), "Invalid div: 0"),
+    (dict(lr_max=float("nan")), "Invalid lr_max: nan"),
+    (dict(lr_max=[0.1, -0.1]), "Invalid lr_max: -0.1"),
+])
+def test_one_cycle_refuses_hyper_parameters_that_would_diverge_or_mean_nothing(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        OneCycleCB(**{"lr_max": 0.1, **kwargs})
+    one_cycle_kwargs = dict(kwargs)
+    with pytest.raises(ValueError, match=match):
+        train_1cycle(nn.Linear(3, 2), lr=one_cycle_kwargs.pop("lr_max", 0.1), dls=make_dls(), **one_cycle_kwargs)
+
+
+class Joins(Callback):
+    """A user's callback that opts in to sweeps, and one that does not."""
+    sweep = True
+
+    def __init__(self):
+        self.batches = 0
+
+    def after_batch(self, learn):
+        self.batches += 1
+
+
+def test_lr_find_after_a_crash_touches_no_file_nor_record_and_the_run_resumes(tmp_path):
+    ckpt, log = tmp_path / "ckpt.pt", tmp_path / "log.csv"
+    cbs = [MetricsCB(), CheckpointCB(ckpt, every=2), CSVLoggerCB(log), ActivationStatsCB(), joins := Joins()]
+    learn = Learner(bn_model(), make_dls(n_train=40, bs=8), cbs=cbs)
+    with pytest.raises(RuntimeError, match="crash"):
+        learn.fit(6, cbs=[StopAt(epoch=2, iter=3, exc=lambda: RuntimeError("crash"))])
+    files = {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in (ckpt, log)}
+    records, seen = [list(layer["mean"]) for layer in learn.activation_stats.stats], joins.batches
+    position = (learn.epoch, learn.iter, learn.n_epochs)
+    learn.lr_find(num_it=30, show_plot=False)  # 30 batches: longer than the 5-batch training loader
+    assert {path: (path.read_bytes(), path.stat().st_mtime_ns) for path in files} == files
+    assert [layer["mean"] for layer in learn.activation_stats.stats] == records
+    assert (learn.epoch, learn.iter, learn.n_epochs) == position
+    assert joins.batches == seen  # it took part, and its attributes were put back
+    assert len(learn.lr_finder.losses) > 5
+    learn.fit(6, resume=ckpt)
+    assert [row["epoch"] for row in learn.history if row["train"] == "eval"] == [0, 1, 2, 3, 4, 5]
+
+
+def test_only_callbacks_that_opt_in_take_part_in_a_sweep():
+    joins, stays_out = Joins(), type("StaysOut", (Joins,), {"sweep": False})()
+    seen = []
+
+    class Spy(Callback):
+        sweep = True
+
+        def after_batch(self, learn):
+            seen.append((joins.batches, stays_out.batches))
+
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=200, bs=8), cbs=[joins, stays_out, Spy()])
+    learn.lr_find(num_it=10, show_plot=False)
+    assert seen[-1] == (10, 0)
+    assert [cb.sweep for cb in (DeviceCB(), MixedPrecisionCB(), GradientClipCB(), MetricsCB(), CheckpointCB("x"),
+                                CSVLoggerCB("x"), RecorderCB(), ActivationStatsCB())] == [True] * 3 + [False] * 5

@@ -19,6 +19,7 @@ class DeviceCB(Callback):
     """
 
     order = -10
+    sweep = True
 
     def __init__(self, device: torch.device | str | None = None):
         self.device = torch.device(device) if device is not None else default_device()
@@ -49,6 +50,7 @@ class ChannelsLastCB(Callback):
     # Before DistributedCB (-20): DistributedDataParallel must wrap the model in its final layout.
     # Batches are converted before DeviceCB moves them, and the move keeps their layout.
     order = -21
+    sweep = True
 
     def before_fit(self, learn) -> None:
         learn.model.to(memory_format=torch.channels_last)
@@ -66,6 +68,8 @@ class MomentumCB(Callback):
     g_t = grad_t + mom * g_{t-1}, the heavy-ball momentum of `torch.optim.SGD(momentum=mom)`.
     Replaces the Learner's `zero_grad` step.
     """
+
+    sweep = True  # it replaces zero_grad: the update rule itself
 
     def __init__(self, mom: float = 0.85):
         if not 0 <= mom < 1:

@@ -6,8 +6,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, DistributedSampler
 
-from ..distributed import broadcast_, init_distributed, local_rank, rank, world_size
 from ..callback import Callback
+from ..distributed import broadcast_, check_ranks_agree, init_distributed, local_rank, rank, world_size
 from .gradients import steps_after_this_batch
 
 __all__ = ["DistributedCB"]
@@ -41,6 +41,7 @@ class DistributedCB(Callback):
     """
 
     order = -20  # before DeviceCB, which moves batches to the device set here
+    sweep = True
 
     def __init__(self, sync_bn: bool = False, backend: str | None = None):
         self.sync_bn, self.backend = sync_bn, backend
@@ -65,6 +66,10 @@ class DistributedCB(Callback):
                     dl.generator.manual_seed(dl.seed)
                 dl.generator.set_state(broadcast_(dl.generator.get_state().to(collective_device)).cpu())
                 dl.shard(rank(), world_size(), even=even)
+        check_ranks_agree({"training batches": len(learn.dls.train), "epochs": learn.n_epochs,
+                           "micro-batches per step": learn.accumulate},
+                          fix="give every process the same data and options (with a torch DataLoader, a "
+                              "DistributedSampler gives every process the same number of batches).")
 
     def before_batch(self, learn) -> None:
         if learn.training and isinstance(learn.model, DistributedDataParallel):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 
+from ..arguments import check_range
 from ..callback import Callback, CancelStepException
 from .core import DeviceFloats
 
@@ -25,10 +26,10 @@ class GradientAccumulationCB(Callback):
     """
 
     order = -1  # before GradientClipCB, which must see the averaged gradients
+    sweep = True
 
     def __init__(self, n_steps: int):
-        if n_steps < 1:
-            raise ValueError(f"GradientAccumulationCB needs n_steps >= 1, got {n_steps}")
+        check_range("n_steps", n_steps, 1, integer=True, owner="GradientAccumulationCB")
         self.n_steps = n_steps
 
     def before_fit(self, learn) -> None:
@@ -50,7 +51,13 @@ class GradientClipCB(Callback):
     """Clips the global gradient norm to `max_norm` before each step (un-scaling first under fp16
     loss scaling). `norms` holds the pre-clip norm of every step, read in bulk."""
 
+    sweep = True
+
     def __init__(self, max_norm: float = 1., norm_type: float = 2.):
+        # a max_norm < 0 would flip the gradients (gradient ascent), 0 would zero them
+        check_range("max_norm", max_norm, 0., low_open=True, owner="GradientClipCB")
+        if norm_type != float("inf"):
+            check_range("norm_type", norm_type, 0., low_open=True, owner="GradientClipCB")
         self.max_norm, self.norm_type = max_norm, norm_type
         self._norms = DeviceFloats()
 

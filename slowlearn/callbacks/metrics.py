@@ -29,6 +29,9 @@ class MetricsCB(Callback):
     `learn.metrics_log` (ProgressCB's display), or when that slot is empty prints it as a table. During the fit `learn.metric_names` holds the column names, "loss" included,
     so that callbacks monitoring a metric can check its name before training.
 
+    A checkpoint taken mid-epoch holds the phase's running sums (`state_dict`), so the resumed epoch's
+    row is the mean over all its batches, as in an uninterrupted run.
+
     Per batch this callback only keeps references to the detached predictions, targets and loss;
     every `update_every` batches they are concatenated and fed to the metrics in one update, which
     keeps the per-batch cost to a few microseconds even for tiny models. Nothing is read back to
@@ -40,6 +43,7 @@ class MetricsCB(Callback):
     def __init__(self, *metrics: Metric, update_every: int = 16, **named_metrics: Metric):
         self.metrics = {type(m).__name__: m for m in metrics} | named_metrics
         self.update_every = update_every
+        self._in_training_phase, self._resumed = False, None
 
     def before_fit(self, learn) -> None:
         printer = TablePrinter(lambda line: print(line, file=sys.stdout, flush=True))
@@ -54,6 +58,23 @@ class MetricsCB(Callback):
             m.reset()
         self.loss_sum, self.count = None, 0
         self._preds, self._targets, self._losses, self._buffered = [], [], {}, 0
+        self._in_training_phase = learn.training
+        if learn.training and self._resumed is not None:  # the epoch a mid-epoch checkpoint resumes
+            self.loss_sum, self.count = self._resumed["loss_sum"], self._resumed["count"]
+            for name, m in self.metrics.items():
+                m.load_state_dict(self._resumed["metrics"][name])
+        self._resumed = None
+
+    def state_dict(self) -> dict:
+        """During a training phase, its running sums (what a mid-epoch resume needs); else nothing."""
+        if not self._in_training_phase:
+            return {}
+        self._update()
+        return {"loss_sum": self.loss_sum, "count": self.count,
+                "metrics": {name: m.state_dict() for name, m in self.metrics.items()}}
+
+    def load_state_dict(self, state: dict) -> None:
+        self._resumed = state or None  # applied when the resumed training phase starts
 
     def after_batch(self, learn) -> None:
         target = learn.batch[-1]
@@ -89,6 +110,7 @@ class MetricsCB(Callback):
         row |= {"epoch": learn.epoch, "phase": "train" if learn.training else "valid"}
         learn.history.append(row)
         (learn.metrics_log or self._print)(row)
+        self._in_training_phase = False
 
     @staticmethod
     def _compute(metric: Metric) -> torch.Tensor:

@@ -22,6 +22,7 @@ class MixedPrecisionCB(Callback):
     """
 
     order = -5  # after DeviceCB has moved the batch, before callbacks that look at predictions
+    sweep = True
 
     def __init__(self, dtype: str = "bf16"):
         if dtype not in DTYPES:

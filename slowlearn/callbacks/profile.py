@@ -112,8 +112,14 @@ class ProfilerCB(Callback):
 def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
                     steps: int = 5, opt_func=torch.optim.AdamW, loss_func=F.cross_entropy) -> list[dict]:
     """Training throughput (samples/s) for each batch size in `candidates`, on a copy of `model`, until
-    the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader)."""
+    the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader). torch's
+    random states are as they were afterwards (dropout in the trials draws from them)."""
     device = model_device(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _throughputs(model, dls, candidates, steps, opt_func, loss_func, device)
+
+
+def _throughputs(model, dls, candidates, steps, opt_func, loss_func, device) -> list[dict]:
     x_all, y_all = dls.train.x, dls.train.y
     results = []
     for bs in candidates:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
+from ..arguments import check_range
 from ..callback import Callback
 
 __all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB", "sched_lin", "sched_cos", "sched_exp",
@@ -182,6 +183,13 @@ class OneCycleCB(Callback):
 
     def __init__(self, lr_max: float | Sequence[float], pct_start: float = 0.3, div: float = 25.,
                  div_final: float = 1e4, moms: tuple[float, float] | None = (0.95, 0.85)):
+        for peak in lr_max if isinstance(lr_max, Sequence) else [lr_max]:
+            check_range("lr_max", peak, 0., owner="OneCycleCB")
+        check_range("pct_start", pct_start, 0., 1., high_open=False, owner="OneCycleCB")
+        check_range("div", div, 0., low_open=True, owner="OneCycleCB")
+        check_range("div_final", div_final, 0., low_open=True, owner="OneCycleCB")
+        for name, mom in zip(("moms[0]", "moms[1]"), moms or ()):  # a momentum (beta1) of 1 or more diverges
+            check_range(name, mom, 0., 1., owner="OneCycleCB")
         self.lr_max, self.pct_start, self.div, self.div_final = lr_max, pct_start, div, div_final
         self.mom = one_cycle_mom(moms, pct_start) if moms is not None else None
 

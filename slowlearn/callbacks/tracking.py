@@ -10,9 +10,10 @@ from torch.optim import lr_scheduler
 
 import torch
 
-from ..checkpoint import save_checkpoint
+from ..checkpoint import check_mid_epoch_resumable, save_checkpoint
 from ..distributed import all_reduce_sum, is_rank0, rank0_print
 from ..callback import Callback, CancelFitException
+from .gradients import steps_after_this_batch
 from .schedule import BaseSchedulerCB
 
 __all__ = ["latest_metric", "MonitorCB", "CheckpointCB", "EarlyStoppingCB", "TerminateOnNaNCB", "ReduceLROnPlateauCB",
@@ -73,7 +74,10 @@ class CheckpointCB(MonitorCB):
     """Saves complete checkpoints (see `slowlearn.checkpoint`) to `path` during training.
 
     `every="epoch"` saves at the end of every epoch; an int saves every that many training batches
-    (a mid-epoch checkpoint resumes mid-epoch). With `monitor` (e.g. "valid_loss"), it saves at the
+    (a mid-epoch checkpoint resumes mid-epoch). With gradient accumulation a save that falls inside an
+    accumulation window waits for the window's optimizer step, so no accumulated gradient is lost. A
+    shuffling torch DataLoader cannot resume mid-epoch (it would draw a new order), so `every=N` with
+    one is refused at the start of the fit. With `monitor` (e.g. "valid_loss"), it saves at the
     end of an epoch only when that metric improved (`mode` "min"/"max", by default "min" for losses).
     Continue a run with `learn.fit(n_epochs, resume=path)`.
     """
@@ -87,10 +91,20 @@ class CheckpointCB(MonitorCB):
         super().__init__(monitor, mode)
         self.path, self.every = Path(path), every
         self.best: float | None = None
+        self._due = False
+
+    def before_fit(self, learn) -> None:
+        super().before_fit(learn)
+        if isinstance(self.every, int):
+            check_mid_epoch_resumable(learn.dls.train, f"CheckpointCB(every={self.every})")
+        self._due = False
 
     def after_batch(self, learn) -> None:
-        if learn.training and isinstance(self.every, int) and (learn.iter + 1) % self.every == 0:
-            save_checkpoint(learn, self.path, epoch=learn.epoch, iter=learn.iter + 1)
+        if learn.training and isinstance(self.every, int):
+            self._due = self._due or (learn.iter + 1) % self.every == 0
+            if self._due and steps_after_this_batch(learn):  # at an optimizer step: no gradient half-accumulated
+                save_checkpoint(learn, self.path, epoch=learn.epoch, iter=learn.iter + 1)
+                self._due = False
 
     def after_epoch(self, learn) -> None:
         if self.monitor is not None:
