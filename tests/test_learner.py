@@ -238,7 +238,7 @@ def test_train_only_and_valid_only():
 
 def test_keyboard_interrupt_runs_every_cleanup_and_keeps_history():
     model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2))
-    progress = ProgressCB()
+    progress = ProgressCB(verbose=1)  # progress bars, even in a test's captured output
     cbs = [MetricsCB(), progress, ActivationStatsCB(), StopAt(1, 1, KeyboardInterrupt)]
     learn = Learner(model, make_dls(), cbs=cbs)
     with pytest.raises(KeyboardInterrupt):
