@@ -18,11 +18,11 @@ from .augment import augment_from_spec
 from .data import DataLoaders, DataNotFoundError, TensorLoader, _data_root
 from .distributed import rank0_first, rank0_print
 from .image_cache import cached_decode
-from .image_decode import decode_images, image_size
-from .image_labels import LabelledFiles, csv_files, folder_files, random_split
+from .image_decode import CHUNK, decode_images, image_size
+from .image_labels import IMAGE_SUFFIXES, LabelledFiles, csv_files, folder_files, random_split
 from .safe_pickle import read_cifar_batch
 
-__all__ = ["image_folder", "image_csv", "cifar10", "count_table", "CIFAR10_CLASSES"]
+__all__ = ["image_folder", "image_csv", "cifar10", "count_table", "CIFAR10_CLASSES", "IMAGE_SUFFIXES"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "valid", "test")
@@ -112,7 +112,7 @@ def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_t
         identity = identity and identity + f" subset {[n_train, n_valid, valid_pct, split_seed]}"
 
     def decode() -> torch.Tensor:
-        return decode_images(items.files, channels, size, desc=f"decoding {len(items.files)} images", open_item=open_item)
+        return decode_images(items.files, channels, size, desc=f"decoding {len(items.files)} images (chunks of {CHUNK})", open_item=open_item)
     if identity is None:
         x = decode()
     else:

@@ -18,8 +18,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
+from .display import progress
 from .distributed import is_rank0
 
 __all__ = ["decode_images", "image_size", "GRAYSCALE_MODES"]
@@ -100,13 +100,16 @@ def decode_images(items: Sequence, channels: int | None = None, size: int | Sequ
 
     chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
     arrays: list[np.ndarray] = []
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool, \
-            tqdm(total=len(items), desc=desc, disable=not is_rank0(), mininterval=2., unit="img") as bar:
+
+    def decoded_chunks(pool):
+        for decoded in pool.map(lambda chunk: [one(item) for item in chunk], chunks):
+            arrays.extend(decoded)
+            _check_one_size(arrays, items, start=len(arrays) - len(decoded))  # stop at the first odd size
+            yield decoded
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
         try:
-            for decoded in pool.map(lambda chunk: [one(item) for item in chunk], chunks):
-                arrays.extend(decoded)
-                _check_one_size(arrays, items, start=len(arrays) - len(decoded))  # stop at the first odd size
-                bar.update(len(decoded))
+            for _ in (progress(decoded_chunks(pool), len(chunks), desc) if is_rank0() else decoded_chunks(pool)):
+                pass
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
