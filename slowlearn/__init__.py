@@ -1,6 +1,7 @@
 """slowlearn: a callback-driven training framework for PyTorch."""
 from importlib.metadata import PackageNotFoundError, version
 
+from .augment import BatchAugment
 from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException)
 from .callbacks import *  # noqa: F403 -- the callbacks' own __all__, re-exported whole
 from .callbacks import __all__ as _callback_names
@@ -9,6 +10,8 @@ from .compat import quiet_torcheval_imports
 from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
 from .distributed import is_rank0, rank0_first
+from .hf_data import from_hf
+from .image_data import cifar10, image_csv, image_folder
 from .inference import Prediction, Preds, confusion_matrix
 from .export import ExportError
 from .init import BatchNorm, GeneralReLU, init_weights, lsuv_init, set_seed
@@ -29,7 +32,8 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
     *_callback_names, "CheckpointError", "rank0_first", "is_rank0",
-    "DataLoaders", "TensorLoader", "fashion_mnist", "default_device",
+    "DataLoaders", "TensorLoader", "fashion_mnist", "image_folder", "image_csv", "cifar10", "from_hf", "BatchAugment",
+    "default_device",
     "GeneralReLU", "init_weights", "lsuv_init", "BatchNorm", "set_seed",
     "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "get_kaiming_initialized_model",
     "get_kaiming_initalized_model",

@@ -1,10 +1,14 @@
 """Batch augmentation on the loader's device: whole-batch tensor ops, no per-sample Python."""
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
 
-__all__ = ["BatchAugment", "random_crop", "random_flip", "cutout"]
+__all__ = ["BatchAugment", "random_crop", "random_flip", "cutout", "augment_from_spec", "check_aug_spec", "AUG_NAMES"]
+
+AUG_NAMES = ("crop", "flip")
 
 
 def random_crop(xb: torch.Tensor, pad: int) -> torch.Tensor:
@@ -57,3 +61,26 @@ class BatchAugment:
 
     def __repr__(self) -> str:
         return f"BatchAugment(pad={self.pad}, flip={self.flip}, cutout={self.cutout})"
+
+
+def check_aug_spec(spec: str) -> set[str]:
+    """The augmentations named in "crop,flip" or "none", or a ValueError that lists the valid names."""
+    names = {name.strip() for name in spec.lower().split(",") if name.strip()}
+    if names == {"none"}:
+        return set()
+    unknown = sorted(names - set(AUG_NAMES))
+    if unknown or not names:
+        raise ValueError(f"aug={spec!r}: unknown augmentation {', '.join(unknown) or '(empty)'}; give a comma-separated "
+                         f"list of {', '.join(AUG_NAMES)}, or none")
+    return names
+
+
+def augment_from_spec(aug: str | Callable | None, image_hw: tuple[int, int]) -> Callable | None:
+    """A training augmentation from `aug`: a callable or None as given, or a spec such as "crop,flip" or
+    "none". "crop" translates by up to 1/8 of the image's shorter side (4 pixels at 32 x 32)."""
+    if aug is None or callable(aug):
+        return aug
+    names = check_aug_spec(aug)
+    if not names:
+        return None
+    return BatchAugment(pad=max(1, round(min(image_hw) / 8)) if "crop" in names else 0, flip="flip" in names)

@@ -13,6 +13,7 @@ from pathlib import Path
 from . import __version__
 from .cli_common import CLIError
 from .cli_common import positive_int as _positive_int
+from .cli_data import add_data_args, load_data
 from .cli_model import add_model_commands
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
@@ -21,24 +22,6 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 class Parser(argparse.ArgumentParser):
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
-
-
-def _data(args):
-    from .data import DataNotFoundError, fashion_mnist
-    from .image_data import cifar10, image_folder
-    if args.data in ("fashion_mnist", "cifar10"):
-        try:
-            return fashion_mnist(bs=args.bs) if args.data == "fashion_mnist" else cifar10(bs=args.bs)
-        except DataNotFoundError as e:
-            raise CLIError(f"--data {args.data}: {e.problem} Put the data where slowlearn looked, set SLOWLEARN_DATA "
-                           f"to the folder that holds it, or train on your own images with --data PATH") from e
-    path = Path(args.data)
-    if not path.is_dir():
-        raise CLIError(f"--data {args.data}: not fashion_mnist, cifar10, or a readable folder")
-    try:
-        return image_folder(path, bs=args.bs)
-    except ValueError as e:  # an image that does not decode, images of different sizes, ...
-        raise CLIError(f"--data {args.data}: {e}") from e
 
 
 def _model(args, dls):
@@ -53,7 +36,7 @@ def _model(args, dls):
 
 
 def _data_and_model(args):
-    dls = _data(args)
+    dls = load_data(args)
     return dls, _model(args, dls)
 
 
@@ -86,7 +69,7 @@ def train_command(args) -> int:
     out = _writable_folder(args.out)
     _check_resume(args)
     set_seed(args.seed)
-    dls = _data(args)
+    dls = load_data(args)
     cbs = [*_speed_cbs(args), CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
     try:
         learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls,
@@ -147,7 +130,7 @@ def lr_find_command(args) -> int:
         raise CLIError(f"--num-it {args.num_it}: the sweep needs at least 2 batches")
     out = _writable_folder(args.out)
     set_seed(args.seed)
-    dls = _data(args)
+    dls = load_data(args)
     learn = Learner(_model(args, dls), dls, cbs=[*default_cbs(), *_speed_cbs(args)],
                     opt_func=_opt_func(args.opt))
     suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)
@@ -159,9 +142,7 @@ def lr_find_command(args) -> int:
 
 
 def _common(p: argparse.ArgumentParser, out: str) -> None:
-    p.add_argument("--data", default="fashion_mnist",
-                   help="fashion_mnist, cifar10, or a folder with train/<class>/* and test/<class>/* images "
-                        "(default: fashion_mnist)")
+    add_data_args(p)
     p.add_argument("--model", choices=("cnn", "resnet"), default="cnn",
                    help="cnn: the seed CNN (Kaiming init, BatchNorm); resnet: a ResNet for small images, "
                         "trained in channels-last layout (default: cnn)")

@@ -143,6 +143,11 @@ class DataLoaders:
         self.train, self.valid, self.test = train, valid, test
         self.classes = list(classes) if classes is not None else None
 
+    def show_batch(self, n: int = 16, split: str = "train"):
+        """The first `n` images of a batch from `dls[split]` with their class names (a matplotlib Figure)."""
+        from .show import show_batch  # show.py draws with matplotlib, which the loaders alone do not need
+        return show_batch(self, n, split)
+
     def __getitem__(self, split: str):
         loader = {"train": self.train, "valid": self.valid, "test": self.test}.get(split)
         if loader is None:

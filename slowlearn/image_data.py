@@ -1,150 +1,229 @@
-"""Image datasets as in-memory loaders: any `train/<class>/*` folder, and CIFAR-10.
+"""Your own images as in-memory loaders: class folders, CSV labels, and CIFAR-10.
 
-Images are decoded once, in parallel with a progress bar, and cached as a uint8 tensor file next to
-the data (`.slowlearn-cache-<split>.pt`), so later loads take seconds.
+The files are listed and checked first (image_labels.py), then decoded once, in parallel, into one
+uint8 tensor (image_decode.py) that is cached in slowlearn's data folder, keyed by the files and the
+decode options (image_cache.py). Loaders are normalised per channel with the training set's
+statistics and augment training batches by random crop and flip unless `aug="none"`. A table of
+images per class and split is printed each time a dataset is loaded. Hugging Face datasets: hf_data.py.
 """
 from __future__ import annotations
 
 import os
-import pickle
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
-from .augment import BatchAugment
-from .display import progress
+from .augment import augment_from_spec
 from .data import DataLoaders, DataNotFoundError, TensorLoader, _data_root
-from .distributed import is_rank0, rank0_first
+from .distributed import rank0_first, rank0_print
+from .image_cache import cached_decode
+from .image_decode import CHUNK, decode_images, image_size
+from .image_labels import IMAGE_SUFFIXES, LabelledFiles, csv_files, folder_files, random_split
+from .safe_pickle import read_cifar_batch
 
-__all__ = ["image_folder", "cifar10", "load_image_split", "CIFAR10_CLASSES"]
+__all__ = ["image_folder", "image_csv", "cifar10", "count_table", "CIFAR10_CLASSES", "IMAGE_SUFFIXES"]
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+SPLITS = ("train", "valid", "test")
+Aug = str | Callable[[torch.Tensor], torch.Tensor] | None
 
 
-def _class_dirs(split_dir: Path) -> list[str]:
-    return sorted(d.name for d in split_dir.iterdir() if d.is_dir() and not d.name.startswith("."))
+def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None = None, valid_pct: float | None = None,
+                 seed: int | None = None, bs: int = 512, aug: Aug = "crop,flip", channels: int | None = None,
+                 device=None, valid: str | None = None, n_train: int | None = None, n_valid: int | None = None,
+                 cache_dir: str | os.PathLike | None = None, verbose: bool = True) -> DataLoaders:
+    """Loaders for the images of `path`, labelled by the name of their class folder (sorted names).
+
+    Layouts: `path/train/<class>/*` with `path/valid/<class>/*` or `path/test/<class>/*` (or the
+    folder named by `valid`); or `path/<class>/*` (or `path/train/<class>/*` alone) with `valid_pct`,
+    a random validation split stratified by class, the same for the same `seed` (default: as 0);
+    there, a `test/` folder becomes `dls.test`. Subfolders of a class folder belong to that class.
+
+    `size` (int, or (h, w)) resizes every image: scaled to cover the size, then centre-cropped.
+    Without it the images must share one size. `channels` (1 or 3) sets the colour mode; by default
+    the set is RGB as soon as any image is in colour (grayscale ones are converted, never the reverse).
+    `aug` augments training batches: "crop,flip" (translate by up to 1/8 of the size, mirror),
+    "none", or any callable on a batch (e.g. `BatchAugment`). `seed` also seeds the training order
+    (default: torch's global RNG, so `set_seed` reproduces a run). `n_train`/`n_valid` keep a random
+    subset of that many images (quick runs), chosen before decoding. Decoded images are cached in
+    `cache_dir` (default: `image-cache/` in `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`).
+    `dls.decode_options` keeps `size` and the channel count, to decode new images the same way.
+    """
+    path = Path(path)
+    items = folder_files(path, valid, valid_pct)
+    return _from_files(items, f"folder {path.absolute()}", **_loader_args(locals()))
 
 
-def load_image_split(split_dir: Path, classes: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
-    """All images of `split_dir/<class>/*` as (uint8 N x C x H x W, int64 labels), from the cache when fresh."""
-    cache = split_dir.parent / f".slowlearn-cache-{split_dir.name}.pt"
-    files = [(f, i) for i, c in enumerate(classes) for f in sorted((split_dir / c).iterdir())
-             if f.suffix.lower() in IMAGE_SUFFIXES]
-    if not files:
-        raise FileNotFoundError(f"No images in {split_dir}/<class>/ (looked for {sorted(IMAGE_SUFFIXES)})")
-    signature = [len(files), max(f.stat().st_mtime_ns for f, _ in files)]  # any added or changed file
-    if cache.exists():
-        cached = torch.load(cache, weights_only=True)
-        if cached.get("signature") == signature and cached.get("classes") == classes:
-            return cached["x"], cached["y"]
-    with Image.open(files[0][0]) as first:
-        mode = "L" if first.mode in ("1", "L", "I;16") else "RGB"
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
-        decoded = pool.map(lambda f: _decode(f[0], mode), files)
-        images = list(progress(decoded, len(files), f"decoding {split_dir}") if is_rank0() else decoded)
-    sizes = {tuple(im.shape) for im in images}
-    if len(sizes) > 1:
-        raise ValueError(f"Images in {split_dir} have different sizes {sorted(sizes)[:4]}: resize them to one size")
-    x, y = torch.stack(images), torch.tensor([label for _, label in files])
-    if is_rank0():
-        tmp = cache.with_suffix(".tmp")
-        torch.save({"x": x, "y": y, "classes": classes, "signature": signature}, tmp)
-        os.replace(tmp, cache)
-    return x, y
+def image_csv(csv: str | os.PathLike | Sequence, folder: str | os.PathLike | None = None, *,
+              fn_col: str | int = 0, label_col: str | int = 1, valid_col: str | int | None = None,
+              valid_pct: float | None = None, size: int | tuple[int, int] | None = None, seed: int | None = None,
+              bs: int = 512, aug: Aug = "crop,flip", channels: int | None = None, device=None,
+              n_train: int | None = None, n_valid: int | None = None, cache_dir: str | os.PathLike | None = None,
+              verbose: bool = True) -> DataLoaders:
+    """Loaders for images labelled by a CSV file (a header row, then one row per image), or by a list
+    of rows (dicts, or sequences indexed by column number), as fastai's `ImageDataLoaders.from_csv`.
+
+    `fn_col` and `label_col` (column names or numbers) give the file name, relative to `folder`
+    (default: the CSV's folder), and the class. Rows whose `valid_col` is true (1, true, yes, valid)
+    form the validation set; or `valid_pct` splits at random, as in `image_folder`, whose other
+    arguments these are. Class names are the sorted labels (numbers in numeric order).
+    """
+    is_file = isinstance(csv, (str, os.PathLike))
+    folder = Path(folder) if folder is not None else Path(csv).parent if is_file else Path.cwd()
+    items = csv_files(csv, folder, fn_col, label_col, valid_col, valid_pct)
+    identity = f"csv {Path(csv).absolute()}" if is_file else f"rows in {folder.absolute()}"
+    return _from_files(items, identity, **_loader_args(locals()))
 
 
-def _decode(path: Path, mode: str) -> torch.Tensor:
-    """One image file as a uint8 C x H x W tensor (Pillow decodes; grayscale or RGB for the whole folder)."""
-    try:
-        with Image.open(path) as image:
-            array = np.asarray(image.convert(mode))
-    except (OSError, ValueError) as e:
-        raise ValueError(f"Cannot decode image file {path}: {e}. Remove or replace it.") from None
-    return torch.from_numpy(array.copy()).reshape(array.shape[0], array.shape[1], -1).permute(2, 0, 1)
+def _loader_args(args: dict) -> dict:
+    return {k: args[k] for k in ("valid_pct", "seed", "n_train", "n_valid", "size", "channels", "bs", "aug", "device",
+                                 "cache_dir", "verbose")}
+
+
+def random_subset(n_total: int, n: int | None, seed: int, what: str) -> list[int] | None:
+    """`n` of `n_total` indices in a random order fixed by `seed` (None: keep all)."""
+    if n is None:
+        return None
+    if not 0 < n <= n_total:
+        raise ValueError(f"{what}={n}: there are {n_total} images to choose from; give 1 to {n_total}, or leave it out")
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+
+
+def _subsets(items: LabelledFiles, n_train, n_valid, seed: int) -> LabelledFiles:
+    keep = []
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", None)):
+        members = [i for i, s in enumerate(items.splits) if s == split]
+        chosen = random_subset(len(members), n, seed, f"n_{split}")
+        keep += members if chosen is None else [members[i] for i in chosen]
+    return items.take(keep)
+
+
+def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_train, n_valid, size, channels, bs, aug,
+                device, cache_dir, verbose, open_item: Callable | None = None) -> DataLoaders:
+    """Split, subset, decode (from the cache when `identity` names a cacheable set of files) and load."""
+    split_seed = 0 if seed is None else seed
+    augment_from_spec(aug, (32, 32))  # a bad spec is an error before anything is decoded
+    options = {"size": image_size(size), "channels": channels}
+    if valid_pct is not None:
+        items.splits = random_split(items, valid_pct, split_seed)
+    if n_train is not None or n_valid is not None:
+        items = _subsets(items, n_train, n_valid, split_seed)
+        identity = identity and identity + f" subset {[n_train, n_valid, valid_pct, split_seed]}"
+
+    def decode() -> torch.Tensor:
+        return decode_images(items.files, channels, size, desc=f"decoding {len(items.files)} images (chunks of {CHUNK})", open_item=open_item)
+    if identity is None:
+        x = decode()
+    else:
+        with rank0_first():  # in a distributed run, rank 0 decodes and caches while the others wait
+            x = cached_decode(items.files, identity, options, decode, cache_dir)
+    y, where = torch.tensor(items.labels), torch.tensor([SPLITS.index(s) for s in items.splits])
+    parts = {s: _rows(x, y, where == i) for i, s in enumerate(SPLITS) if (where == i).any()}
+    dls = make_loaders(parts, items.classes, bs, device, aug, seed, verbose)
+    dls.decode_options = {"size": options["size"], "channels": x.shape[1]}  # to decode new images (predict) alike
+    return dls
+
+
+def _rows(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked rows: a view when they are one run (folders list split by split), else a copy."""
+    index = torch.nonzero(mask).flatten()
+    first, last = index[0].item(), index[-1].item()
+    if last - first + 1 == len(index):
+        return x[first:last + 1], y[first:last + 1]
+    return x[index], y[index]
+
+
+def count_table(classes: Sequence[str], labels: dict[str, torch.Tensor], max_rows: int = 30) -> str:
+    """Images per class (rows) and split (columns), with totals; empty cells and imbalance flagged."""
+    counts = {s: torch.bincount(y.cpu(), minlength=len(classes)).tolist() for s, y in labels.items()}
+    title = "images per class"
+    width = max(len(title), *(len(c) + 2 for c in classes[:max_rows])) + 2
+    lines = [title.ljust(width) + "".join(f"{s:>8}" for s in counts)]
+    for i, name in enumerate(classes[:max_rows]):
+        row = [counts[s][i] for s in counts]
+        lines.append(f"  {name}".ljust(width) + "".join(f"{n:>8}" for n in row) + ("   <- empty" if 0 in row else ""))
+    if len(classes) > max_rows:
+        lines.append(f"  ... {len(classes) - max_rows} more classes")
+    lines.append("  total".ljust(width) + "".join(f"{sum(c):>8}" for c in counts.values()))
+    train = counts["train"]
+    if min(train) and max(train) >= 3 * min(train):
+        big, small = classes[train.index(max(train))], classes[train.index(min(train))]
+        lines.append(f"  imbalanced: {big!r} has {max(train) / min(train):.1f}x the training images of {small!r}")
+    return "\n".join(lines)
 
 
 def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
-    xf = x.float() / 255
-    return xf.mean((0, 2, 3)).tolist(), xf.std((0, 2, 3)).tolist()
+    """Per-channel mean and std of uint8 images, in [0, 1] units, exact (float64, from a histogram of the
+    256 values: 10x faster than converting the whole set to float)."""
+    counts = torch.stack([torch.bincount(x[:, c].flatten(), minlength=256) for c in range(x.shape[1])]).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    var = ((counts * values**2).sum(1) / n - mean**2) * n / (n - 1).clamp_min(1)
+    return mean.tolist(), var.clamp_min(0).sqrt().tolist()
 
 
-def _loaders(x_train, y_train, x_valid, y_valid, bs, device, aug, seed, classes) -> DataLoaders:
+def make_loaders(parts: dict[str, tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str], bs: int, device,
+                 aug: Aug, seed: int | None, verbose: bool = True) -> DataLoaders:
+    """DataLoaders from uint8 image tensors per split ("train", "valid", optionally "test"): normalised
+    with the training set's per-channel statistics, training batches shuffled and augmented."""
+    if verbose:
+        rank0_print(count_table(classes, {s: y for s, (_, y) in parts.items()}))
+    x_train, y_train = parts["train"]
     mean, std = _channel_stats(x_train)
     norm = dict(mean=mean, std=std, device=device)
-    train = TensorLoader(x_train, y_train, bs, shuffle=True, seed=seed, aug=aug, **norm)
-    valid = TensorLoader(x_valid, y_valid, 2 * bs, **norm)
-    return DataLoaders(train, valid, test=valid, classes=classes)
+    train = TensorLoader(x_train, y_train, bs, shuffle=True, seed=seed, aug=augment_from_spec(aug, x_train.shape[-2:]),
+                         **norm)
+    valid = TensorLoader(*parts["valid"], 2 * bs, **norm)
+    test = TensorLoader(*parts["test"], 2 * bs, **norm) if "test" in parts else valid
+    return DataLoaders(train, valid, test=test, classes=classes)
 
 
-def image_folder(path: str | os.PathLike, bs: int = 512, device=None, aug=None, seed: int | None = None,
-                 valid: str | None = None, n_train: int | None = None, n_valid: int | None = None) -> DataLoaders:
-    """Loaders for `path/train/<class>/*` and `path/<valid>/<class>/*` (`valid` defaults to `valid`
-    or `test`, whichever exists). Class names are the sorted folder names; images must share one size.
-    Normalised per channel with the training set's statistics; `aug` augments training batches.
-    `n_train`/`n_valid` keep a fixed random subset of that size (quick runs)."""
-    path = Path(path)
-    if not (path / "train").is_dir():
-        raise FileNotFoundError(f"{path} has no train/ folder: expected {path}/train/<class>/*.jpg and "
-                                f"{path}/test/<class>/*.jpg (or valid/)")
-    valid = valid or next((v for v in ("valid", "test") if (path / v).is_dir()), None)
-    if valid is None:
-        raise FileNotFoundError(f"{path} has no valid/ or test/ folder next to train/")
-    classes = _class_dirs(path / "train")
-    with rank0_first():
-        x_train, y_train = load_image_split(path / "train", classes)
-        x_valid, y_valid = load_image_split(path / valid, classes)
-    return _subset(_loaders(x_train, y_train, x_valid, y_valid, bs, device, aug, seed, classes), n_train, n_valid)
-
-
-def _read_python_batches(folder: Path) -> tuple[torch.Tensor, ...]:
+def _read_python_batches(folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     def load(name):
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        return (torch.from_numpy(batch[b"data"]).reshape(-1, 3, 32, 32), torch.tensor(batch[b"labels"]))
+        data, labels = read_cifar_batch(folder / name)
+        return torch.from_numpy(data).reshape(-1, 3, 32, 32), torch.tensor(labels)
     train = [load(f"data_batch_{i}") for i in range(1, 6)]
-    x_valid, y_valid = load("test_batch")
-    return torch.cat([x for x, _ in train]), torch.cat([y for _, y in train]), x_valid, y_valid
+    return {"train": (torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])), "valid": load("test_batch")}
 
 
-def cifar10(bs: int = 512, root: str | os.PathLike | None = None, device=None,
-            aug: BatchAugment | None = BatchAugment(pad=4, flip=True), seed: int | None = None,
-            download: bool = True, n_train: int | None = None, n_valid: int | None = None) -> DataLoaders:
+def cifar10(bs: int = 512, root: str | os.PathLike | None = None, device=None, aug: Aug = "crop,flip",
+            seed: int | None = None, download: bool = True, n_train: int | None = None,
+            n_valid: int | None = None, verbose: bool = True) -> DataLoaders:
     """CIFAR-10: 50 000 training and 10 000 test images, 3x32x32, augmented by random crop and flip.
 
     Looks under `root` (default `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`) for an image folder
     `cifar10/{train,test}/<class>/` or torchvision's `cifar-10-batches-py/`, else downloads the
-    latter with torchvision. The official python batches are pickles: load only a copy you trust.
-    `n_train`/`n_valid` keep a random subset of that size (quick runs).
+    latter with torchvision. Those batches are pickles: they are read by an unpickler that allows
+    only the few numpy callables the format needs, so a crafted file is refused instead of running
+    code. `n_train`/`n_valid` keep a random subset of that size (quick runs).
     """
     base = _data_root(root)
     if (base / "cifar10" / "train").is_dir():
-        return image_folder(base / "cifar10", bs, device, aug, seed, n_train=n_train, n_valid=n_valid)
+        return image_folder(base / "cifar10", bs=bs, device=device, aug=aug, seed=seed, n_train=n_train,
+                            n_valid=n_valid, cache_dir=base / "image-cache", verbose=verbose)
     batches = base / "cifar-10-batches-py"
     if not batches.is_dir():
-        def missing(why: str) -> DataNotFoundError:
-            return DataNotFoundError(f"CIFAR-10 was not found under {base} (as image folders cifar10/train/<class>/ "
-                                     f"and cifar10/test/<class>/, or torchvision's cifar-10-batches-py/), and {why}.",
-                                     "Put it there, or pass root= or set SLOWLEARN_DATA to where it is.")
-        if not download:
-            raise missing("download=False")
-        from torchvision.datasets import CIFAR10
-        try:
-            with rank0_first():
-                CIFAR10(str(base), download=True)
-        except OSError as e:  # no network: URLError, socket errors
-            raise missing(f"torchvision's download failed ({e})") from e
-    return _subset(_loaders(*_read_python_batches(batches), bs, device, aug, seed, list(CIFAR10_CLASSES)),
-                   n_train, n_valid)
+        _download_cifar10(base, download)
+    parts = _read_python_batches(batches)
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        keep = random_subset(len(parts[split][1]), n, 0 if seed is None else seed, f"n_{split}")
+        if keep is not None:
+            parts[split] = tuple(t[keep] for t in parts[split])
+    return make_loaders(parts, list(CIFAR10_CLASSES), bs, device, aug, seed, verbose)
 
 
-def _subset(dls: DataLoaders, n_train: int | None, n_valid: int | None) -> DataLoaders:
-    """A fixed random subset of each split (the folder layout stores images class by class)."""
-    for dl, n in ((dls.train, n_train), (dls.valid, n_valid)):
-        if n is not None:
-            keep = torch.randperm(len(dl.x), generator=torch.Generator().manual_seed(0))[:n].to(dl.x.device)
-            dl.x, dl.y = dl.x[keep], dl.y[keep]
-    return dls
+def _download_cifar10(base: Path, download: bool) -> None:
+    def missing(why: str) -> DataNotFoundError:
+        return DataNotFoundError(f"CIFAR-10 was not found under {base} (as image folders cifar10/train/<class>/ "
+                                 f"and cifar10/test/<class>/, or torchvision's cifar-10-batches-py/), and {why}.",
+                                 "Put it there, or pass root= or set SLOWLEARN_DATA to where it is.")
+    if not download:
+        raise missing("download=False")
+    from torchvision.datasets import CIFAR10
+    try:
+        with rank0_first():
+            CIFAR10(str(base), download=True)
+    except OSError as e:  # no network: URLError, socket errors
+        raise missing(f"torchvision's download failed ({e})") from e

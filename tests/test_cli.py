@@ -39,6 +39,8 @@ def test_train_into_a_log_file_writes_one_line_per_epoch_and_phase(tmp_path):
     assert result.returncode == 0, result.stderr
     assert not any(c in result.stdout + result.stderr for c in ESCAPES)
     lines = result.stdout.splitlines()
+    assert lines[0].startswith("images per class")  # the data's table comes first, then the run
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("fit:")):]
     assert lines[0].startswith("fit: 2 epochs of 3 training and 2 validation batches")
     assert lines[1].split() == ["accuracy", "loss", "epoch", "phase"]
     assert [line.split()[-2:] for line in lines[2:6]] == [["0", "train"], ["0", "valid"], ["1", "train"],

@@ -2,7 +2,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -11,38 +10,26 @@ from slowlearn.augment import BatchAugment, cutout, random_crop, random_flip
 from slowlearn.checkpoint import read_checkpoint
 from slowlearn.image_data import cifar10, image_folder
 
-CLASSES = ["cat", "dog", "frog"]
+from images import CLASSES, data_folder, make_folder, pixels  # noqa: F401 (data_folder: an autouse fixture)
+
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 
 
-def make_folder(root: Path, n_per_class=4, size=12, channels=3):
-    g = torch.Generator().manual_seed(0)
-    for split in ("train", "test"):
-        for label, name in enumerate(CLASSES):
-            (root / split / name).mkdir(parents=True, exist_ok=True)
-            for i in range(n_per_class):
-                image = torch.randint(0, 256, (channels, size, size), dtype=torch.uint8, generator=g)
-                image[:, 0, 0] = label  # a marker to check labels against
-                pixels = image.permute(1, 2, 0).squeeze(-1).numpy()
-                Image.fromarray(pixels).save(root / split / name / f"{i}.png")
-    return root
-
-
-def test_image_folder_loads_labels_classes_and_caches(tmp_path):
+def test_image_folder_loads_labels_classes_and_caches(tmp_path, data_folder):
     root = make_folder(tmp_path / "pets")
     dls = image_folder(root, bs=4, device="cpu")
     assert dls.classes == CLASSES and dls.train.x.shape == (12, 3, 12, 12) and dls.valid.x.shape == (12, 3, 12, 12)
     assert torch.equal(dls.train.x[:, 0, 0, 0], dls.train.y)  # every image carries its class marker
-    assert (root / ".slowlearn-cache-train.pt").exists() and (root / ".slowlearn-cache-test.pt").exists()
+    caches = list((data_folder / "image-cache").glob("*.pt"))
+    assert len(caches) == 1 and not list(root.glob(".*"))  # cached in slowlearn's folder, nothing in the user's
     xb, _ = next(iter(dls.valid))
     assert abs(xb.mean().item()) < 0.3  # normalised with the training statistics
-    pixels = torch.from_numpy(np.array(Image.open(root / "train" / "dog" / "2.png")))
-    assert torch.equal(dls.train.x[4 + 2], pixels.permute(2, 0, 1))  # round trip: cat 0-3, then dog 0-3
+    assert torch.equal(dls.train.x[4 + 2], pixels(root / "train" / "dog" / "2.png"))  # cat 0-3, then dog 0-3
 
-    cache_time = (root / ".slowlearn-cache-train.pt").stat().st_mtime_ns
+    cache_time = caches[0].stat().st_mtime_ns
     again = image_folder(root, bs=4, device="cpu")  # unchanged folder: from the cache
     assert torch.equal(again.train.x, dls.train.x)
-    assert (root / ".slowlearn-cache-train.pt").stat().st_mtime_ns == cache_time
+    assert caches[0].stat().st_mtime_ns == cache_time
 
     Image.new("RGB", (12, 12), (7, 7, 7)).save(root / "train" / "frog" / "new.png")  # the folder changes
     changed = image_folder(root, bs=4, device="cpu")
@@ -59,7 +46,7 @@ def test_a_corrupt_image_is_named(tmp_path):
 def test_image_folder_grayscale_and_errors(tmp_path):
     dls = image_folder(make_folder(tmp_path / "gray", channels=1), bs=4, device="cpu")
     assert dls.train.x.shape[1] == 1
-    with pytest.raises(FileNotFoundError, match="no train/ folder"):
+    with pytest.raises(FileNotFoundError, match="nowhere is not a folder"):
         image_folder(tmp_path / "nowhere")
 
 
@@ -147,3 +134,20 @@ def test_real_cifar10_jpeg_test_split(tmp_path):
     (tmp_path / "cifar10" / "train").symlink_to(tmp_path / "cifar10" / "test")  # decode only the 10 000 test images
     dls = image_folder(tmp_path / "cifar10", device="cpu")
     assert dls.classes[:3] == ["airplane", "automobile", "bird"] and dls.valid.x.shape == (10_000, 3, 32, 32)
+
+
+def test_public_names_and_show_batch_and_the_count_table(tmp_path, capsys):
+    import slowlearn
+    namespace = {}
+    exec("from slowlearn import *", namespace)
+    assert {"image_folder", "image_csv", "cifar10", "BatchAugment", "from_hf"} <= set(namespace)
+    assert namespace["image_folder"] is slowlearn.image_data.image_folder
+    root = make_folder(tmp_path / "pets")
+    (root / "test" / "frog" / "0.png").unlink()
+    dls = image_folder(root, bs=4, device="cpu")
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["images", "per", "class", "train", "valid"]
+    assert table[3].split() == ["frog", "4", "3"] and table[4].split() == ["total", "12", "11"]
+    fig = dls.show_batch(n=4)
+    assert {ax.get_title() for ax in fig.axes[:4]} <= set(CLASSES)
+    assert len([ax for ax in fig.axes if ax.images]) == 4

@@ -1,0 +1,117 @@
+"""Decoding image files (or PIL images) into one uint8 N x C x H x W tensor, in parallel threads.
+
+Colour: with `channels=None` every image keeps its own kind (grayscale as 1 channel, anything else as
+RGB) while decoding, then, if any image is colour, the grayscale ones are repeated to 3 channels, exactly
+as Pillow's grayscale-to-RGB conversion, never the other way round. Palette, alpha, CMYK and other modes
+become RGB (alpha is dropped). `channels=1` or `3` converts every image to that mode.
+
+Size: `size=None` keeps the images' own size, which must then be the same for all of them. An int or
+(h, w) `size` resizes by "resize and centre crop": the image is scaled (bilinear) until it covers
+h x w, keeping its aspect ratio, then the centre h x w is kept (fastai's default `Resize` method).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .display import progress
+from .distributed import is_rank0
+
+__all__ = ["decode_images", "image_size", "GRAYSCALE_MODES"]
+
+GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+CHUNK = 256  # images per task: fewer, larger tasks keep the pool's own overhead small
+
+
+def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """`size` as (h, w), checked."""
+    if size is None:
+        return None
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(s, int) and s > 0 for s in hw):
+        raise ValueError(f"size={size!r}: give a positive int (square images) or an (h, w) pair of positive ints")
+    return hw
+
+
+def _centre_box(w: int, h: int, out_w: int, out_h: int) -> tuple[float, float, float, float]:
+    """The largest centred region of a w x h image with the aspect ratio of out_w x out_h."""
+    scale = max(out_w / w, out_h / h)
+    crop_w, crop_h = out_w / scale, out_h / scale
+    left, top = (w - crop_w) / 2, (h - crop_h) / 2
+    return left, top, left + crop_w, top + crop_h
+
+
+def _to_array(image: Image.Image, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+    """A PIL image as an H x W x C uint8 array: converted to `mode` (by default gray or RGB by its own
+    mode) and, with `size`, resized to cover it and centre-cropped."""
+    mode = mode or ("L" if image.mode in GRAYSCALE_MODES else "RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # as Pillow asks; the alpha is dropped below
+    if size is not None:
+        out_h, out_w = size
+        image.draft(image.mode, (out_w, out_h))  # JPEG: decode at a reduced scale that still covers the size
+    image = image.convert(mode)
+    if size is not None and image.size != (size[1], size[0]):
+        box = _centre_box(*image.size, out_w, out_h)
+        image = image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
+    array = np.asarray(image)
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _decode_file(path: str, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return _to_array(image, mode, size)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"Cannot decode image file {path}: {e}. Remove or replace it.") from None
+
+
+def _unify_channels(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Grayscale arrays repeated to RGB when any array is RGB (the whole set decides, not the first)."""
+    if all(a.shape[-1] == 1 for a in arrays):
+        return arrays
+    return [np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in arrays]
+
+
+def _check_one_size(arrays: list[np.ndarray], names: Sequence, start: int = 0) -> None:
+    first = arrays[0].shape[:2]
+    odd = next((i for i in range(start, len(arrays)) if arrays[i].shape[:2] != first), None)
+    if odd is not None:
+        raise ValueError(f"Images have different sizes: {names[0]} is {first[0]}x{first[1]} (h x w) but {names[odd]} "
+                         f"is {arrays[odd].shape[0]}x{arrays[odd].shape[1]}. Pass size= (e.g. size=64, or "
+                         f"--size 64 on the command line) to resize them all.")
+
+
+def decode_images(items: Sequence, channels: int | None = None, size: int | Sequence[int] | None = None,
+                  desc: str = "decoding", open_item: Callable | None = None) -> torch.Tensor:
+    """Files (or, with `open_item`, anything it turns into a PIL image) as one uint8 N x C x H x W tensor."""
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels={channels!r}: give 1 (grayscale), 3 (RGB) or None (RGB if any image is colour)")
+    mode, hw = {None: None, 1: "L", 3: "RGB"}[channels], image_size(size)
+    if open_item is None:
+        def one(item): return _decode_file(item, mode, hw)
+    else:
+        def one(item): return _to_array(open_item(item), mode, hw)
+
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    arrays: list[np.ndarray] = []
+
+    def decoded_chunks(pool):
+        for decoded in pool.map(lambda chunk: [one(item) for item in chunk], chunks):
+            arrays.extend(decoded)
+            _check_one_size(arrays, items, start=len(arrays) - len(decoded))  # stop at the first odd size
+            yield decoded
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        try:
+            for _ in (progress(decoded_chunks(pool), len(chunks), desc) if is_rank0() else decoded_chunks(pool)):
+                pass
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    arrays = _unify_channels(arrays)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

@@ -1,0 +1,75 @@
+"""Decoding: colour modes decided by the whole set, resizing by cover-and-centre-crop, mixed sizes."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from slowlearn.image_data import image_folder
+from slowlearn.image_decode import decode_images
+
+from images import data_folder, make_folder  # noqa: F401 (data_folder: an autouse fixture)
+
+
+def test_one_grayscale_image_sorted_first_does_not_make_a_colour_folder_grayscale(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2)
+    cat = root / "train" / "cat"
+    Image.new("L", (12, 12), 90).save(cat / "-0-gray.jpg")  # sorted before every other file
+    Image.new("RGBA", (12, 12), (10, 20, 30, 0)).save(cat / "-1-alpha.png")
+    palette = Image.new("P", (12, 12), 1)
+    palette.putpalette([0, 0, 0, 40, 50, 60] + [0] * 762)
+    palette.save(cat / "-2-palette.png")
+    Image.new("1", (12, 12), 1).save(cat / "-3-bilevel.png")
+    dls = image_folder(root, device="cpu", verbose=False)
+    x = dls.train.x
+    assert x.shape == (10, 3, 12, 12)
+    assert (x[0] - 90).abs().max() <= 2 and x[0][0].equal(x[0][1])  # grayscale repeated to RGB (JPEG: about 90)
+    assert x[1][:, 5, 5].tolist() == [10, 20, 30] and x[2][:, 5, 5].tolist() == [40, 50, 60]
+    assert x[3].eq(255).all()
+    gray = image_folder(root, channels=1, device="cpu", verbose=False)
+    assert gray.train.x.shape == (10, 1, 12, 12) and gray.train.x[2, 0, 5, 5] == round(0.299 * 40 + 0.587 * 50 + 0.114 * 60)
+
+
+def test_mixed_sizes_are_an_error_that_suggests_size_and_size_resizes(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2)
+    wide = np.zeros((10, 20, 3), dtype=np.uint8)
+    wide[:, 5:15] = 255  # a white centre square between two black bands
+    Image.fromarray(wide).save(root / "train" / "dog" / "wide.png")
+    with pytest.raises(ValueError, match=r"different sizes: .* is 12x12.*wide.png is 10x20.*Pass size="):
+        image_folder(root, device="cpu", verbose=False)
+    dls = image_folder(root, size=10, device="cpu", verbose=False)
+    assert dls.train.x.shape == (7, 3, 10, 10) and dls.valid.x.shape == (6, 3, 10, 10)
+    assert dls.train.x[4].eq(255).all()  # shorter side to 10, then the centre: only the white square is left
+    assert dls.decode_options == {"size": (10, 10), "channels": 3}  # how to decode new images the same way
+    tall = image_folder(root, size=(10, 4), device="cpu", verbose=False)
+    assert tall.train.x.shape[-2:] == (10, 4) and tall.train.x[4].eq(255).all()
+    small = image_folder(root, size=(3, 5), device="cpu", verbose=False)
+    assert small.train.x.shape[-2:] == (3, 5)
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="channels=2"):
+        decode_images([], channels=2)
+    with pytest.raises(ValueError, match=r"size=\(0, 4\)"):
+        decode_images([], size=(0, 4))
+
+
+def test_pil_images_and_arrays_decode_like_files():
+    images = [Image.new("RGB", (4, 4), (1, 2, 3)), np.full((4, 4), 7, dtype=np.uint8)]
+    x = decode_images(images, open_item=lambda item: item if isinstance(item, Image.Image) else Image.fromarray(item))
+    assert x.shape == (2, 3, 4, 4) and x[0, :, 0, 0].tolist() == [1, 2, 3] and x[1].eq(7).all()
+    assert x.dtype == torch.uint8
+
+
+def test_jpegs_decode_to_pillows_pixels_in_every_mode(tmp_path):
+    g = np.random.default_rng(0)
+    files = []
+    for i, mode in enumerate(("RGB", "L", "CMYK")):
+        bands = len(mode)
+        image = Image.fromarray(g.integers(0, 256, (9, 7, bands), dtype=np.uint8).squeeze(-1) if bands == 1 else
+                                g.integers(0, 256, (9, 7, bands), dtype=np.uint8), mode=mode)
+        files.append(str(tmp_path / f"{i}.jpg"))
+        image.save(files[-1], quality=80)
+    for channels, mode in ((3, "RGB"), (1, "L")):
+        expected = np.stack([np.asarray(Image.open(f).convert(mode)).reshape(9, 7, -1) for f in files])
+        assert torch.equal(decode_images(files, channels=channels), torch.from_numpy(expected).permute(0, 3, 1, 2))
+    assert torch.equal(decode_images(files), decode_images(files, channels=3))  # one colour image: all RGB
