@@ -4,6 +4,7 @@ from .core import ChannelsLastCB, DeviceCB, MomentumCB
 from .distributed import DistributedCB
 from .gradients import GradientAccumulationCB, GradientClipCB
 from .hooks import ActivationStatsCB
+from .logging import TensorBoardCB
 from .lr_finder import LRFinderCB, SuggestedLRs
 from .metrics import MetricsCB
 from .mixing import CutMixCB, MixUpCB
@@ -22,4 +23,4 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
            "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
            "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB",
-           "find_batch_size", "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB"]
+           "find_batch_size", "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB"]
