@@ -25,8 +25,8 @@ class WeightAveragingCB(Callback):
 
     Integer buffers (BatchNorm's `num_batches_tracked`) are copied. Updates are a few foreach kernels on
     the model's device, with no host sync. With `validate`, the validation phase runs on the average,
-    and so do `after_epoch` callbacks of the validation phase (EarlyStoppingCB, CheckpointCB(monitor=)
-    judge the weights that were scored); resume checkpoints hold both, and resuming is exact.
+    up to and including its `after_epoch` (so EarlyStoppingCB and CheckpointCB(monitor=) keep the weights
+    that were scored); checkpoints written then hold the trained weights too, and resuming is exact.
 
     `final="average"` leaves the average in the model when the fit ends (also after a cancel or an
     error), so `get_preds`, `predict`, `validate`, `save` and exports use it; the trained weights are
@@ -39,7 +39,9 @@ class WeightAveragingCB(Callback):
     skips that pass: call `update_bn(learn)` then. EMA averages the statistics along with the weights.
     """
 
-    order = 95  # after the callbacks that judge validation (checkpoints, early stopping) in after_epoch
+    # Early: the average is in place for every other callback's validation events, and put in the model at
+    # cleanup_fit before EarlyStoppingCB(restore_best=True) may replace it with the best epoch's weights.
+    order = 10
 
     def __init__(self, decay: float | None = None, swa_start: float | int | None = None, every: int = 1,
                  warmup: bool = True, validate: bool = True, final: str = "average", update_bn: bool = True):
@@ -121,7 +123,6 @@ class WeightAveragingCB(Callback):
         last_training_epoch = learn.training and learn.epoch == learn.n_epochs - 1
         if last_training_epoch and self.swa_start is not None and self.bn_pass and self.n:
             update_bn(learn, self)
-        self._release_average()
 
     def cleanup_epoch(self, learn) -> None:
         self._release_average()
