@@ -9,6 +9,7 @@ from .compat import quiet_torcheval_imports
 from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
 from .distributed import is_rank0, rank0_first
+from .groups import default_splitter, group_lrs
 from .inference import Prediction, Preds, confusion_matrix
 from .export import ExportError
 from .init import BatchNorm, GeneralReLU, init_weights, lsuv_init, set_seed
@@ -29,7 +30,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
     *_callback_names, "CheckpointError", "rank0_first", "is_rank0",
-    "DataLoaders", "TensorLoader", "fashion_mnist", "default_device",
+    "default_splitter", "group_lrs", "DataLoaders", "TensorLoader", "fashion_mnist", "default_device",
     "GeneralReLU", "init_weights", "lsuv_init", "BatchNorm", "set_seed",
     "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "get_kaiming_initialized_model",
     "get_kaiming_initalized_model",

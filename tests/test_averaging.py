@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slowlearn import Callback, CheckpointCB, Learner, MetricsCB, MomentumSGD, WeightAveragingCB, set_seed
-from slowlearn.checkpoint import randomness, restore_randomness
+from slowlearn.checkpoint import randomness, read_checkpoint, restore_randomness
 
 from conftest import make_dls
 
@@ -195,7 +195,7 @@ def test_resume_with_weight_averaging_is_bitwise_exact(tmp_path, where):
     assert_same_run(straight, resumed, same_history=where != "mid-epoch")
 
 
-def test_load_then_fit_continues_from_the_trained_weights(tmp_path):
+def test_load_gives_the_average_and_the_callbacks_state_continues_from_the_trained_weights(tmp_path):
     set_seed(0)
     straight = resumable_learner()
     straight.fit(2)
@@ -204,10 +204,11 @@ def test_load_then_fit_continues_from_the_trained_weights(tmp_path):
     first = resumable_learner()
     first.fit(2)
     first.save(tmp_path / "ckpt.pt")
-    loaded = resumable_learner().load(tmp_path / "ckpt.pt")
-    averaged = loaded.weight_averaging.averaged_state_dict()
+    loaded = resumable_learner().load(tmp_path / "ckpt.pt")  # the model, for inference: the average
+    averaged = first.weight_averaging.averaged_state_dict()
     assert all(torch.equal(v, averaged[k]) for k, v in loaded.model.state_dict().items())
-    loaded.fit(2)
+    loaded.weight_averaging.load_state_dict(read_checkpoint(tmp_path / "ckpt.pt")["callbacks"]["WeightAveragingCB"])
+    loaded.fit(2)  # with the callback's state loaded too, training goes on from the trained weights
     assert_same_run(straight, loaded)
 
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..checkpoint import bare_model, randomness, restore_randomness
-from ..device import to_device
+from ..callback import Callback
+from ..checkpoint import randomness, restore_randomness
+from ..device import bare_model, to_device
 from ..distributed import all_reduce_mean
-from ..learner import Callback
 
 __all__ = ["WeightAveragingCB", "update_bn"]
 

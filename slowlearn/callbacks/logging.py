@@ -6,9 +6,9 @@ from pathlib import Path
 
 import torch
 
-from ..checkpoint import bare_model
+from ..callback import Callback
+from ..device import bare_model
 from ..distributed import all_reduce_sum, is_rank0
-from ..learner import Callback
 from ..show import confusion_matrix_figure
 from .schedule import get_hyper
 

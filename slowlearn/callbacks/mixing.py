@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from ..learner import Callback
+from ..callback import Callback
 
 __all__ = ["MixUpCB", "CutMixCB"]
 
