@@ -6,8 +6,8 @@ model loads them, gets a new 5-class head, and is fine-tuned on a small training
 classes (sandal, shirt, sneaker, bag, ankle boot) with `fine_tune(epochs, freeze_epochs=1)`; the same
 architecture from its random initialisation gets `fit_one_cycle(epochs + 1)` on the same images (the
 same number of epochs, and batches in the same order). Both are scored on all test images of those
-five classes (or the first `--valid-items`). The plain PyTorch side of this benchmark is the pretraining weights file: any model
-trained elsewhere loads the same way.
+five classes (or the first `--valid-items`). Both arms are slowlearn recipes (what is compared is the
+recipe, not the framework); the weights file is a plain `torch.save`, as any other trainer would write.
 
     python benchmarks/fine_tune.py [--pretrain-items 12000] [--items 1000] [--epochs 2] [--seeds 0 1]
 """

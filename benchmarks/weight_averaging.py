@@ -58,8 +58,8 @@ def main() -> None:
         mean = {k: statistics.mean(r[k] for r in rows) for k in rows[0]}
         print(f"{name:6} accuracy {mean['accuracy']:.4f}, with TTA {mean['tta']:.4f}, {mean['seconds']:.0f} s "
               f"(mean of {len(rows)} seeds)")
-    ratio = statistics.mean(r["seconds"] for r in results["EMA"]) / statistics.mean(r["seconds"] for r in results["plain"])
-    print(f"EMA time / plain time: {ratio:.3f}")
+    seconds = {name: statistics.mean(r["seconds"] for r in rows) for name, rows in results.items()}
+    print(f"EMA time / plain time: {seconds['EMA'] / seconds['plain']:.3f}")
 
 
 if __name__ == "__main__":
