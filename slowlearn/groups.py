@@ -13,9 +13,10 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from .arguments import check_range
 from .device import bare_model
 
-__all__ = ["default_splitter", "group_lrs", "ParamGroupsMixin"]
+__all__ = ["default_splitter", "group_lrs", "check_lr", "ParamGroupsMixin"]
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -48,6 +49,14 @@ def group_lrs(lr: float | slice | Sequence[float], n_groups: int) -> list[float]
                              f"or slice(lo, hi)")
         return [float(v) for v in lr]
     return [float(lr)] * n_groups
+
+
+def check_lr(lr: float | slice | Sequence[float], owner: str, name: str = "lr") -> None:
+    """Every lr that `lr` gives (a number, a slice's ends, a sequence's items) must be a finite number >= 0."""
+    values = [v for v in (lr.start, lr.stop) if v is not None] if isinstance(lr, slice) else (
+        list(lr) if isinstance(lr, Sequence) else [lr])
+    for value in values:
+        check_range(name, value, 0., owner=owner)
 
 
 class ParamGroupsMixin:

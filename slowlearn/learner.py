@@ -31,7 +31,7 @@ from .callbacks.lr_finder import LRFindMixin
 from .callbacks.schedule import OneCycleMixin
 from .checkpoint import (CheckpointMixin, batches_from, check_resume, read_checkpoint, restore_weights,
                          resume_point)
-from .groups import ParamGroupsMixin, default_splitter
+from .groups import ParamGroupsMixin, check_lr, default_splitter
 from .inference import InferenceMixin
 from .show import PicturesMixin
 
@@ -94,11 +94,10 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
             valid: bool = True, reset_opt: bool = False, resume: str | os.PathLike | None = None) -> Learner:
         """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets the param groups' lrs (a number,
         `slice(lo, hi)` or one per group; else the optimizer keeps the lrs it has, e.g. where a one-cycle fit
-        ended). `resume=path` continues the
-        run saved at `path` up to a total of `n_epochs`."""
+        ended). `resume=path` continues the run saved at `path` up to a total of `n_epochs`."""
         check_range("n_epochs", n_epochs, 1, integer=True, owner="fit")
         if lr is not None:
-            check_range("lr", lr, 0., owner="fit")
+            check_lr(lr, owner="fit")
         cbs = list(cbs)
         self.cbs += cbs
         try:
@@ -125,13 +124,9 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
         if lr is not None:
             self.set_lr(lr)
         if self.opt is None or reset_opt:
-            check_range("lr", self.lr, 0., owner="Learner")
-            self.opt = self.opt_func(self.model.parameters(), self.lr)
-        elif lr is not None:
-            for group in self.opt.param_groups:
-                group["lr"] = lr
+            check_lr(self.lr, owner="Learner")
+            self.opt = self.make_optimizer()
         self.dispatch = Dispatch(self.cbs)
-from .groups import ParamGroupsMixin, default_splitter
 
     def callback(self, event: str) -> None:
         self.dispatch.event(event, self)

@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from slowlearn import Callback, CheckpointCB, Learner, MetricsCB, MomentumSGD, WeightAveragingCB, set_seed
+from slowlearn import (Callback, CheckpointCB, Learner, MetricsCB, MomentumSGD, TensorBoardCB, WeightAveragingCB,
+                       set_seed)
 from slowlearn.checkpoint import randomness, read_checkpoint, restore_randomness
 
 from conftest import make_dls
@@ -100,7 +101,7 @@ def test_validation_runs_on_the_average_and_training_on_the_trained_weights():
     with torch.no_grad():
         loss_of_average = F.cross_entropy(averaged.eval()(learn.dls.valid.normalise(xb)), yb).item()
         loss_of_trained = F.cross_entropy(model.eval()(learn.dls.valid.normalise(xb)), yb).item()
-    assert learn.history[-1]["train"] == "eval"
+    assert learn.history[-1]["phase"] == "valid"
     assert learn.history[-1]["loss"] == pytest.approx(loss_of_average, rel=1e-5)
     assert abs(loss_of_average - loss_of_trained) > 1e-3
     assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())  # final="trained"
@@ -219,3 +220,13 @@ def test_load_gives_the_average_and_the_callbacks_state_continues_from_the_train
 def test_bad_arguments_say_what_is_wrong(kwargs, message):
     with pytest.raises(ValueError, match=message):
         WeightAveragingCB(**kwargs)
+
+
+def test_lr_find_sweeps_without_the_average_and_the_loggers(tmp_path):
+    learn = learner(bn_model(), [WeightAveragingCB(decay=0.9), TensorBoardCB(tmp_path / "tb")])
+    learn.fit(1)
+    before, files = learn.weight_averaging.state_dict(), sorted((tmp_path / "tb").iterdir())
+    learn.lr_find(num_it=5, show_plot=False)
+    after = learn.weight_averaging.state_dict()
+    assert after["n"] == before["n"] and all(torch.equal(v, after["avg"][k]) for k, v in before["avg"].items())
+    assert sorted((tmp_path / "tb").iterdir()) == files

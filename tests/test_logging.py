@@ -46,8 +46,8 @@ def test_every_metric_per_epoch_and_phase_and_the_final_ones(tmp_path):
     learn = tb_learner(tmp_path)
     learn.fit(2)
     acc = events(tmp_path)
-    for phase, mode in (("train", "train"), ("valid", "eval")):
-        rows = [r for r in learn.history if r["train"] == mode]
+    for phase in ("train", "valid"):
+        rows = [r for r in learn.history if r["phase"] == phase]
         for metric in ("loss", "accuracy"):
             assert [v for _, v in scalars(acc, f"{phase}/{metric}")] == pytest.approx([r[metric] for r in rows])
             assert [s for s, _ in scalars(acc, f"{phase}/{metric}")] == [3, 6]  # training steps so far

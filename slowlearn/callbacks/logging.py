@@ -9,13 +9,10 @@ import torch
 from ..callback import Callback
 from ..device import bare_model
 from ..distributed import all_reduce_sum, is_rank0
-from ..show import confusion_matrix_figure
+from ..show import plot_confusion
 from .schedule import get_hyper
 
 __all__ = ["TensorBoardCB"]
-
-PHASES = {"train": "train", "eval": "valid"}
-
 
 class TensorBoardCB(Callback):
     """Writes TensorBoard event files into `log_dir` (view them with `tensorboard --logdir <log_dir>`).
@@ -68,9 +65,9 @@ class TensorBoardCB(Callback):
         if not learn.training and self.confusion_matrix and self._counts is not None:
             self.confusion = all_reduce_sum(self._counts)  # every rank takes part; rank 0 draws it
         row = learn.history[-1] if learn.history else None
-        if row is None or row.get("epoch") != learn.epoch or row.get("train") != ("train" if learn.training else "eval"):
+        phase = "train" if learn.training else "valid"
+        if row is None or row.get("epoch") != learn.epoch or row.get("phase") != phase:
             return  # no MetricsCB row for this phase
-        phase = PHASES[row["train"]]
         for name, value in _metrics(row).items():
             self._scalar(f"{phase}/{name}", value)
         if learn.in_last_phase:
@@ -81,8 +78,7 @@ class TensorBoardCB(Callback):
             return
         if self.confusion is not None:
             classes = getattr(learn.dls, "classes", None)
-            self.writer.add_figure("confusion_matrix", confusion_matrix_figure(self.confusion.cpu(), classes),
-                                   self.step)
+            self.writer.add_figure("confusion_matrix", plot_confusion(self.confusion.cpu(), classes), self.step)
         self.writer.close()
         self.writer = None
 
@@ -121,7 +117,7 @@ class TensorBoardCB(Callback):
         final = {}
         for row in learn.history[-2:]:
             if row.get("epoch") == learn.epoch:
-                final |= {f"final/{PHASES[row['train']]}_{k}": v for k, v in _metrics(row).items()}
+                final |= {f"final/{row['phase']}_{k}": v for k, v in _metrics(row).items()}
         writer = self._writer()
         if writer is None:
             return
@@ -151,7 +147,7 @@ class TensorBoardCB(Callback):
 
 
 def _metrics(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k not in ("epoch", "train")}
+    return {k: v for k, v in row.items() if k not in ("epoch", "phase")}
 
 
 def _name(f) -> str:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Sequence
 
 from ..arguments import check_range
 from ..callback import Callback
-from ..groups import group_lrs
+from ..groups import check_lr, group_lrs
 
 __all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB", "sched_lin", "sched_cos", "sched_exp",
            "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom", "OneCycleMixin"]
@@ -191,8 +191,7 @@ class OneCycleCB(Callback):
 
     def __init__(self, lr_max: float | slice | Sequence[float], pct_start: float = 0.3, div: float = 25.,
                  div_final: float = 1e4, moms: tuple[float, float] | None = (0.95, 0.85)):
-        for peak in lr_max if isinstance(lr_max, Sequence) else [lr_max]:
-            check_range("lr_max", peak, 0., owner="OneCycleCB")
+        check_lr(lr_max, owner="OneCycleCB", name="lr_max")
         check_range("pct_start", pct_start, 0., 1., high_open=False, owner="OneCycleCB")
         check_range("div", div, 0., low_open=True, owner="OneCycleCB")
         check_range("div_final", div_final, 0., low_open=True, owner="OneCycleCB")
