@@ -28,6 +28,8 @@ bench: install data
 	$(PY) benchmarks/cifar.py
 	$(PY) benchmarks/channels_last.py
 	$(PY) benchmarks/export.py
+	$(PY) benchmarks/fine_tune.py
+	$(PY) benchmarks/weight_averaging.py --n-train 10000
 
 install: $(STAMP)
 

@@ -10,6 +10,7 @@ from .compat import quiet_torcheval_imports
 from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
 from .distributed import is_rank0, rank0_first
+from .groups import default_splitter, group_lrs
 from .hf_data import from_hf
 from .image_data import cifar10, image_csv, image_folder
 from .inference import Prediction, Preds, confusion_matrix
@@ -32,6 +33,7 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
     *_callback_names, "CheckpointError", "rank0_first", "is_rank0",
+    "default_splitter", "group_lrs",
     "DataLoaders", "TensorLoader", "fashion_mnist", "image_folder", "image_csv", "cifar10", "from_hf", "BatchAugment",
     "default_device",
     "GeneralReLU", "init_weights", "lsuv_init", "BatchNorm", "set_seed",

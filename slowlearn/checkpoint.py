@@ -172,7 +172,7 @@ def restore_weights(learn, state: dict) -> None:
     """Model, optimizer and history: what must be in place before the fit starts. Everything is checked
     to fit (the model's keys and shapes, the optimizer's type and groups) before anything is overwritten."""
     if state["opt"] is not None and learn.opt is None:
-        learn.opt = learn.opt_func(learn.model.parameters(), learn.lr)
+        learn.opt = learn.make_optimizer()
     source = state.get("source", "the checkpoint")
     check_model_fits(bare_model(learn.model), state["model"], source)
     if state["opt"] is not None:

@@ -58,6 +58,7 @@ def _speed_cbs(args) -> list:
 
 
 def train_command(args) -> int:
+    from .callbacks.logging import TensorBoardCB
     from .callbacks.tracking import CheckpointCB, CSVLoggerCB
     from .checkpoint import CheckpointError
     from .display import save_png
@@ -71,6 +72,8 @@ def train_command(args) -> int:
     set_seed(args.seed)
     dls = load_data(args)
     cbs = [*_speed_cbs(args), CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
+    if args.tensorboard:
+        cbs.append(TensorBoardCB(out / "tensorboard"))
     try:
         learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls,
                              opt_func=_opt_func(args.opt), cbs=cbs, resume=args.resume, verbose=args.verbose)
@@ -84,8 +87,8 @@ def train_command(args) -> int:
         save_png(fig, out / name)
     if is_rank0():
         learn.export(out / "model.pt2")
-    rank0_print(f"Wrote to {out}/: metrics.csv, checkpoint.pt, model.pt2 (slowlearn predict), "
-                + ", ".join(n for _, n in pictures.values()))
+    written = ["metrics.csv", "checkpoint.pt", "model.pt2 (slowlearn predict)", *(n for _, n in pictures.values())]
+    rank0_print(f"Wrote to {out}/: " + ", ".join(written + ["tensorboard/"] * args.tensorboard))
     return 0
 
 
@@ -187,6 +190,8 @@ def parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run saved in this checkpoint (same options otherwise)")
     _verbosity(t)
+    t.add_argument("--tensorboard", action="store_true",
+                   help="also log curves, hyper-parameters and final metrics for TensorBoard into --out/tensorboard")
     t.set_defaults(func=train_command)
     f = sub.add_parser("lr-find", help="suggest a learning rate and plot loss against it",
                        description="Raise the learning rate geometrically from --start-lr to --end-lr over --num-it "

@@ -31,13 +31,20 @@ from .callbacks.lr_finder import LRFindMixin
 from .callbacks.schedule import OneCycleMixin
 from .checkpoint import (CheckpointMixin, batches_from, check_resume, read_checkpoint, restore_weights,
                          resume_point)
+from .groups import ParamGroupsMixin, check_lr, default_splitter
 from .inference import InferenceMixin
+from .show import PicturesMixin
 
 __all__ = ["Learner"]
 
 
-class Learner(CallbackListMixin, OneCycleMixin, LRFindMixin, InferenceMixin, CheckpointMixin):
+class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, InferenceMixin, CheckpointMixin,
+              PicturesMixin):
     """Trains `model` on `dls` (a `DataLoaders`) with `loss_func`, an optimizer from `opt_func` and callbacks.
+
+    The optimizer gets one param group per list of parameters that `splitter(model)` returns (default:
+    everything but the last layer, and the last layer); `lr` is a number, `slice(lo, hi)` spread over
+    the groups, or one lr per group (`groups.py`, which also has freeze/unfreeze and fine_tune).
 
     During a fit callbacks read `model, dls, opt, loss_func, n_epochs, epoch, training, dl, n_iter, iter,
     batch, preds, loss, pct_train` (fraction of training done), `cbs` and `dispatch` (the fit's handlers,
@@ -51,8 +58,10 @@ class Learner(CallbackListMixin, OneCycleMixin, LRFindMixin, InferenceMixin, Che
     """
 
     def __init__(self, model: nn.Module, dls, loss_func: Callable = F.cross_entropy, lr: float = 0.1,
-                 cbs: Iterable[Callback] = (), opt_func: Callable = torch.optim.SGD):
+                 cbs: Iterable[Callback] = (), opt_func: Callable = torch.optim.SGD,
+                 splitter: Callable[[nn.Module], list] = default_splitter):
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
+        self.splitter = splitter
         self.cbs: list[Callback] = list(cbs)
         self.opt: torch.optim.Optimizer | None = None
         self.history: list[dict] = []
@@ -81,14 +90,14 @@ class Learner(CallbackListMixin, OneCycleMixin, LRFindMixin, InferenceMixin, Che
     def _zero_grad(self) -> None:
         self.opt.zero_grad(set_to_none=True)
 
-    def fit(self, n_epochs: int = 1, lr: float | None = None, cbs: Sequence[Callback] = (), train: bool = True,
+    def fit(self, n_epochs: int = 1, lr: float | slice | Sequence[float] | None = None, cbs: Sequence[Callback] = (), train: bool = True,
             valid: bool = True, reset_opt: bool = False, resume: str | os.PathLike | None = None) -> Learner:
-        """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets every param group's lr (else
-        the optimizer keeps the lrs it has, e.g. where a one-cycle fit ended). `resume=path` continues the
-        run saved at `path` up to a total of `n_epochs`."""
+        """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets the param groups' lrs (a number,
+        `slice(lo, hi)` or one per group; else the optimizer keeps the lrs it has, e.g. where a one-cycle fit
+        ended). `resume=path` continues the run saved at `path` up to a total of `n_epochs`."""
         check_range("n_epochs", n_epochs, 1, integer=True, owner="fit")
         if lr is not None:
-            check_range("lr", lr, 0., owner="fit")
+            check_lr(lr, owner="fit")
         cbs = list(cbs)
         self.cbs += cbs
         try:
@@ -111,15 +120,12 @@ class Learner(CallbackListMixin, OneCycleMixin, LRFindMixin, InferenceMixin, Che
         """True during an epoch's last phase: valid, or train when fitting with `valid=False`."""
         return not self.training or not self.valid_phase
 
-    def _prepare(self, lr: float | None, reset_opt: bool) -> None:
+    def _prepare(self, lr, reset_opt: bool) -> None:
         if lr is not None:
-            self.lr = lr
+            self.set_lr(lr)
         if self.opt is None or reset_opt:
-            check_range("lr", self.lr, 0., owner="Learner")
-            self.opt = self.opt_func(self.model.parameters(), self.lr)
-        elif lr is not None:
-            for group in self.opt.param_groups:
-                group["lr"] = lr
+            check_lr(self.lr, owner="Learner")
+            self.opt = self.make_optimizer()
         self.dispatch = Dispatch(self.cbs)
 
     def callback(self, event: str) -> None:

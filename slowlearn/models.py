@@ -102,25 +102,29 @@ class Summary(list):
             print(format_table(self))
 
 
-def summary(learn_or_model, xb: torch.Tensor | None = None, print_table: bool = True) -> Summary:
-    """One row per top-level layer: output shape, parameters and MFLOPs per sample (torch's
-    FlopCounterMode), for a Learner (on a batch of its training data) or a model and a batch `xb`.
-    Runs the model once in eval mode, without gradients, and restores its mode. Prints the rows as a
-    table (unless `print_table=False`) and returns them."""
+def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, print_table: bool = True) -> Summary:
+    """One row per module down to `depth` levels of nesting (1: the top-level layers; nested ones are
+    indented under their parent): output shape, parameters (all, trainable, frozen) and MFLOPs per
+    sample (torch's FlopCounterMode), for a Learner (on a batch of its training data) or a model and a
+    batch `xb`. The last row is the whole model. Runs the model once in eval mode, without gradients,
+    and restores its mode. Prints the rows as a table (unless `print_table=False`) and returns them."""
     from torch.utils.flop_counter import FlopCounterMode  # imports triton where installed: only when used
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1 (the top-level layers), got {depth}")
     model = getattr(learn_or_model, "model", learn_or_model)
     if xb is None:
         xb = next(iter(learn_or_model.dls.train))[0]
     param = next(model.parameters(), None)
     xb = xb.to(param.device) if param is not None else xb
+    modules = [(name, m) for name, m in model.named_modules() if name and name.count(".") < depth]
     shapes, hooks = {}, []
 
     def record_shape(name):
         def hook(module, inputs, output):
-            shapes[name] = output.shape
+            shapes[name] = "x".join(map(str, output.shape[1:])) if isinstance(output, torch.Tensor) else ""
         return hook
 
-    for name, m in model.named_children():
+    for name, m in modules:
         hooks.append(m.register_forward_hook(record_shape(name)))
     was_training = model.training
     try:
@@ -133,12 +137,19 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, print_table: bool = 
             h.remove()
     flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
     root = type(model).__name__
-    rows = Summary({"layer": f"{name}: {type(m).__name__}", "output": "x".join(map(str, shapes[name][1:])),
-             "params": sum(p.numel() for p in m.parameters()),
-             "MFLOPs": flops.get(f"{root}.{name}", 0) / len(xb) / 1e6} for name, m in model.named_children())
-    rows.append({"layer": "total", "output": "", "params": sum(p.numel() for p in model.parameters()),
+    rows = Summary({"layer": "  " * name.count(".") + f"{name.rsplit('.', 1)[-1]}: {type(m).__name__}",
+                    "output": shapes.get(name, ""), **_param_counts(m),
+                    "MFLOPs": flops.get(f"{root}.{name}", 0) / len(xb) / 1e6} for name, m in modules)
+    rows.append({"layer": "total", "output": "", **_param_counts(model),
                  "MFLOPs": flops.get("Global", 0) / len(xb) / 1e6})
     if print_table:
         print(format_table(rows))
         rows.printed = True
     return rows
+
+
+def _param_counts(module: nn.Module) -> dict[str, int]:
+    params = list(module.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return {"params": sum(p.numel() for p in params), "trainable": trainable,
+            "frozen": sum(p.numel() for p in params) - trainable}

@@ -9,8 +9,10 @@ import torch
 
 from .display import finished, integer_xticks, subplots
 from .inference import confusion_matrix, get_preds
+from .models import summary
 
-__all__ = ["show_batch", "show_results", "plot_confusion_matrix", "plot_confusion", "plot_top_losses", "plot_metrics"]
+__all__ = ["show_batch", "show_results", "plot_confusion_matrix", "plot_confusion", "plot_top_losses", "plot_metrics",
+           "PicturesMixin"]
 
 
 def _class_name(classes, i: int) -> str:
@@ -137,3 +139,16 @@ def plot_metrics(learn, path: str | Path | None = None):
         integer_xticks(ax)
         ax.legend()
     return finished(fig, path)
+
+
+class PicturesMixin:
+    """The Learner's `show_batch` and `summary` (the functions of the same names, on its data)."""
+
+    def show_batch(self, n: int = 16, split: str = "train"):
+        """The first `n` images of a batch of `learn.dls[split]` with their class names; see `show_batch`."""
+        return show_batch(self.dls, n, split)
+
+    def summary(self, depth: int = 1, print_table: bool = True) -> list[dict]:
+        """The model's layers on a batch of the training data, nested `depth` levels deep: output shapes,
+        parameters (trainable and frozen) and MFLOPs per sample; see `slowlearn.models.summary`."""
+        return summary(self, depth=depth, print_table=print_table)

@@ -120,3 +120,12 @@ def test_pictures_and_predict_with_torch_dataloaders():
     single = learn.predict(item)
     torch.testing.assert_close(single.probs, learn.get_preds().preds[3])
     assert learn.predict(torch.stack([item, item])).index.tolist() == [single.index] * 2
+
+
+def test_show_batch_and_summary_are_learner_methods(capsys):
+    learn = image_learner()
+    batch = learn.show_batch(n=4, split="valid")
+    assert len(titles(batch)) == 4 and titles(batch) == titles(show_batch(learn.dls, n=4, split="valid"))
+    rows = learn.summary(depth=2)
+    assert rows[-1]["params"] == rows[-1]["trainable"] == sum(p.numel() for p in learn.model.parameters())
+    assert rows[0]["output"] and "MFLOPs" in capsys.readouterr().out

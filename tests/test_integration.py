@@ -16,14 +16,15 @@ def test_seed_recipe_reaches_84_percent_in_one_epoch(fashion_folder):
 
 
 def test_cli_train_prints_table_and_writes_its_outputs(fashion_folder, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "slowlearn", "train", "--epochs", "1", "--out", str(tmp_path)],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run([sys.executable, "-m", "slowlearn", "train", "--epochs", "1", "--out", str(tmp_path),
+                             "--tensorboard"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[0].split() == ["accuracy", "loss", "epoch", "train"]
     for name in ("schedule.png", "loss.png", "metrics.png", "confusion_matrix.png"):
         assert (tmp_path / name).stat().st_size > 1000 and name in result.stdout
     assert (tmp_path / "checkpoint.pt").exists() and len((tmp_path / "metrics.csv").read_text().splitlines()) == 3
     assert "model.pt2" in result.stdout and load_learner(tmp_path / "model.pt2").classes[0] == "T-shirt/top"
+    assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
 
 
 @pytest.mark.parametrize("args, message", [

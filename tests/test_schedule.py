@@ -272,7 +272,7 @@ def test_fit_one_cycle_gives_each_param_group_its_own_peak():
     assert [g["momentum"] for g in learn.opt.param_groups] == [0.9, 0.9]  # moms=None leaves it alone
     learn.fit_one_cycle(1, cbs=[groups])  # one lr_max for every group, by default learn.lr
     assert groups.lrs[-1] == [one_cycle_lr(0.3)(1 - 1 / len(dls.train))] * 2
-    with pytest.raises(ValueError, match="got 3 peak lrs for an optimizer with 2 param groups"):
+    with pytest.raises(ValueError, match="Got 3 lrs for 2 param groups"):
         learn.fit_one_cycle(1, lr_max=[0.1, 0.1, 0.1])
 
 

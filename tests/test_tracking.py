@@ -1,11 +1,12 @@
 import csv
 
 import pytest
+import torch
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
 from slowlearn import (ActivationStatsCB, CSVLoggerCB, Callback, CheckpointCB, EarlyStoppingCB, Learner, MetricsCB,
-                       ReduceLROnPlateauCB, TerminateOnNaNCB)
+                       ReduceLROnPlateauCB, TerminateOnNaNCB, set_seed)
 from slowlearn import checkpoint as checkpoint_module
 from slowlearn.checkpoint import read_checkpoint
 
@@ -131,3 +132,67 @@ def test_a_monitored_name_the_fit_does_not_compute_fails_before_training_naming_
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), ReduceLROnPlateauCB("valid_loss")]).fit(1)
     assert learn.reduce_lr_on_plateau.scheduler is not None  # the monitor's check, then the scheduler's before_fit
 
+
+
+class ScriptedValidLoss(Callback):
+    """Replaces each validation loss with the next value of a script, and keeps the weights each epoch ended with."""
+
+    order = MetricsCB.order + 1
+
+    def __init__(self, losses):
+        self.losses, self.weights = iter(losses), []
+
+    def after_epoch(self, learn):
+        if not learn.training:
+            learn.history[-1]["loss"] = next(self.losses)
+            self.weights.append({k: v.clone() for k, v in learn.model.state_dict().items()})
+
+
+def same_weights(a, b):
+    return all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+@pytest.mark.parametrize("restore_best", [True, False])
+def test_early_stopping_restores_the_best_weights(restore_best):
+    script = ScriptedValidLoss([0.5, 0.3, 0.4, 0.45, 0.2])
+    stop = EarlyStoppingCB(patience=2, restore_best=restore_best)
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.5, cbs=[MetricsCB(), script, stop])
+    learn.fit(5)
+    assert stop.stopped_epoch == 3 and stop.best_epoch == 1
+    expected = script.weights[1] if restore_best else script.weights[3]
+    assert same_weights(learn.model.state_dict(), expected)
+    assert not same_weights(script.weights[1], script.weights[3])
+
+
+def test_early_stopping_with_restore_best_resumes_exactly(tmp_path):
+    def run(cbs=(), resume=None, epochs=4):
+        set_seed(0)
+        stop = EarlyStoppingCB(patience=10, restore_best=True)
+        learn = Learner(nn.Linear(3, 2), make_dls(n_train=16, unseeded=True), lr=2.0, cbs=[MetricsCB(), stop])
+        learn.fit(epochs, cbs=cbs, resume=resume)
+        return learn
+
+    straight = run()
+    run(cbs=[CheckpointCB(tmp_path / "ckpt.pt")], epochs=2)  # the first two epochs of the same run
+    resumed = run(resume=tmp_path / "ckpt.pt")
+    assert straight.early_stopping.best_epoch == resumed.early_stopping.best_epoch == 0  # before the checkpoint
+    assert same_weights(straight.model.state_dict(), resumed.model.state_dict())
+
+
+def test_checkpoint_keeps_last_and_best_side_by_side(tmp_path):
+    script = ScriptedValidLoss([0.5, 0.4, 0.45, 0.47])
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.5,
+                    cbs=[MetricsCB(), script, CheckpointCB(tmp_path / "run", monitor="valid_loss", keep="both")])
+    learn.fit(4)
+    last, best = read_checkpoint(tmp_path / "run" / "last.pt"), read_checkpoint(tmp_path / "run" / "best.pt")
+    assert last["epoch"] == 4 and best["epoch"] == 2  # best: after epoch 1, with 0.4
+    assert same_weights(best["model"], script.weights[1]) and same_weights(last["model"], script.weights[3])
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["best.pt", "last.pt"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"keep": "all"}, "keep must be 'last', 'best' or 'both'"), ({"keep": "both"}, "needs monitor="),
+    ({"keep": "best", "monitor": "valid_loss", "every": 3}, "use keep='last' or keep='both'")])
+def test_checkpoint_keep_arguments_say_what_is_wrong(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        CheckpointCB(tmp_path, **kwargs)

@@ -1,10 +1,13 @@
 """Callbacks, one module per concern."""
+from .averaging import WeightAveragingCB, update_bn
 from .core import ChannelsLastCB, DeviceCB, MomentumCB
 from .distributed import DistributedCB
 from .gradients import GradientAccumulationCB, GradientClipCB
 from .hooks import ActivationStatsCB
+from .logging import TensorBoardCB
 from .lr_finder import LRFinderCB, SuggestedLRs
 from .metrics import MetricsCB
+from .mixing import CutMixCB, MixUpCB
 from .precision import MixedPrecisionCB
 from .profile import ProfilerCB, find_batch_size
 from .progress import ProgressCB
@@ -19,5 +22,5 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
            "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
-           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB", "find_batch_size",
-           "DistributedCB"]
+           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB",
+           "find_batch_size", "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB"]

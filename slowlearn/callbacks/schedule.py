@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from ..arguments import check_range
 from ..callback import Callback
+from ..groups import check_lr, group_lrs
 
 __all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB", "sched_lin", "sched_cos", "sched_exp",
            "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom", "OneCycleMixin"]
@@ -94,8 +95,10 @@ class ParamSchedulerCB(Callback):
 
     `ParamSchedulerCB(lr=sched_cos(1e-2, 1e-4), mom=sched_lin(0.95, 0.85))`: each keyword names a
     hyper-parameter (`lr`, `mom` = momentum or betas[0], `wd` = weight_decay, or any param-group key)
-    and maps `learn.pct_train` in [0, 1) to its value, for every param group. Without state of its
-    own, a resumed run gets exactly the values of an uninterrupted one.
+    and maps `learn.pct_train` in [0, 1) to its value, for every param group. With discriminative lrs
+    (`learn.lr` a slice or one lr per group), the `lr` schedule is the largest group's and every group
+    gets its share of it: lr_g = sched(pct) * lr_g / max(lrs). Without state of its own, a resumed run
+    gets exactly the values of an uninterrupted one.
     """
 
     order = 10  # before callbacks that read hyper-parameters in before_batch
@@ -103,12 +106,16 @@ class ParamSchedulerCB(Callback):
     def __init__(self, **scheds: Schedule):
         self.scheds = scheds
 
+    def before_fit(self, learn) -> None:
+        lrs = group_lrs(learn.lr, len(learn.opt.param_groups))
+        self.lr_shares = [lr / max(lrs) for lr in lrs]
+
     def before_batch(self, learn) -> None:
         if learn.training:
             for name, sched in self.scheds.items():
                 value = sched(learn.pct_train)
-                for group in learn.opt.param_groups:
-                    set_hyper(group, name, value)
+                for group, share in zip(learn.opt.param_groups, self.lr_shares):
+                    set_hyper(group, name, value * share if name == "lr" else value)
 
 
 def sched_lin(start: float, end: float) -> Schedule:
@@ -172,8 +179,9 @@ class OneCycleCB(Callback):
 
     Each param group's lr follows `one_cycle_lr(peak)`: a cosine from peak/`div` up to its peak over
     `pct_start` of training, then down to peak/(`div` * `div_final`); momentum (or Adam's beta1) goes
-    the opposite way between `moms` (`None` leaves it alone). `lr_max` is every group's peak, or a
-    sequence of one peak per group. With no state of its own, a resumed run gets exactly the values of
+    the opposite way between `moms` (`None` leaves it alone). `lr_max` is every group's peak, a
+    `slice(lo, hi)` of peaks spread geometrically over the groups (`slice(hi)`: hi/10 but for the last
+    group), or one peak per group. With no state of its own, a resumed run gets exactly the values of
     an uninterrupted one; resumed with another `n_epochs`, it continues on the cycle of the new length.
     After a complete fit the groups hold the schedule's end values (lr peak/(div * div_final), the
     highest momentum): a later plain `fit()` trains at those unless given `lr=`.
@@ -181,10 +189,9 @@ class OneCycleCB(Callback):
 
     order = 10  # before callbacks that read hyper-parameters in before_batch
 
-    def __init__(self, lr_max: float | Sequence[float], pct_start: float = 0.3, div: float = 25.,
+    def __init__(self, lr_max: float | slice | Sequence[float], pct_start: float = 0.3, div: float = 25.,
                  div_final: float = 1e4, moms: tuple[float, float] | None = (0.95, 0.85)):
-        for peak in lr_max if isinstance(lr_max, Sequence) else [lr_max]:
-            check_range("lr_max", peak, 0., owner="OneCycleCB")
+        check_lr(lr_max, owner="OneCycleCB", name="lr_max")
         check_range("pct_start", pct_start, 0., 1., high_open=False, owner="OneCycleCB")
         check_range("div", div, 0., low_open=True, owner="OneCycleCB")
         check_range("div_final", div_final, 0., low_open=True, owner="OneCycleCB")
@@ -194,11 +201,7 @@ class OneCycleCB(Callback):
         self.mom = one_cycle_mom(moms, pct_start) if moms is not None else None
 
     def before_fit(self, learn) -> None:
-        groups = learn.opt.param_groups
-        peaks = list(self.lr_max) if isinstance(self.lr_max, Sequence) else [self.lr_max] * len(groups)
-        if len(peaks) != len(groups):
-            raise ValueError(f"OneCycleCB got {len(peaks)} peak lrs for an optimizer with {len(groups)} param "
-                             f"groups: give one lr_max for all groups, or one per group.")
+        peaks = group_lrs(self.lr_max, len(learn.opt.param_groups))
         self.lr_scheds = [one_cycle_lr(peak, self.pct_start, self.div, self.div_final) for peak in peaks]
 
     def before_batch(self, learn) -> None:
@@ -219,7 +222,7 @@ class OneCycleCB(Callback):
 class OneCycleMixin:
     """The Learner's `fit_one_cycle`."""
 
-    def fit_one_cycle(self, n_epochs: int, lr_max: float | Sequence[float] | None = None, pct_start: float = 0.3,
+    def fit_one_cycle(self, n_epochs: int, lr_max: float | slice | Sequence[float] | None = None, pct_start: float = 0.3,
                       div: float = 25., div_final: float = 1e4, moms: tuple[float, float] | None = (0.95, 0.85),
                       cbs: Sequence[Callback] = (), **fit_kwargs):
         """`fit(n_epochs)` under `OneCycleCB(lr_max, ...)` (`lr_max` defaults to `learn.lr`); `fit_kwargs`

@@ -11,6 +11,7 @@ from torch.optim import lr_scheduler
 import torch
 
 from ..checkpoint import check_mid_epoch_resumable, save_checkpoint
+from ..device import bare_model
 from ..distributed import all_reduce_sum, is_rank0, rank0_print
 from ..callback import Callback, CancelFitException
 from .gradients import steps_after_this_batch
@@ -71,25 +72,37 @@ class MonitorCB(Callback):
 
 
 class CheckpointCB(MonitorCB):
-    """Saves complete checkpoints (see `slowlearn.checkpoint`) to `path` during training.
+    """Saves complete checkpoints (see `slowlearn.checkpoint`) during training.
 
-    `every="epoch"` saves at the end of every epoch; an int saves every that many training batches
-    (a mid-epoch checkpoint resumes mid-epoch). With gradient accumulation a save that falls inside an
-    accumulation window waits for the window's optimizer step, so no accumulated gradient is lost. A
-    shuffling torch DataLoader cannot resume mid-epoch (it would draw a new order), so `every=N` with
-    one is refused at the start of the fit. With `monitor` (e.g. "valid_loss"), it saves at the
-    end of an epoch only when that metric improved (`mode` "min"/"max", by default "min" for losses).
+    `keep="last"` (the default without `monitor`) writes `path` at the end of every epoch
+    (`every="epoch"`) or every `every` training batches (an int; a mid-epoch checkpoint resumes
+    mid-epoch; with gradient accumulation a save inside an accumulation window waits for the window's
+    optimizer step; a shuffling torch DataLoader cannot resume mid-epoch, so `every=N` with one is
+    refused at the start of the fit). `keep="best"` (the default with `monitor`, e.g. "valid_loss")
+    writes `path` at the end of an epoch only when that metric improved (`mode` "min"/"max", by
+    default "min" for losses).
+    `keep="both"` keeps both side by side in the folder `path`: `last.pt` and `best.pt`.
     Continue a run with `learn.fit(n_epochs, resume=path)`.
     """
 
     order = 90  # after MetricsCB and the schedulers: the checkpoint holds their latest state
 
     def __init__(self, path: str | os.PathLike, every: str | int = "epoch", monitor: str | None = None,
-                 mode: str | None = None):
+                 mode: str | None = None, keep: str | None = None):
         if every != "epoch" and not (isinstance(every, int) and every > 0):
             raise ValueError(f"every must be 'epoch' or a positive number of batches, got {every!r}")
+        keep = keep or ("best" if monitor else "last")
+        if keep not in ("last", "best", "both"):
+            raise ValueError(f"keep must be 'last', 'best' or 'both', got {keep!r}")
+        if keep != "last" and monitor is None:
+            raise ValueError(f"CheckpointCB(keep={keep!r}) needs monitor= (e.g. 'valid_loss') to know what is best")
+        if keep == "best" and every != "epoch":
+            raise ValueError(f"every={every} batches writes the last checkpoint: use keep='last' or keep='both'")
         super().__init__(monitor, mode)
-        self.path, self.every = Path(path), every
+        path = Path(path)
+        self.last_path = (path / "last.pt" if keep == "both" else path) if keep != "best" else None
+        self.best_path = (path / "best.pt" if keep == "both" else path) if keep != "last" else None
+        self.path, self.every, self.keep = path, every, keep
         self.best: float | None = None
         self._due = False
 
@@ -103,21 +116,21 @@ class CheckpointCB(MonitorCB):
         if learn.training and isinstance(self.every, int):
             self._due = self._due or (learn.iter + 1) % self.every == 0
             if self._due and steps_after_this_batch(learn):  # at an optimizer step: no gradient half-accumulated
-                save_checkpoint(learn, self.path, epoch=learn.epoch, iter=learn.iter + 1)
+                save_checkpoint(learn, self.last_path, epoch=learn.epoch, iter=learn.iter + 1)
                 self._due = False
 
     def after_epoch(self, learn) -> None:
-        if self.monitor is not None:
+        if self.best_path is not None:
             value = self.monitored_value(learn)
             if value is not None and self.improved(value, self.best):
                 self.best = value
-                self._save_epoch(learn)
-        elif self.every == "epoch" and learn.in_last_phase:
-            self._save_epoch(learn)
+                self._save_epoch(learn, self.best_path)
+        if self.last_path is not None and self.every == "epoch" and learn.in_last_phase:
+            self._save_epoch(learn, self.last_path)
 
-    def _save_epoch(self, learn) -> None:
+    def _save_epoch(self, learn, path: Path) -> None:
         # a monitor on train_* fires before the valid phase: resuming then runs that phase again
-        save_checkpoint(learn, self.path, epoch=learn.epoch + 1 if learn.in_last_phase else learn.epoch,
+        save_checkpoint(learn, path, epoch=learn.epoch + 1 if learn.in_last_phase else learn.epoch,
                         iter=0 if learn.in_last_phase else learn.n_iter)
 
     def state_dict(self) -> dict:
@@ -128,25 +141,37 @@ class CheckpointCB(MonitorCB):
 
 
 class EarlyStoppingCB(MonitorCB):
-    """Stops training when `monitor` has not improved by more than `min_delta` for `patience` epochs."""
+    """Stops training when `monitor` has not improved by more than `min_delta` for `patience` epochs.
+
+    With `restore_best`, the weights of the best epoch (a copy on the model's device, taken when the
+    metric improves) are put back into the model when the fit ends, however it ends (Keras'
+    `restore_best_weights`); `best_epoch` says which. With WeightAveragingCB validating on the average,
+    that average is what was scored and what comes back.
+    """
 
     order = 90
 
-    def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0., mode: str | None = None):
+    def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0., mode: str | None = None,
+                 restore_best: bool = False):
         super().__init__(monitor, mode)
-        self.patience, self.min_delta = patience, min_delta
-        self.best, self.wait, self.stopped_epoch = None, 0, None
+        self.patience, self.min_delta, self.restore_best = patience, min_delta, restore_best
+        self._reset()
+
+    def _reset(self) -> None:
+        self.best, self.wait, self.stopped_epoch, self.best_epoch, self.best_weights = None, 0, None, None, None
 
     def before_fit(self, learn) -> None:
         super().before_fit(learn)
-        self.best, self.wait, self.stopped_epoch = None, 0, None
+        self._reset()
 
     def after_epoch(self, learn) -> None:
         value = self.monitored_value(learn)
         if value is None:
             return
         if self.improved(value, self.best, self.min_delta):
-            self.best, self.wait = value, 0
+            self.best, self.wait, self.best_epoch = value, 0, learn.epoch
+            if self.restore_best:
+                self.best_weights = {k: v.detach().clone() for k, v in bare_model(learn.model).state_dict().items()}
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -155,11 +180,16 @@ class EarlyStoppingCB(MonitorCB):
                   f"for {self.patience} epochs")
             raise CancelFitException()
 
+    def cleanup_fit(self, learn) -> None:
+        if self.best_weights is not None:
+            bare_model(learn.model).load_state_dict(self.best_weights)
+
     def state_dict(self) -> dict:
-        return {"best": self.best, "wait": self.wait}
+        return {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch, "best_weights": self.best_weights}
 
     def load_state_dict(self, state: dict) -> None:
         self.best, self.wait = state["best"], state["wait"]
+        self.best_epoch, self.best_weights = state.get("best_epoch"), state.get("best_weights")
 
 
 class TerminateOnNaNCB(Callback):

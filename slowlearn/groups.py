@@ -1,0 +1,138 @@
+"""Parameter groups: discriminative learning rates, freezing, and fastai's `fine_tune` recipe.
+
+A splitter maps the model to lists of parameters, from the input side to the output side; each list
+becomes one param group of the optimizer. `lr` can then be one number (every group), `slice(lo, hi)`
+(spread geometrically from the first group to the last), `slice(hi)` (hi/10 for every group but the
+last, hi for the last, as fastai) or one lr per group. Freezing a group turns off its parameters'
+gradients (`requires_grad=False`), so the optimizer keeps no state for them and never changes them.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from .arguments import check_range
+from .device import bare_model
+
+__all__ = ["default_splitter", "group_lrs", "check_lr", "ParamGroupsMixin"]
+
+BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
+
+
+def default_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
+    """Everything but the last layer, and the last layer: the last module (in registration order) with
+    parameters of its own, usually the head. A model with a single such module is one group."""
+    owners = [m for m in model.modules() if next(m.parameters(recurse=False), None) is not None]
+    if not owners:
+        return [list(model.parameters())]
+    head = list(owners[-1].parameters(recurse=False))
+    body = [p for p in model.parameters() if all(p is not h for h in head)]
+    return [body, head] if body else [head]
+
+
+def group_lrs(lr: float | slice | Sequence[float], n_groups: int) -> list[float]:
+    """One lr per group from a number, a `slice(lo, hi)` (geometric from lo to hi), a `slice(hi)` (hi/10
+    for all groups but the last), or a sequence with one lr per group."""
+    if isinstance(lr, slice):
+        if lr.stop is None or lr.step is not None:
+            raise ValueError(f"lr=slice(lo, hi) or slice(hi) spreads lrs over the param groups; got {lr}")
+        if lr.start is None:
+            return [lr.stop / 10] * (n_groups - 1) + [lr.stop]
+        if n_groups == 1:
+            return [lr.stop]
+        return [lr.start * (lr.stop / lr.start) ** (i / (n_groups - 1)) for i in range(n_groups)]
+    if isinstance(lr, Sequence):
+        if len(lr) != n_groups:
+            raise ValueError(f"Got {len(lr)} lrs for {n_groups} param groups: give one per group, one number, "
+                             f"or slice(lo, hi)")
+        return [float(v) for v in lr]
+    return [float(lr)] * n_groups
+
+
+def check_lr(lr: float | slice | Sequence[float], owner: str, name: str = "lr") -> None:
+    """Every lr that `lr` gives (a number, a slice's ends, a sequence's items) must be a finite number >= 0."""
+    values = [v for v in (lr.start, lr.stop) if v is not None] if isinstance(lr, slice) else (
+        list(lr) if isinstance(lr, Sequence) else [lr])
+    for value in values:
+        check_range(name, value, 0., owner=owner)
+
+
+class ParamGroupsMixin:
+    """The Learner's param groups (`splitter`), freezing and `fine_tune`."""
+
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        """The splitter's groups of the (unwrapped) model, checked: every parameter in exactly one group."""
+        groups = [list(g) for g in self.splitter(bare_model(self.model))]
+        groups = [g for g in groups if g]
+        seen = [id(p) for g in groups for p in g]
+        every = {id(p) for p in self.model.parameters()}
+        if len(seen) != len(set(seen)) or set(seen) != every:
+            raise ValueError(f"The splitter must put every parameter of the model in exactly one group; it gave "
+                             f"{len(seen)} parameters ({len(seen) - len(set(seen))} repeated) for a model with "
+                             f"{len(every)}")
+        return groups
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """`opt_func` over the splitter's groups, each with its lr from `learn.lr` (see `group_lrs`)."""
+        groups = self.param_groups()
+        lrs = group_lrs(self.lr, len(groups))
+        return self.opt_func([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)], lrs[-1])
+
+    def set_lr(self, lr: float | slice | Sequence[float]) -> None:
+        """Set `learn.lr` and every param group's lr from it (a number, a slice or one lr per group)."""
+        self.lr = lr
+        if self.opt is not None:
+            for group, value in zip(self.opt.param_groups, group_lrs(lr, len(self.opt.param_groups))):
+                group["lr"] = value
+
+    def freeze_to(self, n: int, train_bn: bool = True) -> None:
+        """Freeze the param groups before group `n` (negative counts from the end) and unfreeze the rest.
+
+        Frozen parameters get no gradient and their optimizer state is dropped, so they stay bitwise
+        the same. With `train_bn` (fastai's default), BatchNorm layers in frozen groups keep training
+        (weights and running statistics): a pretrained body then adapts its normalisation to the new
+        data, which usually helps. `train_bn=False` freezes them too, statistics included (those
+        layers run in eval mode until unfrozen).
+        """
+        groups = self.param_groups()
+        frozen = {id(p) for g in groups[:n] for p in g}
+        model = bare_model(self.model)
+        norms = [m for m in model.modules() if isinstance(m, BN_TYPES) and
+                 any(id(p) in frozen for p in m.parameters(recurse=False))]
+        keep_training = {id(p) for m in norms for p in m.parameters(recurse=False)} if train_bn else set()
+        for p in model.parameters():
+            trainable = id(p) not in frozen or id(p) in keep_training
+            p.requires_grad_(trainable)
+            if not trainable:
+                p.grad = None
+                if self.opt is not None:
+                    self.opt.state.pop(p, None)
+        for hook in getattr(self, "_frozen_bn_hooks", ()):
+            hook.remove()
+        self._frozen_bn_hooks = [] if train_bn else [m.register_forward_pre_hook(_stay_in_eval) for m in norms]
+
+    def freeze(self, train_bn: bool = True) -> None:
+        """Train only the last param group (the head, with the default splitter); see `freeze_to`."""
+        self.freeze_to(-1, train_bn)
+
+    def unfreeze(self) -> None:
+        """Train every param group."""
+        self.freeze_to(0)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+                  pct_start: float = 0.3, div: float = 5., **kwargs):
+        """fastai's transfer-learning recipe: `freeze_epochs` of one-cycle on the head alone (frozen body,
+        `lr_max=slice(base_lr)`, `pct_start=0.99`), then unfreeze and `epochs` of one-cycle on every group
+        with lrs spread from base_lr/2/lr_mult to base_lr/2. `kwargs` go to both `fit_one_cycle` calls."""
+        self.freeze()
+        if freeze_epochs:
+            self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
+        base_lr /= 2
+        self.unfreeze()
+        return self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)
+
+
+def _stay_in_eval(module: nn.Module, args) -> None:
+    module.eval()

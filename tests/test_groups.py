@@ -1,0 +1,149 @@
+import copy
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import resnet18
+
+from slowlearn import (Callback, DataLoaders, Learner, ParamSchedulerCB, TensorLoader, default_splitter, group_lrs,
+                       one_cycle_lr, sched_lin, set_seed)
+
+from conftest import make_dls
+
+
+class GroupLRs(Callback):
+    """Every param group's lr at every training batch (as the schedules set it), and the weights after each fit."""
+
+    order = 20
+
+    def __init__(self):
+        self.lrs, self.fits = [], []
+
+    def before_batch(self, learn):
+        if learn.training:
+            self.lrs.append([group["lr"] for group in learn.opt.param_groups])
+
+    def after_fit(self, learn):
+        self.fits.append(copy.deepcopy(learn.model.state_dict()))
+
+
+def progress(n_epochs, n_batches):
+    return [(epoch + i / n_batches) / n_epochs for epoch in range(n_epochs) for i in range(n_batches)]
+
+
+def three_layers():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def by_layer(model):
+    return [list(model[0].parameters()) + list(model[1].parameters()), list(model[3].parameters()),
+            list(model[5].parameters())]
+
+
+def test_default_splitter_puts_the_last_layer_in_a_group_of_its_own():
+    model = three_layers()
+    body, head = default_splitter(model)
+    assert head == list(model[5].parameters())
+    assert body == [p for m in model[:5] for p in m.parameters()]
+    single = nn.Linear(3, 2)
+    assert default_splitter(single) == [list(single.parameters())]
+
+
+def test_group_lrs_spread_geometrically_and_say_what_is_wrong():
+    assert group_lrs(slice(1e-4, 1e-2), 3) == pytest.approx([1e-4, 1e-3, 1e-2])
+    assert group_lrs(slice(1e-2), 3) == pytest.approx([1e-3, 1e-3, 1e-2])  # fastai's slice(hi)
+    assert group_lrs(slice(1e-4, 1e-2), 1) == [1e-2]
+    assert group_lrs(0.1, 2) == [0.1, 0.1] and group_lrs([0.1, 0.2], 2) == [0.1, 0.2]
+    with pytest.raises(ValueError, match="Got 3 lrs for 2 param groups"):
+        group_lrs([0.1, 0.2, 0.3], 2)
+    with pytest.raises(ValueError, match="slice"):
+        group_lrs(slice(1e-4, 1e-2, 2), 2)
+
+
+def test_fit_with_a_slice_gives_each_group_its_lr_and_schedules_scale_them():
+    model, recorder = three_layers(), GroupLRs()
+    learn = Learner(model, make_dls(n_train=16, bs=4), lr=0.1, splitter=by_layer)
+    learn.fit(1, lr=slice(1e-3, 1e-1), cbs=[recorder])
+    assert [g["lr"] for g in learn.opt.param_groups] == pytest.approx([1e-3, 1e-2, 1e-1])
+    assert recorder.lrs[0] == pytest.approx([1e-3, 1e-2, 1e-1])
+    recorder.lrs = []
+    learn.fit(1, cbs=[recorder, ParamSchedulerCB(lr=sched_lin(1.0, 0.5))])  # the schedule is the last group's
+    pcts = progress(1, 4)
+    assert recorder.lrs == [pytest.approx([1e-2 * (1 - p / 2), 1e-1 * (1 - p / 2), 1 - p / 2]) for p in pcts]
+    recorder.lrs = []
+    learn.fit_one_cycle(2, lr_max=slice(1e-3, 1e-1), pct_start=0.25, cbs=[recorder])
+    peaks = [1e-3, 1e-2, 1e-1]
+    assert recorder.lrs == [pytest.approx([one_cycle_lr(peak, 0.25)(p) for peak in peaks]) for p in progress(2, 4)]
+
+
+def test_frozen_groups_stay_bitwise_the_same_and_have_no_optimizer_state():
+    model = three_layers()
+    before = copy.deepcopy(model.state_dict())
+    learn = Learner(model, make_dls(n_train=16, bs=4), lr=0.1, splitter=by_layer, opt_func=torch.optim.AdamW)
+    learn.freeze_to(2, train_bn=False)  # groups 0 and 1 frozen, BatchNorm included
+    learn.fit(2)
+    after = model.state_dict()
+    for name in ("0.weight", "0.bias", "1.weight", "1.bias", "1.running_mean", "1.running_var", "3.weight"):
+        assert torch.equal(after[name], before[name]), name
+    assert not torch.equal(after["5.weight"], before["5.weight"])
+    assert set(learn.opt.state) == set(model[5].parameters())
+    assert all(p.grad is None for p in model[:4].parameters())
+
+
+def test_batchnorm_of_frozen_groups_trains_by_default_and_unfreeze_trains_everything():
+    model = three_layers()
+    before = copy.deepcopy(model.state_dict())
+    learn = Learner(model, make_dls(n_train=16, bs=4), lr=0.1, splitter=by_layer, opt_func=torch.optim.AdamW)
+    learn.freeze()
+    learn.fit(1)
+    after = copy.deepcopy(model.state_dict())
+    assert torch.equal(after["0.weight"], before["0.weight"]) and torch.equal(after["3.weight"], before["3.weight"])
+    for name in ("1.weight", "1.running_mean", "5.weight"):  # BatchNorm keeps training (fastai's train_bn)
+        assert not torch.equal(after[name], before[name]), name
+    learn.unfreeze()
+    learn.fit(1)
+    assert all(not torch.equal(v, after[k]) for k, v in model.state_dict().items() if k != "1.num_batches_tracked")
+
+
+def test_a_splitter_that_misses_parameters_is_an_error():
+    model = three_layers()
+    learn = Learner(model, make_dls(), splitter=lambda m: [list(m[5].parameters())])
+    with pytest.raises(ValueError, match="every parameter of the model in exactly one group"):
+        learn.fit(1)
+
+
+def image_dls(n_classes, n=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x, y = torch.randn(n, 3, 32, 32, generator=g), torch.randint(0, n_classes, (n,), generator=g)
+    return DataLoaders(TensorLoader(x, y, 16, shuffle=True, device="cpu", seed=seed),
+                       TensorLoader(x[:16], y[:16], 16, device="cpu"))
+
+
+def test_fine_tune_a_resnet18_from_a_local_file(tmp_path):
+    set_seed(0)
+    pretrained = resnet18(weights=None, num_classes=5)
+    Learner(pretrained, image_dls(5), lr=1e-3, opt_func=torch.optim.AdamW).fit(1)
+    torch.save(pretrained.state_dict(), tmp_path / "pretrained.pt")
+
+    model = resnet18(weights=None, num_classes=5)
+    model.load_state_dict(torch.load(tmp_path / "pretrained.pt", weights_only=True))
+    model.fc = nn.Linear(512, 3)  # a new head for the new task
+    loaded = copy.deepcopy(model.state_dict())
+    recorder = GroupLRs()
+    learn = Learner(model, image_dls(3, seed=1), opt_func=torch.optim.AdamW, cbs=[recorder])
+    learn.fine_tune(1, base_lr=2e-3, freeze_epochs=1)
+
+    frozen, tuned = recorder.fits
+    assert torch.equal(frozen["conv1.weight"], loaded["conv1.weight"])
+    assert torch.equal(frozen["layer4.1.conv2.weight"], loaded["layer4.1.conv2.weight"])
+    assert not torch.equal(frozen["bn1.weight"], loaded["bn1.weight"])  # BatchNorm trains while frozen
+    assert not torch.equal(frozen["fc.weight"], loaded["fc.weight"])
+    assert not torch.equal(tuned["conv1.weight"], loaded["conv1.weight"])
+    pcts = progress(1, 2)
+    head = [one_cycle_lr(2e-3, 0.99)(p) for p in pcts]
+    body = [one_cycle_lr(2e-4, 0.99)(p) for p in pcts]
+    assert recorder.lrs[:2] == [pytest.approx([b, h]) for b, h in zip(body, head)]
+    assert recorder.lrs[2:] == [pytest.approx([one_cycle_lr(1e-5, 0.3, div=5.)(p), one_cycle_lr(1e-3, 0.3, div=5.)(p)])
+                                for p in pcts]
+    assert all(p.requires_grad for p in model.parameters())
