@@ -127,8 +127,8 @@ def test_histories_of_older_checkpoints_read_with_the_phase_names_of_today(tmp_p
     learn.save(tmp_path / "ckpt.pt")
     state = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     state["history"] = [{"loss": 0.7, "epoch": 0, "train": "train"}, {"loss": 0.6, "epoch": 0, "train": "eval"}]
-    del state["checksum"]  # older checkpoints had none
-    torch.save(state, tmp_path / "old.pt")  # as slowlearn wrote it before the phases were "train"/"valid"
+    del state["checksum"]  # format 1, as slowlearn wrote it before the phases were "train"/"valid" (no checksum)
+    torch.save({**state, "format": 1}, tmp_path / "old.pt")
     old = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB()]).load(tmp_path / "old.pt")
     assert old.history == [{"loss": 0.7, "epoch": 0, "phase": "train"}, {"loss": 0.6, "epoch": 0, "phase": "valid"}]
     old.fit(2, resume=tmp_path / "old.pt")
