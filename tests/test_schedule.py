@@ -233,7 +233,8 @@ def test_lr_find_stops_on_divergence():
 def test_train_1cycle_with_progress_prints_table(capsys):
     learn = train_1cycle(nn.Linear(3, 2), lr=0.05, n_epochs=2, dls=make_dls())
     out = capsys.readouterr().out.splitlines()
-    assert out[0].split() == ["accuracy", "loss", "epoch", "train"] and len(out) == 5
+    assert out[0].startswith("fit: 2 epochs") and len(out) == 6  # not a terminal: plain lines
+    assert out[1].split() == ["accuracy", "loss", "epoch", "phase"]
     assert isinstance(learn.opt, torch.optim.AdamW) and math.isfinite(learn.history[-1]["loss"])
     assert [type(cb).__name__ for cb in learn.cbs] == ["DeviceCB", "MetricsCB", "ProgressCB", "RecorderCB"]
 
