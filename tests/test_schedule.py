@@ -233,7 +233,7 @@ def test_lr_find_stops_on_divergence():
 def test_train_1cycle_with_progress_prints_table(capsys):
     learn = train_1cycle(nn.Linear(3, 2), lr=0.05, n_epochs=2, dls=make_dls())
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("fit: 2 epochs") and len(out) == 6  # captured output is not a terminal: plain lines
+    assert out[0].startswith("fit: 2 epochs") and len(out) == 6  # not a terminal: plain lines
     assert out[1].split() == ["accuracy", "loss", "epoch", "phase"]
     assert isinstance(learn.opt, torch.optim.AdamW) and math.isfinite(learn.history[-1]["loss"])
     assert [type(cb).__name__ for cb in learn.cbs] == ["DeviceCB", "MetricsCB", "ProgressCB", "RecorderCB"]
@@ -351,7 +351,7 @@ def test_lr_find_after_a_crash_touches_no_file_nor_record_and_the_run_resumes(tm
     assert joins.batches == seen  # it took part, and its attributes were put back
     assert len(learn.lr_finder.losses) > 5
     learn.fit(6, resume=ckpt)
-    assert [row["epoch"] for row in learn.history if row["phase"] == "valid"] == [0, 1, 2, 3, 4, 5]
+    assert [row["epoch"] for row in learn.history if row["train"] == "eval"] == [0, 1, 2, 3, 4, 5]
 
 
 def test_only_callbacks_that_opt_in_take_part_in_a_sweep():
