@@ -9,6 +9,7 @@ from .compat import quiet_torcheval_imports
 from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
 from .distributed import is_rank0, rank0_first
+from .hardware import native_bf16
 from .inference import Prediction, Preds, confusion_matrix
 from .export import ExportError
 from .init import BatchNorm, GeneralReLU, init_weights, lsuv_init, set_seed
@@ -19,6 +20,7 @@ from .optim import SGD, AdaDelta, AdaGrad, Adam, AdamW, MomentumSGD, RMSProp
 from .predictor import FilePreds, Predictor, load_learner
 from .preprocess import Preprocessing
 from .show import plot_confusion_matrix, plot_metrics, plot_top_losses, show_batch, show_results
+from .speednet import speed_net
 from .train import compare_optimizers, train, train_1cycle
 
 try:
@@ -29,9 +31,9 @@ except PackageNotFoundError:  # running from a source tree that was never instal
 __all__ = [
     "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
     *_callback_names, "CheckpointError", "rank0_first", "is_rank0",
-    "DataLoaders", "TensorLoader", "fashion_mnist", "default_device",
+    "DataLoaders", "TensorLoader", "fashion_mnist", "default_device", "native_bf16",
     "GeneralReLU", "init_weights", "lsuv_init", "BatchNorm", "set_seed",
-    "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "get_kaiming_initialized_model",
+    "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "speed_net", "get_kaiming_initialized_model",
     "get_kaiming_initalized_model",
     "SGD", "MomentumSGD", "RMSProp", "AdaGrad", "AdaDelta", "Adam", "AdamW",
     "train", "train_1cycle", "compare_optimizers",

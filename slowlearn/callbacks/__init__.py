@@ -5,7 +5,7 @@ from .gradients import GradientAccumulationCB, GradientClipCB
 from .hooks import ActivationStatsCB
 from .lr_finder import LRFinderCB, SuggestedLRs
 from .metrics import MetricsCB
-from .precision import MixedPrecisionCB
+from .precision import MixedPrecisionCB, speed_cbs
 from .profile import ProfilerCB, find_batch_size
 from .progress import ProgressCB
 from .recorder import RecorderCB
@@ -18,6 +18,7 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "LRFinderCB", "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB",
            "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
-           "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
-           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB", "find_batch_size",
+           "MixedPrecisionCB", "speed_cbs", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
+           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB",
+           "find_batch_size",
            "DistributedCB"]
