@@ -92,7 +92,8 @@ def tta_accuracy(learn: Learner, dl=None) -> float:
 
 def _model(config: RecipeConfig, dls: DataLoaders) -> nn.Module:
     model = speed_net(config.in_channels, config.widths, n_classes=len(dls.classes), patch=config.whiten_patch)
-    sample = dls.train.normalise(dls.train.x[:5000]).cpu()
+    pick = torch.randperm(len(dls.train.x))[:5000].to(dls.train.x.device)  # image folders are stored class by class
+    sample = dls.train.normalise(dls.train.x[pick]).cpu()
     whiten_first_conv(model[0], sample)
     return model
 
