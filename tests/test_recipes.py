@@ -38,7 +38,7 @@ def test_each_recipe_runs_end_to_end(config, channels, size, capsys, monkeypatch
 def test_the_recipe_learns_and_validates_when_asked():
     result = fashion_mnist_recipe(dls=image_dls(), precision="fp32", valid=True, quiet=True,
                                   config=tiny(FASHION_MNIST, epochs=4, lr=0.2))
-    evals = [row for row in result.learn.history if row["train"] == "eval"]
+    evals = [row for row in result.learn.history if row["phase"] == "valid"]
     assert len(evals) == 4 and result.accuracy > 0.5
 
 
