@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 FASHION_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test bench notebooks data install clean
+.PHONY: demo test bench bench-gpu speedrun notebooks data install clean
 
 demo: install data
 	$(PY) -m slowlearn train --data fashion_mnist --model cnn --epochs 3 --out runs/demo
@@ -30,6 +30,15 @@ bench: install data
 	$(PY) benchmarks/export.py
 	$(PY) benchmarks/fine_tune.py
 	$(PY) benchmarks/weight_averaging.py --n-train 10000
+	$(PY) benchmarks/precision.py
+
+# The speed recipes over 3 seeds next to today's default, timed: run it on a quiet machine.
+speedrun: install data
+	cd benchmarks && $(abspath $(PY)) speedrun.py --recipe all --seeds 3
+
+# Recipes, the seed recipe against a plain loop and the GPU-only paths, on the GPU at hand (CPU otherwise).
+bench-gpu: install data
+	cd benchmarks && $(abspath $(PY)) gpu.py
 
 install: $(STAMP)
 

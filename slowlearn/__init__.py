@@ -11,6 +11,7 @@ from .data import DataLoaders, TensorLoader, fashion_mnist
 from .device import default_device
 from .distributed import is_rank0, rank0_first
 from .groups import default_splitter, group_lrs
+from .hardware import native_bf16
 from .hf_data import from_hf
 from .image_data import cifar10, image_csv, image_folder
 from .inference import Prediction, Preds, confusion_matrix
@@ -23,6 +24,7 @@ from .optim import SGD, AdaDelta, AdaGrad, Adam, AdamW, MomentumSGD, RMSProp
 from .predictor import FilePreds, Predictor, load_learner
 from .preprocess import Preprocessing
 from .show import plot_confusion_matrix, plot_metrics, plot_top_losses, show_batch, show_results
+from .speednet import speed_net
 from .train import compare_optimizers, train, train_1cycle
 
 try:
@@ -35,9 +37,9 @@ __all__ = [
     *_callback_names, "CheckpointError", "rank0_first", "is_rank0",
     "default_splitter", "group_lrs",
     "DataLoaders", "TensorLoader", "fashion_mnist", "image_folder", "image_csv", "cifar10", "from_hf", "BatchAugment",
-    "default_device",
+    "default_device", "native_bf16",
     "GeneralReLU", "init_weights", "lsuv_init", "BatchNorm", "set_seed",
-    "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "get_kaiming_initialized_model",
+    "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "speed_net", "get_kaiming_initialized_model",
     "get_kaiming_initalized_model",
     "SGD", "MomentumSGD", "RMSProp", "AdaGrad", "AdaDelta", "Adam", "AdamW",
     "train", "train_1cycle", "compare_optimizers",

@@ -49,15 +49,14 @@ def _opt_func(name: str):
             "nesterov": partial(MomentumSGD, dampening=0., nesterov=True), "rmsprop": RMSProp}[name] or fast_adamw()
 
 
-def _speed_cbs(args) -> list:
-    """Mixed precision as asked, and channels-last layout for the ResNet (its convolutions run faster)."""
-    from .callbacks.core import ChannelsLastCB
-    from .callbacks.precision import MixedPrecisionCB
-    cbs = [] if args.precision == "fp32" else [MixedPrecisionCB(args.precision)]
-    return [ChannelsLastCB(), *cbs] if args.model == "resnet" else cbs
+def _speed_cbs(args, model) -> list:
+    """Precision as asked ("auto": bf16 where the hardware runs it natively), channels-last for the ResNet."""
+    from .callbacks.precision import speed_cbs
+    return speed_cbs(model, args.precision, channels_last=True if args.model == "resnet" else None)
 
 
 def train_command(args) -> int:
+    from .callbacks.core import ChannelsLastCB
     from .callbacks.logging import TensorBoardCB
     from .callbacks.tracking import CheckpointCB, CSVLoggerCB
     from .checkpoint import CheckpointError
@@ -67,18 +66,26 @@ def train_command(args) -> int:
     from .show import plot_confusion_matrix, plot_metrics
     from .train import train_1cycle
 
+    if args.recipe is not None and args.resume is not None:
+        raise CLIError("--resume does not work with --recipe: a recipe run is short, start it again")
     out = _writable_folder(args.out)
     _check_resume(args)
-    set_seed(args.seed)
-    dls = load_data(args)
-    cbs = [*_speed_cbs(args), CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
+    cbs = [CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
     if args.tensorboard:
         cbs.append(TensorBoardCB(out / "tensorboard"))
-    try:
-        learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls,
-                             opt_func=_opt_func(args.opt), cbs=cbs, resume=args.resume, verbose=args.verbose)
-    except CheckpointError as e:  # saved from another --model or --opt: found before training starts
-        raise CLIError(f"--resume {args.resume}: {e}") from e
+    if args.model == "resnet" and args.precision != "auto":
+        cbs.append(ChannelsLastCB())  # "auto" decides the layout itself
+    if args.recipe is not None:
+        learn = _run_recipe(args, cbs)
+    else:
+        set_seed(args.seed)
+        dls = load_data(args)
+        try:
+            learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls,
+                                 opt_func=_opt_func(args.opt), cbs=cbs, resume=args.resume, verbose=args.verbose,
+                                 precision=args.precision)
+        except CheckpointError as e:  # saved from another --model or --opt: found before training starts
+            raise CLIError(f"--resume {args.resume}: {e}") from e
     pictures = {"lr and momentum": (learn.recorder.plot(), "schedule.png"),
                 "loss curves": (learn.progress.plot_loss(), "loss.png"),
                 "metrics per epoch": (plot_metrics(learn), "metrics.png"),
@@ -121,6 +128,15 @@ def _check_resume(args) -> None:
                        f"--epochs {args.epochs} would train nothing")
 
 
+def _run_recipe(args, cbs):
+    from .distributed import rank0_print
+    from .recipes import RECIPES
+    result = RECIPES[args.recipe](seed=args.seed, precision=args.precision, cbs=cbs, valid=True)
+    rank0_print(f"Recipe {args.recipe}: test accuracy {result.accuracy:.4f} with flip TTA, "
+                f"{result.seconds:.0f} s from the first batch")
+    return result.learn
+
+
 def lr_find_command(args) -> int:
     from .distributed import rank0_print
     from .init import set_seed
@@ -134,7 +150,8 @@ def lr_find_command(args) -> int:
     out = _writable_folder(args.out)
     set_seed(args.seed)
     dls = load_data(args)
-    learn = Learner(_model(args, dls), dls, cbs=[*default_cbs(), *_speed_cbs(args)],
+    model = _model(args, dls)
+    learn = Learner(model, dls, cbs=[*default_cbs(), *_speed_cbs(args, model)],
                     opt_func=_opt_func(args.opt))
     suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)
     path = out / "lr_find.png"
@@ -153,8 +170,10 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--opt", choices=OPTIMIZERS, default="adamw",
                    help="optimizer: adamw (torch's, fused on CUDA), adam, sgd, momentum, nesterov, rmsprop "
                         "(slowlearn's) (default: adamw)")
-    p.add_argument("--precision", choices=("fp32", "bf16", "fp16"), default="fp32",
-                   help="fp32, or mixed precision in bf16 or fp16 with loss scaling (default: fp32)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"), default="auto",
+                   help="auto: bf16 autocast where the hardware runs it natively (a CUDA GPU with bf16, a CPU "
+                        "with AMX or AVX-512 bf16) for wide models, else fp32; or fp32, bf16, fp16 (with loss "
+                        "scaling) (default: auto)")
     p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
 
@@ -187,6 +206,9 @@ def parser() -> argparse.ArgumentParser:
     _common(t, "runs/train")
     t.add_argument("--epochs", type=_positive_int, default=5, help="number of epochs (default: 5)")
     t.add_argument("--lr", type=_positive_float, default=1e-2, help="peak learning rate (default: 1e-2)")
+    t.add_argument("--recipe", choices=("fashion_mnist", "cifar10"), default=None,
+                   help="train a speed recipe of slowlearn.recipes (its own data, model, optimizer, schedule "
+                        "and epochs: --data, --model, --bs, --opt, --epochs and --lr are not used)")
     t.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run saved in this checkpoint (same options otherwise)")
     _verbosity(t)

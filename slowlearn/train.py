@@ -14,6 +14,7 @@ from torch import nn
 from .callbacks.core import DeviceCB
 from .callbacks.distributed import DistributedCB
 from .callbacks.metrics import MetricsCB
+from .callbacks.precision import speed_cbs
 from .callbacks.progress import ProgressCB
 from .callbacks.recorder import RecorderCB
 from .checkpoint import randomness, restore_randomness
@@ -61,18 +62,23 @@ def fast_adamw() -> Callable:
 def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: DataLoaders | None = None,
                  opt_func: Callable | None = None, cbs: Sequence[Callback] = (), bs: int = 512,
                  loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None,
+                 precision: str = "auto",
                  **one_cycle_kwargs) -> Learner:
     """One-cycle training: AdamW, lr warmed up to `lr` then annealed (cosine), momentum (beta1) cycled
     the opposite way, set every batch from training progress by `Learner.fit_one_cycle`
     (`one_cycle_kwargs` go to it: `pct_start`, `div`, `div_final`, `moms`).
 
-    Fashion-MNIST by default, or any `dls`. `opt_func=None` picks `fast_adamw()`. `resume=path`
+    Fashion-MNIST by default, or any `dls`. `opt_func=None` picks `fast_adamw()`. `precision="auto"`
+    trains wide models in bf16 autocast where the hardware runs bf16 natively, and CNNs in channels-last
+    where it pays (`speed_cbs`; your own MixedPrecisionCB or ChannelsLastCB in `cbs` wins); "fp32",
+    "bf16", "fp16" as asked. `resume=path`
     continues the run checkpointed there when called again with the same arguments. Prints the
     metrics table (`verbose` as in `train`) and returns the Learner: `learn.recorder.plot()` shows lr
     and momentum per batch.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
-    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), RecorderCB(), *cbs],
+    speed = speed_cbs(model, precision, given=cbs)
+    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), *speed, RecorderCB(), *cbs],
                     opt_func=opt_func or fast_adamw())
     return learn.fit_one_cycle(n_epochs, lr, resume=resume, **one_cycle_kwargs)
 

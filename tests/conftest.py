@@ -4,6 +4,7 @@ import torch
 from torch import nn
 
 from slowlearn import Callback, CancelFitException, DataLoaders, Learner, MetricsCB, TensorLoader
+from slowlearn import hardware
 from slowlearn.data import find_fashion_mnist
 
 matplotlib.use("Agg")
@@ -88,3 +89,13 @@ def close_figures():
     yield
     import matplotlib.pyplot as plt
     plt.close("all")
+
+
+@pytest.fixture
+def cpu_features(monkeypatch):
+    """Mock the CPU's bf16 features: cpu_features(amx=True) makes torch's cpuinfo probe report AMX."""
+    def set_features(amx=False, avx512_bf16=False):
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
+    monkeypatch.setattr(hardware, "_announced", set())  # print the choice again
+    return set_features

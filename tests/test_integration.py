@@ -19,8 +19,10 @@ def test_cli_train_prints_table_and_writes_its_outputs(fashion_folder, tmp_path)
     result = subprocess.run([sys.executable, "-m", "slowlearn", "train", "--epochs", "1", "--out", str(tmp_path),
                              "--tensorboard"], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines()[0].startswith("fit: 1 epoch of 118 training and 10 validation batches")
-    assert result.stdout.splitlines()[1].split() == ["accuracy", "loss", "epoch", "phase"]
+    chosen, start, header = result.stdout.splitlines()[:3]
+    assert chosen.startswith("Training in fp32, contiguous (a narrow model")  # what precision="auto" chose
+    assert start.startswith("fit: 1 epoch of 118 training and 10 validation batches")
+    assert header.split() == ["accuracy", "loss", "epoch", "phase"]
     for name in ("schedule.png", "loss.png", "metrics.png", "confusion_matrix.png"):
         assert (tmp_path / name).stat().st_size > 1000 and name in result.stdout
     assert (tmp_path / "checkpoint.pt").exists() and len((tmp_path / "metrics.csv").read_text().splitlines()) == 3

@@ -4,7 +4,8 @@ import pytest
 import torch
 from torch import nn
 
-from slowlearn import Callback, GradientClipCB, Learner, MixedPrecisionCB, TerminateOnNaNCB
+from slowlearn import (Callback, ChannelsLastCB, GradientClipCB, Learner, MixedPrecisionCB, TerminateOnNaNCB,
+                       get_kaiming_initialized_model, resnet, speed_cbs)
 
 from conftest import make_dls
 
@@ -55,3 +56,22 @@ def test_clipping_under_fp16_sees_unscaled_gradients_whatever_the_callback_is_ca
     fp16, learn = norms([precision_cb("fp16")])
     assert fp16 == pytest.approx(fp32, rel=1e-2)  # scaled gradients would be 2**16 times larger
     assert learn.grad_scaler is None  # the slot is the callback's for the fit only
+
+
+def test_speed_cbs_give_the_callbacks_of_the_choice(cpu_features):
+    cpu_features(amx=True)
+    cbs = speed_cbs(resnet(), device="cpu", verbose=False)
+    assert [type(cb) for cb in cbs] == [ChannelsLastCB, MixedPrecisionCB] and cbs[1].dtype == torch.bfloat16
+    cpu_features()
+    assert speed_cbs(get_kaiming_initialized_model(), device="cpu", verbose=False) == []
+    assert speed_cbs(resnet(), "fp32", "cpu", verbose=False) == []
+    cbs = speed_cbs(resnet(), "fp32", "cpu", channels_last=True, verbose=False)
+    assert [type(cb) for cb in cbs] == [ChannelsLastCB]
+
+
+def test_the_users_own_precision_and_layout_callbacks_win(cpu_features):
+    cpu_features(amx=True)
+    mine = [MixedPrecisionCB("bf16"), ChannelsLastCB()]
+    assert speed_cbs(resnet(), device="cpu", verbose=False, given=mine) == []
+    assert speed_cbs(resnet(), device="cpu", verbose=False, given=mine[:1]) == []  # as before "auto" existed
+    assert [type(cb) for cb in speed_cbs(resnet(), device="cpu", verbose=False, given=mine[1:])] == [MixedPrecisionCB]

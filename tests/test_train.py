@@ -2,7 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from slowlearn import CheckpointCB, one_cycle_lr, set_seed, train_1cycle
+from slowlearn import (ChannelsLastCB, CheckpointCB, DataLoaders, MixedPrecisionCB, TensorLoader,
+                       get_kaiming_initialized_model, one_cycle_lr, resnet, set_seed, train_1cycle)
 
 from conftest import StopAt, make_dls
 
@@ -36,3 +37,13 @@ def test_resuming_a_one_cycle_run_with_more_epochs_continues_on_the_longer_cycle
     assert len(lrs) == 5 * 4  # epoch 0's 4 from the checkpoint, then epochs 1-4
     assert lrs[4:] == [one_cycle_lr(0.05)((epoch + i / 4) / 5) for epoch in range(1, 5) for i in range(4)]
     assert resumed.opt.param_groups[0]["lr"] == one_cycle_lr(0.05)(1.)
+
+
+def test_train_1cycle_trains_wide_models_in_bf16_channels_last_under_auto(cpu_features):
+    cpu_features(amx=True)
+    x, y = torch.randn(8, 1, 28, 28), torch.arange(8) % 2
+    dls = DataLoaders(TensorLoader(x, y, 4, device="cpu"), TensorLoader(x, y, 4, device="cpu"))
+    wide = train_1cycle(resnet(nfs=(8, 128), n_classes=2), n_epochs=1, dls=dls)
+    assert {type(cb) for cb in wide.cbs} >= {MixedPrecisionCB, ChannelsLastCB}
+    narrow = train_1cycle(get_kaiming_initialized_model(), n_epochs=1, dls=dls)
+    assert not {type(cb) for cb in narrow.cbs} & {MixedPrecisionCB, ChannelsLastCB}

@@ -8,7 +8,7 @@ from .logging import TensorBoardCB
 from .lr_finder import LRFinderCB, SuggestedLRs
 from .metrics import MetricsCB
 from .mixing import CutMixCB, MixUpCB
-from .precision import MixedPrecisionCB
+from .precision import MixedPrecisionCB, speed_cbs
 from .profile import ProfilerCB, find_batch_size
 from .progress import ProgressCB
 from .recorder import RecorderCB
@@ -21,6 +21,6 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "LRFinderCB", "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB",
            "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
-           "MixedPrecisionCB", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
+           "MixedPrecisionCB", "speed_cbs", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
            "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB",
            "find_batch_size", "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB"]

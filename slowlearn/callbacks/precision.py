@@ -1,12 +1,18 @@
-"""MixedPrecisionCB: autocast to bf16 or fp16, with loss scaling for fp16."""
+"""MixedPrecisionCB: autocast to bf16 or fp16, with loss scaling for fp16; `speed_cbs`: the precision
+and layout callbacks that the hardware at hand runs fastest."""
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
+from torch import nn
 
 from ..callback import Callback
-from ..device import model_device
+from ..device import default_device, model_device
+from ..hardware import speed_settings
+from .core import ChannelsLastCB
 
-__all__ = ["MixedPrecisionCB"]
+__all__ = ["MixedPrecisionCB", "speed_cbs"]
 
 DTYPES = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16}
 
@@ -28,6 +34,7 @@ class MixedPrecisionCB(Callback):
         if dtype not in DTYPES:
             raise ValueError(f"MixedPrecisionCB dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
         self.dtype = DTYPES[dtype]
+        self.name_of_dtype = "bf16" if self.dtype == torch.bfloat16 else "fp16"
         self.scaler: torch.amp.GradScaler | None = None
         self._autocast = None
 
@@ -73,3 +80,23 @@ class MixedPrecisionCB(Callback):
     def skipped_steps(self) -> int:
         """Optimizer steps skipped because of inf/NaN gradients (fp16 only)."""
         return int(self._skipped) if getattr(self, "_skipped", None) is not None else 0
+
+
+def speed_cbs(model: nn.Module, precision: str = "auto", device: torch.device | str | None = None,
+              channels_last: bool | None = None, verbose: bool = True,
+              given: Sequence[Callback] = ()) -> list[Callback]:
+    """The callbacks for training `model` on `device` (default: the default device) in `precision`:
+    "auto" is bf16 autocast where the hardware runs bf16 natively (a CUDA GPU with bf16, a CPU with AMX
+    or AVX-512 bf16) for wide models and fp32 elsewhere, with channels-last layout where
+    `slowlearn.hardware.pays_channels_last`; "fp32", "bf16", "fp16" as asked, in the contiguous layout
+    unless `channels_last`. Prints the choice once.
+    Callbacks of `given` (the user's own MixedPrecisionCB, ChannelsLastCB) win: none of their kind is added."""
+    if any(isinstance(cb, MixedPrecisionCB) for cb in given):
+        precision = next(cb.name_of_dtype for cb in given if isinstance(cb, MixedPrecisionCB))
+    if any(isinstance(cb, ChannelsLastCB) for cb in given):
+        channels_last = True
+    settings = speed_settings(model, device if device is not None else default_device(), precision,
+                              channels_last, verbose)
+    cbs: list[Callback] = [ChannelsLastCB()] if settings.channels_last else []
+    cbs += [MixedPrecisionCB(settings.precision)] if settings.precision != "fp32" else []
+    return [cb for cb in cbs if not any(isinstance(g, type(cb)) for g in given)]
