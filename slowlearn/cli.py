@@ -224,7 +224,7 @@ def parser() -> argparse.ArgumentParser:
     f.add_argument("--start-lr", type=_positive_float, default=1e-7, help="first learning rate (default: 1e-7)")
     f.add_argument("--end-lr", type=_positive_float, default=10., help="last learning rate (default: 10)")
     f.set_defaults(func=lr_find_command)
-    add_model_commands(sub, rebuild=_data_and_model)
+    add_model_commands(sub, rebuild=_data_and_model, data_args=add_data_args)
     return p
 
 

@@ -38,8 +38,9 @@ def export_command(args) -> int:
     except RuntimeError:  # load_state_dict: weights of another architecture
         raise CLIError(f"{checkpoint} does not load into --model {args.model} for --data {args.data}: pass the "
                        f"--model and --data the run was trained with") from None
-    except ValueError as e:  # not a checkpoint
-        raise CLIError(str(e)) from None
+    except ValueError as e:  # not a checkpoint, or one of another model (checked before anything is loaded)
+        raise CLIError(f"{e} (export rebuilt --model {args.model} for --data {args.data}: pass the --model and "
+                       f"--data the run was trained with)") from None
     out = Path(args.out) if args.out else checkpoint.with_name("model." + ("onnx" if args.format == "onnx" else "pt2"))
     print(f"Wrote {learn.export(out, format=args.format)}")
     return 0
@@ -101,14 +102,15 @@ def evaluate_command(args) -> int:
     return 0
 
 
-def add_model_commands(sub, rebuild: Callable) -> None:
+def add_model_commands(sub, rebuild: Callable, data_args: Callable) -> None:
     """The `export`, `predict` and `evaluate` subcommands, added to the `slowlearn` parser's subparsers.
-    `rebuild(args)` gives the (DataLoaders, model) of a training run's options, for `export`."""
+    `rebuild(args)` gives the (DataLoaders, model) of a training run's options, for `export`, and
+    `data_args(parser)` adds the training data options (`--data`, `--size`, ...) that `rebuild` reads."""
     e = sub.add_parser("export", help="write a trained run's model as one file for `slowlearn predict`",
                        description="Rebuild the model of a `slowlearn train` run (same --data and --model), load "
                                    "its checkpoint and export it (model, preprocessing, class names) to --out.")
     e.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
-    e.add_argument("--data", default="fashion_mnist", help="the --data the run was trained on (default: fashion_mnist)")
+    data_args(e)  # the data options the run was trained with
     e.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="the run's --model (default: cnn)")
     e.add_argument("--bs", type=positive_int, default=512, help=argparse.SUPPRESS)
     e.add_argument("--format", choices=("pt2", "onnx"), default="pt2",

@@ -11,7 +11,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
-from PIL import Image
 
 from .data import DataLoaders
 from .image_data import Aug, _from_files
@@ -24,6 +23,7 @@ VALID_NAMES = ("validation", "valid", "test")
 
 def _open(item: Any) -> Image.Image:
     """An image column's value as a PIL image: undecoded {"bytes", "path"}, a PIL image, or an array."""
+    from PIL import Image  # Pillow loads when images are used, not at `import slowlearn`
     if isinstance(item, Image.Image):
         return item
     if isinstance(item, Mapping):

@@ -17,7 +17,6 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
-from PIL import Image
 
 from .display import progress
 from .distributed import is_rank0
@@ -57,6 +56,7 @@ def _to_array(image: Image.Image, mode: str | None, size: tuple[int, int] | None
         image.draft(image.mode, (out_w, out_h))  # JPEG: decode at a reduced scale that still covers the size
     image = image.convert(mode)
     if size is not None and image.size != (size[1], size[0]):
+        from PIL import Image
         box = _centre_box(*image.size, out_w, out_h)
         image = image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
     array = np.asarray(image)
@@ -64,6 +64,7 @@ def _to_array(image: Image.Image, mode: str | None, size: tuple[int, int] | None
 
 
 def _decode_file(path: str, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image  # Pillow loads when images are decoded, not at `import slowlearn`
     try:
         with Image.open(path) as image:
             return _to_array(image, mode, size)

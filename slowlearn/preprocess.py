@@ -24,7 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
 
 __all__ = ["Preprocessing", "preprocessing_of", "to_batch", "as_items", "resize_image", "RESIZE_METHODS"]
 
@@ -51,6 +50,7 @@ class Preprocessing:
     def __post_init__(self):
         if self.kind not in ("image", "tensor"):
             raise ValueError(f"Preprocessing kind={self.kind!r}: use 'image' or 'tensor'")
+        from PIL import Image  # Pillow loads when images are used, not at `import slowlearn`
         resize = self.resize or {}
         if self.resize is not None and (resize.get("method") not in RESIZE_METHODS or
                                         resize.get("interpolation", "bilinear").upper() not in Image.Resampling.__members__):
@@ -106,6 +106,7 @@ def resize_image(image: Image.Image, size: tuple[int, int], method: str = "crop"
                  interpolation: str = "bilinear") -> Image.Image:
     """`image` at `size` (h, w): "squish" resizes to it; "crop" resizes the largest centred region with the
     aspect ratio of `size` (the image scaled to cover `size`, then centre-cropped)."""
+    from PIL import Image
     h, w = size
     resample = Image.Resampling[interpolation.upper()]
     if image.size == (w, h):
@@ -135,6 +136,7 @@ def _from_pil(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
 
 
 def _read_file(path: str | os.PathLike, prep: Preprocessing) -> torch.Tensor:
+    from PIL import Image
     try:
         with Image.open(path) as image:
             return _from_pil(image, prep)
@@ -180,6 +182,7 @@ def _image_item(item, prep: Preprocessing) -> torch.Tensor:
     """One item as a C x H x W tensor in 0-255 units (the unit the normalisation expects): uint8, or float32."""
     if isinstance(item, (str, os.PathLike)):
         return _read_file(item, prep)
+    from PIL import Image
     if isinstance(item, Image.Image):
         return _from_pil(item, prep)
     if isinstance(item, np.ndarray):

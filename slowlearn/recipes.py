@@ -71,10 +71,9 @@ CIFAR10 = RecipeConfig(epochs=10, bs=500, lr=1.5, wd=1e-3, widths=(64, 256, 256)
 
 
 def nesterov_sgd(mom: float, wd: float) -> Callable:
-    """An opt_func: torch's Nesterov SGD (foreach) over the trainable parameters only."""
+    """An opt_func: torch's Nesterov SGD (foreach); a fixed layer (the whitening) has no gradient, so no step."""
     def make(params, lr):
-        return torch.optim.SGD([p for p in params if p.requires_grad], lr=lr, momentum=mom, nesterov=True,
-                               weight_decay=wd, foreach=True)
+        return torch.optim.SGD(params, lr=lr, momentum=mom, nesterov=True, weight_decay=wd, foreach=True)
     return make
 
 

@@ -37,7 +37,8 @@ def test_readme_python_blocks_run(fashion_folder, tmp_path, monkeypatch):
         sweeps = [cb for cb in kwargs.get("cbs", ()) if isinstance(cb, LRFinderCB)]
         for cb in sweeps:
             cb.num_it = 12
-        return fit(self, n_epochs if sweeps else min(n_epochs, 1), *args, **kwargs)
+        smoke_epochs = 2 if kwargs.get("resume") else 1  # a resumed run continues past its checkpoint's epoch
+        return fit(self, n_epochs if sweeps else min(n_epochs, smoke_epochs), *args, **kwargs)
     monkeypatch.setattr(Learner, "fit", one_epoch_fit)
     monkeypatch.chdir(tmp_path)  # the README writes runs/ckpt.pt
     namespace = {}

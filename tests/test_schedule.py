@@ -351,7 +351,7 @@ def test_lr_find_after_a_crash_touches_no_file_nor_record_and_the_run_resumes(tm
     assert joins.batches == seen  # it took part, and its attributes were put back
     assert len(learn.lr_finder.losses) > 5
     learn.fit(6, resume=ckpt)
-    assert [row["epoch"] for row in learn.history if row["train"] == "eval"] == [0, 1, 2, 3, 4, 5]
+    assert [row["epoch"] for row in learn.history if row["phase"] == "valid"] == [0, 1, 2, 3, 4, 5]
 
 
 def test_only_callbacks_that_opt_in_take_part_in_a_sweep():
