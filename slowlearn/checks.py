@@ -197,8 +197,7 @@ def _check_label_range(y: Tensor, n_classes: int) -> None:
     labels = y[y != IGNORE_INDEX]
     if not labels.numel():
         return
-    low, high = labels.aminmax()  # one read back to the host, on the first batch only
-    low, high = low.item(), high.item()
+    low, high = torch.stack(labels.aminmax()).tolist()  # one read back to the host, on the first batch only
     if low < 0 or high >= n_classes:
         raise ValueError(f"The targets run from {low} to {high}, but the model has {n_classes} outputs, so class "
                          f"indices must be in [0, {n_classes - 1}]: give the model's last layer "
