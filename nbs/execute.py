@@ -47,6 +47,28 @@ def printed_numbers(nb) -> list[float]:
     return [float(n) for text in texts for n in NUMBER.findall(text)]
 
 
+def _close(a: float, b: float, tol: float) -> bool:
+    return abs(a - b) <= tol + tol * abs(b)
+
+
+def stale_numbers(printed: list[float], recorded: list[float]) -> list[str]:
+    """What makes `printed` another notebook run than `recorded`, or [] when it is the same run.
+
+    Same run: as many numbers, every one within 2 % (printing rounds to 3-4 digits), and all but a few
+    within 0.2 %. The few are for another CPU: its instruction set picks other oneDNN kernels, which
+    round differently, so after a few training steps an accuracy may move by a handful of items (seen in
+    CI: 0.6455 against 0.6475 on 2000 images). A code change that makes the outputs stale moves many."""
+    if len(printed) != len(recorded):
+        return [f"{len(printed)} numbers printed, {len(recorded)} recorded"]
+    moved = [(i, a, b) for i, (a, b) in enumerate(zip(printed, recorded)) if not _close(a, b, 2e-3)]
+    far = [f"number {i}: {a} printed, {b} recorded" for i, a, b in moved if not _close(a, b, 2e-2)]
+    allowed = max(2, len(recorded) // 10)
+    if len(moved) > allowed:
+        far.append(f"{len(moved)} of {len(recorded)} numbers moved by over 0.2 % (at most {allowed} may): "
+                   + ", ".join(f"#{i} {a} vs {b}" for i, a, b in moved[:8]))
+    return far
+
+
 def main(args: list[str]) -> None:
     record_only = "--record" in args
     names = [a for a in args if not a.startswith("--")]
