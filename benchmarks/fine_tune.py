@@ -9,7 +9,7 @@ same number of epochs, and batches in the same order). Both are scored on all te
 five classes (or the first `--valid-items`). Both arms are slowlearn recipes (what is compared is the
 recipe, not the framework); the weights file is a plain `torch.save`, as any other trainer would write.
 
-    python benchmarks/fine_tune.py [--pretrain-items 12000] [--items 1000] [--epochs 2] [--seeds 0 1]
+    python benchmarks/fine_tune.py [--pretrain-items 12000] [--items 1000] [--epochs 2] [--seeds 0 1] [--lr 1e-2] [--lr-mult 10]
 """
 from __future__ import annotations
 
@@ -58,12 +58,13 @@ def pretrain(base: DataLoaders, args, path: Path) -> float:
 
 
 def fine_tuned(base: DataLoaders, args, path: Path, seed: int) -> float:
+    set_seed(seed)  # the new head's initial weights, and the batches
     model = model_for_28x28(5)
     model.load_state_dict(torch.load(path, weights_only=True))
     model.fc = nn.Linear(512, 5)  # the new task's head
     set_seed(seed)
     learn = learner(model, task(base, range(5, 10), args.items, 64, args.valid_items))
-    learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=1)
+    learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=1, lr_mult=args.lr_mult)
     return learn.history[-1]["accuracy"]
 
 
@@ -82,8 +83,9 @@ def main() -> None:
     parser.add_argument("--pretrain-epochs", type=int, default=2)
     parser.add_argument("--items", type=int, default=1000, help="training images of the new task")
     parser.add_argument("--epochs", type=int, default=2, help="fine_tune's unfrozen epochs (scratch: one more)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="fine_tune's base_lr")
-    parser.add_argument("--scratch-lr", type=float, default=4e-3)
+    parser.add_argument("--lr", type=float, default=1e-2, help="fine_tune's base_lr")
+    parser.add_argument("--lr-mult", type=float, default=10, help="fine_tune's lr_mult (head lr / first group's)")
+    parser.add_argument("--scratch-lr", type=float, default=2e-3)
     parser.add_argument("--valid-items", type=int, default=None, help="test images scored (default: all 5000)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     args = parser.parse_args()
