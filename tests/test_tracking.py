@@ -196,3 +196,16 @@ def test_checkpoint_keeps_last_and_best_side_by_side(tmp_path):
 def test_checkpoint_keep_arguments_say_what_is_wrong(tmp_path, kwargs, message):
     with pytest.raises(ValueError, match=message):
         CheckpointCB(tmp_path, **kwargs)
+
+
+def test_csv_logger_resumed_with_append_keeps_the_earlier_runs_rows(tmp_path):
+    log, best = tmp_path / "log.csv", tmp_path / "best.pt"
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), CSVLoggerCB(log)]).fit(1)  # an earlier run: 2 rows
+    earlier = log.read_text()
+    cbs = [MetricsCB(), ScriptedValidLoss([0.3, 0.5, 0.6]), CSVLoggerCB(log, append=True),
+           CheckpointCB(best, monitor="valid_loss")]
+    Learner(nn.Linear(3, 2), make_dls(), cbs=cbs).fit(3)  # best.pt: after epoch 0, 4 rows of the log before it
+    assert len(list(csv.DictReader(open(log)))) == 2 + 6
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), CSVLoggerCB(log, append=True)]).fit(3, resume=best)
+    assert log.read_text().startswith(earlier)
+    assert [r["epoch"] for r in csv.DictReader(open(log))] == ["0", "0"] + ["0", "0", "1", "1", "2", "2"]

@@ -232,18 +232,19 @@ class ReduceLROnPlateauCB(MonitorCB, BaseSchedulerCB):
 class CSVLoggerCB(Callback):
     """Writes one CSV row per epoch and phase: the MetricsCB row, the lr and the phase's seconds.
 
-    A new fit starts a new file (unless `append`); a resumed fit keeps the rows written up to its
-    checkpoint and appends after them.
+    A new fit starts a new file (unless `append`, which keeps the rows already there); a resumed fit
+    keeps the file as it was at its checkpoint (earlier runs' rows included) and appends after it.
     """
 
     order = 90
 
     def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path, self.append = Path(path), append
-        self._written: int | None = None
+        self._end = 0  # the log's size in bytes after the last row of this run: what a resume keeps
 
     def before_fit(self, learn) -> None:
         self._columns, self._resume_at = None, None
+        self._end = self.path.stat().st_size if self.append and self.path.exists() else 0
 
     def before_epoch(self, learn) -> None:
         self._start = time.perf_counter()
@@ -263,22 +264,26 @@ class CSVLoggerCB(Callback):
             self._open_file()
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self._columns, extrasaction="ignore").writerow(row)
-        self._written = (self._written or 0) + 1
+            self._end = f.tell()
 
     def _open_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._resume_at is not None and self.path.exists():
-            with open(self.path, newline="") as f:
-                kept = f.readlines()[:1 + self._resume_at]
-            self.path.write_text("".join(kept))
-            self._written = self._resume_at
-        elif not (self.append and self.path.exists()):
+        if self._resume_at and self.path.exists():
+            with open(self.path, "r+b") as f:  # drop the rows written after the checkpoint
+                f.truncate(self._resume_at)
+        elif self._resume_at is not None or not (self.append and self.path.exists()):
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerow(self._columns)
-            self._written = 0
 
     def state_dict(self) -> dict:
-        return {"rows": self._written or 0}
+        return {"end": self._end}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resume_at = state["rows"]
+        self._resume_at = self._end = state["end"] if "end" in state else self._legacy_end(state["rows"])
+
+    def _legacy_end(self, rows: int) -> int:
+        """Checkpoints written before "end" hold the number of rows this run had written."""
+        if not self.path.exists():
+            return 0
+        with open(self.path, "rb") as f:
+            return sum(len(line) for line in f.readlines()[:1 + rows])
