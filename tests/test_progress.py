@@ -3,7 +3,7 @@ import pytest
 from torch import nn
 
 from conftest import make_dls
-from slowlearn import Learner, MetricsCB, ProgressCB
+from slowlearn import Callback, Learner, MetricsCB, ProgressCB
 from slowlearn.callbacks import progress as progress_module
 
 ESCAPES = ("\r", "\x1b")
@@ -38,3 +38,17 @@ def test_bars_on_a_terminal_or_when_asked(capsys, monkeypatch):
 def test_verbose_must_be_one_of_the_levels():
     with pytest.raises(ValueError, match="verbose=3"):
         ProgressCB(verbose=3)
+
+
+class FailsBeforeFit(Callback):
+    order = -10
+
+    def before_fit(self, learn):
+        raise ValueError("before_fit failed")
+
+
+def test_a_fit_that_fails_before_the_bars_start_closes_nothing():
+    progress = ProgressCB(verbose=2)
+    with pytest.raises(ValueError, match="before_fit failed") as error:
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress, FailsBeforeFit()]).fit(1)
+    assert not any("cleanup_fit" in note for note in error.value.__notes__)  # none from None.close()

@@ -209,3 +209,22 @@ def test_csv_logger_resumed_with_append_keeps_the_earlier_runs_rows(tmp_path):
     Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), CSVLoggerCB(log, append=True)]).fit(3, resume=best)
     assert log.read_text().startswith(earlier)
     assert [r["epoch"] for r in csv.DictReader(open(log))] == ["0", "0"] + ["0", "0", "1", "1", "2", "2"]
+
+
+class FailsBeforeFit(Callback):
+    order = -10
+
+    def before_fit(self, learn):
+        raise ValueError("before_fit failed")
+
+
+def test_early_stopping_does_not_roll_back_to_an_earlier_fits_best_when_a_fit_fails_to_start():
+    stop = EarlyStoppingCB(patience=5, restore_best=True)
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.5, cbs=[MetricsCB(), ScriptedValidLoss([0.2, 0.5, 0.6]), stop])
+    learn.fit(2)  # restores epoch 0's weights
+    learn.remove_cb(stop).fit(1)  # trains on, without early stopping
+    trained = {k: v.clone() for k, v in learn.model.state_dict().items()}
+    learn.add_cb(stop)
+    with pytest.raises(ValueError, match="before_fit failed"):
+        learn.fit(1, cbs=[FailsBeforeFit()])
+    assert same_weights(learn.model.state_dict(), trained)

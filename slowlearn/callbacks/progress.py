@@ -47,6 +47,7 @@ class ProgressCB(Callback):
         self._losses = DeviceFloats()
         self.valid_losses: list[tuple[int, float]] = []
         self.view = None
+        self._in_fit = False
 
     @property
     def train_losses(self) -> list[float]:
@@ -68,6 +69,7 @@ class ProgressCB(Callback):
         self._losses, self.valid_losses = DeviceFloats(), []
         self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
         learn.metrics_log = self._log_row
+        self._in_fit = True
 
     def before_epoch(self, learn) -> None:
         phase = "train" if learn.training else "valid"
@@ -94,9 +96,12 @@ class ProgressCB(Callback):
         self.view.end_phase()
 
     def cleanup_fit(self, learn) -> None:
+        if not self._in_fit:  # an earlier callback's before_fit failed: this fit showed nothing
+            return
         learn.metrics_log = None
         self._read_losses()
         self.view.close()
+        self._in_fit = False
 
     def _read_losses(self) -> None:
         if self._losses.n_pending:

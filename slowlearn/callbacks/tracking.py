@@ -156,6 +156,7 @@ class EarlyStoppingCB(MonitorCB):
         super().__init__(monitor, mode)
         self.patience, self.min_delta, self.restore_best = patience, min_delta, restore_best
         self._reset()
+        self._in_fit = False  # cleanup_fit restores only this fit's best weights, not an earlier fit's
 
     def _reset(self) -> None:
         self.best, self.wait, self.stopped_epoch, self.best_epoch, self.best_weights = None, 0, None, None, None
@@ -163,6 +164,7 @@ class EarlyStoppingCB(MonitorCB):
     def before_fit(self, learn) -> None:
         super().before_fit(learn)
         self._reset()
+        self._in_fit = True
 
     def after_epoch(self, learn) -> None:
         value = self.monitored_value(learn)
@@ -181,8 +183,9 @@ class EarlyStoppingCB(MonitorCB):
             raise CancelFitException()
 
     def cleanup_fit(self, learn) -> None:
-        if self.best_weights is not None:
+        if self._in_fit and self.best_weights is not None:
             bare_model(learn.model).load_state_dict(self.best_weights)
+        self._in_fit = False
 
     def state_dict(self) -> dict:
         return {"best": self.best, "wait": self.wait, "best_epoch": self.best_epoch, "best_weights": self.best_weights}
