@@ -1,5 +1,6 @@
 """ProgressCB's output fits where it goes: bars on a terminal or in a notebook, plain lines in a log file."""
 import pytest
+import torch
 from torch import nn
 
 from conftest import make_dls
@@ -52,3 +53,12 @@ def test_a_fit_that_fails_before_the_bars_start_closes_nothing():
     with pytest.raises(ValueError, match="before_fit failed") as error:
         Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress, FailsBeforeFit()]).fit(1)
     assert not any("cleanup_fit" in note for note in error.value.__notes__)  # none from None.close()
+
+
+@pytest.mark.parametrize("lr, shown", [(slice(1e-4, 1e-2), "lrs 0.0001, 0.01"), ([0.1, 0.3], "lrs 0.1, 0.3"),
+                                       (slice(0.2), "lrs 0.02, 0.2"), ([0.1, 0.1], "lr 0.1")])
+def test_the_start_line_shows_one_lr_per_param_group(capsys, lr, shown):
+    torch.manual_seed(0)
+    learn = Learner(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), make_dls(), cbs=[MetricsCB(), ProgressCB(verbose=2)])
+    learn.fit(1, lr=lr)
+    assert capsys.readouterr().out.splitlines()[0].endswith(f"SGD at {shown}")

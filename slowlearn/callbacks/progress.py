@@ -12,6 +12,7 @@ from ..device import model_device
 from ..display import (TablePrinter, finished, format_value, in_notebook, integer_xticks, live_output, progress_html,
                        subplots)
 from ..distributed import is_rank0
+from ..groups import group_lrs
 from .core import DeviceFloats
 
 __all__ = ["ProgressCB"]
@@ -152,7 +153,7 @@ class PlainView:
             phases += f" and {len(learn.dls.valid)} validation"
         device = learn.device or model_device(learn.model)
         self.write(f"fit: {learn.n_epochs} epoch{'s' * (learn.n_epochs != 1)} of {phases} batches, "
-                   f"{type(learn.model).__name__} on {device}, {type(learn.opt).__name__} at lr {learn.lr:g}")
+                   f"{type(learn.model).__name__} on {device}, {type(learn.opt).__name__} at {_lr_text(learn)}")
         self.row = TablePrinter(self.write)
 
     @staticmethod
@@ -161,6 +162,12 @@ class PlainView:
 
     def __getattr__(self, name):  # progress within an epoch is not shown
         return lambda *args, **kwargs: None
+
+
+def _lr_text(learn) -> str:
+    """`learn.lr` as one number, or one per param group where a slice or a list spreads it."""
+    lrs = group_lrs(learn.lr, len(learn.opt.param_groups))
+    return f"lr {lrs[0]:g}" if len(set(lrs)) == 1 else "lrs " + ", ".join(f"{lr:g}" for lr in lrs)
 
 
 class TerminalView:
