@@ -52,9 +52,14 @@ def group_lrs(lr: float | slice | Sequence[float], n_groups: int) -> list[float]
 
 
 def check_lr(lr: float | slice | Sequence[float], owner: str, name: str = "lr") -> None:
-    """Every lr that `lr` gives (a number, a slice's ends, a sequence's items) must be a finite number >= 0."""
-    values = [v for v in (lr.start, lr.stop) if v is not None] if isinstance(lr, slice) else (
-        list(lr) if isinstance(lr, Sequence) else [lr])
+    """Every lr that `lr` gives (a number, a slice's ends, a sequence's items) must be a finite number >= 0,
+    and a slice's `lo` > 0 (the lrs are spread geometrically from it). A string is not a sequence of lrs."""
+    if isinstance(lr, slice):
+        if lr.start is not None:
+            check_range(f"lo of {name}=slice(lo, hi)", lr.start, 0., low_open=True, owner=owner)
+        values = [lr.stop] if lr.stop is not None else []
+    else:
+        values = list(lr) if isinstance(lr, Sequence) and not isinstance(lr, (str, bytes)) else [lr]
     for value in values:
         check_range(name, value, 0., owner=owner)
 
@@ -81,10 +86,12 @@ class ParamGroupsMixin:
         return self.opt_func([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)], lrs[-1])
 
     def set_lr(self, lr: float | slice | Sequence[float]) -> None:
-        """Set `learn.lr` and every param group's lr from it (a number, a slice or one lr per group)."""
+        """Set `learn.lr` and every param group's lr from it (a number, a slice or one lr per group); an
+        `lr` that does not fit the groups raises and changes nothing."""
+        lrs = group_lrs(lr, len(self.opt.param_groups) if self.opt is not None else len(self.param_groups()))
         self.lr = lr
         if self.opt is not None:
-            for group, value in zip(self.opt.param_groups, group_lrs(lr, len(self.opt.param_groups))):
+            for group, value in zip(self.opt.param_groups, lrs):
                 group["lr"] = value
 
     def freeze_to(self, n: int, train_bn: bool = True) -> None:

@@ -77,6 +77,27 @@ def test_fit_with_a_slice_gives_each_group_its_lr_and_schedules_scale_them():
     assert recorder.lrs == [pytest.approx([one_cycle_lr(peak, 0.25)(p) for peak in peaks]) for p in progress(2, 4)]
 
 
+def test_an_lr_that_does_not_fit_the_groups_is_refused_and_changes_nothing():
+    for fitted in (False, True):  # before the optimizer exists, and after
+        learn = Learner(three_layers(), make_dls(), lr=0.1, splitter=by_layer)
+        if fitted:
+            learn.fit(1)
+        with pytest.raises(ValueError, match="Got 2 lrs for 3 param groups"):
+            learn.fit(1, lr=[0.1, 0.2])
+        assert learn.lr == 0.1
+        learn.fit(1)  # the next fit still works
+        assert [g["lr"] for g in learn.opt.param_groups] == [0.1] * 3
+
+
+@pytest.mark.parametrize("lr, message", [(slice(0, 1e-2), r"Invalid lo of lr=slice\(lo, hi\): 0 "),
+                                         ("1e-3", "Invalid lr: '1e-3'"), ([0.1, -1, 0.1], "Invalid lr: -1")])
+def test_a_bad_lr_is_refused_naming_it(lr, message):
+    learn = Learner(three_layers(), make_dls(), lr=0.1, splitter=by_layer)
+    with pytest.raises(ValueError, match=message):
+        learn.fit(1, lr=lr)
+    assert learn.lr == 0.1 and learn.opt is None
+
+
 def test_frozen_groups_stay_bitwise_the_same_and_have_no_optimizer_state():
     model = three_layers()
     before = copy.deepcopy(model.state_dict())
