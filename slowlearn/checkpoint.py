@@ -4,7 +4,7 @@ A checkpoint is a dict of tensors and plain Python values (so `torch.load(weight
 it): model and optimizer state, the state of every callback that has `state_dict()`, the RNG states
 (torch, CUDA, NumPy, Python, and each loader's generator), the history, and the position: `epoch`
 (epochs completed) and `iter` (training batches completed in the epoch after those), plus the fit's
-`n_epochs`, the optimizer's type and a checksum of all of it. Reading, writing and the checks that a
+`n_epochs`, `learn.lr`, the optimizer's type and a checksum of all of it. Reading, writing and the checks that a
 checkpoint fits the Learner are in `checkpoint_io.py`.
 """
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .device import bare_model
 from .distributed import is_rank0
 
 __all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
-           "restore_weights", "restore_run_state", "resume_point", "batches_from", "callback_key", "randomness",
+           "restore_weights", "restore_lr", "restore_run_state", "resume_point", "batches_from", "callback_key", "randomness",
            "restore_randomness"]
 
 
@@ -101,6 +101,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "rng": _rng_states(),
         "loaders": _loader_states(learn, mid_epoch=iter > 0),
         "history": list(learn.history),
+        "lr": _lr_as_data(learn.lr),
         "epoch": epoch,
         "iter": iter,
         "n_epochs": getattr(learn, "n_epochs", None),
@@ -181,6 +182,21 @@ def restore_weights(learn, state: dict) -> None:
     if state["opt"] is not None:
         learn.opt.load_state_dict(state["opt"])
     learn.history[:] = [current_row(row) for row in state["history"]]
+
+
+def _lr_as_data(lr):
+    """`learn.lr` as plain data that `torch.load(weights_only=True)` reads (a slice is not)."""
+    if isinstance(lr, slice):
+        return {"slice": [lr.start, lr.stop]}
+    return [float(v) for v in lr] if isinstance(lr, (list, tuple)) else float(lr)
+
+
+def restore_lr(learn, state: dict) -> None:
+    """A resumed run's `learn.lr` (a slice or one lr per group gives each group its share of a schedule);
+    checkpoints written before it was saved leave `learn.lr` as it is."""
+    if "lr" in state:
+        lr = state["lr"]
+        learn.lr = slice(*lr["slice"]) if isinstance(lr, dict) else lr
 
 
 def current_row(row: dict) -> dict:

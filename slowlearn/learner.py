@@ -29,7 +29,7 @@ from .callback import (Callback, CallbackListMixin, CancelBatchException, Cancel
                        CancelFitException, CancelStepException, Dispatch)
 from .callbacks.lr_finder import LRFindMixin
 from .callbacks.schedule import OneCycleMixin
-from .checkpoint import (CheckpointMixin, batches_from, check_resume, read_checkpoint, restore_weights,
+from .checkpoint import (CheckpointMixin, batches_from, check_resume, read_checkpoint, restore_lr, restore_weights,
                          resume_point)
 from .groups import ParamGroupsMixin, check_lr, default_splitter
 from .inference import InferenceMixin
@@ -108,6 +108,7 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
             self._prepare(lr, reset_opt)
             if state is not None:
                 restore_weights(self, state)
+                restore_lr(self, state)
             self.n_epochs, self.epoch, self.pct_train, self.valid_phase = n_epochs, 0, 0., valid
             self._run_level("fit", CancelFitException, lambda: self._epochs(train, valid, state))
         finally:

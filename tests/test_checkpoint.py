@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
 from slowlearn import (Callback, CheckpointCB, CheckpointError, DataLoaders, GradientAccumulationCB, Learner, MetricsCB,
-                       set_seed)
+                       ParamSchedulerCB, sched_lin, set_seed)
 from slowlearn import checkpoint as checkpoint_module
 from slowlearn import checkpoint_io
 from slowlearn.callbacks import latest_metric
@@ -466,3 +466,32 @@ def test_a_mid_epoch_checkpoint_of_a_shuffling_torch_dataloader_is_refused_befor
     learn.fit(1, cbs=[CheckpointCB(tmp_path / "end.pt")])  # epoch ends resume exactly
     in_order = DataLoaders(DataLoader(TensorDataset(dls.train.x, dls.train.y), 4), dls.valid)
     Learner(nn.Linear(3, 2), in_order).fit(1, cbs=[CheckpointCB(tmp_path / "mid.pt", every=3)])
+
+
+class GroupLRs(Callback):
+    order = 20  # after the schedules have set the batch's lrs
+
+    def __init__(self):
+        self.lrs = []
+
+    def before_batch(self, learn):
+        if learn.training:
+            self.lrs.append([group["lr"] for group in learn.opt.param_groups])
+
+
+@pytest.mark.parametrize("schedule", ["ParamSchedulerCB", "fit_one_cycle"])
+def test_a_resumed_run_gives_each_param_group_its_share_of_the_saved_lr(tmp_path, schedule):
+    def run(lr, resume=None, stop=()):
+        torch.manual_seed(0)
+        learn, recorder = Learner(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), make_dls(), lr=lr), GroupLRs()
+        cbs = [recorder, CheckpointCB(tmp_path / "ckpt.pt"), *stop]
+        if schedule == "fit_one_cycle":
+            learn.fit_one_cycle(2, cbs=cbs, resume=resume)
+        else:
+            learn.fit(2, cbs=[ParamSchedulerCB(lr=sched_lin(1., 0.5)), *cbs], resume=resume)
+        return recorder.lrs
+
+    straight = run(slice(1e-3, 1e-1))
+    run(slice(1e-3, 1e-1), stop=[StopAt(epoch=1, iter=0)])  # saved after epoch 0
+    resumed = run(0.1, resume=tmp_path / "ckpt.pt")  # a new Learner, as in a new process
+    assert len(resumed) == len(straight) // 2 and resumed == straight[len(resumed):]

@@ -181,17 +181,19 @@ class OneCycleCB(Callback):
     `pct_start` of training, then down to peak/(`div` * `div_final`); momentum (or Adam's beta1) goes
     the opposite way between `moms` (`None` leaves it alone). `lr_max` is every group's peak, a
     `slice(lo, hi)` of peaks spread geometrically over the groups (`slice(hi)`: hi/10 but for the last
-    group), or one peak per group. With no state of its own, a resumed run gets exactly the values of
-    an uninterrupted one; resumed with another `n_epochs`, it continues on the cycle of the new length.
+    group), one peak per group, or None: `learn.lr` when the fit starts (a resumed fit's is the saved
+    run's). With no state of its own, a resumed run gets exactly the values of an uninterrupted one;
+    resumed with another `n_epochs`, it continues on the cycle of the new length.
     After a complete fit the groups hold the schedule's end values (lr peak/(div * div_final), the
     highest momentum): a later plain `fit()` trains at those unless given `lr=`.
     """
 
     order = 10  # before callbacks that read hyper-parameters in before_batch
 
-    def __init__(self, lr_max: float | slice | Sequence[float], pct_start: float = 0.3, div: float = 25.,
+    def __init__(self, lr_max: float | slice | Sequence[float] | None, pct_start: float = 0.3, div: float = 25.,
                  div_final: float = 1e4, moms: tuple[float, float] | None = (0.95, 0.85)):
-        check_lr(lr_max, owner="OneCycleCB", name="lr_max")
+        if lr_max is not None:
+            check_lr(lr_max, owner="OneCycleCB", name="lr_max")
         check_range("pct_start", pct_start, 0., 1., high_open=False, owner="OneCycleCB")
         check_range("div", div, 0., low_open=True, owner="OneCycleCB")
         check_range("div_final", div_final, 0., low_open=True, owner="OneCycleCB")
@@ -201,7 +203,7 @@ class OneCycleCB(Callback):
         self.mom = one_cycle_mom(moms, pct_start) if moms is not None else None
 
     def before_fit(self, learn) -> None:
-        peaks = group_lrs(self.lr_max, len(learn.opt.param_groups))
+        peaks = group_lrs(self.lr_max if self.lr_max is not None else learn.lr, len(learn.opt.param_groups))
         self.lr_scheds = [one_cycle_lr(peak, self.pct_start, self.div, self.div_final) for peak in peaks]
 
     def before_batch(self, learn) -> None:
@@ -227,5 +229,5 @@ class OneCycleMixin:
                       cbs: Sequence[Callback] = (), **fit_kwargs):
         """`fit(n_epochs)` under `OneCycleCB(lr_max, ...)` (`lr_max` defaults to `learn.lr`); `fit_kwargs`
         go to `fit` (`resume=path` continues a run). See OneCycleCB for what the next fit trains at."""
-        cycle = OneCycleCB(lr_max if lr_max is not None else self.lr, pct_start, div, div_final, moms)
+        cycle = OneCycleCB(lr_max, pct_start, div, div_final, moms)
         return self.fit(n_epochs, cbs=[cycle, *cbs], **fit_kwargs)
