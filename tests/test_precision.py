@@ -4,10 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from slowlearn import (Callback, ChannelsLastCB, GradientClipCB, Learner, MixedPrecisionCB, TerminateOnNaNCB,
-                       get_kaiming_initialized_model, resnet, speed_cbs)
+from slowlearn import (Callback, ChannelsLastCB, CheckpointCB, GradientClipCB, Learner, MixedPrecisionCB,
+                       TerminateOnNaNCB, get_kaiming_initialized_model, resnet, speed_cbs)
 
-from conftest import make_dls
+from conftest import StopAt, make_dls
 
 
 def test_mixed_precision_bf16_on_cpu_runs_forward_in_bf16():
@@ -23,20 +23,37 @@ def test_mixed_precision_bf16_on_cpu_runs_forward_in_bf16():
     assert not torch.is_autocast_enabled("cpu")
 
 
+class Overflow(Callback):
+    order = -3  # after MixedPrecisionCB's backward, before its step
+
+    def after_backward(self, learn):
+        if learn.epoch == 0 and learn.iter == 1:
+            learn.model.weight.grad[0, 0] = math.inf
+
+
 def test_mixed_precision_fp16_counts_skipped_steps():
-    class Overflow(Callback):
-        order = -3  # after MixedPrecisionCB's backward, before its step
-
-        def after_backward(self, learn):
-            if learn.iter == 1:
-                learn.model.weight.grad[0, 0] = math.inf
-
     mp = MixedPrecisionCB("fp16")
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[mp, Overflow(), GradientClipCB(1.), TerminateOnNaNCB()])
     learn.fit(1)
     assert mp.skipped_steps == 1 and torch.isfinite(learn.model.weight).all()
     with pytest.raises(ValueError, match="dtype must be one of"):
         MixedPrecisionCB("int8")
+
+
+def test_a_resumed_fp16_run_goes_on_with_the_saved_loss_scale(tmp_path):
+    def run(resume=None, stop=()):
+        torch.manual_seed(0)
+        mp = MixedPrecisionCB("fp16")
+        learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[mp, Overflow(), CheckpointCB(tmp_path / "ckpt.pt"), *stop])
+        learn.fit(2, resume=resume)
+        return mp, learn
+
+    straight, straight_learn = run()
+    run(stop=[StopAt(epoch=1, iter=0)])  # saved after epoch 0, whose overflow backed the scale off
+    resumed, resumed_learn = run(resume=tmp_path / "ckpt.pt")
+    assert straight.scaler.get_scale() == resumed.scaler.get_scale() < 2. ** 16
+    assert straight.skipped_steps == resumed.skipped_steps == 1
+    assert torch.equal(straight_learn.model.weight, resumed_learn.model.weight)
 
 
 class HalfPrecisionCB(MixedPrecisionCB):

@@ -23,7 +23,8 @@ class MixedPrecisionCB(Callback):
 
     For fp16 a `torch.amp.GradScaler` scales the loss before `backward` and unscales before the step,
     which it skips when gradients overflowed; `skipped_steps` counts those (read without a host sync
-    per step). The scaler is shared as `learn.grad_scaler` during the fit, for callbacks that must
+    per step). Checkpoints hold the scale, its growth tracker and `skipped_steps`: a resumed run goes on
+    with them. The scaler is shared as `learn.grad_scaler` during the fit, for callbacks that must
     unscale gradients before looking at them (GradientClipCB). Replaces the Learner's `backward` and `step`.
     """
 
@@ -75,6 +76,18 @@ class MixedPrecisionCB(Callback):
         self.scaler.update()
         skipped = (self.scaler._scale < before).int()  # the scale backs off exactly when a step was skipped
         self._skipped = skipped if self._skipped is None else self._skipped + skipped
+
+    def state_dict(self) -> dict:
+        """The fp16 loss scale with its growth tracker, and the steps skipped so far (read at saves only)."""
+        if self.scaler is None:
+            return {}
+        return {"scaler": self.scaler.state_dict(), "skipped_steps": self.skipped_steps}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue a resumed run's loss scaling (called after `before_fit` has created the scaler)."""
+        if self.scaler is not None and "scaler" in state:
+            self.scaler.load_state_dict(state["scaler"])
+            self._skipped = torch.tensor(state["skipped_steps"])
 
     @property
     def skipped_steps(self) -> int:
