@@ -33,8 +33,13 @@ class CheckpointMixin:
     """The Learner's `save` and `load`."""
 
     def save(self, path: str | os.PathLike) -> None:
-        """Checkpoint everything (model, optimizer, callbacks, RNGs, history) at the end of the last epoch."""
-        save_checkpoint(self, path, epoch=getattr(self, "epoch", -1) + 1)
+        """Checkpoint everything (model, optimizer, callbacks, RNGs, history) at the position training
+        reached: the end of the last epoch, or, after an interrupted fit, its last optimizer step (so
+        `fit(n_epochs, resume=path)` trains the rest of that epoch)."""
+        epoch, iter = self._position
+        if 0 < iter < len(self.dls.train):
+            check_mid_epoch_resumable(self.dls.train, "learn.save after a fit interrupted mid-epoch")
+        save_checkpoint(self, path, epoch=epoch, iter=iter)
 
     def load(self, path: str | os.PathLike):
         """Restore the model, optimizer, history and random states of a checkpoint written by `save` or

@@ -68,6 +68,7 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
         self.training = False
         self.device = self.grad_scaler = self.metrics_log = None  # the shared slots, empty between fits
         self.metric_names, self.accumulate = (), 1
+        self._position = (0, 0)  # (epochs done, training steps' batches done in the next): what `save` records
 
     def __repr__(self) -> str:
         cbs = ", ".join(type(cb).__name__ for cb in self.cbs)
@@ -149,6 +150,7 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
 
     def _epochs(self, train: bool, valid: bool, resume_state: dict | None) -> None:
         start_epoch, start_iter = resume_point(self, resume_state)
+        self._position = (start_epoch, start_iter)
         for self.epoch in range(start_epoch, self.n_epochs):
             if train:
                 self._one_epoch(True, start_iter if self.epoch == start_epoch else 0)
@@ -170,6 +172,8 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
             self._run_level("batch", CancelBatchException, self._first_batch if self.iter == start_iter else self._one_batch)
         if self.training:
             self.pct_train = (self.epoch + 1) / self.n_epochs
+        if self.in_last_phase:
+            self._position = (self.epoch + 1, 0)
 
     def _first_batch(self) -> None:
         with checks.first_batch(self):
@@ -187,6 +191,7 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
             try:
                 self.callback("after_backward")
                 self._do("step")
+                self._position = (self.epoch, self.iter + 1)
                 self.callback("after_step")
                 self._do("zero_grad")
             except CancelStepException:

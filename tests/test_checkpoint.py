@@ -17,8 +17,8 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
-from slowlearn import (Callback, CheckpointCB, CheckpointError, DataLoaders, GradientAccumulationCB, Learner, MetricsCB,
-                       ParamSchedulerCB, sched_lin, set_seed)
+from slowlearn import (CancelFitException, Callback, CheckpointCB, CheckpointError, DataLoaders, GradientAccumulationCB,
+                       Learner, MetricsCB, ParamSchedulerCB, sched_lin, set_seed)
 from slowlearn import checkpoint as checkpoint_module
 from slowlearn import checkpoint_io
 from slowlearn.callbacks import latest_metric
@@ -70,6 +70,23 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bitwise_exact(tmp_path):
     resumed = resume_in_new_process(tmp_path, tmp_path / "ckpt.pt")
     assert torch.equal(resumed["weights"], weights(straight))
     assert len(resumed["lrs"]) == len(straight.recorder.recs["lr"]) == 4 * N_BATCHES
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, CancelFitException])  # Ctrl-C, or a callback ending the fit
+def test_save_after_a_fit_stopped_mid_epoch_resumes_the_rest_of_that_epoch(tmp_path, exc):
+    straight = straight_run(tmp_path)
+    set_seed(0)
+    learn = make_learner(tmp_path / "resumed.csv")
+    try:
+        learn.fit(4, cbs=[StopAt(epoch=1, iter=4, exc=exc)])
+    except KeyboardInterrupt:
+        pass
+    learn.save(tmp_path / "ckpt.pt")
+    state = read_checkpoint(tmp_path / "ckpt.pt")
+    assert (state["epoch"], state["iter"]) == (1, 5)  # batches 0-4 of epoch 1 were trained on
+    set_seed(123)
+    resumed = make_learner(tmp_path / "resumed.csv").fit(4, resume=tmp_path / "ckpt.pt")
+    assert torch.equal(weights(resumed), weights(straight))
 
 
 def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
