@@ -108,6 +108,23 @@ def test_random_draws_stay_on_the_batch_device_and_follow_the_seed():
     assert torch.equal(lam, again[0]) and torch.equal(perm, again[1])
 
 
+@pytest.mark.parametrize("cb", [MixUpCB(0.4), CutMixCB(1.0)])
+def test_mixing_a_batch_reads_nothing_back_from_the_device_nor_copies_to_it(cb, monkeypatch):
+    """On a GPU either would wait for the device: checked on the CPU by refusing every way to do it."""
+    def refuse(*args, **kwargs):
+        raise AssertionError("a host read or copy")
+
+    batch = (torch.randn(4, 1, 8, 8), torch.tensor([0, 1, 2, 0]))
+    learn = type("FakeLearner", (), {"training": True, "batch": batch})()
+    monkeypatch.setattr(torch.distributions.Distribution, "_validate_args", True)  # torch's default with __debug__
+    for name in ("__bool__", "item", "tolist", "__float__", "__int__"):
+        monkeypatch.setattr(torch.Tensor, name, refuse)
+    monkeypatch.setattr(torch, "tensor", refuse)
+    cb.before_batch(learn)
+    monkeypatch.undo()
+    assert learn.batch[0].shape == batch[0].shape and not torch.equal(learn.batch[0], batch[0])
+
+
 def test_cutmix_box_covers_one_minus_lam_of_the_image_and_is_clipped_at_borders():
     top, bottom, left, right = box(torch.tensor([16., 16.]), torch.tensor(0.5), 32, 32)
     assert (bottom - top) * (right - left) == 16 * 16  # side fraction 0.5: a quarter of the image

@@ -44,8 +44,9 @@ class _MixingCB(Callback):
 
     def sample(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """lam ~ Beta(alpha, alpha) and a random permutation of the batch, both on `x`'s device."""
-        alpha = torch.tensor(float(self.alpha), device=x.device)
-        return torch.distributions.Beta(alpha, alpha).sample(), torch.randperm(len(x), device=x.device)
+        alpha = torch.full((), float(self.alpha), device=x.device)  # filled there: no copy from the host
+        beta = torch.distributions.Beta(alpha, alpha, validate_args=False)  # checking alpha would read it back
+        return beta.sample(), torch.randperm(len(x), device=x.device)
 
     def mix(self, x: torch.Tensor, lam: torch.Tensor, perm: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The blended inputs and the fraction of each that comes from `x` (rather than `x[perm]`)."""
@@ -81,8 +82,8 @@ class CutMixCB(_MixingCB):
             raise ValueError(f"CutMixCB cuts boxes out of images shaped (N, C, H, W); got inputs of shape "
                              f"{tuple(x.shape)}: use MixUpCB for other inputs")
         height, width = x.shape[-2:]
-        centre = torch.rand(2, device=x.device) * torch.tensor([height, width], device=x.device)
-        return self.cut(x, perm, *box(centre, (1 - lam).sqrt(), height, width))
+        row, col = torch.rand(2, device=x.device).unbind()
+        return self.cut(x, perm, *box((row * height, col * width), (1 - lam).sqrt(), height, width))
 
     @staticmethod
     def cut(x: torch.Tensor, perm: torch.Tensor, top: torch.Tensor, bottom: torch.Tensor, left: torch.Tensor,
@@ -96,7 +97,7 @@ class CutMixCB(_MixingCB):
         return torch.where(inside, x[perm], x), kept
 
 
-def box(centre: torch.Tensor, side_fraction: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, ...]:
+def box(centre: torch.Tensor | tuple[torch.Tensor, torch.Tensor], side_fraction: torch.Tensor, height: int, width: int) -> tuple[torch.Tensor, ...]:
     """Top, bottom, left, right (as tensors) of the box of `side_fraction` of each side around `centre`
     (row, column), clipped at the image's borders."""
     half_h, half_w = (side_fraction * height / 2).floor(), (side_fraction * width / 2).floor()
