@@ -62,6 +62,14 @@ def test_predict_wrong_shape_says_what_it_expects():
         learn.predict(torch.zeros(3, 6, 6, dtype=torch.uint8))
 
 
+def test_confusion_matrix_skips_ignored_targets_and_counts_many_classes_of_uint8_targets():
+    targets, preds = torch.tensor([0, -100, 2, -100]), torch.tensor([0, 1, 1, 2])
+    assert torch.equal(confusion_matrix(targets, preds, 3), torch.tensor([[1, 0, 0], [0, 0, 0], [0, 1, 0]]))
+    targets = torch.tensor([29, 29, 3], dtype=torch.uint8)  # 29 * 30 does not fit in uint8
+    counts = confusion_matrix(targets, torch.tensor([29, 1, 3]), 30)
+    assert counts.sum() == 3 and counts[29, 29] == counts[29, 1] == counts[3, 3] == 1
+
+
 def test_confusion_matrix_counts():
     targets = torch.tensor([0, 0, 1, 2, 2, 2])
     preds = torch.tensor([0, 1, 1, 2, 0, 2])

@@ -5,7 +5,8 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from slowlearn import Callback, CheckpointCB, Learner, MetricsCB, TensorBoardCB, confusion_matrix, set_seed
+from slowlearn import (Callback, CheckpointCB, DataLoaders, Learner, MetricsCB, TensorBoardCB, TensorLoader,
+                       confusion_matrix, set_seed)
 from slowlearn.callbacks import logging as logging_module
 
 from conftest import TrainLosses, make_dls
@@ -85,6 +86,14 @@ def test_confusion_matrix_of_the_last_validation_is_an_image(tmp_path):
     assert torch.equal(learn.tensor_board.confusion, confusion_matrix(result.targets, result.preds.argmax(-1), 3))
     images = events(tmp_path).Images("confusion_matrix")
     assert len(images) == 1 and images[0].step == 6 and images[0].encoded_image_string.startswith(b"\x89PNG")
+
+
+def test_confusion_matrix_leaves_out_ignored_targets(tmp_path):
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3), torch.tensor([0, 1, 2, -100, 0, -100, 1, 2])  # -100: cross_entropy's ignore_index
+    dls = DataLoaders(TensorLoader(x, y.clamp(min=0), 4, device="cpu"), TensorLoader(x, y, 4, device="cpu"))
+    learn = Learner(nn.Linear(3, 3), dls, cbs=[MetricsCB(), TensorBoardCB(tmp_path, confusion_matrix=True)]).fit(1)
+    assert learn.tensor_board.confusion.sum() == 6
 
 
 class Interrupt(Callback):

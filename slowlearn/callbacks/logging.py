@@ -9,6 +9,7 @@ import torch
 from ..callback import Callback
 from ..device import bare_model
 from ..distributed import all_reduce_sum, is_rank0
+from ..inference import confusion_matrix
 from ..show import plot_confusion
 from .schedule import get_hyper
 
@@ -107,8 +108,7 @@ class TensorBoardCB(Callback):
     def _count_confusion(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
         if preds.ndim != 2 or targets.ndim != 1 or targets.is_floating_point():
             return
-        n = preds.shape[-1]
-        counts = torch.bincount(targets * n + preds.argmax(-1), minlength=n * n).reshape(n, n)
+        counts = confusion_matrix(targets, preds.argmax(-1), preds.shape[-1])
         self._counts = counts if self._counts is None else self._counts + counts
 
     def _write_final_metrics(self, learn) -> None:
