@@ -16,7 +16,7 @@ from torch import nn
 from .arguments import check_range
 from .device import bare_model
 
-__all__ = ["default_splitter", "group_lrs", "check_lr", "ParamGroupsMixin"]
+__all__ = ["default_splitter", "group_lrs", "check_lr", "stays_in_eval", "ParamGroupsMixin"]
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -147,3 +147,9 @@ class ParamGroupsMixin:
 
 def _stay_in_eval(module: nn.Module, args) -> None:
     module.eval()
+
+
+def stays_in_eval(module: nn.Module) -> bool:
+    """Whether `module` is a BatchNorm layer that `freeze(train_bn=False)` keeps in eval mode, whatever
+    mode the model is put in: its running statistics are frozen."""
+    return any(hook is _stay_in_eval for hook in module._forward_pre_hooks.values())

@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from slowlearn import (Callback, CheckpointCB, Learner, MetricsCB, MomentumSGD, TensorBoardCB, WeightAveragingCB,
-                       set_seed)
+                       default_splitter, set_seed, update_bn)
 from slowlearn.checkpoint import randomness, read_checkpoint, restore_randomness
 
 from conftest import make_dls
@@ -28,9 +28,10 @@ def bn_model():
     return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
 
 
-def learner(model, cbs=(), n_train=24, **kwargs):
+def learner(model, cbs=(), n_train=24, splitter=default_splitter, **kwargs):
     dls = make_dls(n_train=n_train, n_valid=12, bs=8, **kwargs)
-    return Learner(model, dls, lr=0.1, cbs=[MetricsCB(), *cbs], opt_func=lambda p, lr: MomentumSGD(p, lr, mom=0.9))
+    return Learner(model, dls, lr=0.1, cbs=[MetricsCB(), *cbs], opt_func=lambda p, lr: MomentumSGD(p, lr, mom=0.9),
+                   splitter=splitter)
 
 
 def hand_average(initial, steps, weight_of):
@@ -152,6 +153,23 @@ def test_swa_reestimates_batchnorm_statistics_and_leaves_randomness_alone():
     with_pass.fit(1, valid=False)  # the same batches follow: the pass did not draw random numbers
     without.fit(1, valid=False)
     assert torch.equal(with_pass.weight_averaging._avg["0.weight"], without.weight_averaging._avg["0.weight"])
+
+
+def test_update_bn_keeps_the_statistics_of_batchnorm_frozen_in_eval_and_refills_the_others():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    learn = learner(model, splitter=lambda m: [list(m[:2].parameters()), list(m[2:].parameters())])
+    learn.fit(1)  # both BatchNorms learn statistics
+    learn.freeze(train_bn=False)
+    frozen = {k: v.clone() for k, v in model[1].state_dict().items()}
+    saved = randomness(learn.dls)
+    with torch.no_grad():
+        hidden = [model[:3].eval()(xb) for xb, _ in learn.dls.train]  # the first BatchNorm in eval, as in training
+    restore_randomness(learn.dls, saved)
+    update_bn(learn)
+    assert all(torch.equal(v, frozen[k]) for k, v in model[1].state_dict().items())
+    torch.testing.assert_close(model[3].running_mean, torch.stack([h.mean(0) for h in hidden]).mean(0))
+    assert model[3].num_batches_tracked == len(learn.dls.train)
 
 
 def resumable_learner(cbs=()):

@@ -8,6 +8,7 @@ from ..callback import Callback
 from ..checkpoint import randomness, restore_randomness
 from ..device import bare_model, to_device
 from ..distributed import all_reduce_mean
+from ..groups import stays_in_eval
 
 __all__ = ["WeightAveragingCB", "update_bn"]
 
@@ -179,9 +180,11 @@ def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:
 @torch.no_grad()
 def update_bn(learn, averaging: WeightAveragingCB | None = None) -> None:
     """Estimate the BatchNorm statistics of the model (of `averaging`'s average, when given) again, as the
-    exact mean over one pass of the training data in train mode; RNGs and data order are left unchanged."""
+    exact mean over one pass of the training data in train mode; RNGs and data order are left unchanged.
+    BatchNorm layers frozen with their statistics (`freeze(train_bn=False)`) keep theirs."""
     model = bare_model(learn.model)
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats
+             and not stays_in_eval(m)]
     if not norms:
         return
     held = averaging is not None and averaging._stash is not None
