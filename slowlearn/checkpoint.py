@@ -4,8 +4,8 @@ A checkpoint is a dict of tensors and plain Python values (so `torch.load(weight
 it): model and optimizer state, the state of every callback that has `state_dict()`, the RNG states
 (torch, CUDA, NumPy, Python, and each loader's generator), the history, and the position: `epoch`
 (epochs completed) and `iter` (training batches completed in the epoch after those), plus the fit's
-`n_epochs`, `learn.lr`, the optimizer's type and a checksum of all of it. Reading, writing and the checks that a
-checkpoint fits the Learner are in `checkpoint_io.py`.
+`n_epochs`, `learn.lr`, the frozen layers, the optimizer's type and a checksum of all of it. Reading,
+writing and the checks that a checkpoint fits the Learner are in `checkpoint_io.py`.
 """
 from __future__ import annotations
 
@@ -25,8 +25,8 @@ from .device import bare_model
 from .distributed import is_rank0
 
 __all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
-           "restore_weights", "restore_lr", "restore_run_state", "resume_point", "batches_from", "callback_key", "randomness",
-           "restore_randomness"]
+           "restore_weights", "restore_setup", "restore_run_state", "resume_point", "batches_from", "callback_key",
+           "randomness", "restore_randomness"]
 
 
 class CheckpointMixin:
@@ -107,6 +107,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "loaders": _loader_states(learn, mid_epoch=iter > 0),
         "history": list(learn.history),
         "lr": _lr_as_data(learn.lr),
+        "frozen": learn.frozen_state(),
         "epoch": epoch,
         "iter": iter,
         "n_epochs": getattr(learn, "n_epochs", None),
@@ -196,12 +197,15 @@ def _lr_as_data(lr):
     return [float(v) for v in lr] if isinstance(lr, (list, tuple)) else float(lr)
 
 
-def restore_lr(learn, state: dict) -> None:
-    """A resumed run's `learn.lr` (a slice or one lr per group gives each group its share of a schedule);
-    checkpoints written before it was saved leave `learn.lr` as it is."""
+def restore_setup(learn, state: dict) -> None:
+    """A resumed run's `learn.lr` (a slice or one lr per group gives each group its share of a schedule)
+    and frozen layers (`freeze`: parameters and BatchNorm statistics); checkpoints written before these
+    were saved leave the Learner's as they are."""
     if "lr" in state:
         lr = state["lr"]
         learn.lr = slice(*lr["slice"]) if isinstance(lr, dict) else lr
+    if "frozen" in state:
+        learn.load_frozen_state(state["frozen"])
 
 
 def current_row(row: dict) -> dict:

@@ -116,9 +116,30 @@ class ParamGroupsMixin:
                 p.grad = None
                 if self.opt is not None:
                     self.opt.state.pop(p, None)
+        self._keep_in_eval([] if train_bn else norms)
+
+    def _keep_in_eval(self, norms) -> None:
         for hook in getattr(self, "_frozen_bn_hooks", ()):
             hook.remove()
-        self._frozen_bn_hooks = [] if train_bn else [m.register_forward_pre_hook(_stay_in_eval) for m in norms]
+        self._frozen_bn_hooks = [m.register_forward_pre_hook(_stay_in_eval) for m in norms]
+
+    def frozen_state(self) -> dict:
+        """The names of the frozen parameters and of the BatchNorm layers kept in eval (for checkpoints)."""
+        model = bare_model(self.model)
+        return {"params": [name for name, p in model.named_parameters() if not p.requires_grad],
+                "eval_norms": [name for name, m in model.named_modules() if stays_in_eval(m)]}
+
+    def load_frozen_state(self, state: dict) -> None:
+        """Freeze what `frozen_state()` named, and unfreeze everything else."""
+        model = bare_model(self.model)
+        frozen, eval_norms = set(state["params"]), set(state["eval_norms"])
+        for name, p in model.named_parameters():
+            p.requires_grad_(name not in frozen)
+            if name in frozen:
+                p.grad = None
+                if self.opt is not None:
+                    self.opt.state.pop(p, None)
+        self._keep_in_eval([m for name, m in model.named_modules() if name in eval_norms])
 
     def freeze(self, train_bn: bool = True) -> None:
         """Train only the last param group (the head, with the default splitter); see `freeze_to`."""

@@ -29,8 +29,8 @@ from .callback import (Callback, CallbackListMixin, CancelBatchException, Cancel
                        CancelFitException, CancelStepException, Dispatch)
 from .callbacks.lr_finder import LRFindMixin
 from .callbacks.schedule import OneCycleMixin
-from .checkpoint import (CheckpointMixin, batches_from, check_resume, read_checkpoint, restore_lr, restore_weights,
-                         resume_point)
+from .checkpoint import (CheckpointMixin, batches_from, check_resume, read_checkpoint, restore_setup,
+                         restore_weights, resume_point)
 from .groups import ParamGroupsMixin, check_lr, default_splitter
 from .inference import InferenceMixin
 from .show import PicturesMixin
@@ -109,7 +109,7 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
             self._prepare(lr, reset_opt)
             if state is not None:
                 restore_weights(self, state)
-                restore_lr(self, state)
+                restore_setup(self, state)
             self.n_epochs, self.epoch, self.pct_train, self.valid_phase = n_epochs, 0, 0., valid
             self._run_level("fit", CancelFitException, lambda: self._epochs(train, valid, state))
         finally:

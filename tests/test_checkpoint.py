@@ -512,3 +512,19 @@ def test_a_resumed_run_gives_each_param_group_its_share_of_the_saved_lr(tmp_path
     run(slice(1e-3, 1e-1), stop=[StopAt(epoch=1, iter=0)])  # saved after epoch 0
     resumed = run(0.1, resume=tmp_path / "ckpt.pt")  # a new Learner, as in a new process
     assert len(resumed) == len(straight) // 2 and resumed == straight[len(resumed):]
+
+
+def test_a_resumed_run_keeps_the_layers_the_saved_run_had_frozen(tmp_path):
+    def run(resume=None, stop=(), freeze=True):
+        torch.manual_seed(0)
+        learn = Learner(nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2)), make_dls())
+        if freeze:
+            learn.freeze(train_bn=False)
+        learn.fit(3, cbs=[CheckpointCB(tmp_path / "ckpt.pt"), *stop], resume=resume)
+        return learn
+
+    straight = run()
+    run(stop=[StopAt(epoch=1, iter=0)])  # saved after epoch 0
+    resumed = run(resume=tmp_path / "ckpt.pt", freeze=False)  # a new Learner, as in a new process
+    assert [p.requires_grad for p in resumed.model.parameters()] == [False] * 4 + [True] * 2
+    assert all(torch.equal(v, straight.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
