@@ -56,10 +56,11 @@ class Callback:
     Verbs (`predict, get_loss, backward, step, zero_grad`): a callback defining one replaces the
     Learner's default; only one callback may replace each verb.
 
-    `sweep`: whether the callback takes part in sweeps (`lr_find`, `find_batch_size`), which must leave
-    the user's files and state as they were. Opt in (True) only for what the training maths needs:
-    device and memory layout, precision, gradient clipping or accumulation, a replaced verb. Callbacks
-    that record, schedule, monitor or write files keep the default, False.
+    `sweep`: whether the callback takes part in `lr_find`'s sweep, which must leave the user's files and
+    state as they were. Opt in (True) for what the training maths needs: device and memory layout,
+    precision, gradient clipping or accumulation, and any replaced verb (MixUpCB's `get_loss` is the loss
+    training minimises, so the sweep measures that one). Callbacks that record, schedule, monitor or
+    write files keep the default, False. (`find_batch_size` times a bare copy of the model: no callbacks.)
     """
 
     order: int = 0

@@ -125,6 +125,21 @@ def test_mixing_a_batch_reads_nothing_back_from_the_device_nor_copies_to_it(cb, 
     assert learn.batch[0].shape == batch[0].shape and not torch.equal(learn.batch[0], batch[0])
 
 
+def test_lr_find_sweeps_the_mixed_loss_and_leaves_the_run_as_it_was():
+    def learner(cbs):
+        return Learner(image_model(size=8), image_dls(n=32, size=8), lr=0.1, cbs=cbs)
+
+    plain, mixed = learner([]), learner([MixUpCB(0.4)])
+    plain.lr_find(num_it=6, show_plot=False)
+    mixed.lr_find(num_it=6, show_plot=False)
+    assert plain.lr_finder.losses[0] != mixed.lr_finder.losses[0]  # the first lr moves nothing: mixing does
+    alone = learner([MixUpCB(0.4)])
+    for learn in (mixed, alone):
+        torch.manual_seed(1)
+        learn.fit(1)
+    assert torch.equal(mixed.model[1].weight, alone.model[1].weight)
+
+
 def test_cutmix_box_covers_one_minus_lam_of_the_image_and_is_clipped_at_borders():
     top, bottom, left, right = box(torch.tensor([16., 16.]), torch.tensor(0.5), 32, 32)
     assert (bottom - top) * (right - left) == 16 * 16  # side fraction 0.5: a quarter of the image

@@ -158,8 +158,10 @@ class WeightAveragingCB(Callback):
                 "steps": self.steps, "trained": trained}
 
     def load_state_dict(self, state: dict) -> None:
-        """In a resumed fit the trained weights go back into the model at once; loaded before a fit
-        (`learn.load`), the model keeps the average until the next fit starts."""
+        """In a resumed fit (`fit(resume=path)`) the trained weights go back into the model at once. Loaded
+        by hand between fits (`learn.load` restores no callback's state: pass it
+        `read_checkpoint(path)["callbacks"]["WeightAveragingCB"]`), the model keeps the average it holds
+        and the trained weights go back at the next fit."""
         self.n, self.steps = state["n"], state["steps"]
         self._avg = None if state["avg"] is None else {k: v.clone() for k, v in state["avg"].items()}
         trained = state["trained"]

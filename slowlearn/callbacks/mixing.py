@@ -18,11 +18,13 @@ class _MixingCB(Callback):
     For cross-entropy, also with label smoothing, that equals the cross-entropy against the blended
     (smoothed) one-hot targets lam * t(y) + (1 - lam) * t(y[perm]), since it is linear in the target.
     Everything is drawn and computed on the batch's device, for the whole batch at once: no host sync
-    and no per-item Python. Validation sees plain batches and the plain loss. Replaces `get_loss`.
+    and no per-item Python. Validation sees plain batches and the plain loss. Replaces `get_loss`, also
+    during `lr_find`.
     The random numbers come from torch's RNGs, which checkpoints hold: resuming stays exact.
     """
 
     order = -3  # after DeviceCB (-10) has moved the batch, before callbacks that look at the inputs
+    sweep = True  # lr_find sweeps the loss that training minimises: the mixed one
 
     def __init__(self, alpha: float):
         if not alpha > 0:
