@@ -228,3 +228,14 @@ def test_early_stopping_does_not_roll_back_to_an_earlier_fits_best_when_a_fit_fa
     with pytest.raises(ValueError, match="before_fit failed"):
         learn.fit(1, cbs=[FailsBeforeFit()])
     assert same_weights(learn.model.state_dict(), trained)
+
+
+def test_checkpoint_best_carries_over_between_fits_and_early_stopping_counts_each_fit_afresh(tmp_path):
+    best = tmp_path / "best.pt"
+    stop = EarlyStoppingCB(patience=1)
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.5, cbs=[MetricsCB(), ScriptedValidLoss([0.3, 0.5, 0.4]), stop,
+                                                             CheckpointCB(best, monitor="valid_loss")])
+    learn.fit(1)
+    learn.fit(2)  # starts worse than the first fit ended: no early stop, and best.pt stays the first fit's
+    assert stop.stopped_epoch is None and stop.best == 0.4
+    assert read_checkpoint(best)["history"][-1]["loss"] == 0.3 and learn.checkpoint.best == 0.3

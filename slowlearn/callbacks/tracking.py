@@ -82,6 +82,8 @@ class CheckpointCB(MonitorCB):
     writes `path` at the end of an epoch only when that metric improved (`mode` "min"/"max", by
     default "min" for losses).
     `keep="both"` keeps both side by side in the folder `path`: `last.pt` and `best.pt`.
+    The best value carries over from fit to fit (unlike EarlyStoppingCB's count): the best file stays
+    the best of all of them, e.g. over both stages of `fine_tune`; a new CheckpointCB starts afresh.
     Continue a run with `learn.fit(n_epochs, resume=path)`.
     """
 
@@ -146,7 +148,9 @@ class EarlyStoppingCB(MonitorCB):
     With `restore_best`, the weights of the best epoch (a copy on the model's device, taken when the
     metric improves) are put back into the model when the fit ends, however it ends (Keras'
     `restore_best_weights`); `best_epoch` says which. With WeightAveragingCB validating on the average,
-    that average is what was scored and what comes back.
+    that average is what was scored and what comes back. Each fit starts its own count (best, wait,
+    weights): a later fit, such as `fine_tune`'s unfrozen stage, gets its full patience even when it
+    starts worse than an earlier fit ended.
     """
 
     order = 90
