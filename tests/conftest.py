@@ -83,6 +83,15 @@ class StopAt(Callback):
             raise self.exc()
 
 
+class FailsBeforeFit(Callback):
+    """Raises in `before_fit`, before the callbacks of higher order have run theirs."""
+
+    order = -10
+
+    def before_fit(self, learn):
+        raise ValueError("before_fit failed")
+
+
 @pytest.fixture(autouse=True)
 def close_figures():
     """Plot functions leave their figures open for `plt.show()`; each test starts with none open."""

@@ -3,8 +3,8 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import make_dls
-from slowlearn import Callback, Learner, MetricsCB, ProgressCB
+from conftest import FailsBeforeFit, make_dls
+from slowlearn import Learner, MetricsCB, ProgressCB
 from slowlearn.callbacks import progress as progress_module
 
 ESCAPES = ("\r", "\x1b")
@@ -39,13 +39,6 @@ def test_bars_on_a_terminal_or_when_asked(capsys, monkeypatch):
 def test_verbose_must_be_one_of_the_levels():
     with pytest.raises(ValueError, match="verbose=3"):
         ProgressCB(verbose=3)
-
-
-class FailsBeforeFit(Callback):
-    order = -10
-
-    def before_fit(self, learn):
-        raise ValueError("before_fit failed")
 
 
 def test_a_fit_that_fails_before_the_bars_start_closes_nothing():

@@ -10,7 +10,7 @@ from slowlearn import (ActivationStatsCB, CSVLoggerCB, Callback, CheckpointCB, E
 from slowlearn import checkpoint as checkpoint_module
 from slowlearn.checkpoint import read_checkpoint
 
-from conftest import make_dls
+from conftest import FailsBeforeFit, make_dls
 
 
 def test_checkpoint_keeps_best_by_monitor(tmp_path):
@@ -209,13 +209,6 @@ def test_csv_logger_resumed_with_append_keeps_the_earlier_runs_rows(tmp_path):
     Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), CSVLoggerCB(log, append=True)]).fit(3, resume=best)
     assert log.read_text().startswith(earlier)
     assert [r["epoch"] for r in csv.DictReader(open(log))] == ["0", "0"] + ["0", "0", "1", "1", "2", "2"]
-
-
-class FailsBeforeFit(Callback):
-    order = -10
-
-    def before_fit(self, learn):
-        raise ValueError("before_fit failed")
 
 
 def test_early_stopping_does_not_roll_back_to_an_earlier_fits_best_when_a_fit_fails_to_start():
