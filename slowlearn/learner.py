@@ -68,7 +68,7 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
         self.training = False
         self.device = self.grad_scaler = self.metrics_log = None  # the shared slots, empty between fits
         self.metric_names, self.accumulate = (), 1
-        self._position = (0, 0)  # (epochs done, training steps' batches done in the next): what `save` records
+        self._position = (0, 0)  # (epochs done, batches of the next one stepped on): what `save` records
 
     def __repr__(self) -> str:
         cbs = ", ".join(type(cb).__name__ for cb in self.cbs)
