@@ -147,7 +147,8 @@ def check_mid_epoch_resumable(dl, saver: str) -> None:
         raise CheckpointError(f"{saver} saves mid-epoch, but the training loader is a torch DataLoader that "
                               f"shuffles: resumed mid-epoch it would draw a new order, showing some samples twice "
                               f"and others never. Save at epoch ends (CheckpointCB(path)), or use slowlearn's "
-                              f"TensorLoader, which resumes mid-epoch exactly.")
+                              f"TensorLoader, which resumes mid-epoch exactly; to keep just the weights, "
+                              f"torch.save(learn.model.state_dict(), path).")
 
 
 def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:
@@ -193,7 +194,7 @@ def restore_weights(learn, state: dict) -> None:
 def _lr_as_data(lr):
     """`learn.lr` as plain data that `torch.load(weights_only=True)` reads (a slice is not)."""
     if isinstance(lr, slice):
-        return {"slice": [lr.start, lr.stop]}
+        return {"slice": [None if v is None else float(v) for v in (lr.start, lr.stop)]}  # numpy floats too
     return [float(v) for v in lr] if isinstance(lr, (list, tuple)) else float(lr)
 
 
@@ -240,6 +241,8 @@ def resume_point(learn, state: dict | None) -> tuple[int, int]:
 def batches_from(dl, start: int) -> Iterator[tuple[int, object]]:
     """`(index, batch)` pairs of `dl` from batch `start` on: a TensorLoader jumps there, any other
     loader is run through the skipped batches (which draws their random numbers, as the run did)."""
+    if start >= len(dl):  # saved after the epoch's training batches (during validation): none left
+        return iter(())
     if start and hasattr(dl, "iter_from"):
         return enumerate(dl.iter_from(start), start)
     return itertools.islice(enumerate(dl), start, None)

@@ -20,7 +20,8 @@ from torch import Tensor, nn
 __all__ = ["CheckpointError", "FORMAT", "checksum", "write_atomically", "read_verified", "check_model_fits",
            "check_optimizer_fits", "non_finite_entries", "type_name"]
 
-FORMAT = 2  # 2 adds the checksum, the optimizer's type and n_epochs; format-1 files still load, unverified
+FORMAT = 3  # 2 adds the checksum, the optimizer's type and n_epochs (format-1 files still load, unverified);
+# 3 adds learn.lr, the frozen layers and the log's size, which an older slowlearn would silently ignore
 _RETRY = ("Use another checkpoint (CheckpointCB writes atomically, so the last complete one is still at its "
           "path unless this is it), or start the run again without resume.")
 

@@ -38,11 +38,13 @@ def group_lrs(lr: float | slice | Sequence[float], n_groups: int) -> list[float]
     if isinstance(lr, slice):
         if lr.stop is None or lr.step is not None:
             raise ValueError(f"lr=slice(lo, hi) or slice(hi) spreads lrs over the param groups; got {lr}")
+        hi = float(lr.stop)  # plain floats: numpy scalars in param groups would make checkpoints unloadable
         if lr.start is None:
-            return [lr.stop / 10] * (n_groups - 1) + [lr.stop]
+            return [hi / 10] * (n_groups - 1) + [hi]
         if n_groups == 1:
-            return [lr.stop]
-        return [lr.start * (lr.stop / lr.start) ** (i / (n_groups - 1)) for i in range(n_groups)]
+            return [hi]
+        lo = float(lr.start)
+        return [lo * (hi / lo) ** (i / (n_groups - 1)) for i in range(n_groups)]
     if isinstance(lr, Sequence):
         if len(lr) != n_groups:
             raise ValueError(f"Got {len(lr)} lrs for {n_groups} param groups: give one per group, one number, "

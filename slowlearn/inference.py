@@ -93,10 +93,10 @@ def prediction(probs: torch.Tensor, classes, single: bool) -> Prediction:
 
 def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, n_classes: int) -> torch.Tensor:
     """Counts: row = true class, column = predicted class (`preds` are class indexes). Targets outside
-    [0, n_classes), such as cross_entropy's ignore_index -100, are not counted. Counted on the targets'
+    [0, n_classes), such as cross_entropy's ignore_index -100, and predictions outside it are not counted. Counted on the targets'
     device without a host sync (torch.bincount would read the largest index back first)."""
     targets, preds = targets.long(), preds.long()  # int64: uint8 targets * n_classes would overflow
-    counted = (targets >= 0) & (targets < n_classes)
+    counted = (targets >= 0) & (targets < n_classes) & (preds >= 0) & (preds < n_classes)
     cells = torch.where(counted, targets * n_classes + preds, 0)
     counts = torch.zeros(n_classes * n_classes, dtype=torch.long, device=targets.device)
     return counts.scatter_add_(0, cells, counted.long()).reshape(n_classes, n_classes)

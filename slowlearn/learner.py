@@ -164,6 +164,8 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
         self.dl = self.dls.train if training else self.dls.valid
         self.n_iter = len(self.dl)
         self._run_level("epoch", CancelEpochException, lambda: self._batches(start_iter))
+        if self.in_last_phase:  # also after a callback cancelled the rest of the epoch
+            self._position = (self.epoch + 1, 0)
 
     def _batches(self, start_iter: int) -> None:
         for self.iter, self.batch in batches_from(self.dl, start_iter):

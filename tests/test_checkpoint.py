@@ -17,7 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
-from slowlearn import (CancelFitException, Callback, CheckpointCB, CheckpointError, DataLoaders, GradientAccumulationCB,
+from slowlearn import (CancelEpochException, CancelFitException, Callback, CheckpointCB, CheckpointError, DataLoaders, GradientAccumulationCB,
                        Learner, MetricsCB, ParamSchedulerCB, sched_lin, set_seed)
 from slowlearn import checkpoint as checkpoint_module
 from slowlearn import checkpoint_io
@@ -87,6 +87,57 @@ def test_save_after_a_fit_stopped_mid_epoch_resumes_the_rest_of_that_epoch(tmp_p
     set_seed(123)
     resumed = make_learner(tmp_path / "resumed.csv").fit(4, resume=tmp_path / "ckpt.pt")
     assert torch.equal(weights(resumed), weights(straight))
+
+
+class StopInValidation(Callback):
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def after_batch(self, learn):
+        if not learn.training and learn.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
+def test_save_after_a_fit_stopped_in_validation_resumes_at_the_next_epoch(tmp_path):
+    straight = straight_run(tmp_path)
+    set_seed(0)
+    learn = make_learner(tmp_path / "resumed.csv")
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(4, cbs=[StopInValidation(epoch=1)])
+    learn.save(tmp_path / "ckpt.pt")
+    state = read_checkpoint(tmp_path / "ckpt.pt")
+    assert (state["epoch"], state["iter"]) == (1, N_BATCHES)  # every training batch of epoch 1 was stepped on
+    resumed = make_learner(tmp_path / "resumed.csv").fit(4, resume=tmp_path / "ckpt.pt")
+    assert torch.equal(weights(resumed), weights(straight))
+
+
+def test_no_batches_are_left_after_the_last_one_and_none_are_drawn():
+    dl = DataLoader(TensorDataset(torch.arange(8.)), batch_size=2, shuffle=True)
+    rng = torch.get_rng_state()
+    assert list(checkpoint_module.batches_from(dl, len(dl))) == []
+    assert torch.equal(torch.get_rng_state(), rng)  # no new shuffle drawn, as the saved run drew none there
+
+
+class CancelTrainingEpoch(Callback):
+    def after_batch(self, learn):
+        if learn.training and learn.iter == 1:
+            raise CancelEpochException
+
+
+def test_an_epoch_cut_short_by_a_callback_still_counts_as_done(tmp_path):
+    learn = Learner(nn.Linear(3, 2), make_dls())
+    learn.fit(2, valid=False, cbs=[CancelTrainingEpoch()])
+    learn.save(tmp_path / "ckpt.pt")
+    state = read_checkpoint(tmp_path / "ckpt.pt")
+    assert (state["epoch"], state["iter"]) == (2, 0)
+
+
+def test_a_slice_of_numpy_floats_is_saved_as_plain_numbers(tmp_path):
+    learn = Learner(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)), make_dls())
+    learn.fit(1, lr=slice(np.float64(1e-4), np.float32(1e-2)))
+    learn.save(tmp_path / "ckpt.pt")
+    lr = read_checkpoint(tmp_path / "ckpt.pt")["lr"]  # weights_only=True refuses numpy scalars
+    assert lr == {"slice": [pytest.approx(1e-4), pytest.approx(1e-2)]} and all(type(v) is float for v in lr["slice"])
 
 
 def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):

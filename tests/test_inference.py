@@ -62,6 +62,11 @@ def test_predict_wrong_shape_says_what_it_expects():
         learn.predict(torch.zeros(3, 6, 6, dtype=torch.uint8))
 
 
+def test_confusion_matrix_leaves_out_predictions_outside_the_classes():
+    targets, preds = torch.tensor([0, 1, 2]), torch.tensor([-1, 1, 3])
+    assert torch.equal(confusion_matrix(targets, preds, 3), torch.tensor([[0, 0, 0], [0, 1, 0], [0, 0, 0]]))
+
+
 def test_confusion_matrix_skips_ignored_targets_and_counts_many_classes_of_uint8_targets():
     targets, preds = torch.tensor([0, -100, 2, -100]), torch.tensor([0, 1, 1, 2])
     assert torch.equal(confusion_matrix(targets, preds, 3), torch.tensor([[1, 0, 0], [0, 0, 0], [0, 1, 0]]))

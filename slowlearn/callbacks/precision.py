@@ -85,7 +85,7 @@ class MixedPrecisionCB(Callback):
 
     def load_state_dict(self, state: dict) -> None:
         """Continue a resumed run's loss scaling (called after `before_fit` has created the scaler)."""
-        if self.scaler is not None and "scaler" in state:
+        if self.scaler is not None and state.get("scaler"):  # a disabled scaler saved {}
             self.scaler.load_state_dict(state["scaler"])
             self._skipped = torch.tensor(state["skipped_steps"])
 
