@@ -26,6 +26,7 @@ __all__ = ["image_folder", "image_csv", "cifar10", "count_table", "CIFAR10_CLASS
 
 CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 SPLITS = ("train", "valid", "test")
+CROP_RESIZE = {"method": "crop", "interpolation": "bilinear"}  # what decode_images does with size=
 Aug = str | Callable[[torch.Tensor], torch.Tensor] | None
 
 
@@ -48,7 +49,7 @@ def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None 
     (default: torch's global RNG, so `set_seed` reproduces a run). `n_train`/`n_valid` keep a random
     subset of that many images (quick runs), chosen before decoding. Decoded images are cached in
     `cache_dir` (default: `image-cache/` in `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`).
-    `dls.decode_options` keeps `size` and the channel count, to decode new images the same way.
+    With `size`, `dls.resize` records the rule, so `learn.predict` and exports resize new images alike.
     """
     path = Path(path)
     items = folder_files(path, valid, valid_pct)
@@ -121,7 +122,7 @@ def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_t
     y, where = torch.tensor(items.labels), torch.tensor([SPLITS.index(s) for s in items.splits])
     parts = {s: _rows(x, y, where == i) for i, s in enumerate(SPLITS) if (where == i).any()}
     dls = make_loaders(parts, items.classes, bs, device, aug, seed, verbose)
-    dls.decode_options = {"size": options["size"], "channels": x.shape[1]}  # to decode new images (predict) alike
+    dls.resize = dict(CROP_RESIZE) if options["size"] else None  # read by preprocessing_of (predict, export)
     return dls
 
 

@@ -39,7 +39,7 @@ def test_mixed_sizes_are_an_error_that_suggests_size_and_size_resizes(tmp_path):
     dls = image_folder(root, size=10, device="cpu", verbose=False)
     assert dls.train.x.shape == (7, 3, 10, 10) and dls.valid.x.shape == (6, 3, 10, 10)
     assert dls.train.x[4].eq(255).all()  # shorter side to 10, then the centre: only the white square is left
-    assert dls.decode_options == {"size": (10, 10), "channels": 3}  # how to decode new images the same way
+    assert dls.resize == {"method": "crop", "interpolation": "bilinear"}  # how predict resizes new images
     tall = image_folder(root, size=(10, 4), device="cpu", verbose=False)
     assert tall.train.x.shape[-2:] == (10, 4) and tall.train.x[4].eq(255).all()
     small = image_folder(root, size=(3, 5), device="cpu", verbose=False)

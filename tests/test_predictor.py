@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from slowlearn import DataLoaders, Learner, TensorLoader, load_learner
+from slowlearn import DataLoaders, Learner, TensorLoader, image_folder, load_learner
 from slowlearn.preprocess import resize_image
 
 CLASSES = ["ant", "bee", "cat"]
@@ -46,8 +46,7 @@ def learner(x_train, y_train, x_valid, y_valid, resize=None) -> Learner:
     channels = x_train.shape[1]
     stats = dict(mean=[0.4] * channels, std=[0.3] * channels, device="cpu")
     dls = DataLoaders(TensorLoader(x_train, y_train, 16, shuffle=True, seed=0, **stats),
-                      TensorLoader(x_valid, y_valid, 32, **stats), classes=CLASSES)
-    dls.resize = resize
+                      TensorLoader(x_valid, y_valid, 32, **stats), classes=CLASSES, resize=resize)
     torch.manual_seed(0)
     return Learner(TinyNet(channels, x_train.shape[-1]), dls, lr=0.05).fit(1)
 
@@ -103,6 +102,22 @@ def test_new_process_on_rgb_images_of_mixed_sizes_resized_as_in_training(tmp_pat
     result = predict_in_new_process(learn.export(tmp_path / "model.pt2"), tmp_path / "images", tmp_path)
     assert result["files"] == [str(f) for f in files]
     assert_same_predictions(result["preds"], learn.get_preds().preds)
+
+
+def test_image_folder_with_size_exports_its_resize_rule_and_predicts_other_sizes(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLOWLEARN_DATA", str(tmp_path / "data"))
+    g = torch.Generator().manual_seed(2)
+    for i in range(12):
+        save_png(torch.randint(0, 256, (3, 12, 16), dtype=torch.uint8, generator=g),
+                 tmp_path / "images" / CLASSES[i % 3] / f"{i}.png")
+    dls = image_folder(tmp_path / "images", size=8, valid_pct=0.25, bs=4, device="cpu", verbose=False)
+    torch.manual_seed(0)
+    learn = Learner(TinyNet(3, 8), dls, lr=0.05).fit(1)
+    other_size = save_png(torch.randint(0, 256, (3, 20, 10), dtype=torch.uint8, generator=g), tmp_path / "other.png")
+    expected = learn.predict(other_size).probs  # resized as the training images were, not refused
+    predictor = load_learner(learn.export(tmp_path / "model.pt2"), device="cpu")
+    assert predictor.preprocessing.resize == {"method": "crop", "interpolation": "bilinear"}
+    torch.testing.assert_close(predictor.predict(other_size).probs, expected, atol=1e-5, rtol=0)
 
 
 @pytest.fixture(scope="module")

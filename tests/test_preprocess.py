@@ -14,8 +14,7 @@ def image_learner(channels=1, size=6, resize=None):
     y = torch.randint(0, 3, (20,), generator=g)
     norm = dict(mean=[0.5] * channels, std=[0.25] * channels, device="cpu")
     dls = DataLoaders(TensorLoader(x[:12], y[:12], 4, shuffle=True, seed=0, **norm),
-                      TensorLoader(x[12:], y[12:], 4, **norm), classes=["a", "b", "c"])
-    dls.resize = resize
+                      TensorLoader(x[12:], y[12:], 4, **norm), classes=["a", "b", "c"], resize=resize)
     torch.manual_seed(0)
     return Learner(nn.Sequential(nn.Flatten(), nn.Linear(channels * size * size, 3)), dls)
 
