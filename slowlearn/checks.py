@@ -4,7 +4,7 @@ process). The Learner checks its loaders before a fit and the first batch of eac
 checks cost nothing on the batches after it."""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
 
@@ -163,14 +163,20 @@ def _is_cross_entropy(loss_func) -> bool:
     return loss_func is F.cross_entropy or isinstance(loss_func, nn.CrossEntropyLoss)
 
 
-def check_targets(preds, batch, loss_func) -> None:
-    """After the first prediction: class-index targets lie in [0, number of model outputs), and
-    cross-entropy gets them as integers of the right shape."""
+def check_targets(preds, batch, loss_func, classes: Sequence[str] | None = None) -> None:
+    """After the first prediction: a model classifying items into the data's `classes` (when known) gives
+    one output per class, class-index targets lie in [0, number of model outputs), and cross-entropy gets
+    them as integers of the right shape."""
     tensors = _tensors(batch)
     if tensors is None or not isinstance(preds, Tensor) or not preds.is_floating_point() or preds.ndim < 2:
         return
     if preds.shape[1] == 1:
         return  # one output is a score or a regression, not a choice between classes
+    if classes and preds.ndim == 2 and preds.shape[1] != len(classes):
+        raise ValueError(f"The model gives {preds.shape[1]} outputs per item, but the data has {len(classes)} classes: "
+                         f"give its last layer {len(classes)} outputs (a CNN ending in a conv, such as the seed CNN, "
+                         f"gives one output per class only for images it reduces to 1x1: use smaller images or a "
+                         f"model with global pooling, such as resnet()).")
     y, n_classes = tensors[1], preds.shape[1]
     index_shape = preds.shape[:1] + preds.shape[2:]  # one class index per item (per pixel, for segmentation)
     if _is_cross_entropy(loss_func):

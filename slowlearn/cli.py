@@ -24,10 +24,21 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
+def _check_model_fits(args, size: int | tuple[int, int] | None) -> None:
+    """--model cnn only for images the seed CNN reduces to 1x1 (else it gives several logits per class)."""
+    from .image_decode import image_size
+    from .models import seed_cnn_fits
+    size = image_size(size)
+    if args.model == "cnn" and size is not None and not seed_cnn_fits(size):
+        raise CLIError(f"--model cnn: the seed CNN takes images up to 32x32, these are {size[0]}x{size[1]}: use "
+                       f"--model resnet, or --size 32")
+
+
 def _model(args, dls):
     from .models import get_kaiming_initialized_model, resnet, seed_cnn
     channels, size = dls.train.x.shape[1], dls.train.x.shape[-1]
     n_classes = len(dls.classes)
+    _check_model_fits(args, tuple(dls.train.x.shape[-2:]))
     if args.model == "resnet":
         return resnet(in_channels=channels, n_classes=n_classes)
     if (channels, size, n_classes) == (1, 28, 10):
@@ -36,6 +47,7 @@ def _model(args, dls):
 
 
 def _data_and_model(args):
+    _check_model_fits(args, args.size)  # before any image is decoded
     dls = load_data(args)
     return dls, _model(args, dls)
 
@@ -79,9 +91,9 @@ def train_command(args) -> int:
         learn = _run_recipe(args, cbs)
     else:
         set_seed(args.seed)
-        dls = load_data(args)
+        dls, model = _data_and_model(args)
         try:
-            learn = train_1cycle(_model(args, dls), lr=args.lr, n_epochs=args.epochs, dls=dls,
+            learn = train_1cycle(model, lr=args.lr, n_epochs=args.epochs, dls=dls,
                                  opt_func=_opt_func(args.opt), cbs=cbs, resume=args.resume, verbose=args.verbose,
                                  precision=args.precision)
         except CheckpointError as e:  # saved from another --model or --opt: found before training starts
@@ -149,8 +161,7 @@ def lr_find_command(args) -> int:
         raise CLIError(f"--num-it {args.num_it}: the sweep needs at least 2 batches")
     out = _writable_folder(args.out)
     set_seed(args.seed)
-    dls = load_data(args)
-    model = _model(args, dls)
+    dls, model = _data_and_model(args)
     learn = Learner(model, dls, cbs=[*default_cbs(), *_speed_cbs(args, model)],
                     opt_func=_opt_func(args.opt))
     suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)

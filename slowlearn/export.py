@@ -85,6 +85,7 @@ def export_learner(learn, path: str | os.PathLike, format: str = "pt2",
                          "(see slowlearn.preprocess)")
     model = copy.deepcopy(bare_model(learn.model)).cpu().eval()
     meta = _meta(learn, model, prep)
+    _check_one_output_per_class(model, prep, meta["classes"])
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -111,6 +112,18 @@ def _meta(learn, model: nn.Module, prep: Preprocessing) -> dict:
                          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                          "model": type(model).__name__,
                          "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float, str))}}}
+
+
+def _check_one_output_per_class(model: nn.Module, prep: Preprocessing, classes: list[str]) -> None:
+    """A classifier with class names gives one output per class (else predict would name the wrong class)."""
+    if not classes:
+        return
+    with torch.no_grad():
+        out = model(torch.zeros(1, *prep.shape))
+    if isinstance(out, torch.Tensor) and out.shape != (1, len(classes)):
+        raise ValueError(f"learn.export: the model gives outputs of shape {tuple(out.shape[1:])} per item, but the data "
+                         f"has {len(classes)} classes: give its last layer {len(classes)} outputs (trained so, it "
+                         f"would not have learnt these classes)")
 
 
 def export_program(model: nn.Module, prep: Preprocessing) -> torch.export.ExportedProgram:

@@ -184,7 +184,7 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
     def _one_batch(self, first: bool = False) -> None:
         self._do("predict")
         if first:
-            checks.check_targets(self.preds, self.batch, self.loss_func)
+            checks.check_targets(self.preds, self.batch, self.loss_func, getattr(self.dls, "classes", None))
         self.callback("after_predict")
         self._do("get_loss")
         self.callback("after_loss")

@@ -10,7 +10,7 @@ from torch import nn
 from .display import format_table
 from .init import GeneralReLU, init_weights
 
-__all__ = ["conv_block", "seed_cnn", "get_kaiming_initialized_model", "get_kaiming_initalized_model", "ResBlock",
+__all__ = ["conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming_initialized_model", "get_kaiming_initalized_model", "ResBlock",
            "resnet", "MLP", "summary"]
 
 
@@ -36,6 +36,12 @@ def seed_cnn(act: Callable[[], nn.Module] = nn.ReLU, nfs: tuple[int, ...] = (8, 
     layers += [conv_block(ni, nf, act=act, norm=norm) for ni, nf in zip(nfs, nfs[1:])]
     layers += [conv_block(nfs[-1], n_classes, act=None, norm=None, bias=True), nn.Flatten()]
     return nn.Sequential(*layers)
+
+
+def seed_cnn_fits(size: tuple[int, int], nfs: tuple[int, ...] = (8, 16, 32, 64)) -> bool:
+    """Whether `seed_cnn(nfs=nfs)` reduces h x w images to 1x1, so gives one logit per class: each of its
+    len(nfs) + 1 stride-2 convs halves the size (rounding up), so sides up to 2 ** (len(nfs) + 1) fit."""
+    return max(size) <= 2 ** (len(nfs) + 1)
 
 
 def get_kaiming_initialized_model(leak: float = 0.1) -> nn.Sequential:

@@ -33,6 +33,20 @@ def test_labels_out_of_range_name_the_range_and_the_fix():
     assert "3 outputs" in message  # the fix: a last layer with one output per class
 
 
+def test_a_model_with_more_outputs_than_the_datas_classes_is_stopped_at_the_first_batch():
+    x, y = torch.randn(8, 3), torch.tensor([0, 1, 2, 1, 0, 1, 1, 0])  # labels in range: only the width is wrong
+    torch.manual_seed(0)
+    model = nn.Linear(3, 12)  # e.g. a conv head that leaves 2x2 logits per class, flattened
+    before = [p.detach().clone() for p in model.parameters()]
+    learn = Learner(model, DataLoaders(batches(x, y), batches(x, y), classes=["a", "b", "c"]), lr=0.1)
+    with pytest.raises(ValueError, match="gives 12 outputs per item, but the data has 3 classes: give its last "
+                                         "layer 3 outputs"):
+        learn.fit(1)
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    Learner(nn.Linear(3, 1), DataLoaders(batches(x, y.float()), [], classes=["a", "b", "c"]), F.mse_loss,
+            lr=0.1).fit(1, valid=False)  # one output: a score, not one per class
+
+
 def test_negative_labels_are_caught_but_the_ignore_index_is_not():
     assert "run from -1 to 1" in fit_on(batches(torch.randn(4, 3), torch.tensor([0, -1, 1, 0])))
     ignored = torch.tensor([0, -100, 1, 0])

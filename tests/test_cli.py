@@ -144,6 +144,24 @@ def test_out_pointing_at_a_file_is_refused_before_loading_data(capsys, tmp_path,
     assert (tmp_path / "taken").read_text() == "my notes"
 
 
+@pytest.mark.parametrize("command", ["train", "lr-find", "export"])
+def test_the_seed_cnn_is_refused_for_images_it_does_not_reduce_to_one_logit_per_class(capsys, tmp_path, images,
+                                                                                       command, monkeypatch):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("images decoded before the options were checked")
+    monkeypatch.setattr("slowlearn.image_data.decode_images", no_decoding)
+    source = [str(tmp_path)] if command == "export" else ["--out", str(tmp_path / "out")]
+    (tmp_path / "checkpoint.pt").write_bytes(b"never read")
+    message = refused(capsys, command, *source, "--data", str(images), "--size", "64")  # default --model cnn
+    assert "--model cnn: the seed CNN takes images up to 32x32, these are 64x64: use --model resnet" in message
+
+
+def test_the_seed_cnn_is_refused_for_large_images_found_when_decoding(capsys, tmp_path):
+    make_folder(tmp_path / "big", n_per_class=2, size=40)
+    message = refused(capsys, "train", "--data", str(tmp_path / "big"), "--out", str(tmp_path / "out"))
+    assert "the seed CNN takes images up to 32x32, these are 40x40" in message
+
+
 def test_out_in_a_place_that_cannot_be_written_is_refused(capsys):
     if not Path("/sys").is_dir():
         pytest.skip("needs /sys, read-only even for root")

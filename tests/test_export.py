@@ -79,6 +79,15 @@ def test_export_refuses_data_it_cannot_describe(tmp_path):
         trained().export(tmp_path / "m.pt2", format="tflite")
 
 
+@pytest.mark.parametrize("format", ["pt2", "onnx"])
+def test_export_refuses_a_model_without_one_output_per_class(tmp_path, format):
+    learn = image_learner()  # 3 classes, 1x6x6 images
+    learn.model = nn.Sequential(nn.Flatten(), nn.Linear(36, 12))  # e.g. a conv head leaving 2x2 logits per class
+    with pytest.raises(ValueError, match=r"outputs of shape \(12,\) per item, but the data has 3 classes"):
+        learn.export(tmp_path / f"m.{format}", format=format)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
 class BatchSizeBranch(nn.Module):
     def forward(self, x):
         return x.flatten(1)[:, :3] if x.shape[0] > 4 else -x.flatten(1)[:, :3]

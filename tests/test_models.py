@@ -7,6 +7,7 @@ from torch import nn
 
 from slowlearn import (MLP, BatchNorm, GeneralReLU, ResBlock, conv_block, get_kaiming_initalized_model,
                        get_kaiming_initialized_model, init_weights, lsuv_init, resnet, seed_cnn, set_seed, summary)
+from slowlearn.models import seed_cnn_fits
 
 
 def test_general_relu_options():
@@ -36,6 +37,12 @@ def test_seed_cnn_shapes_and_alias():
     assert get_kaiming_initalized_model is get_kaiming_initialized_model
     assert [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)] == [8, 16, 32, 64, 10]
     assert sum(isinstance(m, GeneralReLU) and m.leak == 0.1 for m in model.modules()) == 4
+
+
+@pytest.mark.parametrize("size", [(28, 28), (32, 32), (32, 20), (33, 33), (64, 64), (16, 40)])
+def test_seed_cnn_fits_says_whether_it_gives_one_logit_per_class(size):
+    out = seed_cnn(n_classes=3).eval()(torch.zeros(1, 1, *size))
+    assert seed_cnn_fits(size) == (out.shape == (1, 3))
 
 
 def test_conv_block_bias_only_without_norm():
