@@ -184,6 +184,9 @@ def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: flo
     if missing:
         raise ValueError(f"class {missing[0]!r} has no training rows (all its rows are marked valid): a class needs "
                          f"training images")
+    if valid_at is not None and "valid" not in splits:
+        raise ValueError(f"valid_col={valid_col!r} marks no row as valid (1, true, yes, valid): mark the validation "
+                         f"rows, or use valid_pct= for a random split")
     _check_two_classes(classes, "the CSV")
     index = {c: i for i, c in enumerate(classes)}
     return LabelledFiles(files, [index[n] for n in names], splits, classes)

@@ -94,6 +94,7 @@ def test_image_csv_with_a_valid_column_and_with_valid_pct(tmp_path):
     ([("cat/0.png", "cat", "maybe")], {}, r"line 2: validation flag 'maybe' is neither true"),
     ([("cat/0.png", "cat", 0), ("cat/1.png", "dog", 1)], {}, r"class 'dog' has no training rows"),
     ([("cat/0.png", "cat", 0), ("cat/1.png", "cat", 1)], {}, r"the CSV has 1 class \(cat\)"),
+    ([("cat/0.png", "cat", 0), ("cat/1.png", "dog", "no")], {}, r"valid_col='is_valid' marks no row as valid"),
 ])
 def test_image_csv_errors_name_the_row_or_column(tmp_path, rows, kwargs, message):
     root = make_folder(tmp_path / "pets", n_per_class=2, splits=("",))
