@@ -74,7 +74,7 @@ def _write(path: Path, x: torch.Tensor, signature_digest: str, identity: str) ->
         finally:
             if os.path.exists(tmp):
                 os.remove(tmp)
-    except OSError as e:
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         warnings.warn(f"Could not write the image cache {path} ({e}): the images will be decoded again next "
                       f"time. Set SLOWLEARN_DATA (or cache_dir=) to a writable folder to cache them.", stacklevel=3)
 

@@ -18,7 +18,7 @@ from .augment import augment_from_spec
 from .data import DataLoaders, DataNotFoundError, TensorLoader, _data_root
 from .distributed import rank0_first, rank0_print
 from .image_cache import cached_decode
-from .image_decode import CHUNK, decode_images, image_size
+from .image_decode import CHUNK, DECODER_VERSION, decode_images, image_size
 from .image_labels import IMAGE_SUFFIXES, LabelledFiles, csv_files, folder_files, random_split
 from .safe_pickle import read_cifar_batch
 
@@ -105,7 +105,7 @@ def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_t
     """Split, subset, decode (from the cache when `identity` names a cacheable set of files) and load."""
     split_seed = 0 if seed is None else seed
     augment_from_spec(aug, (32, 32))  # a bad spec is an error before anything is decoded
-    options = {"size": image_size(size), "channels": channels}
+    options = {"size": image_size(size), "channels": channels, "decoder": DECODER_VERSION}
     if valid_pct is not None:
         items.splits = random_split(items, valid_pct, split_seed)
     if n_train is not None or n_valid is not None:

@@ -25,6 +25,7 @@ __all__ = ["decode_images", "image_size", "GRAYSCALE_MODES"]
 
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 CHUNK = 256  # images per task: fewer, larger tasks keep the pool's own overhead small
+DECODER_VERSION = 1  # raise it when the same file and options decode to other pixels: cached decodes are then redone
 
 
 def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:

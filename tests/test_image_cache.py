@@ -38,6 +38,14 @@ def test_the_cache_is_reused_when_nothing_changed_and_rebuilt_for_other_options(
     assert len(decodes) == 3  # each set of options keeps its own cache
 
 
+def test_a_new_decoder_version_decodes_again(tmp_path, decodes, monkeypatch):
+    root = make_folder(tmp_path / "pets")
+    load(root), load(root)
+    monkeypatch.setattr(slowlearn.image_data, "DECODER_VERSION", slowlearn.image_data.DECODER_VERSION + 1)
+    load(root)
+    assert len(decodes) == 2
+
+
 def test_a_file_moved_to_another_class_gets_its_new_label(tmp_path, decodes):
     root = make_folder(tmp_path / "pets")
     load(root)
@@ -94,3 +102,13 @@ def test_an_unwritable_cache_folder_is_a_warning(tmp_path, monkeypatch):
     monkeypatch.setenv("SLOWLEARN_DATA", str(tmp_path / "not-a-folder"))
     with pytest.warns(UserWarning, match="Could not write the image cache"):
         assert len(load(root).train.x) == 12
+
+
+def test_a_full_disk_while_writing_the_cache_is_a_warning(tmp_path, monkeypatch):
+    def disk_full(*args, **kwargs):  # what torch.save raises when the disk fills up
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+    monkeypatch.setattr(torch, "save", disk_full)
+    root = make_folder(tmp_path / "pets")
+    with pytest.warns(UserWarning, match="Could not write the image cache .*unexpected pos"):
+        assert len(load(root).train.x) == 12
+    assert not list((tmp_path / "slowlearn-data" / "image-cache").iterdir())  # no temporary file left behind
