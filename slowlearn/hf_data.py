@@ -70,14 +70,15 @@ def from_hf(train, valid=None, *, x: str = "image", y: str = "label", valid_pct:
             bs: int = 512, aug: Aug = "crop,flip", device=None, n_train: int | None = None,
             n_valid: int | None = None, verbose: bool = True) -> DataLoaders:
     """Loaders from a Hugging Face `datasets.Dataset` for training and one for validation (or a
-    `DatasetDict` with "train" and "validation", "valid" or "test"), as the fastai course loads
-    Fashion-MNIST: `from_hf(ds["train"], ds["test"])`. `x` and `y` name the image and label columns;
+    `DatasetDict` with "train" and, unless `valid_pct` is given, "validation", "valid" or "test"), as
+    the fastai course loads Fashion-MNIST: `from_hf(ds["train"], ds["test"])`. `x` and `y` name the image and label columns;
     class names come from the label feature (a `ClassLabel`), else from the sorted label values.
     Without `valid`, `valid_pct` splits the training set at random; the other arguments are
     `image_folder`'s.
     """
     if isinstance(train, Mapping):
-        valid = valid if valid is not None else next((train[k] for k in VALID_NAMES if k in train), None)
+        if valid is None and valid_pct is None:
+            valid = next((train[k] for k in VALID_NAMES if k in train), None)
         train = train["train"]
     if (valid is None) == (valid_pct is None):
         raise ValueError("give either a validation dataset or valid_pct= (a random split of train), not "

@@ -35,6 +35,8 @@ def test_a_dataset_dict_and_valid_pct():
     both = datasets.DatasetDict({"train": fashion_like(12), "test": fashion_like(6)})
     assert len(from_hf(both, device="cpu", verbose=False).valid.x) == 6
     split = from_hf(fashion_like(30), valid_pct=0.2, device="cpu", verbose=False, size=4)
+    with_test = datasets.DatasetDict({"train": fashion_like(30), "test": fashion_like(6)})
+    assert len(from_hf(with_test, valid_pct=0.2, device="cpu", verbose=False).valid.x) == 6  # of train's 30, not test
     assert (len(split.train.x), len(split.valid.x)) == (24, 6) and split.train.x.shape[-2:] == (4, 4)
 
 
