@@ -5,13 +5,12 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-import tempfile
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
 from . import __version__
-from .cli_common import CLIError
+from .cli_common import CLIError, writable_folder
 from .cli_common import positive_int as _positive_int
 from .cli_data import add_data_args, load_data
 from .cli_model import add_model_commands
@@ -80,7 +79,7 @@ def train_command(args) -> int:
 
     if args.recipe is not None and args.resume is not None:
         raise CLIError("--resume does not work with --recipe: a recipe run is short, start it again")
-    out = _writable_folder(args.out)
+    out = writable_folder(args.out, "--out")
     _check_resume(args)
     cbs = [CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
     if args.tensorboard:
@@ -109,19 +108,6 @@ def train_command(args) -> int:
     written = ["metrics.csv", "checkpoint.pt", "model.pt2 (slowlearn predict)", *(n for _, n in pictures.values())]
     rank0_print(f"Wrote to {out}/: " + ", ".join(written + ["tensorboard/"] * args.tensorboard))
     return 0
-
-
-def _writable_folder(folder: str) -> Path:
-    """--out, created if needed and checked writable before any training: a mistake there is found now."""
-    path = Path(folder)
-    if path.exists() and not path.is_dir():
-        raise CLIError(f"--out {folder}: that is a file; give a folder (it is created if needed)")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        tempfile.TemporaryFile(dir=path).close()
-    except OSError as e:
-        raise CLIError(f"--out {folder}: cannot write there ({e.strerror or e}); give a folder you can write to")
-    return path
 
 
 def _check_resume(args) -> None:
@@ -159,7 +145,7 @@ def lr_find_command(args) -> int:
         raise CLIError(f"--start-lr {args.start_lr:g} must be below --end-lr {args.end_lr:g}")
     if args.num_it < 2:
         raise CLIError(f"--num-it {args.num_it}: the sweep needs at least 2 batches")
-    out = _writable_folder(args.out)
+    out = writable_folder(args.out, "--out")
     set_seed(args.seed)
     dls, model = _data_and_model(args)
     learn = Learner(model, dls, cbs=[*default_cbs(), *_speed_cbs(args, model)],

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable
 from pathlib import Path
 
-from .cli_common import CLIError, positive_int
+from .cli_common import CLIError, positive_int, writable_file, writable_folder
 
 __all__ = ["add_model_commands", "export_command", "predict_command", "evaluate_command"]
 
@@ -50,6 +50,8 @@ def predict_command(args) -> int:
     import csv
 
     from .predictor import image_files
+    if args.csv:
+        writable_file(args.csv, "--csv")
     predictor = _load_model(args.model)
     files = [f for item in args.images for f in image_files(item)]
     if not files:
@@ -78,6 +80,7 @@ def evaluate_command(args) -> int:
     from .display import save_png
     from .inference import confusion_matrix
     from .show import plot_confusion
+    out = writable_folder(args.out, "--out")
     predictor = _load_model(args.model)
     folder = Path(args.data)
     folder = next((folder / s for s in ("test", "valid") if (folder / s).is_dir()), folder)
@@ -95,7 +98,7 @@ def evaluate_command(args) -> int:
     loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
     accuracy = (probs.argmax(-1) == targets).float().mean().item()
     cm = confusion_matrix(targets, probs.argmax(-1), len(predictor.classes))
-    path = save_png(plot_confusion(cm, predictor.classes), Path(args.out) / "confusion_matrix.png")
+    path = save_png(plot_confusion(cm, predictor.classes), out / "confusion_matrix.png")
     skipped = f" ({int((~labelled).sum())} images outside class folders skipped)" if not labelled.all() else ""
     print(f"{int(labelled.sum())} images in {folder}{skipped}: loss {loss:.4f}, accuracy {accuracy:.4f}. "
           f"Confusion matrix: {path}")

@@ -84,6 +84,9 @@ def test_user_mistakes_exit_2_with_one_line(run, capsys, tmp_path):
         (["predict", tmp / "model.pt2", tmp_path / "missing.png"], "No such image file: "),
         (["predict", tmp / "model.pt2", tmp_path / "empty"], "No image files in"),
         (["evaluate", tmp / "model.pt2", "--data", tmp_path / "unlabelled"], "no image is in a folder named after"),
+        (["predict", tmp_path / "none.pt2", root, "--csv", tmp_path], f"--csv {tmp_path}: that is a folder"),
+        (["predict", tmp / "model.pt2", root, "--csv", tmp_path / "notes.pt2" / "p.csv"], "cannot write into its folder"),
+        (["evaluate", tmp_path / "none.pt2", "--data", root, "--out", tmp_path / "notes.pt2"], "that is a file"),
         (["export", tmp_path, "--data", root], "no checkpoint here"),
         (["export", tmp / "run", "--data", root, "--model", "resnet"], "export rebuilt --model resnet for --data"),
     ]
