@@ -38,8 +38,9 @@ def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None 
 
     Layouts: `path/train/<class>/*` with `path/valid/<class>/*` or `path/test/<class>/*` (or the
     folder named by `valid`); or `path/<class>/*` (or `path/train/<class>/*` alone) with `valid_pct`,
-    a random validation split stratified by class, the same for the same `seed` (default: as 0);
-    there, a `test/` folder becomes `dls.test`. Subfolders of a class folder belong to that class.
+    a random validation split stratified by class, the same for the same `seed` (default: as 0).
+    A `test/` folder that is not the validation folder becomes `dls.test`; in `path/<class>/*`, train/,
+    valid/ and test/ are never classes. Subfolders of a class folder belong to that class.
 
     `size` (int, or (h, w)) resizes every image: scaled to cover the size, then centre-cropped.
     Without it the images must share one size. `channels` (1 or 3) sets the colour mode; by default

@@ -17,6 +17,7 @@ import torch
 __all__ = ["LabelledFiles", "folder_files", "csv_files", "random_split", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SPLIT_FOLDERS = ("train", "valid", "test")  # folder names that hold splits, never classes
 TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "valid", "t", "y"}, {"0", "false", "no", "train", "f", "n", ""}
 
 
@@ -49,8 +50,8 @@ def _images_in(folder: Path) -> list[str]:
     return found
 
 
-def _class_folders(split_dir: Path) -> dict[str, list[str]]:
-    return {d.name: _images_in(d) for d in _visible_dirs(split_dir)}
+def _class_folders(split_dir: Path, not_classes: Sequence[str] = ()) -> dict[str, list[str]]:
+    return {d.name: _images_in(d) for d in _visible_dirs(split_dir) if d.name not in not_classes}
 
 
 def _check_classes(train: dict[str, list[str]], where: Path) -> None:
@@ -69,18 +70,20 @@ def _check_two_classes(classes: list[str], where: str) -> None:
 
 def folder_files(path: Path, valid: str | None, valid_pct: float | None) -> LabelledFiles:
     """`path/train/<class>/*` with `path/<valid>/<class>/*` (valid/ or test/), or `path/<class>/*` (or
-    train/ alone) to be split by `valid_pct`; with `valid_pct`, a `test/` folder is the test split."""
+    train/ alone) to be split by `valid_pct`. A `test/` folder that is not the validation folder is the
+    test split; in the flat layout `path/<class>/*`, train/, valid/ and test/ are never classes."""
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder: expected one holding train/<class>/*.jpg with valid/<class>/"
                                 f" (or test/), or <class>/*.jpg with valid_pct=")
-    train_dir = path / "train" if (path / "train").is_dir() else path
-    folders = {n: d for n in ("valid", "test") if (d := path / n).is_dir()} if train_dir != path else {}
+    flat = not (path / "train").is_dir()
+    train_dir = path if flat else path / "train"
+    folders = {n: d for n in ("valid", "test") if (d := path / n).is_dir()}
     if valid is not None and valid not in folders:
         folders[valid] = path / valid
         if not folders[valid].is_dir():
             raise FileNotFoundError(f"valid={valid!r}: {path / valid} is not a folder")
     if valid_pct is None:
-        if train_dir == path:
+        if flat:
             raise ValueError(f"{path} has no train/ folder: use {path}/train/<class>/ and {path}/valid/<class>/ "
                              f"(or test/), or pass valid_pct= (e.g. 0.2) to split {path}/<class>/ at random")
         valid = valid or next((v for v in ("valid", "test") if v in folders), None)
@@ -92,12 +95,14 @@ def folder_files(path: Path, valid: str | None, valid_pct: float | None) -> Labe
         if valid is not None or "valid" in folders:
             raise ValueError(f"valid_pct={valid_pct} would ignore the validation folder {folders.get(valid or 'valid')}"
                              f": drop valid_pct to use that folder, or remove the folder to split train/ at random")
-        split_dirs = {"train": train_dir, **({"test": folders["test"]} if "test" in folders else {})}
-    return _label_folders(split_dirs)
+        split_dirs = {"train": train_dir}
+    if "test" in folders and valid != "test":
+        split_dirs["test"] = folders["test"]
+    return _label_folders(split_dirs, not_classes=SPLIT_FOLDERS if flat else ())
 
 
-def _label_folders(split_dirs: dict[str, Path]) -> LabelledFiles:
-    train = _class_folders(split_dirs["train"])
+def _label_folders(split_dirs: dict[str, Path], not_classes: Sequence[str] = ()) -> LabelledFiles:
+    train = _class_folders(split_dirs["train"], not_classes)
     _check_classes(train, split_dirs["train"])
     classes = list(train)
     files, labels, splits = [], [], []

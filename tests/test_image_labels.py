@@ -50,6 +50,26 @@ def test_valid_pct_splits_each_class_reproducibly(tmp_path):
     assert not any(tuple(x.flatten().tolist()) in train_images for x in dls.valid.x)  # no image in both
 
 
+def test_a_flat_layouts_test_folder_is_the_test_split_not_a_class(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("", "test"))
+    items = folder_files(root, None, 0.5)
+    assert items.classes == CLASSES
+    assert sum(s == "test" for s in items.splits) == 6 and sum(s == "train" for s in items.splits) == 6
+    make_folder(root / "valid", n_per_class=1, splits=("",))
+    with pytest.raises(ValueError, match="valid_pct=0.5 would ignore the validation folder .*valid"):
+        folder_files(root, None, 0.5)
+
+
+def test_train_valid_and_test_folders_give_three_splits(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("train", "valid", "test"))
+    (root / "test" / "cat" / "0.png").unlink()  # a test set of another size than the validation set
+    items = folder_files(root, None, None)
+    assert [items.splits.count(s) for s in ("train", "valid", "test")] == [6, 6, 5]
+    dls = image_folder(root, bs=4, device="cpu", verbose=False)
+    assert len(dls.test.x) == 5 and dls.test is not dls.valid
+    assert [folder_files(root, "test", None).splits.count(s) for s in ("valid", "test")] == [5, 0]
+
+
 def test_valid_pct_with_train_and_test_folders(tmp_path):
     root = make_folder(tmp_path / "pets")
     dls = image_folder(root, valid_pct=0.25, device="cpu")  # train/ split at random; test/ is the test set
