@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["LabelledFiles", "folder_files", "csv_files", "random_split", "IMAGE_SUFFIXES"]
+__all__ = ["LabelledFiles", "folder_files", "csv_files", "random_split", "images_in", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_FOLDERS = ("train", "valid", "test")  # folder names that hold splits, never classes
@@ -39,7 +39,7 @@ def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _images_in(folder: Path) -> list[str]:
+def images_in(folder: Path) -> list[str]:
     """Image files under `folder`, subfolders included, hidden ones not, in sorted order, as absolute
     paths (strings: tens of thousands of Path objects cost more than the cached load itself)."""
     found = []
@@ -51,7 +51,7 @@ def _images_in(folder: Path) -> list[str]:
 
 
 def _class_folders(split_dir: Path, not_classes: Sequence[str] = ()) -> dict[str, list[str]]:
-    return {d.name: _images_in(d) for d in _visible_dirs(split_dir) if d.name not in not_classes}
+    return {d.name: images_in(d) for d in _visible_dirs(split_dir) if d.name not in not_classes}
 
 
 def _check_classes(train: dict[str, list[str]], where: Path) -> None:

@@ -15,7 +15,7 @@ import torch
 
 from .device import default_device
 from .export import ExportError, read_export
-from .image_data import IMAGE_SUFFIXES
+from .image_labels import IMAGE_SUFFIXES, images_in
 from .inference import Prediction, prediction
 from .preprocess import Preprocessing, as_items, to_batch
 
@@ -31,11 +31,13 @@ class FilePreds(NamedTuple):
 
 
 def image_files(folder_or_files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
-    """The image files in a folder (and its subfolders, sorted), or the given files."""
+    """The image files in a folder and its subfolders, listed as training lists them (hidden files and
+    folders left out, sorted), or the given files."""
     if isinstance(folder_or_files, (str, os.PathLike)):
         root = Path(folder_or_files)
         if root.is_dir():
-            return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+            absolute = os.path.abspath(root)
+            return [root / os.path.relpath(f, absolute) for f in images_in(root)]
         folder_or_files = [root]
     files = [Path(f) for f in folder_or_files]
     missing = [f for f in files if not f.is_file()]
@@ -43,6 +45,13 @@ def image_files(folder_or_files: str | os.PathLike | Iterable[str | os.PathLike]
         raise FileNotFoundError(f"No such image file: {missing[0]}" + (f" (and {len(missing) - 1} more)"
                                                                        if len(missing) > 1 else ""))
     return files
+
+
+def _class_folder(file: Path, root: Path | None) -> str:
+    """The class a file's folder names, as in training: in a folder given, its top-level subfolder (images
+    in deeper subfolders belong to it); for a file given, or directly in the folder, its own folder."""
+    parts = file.relative_to(root).parts if root is not None else ()
+    return parts[0] if len(parts) > 1 else file.parent.name
 
 
 class Predictor:
@@ -81,12 +90,15 @@ class Predictor:
         return prediction(self._probs(items, bs), self.classes, single=False)
 
     def get_preds(self, folder_or_files, bs: int = 256) -> FilePreds:
-        """Probabilities for every image in a folder (recursively) or in a list of files."""
+        """Probabilities for every image in a folder (recursively) or in a list of files, with the true classes
+        where the folders name them (as `image_folder` labels its images)."""
         files = image_files(folder_or_files)
         if not files:
             raise FileNotFoundError(f"No image files in {folder_or_files} (looked for {sorted(IMAGE_SUFFIXES)})")
+        root = Path(folder_or_files) if isinstance(folder_or_files, (str, os.PathLike)) else None
+        root = root if root is not None and root.is_dir() else None
         index = {name: i for i, name in enumerate(self.classes)}
-        targets = torch.tensor([index.get(f.parent.name, -1) for f in files])
+        targets = torch.tensor([index.get(_class_folder(f, root), -1) for f in files])
         return FilePreds(files, self._probs(files, bs), targets)
 
     def _probs(self, items: list, bs: int = 256) -> torch.Tensor:
