@@ -47,3 +47,12 @@ def test_readme_python_blocks_run(fashion_folder, tmp_path, monkeypatch):
             exec(compile(block, f"README.md python block {i + 1}", "exec"), namespace)
         except Exception as e:
             pytest.fail(f"README.md python block {i + 1} fails: {e!r}\n{block}")
+    dls = namespace["learn"].dls  # both predictions shown are of the first validation image
+    assert set(re.findall(r"name='([^']+)'", README.read_text())) == {dls.classes[dls.valid.y[0]]}
+
+
+def test_readme_code_reads_tensors_back_from_any_device():
+    """`.numpy()` fails on a GPU tensor: the README's code, run on a GPU machine, moves it to the CPU first."""
+    for block in python_blocks(README.read_text()):
+        for call in re.findall(r"\S+\.numpy\(\)", block):
+            assert call.endswith(".cpu().numpy()"), call
