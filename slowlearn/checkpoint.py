@@ -4,8 +4,9 @@ A checkpoint is a dict of tensors and plain Python values (so `torch.load(weight
 it): model and optimizer state, the state of every callback that has `state_dict()`, the RNG states
 (torch, CUDA, NumPy, Python, and each loader's generator), the history, and the position: `epoch`
 (epochs completed) and `iter` (training batches completed in the epoch after those), plus the fit's
-`n_epochs`, `learn.lr`, the frozen layers, the optimizer's type and a checksum of all of it. Reading,
-writing and the checks that a checkpoint fits the Learner are in `checkpoint_io.py`.
+`n_epochs`, `learn.lr`, the frozen layers, the optimizer's type, what the model takes (`inputs`: class
+names and preprocessing, for image loaders, so that an export made later needs no guess) and a checksum
+of all of it. Reading, writing and the checks that a checkpoint fits the Learner are in `checkpoint_io.py`.
 """
 from __future__ import annotations
 
@@ -112,10 +113,21 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "iter": iter,
         "n_epochs": getattr(learn, "n_epochs", None),
         "train_batches": len(learn.dls.train) if getattr(learn.dls, "train", None) is not None else None,
+        "inputs": _inputs(learn.dls),
     }
     state["checksum"] = checksum(state)
     write_atomically(state, path)
     return path
+
+
+def _inputs(dls) -> dict | None:
+    """What the model was trained on, for exporting it later: class names and preprocessing, for
+    in-memory image loaders (None for other data)."""
+    from .preprocess import preprocessing_of
+    x = getattr(getattr(dls, "valid", None), "x", None)
+    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
+        return None
+    return {"classes": list(dls.classes or []), "preprocessing": preprocessing_of(dls).to_dict()}
 
 
 def _refuse_non_finite(model_state: dict, path: Path, epoch: int, iter: int) -> None:

@@ -31,6 +31,10 @@ def export_command(args) -> int:
     checkpoint = source / "checkpoint.pt" if source.is_dir() else source
     if not checkpoint.is_file():
         raise CLIError(f"{args.source}: no checkpoint here (give a run folder holding checkpoint.pt, or a checkpoint)")
+    out = Path(args.out) if args.out else checkpoint.with_name("model." + ("onnx" if args.format == "onnx" else "pt2"))
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} already exists (`slowlearn train` writes model.pt2 itself): pass --force to replace it, "
+                       f"or --out FILE")
     dls, model = args.rebuild(args)
     learn = Learner(model, dls)
     try:
@@ -41,9 +45,25 @@ def export_command(args) -> int:
     except ValueError as e:  # not a checkpoint, or one of another model (checked before anything is loaded)
         raise CLIError(f"{e} (export rebuilt --model {args.model} for --data {args.data}: pass the --model and "
                        f"--data the run was trained with)") from None
-    out = Path(args.out) if args.out else checkpoint.with_name("model." + ("onnx" if args.format == "onnx" else "pt2"))
-    print(f"Wrote {learn.export(out, format=args.format)}")
+    print(f"Wrote {learn.export(out, format=args.format, preprocessing=_recorded_preprocessing(checkpoint, dls))}")
     return 0
+
+
+def _recorded_preprocessing(checkpoint: Path, dls):
+    """The preprocessing the run trained with, as its checkpoint records it (None for an older checkpoint:
+    then the rebuilt data's), after checking that the rebuilt data has the run's classes and input shape."""
+    from .checkpoint import read_checkpoint
+    from .preprocess import Preprocessing, preprocessing_of
+    recorded = read_checkpoint(checkpoint).get("inputs")
+    if recorded is None:
+        return None
+    prep, rebuilt = Preprocessing.from_dict(recorded["preprocessing"]), preprocessing_of(dls)
+    if recorded["classes"] != list(dls.classes or []) or prep.shape != rebuilt.shape:
+        raise CLIError(f"{checkpoint} was trained on {prep.channels}x{prep.size[0]}x{prep.size[1]} images of classes "
+                       f"{', '.join(recorded['classes'][:5])}; these data options give {'x'.join(map(str, rebuilt.shape))} "
+                       f"images of {', '.join((dls.classes or [])[:5])}: pass the --data and --size the run was "
+                       f"trained with")
+    return prep
 
 
 def predict_command(args) -> int:
@@ -111,7 +131,8 @@ def add_model_commands(sub, rebuild: Callable, data_args: Callable) -> None:
     `data_args(parser)` adds the training data options (`--data`, `--size`, ...) that `rebuild` reads."""
     e = sub.add_parser("export", help="write a trained run's model as one file for `slowlearn predict`",
                        description="Rebuild the model of a `slowlearn train` run (same --data and --model), load "
-                                   "its checkpoint and export it (model, preprocessing, class names) to --out.")
+                                   "its checkpoint and export it (model, preprocessing and class names, as the "
+                                   "checkpoint records them) to --out.")
     e.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
     data_args(e)  # the data options the run was trained with
     e.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="the run's --model (default: cnn)")
@@ -119,6 +140,8 @@ def add_model_commands(sub, rebuild: Callable, data_args: Callable) -> None:
     e.add_argument("--format", choices=("pt2", "onnx"), default="pt2",
                    help="pt2 (torch.export, for slowlearn predict / load_learner) or onnx (default: pt2)")
     e.add_argument("--out", default=None, help="the file to write (default: model.pt2 next to the checkpoint)")
+    e.add_argument("--force", action="store_true", help="replace --out if it exists (by default an existing file is "
+                                                        "kept and the export refused)")
     e.set_defaults(func=export_command, rebuild=rebuild)
     p = sub.add_parser("predict", help="classify image files with an exported model",
                        description="Print one line per image: the file, then the top classes with probabilities.")

@@ -39,6 +39,22 @@ def test_export_from_a_run_folder_predicts_as_the_learner(run, capsys):
     assert predictor.classes == CLASSES
 
 
+def test_export_keeps_an_existing_file_unless_forced_and_uses_the_runs_recorded_preprocessing(run, capsys, tmp_path):
+    root, tmp, learn = run
+    out = tmp_path / "model.pt2"
+    out.write_bytes(b"a good export")
+    code, _, err = cli(capsys, "export", tmp / "run", "--data", root, "--out", out)
+    assert code == 2 and "already exists" in err and "--force" in err and out.read_bytes() == b"a good export"
+    # other data options: a training subset has other statistics, but the export has the run's normalisation
+    code, _, err = cli(capsys, "export", tmp / "run", "--data", root, "--n-train", "4", "--out", out, "--force")
+    assert code == 0, err
+    recorded = load_learner(out, device="cpu").preprocessing
+    assert recorded.mean == pytest.approx(learn.dls.valid.mean)
+    assert recorded.std == pytest.approx(learn.dls.valid.std)
+    code, _, err = cli(capsys, "export", tmp / "run", "--data", root, "--size", "10", "--out", out, "--force")
+    assert code == 2 and "was trained on 3x12x12 images" in err and "these data options give 3x10x10" in err
+
+
 def test_predict_prints_top_classes_per_image_and_writes_csv(run, capsys, tmp_path):
     root, tmp, _ = run
     csv_file = tmp_path / "p.csv"
@@ -88,7 +104,8 @@ def test_user_mistakes_exit_2_with_one_line(run, capsys, tmp_path):
         (["predict", tmp / "model.pt2", root, "--csv", tmp_path / "notes.pt2" / "p.csv"], "cannot write into its folder"),
         (["evaluate", tmp_path / "none.pt2", "--data", root, "--out", tmp_path / "notes.pt2"], "that is a file"),
         (["export", tmp_path, "--data", root], "no checkpoint here"),
-        (["export", tmp / "run", "--data", root, "--model", "resnet"], "export rebuilt --model resnet for --data"),
+        (["export", tmp / "run", "--data", root, "--model", "resnet", "--out", tmp_path / "r.pt2"],
+         "export rebuilt --model resnet for --data"),
     ]
     for args, message in cases:
         code, out, err = cli(capsys, *args)
