@@ -28,7 +28,12 @@ def _open(item: Any) -> Image.Image:
         return item
     if isinstance(item, Mapping):
         return Image.open(io.BytesIO(item["bytes"])) if item.get("bytes") is not None else Image.open(item["path"])
-    return Image.fromarray(np.asarray(item, dtype=np.uint8))
+    array = np.asarray(item)
+    if array.dtype.kind not in "iub" or (array.size and (array.min() < 0 or array.max() > 255)):
+        low, high = (array.min(), array.max()) if array.size else (0, 0)
+        raise ValueError(f"An image array holds {array.dtype} values in [{low:.3g}, {high:.3g}]: give pixels as uint8 "
+                         f"0-255 (for floats in [0, 1], (x * 255).round().astype(np.uint8)) or as PIL images")
+    return Image.fromarray(array.astype(np.uint8))
 
 
 def _raw_images(ds, x: str) -> list:
@@ -50,6 +55,15 @@ def _class_names(ds, y: str, label_sets: list[list]) -> list[str]:
     if names is not None:
         return list(names)
     return _natural_order({str(v) for labels in label_sets for v in labels})
+
+
+def _check_same_class_names(datasets: dict, y: str) -> None:
+    """A `ClassLabel` in the validation set names the same classes, in the same order, as the training set's."""
+    names = {which: getattr(ds.features[y], "names", None) for which, ds in datasets.items()}
+    if names.get("valid") is not None and names["valid"] != names["train"]:
+        raise ValueError(f"the label feature {y!r} names other classes in the valid dataset ({names['valid'][:5]}) than "
+                         f"in the train dataset ({(names['train'] or [])[:5]}): give both the same ClassLabel (e.g. "
+                         f"valid.cast_column({y!r}, train.features[{y!r}]))")
 
 
 def _label_indices(labels: list, classes: list[str], named: bool, which: str) -> list[int]:
@@ -89,6 +103,7 @@ def from_hf(train, valid=None, *, x: str = "image", y: str = "label", valid_pct:
     labels = {which: list(ds[y]) for which, ds in datasets.items()}
     classes = _class_names(train, y, list(labels.values()))
     named = getattr(train.features[y], "names", None) is not None
+    _check_same_class_names(datasets, y)
     items = LabelledFiles([], [], [], classes)
     for which, ds in datasets.items():
         items.files += _raw_images(ds, x)
