@@ -65,7 +65,8 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aug", type=_aug, help="training augmentation: crop,flip (translate by up to 1/8 of the size, "
                                             "mirror), crop, flip or none (default: crop,flip; none for fashion_mnist)")
     p.add_argument("--n-train", type=_count, metavar="N",
-                   help="train on a random subset of N images (a quick run); only those are decoded")
+                   help="train on N of the training images (a quick run): a random subset of your images or "
+                        "cifar10 (only those are decoded), the first N of fashion_mnist")
 
 
 def _check_combinations(args) -> str:

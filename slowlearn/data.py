@@ -225,6 +225,12 @@ def _load_fashion_split(folder: Path, split: str) -> tuple[torch.Tensor, torch.T
     return images.unsqueeze(1), labels.long()
 
 
+def check_subset_size(n: int | None, n_total: int, what: str) -> None:
+    """`n` images to keep of `n_total` (None: all), or an error naming `what`."""
+    if n is not None and not 0 < n <= n_total:
+        raise ValueError(f"{what}={n}: there are {n_total} images to choose from; give 1 to {n_total}, or leave it out")
+
+
 def fashion_mnist(bs: int = 512, device: torch.device | str | None = None, root: str | os.PathLike | None = None,
                   download: bool = True, valid_bs: int | None = None, seed: int | None = None,
                   n_train: int | None = None, n_valid: int | None = None) -> DataLoaders:
@@ -239,6 +245,8 @@ def fashion_mnist(bs: int = 512, device: torch.device | str | None = None, root:
         folder = find_fashion_mnist(root, download)
     x_train, y_train = _load_fashion_split(folder, "train")
     x_valid, y_valid = _load_fashion_split(folder, "test")
+    check_subset_size(n_train, len(y_train), "n_train")
+    check_subset_size(n_valid, len(y_valid), "n_valid")
     x_train, y_train, x_valid, y_valid = x_train[:n_train], y_train[:n_train], x_valid[:n_valid], y_valid[:n_valid]
     std, mean = torch.std_mean(x_train.float() / 255)
     norm = dict(mean=mean.item(), std=std.item(), device=device)

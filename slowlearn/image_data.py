@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from .augment import augment_from_spec
-from .data import DataLoaders, DataNotFoundError, TensorLoader, _data_root
+from .data import DataLoaders, DataNotFoundError, TensorLoader, _data_root, check_subset_size
 from .distributed import rank0_first, rank0_print
 from .image_cache import cached_decode
 from .image_decode import CHUNK, DECODER_VERSION, decode_images, image_size
@@ -85,10 +85,9 @@ def _loader_args(args: dict) -> dict:
 
 def random_subset(n_total: int, n: int | None, seed: int, what: str) -> list[int] | None:
     """`n` of `n_total` indices in a random order fixed by `seed` (None: keep all)."""
+    check_subset_size(n, n_total, what)
     if n is None:
         return None
-    if not 0 < n <= n_total:
-        raise ValueError(f"{what}={n}: there are {n_total} images to choose from; give 1 to {n_total}, or leave it out")
     return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].tolist()
 
 

@@ -132,6 +132,17 @@ def test_fashion_mnist_from_root_and_env(tmp_path, monkeypatch):
     assert data_module.find_fashion_mnist(download=False) == tmp_path / "env" / "FashionMNIST" / "raw"
 
 
+def test_fashion_mnist_keeps_the_first_n_images_and_refuses_more_than_it_has(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
+    fake_fashion(tmp_path / "fashion-mnist")
+    dls = fashion_mnist(bs=4, root=tmp_path, download=False, device="cpu", n_train=5, n_valid=3)
+    assert len(dls.train.y) == 5 and dls.valid.y.tolist() == [0, 1, 2]  # the first ones, in order
+    with pytest.raises(ValueError, match="n_train=7: there are 6 images to choose from; give 1 to 6"):
+        fashion_mnist(root=tmp_path, download=False, n_train=7)
+    with pytest.raises(ValueError, match="n_valid=0: there are 4 images"):
+        fashion_mnist(root=tmp_path, download=False, n_valid=0)
+
+
 def test_missing_fashion_mnist_names_both_ways_to_get_it(tmp_path, monkeypatch):
     monkeypatch.setattr(data_module, "DEBIAN_FASHION_MNIST", tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError) as info:
