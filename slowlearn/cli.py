@@ -12,7 +12,7 @@ from pathlib import Path
 from . import __version__
 from .cli_common import CLIError, writable_folder
 from .cli_common import positive_int as _positive_int
-from .cli_data import add_data_args, load_data
+from .cli_data import add_data_args, check_data_args, load_data
 from .cli_model import add_model_commands
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
@@ -46,6 +46,7 @@ def _model(args, dls):
 
 
 def _data_and_model(args):
+    check_data_args(args)
     _check_model_fits(args, args.size)  # before any image is decoded
     dls = load_data(args)
     return dls, _model(args, dls)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .cli_common import CLIError
 
-__all__ = ["add_data_args", "load_data", "CLIError"]
+__all__ = ["add_data_args", "load_data", "CLIError", "check_data_args"]
 
 BUILT_IN = ("fashion_mnist", "cifar10")
 
@@ -69,7 +69,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                         "cifar10 (only those are decoded), the first N of fashion_mnist")
 
 
-def _check_combinations(args) -> str:
+def check_data_args(args) -> str:
     """The kind of data ("built-in", "folder" or "csv"), after checking which options go with it."""
     is_csv = args.data.lower().endswith(".csv")
     kind = "built-in" if args.data in BUILT_IN else "csv" if is_csv else "folder"
@@ -97,7 +97,7 @@ def load_data(args):
     """The DataLoaders the data options ask for (checked first, then decoded)."""
     from .data import DataNotFoundError, fashion_mnist
     from .image_data import cifar10, image_csv, image_folder
-    kind = _check_combinations(args)
+    kind = check_data_args(args)
     aug = args.aug or "crop,flip"
     try:
         if args.data == "fashion_mnist":
