@@ -80,13 +80,18 @@ def _unify_channels(arrays: list[np.ndarray]) -> list[np.ndarray]:
     return [np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in arrays]
 
 
-def _check_one_size(arrays: list[np.ndarray], names: Sequence, start: int = 0) -> None:
+def _item_name(items: Sequence, i: int) -> str:
+    """A file by its path; anything else (an in-memory dataset's image, e.g. a dict of its bytes) by its place."""
+    return str(items[i]) if isinstance(items[i], (str, os.PathLike)) else f"item {i}"
+
+
+def _check_one_size(arrays: list[np.ndarray], items: Sequence, start: int = 0) -> None:
     first = arrays[0].shape[:2]
     odd = next((i for i in range(start, len(arrays)) if arrays[i].shape[:2] != first), None)
     if odd is not None:
-        raise ValueError(f"Images have different sizes: {names[0]} is {first[0]}x{first[1]} (h x w) but {names[odd]} "
-                         f"is {arrays[odd].shape[0]}x{arrays[odd].shape[1]}. Pass size= (e.g. size=64, or "
-                         f"--size 64 on the command line) to resize them all.")
+        raise ValueError(f"Images have different sizes: {_item_name(items, 0)} is {first[0]}x{first[1]} (h x w) but "
+                         f"{_item_name(items, odd)} is {arrays[odd].shape[0]}x{arrays[odd].shape[1]}. Pass size= (e.g. "
+                         f"size=64, or --size 64 on the command line) to resize them all.")
 
 
 def decode_images(items: Sequence, channels: int | None = None, size: int | Sequence[int] | None = None,
