@@ -3,7 +3,8 @@
 Colour: with `channels=None` every image keeps its own kind (grayscale as 1 channel, anything else as
 RGB) while decoding, then, if any image is colour, the grayscale ones are repeated to 3 channels, exactly
 as Pillow's grayscale-to-RGB conversion, never the other way round. Palette, alpha, CMYK and other modes
-become RGB (alpha is dropped). `channels=1` or `3` converts every image to that mode.
+become RGB (alpha is dropped). `channels=1` or `3` converts every image to that mode. 16-bit grayscale is
+scaled to 8 bits; 32-bit integer and float images are refused (their range is unknown).
 
 Size: `size=None` keeps the images' own size, which must then be the same for all of them. An int or
 (h, w) `size` resizes by "resize and centre crop": the image is scaled (bilinear) until it covers
@@ -21,11 +22,12 @@ import torch
 from .display import progress
 from .distributed import is_rank0
 
-__all__ = ["decode_images", "image_size", "GRAYSCALE_MODES"]
+__all__ = ["decode_images", "image_size", "eight_bit", "GRAYSCALE_MODES"]
 
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 CHUNK = 256  # images per task: fewer, larger tasks keep the pool's own overhead small
-DECODER_VERSION = 1  # raise it when the same file and options decode to other pixels: cached decodes are then redone
+DECODER_VERSION = 2  # raise it when the same file and options decode to other pixels: cached decodes are then redone
 
 
 def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
@@ -46,9 +48,23 @@ def _centre_box(w: int, h: int, out_w: int, out_h: int) -> tuple[float, float, f
     return left, top, left + crop_w, top + crop_h
 
 
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits (Pillow's convert("L") clips it at 255: nearly white images);
+    32-bit integer and float pixels, whose range is unknown, refused; other images as they are."""
+    if image.mode in SIXTEEN_BIT_MODES:
+        from PIL import Image
+        pixels = np.asarray(image).astype(np.uint32)
+        return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8))  # round(x * 255 / 65535)
+    if image.mode in ("I", "F"):
+        raise ValueError(f"its pixels are {'32-bit integers' if image.mode == 'I' else 'floats'} (mode {image.mode!r}), "
+                         f"whose range is unknown: save it as an 8-bit (or 16-bit) image")
+    return image
+
+
 def _to_array(image: Image.Image, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
     """A PIL image as an H x W x C uint8 array: converted to `mode` (by default gray or RGB by its own
     mode) and, with `size`, resized to cover it and centre-cropped."""
+    image = eight_bit(image)
     mode = mode or ("L" if image.mode in GRAYSCALE_MODES else "RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # as Pillow asks; the alpha is dropped below

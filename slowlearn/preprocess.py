@@ -123,7 +123,9 @@ def resize_image(image: Image.Image, size: tuple[int, int], method: str = "crop"
 def _from_pil(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
     """A PIL image in the model's mode and size, as uint8 C x H x W; decoded as the training loaders do
     (palette transparency dropped, JPEGs drafted at a reduced scale before resizing)."""
+    from .image_decode import eight_bit
     (h, w), mode = prep.size, "L" if prep.channels == 1 else "RGB"
+    image = eight_bit(image)
     if image.size != (w, h):
         if prep.resize is None:
             raise ValueError(f"The model takes {h}x{w} images and its training images were not resized; got "
@@ -140,7 +142,7 @@ def _read_file(path: str | os.PathLike, prep: Preprocessing) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             return _from_pil(image, prep)
-    except (OSError, Image.DecompressionBombError) as e:
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"Cannot read image file {path}: {e}") from None
 
 

@@ -73,6 +73,17 @@ def test_in_memory_images_of_different_sizes_are_named_by_their_place_not_their_
     assert len(str(error.value)) < 300
 
 
+def test_16_bit_grayscale_is_scaled_to_8_bits_and_32_bit_pixels_are_refused(tmp_path):
+    levels = np.array([[0, 257, 32896], [65535, 1000, 40000]], dtype=np.uint16)
+    Image.fromarray(levels).save(tmp_path / "deep.png")
+    assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
+    x = decode_images([str(tmp_path / "deep.png")])
+    assert x.shape == (1, 1, 2, 3) and x[0, 0].tolist() == np.round(levels / 257).astype(int).tolist()
+    Image.fromarray(np.full((2, 3), 1000, dtype=np.int32)).save(tmp_path / "wide.tif")
+    with pytest.raises(ValueError, match=r"wide.tif: its pixels are 32-bit integers \(mode 'I'\).*save it as an 8-bit"):
+        decode_images([str(tmp_path / "wide.tif")])
+
+
 def test_jpegs_decode_to_pillows_pixels_in_every_mode(tmp_path):
     g = np.random.default_rng(0)
     files = []
