@@ -22,10 +22,11 @@ import torch
 from .display import progress
 from .distributed import is_rank0
 
-__all__ = ["decode_images", "image_size", "eight_bit", "GRAYSCALE_MODES"]
+__all__ = ["decode_images", "image_size", "eight_bit", "fit_image", "resize_image", "GRAYSCALE_MODES", "RESIZE_METHODS"]
 
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+RESIZE_METHODS = ("crop", "squish")
 CHUNK = 256  # images per task: fewer, larger tasks keep the pool's own overhead small
 DECODER_VERSION = 2  # raise it when the same file and options decode to other pixels: cached decodes are then redone
 
@@ -38,14 +39,6 @@ def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     if len(hw) != 2 or not all(isinstance(s, int) and s > 0 for s in hw):
         raise ValueError(f"size={size!r}: give a positive int (square images) or an (h, w) pair of positive ints")
     return hw
-
-
-def _centre_box(w: int, h: int, out_w: int, out_h: int) -> tuple[float, float, float, float]:
-    """The largest centred region of a w x h image with the aspect ratio of out_w x out_h."""
-    scale = max(out_w / w, out_h / h)
-    crop_w, crop_h = out_w / scale, out_h / scale
-    left, top = (w - crop_w) / 2, (h - crop_h) / 2
-    return left, top, left + crop_w, top + crop_h
 
 
 def eight_bit(image: Image.Image) -> Image.Image:
@@ -61,22 +54,44 @@ def eight_bit(image: Image.Image) -> Image.Image:
     return image
 
 
-def _to_array(image: Image.Image, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
-    """A PIL image as an H x W x C uint8 array: converted to `mode` (by default gray or RGB by its own
-    mode) and, with `size`, resized to cover it and centre-cropped."""
+def resize_image(image: Image.Image, size: tuple[int, int], method: str = "crop",
+                 interpolation: str = "bilinear") -> Image.Image:
+    """`image` at `size` (h, w): "squish" resizes to it; "crop" resizes the largest centred region with the
+    aspect ratio of `size` (the image scaled to cover `size`, then centre-cropped)."""
+    from PIL import Image
+    h, w = size
+    resample = Image.Resampling[interpolation.upper()]
+    if image.size == (w, h):
+        return image
+    if method == "squish":
+        return image.resize((w, h), resample, reducing_gap=3.0)
+    if method != "crop":
+        raise ValueError(f"Unknown resize method {method!r}: use one of {RESIZE_METHODS}")
+    scale = max(w / image.width, h / image.height)
+    left, top = (image.width - w / scale) / 2, (image.height - h / scale) / 2
+    return image.resize((w, h), resample, box=(left, top, left + w / scale, top + h / scale), reducing_gap=3.0)
+
+
+def fit_image(image: Image.Image, mode: str | None, size: tuple[int, int] | None, method: str = "crop",
+              interpolation: str = "bilinear", draft: bool = True) -> Image.Image:
+    """`image` as the loaders (and predict) take it: 8-bit (`eight_bit`), palette transparency dropped,
+    converted to `mode` (None: "L" or "RGB" by its own kind) and, with `size` (h, w), resized by
+    `resize_image`. With `draft`, a JPEG not yet loaded is first decoded at a reduced scale that still
+    covers the size (in its own mode: the conversion is Pillow's, as for any other image); this alters
+    `image`, so it is for images opened here."""
     image = eight_bit(image)
     mode = mode or ("L" if image.mode in GRAYSCALE_MODES else "RGB")
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")  # as Pillow asks; the alpha is dropped below
-    if size is not None:
-        out_h, out_w = size
-        image.draft(image.mode, (out_w, out_h))  # JPEG: decode at a reduced scale that still covers the size
+    if size is not None and draft:
+        image.draft(image.mode, (size[1], size[0]))
     image = image.convert(mode)
-    if size is not None and image.size != (size[1], size[0]):
-        from PIL import Image
-        box = _centre_box(*image.size, out_w, out_h)
-        image = image.resize((out_w, out_h), Image.Resampling.BILINEAR, box=box, reducing_gap=3.0)
-    array = np.asarray(image)
+    return image if size is None else resize_image(image, size, method, interpolation)
+
+
+def _to_array(image: Image.Image, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+    """A PIL image as an H x W x C uint8 array: `fit_image`, resizing by "crop"."""
+    array = np.asarray(fit_image(image, mode, size))
     return array[..., None] if array.ndim == 2 else array
 
 

@@ -25,9 +25,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .image_decode import RESIZE_METHODS, fit_image, resize_image
+
 __all__ = ["Preprocessing", "preprocessing_of", "to_batch", "as_items", "resize_image", "RESIZE_METHODS"]
 
-RESIZE_METHODS = ("crop", "squish")
 FLOAT_TOLERANCE = 1e-3  # how far outside [0, 1] a float image may stray (rounding in the user's own resizing)
 
 
@@ -102,38 +103,14 @@ def _as_list(v) -> list[float] | None:
     return torch.as_tensor(v, dtype=torch.float32).reshape(-1).tolist()
 
 
-def resize_image(image: Image.Image, size: tuple[int, int], method: str = "crop",
-                 interpolation: str = "bilinear") -> Image.Image:
-    """`image` at `size` (h, w): "squish" resizes to it; "crop" resizes the largest centred region with the
-    aspect ratio of `size` (the image scaled to cover `size`, then centre-cropped)."""
-    from PIL import Image
-    h, w = size
-    resample = Image.Resampling[interpolation.upper()]
-    if image.size == (w, h):
-        return image
-    if method == "squish":
-        return image.resize((w, h), resample, reducing_gap=3.0)
-    if method != "crop":
-        raise ValueError(f"Unknown resize method {method!r}: use one of {RESIZE_METHODS}")
-    scale = max(w / image.width, h / image.height)
-    left, top = (image.width - w / scale) / 2, (image.height - h / scale) / 2
-    return image.resize((w, h), resample, box=(left, top, left + w / scale, top + h / scale), reducing_gap=3.0)
-
-
-def _from_pil(image: Image.Image, prep: Preprocessing) -> torch.Tensor:
-    """A PIL image in the model's mode and size, as uint8 C x H x W; decoded as the training loaders do
-    (palette transparency dropped, JPEGs drafted at a reduced scale before resizing)."""
-    from .image_decode import eight_bit
+def _from_pil(image: Image.Image, prep: Preprocessing, draft: bool = False) -> torch.Tensor:
+    """A PIL image in the model's mode and size, as uint8 C x H x W, decoded by the training loaders' own
+    `fit_image` (a JPEG file we opened is drafted as in training; a caller's image is never altered)."""
     (h, w), mode = prep.size, "L" if prep.channels == 1 else "RGB"
-    image = eight_bit(image)
-    if image.size != (w, h):
-        if prep.resize is None:
-            raise ValueError(f"The model takes {h}x{w} images and its training images were not resized; got "
-                             f"{image.height}x{image.width}. Resize it to that size first.")
-        image.draft(mode, (w, h))
-    if image.mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")
-    image = resize_image(image if image.mode == mode else image.convert(mode), prep.size, **(prep.resize or {}))
+    if image.size != (w, h) and prep.resize is None:
+        raise ValueError(f"The model takes {h}x{w} images and its training images were not resized; got "
+                         f"{image.height}x{image.width}. Resize it to that size first.")
+    image = fit_image(image, mode, prep.size, **(prep.resize or {}), draft=draft)
     return torch.from_numpy(np.array(image)).reshape(h, w, -1).permute(2, 0, 1)
 
 
@@ -141,7 +118,7 @@ def _read_file(path: str | os.PathLike, prep: Preprocessing) -> torch.Tensor:
     from PIL import Image
     try:
         with Image.open(path) as image:
-            return _from_pil(image, prep)
+            return _from_pil(image, prep, draft=True)
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"Cannot read image file {path}: {e}") from None
 

@@ -47,6 +47,19 @@ def test_a_16_bit_grayscale_file_predicts_as_its_8_bit_pixels(tmp_path):
         learn.predict(tmp_path / "float.tif")
 
 
+def test_a_colour_jpeg_for_a_grayscale_model_predicts_from_the_training_pixels_and_the_callers_image_is_kept(tmp_path):
+    from slowlearn.image_decode import decode_images
+    from slowlearn.preprocess import _image_item
+    g = np.random.default_rng(0)
+    Image.fromarray(g.integers(0, 256, (64, 48, 3), dtype=np.uint8)).save(tmp_path / "photo.jpg", quality=90)
+    prep = Preprocessing(channels=1, size=(8, 8), resize={"method": "crop", "interpolation": "bilinear"})
+    trained_on = decode_images([str(tmp_path / "photo.jpg")], channels=1, size=8)[0]
+    assert torch.equal(_image_item(tmp_path / "photo.jpg", prep), trained_on)  # drafted and converted alike
+    photo = Image.open(tmp_path / "photo.jpg")
+    _image_item(photo, prep)
+    assert photo.size == (48, 64)  # not drafted in place
+
+
 def test_uint8_items_match_the_validation_loader_bit_for_bit():
     learn = image_learner(3)
     prep = preprocessing_of(learn.dls)
