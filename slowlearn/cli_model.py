@@ -59,10 +59,10 @@ def _recorded_preprocessing(checkpoint: Path, dls):
         return None
     prep, rebuilt = Preprocessing.from_dict(recorded["preprocessing"]), preprocessing_of(dls)
     if recorded["classes"] != list(dls.classes or []) or prep.shape != rebuilt.shape:
+        shape = "x".join(map(str, rebuilt.shape))
         raise CLIError(f"{checkpoint} was trained on {prep.channels}x{prep.size[0]}x{prep.size[1]} images of classes "
-                       f"{', '.join(recorded['classes'][:5])}; these data options give {'x'.join(map(str, rebuilt.shape))} "
-                       f"images of {', '.join((dls.classes or [])[:5])}: pass the --data and --size the run was "
-                       f"trained with")
+                       f"{', '.join(recorded['classes'][:5])}; these data options give {shape} images of "
+                       f"{', '.join((dls.classes or [])[:5])}: pass the --data and --size the run was trained with")
     return prep
 
 

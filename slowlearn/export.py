@@ -121,8 +121,8 @@ def _check_one_output_per_class(model: nn.Module, prep: Preprocessing, classes: 
     with torch.no_grad():
         out = model(torch.zeros(1, *prep.shape))
     if isinstance(out, torch.Tensor) and out.shape != (1, len(classes)):
-        raise ValueError(f"learn.export: the model gives outputs of shape {tuple(out.shape[1:])} per item, but the data "
-                         f"has {len(classes)} classes: give its last layer {len(classes)} outputs (trained so, it "
+        raise ValueError(f"learn.export: the model gives outputs of shape {tuple(out.shape[1:])} per item, but the "
+                         f"data has {len(classes)} classes: give its last layer {len(classes)} outputs (trained so, it "
                          f"would not have learnt these classes)")
 
 

@@ -61,9 +61,9 @@ def _check_same_class_names(datasets: dict, y: str) -> None:
     """A `ClassLabel` in the validation set names the same classes, in the same order, as the training set's."""
     names = {which: getattr(ds.features[y], "names", None) for which, ds in datasets.items()}
     if names.get("valid") is not None and names["valid"] != names["train"]:
-        raise ValueError(f"the label feature {y!r} names other classes in the valid dataset ({names['valid'][:5]}) than "
-                         f"in the train dataset ({(names['train'] or [])[:5]}): give both the same ClassLabel (e.g. "
-                         f"valid.cast_column({y!r}, train.features[{y!r}]))")
+        raise ValueError(f"the label feature {y!r} names other classes in the valid dataset ({names['valid'][:5]}) "
+                         f"than in the train dataset ({(names['train'] or [])[:5]}): give both the same ClassLabel "
+                         f"(e.g. valid.cast_column({y!r}, train.features[{y!r}]))")
 
 
 def _label_indices(labels: list, classes: list[str], named: bool, which: str) -> list[int]:
@@ -85,10 +85,10 @@ def from_hf(train, valid=None, *, x: str = "image", y: str = "label", valid_pct:
             n_valid: int | None = None, verbose: bool = True) -> DataLoaders:
     """Loaders from a Hugging Face `datasets.Dataset` for training and one for validation (or a
     `DatasetDict` with "train" and, unless `valid_pct` is given, "validation", "valid" or "test"), as
-    the fastai course loads Fashion-MNIST: `from_hf(ds["train"], ds["test"])`. `x` and `y` name the image and label columns;
-    class names come from the label feature (a `ClassLabel`), else from the sorted label values.
-    Without `valid`, `valid_pct` splits the training set at random; the other arguments are
-    `image_folder`'s.
+    the fastai course loads Fashion-MNIST: `from_hf(ds["train"], ds["test"])`. `x` and `y` name the
+    image and label columns; class names come from the label feature (a `ClassLabel`), else from the
+    sorted label values. Without `valid`, `valid_pct` splits the training set at random; the other
+    arguments are `image_folder`'s.
     """
     if isinstance(train, Mapping):
         if valid is None and valid_pct is None:

@@ -49,8 +49,9 @@ def eight_bit(image: Image.Image) -> Image.Image:
         pixels = np.asarray(image).astype(np.uint32)
         return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8))  # round(x * 255 / 65535)
     if image.mode in ("I", "F"):
-        raise ValueError(f"its pixels are {'32-bit integers' if image.mode == 'I' else 'floats'} (mode {image.mode!r}), "
-                         f"whose range is unknown: save it as an 8-bit (or 16-bit) image")
+        kind = "32-bit integers" if image.mode == "I" else "floats"
+        raise ValueError(f"its pixels are {kind} (mode {image.mode!r}), whose range is unknown: save it as an 8-bit "
+                         f"(or 16-bit) image")
     return image
 
 

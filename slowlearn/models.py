@@ -10,8 +10,8 @@ from torch import nn
 from .display import format_table
 from .init import GeneralReLU, init_weights
 
-__all__ = ["conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming_initialized_model", "get_kaiming_initalized_model", "ResBlock",
-           "resnet", "MLP", "summary"]
+__all__ = ["conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming_initialized_model", "get_kaiming_initalized_model",
+           "ResBlock", "resnet", "MLP", "summary"]
 
 
 def conv_block(ni: int, nf: int, ks: int = 3, stride: int = 2, act: Callable[[], nn.Module] | None = nn.ReLU,

@@ -59,7 +59,8 @@ def test_errors_name_the_column_or_row():
     reordered = fashion_like(6).cast_column("label", datasets.ClassLabel(names=NAMES[::-1]))
     with pytest.raises(ValueError, match="names other classes in the valid dataset"):
         from_hf(fashion_like(), reordered)
-    floats = datasets.Dataset.from_dict({"image": [np.full((2, 2), 0.5, dtype=np.float32)] * 4, "label": ["a", "b"] * 2})
+    floats = datasets.Dataset.from_dict({"image": [np.full((2, 2), 0.5, dtype=np.float32)] * 4,
+                                         "label": ["a", "b"] * 2})
     with pytest.raises(ValueError, match=r"holds float\w* values in \[0.5, 0.5\]: give pixels as uint8"):
         from_hf(floats, valid_pct=0.5, verbose=False)
     ds = datasets.Dataset.from_dict({"image": [np.zeros((2, 2), dtype=np.uint8)] * 3, "label": ["a", "", "b"]})

@@ -66,7 +66,7 @@ def test_in_memory_images_of_different_sizes_are_named_by_their_place_not_their_
     for size in [(4, 4), (4, 4), (6, 5)]:
         buffer = io.BytesIO()
         Image.new("L", size).save(buffer, "PNG")
-        encoded.append({"bytes": buffer.getvalue() + bytes(4000), "path": None})  # as a Hugging Face dataset stores them
+        encoded.append({"bytes": buffer.getvalue() + bytes(4000), "path": None})  # as Hugging Face stores them
     with pytest.raises(ValueError) as error:
         decode_images(encoded, open_item=lambda item: Image.open(io.BytesIO(item["bytes"])))
     assert str(error.value).startswith("Images have different sizes: item 0 is 4x4 (h x w) but item 2 is 5x6.")

@@ -154,7 +154,7 @@ def test_get_preds_on_files_and_its_errors(predictor_and_learner, tmp_path):
     nested = save_png(learn.dls.valid.x[2], tmp_path / "folder" / "cat" / "closeups" / "2.png")
     (tmp_path / "folder" / "cat" / "._2.png").write_bytes(b"macOS metadata, not a png")  # hidden: not an image
     in_folder = predictor.get_preds(tmp_path / "folder")
-    assert in_folder.files == [nested] and in_folder.targets.tolist() == [2]  # labelled by its class folder, as in training
+    assert in_folder.files == [nested] and in_folder.targets.tolist() == [2]  # by its class folder, as in training
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="Cannot read image file .*broken.png"):
         predictor.predict(tmp_path / "broken.png")

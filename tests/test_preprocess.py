@@ -41,7 +41,8 @@ def test_a_16_bit_grayscale_file_predicts_as_its_8_bit_pixels(tmp_path):
     learn = image_learner(1)
     item = learn.dls.valid.x[2]
     Image.fromarray(item[0].numpy().astype(np.uint16) * 257).save(tmp_path / "deep.png")  # the same levels in 16 bits
-    torch.testing.assert_close(learn.predict(tmp_path / "deep.png").probs, learn.get_preds().preds[2], atol=1e-6, rtol=0)
+    expected = learn.get_preds().preds[2]
+    torch.testing.assert_close(learn.predict(tmp_path / "deep.png").probs, expected, atol=1e-6, rtol=0)
     Image.fromarray(np.zeros((6, 6), dtype=np.float32)).save(tmp_path / "float.tif")
     with pytest.raises(ValueError, match=r"Cannot read image file .*float.tif: its pixels are floats"):
         learn.predict(tmp_path / "float.tif")
