@@ -127,7 +127,7 @@ def _inputs(dls) -> dict | None:
     x = getattr(getattr(dls, "valid", None), "x", None)
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
         return None
-    return {"classes": list(dls.classes or []), "preprocessing": preprocessing_of(dls).to_dict()}
+    return {"classes": list(getattr(dls, "classes", None) or []), "preprocessing": preprocessing_of(dls).to_dict()}
 
 
 def _refuse_non_finite(model_state: dict, path: Path, epoch: int, iter: int) -> None:

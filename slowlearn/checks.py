@@ -164,15 +164,15 @@ def _is_cross_entropy(loss_func) -> bool:
 
 
 def check_targets(preds, batch, loss_func, classes: Sequence[str] | None = None) -> None:
-    """After the first prediction: a model classifying items into the data's `classes` (when known) gives
-    one output per class, class-index targets lie in [0, number of model outputs), and cross-entropy gets
+    """After the first prediction: a model trained with cross-entropy on data with `classes` (when known)
+    gives one output per class (other losses may use other widths: embeddings, an extra output), class-index targets lie in [0, number of model outputs), and cross-entropy gets
     them as integers of the right shape."""
     tensors = _tensors(batch)
     if tensors is None or not isinstance(preds, Tensor) or not preds.is_floating_point() or preds.ndim < 2:
         return
     if preds.shape[1] == 1:
         return  # one output is a score or a regression, not a choice between classes
-    if classes and preds.ndim == 2 and preds.shape[1] != len(classes):
+    if classes and preds.ndim == 2 and preds.shape[1] != len(classes) and _is_cross_entropy(loss_func):
         raise ValueError(f"The model gives {preds.shape[1]} outputs per item, but the data has {len(classes)} classes: "
                          f"give its last layer {len(classes)} outputs (a CNN ending in a conv, such as the seed CNN, "
                          f"gives one output per class only for images it reduces to 1x1: use smaller images or a "

@@ -32,7 +32,8 @@ def _open(item: Any) -> Image.Image:
     if array.dtype.kind not in "iub" or (array.size and (array.min() < 0 or array.max() > 255)):
         low, high = (array.min(), array.max()) if array.size else (0, 0)
         raise ValueError(f"An image array holds {array.dtype} values in [{low:.3g}, {high:.3g}]: give pixels as uint8 "
-                         f"0-255 (for floats in [0, 1], (x * 255).round().astype(np.uint8)) or as PIL images")
+                         f"0-255 (floats in [0, 1]: (x * 255).round().astype(np.uint8); floats holding 0-255: "
+                         f"x.round().astype(np.uint8)) or as PIL images")
     return Image.fromarray(array.astype(np.uint8))
 
 
@@ -60,7 +61,7 @@ def _class_names(ds, y: str, label_sets: list[list]) -> list[str]:
 def _check_same_class_names(datasets: dict, y: str) -> None:
     """A `ClassLabel` in the validation set names the same classes, in the same order, as the training set's."""
     names = {which: getattr(ds.features[y], "names", None) for which, ds in datasets.items()}
-    if names.get("valid") is not None and names["valid"] != names["train"]:
+    if names.get("valid") is not None and names["train"] is not None and names["valid"] != names["train"]:
         raise ValueError(f"the label feature {y!r} names other classes in the valid dataset ({names['valid'][:5]}) "
                          f"than in the train dataset ({(names['train'] or [])[:5]}): give both the same ClassLabel "
                          f"(e.g. valid.cast_column({y!r}, train.features[{y!r}]))")

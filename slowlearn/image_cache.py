@@ -86,7 +86,8 @@ def cached_decode(files: Sequence[str], identity: str, options: dict, decode: Ca
     `identity` names the dataset (e.g. its folder), so that one cache file per dataset and options is
     kept up to date rather than a new one piling up for every change."""
     digest = hashlib.sha256(json.dumps([file_signature(files), options], sort_keys=True).encode()).hexdigest()
-    path = _cache_path(cache_folder(cache_dir), identity, options)
+    named_by = {k: v for k, v in options.items() if k != "decoder"}  # a new decoder replaces the file, not adds one
+    path = _cache_path(cache_folder(cache_dir), identity, named_by)
     x = _read(path, digest)
     if x is None:
         x = decode()

@@ -44,7 +44,9 @@ def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
 def eight_bit(image: Image.Image) -> Image.Image:
     """16-bit grayscale scaled to 8 bits (Pillow's convert("L") clips it at 255: nearly white images);
     32-bit integer and float pixels, whose range is unknown, refused; other images as they are."""
-    if image.mode in SIXTEEN_BIT_MODES:
+    pixels = np.asarray(image) if image.mode == "I" else None
+    if image.mode in SIXTEEN_BIT_MODES or (pixels is not None and pixels.size and 0 <= pixels.min()
+                                           and pixels.max() <= 65535):  # Pillow < 10.3 reads 16-bit PNGs as "I"
         from PIL import Image
         pixels = np.asarray(image).astype(np.uint32)
         return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8))  # round(x * 255 / 65535)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import os
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,6 +109,11 @@ def _label_folders(split_dirs: dict[str, Path], not_classes: Sequence[str] = ())
     files, labels, splits = [], [], []
     for split, folder in split_dirs.items():
         found = train if split == "train" else _class_folders(folder)
+        if split == "test" and not (found and set(found) <= set(classes)):  # e.g. Kaggle's unlabelled test/*.jpg
+            warnings.warn(f"{folder} is not labelled by the training classes' folders, so it is not used as the test "
+                          f"split (dls.test is the validation set); predict on it with learn.get_preds or slowlearn predict",
+                          stacklevel=4)
+            continue
         unknown = sorted(set(found) - set(classes))
         if unknown:
             raise ValueError(f"{folder / unknown[0]} is a class with no training images ({split_dirs['train']} has no "

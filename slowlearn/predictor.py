@@ -47,11 +47,12 @@ def image_files(folder_or_files: str | os.PathLike | Iterable[str | os.PathLike]
     return files
 
 
-def _class_folder(file: Path, root: Path | None) -> str:
-    """The class a file's folder names, as in training: in a folder given, its top-level subfolder (images
-    in deeper subfolders belong to it); for a file given, or directly in the folder, its own folder."""
+def _class_folder(file: Path, root: Path | None, classes) -> str:
+    """The class a file's folder names, as in training: in a folder given, its top-level subfolder when that
+    is a class (images in deeper subfolders belong to it); else (a dataset root's train/<class>/, a file
+    given, a file directly in the folder) its own folder."""
     parts = file.relative_to(root).parts if root is not None else ()
-    return parts[0] if len(parts) > 1 else file.parent.name
+    return parts[0] if len(parts) > 1 and parts[0] in classes else file.parent.name
 
 
 class Predictor:
@@ -98,7 +99,7 @@ class Predictor:
         root = Path(folder_or_files) if isinstance(folder_or_files, (str, os.PathLike)) else None
         root = root if root is not None and root.is_dir() else None
         index = {name: i for i, name in enumerate(self.classes)}
-        targets = torch.tensor([index.get(_class_folder(f, root), -1) for f in files])
+        targets = torch.tensor([index.get(_class_folder(f, root, index), -1) for f in files])
         return FilePreds(files, self._probs(files, bs), targets)
 
     def _probs(self, items: list, bs: int = 256) -> torch.Tensor:

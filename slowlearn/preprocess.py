@@ -108,10 +108,14 @@ def _from_pil(image: Image.Image, prep: Preprocessing, draft: bool = False) -> t
     `fit_image` (a JPEG file we opened is drafted as in training; a caller's image is never altered)."""
     (h, w), mode = prep.size, "L" if prep.channels == 1 else "RGB"
     if image.size != (w, h) and prep.resize is None:
-        raise ValueError(f"The model takes {h}x{w} images and its training images were not resized; got "
+        raise WrongSize(f"The model takes {h}x{w} images and its training images were not resized; got "
                          f"{image.height}x{image.width}. Resize it to that size first.")
     image = fit_image(image, mode, prep.size, **(prep.resize or {}), draft=draft)
     return torch.from_numpy(np.array(image)).reshape(h, w, -1).permute(2, 0, 1)
+
+
+class WrongSize(ValueError):
+    """An image of another size than a model that was trained without resizing takes."""
 
 
 def _read_file(path: str | os.PathLike, prep: Preprocessing) -> torch.Tensor:
@@ -119,6 +123,8 @@ def _read_file(path: str | os.PathLike, prep: Preprocessing) -> torch.Tensor:
     try:
         with Image.open(path) as image:
             return _from_pil(image, prep, draft=True)
+    except WrongSize as e:
+        raise ValueError(f"{path}: {e}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
         raise ValueError(f"Cannot read image file {path}: {e}") from None
 

@@ -38,12 +38,13 @@ def test_the_cache_is_reused_when_nothing_changed_and_rebuilt_for_other_options(
     assert len(decodes) == 3  # each set of options keeps its own cache
 
 
-def test_a_new_decoder_version_decodes_again(tmp_path, decodes, monkeypatch):
+def test_a_new_decoder_version_decodes_again(tmp_path, data_folder, decodes, monkeypatch):
     root = make_folder(tmp_path / "pets")
     load(root), load(root)
     monkeypatch.setattr(slowlearn.image_data, "DECODER_VERSION", slowlearn.image_data.DECODER_VERSION + 1)
     load(root)
     assert len(decodes) == 2
+    assert len(list((data_folder / "image-cache").glob("*.pt"))) == 1  # the stale file replaced, not one more
 
 
 def test_a_file_moved_to_another_class_gets_its_new_label(tmp_path, decodes):

@@ -79,7 +79,10 @@ def test_16_bit_grayscale_is_scaled_to_8_bits_and_32_bit_pixels_are_refused(tmp_
     assert Image.open(tmp_path / "deep.png").mode.startswith("I;16")
     x = decode_images([str(tmp_path / "deep.png")])
     assert x.shape == (1, 1, 2, 3) and x[0, 0].tolist() == np.round(levels / 257).astype(int).tolist()
-    Image.fromarray(np.full((2, 3), 1000, dtype=np.int32)).save(tmp_path / "wide.tif")
+    Image.fromarray(levels.astype(np.int32)).save(tmp_path / "old_pillow.tif")  # as Pillow < 10.3 reads 16-bit PNGs
+    assert Image.open(tmp_path / "old_pillow.tif").mode == "I"
+    assert decode_images([str(tmp_path / "old_pillow.tif")])[0, 0].tolist() == x[0, 0].tolist()
+    Image.fromarray(np.full((2, 3), 100_000, dtype=np.int32)).save(tmp_path / "wide.tif")
     with pytest.raises(ValueError, match=r"wide.tif: its pixels are 32-bit integers \(mode 'I'\).*save it as an 8-bit"):
         decode_images([str(tmp_path / "wide.tif")])
 

@@ -70,6 +70,15 @@ def test_train_valid_and_test_folders_give_three_splits(tmp_path):
     assert [folder_files(root, "test", None).splits.count(s) for s in ("valid", "test")] == [5, 0]
 
 
+def test_an_unlabelled_test_folder_is_left_out_with_a_warning(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("train", "valid"))
+    (root / "test").mkdir()
+    (root / "train" / "cat" / "0.png").rename(root / "test" / "0.png")  # Kaggle style: test/*.jpg, no labels
+    with pytest.warns(UserWarning, match="not labelled by the training classes' folders"):
+        dls = image_folder(root, bs=4, device="cpu", verbose=False)
+    assert dls.test is dls.valid and len(dls.valid.x) == 6  # as with no test/ folder
+
+
 def test_valid_pct_with_train_and_test_folders(tmp_path):
     root = make_folder(tmp_path / "pets")
     dls = image_folder(root, valid_pct=0.25, device="cpu")  # train/ split at random; test/ is the test set

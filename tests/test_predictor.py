@@ -158,3 +158,11 @@ def test_get_preds_on_files_and_its_errors(predictor_and_learner, tmp_path):
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="Cannot read image file .*broken.png"):
         predictor.predict(tmp_path / "broken.png")
+
+
+def test_a_dataset_roots_images_are_labelled_by_their_class_folders(tmp_path):
+    from slowlearn.predictor import _class_folder
+    root = tmp_path / "data"
+    classes = {"cat": 0, "dog": 1}
+    assert _class_folder(root / "train" / "dog" / "1.png", root, classes) == "dog"  # train/ is no class
+    assert _class_folder(root / "cat" / "indoor" / "2.png", root, classes) == "cat"  # nested in a class folder

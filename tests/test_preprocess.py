@@ -87,8 +87,9 @@ def test_other_objects_are_refused():
 
 def test_a_file_of_another_size_is_resized_only_when_the_training_images_were(tmp_path):
     Image.fromarray(np.full((9, 12), 7, dtype=np.uint8)).save(tmp_path / "big.png")
-    with pytest.raises(ValueError, match=r"takes 6x6 images .* not resized; got 9x12"):
+    with pytest.raises(ValueError, match=r"takes 6x6 images .* not resized; got 9x12") as error:
         image_learner().predict(tmp_path / "big.png")
+    assert str(error.value).startswith(f"{tmp_path / 'big.png'}: The model") and "Cannot read" not in str(error.value)
     learn = image_learner(resize={"method": "crop", "interpolation": "bilinear"})
     expected = learn.predict(torch.full((1, 6, 6), 7, dtype=torch.uint8))
     torch.testing.assert_close(learn.predict(tmp_path / "big.png").probs, expected.probs)
