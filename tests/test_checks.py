@@ -46,7 +46,7 @@ def test_a_model_with_more_outputs_than_the_datas_classes_is_stopped_at_the_firs
     embed = Learner(nn.Linear(3, 12), DataLoaders(batches(x, y), batches(x, y), classes=["a", "b", "c"]),
                     lambda preds, y: preds.pow(2).mean(), lr=0.1)  # not cross-entropy: any width (an embedding)
     embed.fit(1)
-    Learner(nn.Linear(3, 1), DataLoaders(batches(x, y.float()), [], classes=["a", "b", "c"]), F.mse_loss,
+    Learner(nn.Linear(3, 1), DataLoaders(batches(x, y.float()[:, None]), [], classes=["a", "b", "c"]), F.mse_loss,
             lr=0.1).fit(1, valid=False)  # one output: a score, not one per class
 
 
