@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
 from slowlearn import (CancelEpochException, CancelFitException, Callback, CheckpointCB, CheckpointError, DataLoaders, GradientAccumulationCB,
-                       Learner, MetricsCB, ParamSchedulerCB, sched_lin, set_seed)
+                       Learner, MetricsCB, ParamSchedulerCB, TensorLoader, sched_lin, set_seed)
 from slowlearn import checkpoint as checkpoint_module
 from slowlearn import checkpoint_io
 from slowlearn.callbacks import latest_metric
@@ -579,3 +579,17 @@ def test_a_resumed_run_keeps_the_layers_the_saved_run_had_frozen(tmp_path):
     resumed = run(resume=tmp_path / "ckpt.pt", freeze=False)  # a new Learner, as in a new process
     assert [p.requires_grad for p in resumed.model.parameters()] == [False] * 4 + [True] * 2
     assert all(torch.equal(v, straight.model.state_dict()[k]) for k, v in resumed.model.state_dict().items())
+
+
+def test_data_without_class_names_is_checkpointed(tmp_path):
+    class Images:  # a user's own pair of loaders: train and valid, no `classes`
+        def __init__(self, dls):
+            self.train, self.valid = dls.train, dls.valid
+
+    x = torch.randint(0, 256, (8, 1, 4, 4), dtype=torch.uint8)
+    loader = TensorLoader(x, torch.arange(8) % 2, 4, device="cpu")
+    dls = DataLoaders(loader, loader)
+    learn = Learner(nn.Sequential(nn.Flatten(), nn.Linear(16, 2)), Images(dls), lr=0.01)
+    learn.fit(1)
+    learn.save(tmp_path / "ckpt.pt")
+    assert read_checkpoint(tmp_path / "ckpt.pt")["inputs"]["classes"] == []

@@ -92,3 +92,12 @@ def test_the_users_own_precision_and_layout_callbacks_win(cpu_features):
     assert speed_cbs(resnet(), device="cpu", verbose=False, given=mine) == []
     assert speed_cbs(resnet(), device="cpu", verbose=False, given=mine[:1]) == []  # as before "auto" existed
     assert [type(cb) for cb in speed_cbs(resnet(), device="cpu", verbose=False, given=mine[1:])] == [MixedPrecisionCB]
+
+
+def test_a_disabled_scalers_empty_state_leaves_the_new_scaler_as_it_is():
+    mp = MixedPrecisionCB("fp16")
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[mp])
+    learn.fit(1)
+    scale = mp.scaler.get_scale()
+    mp.load_state_dict({"scaler": {}, "skipped_steps": 0})  # what a run whose scaler was disabled saved
+    assert mp.scaler.get_scale() == scale and mp.skipped_steps == 0
