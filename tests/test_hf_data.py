@@ -66,3 +66,13 @@ def test_errors_name_the_column_or_row():
     ds = datasets.Dataset.from_dict({"image": [np.zeros((2, 2), dtype=np.uint8)] * 3, "label": ["a", "", "b"]})
     with pytest.raises(ValueError, match="train row 1: the label is empty"):
         from_hf(ds, valid_pct=0.5)
+
+
+def test_class_names_are_compared_only_when_both_datasets_have_them():
+    from slowlearn.hf_data import _check_same_class_names
+    plain = datasets.Dataset.from_dict({"image": [np.zeros((2, 2), dtype=np.uint8)], "label": [0]})
+    _check_same_class_names({"train": plain, "valid": fashion_like(3)}, "label")  # train has no ClassLabel
+    with pytest.raises(ValueError, match="names other classes"):
+        _check_same_class_names({"train": fashion_like(3),
+                                 "valid": fashion_like(3).cast_column("label", datasets.ClassLabel(names=NAMES[::-1]))},
+                                "label")
