@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .cli_common import CLIError
+from .cli_common import CLIError, positive_int
 
 __all__ = ["add_data_args", "load_data", "CLIError", "check_data_args"]
 
@@ -41,13 +41,6 @@ def _aug(value: str) -> str:
     return value
 
 
-def _count(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return number
-
-
 def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data", default="fashion_mnist",
                    help="fashion_mnist, cifar10, a folder of images (train/<class>/* with valid/<class>/* or "
@@ -64,7 +57,7 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
                    help="validation fraction, split at random per class (folders of <class>/*, or a CSV)")
     p.add_argument("--aug", type=_aug, help="training augmentation: crop,flip (translate by up to 1/8 of the size, "
                                             "mirror), crop, flip or none (default: crop,flip; none for fashion_mnist)")
-    p.add_argument("--n-train", type=_count, metavar="N",
+    p.add_argument("--n-train", type=positive_int, metavar="N",
                    help="train on N of the training images (a quick run): a random subset of your images or "
                         "cifar10 (only those are decoded), the first N of fashion_mnist")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .device import default_device
+from .preprocess import normalising_affine
 from .distributed import rank0_first
 
 __all__ = ["TensorLoader", "DataLoaders", "fashion_mnist", "find_fashion_mnist", "DataNotFoundError",
@@ -60,16 +61,9 @@ class TensorLoader:
         self.rank, self.world_size, self.even = 0, 1, True
 
     def _affine(self, mean, std) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """Normalisation as one multiply-subtract: x * scale - shift == (x / 255 - mean) / std."""
         if mean is None and std is None and self.x.dtype != torch.uint8:
             return None, None
-        to255 = 255. if self.x.dtype == torch.uint8 else 1.
-        shape = (1, -1) + (1,) * (self.x.ndim - 2) if self.x.ndim > 1 else (-1,)
-        mean = torch.as_tensor(0. if mean is None else mean, dtype=torch.float32, device=self.device)
-        std = torch.as_tensor(1. if std is None else std, dtype=torch.float32, device=self.device)
-        if mean.ndim:
-            mean, std = mean.reshape(shape), std.reshape(shape)
-        return 1 / (to255 * std), mean / std
+        return normalising_affine(mean, std, 255. if self.x.dtype == torch.uint8 else 1., self.x.ndim, self.device)
 
     def shard(self, rank: int, world_size: int, even: bool = True) -> TensorLoader:
         """Make this loader yield only rank `rank`'s share of every epoch (see the class docs)."""

@@ -32,6 +32,18 @@ __all__ = ["Preprocessing", "preprocessing_of", "to_batch", "as_items", "resize_
 FLOAT_TOLERANCE = 1e-3  # how far outside [0, 1] a float image may stray (rounding in the user's own resizing)
 
 
+def normalising_affine(mean, std, to255: float, batch_ndim: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Normalisation as one multiply-subtract, in float32: x * scale - shift == (x / to255 - mean) / std, with
+    one mean and std per channel (dimension 1) of a batch of `batch_ndim` dimensions. TensorLoader and the
+    exported preprocessing both use it, so a prediction matches the validation loader's to the last bit."""
+    shape = (1, -1) + (1,) * (batch_ndim - 2) if batch_ndim > 1 else (-1,)
+    mean = torch.as_tensor(0. if mean is None else mean, dtype=torch.float32, device=device)
+    std = torch.as_tensor(1. if std is None else std, dtype=torch.float32, device=device)
+    if mean.ndim:
+        mean, std = mean.reshape(shape), std.reshape(shape)
+    return 1 / (to255 * std), mean / std
+
+
 @dataclass
 class Preprocessing:
     """A model's input. `kind` "image": uint8 images of `channels` x `size` (h, w), scaled to [0, 1] by
@@ -68,16 +80,10 @@ class Preprocessing:
         return cls(**{**d, "size": tuple(d["size"])})
 
     def affine(self) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """(scale, shift) with x * scale - shift == (x * self.scale - mean) / std, computed in float32 exactly
-        as `TensorLoader` does, so a prediction matches the validation loader's to the last bit."""
+        """(scale, shift) with x * scale - shift == (x * self.scale - mean) / std, as `TensorLoader` computes it."""
         if self.mean is None and self.std is None and self.scale == 1:
             return None
-        mean = torch.as_tensor(0. if self.mean is None else self.mean, dtype=torch.float32)
-        std = torch.as_tensor(1. if self.std is None else self.std, dtype=torch.float32)
-        shape = (1, -1) + (1,) * (len(self.shape) - 1)  # one value per channel (or feature)
-        if mean.ndim:
-            mean, std = mean.reshape(shape), std.reshape(shape)
-        return 1 / (round(1 / self.scale) * std), mean / std
+        return normalising_affine(self.mean, self.std, round(1 / self.scale), len(self.shape) + 1)
 
 
 def preprocessing_of(dls) -> Preprocessing:

@@ -77,11 +77,19 @@ class WeightAveragingCB(Callback):
             self._avg, self._stash, self.n, self.steps = {k: v.clone() for k, v in tensors.items()}, None, 0, 0
         self._avg = {k: self._avg[k].to(v.device) for k, v in tensors.items()}
         self._names, self._live = list(tensors), list(tensors.values())
-        self._floats = [i for i, t in enumerate(self._live) if t.is_floating_point()]
-        self._others = [i for i, t in enumerate(self._live) if not t.is_floating_point()]
+        self._pair_up()
         if self._stash is not None:
             self._give_back_trained()
         self._in_fit = True
+
+    def _pair_up(self) -> None:
+        """The (average, live) tensor lists each step updates, built once per fit and not every step:
+        floats are averaged, integer buffers (BatchNorm's batch count) copied."""
+        avg = list(self._avg.values())
+        floats = [i for i, t in enumerate(self._live) if t.is_floating_point()]
+        others = [i for i, t in enumerate(self._live) if not t.is_floating_point()]
+        self._lerped = ([avg[i] for i in floats], [self._live[i] for i in floats])
+        self._copied = ([avg[i] for i in others], [self._live[i] for i in others])
 
     def _matches(self, tensors: dict[str, torch.Tensor]) -> bool:
         return self._avg is not None and self._avg.keys() == tensors.keys() and all(
@@ -100,11 +108,10 @@ class WeightAveragingCB(Callback):
             return
         self.n += 1
         weight = 1 / self.n if self.swa_start is not None else 1 - self._decay()
-        avg = list(self._avg.values())
         with torch.no_grad():
-            torch._foreach_lerp_([avg[i] for i in self._floats], [self._live[i] for i in self._floats], weight)
-            if self._others:
-                torch._foreach_copy_([avg[i] for i in self._others], [self._live[i] for i in self._others])
+            torch._foreach_lerp_(*self._lerped, weight)
+            if self._copied[0]:
+                torch._foreach_copy_(*self._copied)
 
     def _averaging(self, learn) -> bool:
         if self.swa_start is None:
@@ -169,6 +176,7 @@ class WeightAveragingCB(Callback):
             if trained is not None:
                 _copy(self._live, [trained[k].to(t.device) for k, t in zip(self._names, self._live)])
             self._avg = {k: self._avg[k].to(t.device) for k, t in zip(self._names, self._live)}
+            self._pair_up()
             self._stash = None
         else:
             self._stash = list(trained.values()) if trained is not None else None
