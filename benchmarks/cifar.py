@@ -17,8 +17,8 @@ import torch.nn.functional as F
 
 from common import EpochTimer
 from slowlearn import ChannelsLastCB, DataLoaders, MixedPrecisionCB, resnet, set_seed, train_1cycle
-from slowlearn.data import _data_root
-from slowlearn.image_data import cifar10
+from slowlearn.data import data_root as _data_root
+from slowlearn.data.images import cifar10
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

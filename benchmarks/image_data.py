@@ -31,7 +31,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader
 from torchvision import datasets, transforms
 
-from slowlearn.image_data import image_folder
+from slowlearn.data.images import image_folder
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 

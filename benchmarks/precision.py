@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from common import interleaved
 from slowlearn import get_kaiming_initialized_model, resnet
 from slowlearn.hardware import speed_settings
-from slowlearn.speednet import speed_net
+from slowlearn.models.speednet import speed_net
 
 MODELS = {"seed_cnn": (get_kaiming_initialized_model, (512, 1, 28, 28)),
           "resnet": (resnet, (512, 1, 28, 28)),

@@ -1,40 +1,56 @@
-"""slowlearn: a callback-driven training framework for PyTorch."""
-from importlib.metadata import PackageNotFoundError, version
+"""slowlearn: a callback-driven training framework for PyTorch.
 
-from .augment import BatchAugment
-from .callback import (Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException)
+The loop and its protocol are at the top (`learner`, `callback`, `checkpoint`, `groups`, `optim`, `train`,
+`recipes`, `tuning`, ...); the layers live in packages: `callbacks/`, `data/`, `models/`, `deploy/` (using a
+trained model) and `cli/` (the command line)."""
+from .callback import Callback, CancelBatchException, CancelEpochException, CancelFitException, CancelStepException
 from .callbacks import *  # noqa: F403 -- the callbacks' own __all__, re-exported whole
 from .callbacks import __all__ as _callback_names
 from .checkpoint_io import CheckpointError
 from .compat import quiet_torcheval_imports
-from .data import DataLoaders, TensorLoader, fashion_mnist
+from .data import (
+                   BatchAugment,
+                   DataLoaders,
+                   Preprocessing,
+                   TensorLoader,
+                   cifar10,
+                   fashion_mnist,
+                   from_hf,
+                   image_csv,
+                   image_folder,
+                   show_batch,
+)
+from .deploy import ExportError, FilePreds, Prediction, Predictor, Preds, confusion_matrix, load_learner
 from .device import default_device
 from .distributed import is_rank0, rank0_first
 from .groups import default_splitter, group_lrs
 from .hardware import native_bf16
-from .hf_data import from_hf
-from .image_data import cifar10, image_csv, image_folder
-from .inference import Prediction, Preds, confusion_matrix
-from .export import ExportError
-from .init import BatchNorm, GeneralReLU, init_weights, lsuv_init, set_seed
 from .learner import Learner
-from .models import (MLP, ResBlock, conv_block, get_kaiming_initalized_model, get_kaiming_initialized_model, resnet,
-                     seed_cnn, summary)
+from .models import (
+                   MLP,
+                   BatchNorm,
+                   GeneralReLU,
+                   ResBlock,
+                   conv_block,
+                   get_kaiming_initalized_model,
+                   get_kaiming_initialized_model,
+                   init_weights,
+                   lsuv_init,
+                   resnet,
+                   seed_cnn,
+                   speed_net,
+                   summary,
+)
 from .optim import SGD, AdaDelta, AdaGrad, Adam, AdamW, MomentumSGD, RMSProp
-from .predictor import FilePreds, Predictor, load_learner
-from .preprocess import Preprocessing
-from .show import plot_confusion_matrix, plot_metrics, plot_top_losses, show_batch, show_results
-from .speednet import speed_net
+from .randomness import set_seed
+from .show import plot_confusion_matrix, plot_metrics, plot_top_losses, show_results
 from .train import compare_optimizers, train, train_1cycle
-
-try:
-    __version__ = version("slowlearn")  # settings.ini is the one place the version is written
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+from .tuning import find_batch_size
+from .version import __version__  # noqa: F401 -- slowlearn.__version__
 
 __all__ = [
     "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
-    *_callback_names, "CheckpointError", "rank0_first", "is_rank0",
+    *_callback_names, "find_batch_size", "CheckpointError", "rank0_first", "is_rank0",
     "default_splitter", "group_lrs",
     "DataLoaders", "TensorLoader", "fashion_mnist", "image_folder", "image_csv", "cifar10", "from_hf", "BatchAugment",
     "default_device", "native_bf16",

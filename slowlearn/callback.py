@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable
 
 from fastcore.basics import camel2snake
 
-__all__ = ["EVENTS", "VERBS", "Callback", "CallbackListMixin", "CancelException", "CancelFitException", "CancelEpochException",
+__all__ = ["EVENTS", "VERBS", "Callback", "CancelException", "CancelFitException", "CancelEpochException",
            "CancelBatchException", "CancelStepException", "check_callback", "call", "Dispatch"]
 
 EVENTS = ("before_fit", "before_epoch", "before_batch", "after_predict", "after_loss", "after_backward",
@@ -73,27 +73,6 @@ class Callback:
         for suffix in ("Callback", "CB"):
             cls = cls.removesuffix(suffix)
         return camel2snake(cls)
-
-
-class CallbackListMixin:
-    """The Learner's list of callbacks `cbs`: `add_cb`, `remove_cb`, and `learn.<name>` for a callback."""
-
-    cbs: list[Callback]
-
-    def __getattr__(self, name: str):
-        if name != "cbs":
-            for cb in self.__dict__.get("cbs", ()):
-                if cb.name == name:
-                    return cb
-        raise AttributeError(f"'{type(self).__name__}' has no attribute or callback named '{name}'")
-
-    def add_cb(self, cb: Callback):
-        self.cbs.append(cb)
-        return self
-
-    def remove_cb(self, cb: Callback):
-        self.cbs.remove(cb)
-        return self
 
 
 # Event methods of other frameworks (fastai, Lightning, Keras) that slowlearn would silently never call,

@@ -12,44 +12,49 @@ from __future__ import annotations
 
 import itertools
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
-from .checkpoint_io import (FORMAT, CheckpointError, check_model_fits, check_optimizer_fits, checksum,
-                            non_finite_entries, read_verified, type_name, write_atomically)
+from .checkpoint_io import (
+    FORMAT,
+    CheckpointError,
+    check_model_fits,
+    check_optimizer_fits,
+    checksum,
+    non_finite_entries,
+    read_verified,
+    type_name,
+    write_atomically,
+)
 from .device import bare_model
 from .distributed import is_rank0
+from .randomness import loader_generators, restore_randomness, rng_states
 
-__all__ = ["CheckpointMixin", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
-           "restore_weights", "restore_setup", "restore_run_state", "resume_point", "batches_from", "callback_key",
-           "randomness", "restore_randomness"]
+__all__ = ["save", "load", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
+           "restore_weights", "restore_setup", "restore_run_state", "resume_point", "batches_from", "callback_key"]
 
 
-class CheckpointMixin:
-    """The Learner's `save` and `load`."""
+def save(learn, path: str | os.PathLike) -> None:
+    """Checkpoint everything (model, optimizer, callbacks, RNGs, history) at the position training
+    reached: the end of the last epoch, or, after an interrupted fit, its last optimizer step (so
+    `fit(n_epochs, resume=path)` trains the rest of that epoch)."""
+    epoch, iter = learn._position
+    if 0 < iter < len(learn.dls.train):
+        check_mid_epoch_resumable(learn.dls.train, "learn.save after a fit interrupted mid-epoch")
+    save_checkpoint(learn, path, epoch=epoch, iter=iter)
 
-    def save(self, path: str | os.PathLike) -> None:
-        """Checkpoint everything (model, optimizer, callbacks, RNGs, history) at the position training
-        reached: the end of the last epoch, or, after an interrupted fit, its last optimizer step (so
-        `fit(n_epochs, resume=path)` trains the rest of that epoch)."""
-        epoch, iter = self._position
-        if 0 < iter < len(self.dls.train):
-            check_mid_epoch_resumable(self.dls.train, "learn.save after a fit interrupted mid-epoch")
-        save_checkpoint(self, path, epoch=epoch, iter=iter)
 
-    def load(self, path: str | os.PathLike):
-        """Restore the model, optimizer, history and random states of a checkpoint written by `save` or
-        CheckpointCB (safely: plain data only). To continue an interrupted run where it stopped, with
-        its callbacks' state and position, use `fit(n_epochs, resume=path)` instead."""
-        state = read_checkpoint(path)
-        restore_weights(self, state)
-        restore_randomness(self.dls, state)
-        return self
+def load(learn, path: str | os.PathLike):
+    """Restore the model, optimizer, history and random states of a checkpoint written by `save` or
+    CheckpointCB (safely: plain data only). To continue an interrupted run where it stopped, with
+    its callbacks' state and position, use `fit(n_epochs, resume=path)` instead."""
+    state = read_checkpoint(path)
+    restore_weights(learn, state)
+    restore_randomness(learn.dls, state)
+    return learn
 
 
 def callback_key(cbs, cb) -> str:
@@ -58,20 +63,11 @@ def callback_key(cbs, cb) -> str:
     return type(cb).__name__ if len(same) == 1 else f"{type(cb).__name__}_{same.index(cb)}"
 
 
-def _loader_generators(dls) -> dict[str, torch.Generator]:
-    """The generators that order the loaders' batches, by split: a TensorLoader's, or the one given to a
-    torch DataLoader as `generator=`. A DataLoader without one draws its order from torch's global RNG."""
-    generators = {}
-    for split in ("train", "valid"):
-        generator = getattr(getattr(dls, split, None), "generator", None)
-        if isinstance(generator, torch.Generator):
-            generators[split] = generator
-    return generators
 
 
 def _loader_states(learn, mid_epoch: bool) -> dict:
     states = {}
-    for split, generator in _loader_generators(learn.dls).items():
+    for split, generator in loader_generators(learn.dls).items():
         # mid-epoch, the permutation being used was drawn from the state at the epoch's start
         epoch_start = getattr(getattr(learn.dls, split), "epoch_start_state", None)
         use_start = mid_epoch and split == "train" and epoch_start is not None
@@ -79,13 +75,6 @@ def _loader_states(learn, mid_epoch: bool) -> dict:
     return states
 
 
-def _rng_states() -> dict:
-    """torch's, CUDA's, NumPy's and Python's random states, as plain data (see `_set_rng_states`)."""
-    name, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
-            "python": random.getstate()}
 
 
 def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -> Path:
@@ -104,7 +93,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "opt": learn.opt.state_dict() if learn.opt is not None else None,
         "opt_type": type_name(learn.opt) if learn.opt is not None else None,
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
-        "rng": _rng_states(),
+        "rng": rng_states(),
         "loaders": _loader_states(learn, mid_epoch=iter > 0),
         "history": list(learn.history),
         "lr": _lr_as_data(learn.lr),
@@ -123,7 +112,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
 def _inputs(dls) -> dict | None:
     """What the model was trained on, for exporting it later: class names and preprocessing, for
     in-memory image loaders (None for other data)."""
-    from .preprocess import preprocessing_of
+    from .data import preprocessing_of
     x = getattr(getattr(dls, "valid", None), "x", None)
     if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
         return None
@@ -260,29 +249,9 @@ def batches_from(dl, start: int) -> Iterator[tuple[int, object]]:
     return itertools.islice(enumerate(dl), start, None)
 
 
-def randomness(dls) -> dict:
-    """All a fit draws random numbers from: the global RNGs and the loaders' generators."""
-    return {"rng": _rng_states(), "loaders": {split: g.get_state() for split, g in _loader_generators(dls).items()}}
 
 
-def restore_randomness(dls, saved: dict) -> None:
-    """Put back what `randomness(dls)` returned (or a checkpoint's "rng" and "loaders")."""
-    _set_rng_states(saved["rng"])
-    generators = _loader_generators(dls)
-    for split, state in saved["loaders"].items():
-        if split in generators:
-            generators[split].set_state(state)
 
 
-def _set_rng_states(rng: dict) -> None:
-    """Put back the random states that `_rng_states()` returned."""
-    torch.set_rng_state(rng["torch"])
-    if rng["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(rng["cuda"])
-    name, keys, pos, has_gauss, gauss = rng["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
-    random.setstate(_as_tuples(rng["python"]))
 
 
-def _as_tuples(x):
-    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

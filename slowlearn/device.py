@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["default_device", "to_device", "model_device", "bare_model"]
+__all__ = ["default_device", "to_device", "model_device", "bare_model", "sync_time"]
 
 
 def default_device() -> torch.device:
@@ -51,3 +52,10 @@ def _compiled(model: nn.Module) -> bool:
     # torch._dynamo takes seconds to import; a compiled model means torch.compile has imported it already.
     eval_frame = sys.modules.get("torch._dynamo.eval_frame")
     return eval_frame is not None and isinstance(model, eval_frame.OptimizedModule)
+
+
+def sync_time(device: torch.device) -> float:
+    """`time.perf_counter()` after the work queued on `device` has finished (CUDA runs asynchronously)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter()

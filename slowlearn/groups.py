@@ -16,7 +16,8 @@ from torch import nn
 from .arguments import check_range
 from .device import bare_model
 
-__all__ = ["default_splitter", "group_lrs", "check_lr", "stays_in_eval", "ParamGroupsMixin"]
+__all__ = ["default_splitter", "group_lrs", "check_lr", "stays_in_eval", "param_groups", "make_optimizer",
+           "set_lr", "freeze_to", "frozen_state", "load_frozen_state"]
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
 
@@ -66,106 +67,87 @@ def check_lr(lr: float | slice | Sequence[float], owner: str, name: str = "lr") 
         check_range(name, value, 0., owner=owner)
 
 
-class ParamGroupsMixin:
-    """The Learner's param groups (`splitter`), freezing and `fine_tune`."""
+def param_groups(learn) -> list[list[nn.Parameter]]:
+    """The splitter's groups of the (unwrapped) model, checked: every parameter in exactly one group."""
+    groups = [list(g) for g in learn.splitter(bare_model(learn.model))]
+    groups = [g for g in groups if g]
+    seen = [id(p) for g in groups for p in g]
+    every = {id(p) for p in learn.model.parameters()}
+    if len(seen) != len(set(seen)) or set(seen) != every:
+        raise ValueError(f"The splitter must put every parameter of the model in exactly one group; it gave "
+                         f"{len(seen)} parameters ({len(seen) - len(set(seen))} repeated) for a model with "
+                         f"{len(every)}")
+    return groups
 
-    def param_groups(self) -> list[list[nn.Parameter]]:
-        """The splitter's groups of the (unwrapped) model, checked: every parameter in exactly one group."""
-        groups = [list(g) for g in self.splitter(bare_model(self.model))]
-        groups = [g for g in groups if g]
-        seen = [id(p) for g in groups for p in g]
-        every = {id(p) for p in self.model.parameters()}
-        if len(seen) != len(set(seen)) or set(seen) != every:
-            raise ValueError(f"The splitter must put every parameter of the model in exactly one group; it gave "
-                             f"{len(seen)} parameters ({len(seen) - len(set(seen))} repeated) for a model with "
-                             f"{len(every)}")
-        return groups
 
-    def make_optimizer(self) -> torch.optim.Optimizer:
-        """`opt_func` over the splitter's groups, each with its lr from `learn.lr` (see `group_lrs`)."""
-        groups = self.param_groups()
-        lrs = group_lrs(self.lr, len(groups))
-        return self.opt_func([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)], lrs[-1])
+def make_optimizer(learn) -> torch.optim.Optimizer:
+    """`opt_func` over the splitter's groups, each with its lr from `learn.lr` (see `group_lrs`)."""
+    groups = learn.param_groups()
+    lrs = group_lrs(learn.lr, len(groups))
+    return learn.opt_func([{"params": g, "lr": lr} for g, lr in zip(groups, lrs)], lrs[-1])
 
-    def set_lr(self, lr: float | slice | Sequence[float]) -> None:
-        """Set `learn.lr` and every param group's lr from it (a number, a slice or one lr per group); an
-        `lr` that does not fit the groups raises and changes nothing."""
-        lrs = group_lrs(lr, len(self.opt.param_groups) if self.opt is not None else len(self.param_groups()))
-        self.lr = lr
-        if self.opt is not None:
-            for group, value in zip(self.opt.param_groups, lrs):
-                group["lr"] = value
 
-    def freeze_to(self, n: int, train_bn: bool = True) -> None:
-        """Freeze the param groups before group `n` (negative counts from the end) and unfreeze the rest.
+def set_lr(learn, lr: float | slice | Sequence[float]) -> None:
+    """Set `learn.lr` and every param group's lr from it (a number, a slice or one lr per group); an
+    `lr` that does not fit the groups raises and changes nothing."""
+    lrs = group_lrs(lr, len(learn.opt.param_groups) if learn.opt is not None else len(learn.param_groups()))
+    learn.lr = lr
+    if learn.opt is not None:
+        for group, value in zip(learn.opt.param_groups, lrs):
+            group["lr"] = value
 
-        Frozen parameters get no gradient and their optimizer state is dropped, so they stay bitwise
-        the same. With `train_bn` (fastai's default), BatchNorm layers in frozen groups keep training
-        (weights and running statistics): a pretrained body then adapts its normalisation to the new
-        data, which usually helps. `train_bn=False` freezes them too, statistics included (those
-        layers run in eval mode until unfrozen).
-        """
-        groups = self.param_groups()
-        frozen = {id(p) for g in groups[:n] for p in g}
-        model = bare_model(self.model)
-        norms = [m for m in model.modules() if isinstance(m, BN_TYPES) and
-                 any(id(p) in frozen for p in m.parameters(recurse=False))]
-        keep_training = {id(p) for m in norms for p in m.parameters(recurse=False)} if train_bn else set()
-        for p in model.parameters():
-            trainable = id(p) not in frozen or id(p) in keep_training
-            p.requires_grad_(trainable)
-            if not trainable:
-                p.grad = None
-                if self.opt is not None:
-                    self.opt.state.pop(p, None)
-        self._keep_in_eval([] if train_bn else norms)
 
-    def _keep_in_eval(self, norms) -> None:
-        for hook in getattr(self, "_frozen_bn_hooks", ()):
-            hook.remove()
-        self._frozen_bn_hooks = [m.register_forward_pre_hook(_stay_in_eval) for m in norms]
+def freeze_to(learn, n: int, train_bn: bool = True) -> None:
+    """Freeze the param groups before group `n` (negative counts from the end) and unfreeze the rest.
 
-    def frozen_state(self) -> dict:
-        """The names of the frozen parameters and of the BatchNorm layers kept in eval (for checkpoints)."""
-        model = bare_model(self.model)
-        return {"params": [name for name, p in model.named_parameters() if not p.requires_grad],
-                "eval_norms": [name for name, m in model.named_modules() if stays_in_eval(m)]}
+    Frozen parameters get no gradient and their optimizer state is dropped, so they stay bitwise
+    the same. With `train_bn` (fastai's default), BatchNorm layers in frozen groups keep training
+    (weights and running statistics): a pretrained body then adapts its normalisation to the new
+    data, which usually helps. `train_bn=False` freezes them too, statistics included (those
+    layers run in eval mode until unfrozen).
+    """
+    groups = learn.param_groups()
+    frozen = {id(p) for g in groups[:n] for p in g}
+    model = bare_model(learn.model)
+    norms = [m for m in model.modules() if isinstance(m, BN_TYPES) and
+             any(id(p) in frozen for p in m.parameters(recurse=False))]
+    keep_training = {id(p) for m in norms for p in m.parameters(recurse=False)} if train_bn else set()
+    for p in model.parameters():
+        trainable = id(p) not in frozen or id(p) in keep_training
+        p.requires_grad_(trainable)
+        if not trainable:
+            p.grad = None
+            if learn.opt is not None:
+                learn.opt.state.pop(p, None)
+    _keep_in_eval(learn, [] if train_bn else norms)
 
-    def load_frozen_state(self, state: dict) -> None:
-        """Freeze what `frozen_state()` named, and unfreeze everything else."""
-        model = bare_model(self.model)
-        frozen, eval_norms = set(state["params"]), set(state["eval_norms"])
-        for name, p in model.named_parameters():
-            p.requires_grad_(name not in frozen)
-            if name in frozen:
-                p.grad = None
-                if self.opt is not None:
-                    self.opt.state.pop(p, None)
-        self._keep_in_eval([m for name, m in model.named_modules() if name in eval_norms])
 
-    def freeze(self, train_bn: bool = True) -> None:
-        """Train only the last param group (the head, with the default splitter); see `freeze_to`."""
-        self.freeze_to(-1, train_bn)
+def _keep_in_eval(learn, norms) -> None:
+    for hook in getattr(learn, "_frozen_bn_hooks", ()):
+        hook.remove()
+    learn._frozen_bn_hooks = [m.register_forward_pre_hook(_stay_in_eval) for m in norms]
 
-    def unfreeze(self) -> None:
-        """Train every param group."""
-        self.freeze_to(0)
 
-    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
-                  pct_start: float = 0.3, div: float = 5., **kwargs):
-        """fastai's transfer-learning recipe: `freeze_epochs` of one-cycle on the head alone (frozen body,
-        `lr_max=slice(base_lr)`, `pct_start=0.99`), then unfreeze and `epochs` of one-cycle on every group
-        with lrs spread from base_lr/2/lr_mult to base_lr/2. `kwargs` go to both `fit_one_cycle` calls.
+def frozen_state(learn) -> dict:
+    """The names of the frozen parameters and of the BatchNorm layers kept in eval (for checkpoints)."""
+    model = bare_model(learn.model)
+    return {"params": [name for name, p in model.named_parameters() if not p.requires_grad],
+            "eval_norms": [name for name, m in model.named_modules() if stays_in_eval(m)]}
 
-        The defaults are fastai's, made for large pretrained bodies and many steps. With a few hundred images
-        (a few steps an epoch) they barely move the weights: in `benchmarks/fine_tune.py` base_lr=1e-2,
-        lr_mult=10 did much better (0.83 against 0.51 accuracy from 200 images); try `lr_find` first."""
-        self.freeze()
-        if freeze_epochs:
-            self.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
-        base_lr /= 2
-        self.unfreeze()
-        return self.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)
+
+def load_frozen_state(learn, state: dict) -> None:
+    """Freeze what `frozen_state()` named, and unfreeze everything else."""
+    model = bare_model(learn.model)
+    frozen, eval_norms = set(state["params"]), set(state["eval_norms"])
+    for name, p in model.named_parameters():
+        p.requires_grad_(name not in frozen)
+        if name in frozen:
+            p.grad = None
+            if learn.opt is not None:
+                learn.opt.state.pop(p, None)
+    _keep_in_eval(learn, [m for name, m in model.named_modules() if name in eval_norms])
+
+
 
 
 def _stay_in_eval(module: nn.Module, args) -> None:

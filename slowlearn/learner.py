@@ -11,8 +11,10 @@ fit(n_epochs)
   after_fit
 cleanup_fit / cleanup_epoch / cleanup_batch always run, also after an error or a cancel.
 ```
-The callback protocol is in `callback.py`; the first batch of each phase is checked (`checks.py`);
-resuming (`checkpoint.py`) and inference (`inference.py`) live in their own modules.
+The callback protocol is in `callback.py`; the first batch of each phase is checked (`checks.py`). Every
+public method of the Learner is written out here; where the work lives in a feature module (param groups
+in `groups.py`, one-cycle and fine-tuning in `callbacks/schedule.py`, `lr_find` in `tuning.py`, checkpoints
+in `checkpoint.py`, inference and export in `deploy/`), its body is one call to that module.
 """
 from __future__ import annotations
 
@@ -23,23 +25,26 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import checks
+from . import checkpoint, checks, data, deploy, groups, models, tuning
 from .arguments import check_range
-from .callback import (Callback, CallbackListMixin, CancelBatchException, CancelEpochException, CancelException,
-                       CancelFitException, CancelStepException, Dispatch)
-from .callbacks.lr_finder import LRFindMixin
-from .callbacks.schedule import OneCycleMixin
-from .checkpoint import (CheckpointMixin, batches_from, check_resume, read_checkpoint, restore_setup,
-                         restore_weights, resume_point)
-from .groups import ParamGroupsMixin, check_lr, default_splitter
-from .inference import InferenceMixin
-from .show import PicturesMixin
+from .callback import (
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelException,
+    CancelFitException,
+    CancelStepException,
+    Dispatch,
+)
+from .callbacks import SuggestedLRs, schedule
+from .checkpoint import batches_from, check_resume, read_checkpoint, restore_setup, restore_weights, resume_point
+from .deploy import Prediction, Preds
+from .groups import check_lr, default_splitter
 
 __all__ = ["Learner"]
 
 
-class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, InferenceMixin, CheckpointMixin,
-              PicturesMixin):
+class Learner:
     """Trains `model` on `dls` (a `DataLoaders`) with `loss_func`, an optimizer from `opt_func` and callbacks.
 
     The optimizer gets one param group per list of parameters that `splitter(model)` returns (default:
@@ -198,3 +203,119 @@ class Learner(CallbackListMixin, ParamGroupsMixin, OneCycleMixin, LRFindMixin, I
                 self._do("zero_grad")
             except CancelStepException:
                 pass
+
+    # Callbacks: `learn.<name>` finds a callback of the list by its `name` (e.g. `learn.recorder`).
+    def __getattr__(self, name: str):
+        if name != "cbs":
+            for cb in self.__dict__.get("cbs", ()):
+                if cb.name == name:
+                    return cb
+        raise AttributeError(f"'{type(self).__name__}' has no attribute or callback named '{name}'")
+
+    def add_cb(self, cb: Callback) -> Learner:
+        """Add `cb` to the callbacks of every later fit."""
+        self.cbs.append(cb)
+        return self
+
+    def remove_cb(self, cb: Callback) -> Learner:
+        """Remove `cb` from the callbacks."""
+        self.cbs.remove(cb)
+        return self
+
+    # Training recipes on top of `fit` (callbacks/schedule.py, tuning.py).
+    def fit_one_cycle(self, n_epochs: int, lr_max: float | slice | Sequence[float] | None = None,
+                      pct_start: float = 0.3, div: float = 25., div_final: float = 1e4,
+                      moms: tuple[float, float] | None = (0.95, 0.85), cbs: Sequence[Callback] = (),
+                      **fit_kwargs) -> Learner:
+        """`fit(n_epochs)` under `OneCycleCB(lr_max, ...)` (`lr_max` defaults to `learn.lr`); `fit_kwargs`
+        go to `fit` (`resume=path` continues a run). See OneCycleCB for what the next fit trains at."""
+        return schedule.fit_one_cycle(self, n_epochs, lr_max, pct_start, div, div_final, moms, cbs, **fit_kwargs)
+
+    def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
+                  pct_start: float = 0.3, div: float = 5., **kwargs) -> Learner:
+        """fastai's transfer-learning recipe: `freeze_epochs` of one-cycle on the head alone, then unfreeze and
+        `epochs` of one-cycle with lrs spread over the groups (see `callbacks.schedule.fine_tune`)."""
+        return schedule.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, **kwargs)
+
+    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
+                show_plot: bool = True) -> SuggestedLRs:
+        """Exponential lr sweep over `num_it` batches that restores model, optimizer, RNGs and history exactly
+        afterwards; returns `SuggestedLRs(valley, steep)` (see `tuning.lr_find`)."""
+        return tuning.lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot)
+
+    # Param groups, discriminative lrs, freezing (groups.py).
+    def param_groups(self) -> list[list[nn.Parameter]]:
+        """The splitter's groups of the (unwrapped) model, checked: every parameter in exactly one group."""
+        return groups.param_groups(self)
+
+    def make_optimizer(self) -> torch.optim.Optimizer:
+        """`opt_func` over the splitter's groups, each with its lr from `learn.lr` (see `group_lrs`)."""
+        return groups.make_optimizer(self)
+
+    def set_lr(self, lr: float | slice | Sequence[float]) -> None:
+        """Set `learn.lr` and every param group's lr from it (a number, a slice or one lr per group); an
+        `lr` that does not fit the groups raises and changes nothing."""
+        groups.set_lr(self, lr)
+
+    def freeze_to(self, n: int, train_bn: bool = True) -> None:
+        """Freeze the param groups before group `n` (negative counts from the end) and unfreeze the rest;
+        with `train_bn` BatchNorm layers in frozen groups keep training (see `groups.freeze_to`)."""
+        groups.freeze_to(self, n, train_bn)
+
+    def freeze(self, train_bn: bool = True) -> None:
+        """Train only the last param group (the head, with the default splitter); see `freeze_to`."""
+        groups.freeze_to(self, -1, train_bn)
+
+    def unfreeze(self) -> None:
+        """Train every param group."""
+        groups.freeze_to(self, 0)
+
+    def frozen_state(self) -> dict:
+        """The names of the frozen parameters and of the BatchNorm layers kept in eval (for checkpoints)."""
+        return groups.frozen_state(self)
+
+    def load_frozen_state(self, state: dict) -> None:
+        """Freeze what `frozen_state()` named, and unfreeze everything else."""
+        groups.load_frozen_state(self, state)
+
+    # Checkpoints (checkpoint.py).
+    def save(self, path: str | os.PathLike) -> None:
+        """Checkpoint everything (model, optimizer, callbacks, RNGs, history) at the position training
+        reached: the end of the last epoch, or, after an interrupted fit, its last optimizer step (so
+        `fit(n_epochs, resume=path)` trains the rest of that epoch)."""
+        checkpoint.save(self, path)
+
+    def load(self, path: str | os.PathLike) -> Learner:
+        """Restore the model, optimizer, history and random states of a checkpoint (plain data only). To
+        continue an interrupted run where it stopped, use `fit(n_epochs, resume=path)` instead."""
+        return checkpoint.load(self, path)
+
+    # Using the model (deploy/).
+    def get_preds(self, dl=None, with_input: bool = False, with_loss: bool = False, tta: bool = False) -> Preds:
+        """Probabilities and targets (and inputs, per-item losses) on `dl` (default: the validation set);
+        `tta` averages each image's prediction with its mirror image's."""
+        return deploy.get_preds(self, dl, with_input, with_loss, tta)
+
+    def predict(self, x) -> Prediction:
+        """Class index, name and probabilities for one item (or a batch): an image file, PIL image, uint8
+        tensor or array, or float tensor in [0, 1] (see `slowlearn.data.preprocess`)."""
+        return deploy.predict(self, x)
+
+    def validate(self, dl=None) -> dict:
+        """Loss and metrics on `dl` (default: the validation set), without touching the history."""
+        return deploy.validate(self, dl)
+
+    def export(self, path: str | os.PathLike, format: str = "pt2", preprocessing=None):
+        """One file with the model, its preprocessing and class names: `load_learner(path)` predicts with it
+        anywhere, without this code or the data (see `slowlearn.deploy.export`). `format="onnx"` for onnxruntime."""
+        return deploy.export_learner(self, path, format, preprocessing)
+
+    # Pictures.
+    def show_batch(self, n: int = 16, split: str = "train"):
+        """The first `n` images of a batch of `learn.dls[split]` with their class names (a matplotlib Figure)."""
+        return data.show_batch(self.dls, n, split)
+
+    def summary(self, depth: int = 1, print_table: bool = True) -> list[dict]:
+        """The model's layers on a batch of the training data, nested `depth` levels deep: output shapes,
+        parameters (trainable and frozen) and MFLOPs per sample (see `slowlearn.models.summary`)."""
+        return models.summary(self, depth=depth, print_table=print_table)

@@ -20,18 +20,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .augment import BatchAugment
-from .callbacks.precision import MixedPrecisionCB, speed_cbs
-from .callbacks.progress import ProgressCB
-from .callbacks.recorder import RecorderCB
-from .callbacks.schedule import ParamSchedulerCB, combine_scheds, sched_lin
-from .data import DataLoaders, fashion_mnist
-from .device import default_device
-from .image_data import cifar10
-from .init import set_seed
 from .callback import Callback
+from .callbacks import MixedPrecisionCB, ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, sched_lin, speed_cbs
+from .data import BatchAugment, DataLoaders, cifar10, fashion_mnist
+from .device import default_device
 from .learner import Learner
-from .speednet import speed_net, whiten_first_conv
+from .models import speed_net, whiten_first_conv
+from .randomness import set_seed
 from .train import default_cbs
 
 __all__ = ["RecipeConfig", "RecipeResult", "FASHION_MNIST", "CIFAR10", "RECIPES", "run_recipe",

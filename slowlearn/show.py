@@ -2,77 +2,37 @@
 left open for `plt.show()` in a script, and saved as a PNG when given `path=`."""
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
+from .data import class_name, for_display, image_grid, show_image
+from .deploy import confusion_matrix, get_preds
 from .display import finished, integer_xticks, subplots
-from .inference import confusion_matrix, get_preds
-from .models import summary
 
-__all__ = ["show_batch", "show_results", "plot_confusion_matrix", "plot_confusion", "plot_top_losses", "plot_metrics",
-           "PicturesMixin"]
+__all__ = ["show_results", "plot_confusion_matrix", "plot_confusion", "plot_top_losses", "plot_metrics"]
 
 
-def _class_name(classes, i: int) -> str:
-    return classes[i] if classes else str(i)
 
 
-def _grid(n: int, size: float = 1.6):
-    """A near-square grid of n image panels (9 as 3x3, 16 as 4x4), at most 8 columns."""
-    cols = min(math.ceil(math.sqrt(n)), 8)
-    rows = math.ceil(n / cols)
-    fig, axs = subplots(rows, cols, figsize=(size * cols, (size + 0.6) * rows), squeeze=False)
-    for ax in axs.flat:
-        ax.axis("off")
-    return fig, list(axs.flat)
 
 
-def _show_image(ax, image: torch.Tensor) -> None:
-    """A CxHxW image in [0, 1] (1 or 3 channels)."""
-    image = image.clamp(0, 1).cpu()
-    if image.shape[0] == 1:
-        ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
-    else:
-        ax.imshow(image.permute(1, 2, 0).numpy())
 
 
-def _for_display(loader, xb: torch.Tensor) -> torch.Tensor:
-    """Images in [0, 1]: the loader's `decode` undoes its normalisation; for other loaders (a torch
-    DataLoader), uint8 images are scaled and float images are stretched, each to its own range."""
-    if hasattr(loader, "decode"):
-        return loader.decode(xb)
-    if xb.dtype == torch.uint8:
-        return xb.float() / 255
-    dims = tuple(range(1, xb.ndim))
-    low, high = xb.amin(dims, keepdim=True), xb.amax(dims, keepdim=True)
-    return (xb - low) / (high - low).clamp_min(1e-12)
 
 
-def show_batch(dls, n: int = 16, split: str = "train", path: str | Path | None = None):
-    """The first `n` images of a batch from `dls[split]`, de-normalised, titled with their class names."""
-    loader = dls[split]
-    xb, yb = next(iter(loader))
-    n = min(n, len(xb))
-    images, classes = _for_display(loader, xb[:n]), getattr(dls, "classes", None)
-    fig, axs = _grid(n)
-    for ax, image, label in zip(axs, images, yb[:n].tolist()):
-        _show_image(ax, image)
-        ax.set_title(_class_name(classes, label), fontsize=8)
-    return finished(fig, path)
 
 
 def show_results(learn, n: int = 16, path: str | Path | None = None):
     """Validation images with truth and prediction, titled in green when right and red when wrong."""
     result = get_preds(learn, with_input=True)
     n = min(n, len(result.targets))
-    images, classes = _for_display(learn.dls.valid, result.inputs[:n]), getattr(learn.dls, "classes", None)
+    images, classes = for_display(learn.dls.valid, result.inputs[:n]), getattr(learn.dls, "classes", None)
     predicted = result.preds[:n].argmax(-1).tolist()
-    fig, axs = _grid(n)
+    fig, axs = image_grid(n)
     for ax, image, truth, guess in zip(axs, images, result.targets[:n].tolist(), predicted):
-        _show_image(ax, image)
-        ax.set_title(f"{_class_name(classes, truth)}\n{_class_name(classes, guess)}", fontsize=7,
+        show_image(ax, image)
+        ax.set_title(f"{class_name(classes, truth)}\n{class_name(classes, guess)}", fontsize=7,
                      color="green" if truth == guess else "red")
     fig.suptitle("actual / prediction", fontsize=9)
     return finished(fig, path)
@@ -114,13 +74,13 @@ def plot_top_losses(learn, k: int = 9, path: str | Path | None = None):
     result = get_preds(learn, with_input=True, with_loss=True)
     losses, idx = result.losses.topk(min(k, len(result.losses)))
     classes = getattr(learn.dls, "classes", None)
-    images = _for_display(learn.dls.valid, result.inputs[idx])
-    fig, axs = _grid(len(idx), size=2.)
+    images = for_display(learn.dls.valid, result.inputs[idx])
+    fig, axs = image_grid(len(idx), size=2.)
     for ax, image, i, loss in zip(axs, images, idx.tolist(), losses.tolist()):
         truth = result.targets[i].item()
         prob, guess = (p.item() for p in result.preds[i].max(-1))
-        _show_image(ax, image)
-        ax.set_title(f"{_class_name(classes, truth)} / {_class_name(classes, guess)}\n"
+        show_image(ax, image)
+        ax.set_title(f"{class_name(classes, truth)} / {class_name(classes, guess)}\n"
                      f"loss {loss:.2f}, p {prob:.2f}", fontsize=7, color="green" if truth == guess else "red")
     fig.suptitle("actual / prediction; loss, probability of the prediction", fontsize=9)
     return finished(fig, path)
@@ -141,14 +101,3 @@ def plot_metrics(learn, path: str | Path | None = None):
     return finished(fig, path)
 
 
-class PicturesMixin:
-    """The Learner's `show_batch` and `summary` (the functions of the same names, on its data)."""
-
-    def show_batch(self, n: int = 16, split: str = "train"):
-        """The first `n` images of a batch of `learn.dls[split]` with their class names; see `show_batch`."""
-        return show_batch(self.dls, n, split)
-
-    def summary(self, depth: int = 1, print_table: bool = True) -> list[dict]:
-        """The model's layers on a batch of the training data, nested `depth` levels deep: output shapes,
-        parameters (trainable and frozen) and MFLOPs per sample; see `slowlearn.models.summary`."""
-        return summary(self, depth=depth, print_table=print_table)

@@ -11,19 +11,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callbacks.core import DeviceCB
-from .callbacks.distributed import DistributedCB
-from .callbacks.metrics import MetricsCB
-from .callbacks.precision import speed_cbs
-from .callbacks.progress import ProgressCB
-from .callbacks.recorder import RecorderCB
-from .checkpoint import randomness, restore_randomness
+from .callback import Callback
+from .callbacks import DeviceCB, DistributedCB, MetricsCB, ProgressCB, RecorderCB, speed_cbs
 from .data import DataLoaders, fashion_mnist
 from .device import default_device
-from .distributed import world_size
-from .callback import Callback
 from .display import TablePrinter, finished, integer_xticks, subplots
+from .distributed import world_size
 from .learner import Learner
+from .randomness import randomness, restore_randomness
 
 __all__ = ["train", "train_1cycle", "default_cbs", "fast_adamw", "compare_optimizers", "optimizer_state_bytes"]
 

@@ -3,8 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from slowlearn import Callback, CancelFitException, DataLoaders, Learner, MetricsCB, TensorLoader
-from slowlearn import hardware
+from slowlearn import Callback, CancelFitException, DataLoaders, Learner, MetricsCB, TensorLoader, hardware
 from slowlearn.data import find_fashion_mnist
 
 matplotlib.use("Agg")

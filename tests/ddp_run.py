@@ -10,8 +10,18 @@ from torch import nn
 from torch.distributed.algorithms.ddp_comm_hooks.default_hooks import allreduce_hook
 from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 
-from slowlearn import (Callback, ChannelsLastCB, CheckpointCB, CSVLoggerCB, DataLoaders, GradientAccumulationCB,
-                       Learner, TensorLoader, seed_cnn, set_seed)
+from slowlearn import (
+    Callback,
+    ChannelsLastCB,
+    CheckpointCB,
+    CSVLoggerCB,
+    DataLoaders,
+    GradientAccumulationCB,
+    Learner,
+    TensorLoader,
+    seed_cnn,
+    set_seed,
+)
 from slowlearn.distributed import rank, world_size
 from slowlearn.train import default_cbs
 

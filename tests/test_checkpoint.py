@@ -10,22 +10,33 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-
 import pytest
 import torch
+from conftest import StopAt, make_dls
+from resume_run import N_BATCHES, make_learner, weights
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from torcheval.metrics import MulticlassAccuracy
 
-from slowlearn import (CancelEpochException, CancelFitException, Callback, CheckpointCB, CheckpointError, DataLoaders, GradientAccumulationCB,
-                       Learner, MetricsCB, ParamSchedulerCB, TensorLoader, sched_lin, set_seed)
+from slowlearn import (
+    Callback,
+    CancelEpochException,
+    CancelFitException,
+    CheckpointCB,
+    CheckpointError,
+    DataLoaders,
+    GradientAccumulationCB,
+    Learner,
+    MetricsCB,
+    ParamSchedulerCB,
+    TensorLoader,
+    checkpoint_io,
+    sched_lin,
+    set_seed,
+)
 from slowlearn import checkpoint as checkpoint_module
-from slowlearn import checkpoint_io
 from slowlearn.callbacks import latest_metric
 from slowlearn.checkpoint import read_checkpoint
-
-from conftest import StopAt, make_dls
-from resume_run import N_BATCHES, make_learner, weights
 
 HERE = Path(__file__).parent
 
@@ -261,7 +272,7 @@ def test_torch_dataloaders_resume_and_lr_find_exactly(tmp_path, with_generator):
 
 
 def test_mid_epoch_resume_with_batch_augmentation_is_exact(tmp_path):
-    from slowlearn.augment import BatchAugment
+    from slowlearn.data.augment import BatchAugment
 
     def run(cbs=(), resume=None):
         set_seed(0)

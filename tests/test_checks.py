@@ -4,12 +4,11 @@ from functools import partial
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_dls
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from slowlearn import Callback, DataLoaders, Learner, TensorLoader
-
-from conftest import make_dls
 
 
 def batches(x, y, bs=4):

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from slowlearn import ChannelsLastCB, DistributedCB, Learner, MetricsCB, TensorLoader
+from slowlearn import ChannelsLastCB, DistributedCB, Learner, MetricsCB
 from slowlearn.checkpoint import read_checkpoint
 
 sys.path.insert(0, str(Path(__file__).parent))

@@ -2,13 +2,22 @@ import copy
 
 import pytest
 import torch
+from conftest import make_dls
 from torch import nn
 from torchvision.models import resnet18
 
-from slowlearn import (Callback, DataLoaders, Learner, ParamSchedulerCB, TensorLoader, default_splitter, group_lrs,
-                       one_cycle_lr, sched_lin, set_seed)
-
-from conftest import make_dls
+from slowlearn import (
+    Callback,
+    DataLoaders,
+    Learner,
+    ParamSchedulerCB,
+    TensorLoader,
+    default_splitter,
+    group_lrs,
+    one_cycle_lr,
+    sched_lin,
+    set_seed,
+)
 
 
 class GroupLRs(Callback):

@@ -3,12 +3,17 @@ import warnings
 import pytest
 import torch
 
-from slowlearn import get_kaiming_initialized_model, resnet
-from slowlearn import hardware
-from slowlearn.hardware import (cpu_bf16_features, is_narrow, native_bf16, pays_channels_last, resolve_precision,
-                                speed_settings)
+from slowlearn import get_kaiming_initialized_model, hardware, resnet
+from slowlearn.hardware import (
+    cpu_bf16_features,
+    is_narrow,
+    native_bf16,
+    pays_channels_last,
+    resolve_precision,
+    speed_settings,
+)
 from slowlearn.models import MLP
-from slowlearn.speednet import speed_net
+from slowlearn.models.speednet import speed_net
 
 
 def test_auto_picks_bf16_on_a_cpu_with_amx_or_avx512_bf16(cpu_features):

@@ -2,13 +2,20 @@ import re
 
 import pytest
 import torch
+from conftest import StopAt, make_dls
 from torch import nn
 
-from slowlearn import (ActivationStatsCB, Callback, CancelBatchException, CancelEpochException, CancelFitException,
-                       Learner, MetricsCB, ProgressCB)
+from slowlearn import (
+    ActivationStatsCB,
+    Callback,
+    CancelBatchException,
+    CancelEpochException,
+    CancelFitException,
+    Learner,
+    MetricsCB,
+    ProgressCB,
+)
 from slowlearn.callback import EVENTS
-
-from conftest import StopAt, make_dls
 
 
 def _record(event):

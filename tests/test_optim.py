@@ -4,13 +4,12 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import make_dls
 from torch import nn
 from torch.optim import lr_scheduler
 
 from slowlearn.optim import SGD, AdaDelta, AdaGrad, Adam, AdamW, MomentumSGD, RMSProp
 from slowlearn.train import compare_optimizers
-
-from conftest import make_dls
 
 
 def small_cnn():

@@ -4,8 +4,15 @@ import pytest
 import torch
 
 from slowlearn import DataLoaders, TensorLoader, hardware
-from slowlearn.recipes import (CIFAR10, FASHION_MNIST, RECIPES, RecipeResult, fashion_mnist_recipe, run_recipe,
-                               triangular_lr)
+from slowlearn.recipes import (
+    CIFAR10,
+    FASHION_MNIST,
+    RECIPES,
+    RecipeResult,
+    fashion_mnist_recipe,
+    run_recipe,
+    triangular_lr,
+)
 
 
 def image_dls(n=64, channels=1, size=28, bs=16):

@@ -3,12 +3,21 @@ titles, layouts and axes that read right."""
 import matplotlib.pyplot as plt
 import pytest
 import torch
+from conftest import CLASSES, image_learner, make_dls
 from torch import nn
 
-from conftest import CLASSES, image_learner, make_dls
-from slowlearn import (ActivationStatsCB, Learner, ProgressCB, RecorderCB, compare_optimizers, plot_confusion_matrix,
-                       plot_metrics, plot_top_losses, show_batch, show_results)
-from slowlearn.show import _grid
+from slowlearn import (
+    ActivationStatsCB,
+    ProgressCB,
+    RecorderCB,
+    compare_optimizers,
+    plot_confusion_matrix,
+    plot_metrics,
+    plot_top_losses,
+    show_batch,
+    show_results,
+)
+from slowlearn.data.show import image_grid
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +80,7 @@ def test_top_losses_read_like_show_results_in_a_square_grid(trained):
 
 @pytest.mark.parametrize("n, shape", [(9, (3, 3)), (16, (4, 4)), (4, (2, 2)), (8, (3, 3)), (2, (1, 2))])
 def test_image_grids_are_near_square(n, shape):
-    fig, axs = _grid(n)
+    fig, axs = image_grid(n)
     assert fig.axes[0].get_subplotspec().get_gridspec().get_geometry() == shape
 
 

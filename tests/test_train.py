@@ -1,11 +1,20 @@
 import pytest
 import torch
+from conftest import StopAt, make_dls
 from torch import nn
 
-from slowlearn import (ChannelsLastCB, CheckpointCB, DataLoaders, MixedPrecisionCB, TensorLoader,
-                       get_kaiming_initialized_model, one_cycle_lr, resnet, set_seed, train_1cycle)
-
-from conftest import StopAt, make_dls
+from slowlearn import (
+    ChannelsLastCB,
+    CheckpointCB,
+    DataLoaders,
+    MixedPrecisionCB,
+    TensorLoader,
+    get_kaiming_initialized_model,
+    one_cycle_lr,
+    resnet,
+    set_seed,
+    train_1cycle,
+)
 
 
 def one_cycle_run(cbs=(), resume=None, n_epochs=3):

@@ -4,18 +4,29 @@ from .core import ChannelsLastCB, DeviceCB, MomentumCB
 from .distributed import DistributedCB
 from .gradients import GradientAccumulationCB, GradientClipCB
 from .hooks import ActivationStatsCB
-from .logging import TensorBoardCB
+from .logging import CSVLoggerCB, TensorBoardCB
 from .lr_finder import LRFinderCB, SuggestedLRs
 from .metrics import MetricsCB
 from .mixing import CutMixCB, MixUpCB
 from .precision import MixedPrecisionCB, speed_cbs
-from .profile import ProfilerCB, find_batch_size
+from .profile import ProfilerCB
 from .progress import ProgressCB
 from .recorder import RecorderCB
-from .schedule import (BaseSchedulerCB, BatchSchedulerCB, EpochSchedulerCB, OneCycleCB, ParamSchedulerCB,
-                       combine_scheds, one_cycle_lr, one_cycle_mom, sched_cos, sched_exp, sched_lin, warmup_cos)
-from .tracking import (CheckpointCB, CSVLoggerCB, EarlyStoppingCB, MonitorCB, ReduceLROnPlateauCB, TerminateOnNaNCB,
-                       latest_metric)
+from .schedule import (
+           BaseSchedulerCB,
+           BatchSchedulerCB,
+           EpochSchedulerCB,
+           OneCycleCB,
+           ParamSchedulerCB,
+           combine_scheds,
+           one_cycle_lr,
+           one_cycle_mom,
+           sched_cos,
+           sched_exp,
+           sched_lin,
+           warmup_cos,
+)
+from .tracking import CheckpointCB, EarlyStoppingCB, MonitorCB, ReduceLROnPlateauCB, TerminateOnNaNCB, latest_metric
 
 __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "ProgressCB", "RecorderCB",
            "LRFinderCB", "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB",
@@ -23,4 +34,4 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
            "MixedPrecisionCB", "speed_cbs", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
            "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB",
-           "find_batch_size", "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB"]
+           "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB"]

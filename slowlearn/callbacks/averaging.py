@@ -5,10 +5,10 @@ import torch
 from torch import nn
 
 from ..callback import Callback
-from ..checkpoint import randomness, restore_randomness
 from ..device import bare_model, to_device
 from ..distributed import all_reduce_mean
 from ..groups import stays_in_eval
+from ..randomness import randomness, restore_randomness
 
 __all__ = ["WeightAveragingCB", "update_bn"]
 

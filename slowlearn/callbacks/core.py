@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from ..device import default_device, to_device
 from ..callback import Callback
+from ..device import default_device, to_device
 
 __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "DeviceFloats"]
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..callback import Callback
 from ..display import finished, integer_xticks, subplots
 from ..distributed import all_reduce_mean, all_reduce_sum, world_size
-from ..init import GeneralReLU
-from ..callback import Callback
+from ..models import GeneralReLU
 
 __all__ = ["ActivationStatsCB", "ACTIVATIONS"]
 

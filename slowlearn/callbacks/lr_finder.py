@@ -1,18 +1,16 @@
 """The learning-rate finder: an exponential lr sweep that leaves the Learner exactly as it found it."""
 from __future__ import annotations
 
-import copy
 import math
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 
-from ..checkpoint import randomness, restore_randomness
 from ..callback import Callback, CancelFitException
 from ..display import finished, subplots
 
-__all__ = ["LRFinderCB", "SuggestedLRs", "lr_find", "LRFindMixin"]
+__all__ = ["LRFinderCB", "SuggestedLRs"]
 
 
 class SuggestedLRs(NamedTuple):
@@ -108,57 +106,9 @@ def _descent(losses: np.ndarray) -> tuple[int, int]:
     return end - length[end] + 1, end
 
 
-def _snapshot(learn, sweepers) -> dict:
-    """What a sweep changes: the weights, the optimizer's state, the random states, the Learner's and the
-    taking-part callbacks' attributes (position, history, dispatch, ...; restored as they were)."""
-    return {
-        "model": copy.deepcopy(learn.model.state_dict()),
-        "opt": copy.deepcopy(learn.opt.state_dict()) if learn.opt is not None else None,
-        "random": randomness(learn.dls),
-        "learner": dict(learn.__dict__),
-        "callbacks": [(cb, dict(cb.__dict__)) for cb in sweepers],
-    }
 
 
-def _restore(learn, saved: dict) -> None:
-    learn.model.load_state_dict(saved["model"])
-    if saved["opt"] is not None:
-        learn.opt.load_state_dict(saved["opt"])
-    restore_randomness(learn.dls, saved["random"])
-    learn.__dict__.clear()
-    learn.__dict__.update(saved["learner"])  # opt None again if the sweep created it
-    for cb, attributes in saved["callbacks"]:
-        cb.__dict__.clear()
-        cb.__dict__.update(attributes)
 
 
-def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
-            show_plot: bool = True) -> SuggestedLRs:
-    """Sweep the lr over `num_it` training batches, then restore model, optimizer, RNGs, loader order and
-    history exactly, and the Learner's and its callbacks' attributes. Only the callbacks that take part in
-    sweeps (`Callback.sweep`: device, precision, clipping, ...) run during it: nothing is recorded,
-    scheduled, monitored or written to a file. Returns `SuggestedLRs(valley, steep)`; `learn.lr_finder`
-    keeps the sweep and its `plot()`, drawn right away when `show_plot` (shown in a notebook, left open for
-    `plt.show()` in a script)."""
-    finder = LRFinderCB(start_lr, end_lr, num_it, stop_div)
-    sweepers = [cb for cb in learn.cbs if cb.sweep]
-    saved = _snapshot(learn, sweepers)
-    learn.cbs = sweepers
-    try:
-        learn.fit(math.ceil(num_it / len(learn.dls.train)), cbs=[finder], valid=False)
-    finally:
-        _restore(learn, saved)
-    learn.lr_finder = finder
-    suggestion = finder.suggest()
-    if show_plot:
-        finder.plot(suggestion)
-    return suggestion
 
 
-class LRFindMixin:
-    """The Learner's `lr_find`."""
-
-    def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
-                show_plot: bool = True) -> SuggestedLRs:
-        """Exponential lr sweep that restores everything afterwards; see `lr_find` in this module."""
-        return lr_find(self, start_lr, end_lr, num_it, stop_div, show_plot)

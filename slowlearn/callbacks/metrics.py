@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..display import TablePrinter
-from ..distributed import all_reduce_sum, is_rank0, world_size
 from ..callback import Callback
 from ..device import model_device
+from ..display import TablePrinter
+from ..distributed import all_reduce_sum, is_rank0, world_size
 
 if TYPE_CHECKING:  # torcheval takes a second to import: only when metrics are used
     from torcheval.metrics import Metric

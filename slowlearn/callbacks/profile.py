@@ -1,21 +1,17 @@
 """Where the time goes: ProfilerCB splits training time by loop step; find_batch_size measures throughput."""
 from __future__ import annotations
 
-import copy
 import resource
 import sys
-import time
-from collections.abc import Sequence
 from functools import wraps
 
 import torch
-import torch.nn.functional as F
 
-from ..display import format_table
 from ..callback import Callback
-from ..device import model_device
+from ..device import model_device, sync_time
+from ..display import format_table
 
-__all__ = ["ProfilerCB", "find_batch_size"]
+__all__ = ["ProfilerCB"]
 
 PHASES = ("data", "forward", "loss", "backward", "step", "callbacks")
 
@@ -46,7 +42,7 @@ class ProfilerCB(Callback):
         self._last = None
 
     def _sync(self) -> float:
-        return _sync_time(self.device)
+        return sync_time(self.device)
 
     def _timed(self, method):
         @wraps(method)
@@ -109,46 +105,7 @@ class ProfilerCB(Callback):
         return result
 
 
-def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
-                    steps: int = 5, opt_func=torch.optim.AdamW, loss_func=F.cross_entropy) -> list[dict]:
-    """Training throughput (samples/s) for each batch size in `candidates`, on a copy of `model`, until
-    the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader). torch's
-    random states are as they were afterwards (dropout in the trials draws from them)."""
-    device = model_device(model)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        return _throughputs(model, dls, candidates, steps, opt_func, loss_func, device)
 
 
-def _throughputs(model, dls, candidates, steps, opt_func, loss_func, device) -> list[dict]:
-    x_all, y_all = dls.train.x, dls.train.y
-    results = []
-    for bs in candidates:
-        if bs > len(x_all):
-            break
-        trial = copy.deepcopy(model).to(device).train()
-        opt = opt_func(trial.parameters(), 1e-3)
-        xb = dls.train.normalise(x_all[:bs]).to(device)
-        yb = y_all[:bs].to(device)
-        try:
-            for i in range(steps + 1):
-                if i == 1:  # the first step warms up kernels and allocators
-                    start = _sync_time(device)
-                loss_func(trial(xb), yb).backward()
-                opt.step()
-                opt.zero_grad()
-            seconds = _sync_time(device) - start
-        except torch.cuda.OutOfMemoryError:
-            results.append({"bs": bs, "samples_per_s": None, "note": "out of memory"})
-            break
-        finally:
-            del trial, opt
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-        results.append({"bs": bs, "samples_per_s": round(bs * steps / seconds, 1), "note": ""})
-    return results
 
 
-def _sync_time(device: torch.device) -> float:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return time.perf_counter()

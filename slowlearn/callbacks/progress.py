@@ -9,8 +9,16 @@ from tqdm import tqdm
 
 from ..callback import Callback
 from ..device import model_device
-from ..display import (TablePrinter, finished, format_value, in_notebook, integer_xticks, live_output, progress_html,
-                       subplots)
+from ..display import (
+    TablePrinter,
+    finished,
+    format_value,
+    in_notebook,
+    integer_xticks,
+    live_output,
+    progress_html,
+    subplots,
+)
 from ..distributed import is_rank0
 from ..groups import group_lrs
 from .core import DeviceFloats

@@ -4,9 +4,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
+from ..callback import Callback
 from ..display import finished, integer_xticks, subplots
 from ..distributed import all_reduce_mean
-from ..callback import Callback
 from .core import DeviceFloats
 from .schedule import get_hyper
 

@@ -1,24 +1,20 @@
 """Tracking a run: checkpoints, early stopping, the NaN guard, lr on plateau, and a CSV log."""
 from __future__ import annotations
 
-import csv
 import os
-import time
 from pathlib import Path
 
+import torch
 from torch.optim import lr_scheduler
 
-import torch
-
+from ..callback import Callback, CancelFitException
 from ..checkpoint import check_mid_epoch_resumable, save_checkpoint
 from ..device import bare_model
-from ..distributed import all_reduce_sum, is_rank0, rank0_print
-from ..callback import Callback, CancelFitException
+from ..distributed import all_reduce_sum, rank0_print
 from .gradients import steps_after_this_batch
 from .schedule import BaseSchedulerCB
 
-__all__ = ["latest_metric", "MonitorCB", "CheckpointCB", "EarlyStoppingCB", "TerminateOnNaNCB", "ReduceLROnPlateauCB",
-           "CSVLoggerCB"]
+__all__ = ["latest_metric", "MonitorCB", "CheckpointCB", "EarlyStoppingCB", "TerminateOnNaNCB", "ReduceLROnPlateauCB"]
 
 
 def latest_metric(learn, name: str) -> float:
@@ -236,61 +232,3 @@ class ReduceLROnPlateauCB(MonitorCB, BaseSchedulerCB):
             self.scheduler.step(value)
 
 
-class CSVLoggerCB(Callback):
-    """Writes one CSV row per epoch and phase: the MetricsCB row, the lr and the phase's seconds.
-
-    A new fit starts a new file (unless `append`, which keeps the rows already there); a resumed fit
-    keeps the file as it was at its checkpoint (earlier runs' rows included) and appends after it.
-    """
-
-    order = 90
-
-    def __init__(self, path: str | os.PathLike, append: bool = False):
-        self.path, self.append = Path(path), append
-        self._end = 0  # the log's size in bytes after the last row of this run: what a resume keeps
-
-    def before_fit(self, learn) -> None:
-        self._columns, self._resume_at = None, None
-        self._end = self.path.stat().st_size if self.append and self.path.exists() else 0
-
-    def before_epoch(self, learn) -> None:
-        self._start = time.perf_counter()
-
-    def after_epoch(self, learn) -> None:
-        if not learn.history:
-            return
-        row = {**learn.history[-1], "lr": learn.opt.param_groups[0]["lr"],
-               "time": round(time.perf_counter() - self._start, 3)}
-        self._write(row)
-
-    def _write(self, row: dict) -> None:
-        if not is_rank0():
-            return
-        if self._columns is None:
-            self._columns = list(row)
-            self._open_file()
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self._columns, extrasaction="ignore").writerow(row)
-            self._end = f.tell()
-
-    def _open_file(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        if self._resume_at and self.path.exists():
-            with open(self.path, "r+b") as f:  # drop the rows written after the checkpoint
-                f.truncate(self._resume_at)
-        elif self._resume_at is not None or not (self.append and self.path.exists()):
-            with open(self.path, "w", newline="") as f:
-                csv.writer(f).writerow(self._columns)
-
-    def state_dict(self) -> dict:
-        return {"end": self._end}
-
-    def load_state_dict(self, state: dict) -> None:
-        self._resume_at = self._end = state["end"] if "end" in state else self._legacy_end(state["rows"])
-
-    def _legacy_end(self, rows: int) -> int:
-        """Checkpoints written before "end" hold the number of rows this run had written."""
-        if not self.path.exists():
-            return 0
-        with open(self.path, "rb") as f:
-            return sum(len(line) for line in f.readlines()[:1 + rows])

@@ -1,0 +1,157 @@
+"""The command line's commands for a trained model: `slowlearn export` (a run's checkpoint to one file),
+`slowlearn predict` (classes of image files), `slowlearn evaluate` (loss, accuracy, confusion matrix).
+
+Each is one function taking the parsed arguments; a user's mistake is a `CLIError` (one line, exit code 2).
+`main.py` adds them to its parser; `export` rebuilds a run's data and model with `build.py`.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .build import data_and_model
+from .common import CLIError, positive_int, writable_file, writable_folder
+from .data import add_data_args
+
+__all__ = ["add_model_commands", "export_command", "predict_command", "evaluate_command"]
+
+
+def _load_model(path: str):
+    """The Predictor of an export, or a CLIError naming the file."""
+    from ..deploy import ExportError, load_learner
+    try:
+        return load_learner(path)
+    except ExportError as e:
+        raise CLIError(str(e)) from None
+
+
+def export_command(args) -> int:
+    from ..learner import Learner
+    source = Path(args.source)
+    checkpoint = source / "checkpoint.pt" if source.is_dir() else source
+    if not checkpoint.is_file():
+        raise CLIError(f"{args.source}: no checkpoint here (give a run folder holding checkpoint.pt, or a checkpoint)")
+    out = Path(args.out) if args.out else checkpoint.with_name("model." + ("onnx" if args.format == "onnx" else "pt2"))
+    if out.exists() and not args.force:
+        raise CLIError(f"{out} already exists (`slowlearn train` writes model.pt2 itself): pass --force to replace it, "
+                       f"or --out FILE")
+    dls, model = data_and_model(args)
+    learn = Learner(model, dls)
+    try:
+        learn.load(checkpoint)
+    except RuntimeError:  # load_state_dict: weights of another architecture
+        raise CLIError(f"{checkpoint} does not load into --model {args.model} for --data {args.data}: pass the "
+                       f"--model and --data the run was trained with") from None
+    except ValueError as e:  # not a checkpoint, or one of another model (checked before anything is loaded)
+        raise CLIError(f"{e} (export rebuilt --model {args.model} for --data {args.data}: pass the --model and "
+                       f"--data the run was trained with)") from None
+    print(f"Wrote {learn.export(out, format=args.format, preprocessing=_recorded_preprocessing(checkpoint, dls))}")
+    return 0
+
+
+def _recorded_preprocessing(checkpoint: Path, dls):
+    """The preprocessing the run trained with, as its checkpoint records it (None for an older checkpoint:
+    then the rebuilt data's), after checking that the rebuilt data has the run's classes and input shape."""
+    from ..checkpoint import read_checkpoint
+    from ..data import Preprocessing, preprocessing_of
+    recorded = read_checkpoint(checkpoint).get("inputs")
+    if recorded is None:
+        return None
+    prep, rebuilt = Preprocessing.from_dict(recorded["preprocessing"]), preprocessing_of(dls)
+    if recorded["classes"] != list(dls.classes or []) or prep.shape != rebuilt.shape:
+        shape = "x".join(map(str, rebuilt.shape))
+        raise CLIError(f"{checkpoint} was trained on {prep.channels}x{prep.size[0]}x{prep.size[1]} images of classes "
+                       f"{', '.join(recorded['classes'][:5])}; these data options give {shape} images of "
+                       f"{', '.join((dls.classes or [])[:5])}: pass the --data and --size the run was trained with")
+    return prep
+
+
+def predict_command(args) -> int:
+    import csv
+
+    from ..deploy import image_files
+    if args.csv:
+        writable_file(args.csv, "--csv")
+    predictor = _load_model(args.model)
+    files = [f for item in args.images for f in image_files(item)]
+    if not files:
+        raise CLIError(f"No image files in {' '.join(args.images)}")
+    try:
+        probs = predictor.predict_batch(files).probs
+    except ValueError as e:  # an image that does not decode, or has the wrong size
+        raise CLIError(str(e)) from None
+    k, names = min(args.top_k, probs.shape[1]), predictor.classes or [str(i) for i in range(probs.shape[1])]
+    top = probs.topk(k)
+    rows = [[str(f)] + [x for i, p in zip(idx.tolist(), ps.tolist()) for x in (names[i], f"{p:.4f}")]
+            for f, idx, ps in zip(files, top.indices, top.values)]
+    for row in rows:
+        print(row[0] + "\t" + "  ".join(f"{name} {p}" for name, p in zip(row[1::2], row[2::2])))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(["file"] + [x for j in range(1, k + 1) for x in (f"class_{j}", f"prob_{j}")])
+            writer.writerows(rows)
+    return 0
+
+
+def evaluate_command(args) -> int:
+    import torch
+
+    from ..deploy import confusion_matrix
+    from ..display import save_png
+    from ..show import plot_confusion
+    out = writable_folder(args.out, "--out")
+    predictor = _load_model(args.model)
+    folder = Path(args.data)
+    folder = next((folder / s for s in ("test", "valid") if (folder / s).is_dir()), folder)
+    if not folder.is_dir():
+        raise CLIError(f"--data {args.data}: not a folder of <class>/ image folders")
+    try:
+        result = predictor.get_preds(folder)
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+    labelled = result.targets >= 0
+    if not labelled.any():
+        raise CLIError(f"--data {args.data}: no image is in a folder named after one of the model's classes "
+                       f"({', '.join(predictor.classes[:5])}...)")
+    probs, targets = result.preds[labelled], result.targets[labelled]
+    loss = torch.nn.functional.nll_loss(probs.clamp_min(1e-12).log(), targets).item()
+    accuracy = (probs.argmax(-1) == targets).float().mean().item()
+    cm = confusion_matrix(targets, probs.argmax(-1), len(predictor.classes))
+    path = save_png(plot_confusion(cm, predictor.classes), out / "confusion_matrix.png")
+    skipped = f" ({int((~labelled).sum())} images outside class folders skipped)" if not labelled.all() else ""
+    print(f"{int(labelled.sum())} images in {folder}{skipped}: loss {loss:.4f}, accuracy {accuracy:.4f}. "
+          f"Confusion matrix: {path}")
+    return 0
+
+
+def add_model_commands(sub) -> None:
+    """The `export`, `predict` and `evaluate` subcommands, added to the `slowlearn` parser's subparsers."""
+    e = sub.add_parser("export", help="write a trained run's model as one file for `slowlearn predict`",
+                       description="Rebuild the model of a `slowlearn train` run (same --data and --model), load "
+                                   "its checkpoint and export it (model, preprocessing and class names, as the "
+                                   "checkpoint records them) to --out.")
+    e.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
+    add_data_args(e)  # the data options the run was trained with
+    e.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="the run's --model (default: cnn)")
+    e.add_argument("--bs", type=positive_int, default=512, help=argparse.SUPPRESS)
+    e.add_argument("--format", choices=("pt2", "onnx"), default="pt2",
+                   help="pt2 (torch.export, for slowlearn predict / load_learner) or onnx (default: pt2)")
+    e.add_argument("--out", default=None, help="the file to write (default: model.pt2 next to the checkpoint)")
+    e.add_argument("--force", action="store_true", help="replace --out if it exists (by default an existing file is "
+                                                        "kept and the export refused)")
+    e.set_defaults(func=export_command)
+    p = sub.add_parser("predict", help="classify image files with an exported model",
+                       description="Print one line per image: the file, then the top classes with probabilities.")
+    p.add_argument("model", metavar="MODEL", help="a file written by learn.export or `slowlearn export`")
+    p.add_argument("images", metavar="FILES_OR_FOLDER", nargs="+", help="image files, or folders searched recursively")
+    p.add_argument("--top-k", type=positive_int, default=3, help="classes shown per image (default: 3)")
+    p.add_argument("--csv", default=None, help="also write the predictions to this CSV file")
+    p.set_defaults(func=predict_command)
+    v = sub.add_parser("evaluate", help="loss, accuracy and confusion matrix of an exported model on labelled images",
+                       description="Evaluate on PATH/test/<class>/* (or valid/, or PATH/<class>/*): print loss "
+                                   "and accuracy, write confusion_matrix.png into --out.")
+    v.add_argument("model", metavar="MODEL")
+    v.add_argument("--data", required=True, metavar="PATH", help="a folder of <class>/ image folders")
+    v.add_argument("--out", default="runs/evaluate", help="output folder (default: runs/evaluate)")
+    v.set_defaults(func=evaluate_command)

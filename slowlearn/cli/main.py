@@ -1,0 +1,36 @@
+"""The `slowlearn` command line (also `python -m slowlearn`): `train` and `lr-find` (train.py); `export`,
+`predict` and `evaluate` for a trained model (deploy.py)."""
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from ..version import __version__
+from .common import CLIError, Parser
+from .deploy import add_model_commands
+from .train import add_train_commands
+
+__all__ = ["main", "parser"]
+
+
+def parser() -> Parser:
+    p = Parser(prog="slowlearn", description="Train image classifiers with slowlearn. Under torchrun, the same "
+                                             "commands train on every process (data parallel).")
+    p.add_argument("--version", action="version", version=f"slowlearn {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=Parser)
+    add_train_commands(sub)
+    add_model_commands(sub)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (CLIError, FileNotFoundError) as e:
+        print(f"slowlearn: error: {str(e).splitlines()[0]}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,158 @@
+"""Decoding image files (or PIL images) into one uint8 N x C x H x W tensor, in parallel threads.
+
+Colour: with `channels=None` every image keeps its own kind (grayscale as 1 channel, anything else as
+RGB) while decoding, then, if any image is colour, the grayscale ones are repeated to 3 channels, exactly
+as Pillow's grayscale-to-RGB conversion, never the other way round. Palette, alpha, CMYK and other modes
+become RGB (alpha is dropped). `channels=1` or `3` converts every image to that mode. 16-bit grayscale is
+scaled to 8 bits; 32-bit integer and float images are refused (their range is unknown).
+
+Size: `size=None` keeps the images' own size, which must then be the same for all of them. An int or
+(h, w) `size` resizes by "resize and centre crop": the image is scaled (bilinear) until it covers
+h x w, keeping its aspect ratio, then the centre h x w is kept (fastai's default `Resize` method).
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+
+from ..display import progress
+from ..distributed import is_rank0
+
+__all__ = ["decode_images", "image_size", "eight_bit", "fit_image", "resize_image", "GRAYSCALE_MODES", "RESIZE_METHODS"]
+
+GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
+SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
+RESIZE_METHODS = ("crop", "squish")
+CHUNK = 256  # images per task: fewer, larger tasks keep the pool's own overhead small
+DECODER_VERSION = 2  # raise it when the same file and options decode to other pixels: cached decodes are then redone
+
+
+def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
+    """`size` as (h, w), checked."""
+    if size is None:
+        return None
+    hw = (size, size) if isinstance(size, int) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(s, int) and s > 0 for s in hw):
+        raise ValueError(f"size={size!r}: give a positive int (square images) or an (h, w) pair of positive ints")
+    return hw
+
+
+def eight_bit(image: Image.Image) -> Image.Image:
+    """16-bit grayscale scaled to 8 bits (Pillow's convert("L") clips it at 255: nearly white images);
+    32-bit integer and float pixels, whose range is unknown, refused; other images as they are."""
+    pixels = np.asarray(image) if image.mode == "I" else None
+    if image.mode in SIXTEEN_BIT_MODES or (pixels is not None and pixels.size and 0 <= pixels.min()
+                                           and pixels.max() <= 65535):  # Pillow < 10.3 reads 16-bit PNGs as "I"
+        from PIL import Image
+        pixels = np.asarray(image).astype(np.uint32)
+        return Image.fromarray(((pixels * 255 + 32767) // 65535).astype(np.uint8))  # round(x * 255 / 65535)
+    if image.mode in ("I", "F"):
+        kind = "32-bit integers" if image.mode == "I" else "floats"
+        raise ValueError(f"its pixels are {kind} (mode {image.mode!r}), whose range is unknown: save it as an 8-bit "
+                         f"(or 16-bit) image")
+    return image
+
+
+def resize_image(image: Image.Image, size: tuple[int, int], method: str = "crop",
+                 interpolation: str = "bilinear") -> Image.Image:
+    """`image` at `size` (h, w): "squish" resizes to it; "crop" resizes the largest centred region with the
+    aspect ratio of `size` (the image scaled to cover `size`, then centre-cropped)."""
+    from PIL import Image
+    h, w = size
+    resample = Image.Resampling[interpolation.upper()]
+    if image.size == (w, h):
+        return image
+    if method == "squish":
+        return image.resize((w, h), resample, reducing_gap=3.0)
+    if method != "crop":
+        raise ValueError(f"Unknown resize method {method!r}: use one of {RESIZE_METHODS}")
+    scale = max(w / image.width, h / image.height)
+    left, top = (image.width - w / scale) / 2, (image.height - h / scale) / 2
+    return image.resize((w, h), resample, box=(left, top, left + w / scale, top + h / scale), reducing_gap=3.0)
+
+
+def fit_image(image: Image.Image, mode: str | None, size: tuple[int, int] | None, method: str = "crop",
+              interpolation: str = "bilinear", draft: bool = True) -> Image.Image:
+    """`image` as the loaders (and predict) take it: 8-bit (`eight_bit`), palette transparency dropped,
+    converted to `mode` (None: "L" or "RGB" by its own kind) and, with `size` (h, w), resized by
+    `resize_image`. With `draft`, a JPEG not yet loaded is first decoded at a reduced scale that still
+    covers the size (in its own mode: the conversion is Pillow's, as for any other image); this alters
+    `image`, so it is for images opened here."""
+    image = eight_bit(image)
+    mode = mode or ("L" if image.mode in GRAYSCALE_MODES else "RGB")
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # as Pillow asks; the alpha is dropped below
+    if size is not None and draft:
+        image.draft(image.mode, (size[1], size[0]))
+    image = image.convert(mode)
+    return image if size is None else resize_image(image, size, method, interpolation)
+
+
+def _to_array(image: Image.Image, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+    """A PIL image as an H x W x C uint8 array: `fit_image`, resizing by "crop"."""
+    array = np.asarray(fit_image(image, mode, size))
+    return array[..., None] if array.ndim == 2 else array
+
+
+def _decode_file(path: str, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+    from PIL import Image  # Pillow loads when images are decoded, not at `import slowlearn`
+    try:
+        with Image.open(path) as image:
+            return _to_array(image, mode, size)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"Cannot decode image file {path}: {e}. Remove or replace it.") from None
+
+
+def _unify_channels(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Grayscale arrays repeated to RGB when any array is RGB (the whole set decides, not the first)."""
+    if all(a.shape[-1] == 1 for a in arrays):
+        return arrays
+    return [np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in arrays]
+
+
+def _item_name(items: Sequence, i: int) -> str:
+    """A file by its path; anything else (an in-memory dataset's image, e.g. a dict of its bytes) by its place."""
+    return str(items[i]) if isinstance(items[i], (str, os.PathLike)) else f"item {i}"
+
+
+def _check_one_size(arrays: list[np.ndarray], items: Sequence, start: int = 0) -> None:
+    first = arrays[0].shape[:2]
+    odd = next((i for i in range(start, len(arrays)) if arrays[i].shape[:2] != first), None)
+    if odd is not None:
+        raise ValueError(f"Images have different sizes: {_item_name(items, 0)} is {first[0]}x{first[1]} (h x w) but "
+                         f"{_item_name(items, odd)} is {arrays[odd].shape[0]}x{arrays[odd].shape[1]}. Pass size= (e.g. "
+                         f"size=64, or --size 64 on the command line) to resize them all.")
+
+
+def decode_images(items: Sequence, channels: int | None = None, size: int | Sequence[int] | None = None,
+                  desc: str = "decoding", open_item: Callable | None = None) -> torch.Tensor:
+    """Files (or, with `open_item`, anything it turns into a PIL image) as one uint8 N x C x H x W tensor."""
+    if channels not in (None, 1, 3):
+        raise ValueError(f"channels={channels!r}: give 1 (grayscale), 3 (RGB) or None (RGB if any image is colour)")
+    mode, hw = {None: None, 1: "L", 3: "RGB"}[channels], image_size(size)
+    if open_item is None:
+        def one(item): return _decode_file(item, mode, hw)
+    else:
+        def one(item): return _to_array(open_item(item), mode, hw)
+
+    chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+    arrays: list[np.ndarray] = []
+
+    def decoded_chunks(pool):
+        for decoded in pool.map(lambda chunk: [one(item) for item in chunk], chunks):
+            arrays.extend(decoded)
+            _check_one_size(arrays, items, start=len(arrays) - len(decoded))  # stop at the first odd size
+            yield decoded
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        try:
+            for _ in (progress(decoded_chunks(pool), len(chunks), desc) if is_rank0() else decoded_chunks(pool)):
+                pass
+        except BaseException:
+            pool.shutdown(cancel_futures=True)
+            raise
+    arrays = _unify_channels(arrays)
+    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()

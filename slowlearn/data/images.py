@@ -1,0 +1,231 @@
+"""Your own images as in-memory loaders: class folders, CSV labels, and CIFAR-10.
+
+The files are listed and checked first (image_labels.py), then decoded once, in parallel, into one
+uint8 tensor (image_decode.py) that is cached in slowlearn's data folder, keyed by the files and the
+decode options (image_cache.py). Loaders are normalised per channel with the training set's
+statistics and augment training batches by random crop and flip unless `aug="none"`. A table of
+images per class and split is printed each time a dataset is loaded. Hugging Face datasets: hf_data.py.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+
+from ..distributed import rank0_first, rank0_print
+from .augment import augment_from_spec
+from .cache import cached_decode
+from .common import DataNotFoundError, check_subset_size, data_root
+from .decode import CHUNK, DECODER_VERSION, decode_images, image_size
+from .labels import IMAGE_SUFFIXES, LabelledFiles, csv_files, folder_files, random_split
+from .loaders import DataLoaders, TensorLoader
+from .safe_pickle import read_cifar_batch
+
+__all__ = ["image_folder", "image_csv", "cifar10", "count_table", "CIFAR10_CLASSES", "IMAGE_SUFFIXES"]
+
+CIFAR10_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+SPLITS = ("train", "valid", "test")
+CROP_RESIZE = {"method": "crop", "interpolation": "bilinear"}  # what decode_images does with size=
+Aug = str | Callable[[torch.Tensor], torch.Tensor] | None
+
+
+def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None = None, valid_pct: float | None = None,
+                 seed: int | None = None, bs: int = 512, aug: Aug = "crop,flip", channels: int | None = None,
+                 device=None, valid: str | None = None, n_train: int | None = None, n_valid: int | None = None,
+                 cache_dir: str | os.PathLike | None = None, verbose: bool = True) -> DataLoaders:
+    """Loaders for the images of `path`, labelled by the name of their class folder (sorted names).
+
+    Layouts: `path/train/<class>/*` with `path/valid/<class>/*` or `path/test/<class>/*` (or the
+    folder named by `valid`); or `path/<class>/*` (or `path/train/<class>/*` alone) with `valid_pct`,
+    a random validation split stratified by class, the same for the same `seed` (default: as 0).
+    A `test/` folder that is not the validation folder becomes `dls.test`; in `path/<class>/*`, train/,
+    valid/ and test/ are never classes. Subfolders of a class folder belong to that class.
+
+    `size` (int, or (h, w)) resizes every image: scaled to cover the size, then centre-cropped.
+    Without it the images must share one size. `channels` (1 or 3) sets the colour mode; by default
+    the set is RGB as soon as any image is in colour (grayscale ones are converted, never the reverse).
+    `aug` augments training batches: "crop,flip" (translate by up to 1/8 of the size, mirror),
+    "none", or any callable on a batch (e.g. `BatchAugment`). `seed` also seeds the training order
+    (default: torch's global RNG, so `set_seed` reproduces a run). `n_train`/`n_valid` keep a random
+    subset of that many images (quick runs), chosen before decoding. Decoded images are cached in
+    `cache_dir` (default: `image-cache/` in `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`).
+    With `size`, `dls.resize` records the rule, so `learn.predict` and exports resize new images alike.
+    """
+    path = Path(path)
+    items = folder_files(path, valid, valid_pct)
+    return _from_files(items, f"folder {path.absolute()}", **_loader_args(locals()))
+
+
+def image_csv(csv: str | os.PathLike | Sequence, folder: str | os.PathLike | None = None, *,
+              fn_col: str | int = 0, label_col: str | int = 1, valid_col: str | int | None = None,
+              valid_pct: float | None = None, size: int | tuple[int, int] | None = None, seed: int | None = None,
+              bs: int = 512, aug: Aug = "crop,flip", channels: int | None = None, device=None,
+              n_train: int | None = None, n_valid: int | None = None, cache_dir: str | os.PathLike | None = None,
+              verbose: bool = True) -> DataLoaders:
+    """Loaders for images labelled by a CSV file (a header row, then one row per image), or by a list
+    of rows (dicts, or sequences indexed by column number), as fastai's `ImageDataLoaders.from_csv`.
+
+    `fn_col` and `label_col` (column names or numbers) give the file name, relative to `folder`
+    (default: the CSV's folder), and the class. Rows whose `valid_col` is true (1, true, yes, valid)
+    form the validation set; or `valid_pct` splits at random, as in `image_folder`, whose other
+    arguments these are. Class names are the sorted labels (numbers in numeric order).
+    """
+    is_file = isinstance(csv, (str, os.PathLike))
+    folder = Path(folder) if folder is not None else Path(csv).parent if is_file else Path.cwd()
+    items = csv_files(csv, folder, fn_col, label_col, valid_col, valid_pct)
+    identity = f"csv {Path(csv).absolute()}" if is_file else f"rows in {folder.absolute()}"
+    return _from_files(items, identity, **_loader_args(locals()))
+
+
+def _loader_args(args: dict) -> dict:
+    return {k: args[k] for k in ("valid_pct", "seed", "n_train", "n_valid", "size", "channels", "bs", "aug", "device",
+                                 "cache_dir", "verbose")}
+
+
+def random_subset(n_total: int, n: int | None, seed: int, what: str) -> list[int] | None:
+    """`n` of `n_total` indices in a random order fixed by `seed` (None: keep all)."""
+    check_subset_size(n, n_total, what)
+    if n is None:
+        return None
+    return torch.randperm(n_total, generator=torch.Generator().manual_seed(seed))[:n].tolist()
+
+
+def _subsets(items: LabelledFiles, n_train, n_valid, seed: int) -> LabelledFiles:
+    keep = []
+    for split, n in (("train", n_train), ("valid", n_valid), ("test", None)):
+        members = [i for i, s in enumerate(items.splits) if s == split]
+        chosen = random_subset(len(members), n, seed, f"n_{split}")
+        keep += members if chosen is None else [members[i] for i in chosen]
+    return items.take(keep)
+
+
+def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_train, n_valid, size, channels, bs, aug,
+                device, cache_dir, verbose, open_item: Callable | None = None) -> DataLoaders:
+    """Split, subset, decode (from the cache when `identity` names a cacheable set of files) and load."""
+    split_seed = 0 if seed is None else seed
+    augment_from_spec(aug, (32, 32))  # a bad spec is an error before anything is decoded
+    options = {"size": image_size(size), "channels": channels, "decoder": DECODER_VERSION}
+    if valid_pct is not None:
+        items.splits = random_split(items, valid_pct, split_seed)
+    if n_train is not None or n_valid is not None:
+        items = _subsets(items, n_train, n_valid, split_seed)
+        identity = identity and identity + f" subset {[n_train, n_valid, valid_pct, split_seed]}"
+
+    def decode() -> torch.Tensor:
+        return decode_images(items.files, channels, size, desc=f"decoding {len(items.files)} images (chunks of {CHUNK})", open_item=open_item)
+    if identity is None:
+        x = decode()
+    else:
+        with rank0_first():  # in a distributed run, rank 0 decodes and caches while the others wait
+            x = cached_decode(items.files, identity, options, decode, cache_dir)
+    y, where = torch.tensor(items.labels), torch.tensor([SPLITS.index(s) for s in items.splits])
+    parts = {s: _rows(x, y, where == i) for i, s in enumerate(SPLITS) if (where == i).any()}
+    dls = make_loaders(parts, items.classes, bs, device, aug, seed, verbose)
+    dls.resize = dict(CROP_RESIZE) if options["size"] else None  # read by preprocessing_of (predict, export)
+    return dls
+
+
+def _rows(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The masked rows: a view when they are one run (folders list split by split), else a copy."""
+    index = torch.nonzero(mask).flatten()
+    first, last = index[0].item(), index[-1].item()
+    if last - first + 1 == len(index):
+        return x[first:last + 1], y[first:last + 1]
+    return x[index], y[index]
+
+
+def count_table(classes: Sequence[str], labels: dict[str, torch.Tensor], max_rows: int = 30) -> str:
+    """Images per class (rows) and split (columns), with totals; empty cells and imbalance flagged."""
+    counts = {s: torch.bincount(y.cpu(), minlength=len(classes)).tolist() for s, y in labels.items()}
+    title = "images per class"
+    width = max(len(title), *(len(c) + 2 for c in classes[:max_rows])) + 2
+    lines = [title.ljust(width) + "".join(f"{s:>8}" for s in counts)]
+    for i, name in enumerate(classes[:max_rows]):
+        row = [counts[s][i] for s in counts]
+        lines.append(f"  {name}".ljust(width) + "".join(f"{n:>8}" for n in row) + ("   <- empty" if 0 in row else ""))
+    if len(classes) > max_rows:
+        lines.append(f"  ... {len(classes) - max_rows} more classes")
+    lines.append("  total".ljust(width) + "".join(f"{sum(c):>8}" for c in counts.values()))
+    train = counts["train"]
+    if min(train) and max(train) >= 3 * min(train):
+        big, small = classes[train.index(max(train))], classes[train.index(min(train))]
+        lines.append(f"  imbalanced: {big!r} has {max(train) / min(train):.1f}x the training images of {small!r}")
+    return "\n".join(lines)
+
+
+def _channel_stats(x: torch.Tensor) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std of uint8 images, in [0, 1] units, exact (float64, from a histogram of the
+    256 values: 10x faster than converting the whole set to float)."""
+    counts = torch.stack([torch.bincount(x[:, c].flatten(), minlength=256) for c in range(x.shape[1])]).double()
+    values = torch.arange(256, dtype=torch.float64) / 255
+    n = counts.sum(1)
+    mean = (counts * values).sum(1) / n
+    var = ((counts * values**2).sum(1) / n - mean**2) * n / (n - 1).clamp_min(1)
+    return mean.tolist(), var.clamp_min(0).sqrt().tolist()
+
+
+def make_loaders(parts: dict[str, tuple[torch.Tensor, torch.Tensor]], classes: Sequence[str], bs: int, device,
+                 aug: Aug, seed: int | None, verbose: bool = True) -> DataLoaders:
+    """DataLoaders from uint8 image tensors per split ("train", "valid", optionally "test"): normalised
+    with the training set's per-channel statistics, training batches shuffled and augmented."""
+    if verbose:
+        rank0_print(count_table(classes, {s: y for s, (_, y) in parts.items()}))
+    x_train, y_train = parts["train"]
+    mean, std = _channel_stats(x_train)
+    norm = dict(mean=mean, std=std, device=device)
+    train = TensorLoader(x_train, y_train, bs, shuffle=True, seed=seed, aug=augment_from_spec(aug, x_train.shape[-2:]),
+                         **norm)
+    valid = TensorLoader(*parts["valid"], 2 * bs, **norm)
+    test = TensorLoader(*parts["test"], 2 * bs, **norm) if "test" in parts else valid
+    return DataLoaders(train, valid, test=test, classes=classes)
+
+
+def _read_python_batches(folder: Path) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    def load(name):
+        data, labels = read_cifar_batch(folder / name)
+        return torch.from_numpy(data).reshape(-1, 3, 32, 32), torch.tensor(labels)
+    train = [load(f"data_batch_{i}") for i in range(1, 6)]
+    return {"train": (torch.cat([x for x, _ in train]), torch.cat([y for _, y in train])), "valid": load("test_batch")}
+
+
+def cifar10(bs: int = 512, root: str | os.PathLike | None = None, device=None, aug: Aug = "crop,flip",
+            seed: int | None = None, download: bool = True, n_train: int | None = None,
+            n_valid: int | None = None, verbose: bool = True) -> DataLoaders:
+    """CIFAR-10: 50 000 training and 10 000 test images, 3x32x32, augmented by random crop and flip.
+
+    Looks under `root` (default `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`) for an image folder
+    `cifar10/{train,test}/<class>/` or torchvision's `cifar-10-batches-py/`, else downloads the
+    latter with torchvision. Those batches are pickles: they are read by an unpickler that allows
+    only the few numpy callables the format needs, so a crafted file is refused instead of running
+    code. `n_train`/`n_valid` keep a random subset of that size (quick runs).
+    """
+    base = data_root(root)
+    if (base / "cifar10" / "train").is_dir():
+        return image_folder(base / "cifar10", bs=bs, device=device, aug=aug, seed=seed, n_train=n_train,
+                            n_valid=n_valid, cache_dir=base / "image-cache", verbose=verbose)
+    batches = base / "cifar-10-batches-py"
+    if not batches.is_dir():
+        _download_cifar10(base, download)
+    parts = _read_python_batches(batches)
+    for split, n in (("train", n_train), ("valid", n_valid)):
+        keep = random_subset(len(parts[split][1]), n, 0 if seed is None else seed, f"n_{split}")
+        if keep is not None:
+            parts[split] = tuple(t[keep] for t in parts[split])
+    return make_loaders(parts, list(CIFAR10_CLASSES), bs, device, aug, seed, verbose)
+
+
+def _download_cifar10(base: Path, download: bool) -> None:
+    def missing(why: str) -> DataNotFoundError:
+        return DataNotFoundError(f"CIFAR-10 was not found under {base} (as image folders cifar10/train/<class>/ "
+                                 f"and cifar10/test/<class>/, or torchvision's cifar-10-batches-py/), and {why}.",
+                                 "Put it there, or pass root= or set SLOWLEARN_DATA to where it is.")
+    if not download:
+        raise missing("download=False")
+    from torchvision.datasets import CIFAR10
+    try:
+        with rank0_first():
+            CIFAR10(str(base), download=True)
+    except OSError as e:  # no network: URLError, socket errors
+        raise missing(f"torchvision's download failed ({e})") from e

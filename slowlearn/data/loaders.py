@@ -1,0 +1,160 @@
+"""The in-memory batch loader (no per-sample Python in the hot path) and DataLoaders, the splits of one dataset."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator, Sequence
+
+import torch
+
+from ..device import default_device
+from .preprocess import normalising_affine
+
+__all__ = ["TensorLoader", "DataLoaders"]
+
+
+
+class TensorLoader:
+    """Batches sliced from a whole dataset held as one tensor, on the CPU or directly on the GPU.
+
+    Each epoch draws one index permutation (when `shuffle`) from the loader's generator: seeded once
+    by `seed`, or, with `seed=None`, re-seeded from torch's global RNG at the start of every epoch,
+    as torch's DataLoader does, so a `set_seed` any time before training makes the order
+    reproducible. A batch is one gather plus one normalisation of the whole batch. uint8 images are
+    scaled to [0, 1] before `(x - mean) / std`; `mean`/`std` are scalars or one value per channel.
+    `aug` (e.g. a `BatchAugment`) transforms each normalised batch; give it to the training loader only.
+
+    For distributed training `shard(rank, world_size)` makes each rank take a disjoint slice of the
+    same permutation (every `world_size`-th sample from `rank`). With `even=True` (training) the last
+    `n % world_size` samples of each permutation are dropped so that every rank runs the same number
+    of batches, which DistributedDataParallel needs; with `even=False` (evaluation) nothing is
+    dropped and the first `n % world_size` ranks get one sample more.
+    """
+
+    def __init__(self, x: torch.Tensor, y: torch.Tensor, bs: int = 512, shuffle: bool = False,
+                 drop_last: bool = False, device: torch.device | str | None = None,
+                 mean: float | Sequence[float] | None = None, std: float | Sequence[float] | None = None,
+                 seed: int | None = None, aug: Callable[[torch.Tensor], torch.Tensor] | None = None):
+        if len(x) != len(y):
+            raise ValueError(f"x and y must have the same length, got {len(x)} inputs and {len(y)} labels")
+        if bs < 1:
+            raise ValueError(f"batch size must be at least 1, got bs={bs}")
+        device = torch.device(device) if device is not None else default_device()
+        self.x, self.y = x.to(device), y.to(device)
+        self.bs, self.shuffle, self.drop_last, self.device, self.aug = bs, shuffle, drop_last, device, aug
+        self.mean, self.std = mean, std  # as given; exports record them
+        self.scale, self.shift = self._affine(mean, std)
+        self.seed, self.generator = seed, torch.Generator()
+        if seed is not None:
+            self.generator.manual_seed(seed)
+        self.epoch_start_state = self.generator.get_state()  # checkpoints taken mid-epoch need it
+        self.rank, self.world_size, self.even = 0, 1, True
+
+    def _affine(self, mean, std) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+        if mean is None and std is None and self.x.dtype != torch.uint8:
+            return None, None
+        return normalising_affine(mean, std, 255. if self.x.dtype == torch.uint8 else 1., self.x.ndim, self.device)
+
+    def shard(self, rank: int, world_size: int, even: bool = True) -> TensorLoader:
+        """Make this loader yield only rank `rank`'s share of every epoch (see the class docs)."""
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size), got rank={rank}, world_size={world_size}")
+        self.rank, self.world_size, self.even = rank, world_size, even
+        return self
+
+    @property
+    def n_items(self) -> int:
+        """Samples this loader (this rank's shard of it) yields per epoch."""
+        n, world = len(self.x), self.world_size
+        return n // world if self.even else n // world + (self.rank < n % world)
+
+    def __len__(self) -> int:
+        return self.n_items // self.bs if self.drop_last else math.ceil(self.n_items / self.bs)
+
+    def _order(self, new_epoch: bool) -> torch.Tensor | None:
+        n = len(self.x)
+        if self.shuffle:
+            if new_epoch and self.seed is None:
+                self.generator.manual_seed(int(torch.randint(2**62, ())))
+            self.epoch_start_state = self.generator.get_state()
+            order = torch.randperm(n, generator=self.generator).to(self.device)
+        elif self.world_size > 1:
+            order = torch.arange(n, device=self.device)
+        else:
+            return None
+        if self.world_size > 1:
+            end = self.n_items * self.world_size if self.even else n
+            order = order[self.rank:end:self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        return self.iter_from(0)
+
+    def iter_from(self, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """This epoch's batches from batch `start` on; the skipped ones are never built or augmented
+        (a mid-epoch resume must not spend random numbers on them)."""
+        order = self._order(new_epoch=start == 0)  # a resumed epoch keeps the order it was restored with
+        for i in range(start, len(self)):
+            if order is None:
+                xb, yb = self.x[i * self.bs:(i + 1) * self.bs], self.y[i * self.bs:(i + 1) * self.bs]
+            else:
+                idx = order[i * self.bs:(i + 1) * self.bs]
+                xb, yb = self.x[idx], self.y[idx]
+            xb = self.normalise(xb)
+            yield (self.aug(xb) if self.aug is not None else xb), yb
+
+    def normalise(self, xb: torch.Tensor) -> torch.Tensor:
+        """A batch as stored (e.g. uint8 images) to what the model sees."""
+        if self.scale is None:
+            return xb
+        return xb.to(torch.float32, copy=True).mul_(self.scale).sub_(self.shift)  # never in place on the data
+
+    def decode(self, xb: torch.Tensor) -> torch.Tensor:
+        """Undo `normalise` for display: images back in [0, 1] (or the stored units for non-images)."""
+        if self.scale is None:
+            return xb
+        x = (xb.float() + self.shift.to(xb.device)) / self.scale.to(xb.device)
+        return x / 255 if self.x.dtype == torch.uint8 else x
+
+
+class DataLoaders:
+    """The training and validation loaders (and optionally a test loader) of one dataset.
+
+    `dls.train`, `dls.valid`, and `dls["train"]`, `dls["valid"]`, `dls["test"]` as in the seeds.
+    `dls.resize` is how the loaders brought images of other sizes to theirs ({"method", "interpolation"}
+    as in `Preprocessing`), or None when they did not resize: predictions on new images resize alike.
+    """
+
+    def __init__(self, train, valid, test=None, classes: Sequence[str] | None = None, resize: dict | None = None):
+        self.train, self.valid, self.test = train, valid, test
+        self.classes = list(classes) if classes is not None else None
+        self.resize = resize
+
+    def show_batch(self, n: int = 16, split: str = "train"):
+        """The first `n` images of a batch from `dls[split]` with their class names (a matplotlib Figure)."""
+        from .show import show_batch  # show.py draws with matplotlib, which the loaders alone do not need
+        return show_batch(self, n, split)
+
+    def __getitem__(self, split: str):
+        loader = {"train": self.train, "valid": self.valid, "test": self.test}.get(split)
+        if loader is None:
+            raise KeyError(f"No '{split}' loader: this DataLoaders has "
+                           f"{', '.join(k for k in ('train', 'valid', 'test') if getattr(self, k) is not None)}")
+        return loader
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+

@@ -1,0 +1,260 @@
+"""`learn.export(path)`: a trained classifier in one file that loads without slowlearn's training code,
+the model's Python class or the data, and never runs code from the file.
+
+Format (version 1): a `torch.export` archive (a zip, `.pt2`, as `torch.export.save` writes it) holding
+
+- `models/model.json`: the model's graph as a `torch.export` program, traced in eval mode (BatchNorm
+  uses its running statistics, dropout is off) on the CPU, with a dynamic batch dimension. It takes
+  the normalised float32 batch the model saw in training (N x C x H x W for images) and returns logits.
+- `data/weights/*`, `data/constants/*`: its parameters and buffers as raw bytes (never pickles), described
+  by `data/weights/model_weights_config.json` and `data/constants/model_constants_config.json`.
+- `data/sample_inputs/model.pt`: empty (torch would unpickle it).
+- `extra/slowlearn.json`: `{"format": "slowlearn-export", "version": 1, "classes": [...],
+  "preprocessing": {...}, "metadata": {...}}`. `preprocessing` is `slowlearn.preprocess.Preprocessing`
+  as a dict: `kind` ("image"), `channels`, `size` [h, w], `scale` (1/255: uint8 to [0, 1]), `mean` and
+  `std` (per channel, applied after the scaling), `resize` (how the training images were resized:
+  {"method": "crop" | "squish", "interpolation": "bilinear"}, or null: inputs must have `size`).
+  `metadata`: slowlearn and torch versions, the date (UTC, ISO 8601), the model's class name, and
+  the last row of the training history (final metrics).
+
+So a model input is `(pixels * scale - mean) / std` with pixels uint8 0-255, C x H x W.
+
+Loading (`read_export`) reads the whole file into memory once, then refuses anything that would make
+`torch.export.load` unpickle (pickled weights or constants, custom objects, legacy weight files, a
+non-empty sample-inputs record), or evaluate text from the file (symbolic shape expressions other than
+plain sympy symbols and integers, guard code), or call anything other than aten operators and
+arithmetic from the graph, before handing those same bytes to `torch.export.load`.
+
+`learn.export(path, format="onnx")` writes an ONNX model instead (input "images", output "logits",
+dynamic batch), with the same JSON in its metadata under the key "slowlearn"; it needs the `onnx` extra
+(`pip install slowlearn[onnx]`) and is meant for onnxruntime and other runtimes outside Python's torch.
+"""
+from __future__ import annotations
+
+import copy
+import datetime
+import io
+import json
+import os
+import re
+import tokenize
+import warnings
+import zipfile
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..data import Preprocessing, preprocessing_of
+from ..device import bare_model
+from ..distributed import is_rank0
+
+__all__ = ["export_learner", "read_export", "ExportError", "FORMAT", "VERSION"]
+
+FORMAT, VERSION, META = "slowlearn-export", 1, "slowlearn.json"
+_MEMBERS = re.compile(r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
+                      r"models/model\.json|data/sample_inputs/model\.pt|extra/slowlearn\.json|"
+                      r"data/weights/(model_weights_config\.json|weight_\d+)|"
+                      r"data/constants/(model_constants_config\.json|tensor_\d+))")
+_OPERATORS = {f"_operator.{name}" for name in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
+                                               "pow", "eq", "ne", "lt", "le", "gt", "ge")}
+# What torch writes in symbolic shapes (sympy's srepr): classes that only build expressions, and their flags
+_EXPR_NAMES = {"Symbol", "Integer", "Rational", "Add", "Mul", "Pow", "Max", "Min", "Mod", "Abs", "floor", "ceiling",
+               "Equality", "Unequality", "StrictLessThan", "LessThan", "StrictGreaterThan", "GreaterThan", "And", "Or",
+               "Not", "FloorDiv", "CeilDiv", "CleanDiv", "ModularIndexing", "PythonMod", "IntTrueDiv", "FloatTrueDiv",
+               "PowByNatural", "FloatPow", "CeilToInt", "FloorToInt", "TruncToInt", "RoundToInt", "ToFloat",
+               "Identity", "Where", "true", "false", "True", "False", "positive", "integer", "nonnegative", "real"}
+
+
+class ExportError(ValueError):
+    """A file that is not a slowlearn export, is damaged, or holds something that loading could run."""
+
+
+def export_learner(learn, path: str | os.PathLike, format: str = "pt2",
+                   preprocessing: Preprocessing | None = None) -> Path:
+    """Write `learn`'s model with its preprocessing, class names and metadata to `path` (atomically)."""
+    if format not in ("pt2", "onnx"):
+        raise ValueError(f"format={format!r}: use 'pt2' (torch.export, loaded by load_learner) or 'onnx'")
+    path = Path(path)
+    if not is_rank0():  # in a distributed run, one process writes
+        return path
+    prep = preprocessing or preprocessing_of(learn.dls)
+    if prep.kind != "image" and preprocessing is None:
+        raise ValueError("learn.export: the training data is not uint8 images in a TensorLoader, so what the model "
+                         "takes cannot be read from it; pass preprocessing=Preprocessing(kind='tensor', shape=[...]) "
+                         "(see slowlearn.preprocess)")
+    model = copy.deepcopy(bare_model(learn.model)).cpu().eval()
+    meta = _meta(learn, model, prep)
+    _check_one_output_per_class(model, prep, meta["classes"])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if format == "onnx":
+            _write_onnx(model, prep, meta, tmp)
+        else:
+            buffer = io.BytesIO()
+            with warnings.catch_warnings():  # torch's note on weights sharing storage (channels-last layouts)
+                warnings.filterwarnings("ignore", "No complete tensor found")
+                torch.export.save(export_program(model, prep), buffer, extra_files={META: json.dumps(meta)})
+            tmp.write_bytes(buffer.getvalue())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _meta(learn, model: nn.Module, prep: Preprocessing) -> dict:
+    from ..version import __version__
+    last = learn.history[-1] if learn.history else {}
+    return {"format": FORMAT, "version": VERSION, "classes": list(getattr(learn.dls, "classes", None) or []),
+            "preprocessing": prep.to_dict(),
+            "metadata": {"slowlearn": __version__, "torch": torch.__version__,
+                         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                         "model": type(model).__name__,
+                         "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float, str))}}}
+
+
+def _check_one_output_per_class(model: nn.Module, prep: Preprocessing, classes: list[str]) -> None:
+    """A classifier with class names gives one output per class (else predict would name the wrong class)."""
+    if not classes:
+        return
+    with torch.no_grad():
+        out = model(torch.zeros(1, *prep.shape))
+    if isinstance(out, torch.Tensor) and out.shape != (1, len(classes)):
+        raise ValueError(f"learn.export: the model gives outputs of shape {tuple(out.shape[1:])} per item, but the "
+                         f"data has {len(classes)} classes: give its last layer {len(classes)} outputs (trained so, it "
+                         f"would not have learnt these classes)")
+
+
+def export_program(model: nn.Module, prep: Preprocessing) -> torch.export.ExportedProgram:
+    """`model` (on the CPU, in eval mode) as a program with a dynamic batch dimension, holding nothing
+    that loading would unpickle or execute."""
+    example = torch.zeros(2, *prep.shape)
+    try:
+        with torch.no_grad():
+            program = torch.export.export(model, (example,), dynamic_shapes=({0: torch.export.Dim("batch", min=1)},))
+    except Exception as e:
+        raise RuntimeError(f"torch.export could not trace {type(model).__name__} on a batch of shape "
+                           f"{tuple(example.shape)} with any batch size: {str(e).splitlines()[0]} (Python branches on "
+                           f"tensor values or on the batch size cannot be exported; see torch.export's docs)") from e
+    program.example_inputs = None  # else saved as a pickle
+    program._guards_code = []  # Python source run at load; the Predictor checks input shapes itself
+    return program
+
+
+def _write_onnx(model: nn.Module, prep: Preprocessing, meta: dict, path: Path) -> None:
+    try:
+        import onnx
+    except ImportError:
+        raise ImportError("learn.export(format='onnx') needs the onnx package: pip install slowlearn[onnx]") from None
+    with warnings.catch_warnings():  # torch 2.14's exporter without onnxscript is the TorchScript one
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(model, (torch.zeros(2, *prep.shape),), str(path), dynamo=False, input_names=["images"],
+                          output_names=["logits"], dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}})
+    proto = onnx.load(str(path))
+    proto.metadata_props.add(key="slowlearn", value=json.dumps(meta))
+    onnx.save(proto, str(path))
+
+
+def read_export(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, dict]:
+    """The program and the JSON of an export, after checking that loading it runs no code from the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such model file (write one with learn.export or `slowlearn export`)")
+    data = path.read_bytes()
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+        damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ExportError(f"{path} is not a slowlearn export, or it is truncated or damaged ({e}). "
+                          f"Export the model again.") from None
+    if damaged is not None:
+        raise ExportError(f"{path} is damaged (record {damaged} fails its checksum). Export the model again.")
+    meta = _check_archive(archive, path)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.export.load(io.BytesIO(data))
+    except Exception as e:
+        raise ExportError(f"{path}: torch.export could not load the model ({type(e).__name__}: {e}); it may come "
+                          f"from another torch version (it was written by torch {meta['metadata'].get('torch')})."
+                          ) from None
+    return program, meta
+
+
+def _check_archive(archive: zipfile.ZipFile, path: Path) -> dict:
+    names = archive.namelist()
+    root = names[0].split("/")[0] + "/" if names else ""
+    if f"{root}extra/{META}" not in names:
+        raise ExportError(f"{path} is not a slowlearn export (no extra/{META} record): write one with learn.export")
+    meta = _json(archive, f"{root}extra/{META}", path)
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
+        raise ExportError(f"{path} is not a slowlearn export of format version {VERSION}")
+    unexpected = [n for n in names if not n.startswith(root) or not _MEMBERS.fullmatch(n[len(root):])]
+    if unexpected or len(set(names)) != len(names):
+        raise _refused(path, f"unexpected or repeated records {(unexpected or names)[:3]}")
+    _check_program(_json(archive, f"{root}models/model.json", path), path)
+    if archive.getinfo(f"{root}data/sample_inputs/model.pt").file_size:
+        raise _refused(path, "a sample-inputs record, which torch.export.load unpickles")
+    for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
+        for name, payload in _json(archive, root + config, path).get("config", {}).items():
+            if payload.get("use_pickle") or payload.get("tensor_meta") is None:
+                raise _refused(path, f"{name} stored as a pickle")
+    return meta
+
+
+def _check_program(program: dict, path: Path) -> None:
+    if program.get("guards_code"):
+        raise _refused(path, "guard code, which loading runs as Python")
+    for key, value in _walk(program):
+        if key == "target" and not (value.startswith("torch.ops.aten.") or value in _OPERATORS):
+            raise _refused(path, f"a graph node calling {value!r} (only aten operators are allowed)")
+        if key == "expr_str" and not _plain_expression(value):
+            raise _refused(path, f"a shape expression {value[:80]!r}, which loading would evaluate")
+        if key in ("as_custom_obj", "custom_obj_values", "as_graph") and value:
+            raise _refused(path, f"a {key} entry (custom objects and sub-graphs are not supported)")
+
+
+def _walk(node, key=None):
+    """(key, value) for every string value and every non-empty container under a parsed JSON document."""
+    if isinstance(node, dict):
+        for k, v in node.items():
+            yield from _walk(v, k)
+    elif isinstance(node, list):
+        for v in node:
+            yield from _walk(v, key)
+    if isinstance(node, str) or (node and key in ("as_custom_obj", "custom_obj_values", "as_graph")):
+        yield key, node
+
+
+def _plain_expression(text: str) -> bool:
+    """True for sympy text made only of symbols, integers and arithmetic, e.g. "Symbol('s31', positive=True)":
+    no attribute access, no other names, no strings other than symbol names."""
+    try:
+        tokens = list(tokenize.generate_tokens(io.StringIO(text).readline))
+    except (tokenize.TokenError, SyntaxError):
+        return False
+    for tok in tokens:
+        if tok.type == tokenize.NAME and not (tok.string in _EXPR_NAMES or re.fullmatch(r"[a-z]+\d+", tok.string)):
+            return False
+        if tok.type == tokenize.STRING and not re.fullmatch(r"'[a-z]+\d+'", tok.string):
+            return False
+        if tok.type == tokenize.OP and tok.string not in set("+-*/%(),=") | {"//", "**"}:
+            return False
+        if tok.type not in (tokenize.NAME, tokenize.STRING, tokenize.OP, tokenize.NUMBER, tokenize.NEWLINE,
+                            tokenize.NL, tokenize.ENDMARKER):
+            return False
+    return True
+
+
+def _json(archive: zipfile.ZipFile, name: str, path: Path):
+    try:
+        return json.loads(archive.read(name))
+    except (KeyError, ValueError) as e:
+        raise ExportError(f"{path} is not a readable slowlearn export: record {name} is missing or not JSON ({e})"
+                          ) from None
+
+
+def _refused(path: Path, what: str) -> ExportError:
+    return ExportError(f"Refusing to load {path}: it holds {what}. slowlearn never writes that; the file was "
+                       f"altered or made by another tool. Export the model again from its training code.")

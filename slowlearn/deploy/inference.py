@@ -1,0 +1,115 @@
+"""Using a trained model: predictions over a loader, single-item prediction, validation metrics."""
+from __future__ import annotations
+
+import copy
+from typing import NamedTuple
+
+import torch
+
+from ..data import as_items, preprocessing_of, to_batch
+from ..device import model_device, to_device
+
+__all__ = ["Preds", "Prediction", "get_preds", "predict", "prediction", "validate",
+           "confusion_matrix"]
+
+
+class Preds(NamedTuple):
+    """What `get_preds` returns: `preds` (probabilities), `targets`, and `inputs`/`losses` when asked for."""
+    preds: torch.Tensor
+    targets: torch.Tensor
+    inputs: torch.Tensor | None = None
+    losses: torch.Tensor | None = None
+
+
+class Prediction(NamedTuple):
+    """`learn.predict(x)`: class index, class name and probabilities (tensors and a list for a batch)."""
+    index: int | torch.Tensor
+    name: str | list[str] | None
+    probs: torch.Tensor
+
+
+@torch.no_grad()
+def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False, tta: bool = False) -> Preds:
+    """Run the model in eval mode over `dl` (default `learn.dls.valid`), in order, without callbacks.
+
+    Everything stays on the model's device until one copy to the CPU at the end (no host sync per
+    batch). Per-item losses call `learn.loss_func(..., reduction="none")`. `tta=True` averages the
+    predictions for each image and its mirror image (test-time augmentation).
+    """
+    dl = dl if dl is not None else learn.dls.valid
+    device, was_training = model_device(learn.model), learn.model.training
+    preds, targets, inputs, losses = [], [], [], []
+    learn.model.eval()
+    try:
+        for xb, yb in dl:
+            xb, yb = to_device((xb, yb), device)
+            out = learn.model(xb).float()
+            probs = out.softmax(-1)
+            if tta:
+                probs = (probs + learn.model(xb.flip(-1)).float().softmax(-1)) / 2
+                out = probs.log()  # so that per-item losses score the averaged prediction
+            preds.append(probs)
+            targets.append(yb)
+            if with_input:
+                inputs.append(xb)
+            if with_loss:
+                losses.append(learn.loss_func(out, yb, reduction="none"))
+    finally:
+        learn.model.train(was_training)
+    cat = lambda ts: torch.cat(ts).cpu() if ts else None  # noqa: E731
+    return Preds(cat(preds), cat(targets), cat(inputs), cat(losses))
+
+
+@torch.no_grad()
+def predict(learn, x) -> Prediction:
+    """Predict one item, or a batch of them (a list, or a tensor with a batch dimension).
+
+    For image data (a `TensorLoader` of uint8 images) an item is an image file path, a PIL image, a uint8
+    tensor or array, or a float one in [0, 1], normalised as the training data was (the rule of
+    `slowlearn.preprocess`, shared with exported models). Other data is given as the dataset stores it.
+    Classes are named from `dls.classes`.
+    """
+    prep = preprocessing_of(learn.dls)
+    items, single = as_items(x, prep)
+    was_training = learn.model.training
+    learn.model.eval()
+    try:
+        probs = learn.model(to_batch(items, prep).to(model_device(learn.model))).float().softmax(-1).cpu()
+    finally:
+        learn.model.train(was_training)
+    return prediction(probs, getattr(learn.dls, "classes", None), single)
+
+
+def prediction(probs: torch.Tensor, classes, single: bool) -> Prediction:
+    """Class indexes and names from a batch of probabilities (one item's when `single`)."""
+    index = probs.argmax(-1)
+    names = [classes[i] for i in index.tolist()] if classes else None
+    if single:
+        return Prediction(int(index[0]), names[0] if names else None, probs[0])
+    return Prediction(index, names, probs)
+
+
+def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, n_classes: int) -> torch.Tensor:
+    """Counts: row = true class, column = predicted class (`preds` are class indexes). Targets outside
+    [0, n_classes), such as cross_entropy's ignore_index -100, and predictions outside it are not counted. Counted on the targets'
+    device without a host sync (torch.bincount would read the largest index back first)."""
+    targets, preds = targets.long(), preds.long()  # int64: uint8 targets * n_classes would overflow
+    counted = (targets >= 0) & (targets < n_classes) & (preds >= 0) & (preds < n_classes)
+    cells = torch.where(counted, targets * n_classes + preds, 0)
+    counts = torch.zeros(n_classes * n_classes, dtype=torch.long, device=targets.device)
+    return counts.scatter_add_(0, cells, counted.long()).reshape(n_classes, n_classes)
+
+
+def validate(learn, dl=None) -> dict:
+    """The mean loss and the MetricsCB metrics on `dl`, computed from `get_preds` (history untouched)."""
+    result = get_preds(learn, dl, with_loss=True)
+    row = {"loss": result.losses.mean().item()}
+    metrics_cb = next((cb for cb in learn.cbs if hasattr(cb, "metrics") and isinstance(cb.metrics, dict)), None)
+    for name, metric in (metrics_cb.metrics.items() if metrics_cb else ()):
+        fresh = copy.deepcopy(metric).to("cpu")
+        fresh.reset()
+        fresh.update(result.preds, result.targets)
+        row[name] = fresh.compute().item()
+    return row
+
+

@@ -1,0 +1,71 @@
+"""`summary`: a model's layers on a batch, with output shapes, parameters and FLOPs per sample."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..display import format_table
+
+__all__ = ["summary", "Summary"]
+
+
+class Summary(list):
+    """`summary`'s rows (dicts). As a notebook cell's value it shows the table, unless already printed."""
+    printed = False
+
+    def _ipython_display_(self) -> None:
+        if not self.printed:
+            print(format_table(self))
+
+
+def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, print_table: bool = True) -> Summary:
+    """One row per module down to `depth` levels of nesting (1: the top-level layers; nested ones are
+    indented under their parent): output shape, parameters (all, trainable, frozen) and MFLOPs per
+    sample (torch's FlopCounterMode), for a Learner (on a batch of its training data) or a model and a
+    batch `xb`. The last row is the whole model. Runs the model once in eval mode, without gradients,
+    and restores its mode. Prints the rows as a table (unless `print_table=False`) and returns them."""
+    from torch.utils.flop_counter import FlopCounterMode  # imports triton where installed: only when used
+    if depth < 1:
+        raise ValueError(f"depth must be at least 1 (the top-level layers), got {depth}")
+    model = getattr(learn_or_model, "model", learn_or_model)
+    if xb is None:
+        xb = next(iter(learn_or_model.dls.train))[0]
+    param = next(model.parameters(), None)
+    xb = xb.to(param.device) if param is not None else xb
+    modules = [(name, m) for name, m in model.named_modules() if name and name.count(".") < depth]
+    shapes, hooks = {}, []
+
+    def record_shape(name):
+        def hook(module, inputs, output):
+            shapes[name] = "x".join(map(str, output.shape[1:])) if isinstance(output, torch.Tensor) else ""
+        return hook
+
+    for name, m in modules:
+        hooks.append(m.register_forward_hook(record_shape(name)))
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(xb)
+    finally:
+        model.train(was_training)
+        for h in hooks:
+            h.remove()
+    flops = {k: sum(v.values()) for k, v in counter.get_flop_counts().items()}
+    root = type(model).__name__
+    rows = Summary({"layer": "  " * name.count(".") + f"{name.rsplit('.', 1)[-1]}: {type(m).__name__}",
+                    "output": shapes.get(name, ""), **_param_counts(m),
+                    "MFLOPs": flops.get(f"{root}.{name}", 0) / len(xb) / 1e6} for name, m in modules)
+    rows.append({"layer": "total", "output": "", **_param_counts(model),
+                 "MFLOPs": flops.get("Global", 0) / len(xb) / 1e6})
+    if print_table:
+        print(format_table(rows))
+        rows.printed = True
+    return rows
+
+
+def _param_counts(module: nn.Module) -> dict[str, int]:
+    params = list(module.parameters())
+    trainable = sum(p.numel() for p in params if p.requires_grad)
+    return {"params": sum(p.numel() for p in params), "trainable": trainable,
+            "frozen": sum(p.numel() for p in params) - trainable}

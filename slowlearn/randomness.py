@@ -1,0 +1,69 @@
+"""Random states: `set_seed`, and the snapshots of every RNG a run draws from (torch, CUDA, Python, NumPy
+and the loaders' own generators) that checkpoints and sweeps save and restore."""
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+__all__ = ["set_seed", "randomness", "restore_randomness", "rng_states", "set_rng_states", "loader_generators"]
+
+
+def set_seed(seed: int, deterministic: bool = False) -> None:
+    """Seed Python's, NumPy's and torch's RNGs (all devices); `deterministic` also asks torch for
+    deterministic kernels (slower on the GPU)."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if deterministic:
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.benchmark = False
+
+
+def loader_generators(dls) -> dict[str, torch.Generator]:
+    """The generators that order the loaders' batches, by split: a TensorLoader's, or the one given to a
+    torch DataLoader as `generator=`. A DataLoader without one draws its order from torch's global RNG."""
+    generators = {}
+    for split in ("train", "valid"):
+        generator = getattr(getattr(dls, split, None), "generator", None)
+        if isinstance(generator, torch.Generator):
+            generators[split] = generator
+    return generators
+
+
+def rng_states() -> dict:
+    """torch's, CUDA's, NumPy's and Python's random states, as plain data (see `set_rng_states`)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state()
+    return {"torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "numpy": [name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
+            "python": random.getstate()}
+
+
+def randomness(dls) -> dict:
+    """All a fit draws random numbers from: the global RNGs and the loaders' generators."""
+    return {"rng": rng_states(), "loaders": {split: g.get_state() for split, g in loader_generators(dls).items()}}
+
+
+def restore_randomness(dls, saved: dict) -> None:
+    """Put back what `randomness(dls)` returned (or a checkpoint's "rng" and "loaders")."""
+    set_rng_states(saved["rng"])
+    generators = loader_generators(dls)
+    for split, state in saved["loaders"].items():
+        if split in generators:
+            generators[split].set_state(state)
+
+
+def set_rng_states(rng: dict) -> None:
+    """Put back the random states that `rng_states()` returned."""
+    torch.set_rng_state(rng["torch"])
+    if rng["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+    name, keys, pos, has_gauss, gauss = rng["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
+    random.setstate(_as_tuples(rng["python"]))
+
+
+def _as_tuples(x):
+    return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x

@@ -1,0 +1,103 @@
+"""Tuners that try settings on the model before training: `lr_find` (an lr sweep that restores everything
+afterwards) and `find_batch_size` (training throughput per batch size)."""
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .callbacks import LRFinderCB, SuggestedLRs
+from .device import model_device, sync_time
+from .randomness import randomness, restore_randomness
+
+__all__ = ["lr_find", "find_batch_size"]
+
+
+def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
+                    steps: int = 5, opt_func=torch.optim.AdamW, loss_func=F.cross_entropy) -> list[dict]:
+    """Training throughput (samples/s) for each batch size in `candidates`, on a copy of `model`, until
+    the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader). torch's
+    random states are as they were afterwards (dropout in the trials draws from them)."""
+    device = model_device(model)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return _throughputs(model, dls, candidates, steps, opt_func, loss_func, device)
+
+
+def _throughputs(model, dls, candidates, steps, opt_func, loss_func, device) -> list[dict]:
+    x_all, y_all = dls.train.x, dls.train.y
+    results = []
+    for bs in candidates:
+        if bs > len(x_all):
+            break
+        trial = copy.deepcopy(model).to(device).train()
+        opt = opt_func(trial.parameters(), 1e-3)
+        xb = dls.train.normalise(x_all[:bs]).to(device)
+        yb = y_all[:bs].to(device)
+        try:
+            for i in range(steps + 1):
+                if i == 1:  # the first step warms up kernels and allocators
+                    start = sync_time(device)
+                loss_func(trial(xb), yb).backward()
+                opt.step()
+                opt.zero_grad()
+            seconds = sync_time(device) - start
+        except torch.cuda.OutOfMemoryError:
+            results.append({"bs": bs, "samples_per_s": None, "note": "out of memory"})
+            break
+        finally:
+            del trial, opt
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+        results.append({"bs": bs, "samples_per_s": round(bs * steps / seconds, 1), "note": ""})
+    return results
+
+
+
+def _snapshot(learn, sweepers) -> dict:
+    """What a sweep changes: the weights, the optimizer's state, the random states, the Learner's and the
+    taking-part callbacks' attributes (position, history, dispatch, ...; restored as they were)."""
+    return {
+        "model": copy.deepcopy(learn.model.state_dict()),
+        "opt": copy.deepcopy(learn.opt.state_dict()) if learn.opt is not None else None,
+        "random": randomness(learn.dls),
+        "learner": dict(learn.__dict__),
+        "callbacks": [(cb, dict(cb.__dict__)) for cb in sweepers],
+    }
+
+
+def _restore(learn, saved: dict) -> None:
+    learn.model.load_state_dict(saved["model"])
+    if saved["opt"] is not None:
+        learn.opt.load_state_dict(saved["opt"])
+    restore_randomness(learn.dls, saved["random"])
+    learn.__dict__.clear()
+    learn.__dict__.update(saved["learner"])  # opt None again if the sweep created it
+    for cb, attributes in saved["callbacks"]:
+        cb.__dict__.clear()
+        cb.__dict__.update(attributes)
+
+
+def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
+            show_plot: bool = True) -> SuggestedLRs:
+    """Sweep the lr over `num_it` training batches, then restore model, optimizer, RNGs, loader order and
+    history exactly, and the Learner's and its callbacks' attributes. Only the callbacks that take part in
+    sweeps (`Callback.sweep`: device, precision, clipping, ...) run during it: nothing is recorded,
+    scheduled, monitored or written to a file. Returns `SuggestedLRs(valley, steep)`; `learn.lr_finder`
+    keeps the sweep and its `plot()`, drawn right away when `show_plot` (shown in a notebook, left open for
+    `plt.show()` in a script)."""
+    finder = LRFinderCB(start_lr, end_lr, num_it, stop_div)
+    sweepers = [cb for cb in learn.cbs if cb.sweep]
+    saved = _snapshot(learn, sweepers)
+    learn.cbs = sweepers
+    try:
+        learn.fit(math.ceil(num_it / len(learn.dls.train)), cbs=[finder], valid=False)
+    finally:
+        _restore(learn, saved)
+    learn.lr_finder = finder
+    suggestion = finder.suggest()
+    if show_plot:
+        finder.plot(suggestion)
+    return suggestion

@@ -1,0 +1,259 @@
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_dls
+from torch import nn
+
+from slowlearn import (
+    Callback,
+    CheckpointCB,
+    Learner,
+    MetricsCB,
+    MomentumSGD,
+    TensorBoardCB,
+    WeightAveragingCB,
+    default_splitter,
+    set_seed,
+    update_bn,
+)
+from slowlearn.checkpoint import randomness, read_checkpoint, restore_randomness
+
+
+class WeightsAfterStep(Callback):
+    """Records the weights after every optimizer step, and the training progress at that step."""
+
+    def __init__(self):
+        self.weights, self.pcts = [], []
+
+    def after_step(self, learn):
+        self.weights.append(copy.deepcopy(learn.model.state_dict()))
+        self.pcts.append(learn.pct_train)
+
+
+def bn_model():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 2))
+
+
+def learner(model, cbs=(), n_train=24, splitter=default_splitter, **kwargs):
+    dls = make_dls(n_train=n_train, n_valid=12, bs=8, **kwargs)
+    return Learner(model, dls, lr=0.1, cbs=[MetricsCB(), *cbs], opt_func=lambda p, lr: MomentumSGD(p, lr, mom=0.9),
+                   splitter=splitter)
+
+
+def hand_average(initial, steps, weight_of):
+    """The average over the recorded states, with `weight_of(k)` the weight of the k-th update's state."""
+    avg = {k: v.clone().float() for k, v in initial.items()}
+    for k, state in enumerate(steps, 1):
+        for name, value in state.items():
+            if value.is_floating_point():
+                avg[name] = avg[name] * (1 - weight_of(k)) + value * weight_of(k)
+            else:
+                avg[name] = value.clone()
+    return avg
+
+
+def assert_close_states(a, b):
+    assert a.keys() == b.keys()
+    for name in a:
+        torch.testing.assert_close(a[name].float(), b[name].float(), rtol=1e-5, atol=1e-6, msg=name)
+
+
+@pytest.mark.parametrize("warmup", [False, True])
+def test_ema_equals_the_hand_computation(warmup):
+    model = bn_model()
+    initial = copy.deepcopy(model.state_dict())
+    ema, record = WeightAveragingCB(decay=0.9, warmup=warmup), WeightsAfterStep()
+    learner(model, [ema, record]).fit(3, valid=False)
+    decay = (lambda k: min(0.9, (1 + k) / (10 + k))) if warmup else (lambda k: 0.9)
+    expected = hand_average(initial, record.weights, lambda k: 1 - decay(k))
+    assert len(record.weights) == 9 and ema.n == 9
+    assert_close_states(ema.averaged_state_dict(), expected)
+
+
+def test_ema_every_n_steps_averages_every_nth_state():
+    model = bn_model()
+    initial = copy.deepcopy(model.state_dict())
+    ema, record = WeightAveragingCB(decay=0.8, warmup=False, every=2), WeightsAfterStep()
+    learner(model, [ema, record]).fit(3, valid=False)
+    expected = hand_average(initial, record.weights[1::2], lambda k: 0.2)
+    assert ema.n == 4
+    assert_close_states(ema.averaged_state_dict(), expected)
+
+
+def test_swa_is_the_mean_of_the_weights_from_swa_start():
+    model = bn_model()
+    swa, record = WeightAveragingCB(swa_start=0.5, update_bn=False), WeightsAfterStep()
+    learner(model, [swa, record]).fit(4, valid=False)
+    averaged = [w for w, pct in zip(record.weights, record.pcts) if pct >= 0.5]
+    assert swa.n == len(averaged) == 6
+    expected = hand_average(averaged[0], averaged, lambda k: 1 / k)
+    assert_close_states(swa.averaged_state_dict(), expected)
+
+
+def test_swa_from_an_epoch_number():
+    swa, record = WeightAveragingCB(swa_start=2, update_bn=False), WeightsAfterStep()
+    learner(bn_model(), [swa, record]).fit(3, valid=False)
+    assert swa.n == 3  # the last epoch's three steps
+
+
+def test_validation_runs_on_the_average_and_training_on_the_trained_weights():
+    model = bn_model()
+    ema = WeightAveragingCB(decay=0.9, final="trained")
+    learn = learner(model, [ema])
+    learn.fit(2)
+    trained = copy.deepcopy(model.state_dict())
+    averaged = copy.deepcopy(model)
+    averaged.load_state_dict(ema.averaged_state_dict())
+    xb, yb = learn.dls.valid.x, learn.dls.valid.y
+    with torch.no_grad():
+        loss_of_average = F.cross_entropy(averaged.eval()(learn.dls.valid.normalise(xb)), yb).item()
+        loss_of_trained = F.cross_entropy(model.eval()(learn.dls.valid.normalise(xb)), yb).item()
+    assert learn.history[-1]["phase"] == "valid"
+    assert learn.history[-1]["loss"] == pytest.approx(loss_of_average, rel=1e-5)
+    assert abs(loss_of_average - loss_of_trained) > 1e-3
+    assert all(torch.equal(v, trained[k]) for k, v in model.state_dict().items())  # final="trained"
+
+
+def test_final_average_stays_in_the_model_for_inference_and_training_continues_from_the_trained_weights():
+    set_seed(0)
+    a = learner(bn_model(), [WeightAveragingCB(decay=0.9), WeightsAfterStep()])
+    a.fit(2)
+    averaged = a.weight_averaging.averaged_state_dict()
+    assert all(torch.equal(v, averaged[k]) for k, v in a.model.state_dict().items())
+    assert a.validate()["loss"] == pytest.approx(a.history[-1]["loss"], rel=1e-5)  # get_preds uses the average
+    trained = a.weights_after_step.weights[-1]
+    a.weights_after_step.weights = []
+    a.fit(1)
+    first_step = a.weights_after_step.weights[0]
+    # the next fit started from the trained weights: replaying its first step from them gives the same weights
+    set_seed(0)
+    b = learner(bn_model(), [WeightsAfterStep()])
+    b.fit(2)
+    assert all(torch.equal(v, trained[k]) for k, v in b.model.state_dict().items())
+    b.weights_after_step.weights = []
+    b.fit(1)
+    assert all(torch.equal(v, first_step[k]) for k, v in b.weights_after_step.weights[0].items())
+
+
+def bn_statistics_by_hand(model, dls):
+    """What update_bn must give the first BatchNorm: the mean of the batch means and unbiased variances
+    over the training batches that come next (without drawing them)."""
+    saved = randomness(dls)
+    with torch.no_grad():
+        hidden = [model[0](xb) for xb, _ in dls.train]
+    restore_randomness(dls, saved)
+    return torch.stack([h.mean(0) for h in hidden]).mean(0), torch.stack([h.var(0) for h in hidden]).mean(0)
+
+
+def test_swa_reestimates_batchnorm_statistics_and_leaves_randomness_alone():
+    set_seed(0)
+    with_pass = learner(bn_model(), [WeightAveragingCB(swa_start=0.5)])
+    with_pass.fit(3, valid=False)
+    mean, var = bn_statistics_by_hand(with_pass.model, with_pass.dls)
+    torch.testing.assert_close(with_pass.model[1].running_mean, mean)
+    torch.testing.assert_close(with_pass.model[1].running_var, var)
+    assert with_pass.model[1].momentum == 0.1
+    set_seed(0)
+    without = learner(bn_model(), [WeightAveragingCB(swa_start=0.5, update_bn=False)])
+    without.fit(3, valid=False)
+    with_pass.fit(1, valid=False)  # the same batches follow: the pass did not draw random numbers
+    without.fit(1, valid=False)
+    assert torch.equal(with_pass.weight_averaging._avg["0.weight"], without.weight_averaging._avg["0.weight"])
+
+
+def test_update_bn_keeps_the_statistics_of_batchnorm_frozen_in_eval_and_refills_the_others():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 8), nn.BatchNorm1d(8), nn.Linear(8, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    learn = learner(model, splitter=lambda m: [list(m[:2].parameters()), list(m[2:].parameters())])
+    learn.fit(1)  # both BatchNorms learn statistics
+    learn.freeze(train_bn=False)
+    frozen = {k: v.clone() for k, v in model[1].state_dict().items()}
+    saved = randomness(learn.dls)
+    with torch.no_grad():
+        hidden = [model[:3].eval()(xb) for xb, _ in learn.dls.train]  # the first BatchNorm in eval, as in training
+    restore_randomness(learn.dls, saved)
+    update_bn(learn)
+    assert all(torch.equal(v, frozen[k]) for k, v in model[1].state_dict().items())
+    torch.testing.assert_close(model[3].running_mean, torch.stack([h.mean(0) for h in hidden]).mean(0))
+    assert model[3].num_batches_tracked == len(learn.dls.train)
+
+
+def resumable_learner(cbs=()):
+    return learner(bn_model(), [WeightAveragingCB(decay=0.9), *cbs], n_train=64, unseeded=True)
+
+
+def assert_same_run(a, b, same_history=True):
+    for k, v in a.model.state_dict().items():
+        assert torch.equal(v, b.model.state_dict()[k]), k
+    for k, v in a.weight_averaging.state_dict()["trained"].items():
+        assert torch.equal(v, b.weight_averaging.state_dict()["trained"][k]), k
+    if same_history:  # a mid-epoch resume's training loss covers only the batches after the checkpoint
+        assert a.history == b.history
+
+
+class StopAt(Callback):
+    def __init__(self, epoch, iter):
+        self.epoch, self.iter = epoch, iter
+
+    def after_batch(self, learn):
+        if learn.training and (learn.epoch, learn.iter) == (self.epoch, self.iter):
+            raise KeyboardInterrupt
+
+
+@pytest.mark.parametrize("where", ["saved after a fit", "end of an epoch's validation", "mid-epoch"])
+def test_resume_with_weight_averaging_is_bitwise_exact(tmp_path, where):
+    set_seed(0)
+    straight = resumable_learner()
+    straight.fit(4)
+    set_seed(0)
+    interrupted, ckpt = resumable_learner(), tmp_path / "ckpt.pt"
+    if where == "saved after a fit":
+        interrupted.fit(2)
+        interrupted.save(ckpt)
+    else:
+        every = "epoch" if where == "end of an epoch's validation" else 3
+        with pytest.raises(KeyboardInterrupt):
+            interrupted.fit(4, cbs=[CheckpointCB(ckpt, every=every), StopAt(epoch=2, iter=5)])
+    set_seed(123)
+    resumed = resumable_learner()
+    resumed.fit(4, resume=ckpt)
+    assert_same_run(straight, resumed, same_history=where != "mid-epoch")
+
+
+def test_load_gives_the_average_and_the_callbacks_state_continues_from_the_trained_weights(tmp_path):
+    set_seed(0)
+    straight = resumable_learner()
+    straight.fit(2)
+    straight.fit(2)
+    set_seed(0)
+    first = resumable_learner()
+    first.fit(2)
+    first.save(tmp_path / "ckpt.pt")
+    loaded = resumable_learner().load(tmp_path / "ckpt.pt")  # the model, for inference: the average
+    averaged = first.weight_averaging.averaged_state_dict()
+    assert all(torch.equal(v, averaged[k]) for k, v in loaded.model.state_dict().items())
+    loaded.weight_averaging.load_state_dict(read_checkpoint(tmp_path / "ckpt.pt")["callbacks"]["WeightAveragingCB"])
+    loaded.fit(2)  # with the callback's state loaded too, training goes on from the trained weights
+    assert_same_run(straight, loaded)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({}, "exactly one of decay"), ({"decay": 0.9, "swa_start": 0.5}, "exactly one of decay"),
+    ({"decay": 1.0}, "0 < decay < 1"), ({"swa_start": 1.5}, "swa_start"), ({"decay": 0.9, "every": 0}, "every"),
+    ({"decay": 0.9, "final": "best"}, "final")])
+def test_bad_arguments_say_what_is_wrong(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        WeightAveragingCB(**kwargs)
+
+
+def test_lr_find_sweeps_without_the_average_and_the_loggers(tmp_path):
+    learn = learner(bn_model(), [WeightAveragingCB(decay=0.9), TensorBoardCB(tmp_path / "tb")])
+    learn.fit(1)
+    before, files = learn.weight_averaging.state_dict(), sorted((tmp_path / "tb").iterdir())
+    learn.lr_find(num_it=5, show_plot=False)
+    after = learn.weight_averaging.state_dict()
+    assert after["n"] == before["n"] and all(torch.equal(v, after["avg"][k]) for k, v in before["avg"].items())
+    assert sorted((tmp_path / "tb").iterdir()) == files

@@ -1,0 +1,75 @@
+import matplotlib.figure
+import pytest
+import torch
+from conftest import make_dls
+from torch import nn
+
+from slowlearn import ActivationStatsCB, Callback, Learner, get_kaiming_initialized_model
+
+
+class Frozen(Callback):
+    def step(self, learn):
+        pass
+
+
+def test_stats_equal_a_direct_computation_on_known_batches():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 6), nn.ReLU(), nn.Linear(6, 2))
+    dls = make_dls(n_train=12, bs=4)
+    batches = []
+
+    class Batches(Callback):
+        def before_batch(self, learn):
+            if learn.training:
+                batches.append(learn.batch[0].clone())
+
+    stats = ActivationStatsCB(bins=10, hist_max=2., dead_below=0.1)
+    Learner(model, dls, cbs=[stats, Frozen(), Batches()]).fit(1)
+    assert stats.names == ["1"]  # by default, the activation layers
+    with torch.no_grad():
+        outs = [model[1](model[0](xb)) for xb in batches]
+    layer = stats.stats[0]
+    assert layer["mean"] == pytest.approx([o.mean().item() for o in outs], rel=1e-5)
+    assert layer["std"] == pytest.approx([o.std().item() for o in outs], rel=1e-5)
+    assert layer["dead"] == pytest.approx([(o.abs() < 0.1).float().mean().item() for o in outs])
+    for hist, o in zip(layer["hist"], outs):
+        assert torch.equal(hist, torch.histc(o.abs(), 10, 0, 2.))
+
+
+def test_every_and_valid_batches_not_recorded():
+    stats = ActivationStatsCB(every=2)
+    Learner(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2)), make_dls(n_train=20, bs=4),
+            cbs=[stats]).fit(2)
+    assert len(stats.stats[0]["mean"]) == 2 * 3  # batches 0, 2, 4 of 5, in each of 2 epochs; no valid batches
+
+
+def hooks_left(model):
+    return sum(len(m._forward_hooks) for m in model.modules())
+
+
+def test_hooks_removed_after_fit_and_after_error():
+    model = get_kaiming_initialized_model()
+    dls = make_dls(n_train=8, n_valid=4, bs=4)
+    dls.train.x = torch.randn(8, 1, 28, 28)
+    dls.valid.x = torch.randn(4, 1, 28, 28)
+    stats = ActivationStatsCB()
+    Learner(model, dls, cbs=[stats]).fit(1)
+    assert len(stats.names) == 4 and hooks_left(model) == 0
+
+    bad = type("Bad", (Callback,), {"after_backward": lambda self, learn: 1 / 0})()
+    with pytest.raises(ZeroDivisionError):
+        Learner(model, dls, cbs=[ActivationStatsCB(), bad]).fit(1)
+    assert hooks_left(model) == 0
+
+
+def test_plots_are_figures_with_one_entry_per_layer():
+    model = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    stats = ActivationStatsCB()
+    Learner(model, make_dls(), cbs=[stats]).fit(1)
+    figs = [stats.plot_stats(), stats.color_dim(), stats.dead_chart()]
+    assert all(isinstance(f, matplotlib.figure.Figure) for f in figs)
+    assert len(figs[0].axes[1].get_lines()) == 2
+    assert [ax.get_title() for ax in figs[1].axes[:2]] == ["1: ReLU", "2: ReLU"]
+    assert [line.get_label() for line in figs[0].axes[1].get_lines()] == stats.labels == ["1: ReLU", "2: ReLU"]
+    assert stats.names == ["1", "3"]  # their paths in the model
+    assert len(figs[2].axes[0].get_lines()) == 2

@@ -1,0 +1,71 @@
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import make_dls
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+
+from slowlearn import Callback, Learner, MetricsCB, ProgressCB
+from slowlearn.display import TablePrinter
+
+
+class Frozen(Callback):
+    """Skips the optimizer step, so every batch sees the same model."""
+
+    def step(self, learn):
+        pass
+
+
+@pytest.mark.parametrize("update_every", [1, 2, 16])
+def test_metrics_equal_hand_computation_with_uneven_last_batch(capsys, update_every):
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    dls = make_dls(n_train=10, n_valid=7, bs=4)  # batches of 4, 4, 2 and 4, 3
+    metrics = MetricsCB(MulticlassAccuracy(), acc=MulticlassAccuracy(), update_every=update_every)
+    learn = Learner(model, dls, cbs=[metrics, Frozen()]).fit(1)
+    for row, dl in zip(learn.history, (dls.train, dls.valid)):
+        x, y = dl.x, dl.y
+        with torch.no_grad():
+            preds = model(x)
+        assert row["loss"] == pytest.approx(F.cross_entropy(preds, y).item(), rel=1e-6)
+        expected_acc = (preds.argmax(1) == y).float().mean().item()
+        assert row["MulticlassAccuracy"] == pytest.approx(expected_acc)
+        assert row["acc"] == pytest.approx(expected_acc)
+    assert [(r["epoch"], r["phase"]) for r in learn.history] == [(0, "train"), (0, "valid")]
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].split() == ["MulticlassAccuracy", "acc", "loss", "epoch", "phase"]
+    assert out[2].split()[-1] == "valid" and len(out) == 3
+
+
+def test_history_accumulates_over_fits_and_epochs():
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB()])
+    learn.fit(2)
+    learn.fit(1)
+    assert [(r["epoch"], r["phase"]) for r in learn.history] == [
+        (0, "train"), (0, "valid"), (1, "train"), (1, "valid"), (0, "train"), (0, "valid")]
+
+
+def test_table_printer_formats_floats_and_prints_header_once():
+    lines = []
+    printer = TablePrinter(lines.append)
+    printer({"accuracy": 0.79123, "loss": 0.5, "epoch": 0, "phase": "train"})
+    printer({"accuracy": 0.8, "loss": 0.4, "epoch": 0, "phase": "valid"})
+    assert [line.split() for line in lines] == [["accuracy", "loss", "epoch", "phase"],
+                                                ["0.791", "0.500", "0", "train"], ["0.800", "0.400", "0", "valid"]]
+
+
+def test_metrics_rows_reach_the_display_through_the_learners_slot(capsys):
+    seen = []
+
+    class Peek(Callback):
+        order = 70
+
+        def before_fit(self, learn):
+            seen.append(learn.metrics_log)
+
+    progress = ProgressCB(table=False)
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress, Peek()]).fit(1)
+    assert seen == [progress._log_row] and learn.metrics_log is None  # ProgressCB's for its fit only
+    assert capsys.readouterr().out == "" and [loss for _, loss in progress.valid_losses] == [learn.history[-1]["loss"]]
+    learn.remove_cb(progress).fit(1)  # without a display, MetricsCB prints its own table
+    assert capsys.readouterr().out.splitlines()[0].split() == ["loss", "epoch", "phase"]

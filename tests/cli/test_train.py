@@ -1,0 +1,228 @@
+"""The command line as a user meets it: its version, lr-find's options, errors in CLI terms, logs that fit a file;
+and its answer to a user's mistake: exit code 2 and one line, before anything is trained or written, never a
+traceback."""
+import subprocess
+import sys
+import urllib.error
+from contextlib import nullcontext
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import make_dls
+from test_image_data import make_folder
+from torch import nn
+
+from slowlearn import Callback, CancelFitException, CheckpointCB, Learner, cli
+from slowlearn.checkpoint import read_checkpoint
+from slowlearn.cli import main
+
+ESCAPES = ("\r", "\x1b")
+
+
+def slowlearn(*args, timeout=300):
+    result = subprocess.run([sys.executable, "-m", "slowlearn", *map(str, args)], capture_output=True, timeout=timeout)
+    result.stdout, result.stderr = result.stdout.decode(), result.stderr.decode()  # not text=True: it turns \r into \n
+    return result
+
+
+def test_version():
+    from importlib.metadata import version
+    result = slowlearn("--version", timeout=60)
+    assert result.returncode == 0 and result.stdout.strip() == f"slowlearn {version('slowlearn')}"
+
+
+def test_train_into_a_log_file_writes_one_line_per_epoch_and_phase(tmp_path):
+    data = make_folder(tmp_path / "pets")
+    result = slowlearn("train", "--data", data, "--epochs", 2, "--bs", 4, "--out", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert not any(c in result.stdout + result.stderr for c in ESCAPES)
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("images per class")  # the data's table comes first, then the run
+    lines = lines[next(i for i, line in enumerate(lines) if line.startswith("fit:")):]
+    assert lines[0].startswith("fit: 2 epochs of 3 training and 2 validation batches")
+    assert lines[1].split() == ["accuracy", "loss", "epoch", "phase"]
+    assert [line.split()[-2:] for line in lines[2:6]] == [["0", "train"], ["0", "valid"], ["1", "train"],
+                                                         ["1", "valid"]]
+    assert lines[6].startswith("Wrote to") and len(lines) == 7
+
+
+def test_train_verbose_draws_bars_even_into_a_file(tmp_path):
+    data = make_folder(tmp_path / "pets")
+    result = slowlearn("train", "--data", data, "--epochs", 1, "--bs", 4, "--out", tmp_path / "out", "--verbose")
+    assert result.returncode == 0 and "\r" in result.stderr
+
+
+@pytest.mark.parametrize("flag, verbose", [([], None), (["--quiet"], 2), (["--verbose"], 1)])
+def test_train_quiet_and_verbose_set_progress_verbosity(flag, verbose):
+    assert cli.parser().parse_args(["train", *flag]).verbose == verbose
+
+
+def test_lr_find_takes_the_sweeps_options(tmp_path):
+    data = make_folder(tmp_path / "pets")
+    result = slowlearn("lr-find", "--data", data, "--bs", 4, "--num-it", 8, "--start-lr", 1e-4, "--end-lr", 1,
+                       "--out", tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "Suggested learning rate" in result.stdout and (tmp_path / "lr_find.png").stat().st_size > 1000
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--lr", "1"], "unrecognized arguments: --lr 1"),
+    (["--start-lr", "1", "--end-lr", "0.1"], "--start-lr 1 must be below --end-lr 0.1"),
+    (["--num-it", "1"], "--num-it 1: the sweep needs at least 2 batches"),
+])
+def test_lr_find_bad_options_give_one_line(args, message, capsys):
+    with pytest.raises(SystemExit) if "unrecognized" in message else nullcontext():
+        code = cli.main(["lr-find", *args])
+        assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
+
+
+def test_missing_cifar10_is_reported_in_cli_terms(tmp_path, monkeypatch, capsys):
+    import torchvision.datasets
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_network)
+    monkeypatch.setenv("SLOWLEARN_DATA", str(tmp_path / "empty"))
+    assert cli.main(["train", "--data", "cifar10"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("slowlearn: error: --data cifar10: CIFAR-10 was not found under")
+    assert "--data PATH" in err and "SLOWLEARN_DATA" in err and "root=" not in err
+
+
+def run(capsys, *argv):
+    try:
+        code = main(list(argv))
+    except SystemExit as e:  # argparse's errors
+        code = e.code
+    return code, capsys.readouterr().err.strip().splitlines()
+
+
+def refused(capsys, *argv) -> str:
+    code, err = run(capsys, *argv)
+    err = [line for line in err if line.strip() and not line.startswith("decoding ")]  # progress bars
+    assert code == 2 and len(err) == 1, err
+    assert err[0].startswith(("slowlearn: error: ", "slowlearn train: error: ")), err
+    return err[0]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    return make_folder(tmp_path_factory.mktemp("pets"))
+
+
+class StopAfterEpoch(Callback):
+    order = 100  # after CheckpointCB has saved the epoch
+
+    def after_epoch(self, learn):
+        if not learn.training:
+            raise CancelFitException()
+
+
+@pytest.fixture(scope="module")
+def linear_checkpoint(tmp_path_factory) -> Path:
+    """A checkpoint of a 3-epoch run of another model, interrupted after its first epoch."""
+    path = tmp_path_factory.mktemp("ckpt") / "linear.pt"
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[CheckpointCB(path), StopAfterEpoch()]).fit(3)
+    return path
+
+
+@pytest.mark.parametrize("lr", ["nan", "inf", "-1", "0"])
+def test_a_learning_rate_that_cannot_train_is_refused(capsys, lr):
+    assert f"argument --lr: must be a positive finite number, got {lr}" in refused(capsys, "train", "--lr", lr)
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_out_pointing_at_a_file_is_refused_before_loading_data(capsys, tmp_path, command):
+    (tmp_path / "taken").write_text("my notes")
+    message = refused(capsys, command, "--data", str(tmp_path / "no-data-needed"), "--out", str(tmp_path / "taken"))
+    assert f"--out {tmp_path / 'taken'}: that is a file; give a folder" in message
+    assert (tmp_path / "taken").read_text() == "my notes"
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find", "export"])
+def test_the_seed_cnn_is_refused_for_images_it_does_not_reduce_to_one_logit_per_class(capsys, tmp_path, images,
+                                                                                       command, monkeypatch):
+    def no_decoding(*args, **kwargs):
+        raise AssertionError("images decoded before the options were checked")
+    monkeypatch.setattr("slowlearn.data.images.decode_images", no_decoding)
+    source = [str(tmp_path)] if command == "export" else ["--out", str(tmp_path / "out")]
+    (tmp_path / "checkpoint.pt").write_bytes(b"never read")
+    message = refused(capsys, command, *source, "--data", str(images), "--size", "64")  # default --model cnn
+    assert "--model cnn: the seed CNN takes images up to 32x32, these are 64x64: use --model resnet" in message
+
+
+def test_the_seed_cnn_is_refused_for_large_images_found_when_decoding(capsys, tmp_path):
+    make_folder(tmp_path / "big", n_per_class=2, size=40)
+    message = refused(capsys, "train", "--data", str(tmp_path / "big"), "--out", str(tmp_path / "out"))
+    assert "the seed CNN takes images up to 32x32, these are 40x40" in message
+
+
+def test_out_in_a_place_that_cannot_be_written_is_refused(capsys):
+    if not Path("/sys").is_dir():
+        pytest.skip("needs /sys, read-only even for root")
+    assert "--out /sys/slowlearn-out: cannot write there" in refused(capsys, "train", "--out", "/sys/slowlearn-out")
+
+
+def damaged(tmp_path, kind, linear_checkpoint) -> Path:
+    path = tmp_path / f"{kind}.pt"
+    if kind == "truncated":
+        data = linear_checkpoint.read_bytes()
+        path.write_bytes(data[:len(data) // 3])
+    elif kind == "malicious":
+        torch.save({"format": 2, "payload": Evil(tmp_path / "pwned")}, path)
+    elif kind == "weights only":
+        torch.save(nn.Linear(3, 2).state_dict(), path)
+    elif kind == "text":
+        path.write_text("epoch 3\n")
+    return path
+
+
+class Evil:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.parametrize("kind, says", [("truncated", "is truncated or damaged"),
+                                        ("malicious", "Refusing to load"),
+                                        ("weights only", "holds only a model's weights"),
+                                        ("text", "is not a torch checkpoint")])
+def test_a_bad_checkpoint_to_resume_is_one_line_and_nothing_is_written(capsys, tmp_path, images, linear_checkpoint,
+                                                                       kind, says):
+    path = damaged(tmp_path, kind, linear_checkpoint)
+    out = tmp_path / "out"
+    message = refused(capsys, "train", "--data", str(images), "--out", str(out), "--resume", str(path))
+    assert message.startswith(f"slowlearn: error: --resume {path}: ") and says in message
+    assert list(out.iterdir()) == [] and not (tmp_path / "pwned").exists()
+
+
+def test_resuming_with_more_epochs_continues_the_run(capsys, tmp_path, images):
+    out = tmp_path / "out"
+    assert main(["train", "--data", str(images), "--bs", "8", "--epochs", "1", "--out", str(out)]) == 0
+    code = main(["train", "--data", str(images), "--bs", "8", "--epochs", "2", "--out", str(out),
+                 "--resume", str(out / "checkpoint.pt")])
+    assert code == 0 and "Traceback" not in capsys.readouterr().err
+    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+    assert len((out / "metrics.csv").read_text().splitlines()) == 1 + 2 * 2  # both epochs' rows, once
+
+
+def test_resuming_a_finished_run_is_refused(capsys, tmp_path):
+    learn = Learner(nn.Linear(3, 2), make_dls())
+    learn.fit(2)
+    learn.save(tmp_path / "done.pt")
+    message = refused(capsys, "train", "--epochs", "2", "--out", str(tmp_path), "--resume", str(tmp_path / "done.pt"))
+    assert "that run has already trained 2 epochs, so --epochs 2 would train nothing" in message
+
+
+def test_resuming_another_models_checkpoint_is_refused_before_training(capsys, tmp_path, images, linear_checkpoint):
+    message = refused(capsys, "train", "--data", str(images), "--epochs", "3", "--out", str(tmp_path / "out"),
+                      "--resume", str(linear_checkpoint))
+    assert f"--resume {linear_checkpoint}: {linear_checkpoint} was saved from another model, so nothing was loaded" \
+        in message
+    assert not (tmp_path / "out" / "metrics.csv").exists()

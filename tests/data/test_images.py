@@ -1,0 +1,152 @@
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from images import CLASSES, data_folder, make_folder, pixels  # noqa: F401 (data_folder: an autouse fixture)
+from PIL import Image
+
+from slowlearn.checkpoint import read_checkpoint
+from slowlearn.data.augment import BatchAugment, cutout, random_crop, random_flip
+from slowlearn.data.images import cifar10, image_folder
+
+SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+
+
+def test_image_folder_loads_labels_classes_and_caches(tmp_path, data_folder):
+    root = make_folder(tmp_path / "pets")
+    dls = image_folder(root, bs=4, device="cpu")
+    assert dls.classes == CLASSES and dls.train.x.shape == (12, 3, 12, 12) and dls.valid.x.shape == (12, 3, 12, 12)
+    assert torch.equal(dls.train.x[:, 0, 0, 0], dls.train.y)  # every image carries its class marker
+    caches = list((data_folder / "image-cache").glob("*.pt"))
+    assert len(caches) == 1 and not list(root.glob(".*"))  # cached in slowlearn's folder, nothing in the user's
+    xb, _ = next(iter(dls.valid))
+    assert abs(xb.mean().item()) < 0.3  # normalised with the training statistics
+    assert torch.equal(dls.train.x[4 + 2], pixels(root / "train" / "dog" / "2.png"))  # cat 0-3, then dog 0-3
+
+    cache_time = caches[0].stat().st_mtime_ns
+    again = image_folder(root, bs=4, device="cpu")  # unchanged folder: from the cache
+    assert torch.equal(again.train.x, dls.train.x)
+    assert caches[0].stat().st_mtime_ns == cache_time
+
+    Image.new("RGB", (12, 12), (7, 7, 7)).save(root / "train" / "frog" / "new.png")  # the folder changes
+    changed = image_folder(root, bs=4, device="cpu")
+    assert len(changed.train.x) == 13 and changed.train.x[-1].eq(7).all()
+
+
+def test_a_corrupt_image_is_named(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    (root / "test" / "dog" / "1.png").write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="Cannot decode image file .*dog/1.png"):
+        image_folder(root, device="cpu")
+
+
+def test_image_folder_grayscale_and_errors(tmp_path):
+    dls = image_folder(make_folder(tmp_path / "gray", channels=1), bs=4, device="cpu")
+    assert dls.train.x.shape[1] == 1
+    with pytest.raises(FileNotFoundError, match="nowhere is not a folder"):
+        image_folder(tmp_path / "nowhere")
+
+
+def test_cifar10_from_an_image_folder_root(tmp_path):
+    make_folder(tmp_path / "cifar10")
+    dls = cifar10(bs=4, root=tmp_path, device="cpu", download=False)
+    assert dls.classes == CLASSES and isinstance(dls.train.aug, BatchAugment) and dls.valid.aug is None
+    with pytest.raises(FileNotFoundError, match="download=False"):
+        cifar10(root=tmp_path / "empty", download=False)
+
+
+def test_cifar10_offline_says_where_it_looked_and_why_the_download_failed(tmp_path, monkeypatch):
+    import urllib.error
+
+    import torchvision.datasets
+
+    def no_network(*args, **kwargs):
+        raise urllib.error.URLError("Name or service not known")
+
+    monkeypatch.setattr(torchvision.datasets, "CIFAR10", no_network)
+    with pytest.raises(FileNotFoundError, match=r"not found under .*empty.*download failed.*Name or service"):
+        cifar10(root=tmp_path / "empty")
+
+
+def test_augmentations_keep_shapes_and_content():
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float32).reshape(2, 3, 8, 8)
+    torch.manual_seed(0)
+    cropped = random_crop(x, 2)
+    assert cropped.shape == x.shape
+    for image, original in zip(cropped, x):  # a translated (reflect-padded) window of the original
+        padded = torch.nn.functional.pad(original[None], (2,) * 4, mode="reflect")[0]
+        assert any(torch.equal(image, padded[:, dy:dy + 8, dx:dx + 8]) for dy in range(5) for dx in range(5))
+    assert cropped.min() >= x.min() and cropped.max() <= x.max()  # values kept
+    flipped = random_flip(torch.cat([x] * 8))
+    mirrored = [torch.equal(f, o.flip(2)) for f, o in zip(flipped, torch.cat([x] * 8))]
+    assert all(m or torch.equal(f, o) for m, f, o in zip(mirrored, flipped, torch.cat([x] * 8)))
+    assert 0 < sum(mirrored) < 16  # an exact mirror, for some of the images
+    holes = cutout(torch.ones(4, 1, 8, 8), 3)
+    assert ((holes == 0).sum((1, 2, 3)) <= 9).all() and (holes == 0).any() and set(holes.unique().tolist()) <= {0, 1}
+
+
+def test_training_loader_augments_and_validation_does_not(tmp_path):
+    dls = image_folder(make_folder(tmp_path / "pets"), bs=12, device="cpu", aug=BatchAugment(pad=2, cutout=4))
+    torch.manual_seed(0)
+    first, second = next(iter(dls.train))[0], next(iter(dls.train))[0]
+    assert not torch.equal(first.sort(0).values, second.sort(0).values)
+    assert torch.equal(next(iter(dls.valid))[0], next(iter(dls.valid))[0])
+
+
+def test_cli_on_an_image_folder(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=8)
+    promised = ["metrics.csv", "checkpoint.pt", "model.pt2", "schedule.png", "loss.png", "metrics.png",
+                "confusion_matrix.png"]
+    for command, outputs in (("train", promised), ("lr-find", ["lr_find.png"])):
+        out = tmp_path / command
+        result = subprocess.run([sys.executable, "-m", "slowlearn", command, "--data", str(root), "--bs", "8",
+                                 "--model", "resnet", "--out", str(out),
+                                 *(["--epochs", "1"] if command == "train" else [])],
+                                capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr
+        assert all((out / name).exists() for name in outputs)
+    assert "Suggested learning rate" in result.stdout
+    weights = read_checkpoint(tmp_path / "train" / "checkpoint.pt")["model"]
+    convs = [w for w in weights.values() if w.ndim == 4]
+    assert convs and all(w.is_contiguous(memory_format=torch.channels_last) for w in convs)  # the ResNet's layout
+
+
+def test_cli_names_an_image_that_does_not_decode_in_one_line(tmp_path):
+    root = make_folder(tmp_path / "pets")
+    (root / "train" / CLASSES[0] / "broken.jpg").write_bytes(b"not an image")
+    result = subprocess.run([sys.executable, "-m", "slowlearn", "train", "--data", str(root), "--out",
+                             str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
+    last_line = result.stderr.strip().splitlines()[-1]  # after the decoding progress bar
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert last_line.startswith("slowlearn: error: --data") and "Cannot decode image file" in last_line
+    assert "broken.jpg" in last_line
+
+
+@pytest.mark.skipif(not (SHARED_DATA / "cifar10-jpg-test.zip").exists(),
+                    reason="the CIFAR-10 JPEG zips are not in ../shared/data on this machine")
+def test_real_cifar10_jpeg_test_split(tmp_path):
+    import zipfile
+    with zipfile.ZipFile(SHARED_DATA / "cifar10-jpg-test.zip") as z:
+        z.extractall(tmp_path)
+    (tmp_path / "cifar10" / "train").symlink_to(tmp_path / "cifar10" / "test")  # decode only the 10 000 test images
+    dls = image_folder(tmp_path / "cifar10", device="cpu")
+    assert dls.classes[:3] == ["airplane", "automobile", "bird"] and dls.valid.x.shape == (10_000, 3, 32, 32)
+
+
+def test_public_names_and_show_batch_and_the_count_table(tmp_path, capsys):
+    import slowlearn
+    namespace = {}
+    exec("from slowlearn import *", namespace)
+    assert {"image_folder", "image_csv", "cifar10", "BatchAugment", "from_hf"} <= set(namespace)
+    assert namespace["image_folder"] is slowlearn.data.images.image_folder
+    root = make_folder(tmp_path / "pets")
+    (root / "test" / "frog" / "0.png").unlink()
+    dls = image_folder(root, bs=4, device="cpu")
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["images", "per", "class", "train", "valid"]
+    assert table[3].split() == ["frog", "4", "3"] and table[4].split() == ["total", "12", "11"]
+    fig = dls.show_batch(n=4)
+    assert {ax.get_title() for ax in fig.axes[:4]} <= set(CLASSES)
+    assert len([ax for ax in fig.axes if ax.images]) == 4

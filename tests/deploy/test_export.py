@@ -1,0 +1,247 @@
+import io
+import json
+import pickle
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from test_preprocess import image_learner
+from torch import nn
+from torcheval.metrics import MulticlassAccuracy
+
+from slowlearn import ExportError, Learner, MetricsCB, Preprocessing, load_learner
+from slowlearn.deploy.export import FORMAT, VERSION
+
+
+class Net(nn.Module):
+    """A model class the loading side never sees: BatchNorm and dropout behave differently in eval mode,
+    and the reshapes put arithmetic on the symbolic batch size into the program."""
+
+    def __init__(self, channels=1, size=6):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Dropout(0.5))
+        self.head = nn.Linear(4 * size * size, 3)
+
+    def forward(self, x):
+        h = self.body(x)
+        n = h.shape[0]
+        return self.head(h.reshape(2 * n, -1).reshape(n, -1)) * 2
+
+
+def trained(channels=1):
+    learn = image_learner(channels)
+    torch.manual_seed(0)
+    learn.model = Net(channels)
+    return learn.add_cb(MetricsCB(accuracy=MulticlassAccuracy())).fit(1)
+
+
+@pytest.fixture(scope="module")
+def export_file(tmp_path_factory):
+    learn = trained()
+    return learn, learn.export(tmp_path_factory.mktemp("export") / "model.pt2")
+
+
+def test_export_holds_the_program_weights_preprocessing_classes_and_metadata(export_file):
+    learn, path = export_file
+    names = [n.split("/", 1)[1] for n in zipfile.ZipFile(path).namelist()]
+    assert "models/model.json" in names and "extra/slowlearn.json" in names and "data/weights/weight_0" in names
+    meta = json.loads(zipfile.ZipFile(path).read("archive/extra/slowlearn.json"))
+    assert meta["format"] == FORMAT and meta["version"] == VERSION and meta["classes"] == ["a", "b", "c"]
+    prep = meta["preprocessing"]
+    assert prep["channels"] == 1 and prep["size"] == [6, 6] and prep["mean"] == [0.5] and prep["std"] == [0.25]
+    assert prep["scale"] == pytest.approx(1 / 255) and prep["resize"] is None
+    info = meta["metadata"]
+    assert info["torch"] == torch.__version__ and info["model"] == "Net" and info["date"].startswith("20")
+    assert info["metrics"]["loss"] == pytest.approx(learn.history[-1]["loss"])
+
+
+def test_loaded_model_predicts_as_the_learner_in_eval_mode_for_any_batch_size(export_file):
+    learn, path = export_file
+    learn.model.train()
+    predictor = load_learner(path, device="cpu")
+    expected = learn.get_preds().preds
+    for n in (1, 3, 8):
+        result = predictor.predict_batch(learn.dls.valid.x[:n])
+        torch.testing.assert_close(result.probs, expected[:n], atol=1e-5, rtol=0)
+        assert result.index.tolist() == expected[:n].argmax(-1).tolist()
+    assert learn.model.training  # export leaves the learner's model as it was
+    one = predictor.predict(learn.dls.valid.x[0])
+    assert one.index == int(expected[0].argmax()) and one.name == predictor.classes[one.index]
+
+
+def test_export_refuses_data_it_cannot_describe(tmp_path):
+    from conftest import make_dls
+    learn = Learner(nn.Linear(3, 2), make_dls())
+    with pytest.raises(ValueError, match="pass preprocessing=Preprocessing"):
+        learn.export(tmp_path / "m.pt2")
+    with pytest.raises(ValueError, match="format='tflite'"):
+        trained().export(tmp_path / "m.pt2", format="tflite")
+
+
+@pytest.mark.parametrize("format", ["pt2", "onnx"])
+def test_export_refuses_a_model_without_one_output_per_class(tmp_path, format):
+    learn = image_learner()  # 3 classes, 1x6x6 images
+    learn.model = nn.Sequential(nn.Flatten(), nn.Linear(36, 12))  # e.g. a conv head leaving 2x2 logits per class
+    with pytest.raises(ValueError, match=r"outputs of shape \(12,\) per item, but the data has 3 classes"):
+        learn.export(tmp_path / f"m.{format}", format=format)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+class BatchSizeBranch(nn.Module):
+    def forward(self, x):
+        return x.flatten(1)[:, :3] if x.shape[0] > 4 else -x.flatten(1)[:, :3]
+
+
+def test_a_model_that_cannot_be_traced_for_any_batch_size_is_named(tmp_path):
+    learn = trained()
+    learn.model = BatchSizeBranch()
+    with pytest.raises(RuntimeError, match=r"torch.export could not trace BatchSizeBranch on a batch of shape \(2, 1, 6"):
+        learn.export(tmp_path / "m.pt2")
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_export_of_other_data_with_its_preprocessing_given(tmp_path):
+    from conftest import make_dls
+    torch.manual_seed(0)
+    learn = Learner(nn.Linear(3, 2), make_dls()).fit(1)
+    path = learn.export(tmp_path / "m.pt2", preprocessing=Preprocessing(kind="tensor", shape=[3], scale=1.))
+    predictor = load_learner(path, device="cpu")
+    x = learn.dls.valid.x
+    torch.testing.assert_close(predictor.predict_batch(x).probs, learn.predict(x).probs)
+    assert predictor.predict(x[0]).index == learn.predict(x[0]).index and "input 3" in repr(predictor)
+
+
+def test_a_malformed_description_is_an_error_naming_the_file(export_file, tmp_path):
+    def drop_classes(records):
+        meta = json.loads(records["extra/slowlearn.json"])
+        del meta["classes"]
+        records["extra/slowlearn.json"] = json.dumps(meta).encode()
+    broken = rewrite(export_file[1], tmp_path / "broken.pt2", drop_classes)
+    with pytest.raises(ExportError, match=r"broken.pt2: its slowlearn.json record is incomplete"):
+        load_learner(broken)
+
+
+class RunsCode:
+    """A pickle that creates a file when unpickled (what a malicious export would do instead)."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return exec, (f"import pathlib; pathlib.Path({str(self.marker)!r}).touch()",)
+
+
+def rewrite(src: Path, dst: Path, change) -> Path:
+    """A copy of the archive `src` with `change(records)` applied to its {name: bytes} records."""
+    with zipfile.ZipFile(src) as z:
+        records = {n.split("/", 1)[1]: z.read(n) for n in z.namelist()}
+    change(records)
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in records.items():
+            z.writestr("archive/" + name, data)
+    return dst
+
+
+def pickled_sample_inputs(records, marker):
+    records["data/sample_inputs/model.pt"] = pickle.dumps(RunsCode(marker))
+
+
+def pickled_weight(records, marker):
+    config = json.loads(records["data/weights/model_weights_config.json"])
+    entry = next(iter(config["config"].values()))
+    entry["use_pickle"] = True
+    records["data/weights/" + entry["path_name"]] = pickle.dumps(RunsCode(marker))
+    records["data/weights/model_weights_config.json"] = json.dumps(config).encode()
+
+
+def first_expression(node):
+    """The first dict holding a symbolic shape expression ("expr_str") in a program's JSON."""
+    if isinstance(node, dict):
+        return node if "expr_str" in node else next(filter(None, map(first_expression, node.values())), None)
+    if isinstance(node, list):
+        return next(filter(None, map(first_expression, node)), None)
+    return None
+
+
+def evaluated_expression(records, marker):
+    program = json.loads(records["models/model.json"])
+    holder = first_expression(program)
+    holder["expr_str"] = f"__import__('pathlib').Path({str(marker)!r}).touch() or {holder['expr_str']}"
+    records["models/model.json"] = json.dumps(program).encode()
+
+
+def guard_code(records, marker):
+    program = json.loads(records["models/model.json"])
+    program["guards_code"] = [f"__import__('pathlib').Path({str(marker)!r}).touch() is None"]
+    records["models/model.json"] = json.dumps(program).encode()
+    buffer = io.BytesIO()  # torch only generates guard code for programs with sample inputs: plain tensors here
+    torch.save(((torch.zeros(2, 1, 6, 6),), {}), buffer)
+    records["data/sample_inputs/model.pt"] = buffer.getvalue()
+
+
+def foreign_call(records, marker):
+    text = records["models/model.json"].decode()
+    records["models/model.json"] = text.replace('"torch.ops.aten.relu.default"', '"torch.os.system"').encode()
+
+
+def extra_record(records, marker):
+    records["data/weights/model.pt"] = pickle.dumps(RunsCode(marker))  # torch's legacy weights file
+
+
+@pytest.mark.filterwarnings("ignore")  # torch's own loader, run to show that each file is dangerous, warns
+@pytest.mark.parametrize("craft, reason, runs_code_in_torch", [
+    (pickled_sample_inputs, "a sample-inputs record", True), (pickled_weight, "stored as a pickle", True),
+    (evaluated_expression, "a shape expression", True), (guard_code, "guard code", True),
+    (foreign_call, "a graph node calling 'torch.os.system'", False), (extra_record, "unexpected or repeated", False)])
+def test_a_crafted_export_is_refused_without_running_anything(export_file, tmp_path, craft, reason,
+                                                               runs_code_in_torch):
+    marker = tmp_path / "code-ran"
+    crafted = rewrite(export_file[1], tmp_path / "crafted.pt2", lambda records: craft(records, marker))
+    with pytest.raises(ExportError, match=f"Refusing to load {crafted}: it holds.*{reason}"):
+        load_learner(crafted)
+    assert not marker.exists()
+    if runs_code_in_torch:  # the danger is real: torch's own loader runs the file's code
+        try:
+            torch.export.load(crafted).module()(torch.zeros(2, 1, 6, 6))
+        except Exception:
+            pass
+        assert marker.exists()
+
+
+def test_an_unaltered_rewrite_still_loads(export_file, tmp_path):
+    copy = rewrite(export_file[1], tmp_path / "copy.pt2", lambda records: None)
+    assert load_learner(copy, device="cpu").predict(torch.zeros(1, 6, 6, dtype=torch.uint8)).probs.shape == (3,)
+
+
+def test_truncated_damaged_or_foreign_files_are_errors_naming_the_file(export_file, tmp_path):
+    data = export_file[1].read_bytes()
+    (tmp_path / "truncated.pt2").write_bytes(data[:len(data) // 2])
+    truncated = tmp_path / "truncated.pt2"
+    with pytest.raises(ExportError, match=f"{truncated} is not a slowlearn export, or it is truncated"):
+        load_learner(tmp_path / "truncated.pt2")
+    at = data.index(b'"graph_module"')  # inside the program's record
+    (tmp_path / "damaged.pt2").write_bytes(data[:at] + b"X" + data[at + 1:])
+    with pytest.raises(ExportError, match="damaged.pt2 is damaged"):
+        load_learner(tmp_path / "damaged.pt2")
+    learn = trained()
+    learn.save(tmp_path / "checkpoint.pt")
+    with pytest.raises(ExportError, match=r"checkpoint.pt is not a slowlearn export \(no extra/slowlearn.json"):
+        load_learner(tmp_path / "checkpoint.pt")
+    with pytest.raises(FileNotFoundError, match="nothing.pt2: no such model file"):
+        load_learner(tmp_path / "nothing.pt2")
+
+
+def test_onnx_export_predicts_as_torch(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    onnx = pytest.importorskip("onnx")
+    from slowlearn.data.preprocess import preprocessing_of, to_batch
+    learn = trained(channels=3)
+    path = learn.export(tmp_path / "model.onnx", format="onnx")
+    meta = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}["slowlearn"])
+    assert meta["classes"] == ["a", "b", "c"] and meta["preprocessing"]["channels"] == 3
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    xb = to_batch(list(learn.dls.valid.x), preprocessing_of(learn.dls))
+    logits = torch.from_numpy(session.run(["logits"], {"images": xb.numpy()})[0])
+    expected = learn.get_preds().preds
+    torch.testing.assert_close(logits.softmax(-1), expected, atol=1e-5, rtol=0)

@@ -1,0 +1,152 @@
+import matplotlib.figure
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CLASSES, image_dls, image_learner
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from slowlearn import (
+    DataLoaders,
+    Learner,
+    confusion_matrix,
+    plot_confusion_matrix,
+    plot_metrics,
+    plot_top_losses,
+    show_batch,
+    show_results,
+)
+
+
+def test_get_preds_equals_a_manual_loop():
+    learn = image_learner().fit(1)
+    learn.model.train()
+    result = learn.get_preds(with_input=True, with_loss=True)
+    xs, ys = zip(*learn.dls.valid)
+    x, y = torch.cat(xs), torch.cat(ys)
+    with torch.no_grad():
+        logits = learn.model(x)
+    torch.testing.assert_close(result.preds, logits.softmax(-1))
+    assert torch.equal(result.targets, y) and torch.equal(result.inputs, x)
+    torch.testing.assert_close(result.losses, F.cross_entropy(logits, y, reduction="none"))
+    assert result.preds.shape == (10, 3) and learn.model.training  # mode restored
+    assert learn.get_preds(learn.dls.train).preds.shape == (24, 3)
+
+
+def test_tta_averages_with_the_mirror_image():
+    learn = image_learner().fit(1)
+    x = torch.cat([xb for xb, _ in learn.dls.valid])
+    with torch.no_grad():
+        expected = (learn.model(x).softmax(-1) + learn.model(x.flip(-1)).softmax(-1)) / 2
+    result = learn.get_preds(tta=True, with_loss=True)
+    torch.testing.assert_close(result.preds, expected)
+    torch.testing.assert_close(result.losses, -expected.log().gather(1, result.targets[:, None])[:, 0])
+
+
+def test_validate_returns_metrics_without_touching_history():
+    learn = image_learner().fit(1)
+    n_history = len(learn.history)
+    metrics = learn.validate()
+    assert metrics["loss"] == pytest.approx(learn.history[-1]["loss"], rel=1e-5)
+    assert metrics["accuracy"] == pytest.approx(learn.history[-1]["accuracy"])
+    assert len(learn.history) == n_history
+
+
+def test_predict_single_item_and_batch():
+    learn = image_learner().fit(1)
+    item = learn.dls.valid.x[3]
+    single = learn.predict(item)
+    probs = learn.get_preds().preds[3]
+    torch.testing.assert_close(single.probs, probs)
+    assert single.index == int(probs.argmax()) and single.name == CLASSES[single.index]
+    batch = learn.predict(learn.dls.valid.x[:4])
+    assert batch.index.tolist() == learn.get_preds().preds[:4].argmax(-1).tolist()
+    assert batch.name == [CLASSES[i] for i in batch.index.tolist()]
+
+
+def test_predict_wrong_shape_says_what_it_expects():
+    learn = image_learner()
+    with pytest.raises(ValueError, match=r"images of 1 channel\(s\), 6x6.*got shape \(3, 6, 6\)"):
+        learn.predict(torch.zeros(3, 6, 6, dtype=torch.uint8))
+
+
+def test_confusion_matrix_leaves_out_predictions_outside_the_classes():
+    targets, preds = torch.tensor([0, 1, 2]), torch.tensor([-1, 1, 3])
+    assert torch.equal(confusion_matrix(targets, preds, 3), torch.tensor([[0, 0, 0], [0, 1, 0], [0, 0, 0]]))
+
+
+def test_confusion_matrix_skips_ignored_targets_and_counts_many_classes_of_uint8_targets():
+    targets, preds = torch.tensor([0, -100, 2, -100]), torch.tensor([0, 1, 1, 2])
+    assert torch.equal(confusion_matrix(targets, preds, 3), torch.tensor([[1, 0, 0], [0, 0, 0], [0, 1, 0]]))
+    targets = torch.tensor([29, 29, 3], dtype=torch.uint8)  # 29 * 30 does not fit in uint8
+    counts = confusion_matrix(targets, torch.tensor([29, 1, 3]), 30)
+    assert counts.sum() == 3 and counts[29, 29] == counts[29, 1] == counts[3, 3] == 1
+
+
+def test_confusion_matrix_counts():
+    targets = torch.tensor([0, 0, 1, 2, 2, 2])
+    preds = torch.tensor([0, 1, 1, 2, 0, 2])
+    expected = torch.zeros(3, 3, dtype=torch.long)
+    for t, p in zip(targets.tolist(), preds.tolist()):
+        expected[t, p] += 1
+    assert torch.equal(confusion_matrix(targets, preds, 3), expected)
+    learn = image_learner().fit(1)
+    fig = plot_confusion_matrix(learn)
+    assert fig.confusion_matrix.sum() == 10  # the number of validation items
+    assert [t.get_text() for t in fig.axes[0].get_xticklabels()] == CLASSES
+    assert "normalised" in plot_confusion_matrix(learn, normalize=True).axes[0].get_title()
+
+
+def titles(fig):
+    return [ax.get_title() for ax in fig.axes if ax.get_title()]
+
+
+def test_pictures_are_figures_with_class_names():
+    learn = image_learner().fit(2)
+    batch = show_batch(learn.dls, n=6)
+    assert isinstance(batch, matplotlib.figure.Figure) and len(titles(batch)) == 6
+    assert all(t in CLASSES for t in titles(batch))
+    results = show_results(learn, n=8)
+    assert len(titles(results)) == 8 and all(t.split("\n")[0] in CLASSES for t in titles(results))
+    top = plot_top_losses(learn, k=4)
+    assert len(titles(top)) == 4 and all(t.split(" / ")[0] in CLASSES for t in titles(top))
+    metrics = plot_metrics(learn)
+    assert titles(metrics) == ["accuracy", "loss"] and len(metrics.axes[0].get_lines()) == 2
+
+
+def test_decode_undoes_normalisation():
+    dls = image_dls()
+    xb, _ = next(iter(dls.valid))
+    torch.testing.assert_close(dls.valid.decode(xb), dls.valid.x[:8].float() / 255)
+
+
+def torch_loader_learner():
+    """A learner on torch DataLoaders of normalised float images (no `decode`, `normalise` or `x`)."""
+    dls = image_dls()
+    x = dls.valid.normalise(torch.cat([dls.train.x, dls.valid.x]))
+    y = torch.cat([dls.train.y, dls.valid.y])
+    train, valid = TensorDataset(x[:24], y[:24]), TensorDataset(x[24:], y[24:])
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(36, 3))
+    return Learner(model, DataLoaders(DataLoader(train, 8, shuffle=True), DataLoader(valid, 8), classes=CLASSES))
+
+
+def test_pictures_and_predict_with_torch_dataloaders():
+    learn = torch_loader_learner().fit(1)
+    for fig in (show_batch(learn.dls, n=6), show_results(learn, n=6), plot_top_losses(learn, k=6)):
+        assert len(titles(fig)) == 6
+        shown = [ax.get_images()[0].get_array() for ax in fig.axes if ax.get_images()]
+        assert all(0 <= a.min() and a.max() <= 1 for a in shown)  # normalised floats stretched for display
+    item = learn.dls.valid.dataset[3][0]
+    single = learn.predict(item)
+    torch.testing.assert_close(single.probs, learn.get_preds().preds[3])
+    assert learn.predict(torch.stack([item, item])).index.tolist() == [single.index] * 2
+
+
+def test_show_batch_and_summary_are_learner_methods(capsys):
+    learn = image_learner()
+    batch = learn.show_batch(n=4, split="valid")
+    assert len(titles(batch)) == 4 and titles(batch) == titles(show_batch(learn.dls, n=4, split="valid"))
+    rows = learn.summary(depth=2)
+    assert rows[-1]["params"] == rows[-1]["trainable"] == sum(p.numel() for p in learn.model.parameters())
+    assert rows[0]["output"] and "MFLOPs" in capsys.readouterr().out
