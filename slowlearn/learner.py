@@ -136,6 +136,7 @@ class Learner:
         self.dispatch = Dispatch(self.cbs)
 
     def callback(self, event: str) -> None:
+        """Run every callback's handler of `event` (e.g. "after_batch"), in order."""
         self.dispatch.event(event, self)
 
     def _do(self, verb: str) -> None:

@@ -18,7 +18,8 @@ from slowlearn import (
     set_seed,
     update_bn,
 )
-from slowlearn.checkpoint import randomness, read_checkpoint, restore_randomness
+from slowlearn.checkpoint import read_checkpoint
+from slowlearn.randomness import randomness, restore_randomness
 
 
 class WeightsAfterStep(Callback):

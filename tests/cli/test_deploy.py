@@ -4,7 +4,7 @@ import csv
 
 import pytest
 import torch
-from test_image_data import CLASSES, make_folder
+from images import CLASSES, make_folder
 
 from slowlearn import Learner, load_learner, seed_cnn
 from slowlearn.cli import main

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import make_dls
-from test_image_data import make_folder
+from images import make_folder
 from torch import nn
 
 from slowlearn import Callback, CancelFitException, CheckpointCB, Learner, cli

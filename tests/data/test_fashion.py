@@ -1,4 +1,4 @@
-
+"""Fashion-MNIST: where its files are found, and its loaders."""
 import gzip
 import struct
 

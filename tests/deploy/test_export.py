@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_preprocess import image_learner
+from data.test_preprocess import image_learner
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
