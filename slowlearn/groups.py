@@ -16,7 +16,7 @@ from torch import nn
 from .arguments import check_range
 from .device import bare_model
 
-__all__ = ["default_splitter", "group_lrs", "check_lr", "stays_in_eval", "param_groups", "make_optimizer",
+__all__ = ["default_splitter", "geometric", "group_lrs", "check_lr", "stays_in_eval", "param_groups", "make_optimizer",
            "set_lr", "freeze_to", "frozen_state", "load_frozen_state"]
 
 BN_TYPES = (nn.modules.batchnorm._BatchNorm,)
@@ -33,6 +33,12 @@ def default_splitter(model: nn.Module) -> list[list[nn.Parameter]]:
     return [body, head] if body else [head]
 
 
+def geometric(start: float, end: float, pct: float) -> float:
+    """The point `pct` of the way from `start` to `end` (both > 0) on a log scale: lrs spread over param
+    groups, exponential schedules (`sched_exp`) and the lr finder's sweep all step this way."""
+    return start * (end / start) ** pct
+
+
 def group_lrs(lr: float | slice | Sequence[float], n_groups: int) -> list[float]:
     """One lr per group from a number, a `slice(lo, hi)` (geometric from lo to hi), a `slice(hi)` (hi/10
     for all groups but the last), or a sequence with one lr per group."""
@@ -45,7 +51,7 @@ def group_lrs(lr: float | slice | Sequence[float], n_groups: int) -> list[float]
         if n_groups == 1:
             return [hi]
         lo = float(lr.start)
-        return [lo * (hi / lo) ** (i / (n_groups - 1)) for i in range(n_groups)]
+        return [geometric(lo, hi, i / (n_groups - 1)) for i in range(n_groups)]
     if isinstance(lr, Sequence):
         if len(lr) != n_groups:
             raise ValueError(f"Got {len(lr)} lrs for {n_groups} param groups: give one per group, one number, "

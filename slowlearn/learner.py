@@ -227,15 +227,18 @@ class Learner:
     def fit_one_cycle(self, n_epochs: int, lr_max: float | slice | Sequence[float] | None = None,
                       pct_start: float = 0.3, div: float = 25., div_final: float = 1e4,
                       moms: tuple[float, float] | None = (0.95, 0.85), cbs: Sequence[Callback] = (),
-                      **fit_kwargs) -> Learner:
+                      precision: str | None = None, **fit_kwargs) -> Learner:
         """`fit(n_epochs)` under `OneCycleCB(lr_max, ...)` (`lr_max` defaults to `learn.lr`); `fit_kwargs`
-        go to `fit` (`resume=path` continues a run). See OneCycleCB for what the next fit trains at."""
-        return schedule.fit_one_cycle(self, n_epochs, lr_max, pct_start, div, div_final, moms, cbs, **fit_kwargs)
+        go to `fit` (`resume=path` continues a run). `precision` ("auto", "fp32", "bf16", "fp16") trains this
+        fit in it, as `train_1cycle` does. See OneCycleCB for what the next fit trains at."""
+        return schedule.fit_one_cycle(self, n_epochs, lr_max, pct_start, div, div_final, moms, cbs, precision,
+                                      **fit_kwargs)
 
     def fine_tune(self, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
                   pct_start: float = 0.3, div: float = 5., **kwargs) -> Learner:
         """fastai's transfer-learning recipe: `freeze_epochs` of one-cycle on the head alone, then unfreeze and
-        `epochs` of one-cycle with lrs spread over the groups (see `callbacks.schedule.fine_tune`)."""
+        `epochs` of one-cycle with lrs spread over the groups (see `callbacks.schedule.fine_tune`); `kwargs`
+        (`precision=`, `cbs=`, ...) go to both `fit_one_cycle` calls."""
         return schedule.fine_tune(self, epochs, base_lr, freeze_epochs, lr_mult, pct_start, div, **kwargs)
 
     def lr_find(self, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,

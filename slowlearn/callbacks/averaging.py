@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from ..callback import Callback
-from ..device import bare_model, to_device
+from ..device import bare_model, model_device, to_device
 from ..distributed import all_reduce_mean
 from ..groups import stays_in_eval
 from ..randomness import randomness, restore_randomness
@@ -201,7 +201,7 @@ def update_bn(learn, averaging: WeightAveragingCB | None = None) -> None:
     if averaging is not None:
         averaging._hold_average()
     momenta, was_training, saved = [m.momentum for m in norms], model.training, randomness(learn.dls)
-    device = next(model.parameters()).device
+    device = model_device(model)
     try:
         for m in norms:
             m.reset_running_stats()

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..callback import Callback, CancelFitException
 from ..display import finished, subplots
+from ..groups import geometric
 
 __all__ = ["LRFinderCB", "SuggestedLRs"]
 
@@ -42,7 +43,7 @@ class LRFinderCB(Callback):
         self._avg, self._best = 0., math.inf
 
     def before_batch(self, learn) -> None:
-        lr = self.start_lr * (self.end_lr / self.start_lr) ** (len(self.lrs) / (self.num_it - 1))
+        lr = geometric(self.start_lr, self.end_lr, len(self.lrs) / (self.num_it - 1))
         for group in learn.opt.param_groups:
             group["lr"] = lr
         self.lrs.append(lr)

@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 
 from ..arguments import check_range
 from ..callback import Callback
-from ..groups import check_lr, group_lrs
+from ..groups import check_lr, geometric, group_lrs
+from .precision import MixedPrecisionCB, speed_cbs
 
 __all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB", "sched_lin", "sched_cos", "sched_exp",
            "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom", "fit_one_cycle", "fine_tune"]
@@ -130,7 +131,7 @@ def sched_cos(start: float, end: float) -> Schedule:
 
 def sched_exp(start: float, end: float) -> Schedule:
     """Geometric from `start` to `end` (both > 0): a straight line on a log axis."""
-    return lambda pct: start * (end / start) ** pct
+    return lambda pct: geometric(start, end, pct)
 
 
 def combine_scheds(pcts: Sequence[float], scheds: Sequence[Schedule]) -> Schedule:
@@ -223,18 +224,34 @@ class OneCycleCB(Callback):
 
 def fit_one_cycle(learn, n_epochs: int, lr_max: float | slice | Sequence[float] | None = None, pct_start: float = 0.3,
                   div: float = 25., div_final: float = 1e4, moms: tuple[float, float] | None = (0.95, 0.85),
-                  cbs: Sequence[Callback] = (), **fit_kwargs):
+                  cbs: Sequence[Callback] = (), precision: str | None = None, **fit_kwargs):
     """`fit(n_epochs)` under `OneCycleCB(lr_max, ...)` (`lr_max` defaults to `learn.lr`); `fit_kwargs`
-    go to `fit` (`resume=path` continues a run). See OneCycleCB for what the next fit trains at."""
+    go to `fit` (`resume=path` continues a run). See OneCycleCB for what the next fit trains at.
+    `precision` ("auto", "fp32", "bf16", "fp16") adds the precision and layout callbacks for this fit, as
+    `train_1cycle` does; None keeps the Learner's own callbacks as they are."""
     cycle = OneCycleCB(lr_max, pct_start, div, div_final, moms)
-    return learn.fit(n_epochs, cbs=[cycle, *cbs], **fit_kwargs)
+    return learn.fit(n_epochs, cbs=[cycle, *precision_cbs(learn, precision, cbs), *cbs], **fit_kwargs)
+
+
+def precision_cbs(learn, precision: str | None, cbs: Sequence[Callback] = ()) -> list[Callback]:
+    """The callbacks that train `learn` in `precision` for one fit (none for None), refusing a precision
+    that a MixedPrecisionCB already on the Learner or in `cbs` contradicts."""
+    if precision is None:
+        return []
+    given = [*learn.cbs, *cbs]
+    chosen = [cb.name_of_dtype for cb in given if isinstance(cb, MixedPrecisionCB)]
+    if chosen and precision not in ("auto", chosen[0]):
+        raise ValueError(f"precision={precision!r} contradicts the MixedPrecisionCB({chosen[0]!r}) the Learner "
+                         f"already has: remove that callback (learn.remove_cb) or leave precision out")
+    return speed_cbs(learn.model, precision, given=given)
 
 
 def fine_tune(learn, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,
               pct_start: float = 0.3, div: float = 5., **kwargs):
     """fastai's transfer-learning recipe: `freeze_epochs` of one-cycle on the head alone (frozen body,
     `lr_max=slice(base_lr)`, `pct_start=0.99`), then unfreeze and `epochs` of one-cycle on every group
-    with lrs spread from base_lr/2/lr_mult to base_lr/2. `kwargs` go to both `fit_one_cycle` calls.
+    with lrs spread from base_lr/2/lr_mult to base_lr/2. `kwargs` go to both `fit_one_cycle` calls
+    (`precision=` among them).
 
     The defaults are fastai's, made for large pretrained bodies and many steps. With a few hundred images
     (a few steps an epoch) they barely move the weights: in `benchmarks/fine_tune.py` base_lr=1e-2,

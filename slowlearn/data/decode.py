@@ -15,6 +15,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
 
 import numpy as np
 import torch
@@ -22,7 +23,10 @@ import torch
 from ..display import progress
 from ..distributed import is_rank0
 
-__all__ = ["decode_images", "image_size", "eight_bit", "fit_image", "resize_image", "GRAYSCALE_MODES", "RESIZE_METHODS"]
+T = TypeVar("T")
+
+__all__ = ["decode_images", "image_size", "eight_bit", "fit_image", "resize_image", "GRAYSCALE_MODES", "RESIZE_METHODS",
+           "read_image_file", "WrongSize"]
 
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
@@ -98,13 +102,26 @@ def _to_array(image: Image.Image, mode: str | None, size: tuple[int, int] | None
     return array[..., None] if array.ndim == 2 else array
 
 
-def _decode_file(path: str, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+class WrongSize(ValueError):
+    """An image of another size than the model takes, where nothing says how to resize it."""
+
+
+def read_image_file(path: str | os.PathLike, convert: Callable[[Image.Image], T], verb: str = "read") -> T:
+    """`convert(image)` of the image file at `path`, opened with Pillow. Whatever goes wrong reading it
+    (a damaged or unknown file, a decompression bomb, pixels slowlearn refuses) is a ValueError naming the
+    file: "Cannot {verb} image file ...". Training and prediction both read files through here."""
     from PIL import Image  # Pillow loads when images are decoded, not at `import slowlearn`
     try:
         with Image.open(path) as image:
-            return _to_array(image, mode, size)
+            return convert(image)
+    except WrongSize as e:
+        raise ValueError(f"{path}: {e}") from None
     except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"Cannot decode image file {path}: {e}. Remove or replace it.") from None
+        raise ValueError(f"Cannot {verb} image file {path}: {e}. Remove or replace it.") from None
+
+
+def _decode_file(path: str, mode: str | None, size: tuple[int, int] | None) -> np.ndarray:
+    return read_image_file(path, lambda image: _to_array(image, mode, size), verb="decode")
 
 
 def _unify_channels(arrays: list[np.ndarray]) -> list[np.ndarray]:

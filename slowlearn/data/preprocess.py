@@ -24,7 +24,7 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 import torch
 
-from .decode import RESIZE_METHODS, fit_image, resize_image
+from .decode import RESIZE_METHODS, WrongSize, fit_image, read_image_file, resize_image
 
 __all__ = ["Preprocessing", "preprocessing_of", "to_batch", "as_items", "resize_image", "RESIZE_METHODS"]
 
@@ -119,19 +119,8 @@ def _from_pil(image: Image.Image, prep: Preprocessing, draft: bool = False) -> t
     return torch.from_numpy(np.array(image)).reshape(h, w, -1).permute(2, 0, 1)
 
 
-class WrongSize(ValueError):
-    """An image of another size than a model that was trained without resizing takes."""
-
-
 def _read_file(path: str | os.PathLike, prep: Preprocessing) -> torch.Tensor:
-    from PIL import Image
-    try:
-        with Image.open(path) as image:
-            return _from_pil(image, prep, draft=True)
-    except WrongSize as e:
-        raise ValueError(f"{path}: {e}") from None
-    except (OSError, ValueError, Image.DecompressionBombError) as e:
-        raise ValueError(f"Cannot read image file {path}: {e}") from None
+    return read_image_file(path, lambda image: _from_pil(image, prep, draft=True))
 
 
 def _layout(x: torch.Tensor, prep: Preprocessing, channels_last: bool) -> torch.Tensor:

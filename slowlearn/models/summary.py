@@ -4,6 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from ..device import model_device
 from ..display import format_table
 
 __all__ = ["summary", "Summary"]
@@ -30,8 +31,7 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, prin
     model = getattr(learn_or_model, "model", learn_or_model)
     if xb is None:
         xb = next(iter(learn_or_model.dls.train))[0]
-    param = next(model.parameters(), None)
-    xb = xb.to(param.device) if param is not None else xb
+    xb = xb.to(model_device(model))
     modules = [(name, m) for name, m in model.named_modules() if name and name.count(".") < depth]
     shapes, hooks = {}, []
 

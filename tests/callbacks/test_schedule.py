@@ -18,6 +18,7 @@ from slowlearn import (
     CancelFitException,
     CheckpointCB,
     CSVLoggerCB,
+    DataLoaders,
     DeviceCB,
     EarlyStoppingCB,
     EpochSchedulerCB,
@@ -32,6 +33,7 @@ from slowlearn import (
     ParamSchedulerCB,
     ProgressCB,
     RecorderCB,
+    TensorLoader,
     combine_scheds,
     one_cycle_lr,
     one_cycle_mom,
@@ -394,3 +396,40 @@ def test_only_callbacks_that_opt_in_take_part_in_a_sweep():
     assert seen[-1] == (10, 0)
     assert [cb.sweep for cb in (DeviceCB(), MixedPrecisionCB(), GradientClipCB(), MetricsCB(), CheckpointCB("x"),
                                 CSVLoggerCB("x"), RecorderCB(), ActivationStatsCB())] == [True] * 3 + [False] * 5
+
+
+class SeenCallbacks(Callback):
+    """Records the types of the callbacks each fit ran with."""
+
+    def __init__(self):
+        self.fits = []
+
+    def before_fit(self, learn):
+        self.fits.append({type(cb).__name__ for cb in learn.cbs})
+
+
+@pytest.mark.parametrize("native, expected", [(True, {"MixedPrecisionCB", "ChannelsLastCB"}), (False, {"ChannelsLastCB"})])
+def test_fit_one_cycle_and_fine_tune_apply_precision_auto_as_the_hardware_allows(cpu_features, native, expected):
+    from slowlearn import resnet
+    cpu_features(amx=native)
+    x = torch.randint(0, 256, (8, 1, 16, 16), dtype=torch.uint8)
+    dls = DataLoaders(TensorLoader(x, torch.arange(8) % 2, 4, device="cpu", mean=0.5, std=0.25),
+                      TensorLoader(x[:4], torch.arange(4) % 2, 4, device="cpu", mean=0.5, std=0.25))
+    seen = SeenCallbacks()
+    learn = Learner(resnet(nfs=(4, 128), n_classes=2), dls, cbs=[seen])  # wide enough for bf16
+    learn.fit_one_cycle(1, 1e-3, precision="auto")
+    learn.fine_tune(1, freeze_epochs=1, precision="auto")
+    assert len(seen.fits) == 3
+    for fit in seen.fits:
+        assert {"MixedPrecisionCB", "ChannelsLastCB"} & fit == expected
+    assert not any(type(cb).__name__ == "MixedPrecisionCB" for cb in learn.cbs)  # for those fits only
+
+
+def test_fit_one_cycle_precision_bf16_is_applied_and_a_contradiction_is_refused():
+    seen = SeenCallbacks()
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[seen])
+    learn.fit_one_cycle(1, 1e-2, precision="bf16")
+    assert "MixedPrecisionCB" in seen.fits[0]
+    learn.add_cb(MixedPrecisionCB("fp16"))
+    with pytest.raises(ValueError, match="contradicts the MixedPrecisionCB"):
+        learn.fit_one_cycle(1, precision="bf16")
