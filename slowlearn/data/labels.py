@@ -10,6 +10,7 @@ import csv
 import hashlib
 import os
 import re
+import stat
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -305,7 +306,7 @@ def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: flo
     first_line = 2 if header is not None and isinstance(source, (str, os.PathLike)) else 0
     cols = [_column(c, header, what) for c, what in ((fn_col, "fn_col"), (label_col, "label_col"))]
     valid_at = _column(valid_col, header, "valid_col") if valid_col is not None else None
-    files, names, splits, keys, lines = [], [], [], [], []
+    files, names, splits, keys, lines, ids = [], [], [], [], [], []
     for i, row in enumerate(rows):
         where = row_name.format(i + first_line)
         if len(row) <= max(cols + [valid_at or 0]):
@@ -314,14 +315,16 @@ def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: flo
         if not label:
             raise ValueError(f"{where}: the label ({label_col!r}) is empty: give every image a class")
         file = os.path.normpath(os.path.join(os.path.abspath(folder), name))
-        if not name or not os.path.isfile(file):
+        st = _stat(file) if name else None
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise FileNotFoundError(f"{where}: image file {file} does not exist (file names are relative to {folder})")
+        ids.append((st.st_dev, st.st_ino))
         files.append(file)
         names.append(label)
         splits.append("valid" if valid_at is not None and _is_valid(row[valid_at], where) else "train")
         keys.append(split_key(file, os.path.abspath(folder)))
         lines.append(i + first_line)
-    _check_each_file_once(files, names, splits, lines, row_name)
+    _check_each_file_once(files, ids, names, splits, lines, row_name)
     if not files:
         raise ValueError(f"{row_name.format('s')} list no images")
     classes = _natural_order(set(names))
@@ -338,13 +341,22 @@ def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: flo
     return LabelledFiles(files, [index[n] for n in names], splits, classes, keys, "csv")
 
 
-def _check_each_file_once(files: list[str], labels: list[str], splits: list[str], lines: list[int], row_name: str
-                          ) -> None:
-    """A CSV that lists one image twice (under two names too, such as `a.jpg` and `./a.jpg` or a link to it) is
-    an error naming the image and both rows: under two labels, in both splits, or twice alike."""
-    first: dict[str, int] = {}
-    for i, file in enumerate(files):
-        j = first.setdefault(os.path.normcase(os.path.realpath(file)), i)
+def _stat(file: str) -> os.stat_result | None:
+    try:
+        return os.stat(file)
+    except OSError:
+        return None
+
+
+def _check_each_file_once(files: list[str], ids: list[tuple], labels: list[str], splits: list[str], lines: list[int],
+                          row_name: str) -> None:
+    """A CSV that lists one image twice (under two names too, such as `a.jpg` and `./a.jpg` or a link to it:
+    `ids` are the files' (device, inode)) is an error naming the image and both rows: under two labels, in
+    both splits, or twice alike."""
+    first: dict[tuple, int] = {}
+    for i, file_id in enumerate(ids):
+        file = files[i]
+        j = first.setdefault(file_id, i)
         if j == i:
             continue
         rows = row_name.format(f"{lines[j]} and {lines[i]}")  # e.g. "labels.csv line 3 and 7"
