@@ -11,6 +11,7 @@ import torch
 from images import data_folder, make_folder, pixels, save  # noqa: F401 (data_folder: an autouse fixture)
 
 import slowlearn.data.images
+import slowlearn.data.labels
 from slowlearn.data.cache import remove_stale_partials
 from slowlearn.data.images import image_folder
 
@@ -174,3 +175,18 @@ def test_a_partial_file_being_written_is_kept_and_other_files_are_never_touched(
     new = folder / "partial-abc-3.tmp"
     new.write_bytes(b"x")  # just created, not locked yet: left to its writer
     assert remove_stale_partials(folder) == [] and new.exists()
+
+
+def test_a_cache_written_under_another_split_rule_is_never_served_for_this_one(tmp_path, decodes, monkeypatch):
+    """Issue 23, rule 1: the split rule changed (a hash per file instead of a random permutation). The cache holds
+    pixels in listing order, independent of the split, and a subset's cache is checked against its exact files,
+    so an old rule's cache can only be served where it holds the same images."""
+    root = make_folder(tmp_path / "pets", n_per_class=6, splits=("",))
+    fresh = load(root, valid_pct=0.5, n_train=4, cache_dir=tmp_path / "fresh")
+    with monkeypatch.context() as m:  # an older rule: other images in the subset
+        m.setattr(slowlearn.data.labels, "split_fraction", lambda key, seed: 0.9 if key.endswith(("0.png", "1.png"))
+                  else 0.1)
+        load(root, valid_pct=0.5, n_train=4)
+    assert len(decodes) == 2
+    again = load(root, valid_pct=0.5, n_train=4)
+    assert len(decodes) == 3 and torch.equal(again.train.x, fresh.train.x) and torch.equal(again.valid.x, fresh.valid.x)
