@@ -18,8 +18,8 @@ from pathlib import Path
 
 
 __all__ = ["LabelledFiles", "folder_files", "csv_files", "stable_split", "random_split", "split_fraction", "split_key",
-           "in_training", "class_folder_key", "check_distinct_names", "SPLIT_RULE", "images_in", "image_files", "class_folder",
-           "class_of_file", "IMAGE_SUFFIXES"]
+           "in_training", "class_folder_key", "check_distinct_names", "SPLIT_RULE", "images_in", "image_files",
+           "class_folder", "class_of_file", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_FOLDERS = ("train", "valid", "test")  # folder names that hold splits, never classes

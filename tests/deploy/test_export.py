@@ -326,8 +326,8 @@ def unread_record(records):
 
 
 @pytest.mark.parametrize("craft, reason", [
-    (bigger_tensor, r"a record archive/data/weights/weight_0 of 0 bytes where its tensors' shapes and types take "
-                    r"4096.0 GiB"),
+    (bigger_tensor, (r"a record archive/data/weights/weight_0 of 0 bytes where its tensors' shapes and types take "
+                     r"4096.0 GiB")),
     (unread_record, r"records no tensor reads \(archive/data/weights/weight_99\)")])
 def test_a_record_that_disagrees_with_the_tensors_it_holds_is_refused(export_file, tmp_path, craft, reason):
     crafted = rewrite(export_file[1], tmp_path / "crafted.pt2", craft)
