@@ -86,10 +86,14 @@ def _write(path: Path, x: torch.Tensor, signature_digest: str, identity: str) ->
         try:
             if fcntl is not None:
                 fcntl.flock(fd, fcntl.LOCK_EX)  # held until closed: released by the kernel if this process dies
+            else:  # Windows renames no open file
+                os.close(fd)
+                fd = None
             torch.save({"format": CACHE_FORMAT, "signature": signature_digest, "identity": identity, "x": x}, tmp)
             os.replace(tmp, path)
         finally:
-            os.close(fd)
+            if fd is not None:
+                os.close(fd)
             if os.path.exists(tmp):
                 os.remove(tmp)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
