@@ -12,6 +12,9 @@ import os
 import pickle
 import re
 import shutil
+import signal
+import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -56,19 +59,64 @@ def _feed(digest, obj) -> None:
 
 
 def write_atomically(state: dict, path: Path) -> None:
-    """torch.save to a temporary file next to `path`, flushed to disk, then renamed over `path`."""
+    """torch.save to a temporary file next to `path`, flushed to disk, then renamed over `path`.
+
+    Ctrl-C (SIGINT) while writing lets the write finish (a message says so), then stops the process with
+    KeyboardInterrupt: the checkpoint is complete, and nothing partial is left beside it. (Python runs the
+    KeyboardInterrupt wherever the signal lands; in a destructor it is printed and lost, and the process goes
+    on.) A second Ctrl-C stops at once, removing the temporary file."""
     tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        torch.save(state, tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except (OSError, RuntimeError) as e:
-        code = getattr(e, "errno", None) or (errno.ENOSPC if "unexpected pos" in str(e) else errno.EIO)
-        raise OSError(code, _write_failure(path, e)) from e
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _InterruptAfter(path) as interrupt:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            torch.save(state, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except (OSError, RuntimeError) as e:
+            code = getattr(e, "errno", None) or (errno.ENOSPC if "unexpected pos" in str(e) else errno.EIO)
+            raise OSError(code, _write_failure(path, e)) from e
+        finally:
+            interrupt.writing = False
+            tmp.unlink(missing_ok=True)
+
+
+class _InterruptAfter:
+    """Holds back SIGINT while a file is written (main thread only; elsewhere nothing changes): the first one
+    is delivered to the previous handler once the block has ended, a second one raises KeyboardInterrupt at
+    once while `writing` is still true."""
+
+    def __init__(self, path: Path):
+        self.path, self.received, self.writing, self.previous = path, 0, True, None
+
+    def __enter__(self) -> _InterruptAfter:
+        if threading.current_thread() is threading.main_thread():
+            previous = signal.getsignal(signal.SIGINT)
+            if previous not in (signal.SIG_IGN, None):
+                self.previous = previous
+                signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        self.received += 1
+        if self.received == 1:
+            try:
+                print(f"\nslowlearn: finishing the checkpoint {self.path}, then stopping (Ctrl-C again to stop now "
+                      f"without it)", file=sys.stderr, flush=True)
+            except (RuntimeError, ValueError, OSError):  # stderr busy (a reentrant write) or closed: say nothing
+                pass
+        elif self.writing:
+            raise KeyboardInterrupt
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self.previous is None:
+            return
+        signal.signal(signal.SIGINT, self.previous)
+        if self.received and not (exc_type is not None and issubclass(exc_type, KeyboardInterrupt)):
+            if callable(self.previous):
+                self.previous(signal.SIGINT, None)  # Python's default raises KeyboardInterrupt here
+            else:  # SIG_DFL: die of the signal, as without this handler
+                signal.raise_signal(signal.SIGINT)
 
 
 def _write_failure(path: Path, e: Exception) -> str:

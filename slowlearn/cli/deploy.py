@@ -69,7 +69,7 @@ def _recorded_preprocessing(checkpoint: Path, dls):
 def predict_command(args) -> int:
     import csv
 
-    from ..deploy import image_files
+    from ..data import image_files
     if args.csv:
         writable_file(args.csv, "--csv")
     predictor = _load_model(args.model)
@@ -107,9 +107,13 @@ def evaluate_command(args) -> int:
     if not folder.is_dir():
         raise CLIError(f"--data {args.data}: not a folder of <class>/ image folders")
     try:
-        result = predictor.get_preds(folder)
+        result = predictor.get_preds(folder, held_out=not args.include_training)
     except ValueError as e:
         raise CLIError(str(e)) from None
+    note = _split_note(predictor, folder, len(result.files), args.include_training)
+    if not result.files:
+        raise CLIError(f"--data {args.data}: the model trained on every image of {folder} ({note}); evaluate it on "
+                       f"images it did not train on, or pass --include-training")
     labelled = result.targets >= 0
     if not labelled.any():
         raise CLIError(f"--data {args.data}: no image is in a folder named after one of the model's classes "
@@ -122,7 +126,30 @@ def evaluate_command(args) -> int:
     skipped = f" ({int((~labelled).sum())} images outside class folders skipped)" if not labelled.all() else ""
     print(f"{int(labelled.sum())} images in {folder}{skipped}: loss {loss:.4f}, accuracy {accuracy:.4f}. "
           f"Confusion matrix: {path}")
+    if note:
+        print(f"Note: {note}.")
     return 0
+
+
+def _split_note(predictor, folder: Path, n_kept: int, include_training: bool) -> str:
+    """What evaluate says about the images the model may have trained on (its export records its split)."""
+    from ..data import image_files
+    split = predictor.metadata.get("split")
+    if not split:
+        return ""
+    how = f"the model was trained with --valid-pct {split['valid_pct']} (seed {split['seed']})"
+    if split.get("keys") != "class-folder":
+        return (f"{how} on {'a CSV' if split.get('keys') == 'csv' else 'a dataset'} split; if these images are that "
+                f"data, some are ones it trained on, which evaluate cannot tell apart here")
+    n_all = len(image_files(folder))
+    if include_training:
+        n_trained = sum(predictor.trained_on(f, folder) for f in image_files(folder))
+        return (f"{how}; if {folder} is the folder it trained on, it trained on {n_trained} of these {n_all} images "
+                f"(kept, as --include-training asks)") if n_trained else ""
+    if n_all == n_kept:
+        return ""
+    return (f"{how}; {n_all - n_kept} of the {n_all} images are ones that split put in training, so they were left "
+            f"out (pass --include-training to keep them, e.g. when {folder} is not the folder it trained on)")
 
 
 def add_model_commands(sub) -> None:
@@ -154,4 +181,8 @@ def add_model_commands(sub) -> None:
     v.add_argument("model", metavar="MODEL")
     v.add_argument("--data", required=True, metavar="PATH", help="a folder of <class>/ image folders")
     v.add_argument("--out", default="runs/evaluate", help="output folder (default: runs/evaluate)")
+    v.add_argument("--include-training", action="store_true",
+                   help="also evaluate on the images the model trained on (by default, when the model was trained "
+                        "with --valid-pct on a folder of class folders, the images its split put in training are "
+                        "left out)")
     v.set_defaults(func=evaluate_command)

@@ -10,7 +10,7 @@ from .decode import fit_image, image_size, resize_image
 from .fashion import FASHION_MNIST_CLASSES, fashion_mnist, find_fashion_mnist, read_idx
 from .hf import from_hf
 from .images import CIFAR10_CLASSES, cifar10, image_csv, image_folder
-from .labels import IMAGE_SUFFIXES, class_of_file, image_files, images_in
+from .labels import IMAGE_SUFFIXES, class_folder_key, class_of_file, image_files, images_in, in_training
 from .loaders import DataLoaders, TensorLoader
 from .preprocess import Preprocessing, as_items, normalising_affine, preprocessing_of, to_batch
 from .show import class_name, for_display, image_grid, show_batch, show_image
@@ -18,6 +18,7 @@ from .show import class_name, for_display, image_grid, show_batch, show_image
 __all__ = ["BatchAugment", "augment_from_spec", "check_aug_spec", "DataNotFoundError", "check_subset_size",
            "data_root", "fit_image", "image_size", "resize_image", "FASHION_MNIST_CLASSES", "fashion_mnist",
            "find_fashion_mnist", "read_idx", "from_hf", "CIFAR10_CLASSES", "cifar10", "image_csv", "image_folder",
-           "IMAGE_SUFFIXES", "class_of_file", "image_files", "images_in", "DataLoaders", "TensorLoader",
+           "IMAGE_SUFFIXES", "class_folder_key", "class_of_file", "image_files", "images_in", "in_training",
+           "DataLoaders", "TensorLoader",
            "Preprocessing", "as_items", "normalising_affine", "preprocessing_of", "to_batch", "class_name",
            "for_display", "image_grid", "show_batch", "show_image"]

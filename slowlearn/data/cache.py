@@ -8,13 +8,20 @@ are stored with the signature they were decoded under: every file's path, byte s
 Labels are never cached: they are read from the folder or CSV on every load, so they cannot be stale.
 A cache file that cannot be read is decoded again and replaced, never an error; a cache folder that
 cannot be written is a warning.
+
+A cache is written to `partial-<name>-*.tmp` in the cache folder, locked (flock) while it is written, then
+renamed. A process killed while writing (SIGKILL, a crash, a power cut) leaves that file behind: the next
+load that uses the cache folder removes every such file that no live process holds locked and that is
+older than that load's process (or a minute old), so no dataset-sized leftovers pile up.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import os
+import re
 import tempfile
+import time
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -24,9 +31,17 @@ import torch
 from ..distributed import is_rank0
 from .common import data_root
 
-__all__ = ["cached_decode", "cache_folder", "file_signature"]
+try:
+    import fcntl
+except ImportError:  # Windows: a file open for writing cannot be removed, which protects it as well
+    fcntl = None
+
+__all__ = ["cached_decode", "cache_folder", "file_signature", "remove_stale_partials"]
 
 CACHE_FORMAT = 1
+_STARTED = time.time()  # about when this process started: a partial file older than that is no write of ours
+_PARTIAL = "partial-"
+_OLD_PARTIAL = re.compile(r"[0-9a-f]{24}\w{8}\.tmp")  # what older slowlearns wrote (never locked)
 
 
 def cache_folder(cache_dir: str | os.PathLike | None = None) -> Path:
@@ -66,17 +81,58 @@ def _write(path: Path, x: torch.Tensor, signature_digest: str, identity: str) ->
     """Atomically (temporary file + rename); a cache that cannot be written is only a warning."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.stem, suffix=".tmp")
-        os.close(fd)
+        remove_stale_partials(path.parent)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{_PARTIAL}{path.stem}-", suffix=".tmp")
         try:
+            if fcntl is not None:
+                fcntl.flock(fd, fcntl.LOCK_EX)  # held until closed: released by the kernel if this process dies
+            else:  # Windows renames no open file
+                os.close(fd)
+                fd = None
             torch.save({"format": CACHE_FORMAT, "signature": signature_digest, "identity": identity, "x": x}, tmp)
             os.replace(tmp, path)
         finally:
+            if fd is not None:
+                os.close(fd)
             if os.path.exists(tmp):
                 os.remove(tmp)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
         warnings.warn(f"Could not write the image cache {path} ({e}): the images will be decoded again next "
                       f"time. Set SLOWLEARN_DATA (or cache_dir=) to a writable folder to cache them.", stacklevel=3)
+
+
+def remove_stale_partials(folder: Path) -> list[Path]:
+    """Remove the partial cache files that killed processes left in `folder` (unlocked, and older than this
+    process or a minute old; an unlocked file of an older slowlearn after an hour). Returns those removed."""
+    removed = []
+    now = time.time()
+    for tmp in folder.glob("*.tmp"):
+        ours = tmp.name.startswith(_PARTIAL)
+        if not ours and not _OLD_PARTIAL.fullmatch(tmp.name):
+            continue
+        try:
+            mtime = tmp.stat().st_mtime
+            stale = (mtime < _STARTED or now - mtime > 60) if ours else now - mtime > 3600
+            if stale and not _locked(tmp):
+                tmp.unlink()
+                removed.append(tmp)
+        except OSError:  # gone meanwhile, or in use (Windows): leave it
+            continue
+    return removed
+
+
+def _locked(path: Path) -> bool:
+    """Whether a live process holds `path` locked (as `_write` does while writing)."""
+    if fcntl is None:
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # also releases the lock just taken
 
 
 def cached_decode(files: Sequence[str], identity: str, options: dict, decode: Callable[[], torch.Tensor],

@@ -6,6 +6,7 @@ images or arrays when the column holds those); the dataset keeps its own cache, 
 """
 from __future__ import annotations
 
+import hashlib
 import io
 from collections.abc import Mapping
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from .images import Aug, _from_files
-from .labels import LabelledFiles, _check_two_classes, _natural_order
+from .labels import LabelledFiles, _check_two_classes, _natural_order, check_distinct_names
 from .loaders import DataLoaders
 
 __all__ = ["from_hf"]
@@ -55,7 +56,24 @@ def _class_names(ds, y: str, label_sets: list[list]) -> list[str]:
     names = getattr(ds.features[y], "names", None)
     if names is not None:
         return list(names)
-    return _natural_order({str(v) for labels in label_sets for v in labels})
+    classes = _natural_order({str(v) for labels in label_sets for v in labels})
+    check_distinct_names(classes, f"the label column {y!r}", "write each class one way (e.g. with ds.map)")
+    return classes
+
+
+def content_key(item: Any) -> str:
+    """An image column's value named by its content (a digest of its stored bytes or pixels), for
+    `stable_split`: a dataset's rows have no file path, and a digest stays the same when rows are added or
+    reordered (identical images land in the same split)."""
+    from PIL import Image
+    if isinstance(item, Mapping):
+        data = item["bytes"] if item.get("bytes") is not None else str(item.get("path")).encode()
+    elif isinstance(item, Image.Image):
+        data = f"{item.mode}{item.size}".encode() + item.tobytes()
+    else:
+        array = np.ascontiguousarray(item)
+        data = f"{array.dtype}{array.shape}".encode() + array.tobytes()
+    return hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
 def _check_same_class_names(datasets: dict, y: str) -> None:
@@ -88,8 +106,9 @@ def from_hf(train, valid=None, *, x: str = "image", y: str = "label", valid_pct:
     `DatasetDict` with "train" and, unless `valid_pct` is given, "validation", "valid" or "test"), as
     the fastai course loads Fashion-MNIST: `from_hf(ds["train"], ds["test"])`. `x` and `y` name the
     image and label columns; class names come from the label feature (a `ClassLabel`), else from the
-    sorted label values. Without `valid`, `valid_pct` splits the training set at random; the other
-    arguments are `image_folder`'s.
+    sorted label values. Without `valid`, `valid_pct` splits the training set, each image by a digest of
+    its content (so adding rows moves no other image between the splits); the other arguments are
+    `image_folder`'s.
     """
     if isinstance(train, Mapping):
         if valid is None and valid_pct is None:
@@ -105,9 +124,11 @@ def from_hf(train, valid=None, *, x: str = "image", y: str = "label", valid_pct:
     classes = _class_names(train, y, list(labels.values()))
     named = getattr(train.features[y], "names", None) is not None
     _check_same_class_names(datasets, y)
-    items = LabelledFiles([], [], [], classes)
+    items = LabelledFiles([], [], [], classes, keys=None if valid_pct is None else [], key_kind="content")
     for which, ds in datasets.items():
         items.files += _raw_images(ds, x)
+        if valid_pct is not None:
+            items.keys += [content_key(item) for item in items.files[-len(ds):]] if len(ds) else []
         items.labels += _label_indices(labels[which], classes, named, which)
         items.splits += [which] * len(ds)
     _check_training_classes(items)

@@ -19,7 +19,7 @@ from .augment import augment_from_spec
 from .cache import cached_decode
 from .common import DataNotFoundError, check_subset_size, data_root
 from .decode import CHUNK, DECODER_VERSION, decode_images, image_size
-from .labels import IMAGE_SUFFIXES, LabelledFiles, csv_files, folder_files, random_split
+from .labels import IMAGE_SUFFIXES, SPLIT_RULE, LabelledFiles, csv_files, folder_files, stable_split
 from .loaders import DataLoaders, TensorLoader
 from .safe_pickle import read_cifar_batch
 
@@ -38,8 +38,13 @@ def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None 
     """Loaders for the images of `path`, labelled by the name of their class folder (sorted names).
 
     Layouts: `path/train/<class>/*` with `path/valid/<class>/*` or `path/test/<class>/*` (or the
-    folder named by `valid`); or `path/<class>/*` (or `path/train/<class>/*` alone) with `valid_pct`,
-    a random validation split stratified by class, the same for the same `seed` (default: as 0).
+    folder named by `valid`); or `path/<class>/*` (or `path/train/<class>/*` alone) with `valid_pct`:
+    each image goes to validation when a hash of `seed` (default: as 0) and its path under the class
+    folders' folder falls below `valid_pct` (`labels.stable_split`), so adding images never moves the
+    others between training and validation; the validation share is about `valid_pct`, not exactly.
+    `dls.split` records that rule (and exports carry it, so `slowlearn evaluate` can leave out the
+    images a model trained on). Images lying directly in `path` beside class folders have no class: they
+    are left out with a warning; every image is listed once, even through symbolic links.
     A `test/` folder that is not the validation folder becomes `dls.test`; in `path/<class>/*`, train/,
     valid/ and test/ are never classes. Subfolders of a class folder belong to that class.
 
@@ -70,7 +75,9 @@ def image_csv(csv: str | os.PathLike | Sequence, folder: str | os.PathLike | Non
     `fn_col` and `label_col` (column names or numbers) give the file name, relative to `folder`
     (default: the CSV's folder), and the class. Rows whose `valid_col` is true (1, true, yes, valid)
     form the validation set; or `valid_pct` splits at random, as in `image_folder`, whose other
-    arguments these are. Class names are the sorted labels (numbers in numeric order).
+    arguments these are (with `valid_pct`, an image's key is its file name as the CSV gives it). Class names
+    are the sorted labels (numbers in numeric order). A file listed twice (under two labels, in both splits,
+    or twice alike) and labels that differ only by leading zeros or spaces (`1`, `01`) are errors.
     """
     is_file = isinstance(csv, (str, os.PathLike))
     folder = Path(folder) if folder is not None else Path(csv).parent if is_file else Path.cwd()
@@ -107,8 +114,11 @@ def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_t
     split_seed = 0 if seed is None else seed
     augment_from_spec(aug, (32, 32))  # a bad spec is an error before anything is decoded
     options = {"size": image_size(size), "channels": channels, "decoder": DECODER_VERSION}
+    split = None
     if valid_pct is not None:
-        items.splits = random_split(items, valid_pct, split_seed)
+        items.splits, moved = stable_split(items, valid_pct, split_seed)
+        split = {"rule": SPLIT_RULE, "valid_pct": valid_pct, "seed": split_seed, "keys": items.key_kind,
+                 **{f"moved_{k}": v for k, v in moved.items() if v}}
     if n_train is not None or n_valid is not None:
         items = _subsets(items, n_train, n_valid, split_seed)
         identity = identity and identity + f" subset {[n_train, n_valid, valid_pct, split_seed]}"
@@ -124,6 +134,7 @@ def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_t
     parts = {s: _rows(x, y, where == i) for i, s in enumerate(SPLITS) if (where == i).any()}
     dls = make_loaders(parts, items.classes, bs, device, aug, seed, verbose)
     dls.resize = dict(CROP_RESIZE) if options["size"] else None  # read by preprocessing_of (predict, export)
+    dls.split = split  # recorded by exports
     return dls
 
 

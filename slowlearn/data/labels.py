@@ -7,16 +7,19 @@ errors that name the folder, file or row and say how to fix it.
 from __future__ import annotations
 
 import csv
+import hashlib
 import os
+import re
+import stat
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
 
-__all__ = ["LabelledFiles", "folder_files", "csv_files", "random_split", "images_in", "image_files", "class_folder",
-           "class_of_file", "IMAGE_SUFFIXES"]
+__all__ = ["LabelledFiles", "folder_files", "csv_files", "stable_split", "random_split", "split_fraction", "split_key",
+           "in_training", "class_folder_key", "check_distinct_names", "SPLIT_RULE", "images_in", "image_files",
+           "class_folder", "class_of_file", "IMAGE_SUFFIXES"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_FOLDERS = ("train", "valid", "test")  # folder names that hold splits, never classes
@@ -26,40 +29,125 @@ TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "valid", "t", "y"}, {"0", "false"
 @dataclass
 class LabelledFiles:
     """Image files (absolute paths; for in-memory datasets, their items) with their class index and split
-    ("train", "valid" or "test"), in decoding order."""
+    ("train", "valid" or "test"), in decoding order. `keys` name each item for `stable_split` (a file's path
+    under the folder that holds the class folders, or under the CSV's folder; a digest of an item's content),
+    and `key_kind` says which ("class-folder", "csv", "content")."""
     files: list[str]
     labels: list[int]
     splits: list[str]
     classes: list[str]
+    keys: list[str] | None = None
+    key_kind: str | None = None
 
     def take(self, keep: Sequence[int]) -> LabelledFiles:
+        keys = [self.keys[i] for i in keep] if self.keys is not None else None
         return LabelledFiles([self.files[i] for i in keep], [self.labels[i] for i in keep],
-                             [self.splits[i] for i in keep], self.classes)
+                             [self.splits[i] for i in keep], self.classes, keys, self.key_kind)
 
 
 def _visible_dirs(folder: Path) -> list[Path]:
     return sorted(d for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+class _Listing:
+    """One walk of a folder tree that lists every real folder once and every real file once: a symbolic link
+    to a folder already walked (a loop such as `cat/up -> ..`, or a second way into the same images) is
+    skipped, and a link to a file already listed too. Links are followed after the real tree, so an image
+    is listed under its real path (and labelled by its real class folder) whenever the tree holds it."""
+
+    def __init__(self, top: str):
+        self.top, self.folders, self.found, self.skipped = top, set(), [], []
+        self.deferred: list[str] = []  # symbolic links to folders, walked once the real tree is listed
+
+    def walk(self) -> list[str]:
+        self._folder(self.top, os.stat(self.top))
+        while self.deferred:
+            link = self.deferred.pop(0)
+            try:
+                target = os.stat(link)
+            except OSError:  # a broken link to a folder: nothing to list
+                continue
+            if (target.st_dev, target.st_ino) in self.folders:
+                self.skipped.append(link)
+            else:
+                self._folder(link, target)
+        return self._unique_files()
+
+    def _folder(self, folder: str, st: os.stat_result) -> None:
+        self.folders.add((st.st_dev, st.st_ino))
+        with os.scandir(folder) as entries:
+            entries = sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+        subfolders = []
+        for entry in entries:
+            if entry.is_dir(follow_symlinks=True):
+                (self.deferred if entry.is_symlink() else subfolders).append(entry.path)
+            elif entry.name.lower().endswith(IMAGE_SUFFIXES):
+                self.found.append((entry.path, self._file_id(entry, st.st_dev)))
+        for sub in subfolders:
+            self._folder(sub, os.stat(sub))
+
+    @staticmethod
+    def _file_id(entry: os.DirEntry, device: int) -> tuple:
+        """(device, inode) of the file itself (a link's target); a real file's costs no system call."""
+        if not entry.is_symlink():
+            return device, entry.inode()
+        try:
+            st = os.stat(entry.path)
+            return st.st_dev, st.st_ino
+        except OSError:  # a broken link: listed, so that decoding names it
+            return "broken", entry.path
+
+    def _unique_files(self) -> list[str]:
+        """The files in walking order, each real file once: under its first real path, else its first link."""
+        first: dict[tuple, str] = {}
+        for path, file_id in self.found:
+            if not os.path.islink(path):
+                first.setdefault(file_id, path)
+        files = []
+        for path, file_id in self.found:
+            if first.setdefault(file_id, path) == path:
+                files.append(path)
+            else:
+                self.skipped.append(path)
+        return files
+
+
 def images_in(folder: Path) -> list[str]:
     """Image files under `folder`, subfolders included, hidden ones not, in sorted order, as absolute
-    paths (strings: tens of thousands of Path objects cost more than the cached load itself)."""
-    found = []
-    for root, dirs, names in os.walk(os.path.abspath(folder), followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found += [os.path.join(root, n) for n in sorted(names)
-                  if not n.startswith(".") and n.lower().endswith(IMAGE_SUFFIXES)]
-    return found
+    paths (strings: tens of thousands of Path objects cost more than the cached load itself).
+
+    Symbolic links are followed, but every real folder is walked once and every real file listed once: a
+    link loop (`cat/up -> ..`) or a second link to the same images lists nothing twice (with a warning that
+    names the links left out)."""
+    listing = _Listing(os.path.abspath(folder))
+    files = listing.walk()
+    if listing.skipped:
+        n, first = len(listing.skipped), listing.skipped[0]
+        example = os.path.relpath(first, listing.top) + (f" -> {os.readlink(first)}" if os.path.islink(first) else "")
+        warnings.warn(f"{folder}: {n} symbolic link{'s' if n > 1 else ''} or repeated file{'s' if n > 1 else ''} "
+                      f"(e.g. {example}) lead{'' if n > 1 else 's'} to folders or images already listed, so "
+                      f"{'they were' if n > 1 else 'it was'} left out: each image is listed once", stacklevel=2)
+    return files
 
 
 def _class_folders(split_dir: Path, not_classes: Sequence[str] = ()) -> dict[str, list[str]]:
-    """The images of each class folder of `split_dir`, labelled by `class_folder`."""
+    """The images of each class folder of `split_dir`, labelled by `class_folder`; images lying directly in
+    `split_dir` beside class folders have no class: left out, with a warning that counts them."""
     classes = {d.name: [] for d in _visible_dirs(split_dir) if d.name not in not_classes}
     root = os.path.abspath(split_dir)
+    loose = []
     for file in images_in(split_dir):
         name = class_folder(file, root)
         if name in classes:
             classes[name].append(file)
+        elif name is None:
+            loose.append(file)
+    if loose and classes:
+        n = len(loose)
+        they = "they have" if n > 1 else "it has"
+        warnings.warn(f"{n} image{'s' if n > 1 else ''} directly in {split_dir} (e.g. {loose[0]}), beside its class "
+                      f"folders: {they} no class, so {n} {'are' if n > 1 else 'is'} left out; move each into its class "
+                      f"folder", stacklevel=4)
     return classes
 
 
@@ -69,6 +157,34 @@ def _check_classes(train: dict[str, list[str]], where: Path) -> None:
         raise ValueError(f"Class folder {where / empty[0]} has no images (looked for {', '.join(IMAGE_SUFFIXES)}): "
                          f"a class needs training images; add some or remove the folder")
     _check_two_classes(list(train), str(where))
+    check_distinct_names(list(train), f"the class folders of {where}", "rename or merge the folders")
+
+
+def _name_key(name: str) -> str:
+    """A class name as a reader takes it: without surrounding spaces, numbers as numbers ("01" is "1", "1.0" is
+    "1")."""
+    name = name.strip()
+    if re.fullmatch(r"[+-]?\d+(\.\d*)?", name):
+        number = float(name)
+        return str(int(number)) if number.is_integer() else repr(number)
+    return name
+
+
+def check_distinct_names(names: Sequence[str], where: str, fix: str) -> None:
+    """Class names that a reader would take for one class are an error (`1` and `01`, `cat` and `cat `); names
+    that differ only by case (`Cat`, `cat`) a warning (they may be meant: letters)."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(_name_key(name), name)
+        if other != name:
+            raise ValueError(f"{where}: the classes {other!r} and {name!r} differ only by leading zeros or spaces, so "
+                             f"they would be two classes of one label: {fix}")
+    by_case: dict[str, str] = {}
+    for name in names:
+        other = by_case.setdefault(_name_key(name).casefold(), name)
+        if other != name:
+            warnings.warn(f"{where}: the classes {other!r} and {name!r} differ only by case, so they are two classes; "
+                          f"if they are one, {fix}", stacklevel=4)
 
 
 def _check_two_classes(classes: list[str], where: str) -> None:
@@ -114,7 +230,7 @@ def _label_folders(split_dirs: dict[str, Path], not_classes: Sequence[str] = ())
     train = _class_folders(split_dirs["train"], not_classes)
     _check_classes(train, split_dirs["train"])
     classes = list(train)
-    files, labels, splits = [], [], []
+    files, labels, splits, keys = [], [], [], []
     for split, folder in split_dirs.items():
         found = train if split == "train" else _class_folders(folder)
         if split == "test" and not (found and set(found) <= set(classes)):  # e.g. Kaggle's unlabelled test/*.jpg
@@ -126,13 +242,21 @@ def _label_folders(split_dirs: dict[str, Path], not_classes: Sequence[str] = ())
         if unknown:
             raise ValueError(f"{folder / unknown[0]} is a class with no training images ({split_dirs['train']} has no "
                              f"{unknown[0]}/ folder): add training images for it, or remove {folder / unknown[0]}")
+        root = os.path.abspath(folder)
         for name, names_files in found.items():
             files += names_files
             labels += [classes.index(name)] * len(names_files)
             splits += [split] * len(names_files)
+            keys += [split_key(f, root) for f in names_files]
         if split != "train" and split not in splits:
             raise ValueError(f"{folder} has no images in class folders <class>/ (looked for {', '.join(IMAGE_SUFFIXES)})")
-    return LabelledFiles(files, labels, splits, classes)
+    return LabelledFiles(files, labels, splits, classes, keys, "class-folder")
+
+
+def split_key(file: str | os.PathLike, root: str | os.PathLike) -> str:
+    """The name `stable_split` gives a file: its path under `root` with "/" separators (the same on every
+    system and wherever the dataset is copied)."""
+    return Path(os.path.relpath(file, root)).as_posix()
 
 
 def _read_rows(source: str | os.PathLike | Sequence) -> tuple[list[str] | None, list, str]:
@@ -169,7 +293,7 @@ def _is_valid(value, row: str) -> bool:
 def _natural_order(labels: set[str]) -> list[str]:
     """Sorted class names; numbers as numbers (so "10" after "9")."""
     if all(s.lstrip("-").isdigit() for s in labels):
-        return sorted(labels, key=int)
+        return sorted(labels, key=lambda s: (int(s), s))  # "01" and "1" in a fixed order
     return sorted(labels)
 
 
@@ -182,7 +306,7 @@ def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: flo
     first_line = 2 if header is not None and isinstance(source, (str, os.PathLike)) else 0
     cols = [_column(c, header, what) for c, what in ((fn_col, "fn_col"), (label_col, "label_col"))]
     valid_at = _column(valid_col, header, "valid_col") if valid_col is not None else None
-    files, names, splits = [], [], []
+    files, names, splits, keys, lines, ids = [], [], [], [], [], []
     for i, row in enumerate(rows):
         where = row_name.format(i + first_line)
         if len(row) <= max(cols + [valid_at or 0]):
@@ -190,15 +314,21 @@ def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: flo
         name, label = (str(row[c] if row[c] is not None else "").strip() for c in cols)
         if not label:
             raise ValueError(f"{where}: the label ({label_col!r}) is empty: give every image a class")
-        file = os.path.join(os.path.abspath(folder), name)
-        if not name or not os.path.isfile(file):
+        file = os.path.normpath(os.path.join(os.path.abspath(folder), name))
+        st = _stat(file) if name else None
+        if st is None or not stat.S_ISREG(st.st_mode):
             raise FileNotFoundError(f"{where}: image file {file} does not exist (file names are relative to {folder})")
+        ids.append((st.st_dev, st.st_ino))
         files.append(file)
         names.append(label)
         splits.append("valid" if valid_at is not None and _is_valid(row[valid_at], where) else "train")
+        keys.append(split_key(file, os.path.abspath(folder)))
+        lines.append(i + first_line)
+    _check_each_file_once(files, ids, names, splits, lines, row_name)
     if not files:
         raise ValueError(f"{row_name.format('s')} list no images")
     classes = _natural_order(set(names))
+    check_distinct_names(classes, f"the labels ({label_col!r})", "write each class one way")
     missing = sorted(set(classes) - {n for n, s in zip(names, splits) if s == "train"})
     if missing:
         raise ValueError(f"class {missing[0]!r} has no training rows (all its rows are marked valid): a class needs "
@@ -208,26 +338,107 @@ def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: flo
                          f"rows, or use valid_pct= for a random split")
     _check_two_classes(classes, "the CSV")
     index = {c: i for i, c in enumerate(classes)}
-    return LabelledFiles(files, [index[n] for n in names], splits, classes)
+    return LabelledFiles(files, [index[n] for n in names], splits, classes, keys, "csv")
+
+
+def _stat(file: str) -> os.stat_result | None:
+    try:
+        return os.stat(file)
+    except OSError:
+        return None
+
+
+def _check_each_file_once(files: list[str], ids: list[tuple], labels: list[str], splits: list[str], lines: list[int],
+                          row_name: str) -> None:
+    """A CSV that lists one image twice (under two names too, such as `a.jpg` and `./a.jpg` or a link to it:
+    `ids` are the files' (device, inode)) is an error naming the image and both rows: under two labels, in
+    both splits, or twice alike."""
+    first: dict[tuple, int] = {}
+    for i, file_id in enumerate(ids):
+        file = files[i]
+        j = first.setdefault(file_id, i)
+        if j == i:
+            continue
+        rows = row_name.format(f"{lines[j]} and {lines[i]}")  # e.g. "labels.csv line 3 and 7"
+        same = file if files[j] == file else f"{files[j]} (also listed as {file})"
+        if labels[i] != labels[j]:
+            raise ValueError(f"{rows} list the image {same} under two labels, {labels[j]!r} and {labels[i]!r}: an "
+                             f"image has one class; keep the right row")
+        if splits[i] != splits[j]:
+            raise ValueError(f"{rows} list the image {same} both for training and for validation: a model would "
+                             f"be validated on an image it trained on; keep one row")
+        raise ValueError(f"{rows} list the image {same} twice: list each image once (a repeated row counts the "
+                         f"image twice in training or validation)")
+
+
+SPLIT_RULE = "blake2b-64('{seed}:{key}') / 2**64 < valid_pct"  # recorded with exports: change it, change its name
+
+
+def split_fraction(key: str, seed: int) -> float:
+    """A number in [0, 1) fixed by `key` and `seed` alone, evenly spread: `stable_split` puts the item in
+    validation when it is below `valid_pct`."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") / 2**64
+
+
+def stable_split(items: LabelledFiles, valid_pct: float, seed: int) -> tuple[list[str], dict[str, list[str]]]:
+    """Mark about `valid_pct` of the training items as "valid", each decided by its own key and `seed`
+    (`split_fraction(key, seed) < valid_pct`), so that adding or removing items never moves another one
+    between training and validation. The share is `valid_pct` on average, not exactly, and per class too.
+
+    Two fixes for tiny sets, which are the only exceptions to that stability: a class whose every item fell
+    in validation keeps its last one (the highest fraction) for training, and a set with no validation item
+    gets the training item with the lowest fraction from a class that keeps another. Returns the splits and
+    the keys moved so ({"to_train": [...], "to_valid": [...]}, which an export records)."""
+    if not 0 < valid_pct < 1:
+        raise ValueError(f"valid_pct={valid_pct}: give a fraction between 0 and 1 (e.g. 0.2)")
+    if items.keys is None:
+        raise ValueError("stable_split needs a key per item (LabelledFiles.keys)")
+    fraction = {i: split_fraction(items.keys[i], seed) for i, s in enumerate(items.splits) if s == "train"}
+    splits = ["valid" if i in fraction and fraction[i] < valid_pct else s for i, s in enumerate(items.splits)]
+    moved: dict[str, list[str]] = {"to_train": [], "to_valid": []}
+    by_class: dict[int, list[int]] = {}
+    for i in fraction:
+        by_class.setdefault(items.labels[i], []).append(i)
+    spare = [i for members in by_class.values() if len(members) > 1 for i in members]
+    if not spare:
+        raise ValueError(f"valid_pct={valid_pct} leaves no validation images ({len(items.files)} images, one per "
+                         f"class): add images")
+    emptied = []
+    for c, members in by_class.items():
+        if all(splits[i] == "valid" for i in members):
+            keep = max(members, key=fraction.get)
+            splits[keep] = "train"
+            moved["to_train"].append(items.keys[keep])
+            emptied.append(f"{items.classes[c]!r} ({len(members)})")
+    if emptied:
+        warnings.warn(f"valid_pct={valid_pct} put every training image of {len(emptied)} class"
+                      f"{'es' if len(emptied) > 1 else ''} in validation ({', '.join(emptied[:5])}); one of each is "
+                      f"kept for training ({', '.join(moved['to_train'][:5])}), and may move to validation when "
+                      f"its class grows: add images to small classes", stacklevel=3)
+    if "valid" not in splits:
+        first = min(spare, key=fraction.get)
+        splits[first] = "valid"
+        moved["to_valid"].append(items.keys[first])
+    return splits, moved
 
 
 def random_split(items: LabelledFiles, valid_pct: float, seed: int) -> list[str]:
-    """Mark a random `valid_pct` of each class's training items as "valid" (stratified, reproducible by
-    `seed`); every class keeps at least one training item."""
-    if not 0 < valid_pct < 1:
-        raise ValueError(f"valid_pct={valid_pct}: give a fraction between 0 and 1 (e.g. 0.2)")
-    g = torch.Generator().manual_seed(seed)
-    splits = list(items.splits)
-    labels = torch.tensor(items.labels)
-    train = torch.tensor([s == "train" for s in splits])
-    for c in range(len(items.classes)):
-        members = torch.nonzero(train & (labels == c)).flatten()
-        n_valid = min(round(len(members) * valid_pct), len(members) - 1)
-        for i in members[torch.randperm(len(members), generator=g)[:n_valid]].tolist():
-            splits[i] = "valid"
-    if "valid" not in splits:
-        raise ValueError(f"valid_pct={valid_pct} leaves no validation images ({len(items.files)} images): raise it")
-    return splits
+    """The splits of `stable_split` (the name this module had before splits were stable)."""
+    return stable_split(items, valid_pct, seed)[0]
+
+
+def in_training(key: str, split: dict) -> bool:
+    """Whether the item named `key` was a training item under a split that an export records
+    ({"rule", "valid_pct", "seed", "moved_to_train", "moved_to_valid"}, as `_from_files` writes it)."""
+    if split.get("rule") != SPLIT_RULE:
+        raise ValueError(f"the split rule {split.get('rule')!r} is not this slowlearn's ({SPLIT_RULE}): upgrade "
+                         f"slowlearn to tell which images the model trained on")
+    if key in split.get("moved_to_train", ()):
+        return True
+    if key in split.get("moved_to_valid", ()):
+        return False
+    return split_fraction(key, split["seed"]) >= split["valid_pct"]
 
 
 def image_files(folder_or_files: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Path]:
@@ -253,6 +464,14 @@ def class_folder(file: str | os.PathLike, root: str | os.PathLike) -> str | None
     lying directly in `root`."""
     parts = Path(os.path.relpath(file, root)).parts
     return parts[0] if len(parts) > 1 else None
+
+
+def class_folder_key(file: Path, root: Path | None, classes) -> str:
+    """The `stable_split` key that `image_folder` gave `file` if it trained on the folder it lies in: its path
+    under `root` when `root` holds its class folder (as `class_of_file` decides), else "<its folder>/<name>"."""
+    if root is not None and class_folder(file, root) in classes:
+        return split_key(file, root)
+    return f"{file.parent.name}/{file.name}"
 
 
 def class_of_file(file: Path, root: Path | None, classes) -> str:

@@ -122,12 +122,16 @@ class DataLoaders:
     `dls.train`, `dls.valid`, and `dls["train"]`, `dls["valid"]`, `dls["test"]` as in the seeds.
     `dls.resize` is how the loaders brought images of other sizes to theirs ({"method", "interpolation"}
     as in `Preprocessing`), or None when they did not resize: predictions on new images resize alike.
+    `dls.split` is how a `valid_pct` split was drawn ({"rule", "valid_pct", "seed", "keys"}, see
+    `labels.stable_split`), or None when the data came split: exports record it.
     """
 
-    def __init__(self, train, valid, test=None, classes: Sequence[str] | None = None, resize: dict | None = None):
+    def __init__(self, train, valid, test=None, classes: Sequence[str] | None = None, resize: dict | None = None,
+                 split: dict | None = None):
         self.train, self.valid, self.test = train, valid, test
         self.classes = list(classes) if classes is not None else None
         self.resize = resize
+        self.split = split
 
     def show_batch(self, n: int = 16, split: str = "train"):
         """The first `n` images of a batch from `dls[split]` with their class names (a matplotlib Figure)."""

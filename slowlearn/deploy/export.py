@@ -14,12 +14,21 @@ Format (version 1): a `torch.export` archive (a zip, `.pt2`, as `torch.export.sa
   as a dict: `kind` ("image"), `channels`, `size` [h, w], `scale` (1/255: uint8 to [0, 1]), `mean` and
   `std` (per channel, applied after the scaling), `resize` (how the training images were resized:
   {"method": "crop" | "squish", "interpolation": "bilinear"}, or null: inputs must have `size`).
-  `metadata`: slowlearn and torch versions, the date (UTC, ISO 8601), the model's class name, and
-  the last row of the training history (final metrics).
+  `metadata`: slowlearn and torch versions, the date (UTC, ISO 8601), the model's class name, the
+  last row of the training history (final metrics), and `split`: how a `valid_pct` split was drawn
+  (`dls.split`: {"rule", "valid_pct", "seed", "keys"}, null when the data came split), so that
+  `Predictor.trained_on` / `slowlearn evaluate` can tell the images the model trained on.
+
+The graph's nodes carry no metadata: torch.export records stack traces (the exporting machine's file
+paths and source lines), module class names and provenance, which loading does not need; they are
+dropped before saving.
 
 So a model input is `(pixels * scale - mean) / std` with pixels uint8 0-255, C x H x W.
 
-Loading (`read_export`) reads the whole file into memory once, then refuses anything that would make
+Loading (`read_export`) reads the whole file into memory once and bounds what inflating it costs before
+inflating anything: from the archive's directory, every record must be stored or deflated at most 100:1
+(a small file claiming gigabytes is refused), then each weight record must hold exactly the bytes that
+its tensors' shapes and dtypes take. It then refuses anything that would make
 `torch.export.load` unpickle (pickled weights or constants, custom objects, legacy weight files, a
 non-empty sample-inputs record), or evaluate text from the file (symbolic shape expressions other than
 plain sympy symbols and integers, guard code), or call anything other than aten operators and
@@ -56,6 +65,9 @@ _MEMBERS = re.compile(r"(archive_format|archive_version|byteorder|\.data/version
                       r"models/model\.json|data/sample_inputs/model\.pt|extra/slowlearn\.json|"
                       r"data/weights/(model_weights_config\.json|weight_\d+)|"
                       r"data/constants/(model_constants_config\.json|tensor_\d+))")
+_TRACE_META = ("stack_trace", "nn_module_stack", "source_fn_stack", "torch_fn", "custom", "from_node")
+_MAX_RATIO = 100  # a member deflated more than this is refused: real weights and JSON compress far less
+_SLACK = 1 << 16  # bytes any member may hold beyond the ratio (small JSON records compress well)
 _OPERATORS = {f"_operator.{name}" for name in ("getitem", "add", "sub", "mul", "floordiv", "truediv", "mod", "neg",
                                                "pow", "eq", "ne", "lt", "le", "gt", "ge")}
 # What torch writes in symbolic shapes (sympy's srepr): classes that only build expressions, and their flags
@@ -111,7 +123,8 @@ def _meta(learn, model: nn.Module, prep: Preprocessing) -> dict:
             "metadata": {"slowlearn": __version__, "torch": torch.__version__,
                          "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                          "model": type(model).__name__,
-                         "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float, str))}}}
+                         "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float, str))},
+                         "split": getattr(learn.dls, "split", None)}}
 
 
 def _check_one_output_per_class(model: nn.Module, prep: Preprocessing, classes: list[str]) -> None:
@@ -139,7 +152,31 @@ def export_program(model: nn.Module, prep: Preprocessing) -> torch.export.Export
                            f"tensor values or on the batch size cannot be exported; see torch.export's docs)") from e
     program.example_inputs = None  # else saved as a pickle
     program._guards_code = []  # Python source run at load; the Predictor checks input shapes itself
+    for node in program.graph.nodes:  # stack traces (this machine's file paths and source lines), module classes
+        for key in _TRACE_META:
+            node.meta.pop(key, None)
+    _compact_storages(program)
     return program
+
+
+def _compact_storages(program: torch.export.ExportedProgram) -> None:
+    """A weight that is a view of a larger tensor is saved as its own copy: torch writes a tensor's whole
+    storage, and loading refuses a weight record larger than the weights it holds (`_check_tensor_records`)."""
+    for table in (program.state_dict, program.constants):
+        for name, t in list(table.items()):
+            if isinstance(t, torch.Tensor) and t.untyped_storage().nbytes() > _extent(t.shape, t.stride(),
+                                                                                     t.storage_offset(),
+                                                                                     t.element_size()):
+                copy_ = t.detach().clone()
+                table[name] = nn.Parameter(copy_, requires_grad=t.requires_grad) if isinstance(t, nn.Parameter) \
+                    else copy_
+
+
+def _extent(shape, strides, offset: int, itemsize: int) -> int:
+    """Bytes of storage a tensor reaches: from the storage's start to past its last element (0 if empty)."""
+    if any(n == 0 for n in shape):
+        return 0
+    return (offset + sum((n - 1) * st for n, st in zip(shape, strides)) + 1) * itemsize
 
 
 def _write_onnx(model: nn.Module, prep: Preprocessing, meta: dict, path: Path) -> None:
@@ -163,14 +200,18 @@ def read_export(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, 
         raise FileNotFoundError(f"{path}: no such model file (write one with learn.export or `slowlearn export`)")
     data = path.read_bytes()
     try:
-        archive = zipfile.ZipFile(io.BytesIO(data))
-        damaged = archive.testzip()
+        archive = zipfile.ZipFile(io.BytesIO(data))  # reads the archive's directory only
     except (zipfile.BadZipFile, EOFError, OSError) as e:
         raise ExportError(f"{path} is not a slowlearn export, or it is truncated or damaged ({e}). "
                           f"Export the model again.") from None
+    _check_declared_sizes(archive, path)  # before anything is inflated
+    meta = _check_archive(archive, path)
+    try:
+        damaged = archive.testzip()
+    except (zipfile.BadZipFile, EOFError, OSError) as e:
+        raise ExportError(f"{path} is truncated or damaged ({e}). Export the model again.") from None
     if damaged is not None:
         raise ExportError(f"{path} is damaged (record {damaged} fails its checksum). Export the model again.")
-    meta = _check_archive(archive, path)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -196,11 +237,64 @@ def _check_archive(archive: zipfile.ZipFile, path: Path) -> dict:
     _check_program(_json(archive, f"{root}models/model.json", path), path)
     if archive.getinfo(f"{root}data/sample_inputs/model.pt").file_size:
         raise _refused(path, "a sample-inputs record, which torch.export.load unpickles")
-    for config in ("data/weights/model_weights_config.json", "data/constants/model_constants_config.json"):
-        for name, payload in _json(archive, root + config, path).get("config", {}).items():
+    for folder, config in (("data/weights/", "model_weights_config.json"),
+                           ("data/constants/", "model_constants_config.json")):
+        payloads = _json(archive, root + folder + config, path).get("config", {})
+        for name, payload in payloads.items():
             if payload.get("use_pickle") or payload.get("tensor_meta") is None:
                 raise _refused(path, f"{name} stored as a pickle")
+        _check_tensor_records(archive, root + folder, payloads, path)
     return meta
+
+
+def _check_declared_sizes(archive: zipfile.ZipFile, path: Path) -> None:
+    """Every record's size as the archive's directory declares it: stored or deflated, and not inflating to
+    more than `_MAX_RATIO` times its compressed bytes (a zip bomb: a small file claiming gigabytes)."""
+    for info in archive.infolist():
+        if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+            raise _refused(path, f"a record {info.filename} compressed with method {info.compress_type} (torch "
+                                 f"writes records uncompressed)")
+        stored = info.compress_type == zipfile.ZIP_STORED
+        if (stored and info.file_size != info.compress_size) or info.file_size > _MAX_RATIO * info.compress_size \
+                + _SLACK:
+            raise _refused(path, f"a record {info.filename} that claims {_bytes(info.file_size)} from "
+                                 f"{_bytes(info.compress_size)} in the file (a decompression bomb)")
+
+
+def _check_tensor_records(archive: zipfile.ZipFile, folder: str, payloads: dict, path: Path) -> None:
+    """Each weight (or constant) record holds exactly the bytes that the shapes and dtypes of the tensors read
+    from it take, and the folder holds no record that no tensor reads."""
+    from torch._export.serde.serialize import deserialize_scalar_type  # the archive's dtype numbers
+    needed: dict[str, int] = {}
+    for name, payload in payloads.items():
+        meta = payload["tensor_meta"]
+        try:
+            ints = [[d["as_int"] for d in meta[k]] for k in ("sizes", "strides")]
+            itemsize = deserialize_scalar_type(meta["dtype"]).itemsize
+            extent = _extent(*ints, meta["storage_offset"]["as_int"], itemsize)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise _refused(path, f"a tensor {name} whose shape or type is not plain ({type(e).__name__}: {e})") \
+                from None
+        if any(n < 0 for n in ints[0]) or extent < 0:
+            raise _refused(path, f"a tensor {name} of shape {ints[0]}")
+        record = str(payload.get("path_name"))
+        needed[record] = max(needed.get(record, 0), extent)
+    for record, n in needed.items():
+        try:
+            declared = archive.getinfo(folder + record).file_size
+        except KeyError:
+            raise _refused(path, f"no record {folder + record}, which its tensors read") from None
+        if declared != n:
+            raise _refused(path, f"a record {folder + record} of {_bytes(declared)} where its tensors' shapes and "
+                                 f"types take {_bytes(n)}")
+    unread = [n for n in archive.namelist() if n.startswith(folder) and not n.endswith(".json")
+              and n[len(folder):] not in needed]
+    if unread:
+        raise _refused(path, f"records no tensor reads ({', '.join(unread[:3])})")
+
+
+def _bytes(n: int) -> str:
+    return f"{n} bytes" if n < 2**20 else f"{n / 2**20:.1f} MiB" if n < 2**30 else f"{n / 2**30:.1f} GiB"
 
 
 def _check_program(program: dict, path: Path) -> None:
@@ -250,6 +344,8 @@ def _plain_expression(text: str) -> bool:
 def _json(archive: zipfile.ZipFile, name: str, path: Path):
     try:
         return json.loads(archive.read(name))
+    except (zipfile.BadZipFile, EOFError) as e:  # a record that fails its checksum or is cut short
+        raise ExportError(f"{path} is damaged (record {name}: {e}). Export the model again.") from None
     except (KeyError, ValueError) as e:
         raise ExportError(f"{path} is not a readable slowlearn export: record {name} is missing or not JSON ({e})"
                           ) from None

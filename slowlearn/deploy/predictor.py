@@ -13,7 +13,8 @@ from typing import NamedTuple
 
 import torch
 
-from ..data import IMAGE_SUFFIXES, Preprocessing, as_items, class_of_file, image_files, to_batch
+from ..data import (IMAGE_SUFFIXES, Preprocessing, as_items, class_folder_key, class_of_file, image_files, in_training,
+                    to_batch)
 from ..device import default_device
 from .export import ExportError, read_export
 from .inference import Prediction, prediction
@@ -68,17 +69,30 @@ class Predictor:
         items, _ = as_items(items, self.preprocessing)
         return prediction(self._probs(items, bs), self.classes, single=False)
 
-    def get_preds(self, folder_or_files, bs: int = 256) -> FilePreds:
+    def get_preds(self, folder_or_files, bs: int = 256, held_out: bool = False) -> FilePreds:
         """Probabilities for every image in a folder (recursively) or in a list of files, with the true classes
-        where the folders name them (as `image_folder` labels its images)."""
+        where the folders name them (as `image_folder` labels its images). `held_out=True` leaves out the
+        images that the model trained on if this is the folder it was trained on (see `trained_on`)."""
         files = image_files(folder_or_files)
         if not files:
             raise FileNotFoundError(f"No image files in {folder_or_files} (looked for {sorted(IMAGE_SUFFIXES)})")
         root = Path(folder_or_files) if isinstance(folder_or_files, (str, os.PathLike)) else None
         root = root if root is not None and root.is_dir() else None
+        if held_out:
+            files = [f for f in files if not self.trained_on(f, root)]
         index = {name: i for i, name in enumerate(self.classes)}
-        targets = torch.tensor([index.get(class_of_file(f, root, index), -1) for f in files])
+        targets = torch.tensor([index.get(class_of_file(f, root, index), -1) for f in files], dtype=torch.long)
         return FilePreds(files, self._probs(files, bs), targets)
+
+    def trained_on(self, file: str | os.PathLike, root: str | os.PathLike | None = None) -> bool:
+        """Whether the model trained on `file`, if `root` (the folder holding its class folder, or None) is the
+        folder of class folders it was trained on with `valid_pct`: the export records that split's rule, which
+        decides each image by its path under that folder. False when the export records no such split (the
+        data came split into folders, or was a CSV or a Hugging Face dataset)."""
+        split = self.metadata.get("split")
+        if not split or split.get("keys") != "class-folder":
+            return False
+        return in_training(class_folder_key(Path(file), Path(root) if root is not None else None, self.classes), split)
 
     def _probs(self, items: list, bs: int = 256) -> torch.Tensor:
         if not items:

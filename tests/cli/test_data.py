@@ -56,7 +56,7 @@ def test_train_runs_on_a_folder(tmp_path, capsys):
     (["--data", "{root}/labels.csv", "--images", "{root}"], "--data {root}/labels.csv: no such CSV file"),
     (["--data", "{csv}"], "--data {csv}: give --valid-pct 0.2 (a random split) or --valid-col COLUMN"),
     (["--data", "{root}"], "{root} has no train/ folder"),
-    (["--data", "{root}", "--valid-pct", "0.2", "--n-train", "99"], "n_train=99: there are 9 images to choose from"),
+    (["--data", "{root}", "--valid-pct", "0.2", "--n-train", "99"], "n_train=99: there are 10 images to choose from"),
     (["--data", "{mixed}", "--valid-pct", "0.2"], "different sizes"),
 ])
 def test_mistakes_exit_2_with_one_line(tmp_path, capsys, argv, message, no_decoding, monkeypatch):

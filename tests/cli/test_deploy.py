@@ -86,6 +86,26 @@ def test_evaluate_prints_loss_and_accuracy_and_saves_the_confusion_matrix(run, c
     assert (tmp_path / "confusion_matrix.png").stat().st_size > 1000
 
 
+def test_evaluate_on_the_folder_a_model_split_with_valid_pct_leaves_out_its_training_images(capsys, tmp_path,
+                                                                                           monkeypatch):
+    """Issue 23, rule 6: evaluate reported accuracy over images 75 % of which the model trained on, without a word."""
+    monkeypatch.setenv("SLOWLEARN_DATA", str(tmp_path / "data"))
+    root = make_folder(tmp_path / "pets", n_per_class=8, splits=("",))
+    dls = image_folder(root, valid_pct=0.25, bs=8, device="cpu", verbose=False)
+    torch.manual_seed(0)
+    Learner(seed_cnn(in_channels=3, n_classes=3), dls, lr=0.05).fit(1).export(tmp_path / "model.pt2")
+    n_valid, n_train = len(dls.valid.x), len(dls.train.x)
+    code, out, err = cli(capsys, "evaluate", tmp_path / "model.pt2", "--data", root, "--out", tmp_path / "eval")
+    assert code == 0, err
+    assert out.startswith(f"{n_valid} images in {root}: loss ")
+    assert (f"Note: the model was trained with --valid-pct 0.25 (seed 0); {n_train} of the 24 images are ones that "
+            f"split put in training, so they were left out (pass --include-training") in out
+    code, out, err = cli(capsys, "evaluate", tmp_path / "model.pt2", "--data", root, "--out", tmp_path / "eval",
+                         "--include-training")
+    assert code == 0 and out.startswith(f"24 images in {root}: loss ")
+    assert f"if {root} is the folder it trained on, it trained on {n_train} of these 24 images" in out
+
+
 def test_user_mistakes_exit_2_with_one_line(run, capsys, tmp_path):
     root, tmp, _ = run
     (tmp_path / "notes.pt2").write_text("not a model")

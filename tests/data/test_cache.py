@@ -1,13 +1,18 @@
 """The decoded-image cache: reused only when nothing changed, rebuilt when anything did or it is damaged."""
+import fcntl
 import os
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 import torch
 from images import data_folder, make_folder, pixels, save  # noqa: F401 (data_folder: an autouse fixture)
 
 import slowlearn.data.images
+import slowlearn.data.labels
+from slowlearn.data.cache import remove_stale_partials
 from slowlearn.data.images import image_folder
 
 
@@ -112,3 +117,76 @@ def test_a_full_disk_while_writing_the_cache_is_a_warning(tmp_path, monkeypatch)
     with pytest.warns(UserWarning, match="Could not write the image cache .*unexpected pos"):
         assert len(load(root).train.x) == 12
     assert not list((tmp_path / "slowlearn-data" / "image-cache").iterdir())  # no temporary file left behind
+
+
+KILLED_WRITER = """
+import sys, time
+import slowlearn.data.cache as cache
+from slowlearn.data.images import image_folder
+
+def save_then_hang(obj, path):  # a cache write that is killed halfway
+    with open(path, "wb") as f:
+        f.write(bytes(1 << 20))
+    print("writing", flush=True)
+    time.sleep(60)
+
+cache.torch.save = save_then_hang
+image_folder(sys.argv[1], bs=4, device="cpu", verbose=False)
+"""
+
+
+def start_python(code, *args, env):
+    return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+
+
+def test_a_cache_write_killed_halfway_leaves_nothing_after_the_next_load(tmp_path, data_folder):
+    """Issue 23, rule 7: SIGKILL during the cache write left a dataset-sized .tmp, forever, one per kill."""
+    root = make_folder(tmp_path / "pets")
+    env = {**os.environ, "SLOWLEARN_DATA": str(data_folder), "PYTHONPATH": os.pathsep.join(sys.path)}
+    for _ in range(2):
+        writer = start_python(KILLED_WRITER, root, env=env)
+        try:
+            assert writer.stdout.readline() == "writing\n", writer.stderr.read()
+        finally:
+            writer.kill()
+            writer.wait(timeout=60)
+    cache = data_folder / "image-cache"
+    assert len(list(cache.glob("*.tmp"))) == 1  # the second killed write removed the first one's leftover
+    load_once = "import sys; from slowlearn.data.images import image_folder; image_folder(sys.argv[1], verbose=False)"
+    next_load = subprocess.run([sys.executable, "-c", load_once, str(root)], env=env, capture_output=True, text=True,
+                               timeout=120, check=False)
+    assert next_load.returncode == 0, next_load.stderr
+    assert [p.suffix for p in cache.iterdir()] == [".pt"]  # the cache, and no leftover
+
+
+def test_a_partial_file_being_written_is_kept_and_other_files_are_never_touched(tmp_path):
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    busy, dead, foreign = folder / "partial-abc-1.tmp", folder / "partial-abc-2.tmp", folder / "notes.tmp"
+    for path in (busy, dead, foreign):
+        path.write_bytes(b"x")
+        os.utime(path, (1, 1))  # long before this process started
+    with open(busy, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)  # as a live writer holds its file
+        assert remove_stale_partials(folder) == [dead]
+    assert busy.exists() and foreign.exists()
+    assert remove_stale_partials(folder) == [busy]  # once its writer is gone
+    new = folder / "partial-abc-3.tmp"
+    new.write_bytes(b"x")  # just created, not locked yet: left to its writer
+    assert remove_stale_partials(folder) == [] and new.exists()
+
+
+def test_a_cache_written_under_another_split_rule_is_never_served_for_this_one(tmp_path, decodes, monkeypatch):
+    """Issue 23, rule 1: the split rule changed (a hash per file instead of a random permutation). The cache holds
+    pixels in listing order, independent of the split, and a subset's cache is checked against its exact files,
+    so an old rule's cache can only be served where it holds the same images."""
+    root = make_folder(tmp_path / "pets", n_per_class=6, splits=("",))
+    fresh = load(root, valid_pct=0.5, n_train=4, cache_dir=tmp_path / "fresh")
+    with monkeypatch.context() as m:  # an older rule: other images in the subset
+        m.setattr(slowlearn.data.labels, "split_fraction", lambda key, seed: 0.9 if key.endswith(("0.png", "1.png"))
+                  else 0.1)
+        load(root, valid_pct=0.5, n_train=4)
+    assert len(decodes) == 2
+    again = load(root, valid_pct=0.5, n_train=4)
+    assert len(decodes) == 3 and torch.equal(again.train.x, fresh.train.x) and torch.equal(again.valid.x, fresh.valid.x)

@@ -35,9 +35,29 @@ def test_a_dataset_dict_and_valid_pct():
     both = datasets.DatasetDict({"train": fashion_like(12), "test": fashion_like(6)})
     assert len(from_hf(both, device="cpu", verbose=False).valid.x) == 6
     split = from_hf(fashion_like(30), valid_pct=0.2, device="cpu", verbose=False, size=4)
-    with_test = datasets.DatasetDict({"train": fashion_like(30), "test": fashion_like(6)})
-    assert len(from_hf(with_test, valid_pct=0.2, device="cpu", verbose=False).valid.x) == 6  # of train's 30, not test
-    assert (len(split.train.x), len(split.valid.x)) == (24, 6) and split.train.x.shape[-2:] == (4, 4)
+    with_test = datasets.DatasetDict({"train": fashion_like(30), "test": fashion_like(6, offset=50)})
+    from_train = from_hf(with_test, valid_pct=0.2, device="cpu", verbose=False).valid.x
+    assert len(from_train) == len(split.valid.x) and (from_train[:, 0, 1, 1] < 150).all()  # of train's 30, not test
+    assert len(split.train.x) + len(split.valid.x) == 30 and 2 <= len(split.valid.x) <= 12
+    assert split.train.x.shape[-2:] == (4, 4) and split.split["keys"] == "content"
+
+
+def test_valid_pct_puts_each_image_by_its_content_so_added_rows_move_no_other():
+    """The rule of image folders (issue 23, rule 1) for datasets, whose rows have no path: a digest of the image."""
+    def valid_images(ds):
+        dls = from_hf(ds, valid_pct=0.25, device="cpu", verbose=False)
+        return {int(v) for v in dls.valid.x[:, 0, 1, 1]}, {int(v) for v in dls.train.x[:, 0, 1, 1]}
+    valid, train = valid_images(fashion_like(40))
+    grown_valid, grown_train = valid_images(datasets.concatenate_datasets([fashion_like(3, offset=100),
+                                                                            fashion_like(40)]))
+    assert valid <= grown_valid and train <= grown_train  # rows added in front: no image changed sides
+
+
+def test_string_labels_that_name_one_class_two_ways_are_refused():
+    ds = datasets.Dataset.from_dict({"image": [np.full((2, 2), i, dtype=np.uint8) for i in range(4)],
+                                     "label": ["1", "01", "2", "2"]})
+    with pytest.raises(ValueError, match=r"the label column 'label': the classes '01' and '1' differ only by leading"):
+        from_hf(ds, valid_pct=0.5)
 
 
 def test_string_labels_and_array_images():

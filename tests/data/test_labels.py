@@ -1,12 +1,15 @@
 """Which files, labels and splits an image folder or CSV gives, and the errors before any decoding."""
 import csv
+import os
+import shutil
 
 import pytest
 import torch
-from images import CLASSES, data_folder, make_folder, pixels  # noqa: F401 (data_folder: an autouse fixture)
+from images import CLASSES, data_folder, make_folder, pixels, save  # noqa: F401 (data_folder: an autouse fixture)
 
 from slowlearn.data.images import image_csv, image_folder
-from slowlearn.data.labels import csv_files, folder_files, random_split
+from slowlearn.data.labels import (SPLIT_RULE, csv_files, folder_files, image_files, images_in, split_fraction,
+                                   stable_split)
 
 
 def test_an_empty_class_folder_is_an_error_not_a_class(tmp_path):
@@ -34,19 +37,81 @@ def test_one_class_is_an_error(tmp_path):
         image_folder(root, valid_pct=0.25, device="cpu")
 
 
-def test_valid_pct_splits_each_class_reproducibly(tmp_path):
+def test_valid_pct_splits_each_image_by_a_hash_of_its_path_and_the_seed(tmp_path):
     root = make_folder(tmp_path / "pets", n_per_class=10, splits=("",))
     items = folder_files(root, None, 0.2)
-    splits = random_split(items, 0.2, seed=0)
-    labels = torch.tensor(items.labels)
-    valid = torch.tensor([s == "valid" for s in splits])
-    assert torch.bincount(labels[valid]).tolist() == [2, 2, 2]  # stratified: 20 % of every class
-    assert random_split(items, 0.2, seed=0) == splits and random_split(items, 0.2, seed=1) != splits
+    splits, moved = stable_split(items, 0.2, seed=0)
+    assert items.keys[:2] == ["cat/0.png", "cat/1.png"] and items.key_kind == "class-folder"
+    assert splits == ["valid" if split_fraction(k, 0) < 0.2 else "train" for k in items.keys]
+    assert moved == {"to_train": [], "to_valid": []}
+    assert 2 <= splits.count("valid") <= 12  # about 20 %: each image decides alone
+    assert stable_split(items, 0.2, seed=0)[0] == splits and stable_split(items, 0.2, seed=1)[0] != splits
     dls = image_folder(root, valid_pct=0.2, device="cpu")
-    assert len(dls.train.x) == 24 and len(dls.valid.x) == 6
+    assert (len(dls.train.x), len(dls.valid.x)) == (splits.count("train"), splits.count("valid"))
     assert torch.equal(dls.train.x[:, 0, 0, 0], dls.train.y) and torch.equal(dls.valid.x[:, 0, 0, 0], dls.valid.y)
     train_images = {tuple(x.flatten().tolist()) for x in dls.train.x}
     assert not any(tuple(x.flatten().tolist()) in train_images for x in dls.valid.x)  # no image in both
+    assert dls.split == {"rule": SPLIT_RULE, "valid_pct": 0.2, "seed": 0, "keys": "class-folder"}
+
+
+def splits_by_key(root, valid_pct, seed=0):
+    items = folder_files(root, None, valid_pct)
+    return dict(zip(items.keys, stable_split(items, valid_pct, seed)[0]))
+
+
+@pytest.mark.parametrize("layout", ["", "train"])
+def test_no_image_changes_split_when_the_folder_grows_or_shrinks(tmp_path, layout):
+    """The issue's case: 80 images, valid_pct=0.25, one more image (a random split moved 17 of 20)."""
+    root = make_folder(tmp_path / "pets", n_per_class=27, splits=(layout,))
+    (root / layout / "frog" / "26.png").unlink()  # 80 images
+    before = splits_by_key(root, 0.25)
+    assert len(before) == 80 and 10 <= list(before.values()).count("valid") <= 30
+    shutil.copy(root / layout / "cat" / "0.png", root / layout / "cat" / "new.png")
+    after = splits_by_key(root, 0.25)
+    assert len(after) == 81 and all(after[k] == s for k, s in before.items())
+    (root / layout / "dog" / "3.png").unlink()
+    (root / layout / "frog" / "extra").mkdir()
+    shutil.copy(root / layout / "cat" / "1.png", root / layout / "frog" / "extra" / "a.png")
+    shrunk = splits_by_key(root, 0.25)
+    assert all(shrunk[k] == s for k, s in before.items() if k in shrunk) and "frog/extra/a.png" in shrunk
+    if layout:  # root/<class>/ and root/train/<class>/ split alike: the keys are paths under the class folders
+        flat = make_folder(tmp_path / "flat", n_per_class=27, splits=("",))
+        (flat / "frog" / "26.png").unlink()
+        assert splits_by_key(flat, 0.25) == before
+
+
+def test_a_grown_folder_validates_on_no_image_the_first_model_trained_on(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=8, splits=("",))
+    first = image_folder(root, valid_pct=0.25, device="cpu", verbose=False)
+    for label, name in enumerate(CLASSES):
+        for i in range(3):
+            image = torch.full((3, 12, 12), 100 + 10 * label + i, dtype=torch.uint8)
+            image[:, 0, 0] = label
+            save(image, root / name / f"more{i}.png")
+    grown = image_folder(root, valid_pct=0.25, device="cpu", verbose=False)
+    trained_on = {tuple(x.flatten().tolist()) for x in first.train.x}
+    assert not any(tuple(x.flatten().tolist()) in trained_on for x in grown.valid.x)
+    validated_on = {tuple(x.flatten().tolist()) for x in first.valid.x}
+    assert validated_on <= {tuple(x.flatten().tolist()) for x in grown.valid.x}
+
+
+def test_tiny_sets_keep_a_training_image_per_class_and_one_validation_image(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("",))
+    items = folder_files(root, None, 0.01)
+    splits, moved = stable_split(items, 0.01, seed=0)  # 1 % of 6 images: none by the hash
+    assert splits.count("valid") == 1 and moved["to_valid"] == [items.keys[splits.index("valid")]]
+    dls = image_folder(root, valid_pct=0.01, device="cpu", verbose=False)
+    assert dls.split["moved_to_valid"] == moved["to_valid"] and len(dls.valid.x) == 1
+    with pytest.warns(UserWarning, match=r"valid_pct=0.99 put every training image of 3 classes in validation \('cat' "
+                                         r"\(2\), 'dog' \(2\), 'frog' \(2\)\); one of each is kept for training "
+                                         r"\(cat/\d.png, dog/\d.png, frog/\d.png\)"):
+        splits, moved = stable_split(items, 0.99, seed=0)
+    assert len(moved["to_train"]) == 3 and [s for s in splits].count("train") == 3
+    assert {items.labels[i] for i, s in enumerate(splits) if s == "train"} == {0, 1, 2}
+    for name in CLASSES:
+        (root / name / "1.png").unlink()
+    with pytest.raises(ValueError, match=r"valid_pct=0.01 leaves no validation images \(3 images, one per class"):
+        image_folder(root, valid_pct=0.01)
 
 
 def test_a_flat_layouts_test_folder_is_the_test_split_not_a_class(tmp_path):
@@ -81,7 +146,7 @@ def test_an_unlabelled_test_folder_is_left_out_with_a_warning(tmp_path):
 def test_valid_pct_with_train_and_test_folders(tmp_path):
     root = make_folder(tmp_path / "pets")
     dls = image_folder(root, valid_pct=0.25, device="cpu")  # train/ split at random; test/ is the test set
-    assert (len(dls.train.x), len(dls.valid.x), len(dls.test.x)) == (9, 3, 12)
+    assert len(dls.train.x) + len(dls.valid.x) == 12 and len(dls.valid.x) and len(dls.test.x) == 12
     (root / "test").rename(root / "valid")
     with pytest.raises(ValueError, match="valid_pct=0.25 would ignore the validation folder .*valid"):
         image_folder(root, valid_pct=0.25)
@@ -109,7 +174,9 @@ def test_image_csv_with_a_valid_column_and_with_valid_pct(tmp_path):
     assert torch.equal(dls.train.x[3], pixels(root / "dog" / "1.png")) and dls.train.y[3] == 0
 
     split = image_csv(labels_csv, root, valid_pct=0.25, device="cpu")  # columns by number
-    assert len(split.valid.x) == 3 and split.classes == ["2", "9", "10"]
+    in_valid = sum(split_fraction(name, 0) < 0.25 for name, _, _ in rows)  # keyed by the file names in the CSV
+    assert len(split.valid.x) == in_valid and split.classes == ["2", "9", "10"]
+    assert split.split["keys"] == "csv"
     as_rows = image_csv([{"fname": f, "label": c} for f, c, _ in rows], root, fn_col="fname", label_col="label",
                         valid_pct=0.25, device="cpu")  # a list of rows instead of a file
     assert torch.equal(as_rows.valid.x, split.valid.x)
@@ -145,3 +212,84 @@ def test_the_validation_folder_can_be_named(tmp_path):
     assert len(image_folder(root, valid="holdout", device="cpu", verbose=False).valid.x) == 12
     with pytest.raises(FileNotFoundError, match="valid='nope': .*nope is not a folder"):
         image_folder(root, valid="nope")
+
+
+def test_a_symlink_loop_or_a_second_link_lists_each_image_once(tmp_path):
+    """The issue's case: `cat/up -> ..` turned 12 images into 492."""
+    root = make_folder(tmp_path / "pets", n_per_class=4, splits=("",))
+    os.symlink("..", root / "cat" / "up")  # a loop
+    os.symlink(root / "dog", root / "frog" / "dogs")  # a second way into dog's images, from frog's folder
+    os.symlink(root / "dog" / "0.png", root / "cat" / "a-link.png")  # a second name of dog/0.png, sorted first
+    outside = make_folder(tmp_path / "outside", n_per_class=1, splits=("",))
+    os.symlink(outside / "cat", root / "cat" / "more")  # a link to images found nowhere else: followed
+    with pytest.warns(UserWarning, match=r"3 symbolic links or repeated files \(e.g. cat/up -> \.\.\)"
+                                         r".*each image is listed once"):
+        items = folder_files(root, None, 0.25)
+    assert len(items.files) == 13 and len(set(items.files)) == 13
+    assert [CLASSES[c] for f, c in zip(items.files, items.labels) if "dog" in f] == ["dog"] * 4  # real class folder
+    with pytest.warns(UserWarning, match="symbolic link"):
+        assert [str(f) for f in image_files(root)] == images_in(root)
+        assert sorted(images_in(root)) == sorted(items.files)
+    with pytest.warns(UserWarning, match="symbolic link"):
+        dls = image_folder(root, valid_pct=0.25, device="cpu", verbose=False)
+    assert len(dls.train.x) + len(dls.valid.x) == 13
+
+
+def test_images_lying_beside_the_class_folders_are_named_not_dropped_silently(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=3, splits=("",))
+    for name in ("stray.png", "z.jpg"):
+        shutil.copy(root / "cat" / "0.png", root / name)
+    with pytest.warns(UserWarning, match=r"2 images directly in .*pets \(e.g. .*pets/stray.png\), beside its class "
+                                         r"folders: they have no class, so 2 are left out; move each into its class"):
+        items = folder_files(root, None, 0.25)
+    assert len(items.files) == 9
+    layered = make_folder(tmp_path / "layered", n_per_class=2)
+    shutil.copy(layered / "train" / "cat" / "0.png", layered / "train" / "lost.png")
+    with pytest.warns(UserWarning, match=r"1 image directly in .*layered/train \(e.g. .*lost.png\).*it has no class"):
+        folder_files(layered, None, None)
+
+
+@pytest.mark.parametrize("names, message", [
+    (["1", "01", "2"], r"the classes '01' and '1' differ only by leading zeros or spaces"),
+    (["7", "7.0", "8"], r"the classes '7' and '7.0' differ only by leading zeros or spaces"),
+    (["cat", "cat ", "dog"], r"the classes 'cat' and 'cat ' differ only by leading zeros or spaces"),
+])
+def test_class_folders_that_name_one_label_two_ways_are_refused(tmp_path, names, message):
+    root = tmp_path / "digits"
+    for name in names:
+        make_folder(tmp_path / "one", n_per_class=1, splits=("",))
+        shutil.move(tmp_path / "one" / "cat", root / name)
+        shutil.rmtree(tmp_path / "one")
+    with pytest.raises(ValueError, match=f"class folders of .*digits: {message}.*rename or merge the folders"):
+        image_folder(root, valid_pct=0.5)
+
+
+def test_labels_differing_by_case_are_a_warning_and_in_a_csv_by_zeros_an_error(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("",))
+    shutil.copytree(root / "cat", root / "Cat")
+    with pytest.warns(UserWarning, match=r"the classes 'Cat' and 'cat' differ only by case, so they are two classes"):
+        assert folder_files(root, None, 0.5).classes == ["Cat", "cat", "dog", "frog"]
+    rows = [("dog/0.png", "1", 0), ("dog/1.png", "01", 0), ("frog/0.png", "2", 1)]
+    with pytest.raises(ValueError, match=r"the labels \('label'\): the classes '01' and '1' differ only by leading "
+                                         r"zeros.*write each class one way"):
+        csv_files(write_csv(tmp_path / "labels.csv", rows), root, "fname", "label", "is_valid", None)
+
+
+@pytest.mark.parametrize("rows, message", [
+    ([("cat/0.png", "cat", 0), ("dog/0.png", "dog", 1), ("cat/0.png", "dog", 0)],
+     r"labels.csv line 2 and 4 list the image .*cat/0.png under two labels, 'cat' and 'dog'"),
+    ([("cat/0.png", "cat", 0), ("dog/0.png", "dog", 0), ("dog/1.png", "dog", 1), ("cat/0.png", "cat", 1)],
+     r"labels.csv line 2 and 5 list the image .*cat/0.png both for training and for validation"),
+    ([("cat/0.png", "cat", 0), ("dog/0.png", "dog", 1), ("./cat/../cat/0.png", "cat", 0)],
+     r"line 2 and 4 list the image .*cat/0.png twice"),
+    ([("cat/0.png", "cat", 0), ("dog/0.png", "dog", 1), ("cat/link.png", "cat", 0)],
+     r"line 2 and 4 list the image .*cat/0.png \(also listed as .*cat/link.png\) twice"),
+])
+def test_a_csv_listing_one_image_twice_is_refused_naming_the_rows(tmp_path, rows, message):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("",))
+    os.symlink(root / "cat" / "0.png", root / "cat" / "link.png")
+    with pytest.raises(ValueError, match=message):
+        csv_files(write_csv(tmp_path / "labels.csv", rows), root, "fname", "label", "is_valid", None)
+    as_list = [{"fname": f, "label": c} for f, c, _ in rows]
+    with pytest.raises(ValueError, match=r"rows? \d and \d list the image"):
+        image_csv(as_list, root, fn_col="fname", label_col="label", valid_pct=0.5)

@@ -1,6 +1,7 @@
 import io
 import json
 import pickle
+import struct
 import zipfile
 from pathlib import Path
 
@@ -245,3 +246,102 @@ def test_onnx_export_predicts_as_torch(tmp_path):
     logits = torch.from_numpy(session.run(["logits"], {"images": xb.numpy()})[0])
     expected = learn.get_preds().preds
     torch.testing.assert_close(logits.softmax(-1), expected, atol=1e-5, rtol=0)
+
+
+def write_records(dst: Path, records: dict, deflated: dict | None = None) -> Path:
+    """An archive of `records` ({name: bytes}), stored as torch stores them, except those in `deflated`."""
+    with zipfile.ZipFile(dst, "w") as z:
+        for name, data in {**records, **(deflated or {})}.items():
+            z.writestr("archive/" + name, data,
+                       compress_type=zipfile.ZIP_DEFLATED if name in (deflated or {}) else zipfile.ZIP_STORED)
+    return dst
+
+
+def declared_size(src: Path, dst: Path, member: str, size: int) -> Path:
+    """A copy of `src` whose central directory declares `size` bytes for `member` (nothing else changes)."""
+    data = bytearray(src.read_bytes())
+    name = member.encode()
+    at = -1
+    while True:  # the central directory entry of `member`
+        at = data.index(b"PK\x01\x02", at + 1)
+        length = struct.unpack("<H", data[at + 28:at + 30])[0]
+        if data[at + 46:at + 46 + length].endswith(name):
+            break
+    data[at + 24:at + 28] = struct.pack("<I", size)
+    dst.write_bytes(bytes(data))
+    return dst
+
+
+def opened_records(monkeypatch) -> list[str]:
+    """The archive records that get opened (read or inflated) from now on."""
+    names, open_ = [], zipfile.ZipFile.open
+    monkeypatch.setattr(zipfile.ZipFile, "open", lambda self, name, *a, **k: names.append(str(getattr(
+        name, "filename", name))) or open_(self, name, *a, **k))
+    return names
+
+
+def test_a_weight_record_of_deflated_zeros_is_refused_before_anything_is_inflated(export_file, tmp_path, monkeypatch):
+    """Issue 23, rule 5: a 1.1 MB .pt2 whose weight record is 1 GiB of deflated zeros was accepted and inflated
+    twice. Here 64 MiB in 64 KiB of file, and a weight record that holds more bytes than its tensors take."""
+    with zipfile.ZipFile(export_file[1]) as z:
+        records = {n.split("/", 1)[1]: z.read(n) for n in z.namelist()}
+    bomb = write_records(tmp_path / "bomb.pt2", records, {"data/weights/weight_0": bytes(64 << 20)})
+    assert bomb.stat().st_size < 200_000
+    opened = opened_records(monkeypatch)
+    monkeypatch.setattr(torch.export, "load", lambda *a, **k: pytest.fail("torch.export.load was called"))
+    with pytest.raises(ExportError, match=r"Refusing to load .*bomb.pt2: it holds a record archive/data/weights/"
+                                          r"weight_0 that claims 64.0 MiB from \d+ bytes in the file \(a decompression "
+                                          r"bomb\)"):
+        load_learner(bomb)
+    assert opened == []
+    size = len(records["data/weights/weight_0"])
+    padded = write_records(tmp_path / "padded.pt2", {**records, "data/weights/weight_0": bytes(size + 4096)})
+    opened.clear()
+    with pytest.raises(ExportError, match=rf"holds a record archive/data/weights/weight_0 of {size + 4096} bytes "
+                                          rf"where its tensors' shapes and types take {size} bytes"):
+        load_learner(padded)
+    assert not any(name.endswith("weight_0") for name in opened)
+
+
+def test_a_directory_that_declares_a_huge_record_is_refused_unread(export_file, tmp_path, monkeypatch):
+    crafted = declared_size(export_file[1], tmp_path / "huge.pt2", "data/weights/weight_0", 2**30)
+    opened = opened_records(monkeypatch)
+    with pytest.raises(ExportError, match=r"a record archive/data/weights/weight_0 that claims 1.0 GiB from \d+ bytes"):
+        load_learner(crafted)
+    assert opened == []
+
+
+def bigger_tensor(records):
+    """A weight whose shape says 2**40 floats: torch would allocate them for an empty record."""
+    config = json.loads(records["data/weights/model_weights_config.json"])
+    entry = next(iter(config["config"].values()))
+    entry["tensor_meta"]["sizes"] = [{"as_int": 2**20}, {"as_int": 2**20}]
+    entry["tensor_meta"]["strides"] = [{"as_int": 2**20}, {"as_int": 1}]
+    records["data/weights/model_weights_config.json"] = json.dumps(config).encode()
+    records["data/weights/" + entry["path_name"]] = b""
+
+
+def unread_record(records):
+    records["data/weights/weight_99"] = bytes(1000)
+
+
+@pytest.mark.parametrize("craft, reason", [
+    (bigger_tensor, (r"a record archive/data/weights/weight_0 of 0 bytes where its tensors' shapes and types take "
+                     r"4096.0 GiB")),
+    (unread_record, r"records no tensor reads \(archive/data/weights/weight_99\)")])
+def test_a_record_that_disagrees_with_the_tensors_it_holds_is_refused(export_file, tmp_path, craft, reason):
+    crafted = rewrite(export_file[1], tmp_path / "crafted.pt2", craft)
+    with pytest.raises(ExportError, match=f"Refusing to load {crafted}: it holds {reason}"):
+        load_learner(crafted)
+
+
+def test_an_export_carries_no_stack_traces_paths_or_source_lines(export_file):
+    """Issue 23, rule 6: the graph's metadata held the export's stack traces: the training machine's file paths
+    (the virtual environment's, the user's script's) and source lines."""
+    data = export_file[1].read_bytes()
+    assert str(Path(__file__).parent).encode() not in data  # where this test (the "training script") lies
+    assert str(Path(torch.__file__).parent).encode() not in data  # the virtual environment
+    assert b"reshape(2 * n, -1)" not in data and b"stack_trace" not in data  # Net.forward's source line
+    with zipfile.ZipFile(export_file[1]) as z:
+        program = json.loads(z.read("archive/models/model.json"))
+    assert all(node["metadata"] == {} for node in program["graph_module"]["graph"]["nodes"])

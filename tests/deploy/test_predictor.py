@@ -120,6 +120,32 @@ def test_image_folder_with_size_exports_its_resize_rule_and_predicts_other_sizes
     torch.testing.assert_close(predictor.predict(other_size).probs, expected, atol=1e-5, rtol=0)
 
 
+def test_an_export_records_its_split_and_tells_which_images_it_trained_on(tmp_path, monkeypatch):
+    """Issue 23, rule 6: evaluating on the folder a model was trained on with valid_pct counted the images it
+    trained on. The export records the split, and get_preds(held_out=True) leaves them out."""
+    monkeypatch.setenv("SLOWLEARN_DATA", str(tmp_path / "data"))
+    g = torch.Generator().manual_seed(3)
+    for i in range(24):
+        save_png(torch.randint(0, 256, (3, 8, 8), dtype=torch.uint8, generator=g),
+                 tmp_path / "images" / CLASSES[i % 3] / ("nested" if i == 5 else "") / f"{i}.png")
+    dls = image_folder(tmp_path / "images", valid_pct=0.25, seed=7, bs=4, device="cpu", verbose=False)
+    torch.manual_seed(0)
+    learn = Learner(TinyNet(3, 8), dls, lr=0.05).fit(1)
+    predictor = load_learner(learn.export(tmp_path / "model.pt2"), device="cpu")
+    assert predictor.metadata["split"] == dls.split and dls.split["seed"] == 7 and dls.split["valid_pct"] == 0.25
+    every = predictor.get_preds(tmp_path / "images")
+    held_out = predictor.get_preds(tmp_path / "images", held_out=True)
+    assert len(every.files) == 24 and 0 < len(held_out.files) < 24
+
+    def pixels(files):
+        return sorted(tuple(np.array(Image.open(f)).transpose(2, 0, 1).flatten().tolist()) for f in files)
+    assert pixels(held_out.files) == sorted(tuple(x.flatten().tolist()) for x in dls.valid.x)  # exactly validation's
+    assert sum(predictor.trained_on(f, tmp_path / "images") for f in every.files) == len(dls.train.x)
+    unsplit = load_learner(learn.export(tmp_path / "m2.pt2"), device="cpu")
+    unsplit.metadata["split"] = None  # as for data that came split into folders: nothing is left out
+    assert len(unsplit.get_preds(tmp_path / "images", held_out=True).files) == 24
+
+
 @pytest.fixture(scope="module")
 def predictor_and_learner(tmp_path_factory):
     g = torch.Generator().manual_seed(0)
