@@ -70,6 +70,13 @@ def test_python_blocks_run(page, smoke):
         assert shown == {dls.classes[dls.valid.y[0]]}
 
 
+def test_readme_links_point_at_files():
+    links = re.findall(r"\]\(([^)#]+)\)", README.read_text())
+    local = [link for link in links if "://" not in link]
+    assert len(local) >= 10
+    assert [link for link in local if not (ROOT / link).exists()] == []
+
+
 def test_readme_code_reads_tensors_back_from_any_device():
     """`.numpy()` fails on a GPU tensor: the code of the pages, run on a GPU machine, moves it to the CPU first."""
     for page in PAGES:
