@@ -61,8 +61,9 @@ apt_install = if ! command -v apt-get >/dev/null; then echo "apt-get not found: 
 	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
 	  echo "apt-get needs root: $(2)"; exit 0; fi; \
 	echo "Installing $(1) (Debian packages)"; \
-	$$SUDO apt-get install -y -q --no-install-recommends $(1) >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q --no-install-recommends $(1) >/dev/null 2>&1; } || \
+	APT="$$SUDO apt-get -y -q"; \
+	$$APT install --no-install-recommends $(1) >/dev/null 2>&1 || \
+	  { $$APT update >/dev/null 2>&1 && $$APT install --no-install-recommends $(1) >/dev/null 2>&1; } || \
 	  echo "apt-get could not install $(1): $(2)"
 
 # Fashion-MNIST from the Debian package where apt is usable; otherwise slowlearn falls back to

@@ -17,7 +17,8 @@ import griffe
 from latex2mathml.converter import convert
 
 MATH = re.compile(r"^(?P<indent>[ \t]*)\.\. math::[ \t]*\n(?P<body>(?:(?P=indent)[ \t]+\S.*\n?)+)", re.M)
-SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Yields|Raises|Examples?|Attributes|Notes?|Warns|Warnings?)\s*:")
+SECTION = re.compile(r"^(Args|Arguments|Parameters|Returns|Yields|Raises|Examples?|Attributes|Notes?|Warns|Warnings?)"
+                     r"\s*:")
 TABLE = re.compile(r"^(?P<lead>(?!```|>>>|- )\S.*:)[ \t]*\n(?P<rows>(?:[ ]{2,}\S.*\n?)+)", re.M)
 DOCTEST = re.compile(r"^(?P<indent>[ \t]*)>>> .*\n?(?:(?P=indent)\S.*\n?)*", re.M)
 

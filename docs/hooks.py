@@ -15,7 +15,6 @@ from pathlib import Path
 from mkdocs.exceptions import PluginError
 from mkdocs.structure.files import File, Files
 
-ROOT = Path(__file__).resolve().parent.parent
 CLI_PAGE = "reference/cli.md"
 API_ENTRY = re.compile(r"^::: (slowlearn(?:\.\w+)+)\s*$", re.M)
 HEADING_ID = re.compile(r"<h[1-6] id=\"([^\"]+)\"")
@@ -78,8 +77,8 @@ def cli_reference() -> str:
     from slowlearn.cli import parser
     main = parser()
     lines = ["# Command line", "",
-             "Generated from the command line's own definitions (`slowlearn.cli.parser()`); "
-             "`slowlearn COMMAND --help` prints the same. `python -m slowlearn` works too.", "",
+             ("Generated from the command line's own definitions (`slowlearn.cli.parser()`); "
+              "`slowlearn COMMAND --help` prints the same. `python -m slowlearn` works too."), "",
              "```text", usage(main), "```", ""]
     for name, command in subcommands(main).items():
         lines += [f"## slowlearn {name}", "", escape(command.description or ""), "",

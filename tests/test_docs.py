@@ -242,7 +242,7 @@ def test_api_page_draws_the_update_rules(open_page):
 def test_search_finds_fit_one_cycle(open_page):
     page = open_page("")
     page.locator("label.md-search__icon, .md-search__input").first.click()
-    page.locator("input.md-search__input").fill("fit_one_cycle")
+    page.locator("input.md-search__input").press_sequentially("fit_one_cycle")  # keys, as typed (fill: no search)
     results = page.locator(".md-search-result__item")
     results.first.wait_for(timeout=15_000)
     texts = results.all_inner_texts()
