@@ -4,13 +4,21 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 FASHION_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 
-.PHONY: demo test bench bench-gpu speedrun notebooks data install clean
+.PHONY: demo test docs docs-serve bench bench-gpu speedrun notebooks data chromium install clean
 
 demo: install data
 	$(PY) -m slowlearn train --data fashion_mnist --model cnn --epochs 3 --out runs/demo
 
 test: install data
 	$(PY) -m pytest -q tests
+
+# The documentation site, from docs/, the docstrings and the notebooks, into site/ (any warning is an error).
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs build --strict
+
+# The same, served at http://127.0.0.1:8000 and rebuilt on every change (search needs a server, not file://).
+docs-serve: install
+	NO_MKDOCS_2_WARNING=1 $(PY) -m mkdocs serve
 
 # Re-execute every notebook in full (outputs committed) and record what each prints in smoke mode, which
 # tests/test_notebooks.py compares against to catch committed outputs left stale by a code change.
@@ -47,17 +55,27 @@ $(STAMP): settings.ini setup.py
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[dev]"
 	touch $(STAMP)
 
+# $(call apt_install,PACKAGES,WHAT HAPPENS WITHOUT THEM): apt-get install where apt is usable (as root, or with
+# sudo that needs no password), updating the package lists only when the first try fails; never fails itself.
+apt_install = if ! command -v apt-get >/dev/null; then echo "apt-get not found: $(2)"; exit 0; fi; \
+	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
+	  echo "apt-get needs root: $(2)"; exit 0; fi; \
+	echo "Installing $(1) (Debian packages)"; \
+	APT="$$SUDO apt-get -y -q"; \
+	$$APT install --no-install-recommends $(1) >/dev/null 2>&1 || \
+	  { $$APT update >/dev/null 2>&1 && $$APT install --no-install-recommends $(1) >/dev/null 2>&1; } || \
+	  echo "apt-get could not install $(1): $(2)"
+
 # Fashion-MNIST from the Debian package where apt is usable; otherwise slowlearn falls back to
 # torchvision's download at first use, and says how to get the data if that fails too.
 data:
 	@if [ -f $(FASHION_DEB) ]; then exit 0; fi; \
-	if ! command -v apt-get >/dev/null; then echo "apt-get not found: Fashion-MNIST will come from torchvision's download"; exit 0; fi; \
-	if [ "$$(id -u)" = 0 ]; then SUDO=; elif sudo -n true 2>/dev/null; then SUDO="sudo -n"; else \
-	  echo "apt-get needs root: Fashion-MNIST will come from torchvision's download"; exit 0; fi; \
-	echo "Installing Fashion-MNIST (Debian package dataset-fashion-mnist)"; \
-	$$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1 || \
-	  { $$SUDO apt-get update -q >/dev/null 2>&1 && $$SUDO apt-get install -y -q dataset-fashion-mnist >/dev/null 2>&1; } || \
-	  echo "apt-get could not install dataset-fashion-mnist: Fashion-MNIST will come from torchvision's download"
+	$(call apt_install,dataset-fashion-mnist,Fashion-MNIST will come from torchvision's download)
+
+# Chromium (Debian's package) for tests/test_docs.py, which opens the built site in it (and skips without it).
+chromium:
+	@if command -v chromium >/dev/null; then exit 0; fi; \
+	$(call apt_install,chromium,tests/test_docs.py will skip its browser checks)
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache *.egg-info
+	rm -rf $(VENV) runs site .pytest_cache *.egg-info
