@@ -10,7 +10,7 @@ Format (version 1): a `torch.export` archive (a zip, `.pt2`, as `torch.export.sa
   by `data/weights/model_weights_config.json` and `data/constants/model_constants_config.json`.
 - `data/sample_inputs/model.pt`: empty (torch would unpickle it).
 - `extra/slowlearn.json`: `{"format": "slowlearn-export", "version": 1, "classes": [...],
-  "preprocessing": {...}, "metadata": {...}}`. `preprocessing` is `slowlearn.preprocess.Preprocessing`
+  "preprocessing": {...}, "metadata": {...}}`. `preprocessing` is `slowlearn.data.preprocess.Preprocessing`
   as a dict: `kind` ("image"), `channels`, `size` [h, w], `scale` (1/255: uint8 to [0, 1]), `mean` and
   `std` (per channel, applied after the scaling), `resize` (how the training images were resized:
   {"method": "crop" | "squish", "interpolation": "bilinear"}, or null: inputs must have `size`).
@@ -94,7 +94,7 @@ def export_learner(learn, path: str | os.PathLike, format: str = "pt2",
     if prep.kind != "image" and preprocessing is None:
         raise ValueError("learn.export: the training data is not uint8 images in a TensorLoader, so what the model "
                          "takes cannot be read from it; pass preprocessing=Preprocessing(kind='tensor', shape=[...]) "
-                         "(see slowlearn.preprocess)")
+                         "(see slowlearn.data.preprocess)")
     model = copy.deepcopy(bare_model(learn.model)).cpu().eval()
     meta = _meta(learn, model, prep)
     _check_one_output_per_class(model, prep, meta["classes"])

@@ -66,7 +66,7 @@ def predict(learn, x) -> Prediction:
 
     For image data (a `TensorLoader` of uint8 images) an item is an image file path, a PIL image, a uint8
     tensor or array, or a float one in [0, 1], normalised as the training data was (the rule of
-    `slowlearn.preprocess`, shared with exported models). Other data is given as the dataset stores it.
+    `slowlearn.data.preprocess`, shared with exported models). Other data is given as the dataset stores it.
     Classes are named from `dls.classes`.
     """
     prep = preprocessing_of(learn.dls)

@@ -37,7 +37,7 @@ class FilePreds(NamedTuple):
 class Predictor:
     """Predicts with an exported model: `predict(item)`, `predict_batch(items)`, `get_preds(folder_or_files)`.
 
-    Items follow `slowlearn.preprocess`: an image file path, a PIL image, a uint8 tensor or array (0-255),
+    Items follow `slowlearn.data.preprocess`: an image file path, a PIL image, a uint8 tensor or array (0-255),
     or a float one in [0, 1]. `classes`, `preprocessing` and `metadata` (versions, date, final metrics)
     describe the model.
     """
