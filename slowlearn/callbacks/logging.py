@@ -49,7 +49,7 @@ class LoggerCB(Callback):
         return "its destination"
 
     def before_fit(self, learn) -> None:
-        self.failed = False
+        self.failed, self.rank0 = False, is_rank0()
         self._outer_error = sys.exc_info()[1]  # a fit run inside an `except` block: that error is not the fit's
 
     def attempt(self, what: str, write: Callable[[], T]) -> T | None:
@@ -104,7 +104,7 @@ class ScalarLoggerCB(LoggerCB):
         if not learn.training:
             return
         self.step += 1
-        if self.failed or not is_rank0():
+        if self.failed or not self.rank0:
             return
         self._losses.append(learn.loss.detach())
         if (learn.iter + 1) % self.every == 0 or learn.iter + 1 == learn.n_iter:
@@ -412,8 +412,8 @@ class MLflowCB(ScalarLoggerCB):
                  batches, train/<m> and valid/<m> per epoch, final/<phase>_<m> once at the end of each fit
       artifacts  at the end of each fit, the CSV log of a CSVLoggerCB of the fit and the files or folders of
                  `artifacts` that exist; after it, `log_artifacts(path, ...)` adds more (an export, plots)
-    Points are sent in batches, every `flush_secs` seconds and at the end of the fit, so training waits on
-    the store rarely. One callback is one MLflow run, over all its fits. Resumable: the run id goes into
+    Points are sent in batches, every `flush_secs` seconds (or 1000 points) and at the end of the fit, so
+    training waits on the store rarely. One callback is one MLflow run, over all its fits. Resumable: the run id goes into
     checkpoints, and `fit(resume=...)` continues that run, writing no step twice. Only rank 0 logs; a store
     that cannot be reached or written is a warning, and training goes on (LoggerCB): HTTP stores get 2
     retries and a 10 s timeout unless MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT say otherwise.
@@ -463,7 +463,7 @@ class MLflowCB(ScalarLoggerCB):
         self._start_run()
         now = int(time.time() * 1000)
         self._buffer += [Metric(tag, float(value), now, self.step) for tag, value in scalars.items()]
-        if time.monotonic() - self._last_flush >= self.flush_secs:
+        if len(self._buffer) >= 1000 or time.monotonic() - self._last_flush >= self.flush_secs:
             self._flush()
 
     def _flush(self) -> None:

@@ -6,7 +6,7 @@ import warnings
 
 import pytest
 import torch
-from conftest import TrainLosses, make_dls
+from conftest import FailsBeforeFit, TrainLosses, make_dls
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
@@ -99,6 +99,16 @@ def test_training_loss_lr_and_momentum_at_every_logged_step(tmp_path):
         assert got == pytest.approx(sum(losses.losses[step - 2:step]) / 2, rel=1e-5)
     assert scalars(acc, "opt/lr/group_0") == [(s, pytest.approx(0.1)) for s in steps]
     assert scalars(acc, "opt/mom/group_0") == [(s, pytest.approx(0.9)) for s in steps]
+
+
+def test_the_step_loss_is_read_back_once_per_point_not_per_batch(tmp_path, monkeypatch):
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    learner(MetricsCB()).fit(1)  # without a logger
+    without, reads[:] = len(reads), []
+    tb_learner(tmp_path, confusion_matrix=False).fit(1)  # (drawing the matrix reads its counts)
+    assert len(reads) - without == BATCHES // 2  # one host sync per point: every 2nd batch
 
 
 def test_short_epochs_still_show_per_step_curves_and_the_one_cycle_shape(tmp_path):
@@ -406,6 +416,14 @@ def test_mlflow_only_rank_0_logs(store, client, monkeypatch, request):
     learn = ml_learner(store, request.node.name)
     learn.fit(1)
     assert learn.mlflow.run_id is None and client.get_experiment_by_name(request.node.name) is None
+
+
+def test_a_fit_that_fails_before_the_loggers_start_keeps_its_own_error(store, tmp_path, request):
+    loggers = [TensorBoardCB(tmp_path / "tb"), MLflowCB(store, experiment=request.node.name), CSVLoggerCB(tmp_path / "log")]
+    learn = learner(FailsBeforeFit(), cbs=loggers)
+    with pytest.raises(ValueError, match="before_fit failed") as error:
+        learn.fit(1)
+    assert not [note for note in error.value.__notes__ if "cleanup" in note]  # no cleanup failed
 
 
 def test_mlflow_bad_arguments_say_what_is_wrong():
