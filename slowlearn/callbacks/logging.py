@@ -58,7 +58,7 @@ class LoggerCB(Callback):
             return None
         try:
             return write()
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 -- whatever stops a logger must not stop training
             self.failed = True
             warnings.warn(f"{type(self).__name__} could not {what} ({self.destination}): {type(e).__name__}: {e}. "
                           f"It logs nothing more in this fit; training goes on.", RuntimeWarning, stacklevel=2)
@@ -304,8 +304,8 @@ class TensorBoardCB(ScalarLoggerCB):
             return
         writer, self.writer = self.writer, None  # a writer that failed to close is not used again
         if self.confusion is not None and not failed:
-            writer.add_figure("confusion_matrix", plot_confusion(self.confusion.cpu(), getattr(learn.dls, "classes", None)),
-                              self.step)
+            figure = plot_confusion(self.confusion.cpu(), getattr(learn.dls, "classes", None))
+            writer.add_figure("confusion_matrix", figure, self.step)
         writer.close()
 
     def cleanup_fit(self, learn) -> None:
@@ -314,7 +314,7 @@ class TensorBoardCB(ScalarLoggerCB):
             writer, self.writer = self.writer, None
             try:
                 writer.close()
-            except Exception:
+            except Exception:  # noqa: BLE001, S110 -- the failed write has been reported already
                 pass
 
     def _count_confusion(self, preds: torch.Tensor, targets: torch.Tensor) -> None:
@@ -413,10 +413,11 @@ class MLflowCB(ScalarLoggerCB):
       artifacts  at the end of each fit, the CSV log of a CSVLoggerCB of the fit and the files or folders of
                  `artifacts` that exist; after it, `log_artifacts(path, ...)` adds more (an export, plots)
     Points are sent in batches, every `flush_secs` seconds (or 1000 points) and at the end of the fit, so
-    training waits on the store rarely. One callback is one MLflow run, over all its fits. Resumable: the run id goes into
-    checkpoints, and `fit(resume=...)` continues that run, writing no step twice. Only rank 0 logs; a store
-    that cannot be reached or written is a warning, and training goes on (LoggerCB): HTTP stores get 2
-    retries and a 10 s timeout unless MLFLOW_HTTP_REQUEST_MAX_RETRIES / MLFLOW_HTTP_REQUEST_TIMEOUT say otherwise.
+    training waits on the store rarely. One callback is one MLflow run, over all its fits. Resumable: the run
+    id goes into checkpoints, and `fit(resume=...)` continues that run, writing no step twice. Only rank 0
+    logs; a store that cannot be reached or written is a warning, and training goes on (LoggerCB): HTTP
+    stores get 2 retries and a 10 s timeout, unless MLFLOW_HTTP_REQUEST_MAX_RETRIES or
+    MLFLOW_HTTP_REQUEST_TIMEOUT say otherwise. A new SQLite store takes a few seconds to create.
     """
 
     flush_secs = 30.
@@ -481,7 +482,8 @@ class MLflowCB(ScalarLoggerCB):
         if not failed:
             self._log_artifacts([*self.artifacts, *(cb.path for cb in learn.cbs if isinstance(cb, CSVLoggerCB))],
                                 missing_ok=True)
-        status = "FINISHED" if not failed else "KILLED" if isinstance(sys.exc_info()[1], KeyboardInterrupt) else "FAILED"
+        interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
+        status = "FAILED" if failed and not interrupted else "KILLED" if failed else "FINISHED"
         with _bounded_http():
             self._client.set_terminated(self.run_id, status)
         self._running = False

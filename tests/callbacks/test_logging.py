@@ -308,7 +308,8 @@ def the_run(client, experiment):
 
 
 def test_mlflow_logs_the_params_every_metric_of_the_history_and_the_csv_log(store, client, tmp_path, request):
-    learn = ml_learner(store, request.node.name, cbs=[CSVLoggerCB(tmp_path / "metrics.csv")], params={"augment": "none"})
+    learn = ml_learner(store, request.node.name, cbs=[CSVLoggerCB(tmp_path / "metrics.csv")],
+                       params={"augment": "none"})
     losses = TrainLosses()
     learn.fit(2, cbs=[losses])
     run = the_run(client, request.node.name)
@@ -349,8 +350,8 @@ def test_mlflow_resumed_run_continues_the_same_run_with_no_step_twice(store, cli
     first point of the resumed run averages batches 9 and 10, as the uninterrupted run's; stopped at batch 11, the
     interrupted run has logged points after its checkpoint, which the resumed run does not log again."""
     name = request.node.name
-    straight, first, resumed = interrupted_then_resumed(lambda run: ml_learner(store, f"{name}-{run}"),
-                                                        tmp_path / "ckpt.pt", stop=stop, every=3)
+    _, first, resumed = interrupted_then_resumed(lambda run: ml_learner(store, f"{name}-{run}"),
+                                                 tmp_path / "ckpt.pt", stop=stop, every=3)
     assert resumed.mlflow.run_id == first.mlflow.run_id
     assert read_checkpoint(tmp_path / "ckpt.pt")["callbacks"]["MLflowCB"]["run_id"] == first.mlflow.run_id
     want, got = the_run(client, f"{name}-straight"), the_run(client, f"{name}-resumed")
@@ -419,7 +420,8 @@ def test_mlflow_only_rank_0_logs(store, client, monkeypatch, request):
 
 
 def test_a_fit_that_fails_before_the_loggers_start_keeps_its_own_error(store, tmp_path, request):
-    loggers = [TensorBoardCB(tmp_path / "tb"), MLflowCB(store, experiment=request.node.name), CSVLoggerCB(tmp_path / "log")]
+    loggers = [TensorBoardCB(tmp_path / "tb"), MLflowCB(store, experiment=request.node.name),
+               CSVLoggerCB(tmp_path / "log")]
     learn = learner(FailsBeforeFit(), cbs=loggers)
     with pytest.raises(ValueError, match="before_fit failed") as error:
         learn.fit(1)

@@ -62,7 +62,8 @@ def test_train_mlflow_logs_the_run_and_its_files(tmp_path, capsys):
     from mlflow import MlflowClient
     store, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out"
     images = make_folder(tmp_path / "pets")
-    assert main(["train", "--data", str(images), "--epochs", "1", "--bs", "8", "--out", str(out), "--mlflow", store]) == 0
+    argv = ["train", "--data", str(images), "--epochs", "1", "--bs", "8", "--out", str(out), "--mlflow", store]
+    assert main(argv) == 0
     assert "MLflow run " in capsys.readouterr().out
     client = MlflowClient(store)
     [run] = client.search_runs([client.get_experiment_by_name("slowlearn").experiment_id])
