@@ -228,6 +228,9 @@ def group_params(learn) -> dict:
 
 
 def _plain(value) -> bool | int | float | str:
+    """A hyper-parameter as a number or a string: `slice(1e-05, 0.001)` for a slice of lrs."""
+    if isinstance(value, slice):
+        return f"slice({', '.join(str(v) for v in (value.start, value.stop) if v is not None)})"
     return value if isinstance(value, (bool, int, float, str)) else str(value)
 
 

@@ -373,6 +373,8 @@ def test_mlflow_one_run_over_several_fits_with_the_changed_params_apart(store, c
     assert "fit_2/model" not in run.data.params  # unchanged
     assert [s for s, _ in history(client, run.info.run_id, "valid/loss")] == [20, 40, 60]
     assert [s for s, _ in history(client, run.info.run_id, "final/valid_loss")] == [20, 60]  # once per fit
+    learn.fit(1, lr=slice(0.01))
+    assert client.get_run(run.info.run_id).data.params["fit_3/lr"] == "slice(0.01)"
 
 
 def test_mlflow_log_artifacts_after_the_fit(store, client, tmp_path, request):
