@@ -4,13 +4,18 @@ Same model, same initial weights, same batches (loaders with the same seed), one
 and one validation pass per run; the three are interleaved and repeated, and reported as ratios
 to the plain loop. Targets: bare <= 1.02 x, default callbacks <= 1.05 x the plain loop.
 A second part measures the per-step cost on a trivial model (target: <= 50 us per step). The default
-callbacks plus a TensorBoardCB (logging every 50 steps) show what the logger adds.
+callbacks plus a TensorBoardCB, or an MLflowCB (into a SQLite store in a temporary folder), each logging every
+50 steps, show what a logger adds. MLflowCB's cost is split into what it costs per step (the slope between a
+run of --trivial-steps and one of half of them) and what it costs once per fit (creating the run, its
+parameters, the final sending and closing); it sends its points every 30 s, which these short runs never reach
+(one request of about 20 ms: well under 0.1 %). Without mlflow installed its rows are left out.
 
     python benchmarks/overhead.py [--repeats 5] [--trivial-steps 3000] [--trivial-only]
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import statistics
 import tempfile
 
@@ -20,10 +25,12 @@ from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
 from common import interleaved, report
-from slowlearn import (DataLoaders, DeviceCB, Learner, MetricsCB, ProgressCB, TensorLoader, default_device,
-                       TensorBoardCB, fashion_mnist, get_kaiming_initialized_model)
+from slowlearn import (DataLoaders, DeviceCB, Learner, MetricsCB, MLflowCB, ProgressCB, TensorBoardCB, TensorLoader,
+                       default_device, fashion_mnist, get_kaiming_initialized_model)
 
 LR = 0.1
+HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None
+MLFLOW_STORE = f"sqlite:///{tempfile.mkdtemp(prefix='overhead-mlflow-')}/mlflow.db"  # made by the untimed warm-up
 
 
 def plain_loop(model: nn.Module, dls: DataLoaders, train: bool = True, valid: bool = True, opt=None,
@@ -79,8 +86,10 @@ def candidates(make_model, base: DataLoaders, device, train=True, valid=True):
 
     default = lambda: [DeviceCB(device), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB()]
     tensorboard = lambda: [*default(), TensorBoardCB(tempfile.mkdtemp(prefix="overhead-tb-"))]
-    return {"plain loop": plain, "bare Learner": learner(list), "Learner + default cbs": learner(default),
-            "default cbs + TensorBoard": learner(tensorboard)}
+    mlflow = lambda: [*default(), MLflowCB(MLFLOW_STORE, experiment="overhead")]
+    found = {"plain loop": plain, "bare Learner": learner(list), "Learner + default cbs": learner(default),
+             "default cbs + TensorBoard": learner(tensorboard)}
+    return found | {"default cbs + MLflow": learner(mlflow)} if HAS_MLFLOW else found
 
 
 def check_same_trajectory(make_model, base, device) -> None:
@@ -127,6 +136,24 @@ def main() -> None:
         print(f"{name}: {extra:.1f} us per step over the plain loop")
     logger = (statistics.median(times["default cbs + TensorBoard"]) - statistics.median(times["Learner + default cbs"]))
     print(f"TensorBoardCB: {logger / args.trivial_steps * 1e6:.1f} us per step over the default callbacks")
+    if HAS_MLFLOW:
+        mlflow_cost(times, args, device)
+
+
+def mlflow_cost(times: dict[str, list[float]], args, device) -> None:
+    """MLflowCB over the default callbacks: per step (the slope from a run half as long) and per fit. Both runs
+    log every 50 steps as long as the short one has 500 steps (--trivial-steps 1000 or more): MLflowCB logs more
+    often in epochs of fewer than 10 x 50 steps."""
+    pair = ("Learner + default cbs", "default cbs + MLflow")
+    few = max(1, args.trivial_steps // 2)
+    runs = candidates(lambda: nn.Linear(10, 2), trivial_dls(few * 32, device), device, valid=False)
+    short = interleaved({name: setup for name, setup in runs.items() if name in pair}, args.repeats)
+    extra_long, extra_short = (statistics.median(t[pair[1]]) - statistics.median(t[pair[0]]) for t in (times, short))
+    per_step = (extra_long - extra_short) / (args.trivial_steps - few)
+    per_fit = extra_short - per_step * few
+    print(f"MLflowCB: {per_step * 1e6:.1f} us per step over the default callbacks, plus {per_fit * 1e3:.0f} ms per "
+          f"fit (creating the run, its parameters, the final sending and closing); "
+          f"{extra_long / args.trivial_steps * 1e6:.1f} us per step all in, over {args.trivial_steps} steps")
 
 
 if __name__ == "__main__":

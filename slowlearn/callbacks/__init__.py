@@ -4,7 +4,7 @@ from .core import ChannelsLastCB, DeviceCB, MomentumCB
 from .distributed import DistributedCB
 from .gradients import GradientAccumulationCB, GradientClipCB
 from .hooks import ActivationStatsCB
-from .logging import CSVLoggerCB, TensorBoardCB
+from .logging import CSVLoggerCB, LoggerCB, MLflowCB, ScalarLoggerCB, TensorBoardCB
 from .lr_finder import LRFinderCB, SuggestedLRs
 from .metrics import MetricsCB
 from .mixing import CutMixCB, MixUpCB
@@ -34,4 +34,5 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
            "MixedPrecisionCB", "speed_cbs", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
            "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB",
-           "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB"]
+           "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB",
+           "LoggerCB", "ScalarLoggerCB", "MLflowCB"]

@@ -10,6 +10,7 @@ from .common import CLIError, positive_float, positive_int, writable_folder
 from .data import add_data_args
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
+MLFLOW_STORE = "sqlite:///runs/mlflow.db"  # MLflowCB's default
 
 
 def _opt_func(name: str):
@@ -43,6 +44,8 @@ def train_command(args) -> int:
     cbs = [CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
     if args.tensorboard:
         cbs.append(TensorBoardCB(out / "tensorboard"))
+    tracker = _mlflow_cb(args.mlflow, out) if args.mlflow is not None else None
+    cbs += [tracker] if tracker is not None else []
     if args.model == "resnet" and args.precision != "auto":
         cbs.append(ChannelsLastCB())  # "auto" decides the layout itself
     if args.recipe is not None:
@@ -66,7 +69,21 @@ def train_command(args) -> int:
         learn.export(out / "model.pt2")
     written = ["metrics.csv", "checkpoint.pt", "model.pt2 (slowlearn predict)", *(n for _, n in pictures.values())]
     rank0_print(f"Wrote to {out}/: " + ", ".join(written + ["tensorboard/"] * args.tensorboard))
+    if tracker is not None and tracker.run_id is not None:
+        tracker.log_artifacts(out / "model.pt2", *(out / name for _, name in pictures.values()))
+        rank0_print(f"MLflow run {tracker.run_id} in {args.mlflow} (mlflow ui --backend-store-uri {args.mlflow})")
     return 0
+
+
+def _mlflow_cb(uri: str, out: Path):
+    """MLflowCB for --mlflow URI, the run named after --out; a missing mlflow package is refused before training."""
+    from ..callbacks import MLflowCB
+    try:
+        return MLflowCB(uri, run_name=out.name)
+    except ImportError as e:
+        raise CLIError(f"--mlflow: {e}") from e
+    except ValueError as e:
+        raise CLIError(f"--mlflow {uri}: {e}") from e
 
 
 def _check_resume(args) -> None:
@@ -160,6 +177,10 @@ def add_train_commands(sub) -> None:
     _verbosity(t)
     t.add_argument("--tensorboard", action="store_true",
                    help="also log curves, hyper-parameters and final metrics for TensorBoard into --out/tensorboard")
+    t.add_argument("--mlflow", nargs="?", const=MLFLOW_STORE, default=None, metavar="URI",
+                   help=f"also log the run to MLflow: parameters, curves, final metrics, and the files written "
+                        f"into --out; URI is the tracking store (default: {MLFLOW_STORE}; a server: "
+                        f"http://host:5000); needs pip install 'slowlearn[mlflow]'")
     t.set_defaults(func=train_command)
     f = sub.add_parser("lr-find", help="suggest a learning rate and plot loss against it",
                        description="Raise the learning rate geometrically from --start-lr to --end-lr over --num-it "

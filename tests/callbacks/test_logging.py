@@ -1,6 +1,12 @@
+import shutil
+import socket
+import subprocess
+import sys
+import warnings
+
 import pytest
 import torch
-from conftest import TrainLosses, make_dls
+from conftest import FailsBeforeFit, TrainLosses, make_dls
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
@@ -9,17 +15,65 @@ from torcheval.metrics import MulticlassAccuracy
 from slowlearn import (
     Callback,
     CheckpointCB,
+    CSVLoggerCB,
     DataLoaders,
     Learner,
     MetricsCB,
+    MLflowCB,
     TensorBoardCB,
     TensorLoader,
     confusion_matrix,
+    one_cycle_lr,
     set_seed,
 )
 from slowlearn.callbacks import logging as logging_module
+from slowlearn.checkpoint import read_checkpoint
+
+BATCHES = 20  # training batches per epoch of `dls()`: enough that log_every=2 is not lowered
 
 
+def dls(n_train=4 * BATCHES, bs=4):
+    return make_dls(n_train=n_train, n_valid=8, bs=bs, n_classes=3)
+
+
+def learner(logger, opt_func=torch.optim.SGD, data=None, cbs=()):
+    torch.manual_seed(0)
+    cbs = [MetricsCB(accuracy=MulticlassAccuracy()), logger, *cbs]
+    return Learner(nn.Linear(3, 3), data or dls(), lr=0.1, cbs=cbs, opt_func=opt_func)
+
+
+class Interrupt(Callback):
+    """A KeyboardInterrupt at the end of training batch `iter` of `epoch`, after the loggers and CheckpointCB."""
+
+    order = 95
+
+    def __init__(self, epoch, iter):
+        self.epoch, self.iter = epoch, iter
+
+    def after_batch(self, learn):
+        if learn.training and (learn.epoch, learn.iter) == (self.epoch, self.iter):
+            raise KeyboardInterrupt
+
+
+def interrupted_then_resumed(make_learner, ckpt, n_epochs=2, stop=(1, 5), every="epoch"):
+    """Two epochs: straight, and interrupted at `stop` then resumed from `ckpt` by a new Learner."""
+    set_seed(0)
+    straight = make_learner("straight")
+    straight.fit(n_epochs)
+    set_seed(0)
+    first = make_learner("resumed")
+    with pytest.raises(KeyboardInterrupt):
+        first.fit(n_epochs, cbs=[CheckpointCB(ckpt, every=every), Interrupt(*stop)])
+    resumed = make_learner("resumed")
+    resumed.fit(n_epochs, resume=ckpt)
+    return straight, first, resumed
+
+
+def logger_warnings(record, name):
+    return [w for w in record if issubclass(w.category, RuntimeWarning) and str(w.message).startswith(name)]
+
+
+# --- TensorBoardCB
 def events(log_dir):
     acc = EventAccumulator(str(log_dir), size_guidance={"scalars": 0, "images": 0, "tensors": 0})
     acc.Reload()
@@ -30,11 +84,8 @@ def scalars(acc, tag):
     return [(e.step, e.value) for e in acc.Scalars(tag)]
 
 
-def tb_learner(log_dir, opt_func=torch.optim.SGD, **kwargs):
-    torch.manual_seed(0)
-    dls = make_dls(n_train=12, n_valid=8, bs=4, n_classes=3)  # 3 training batches per epoch
-    cbs = [MetricsCB(accuracy=MulticlassAccuracy()), TensorBoardCB(log_dir, log_every=2, **kwargs)]
-    return Learner(nn.Linear(3, 3), dls, lr=0.1, cbs=cbs, opt_func=opt_func)
+def tb_learner(log_dir, opt_func=torch.optim.SGD, data=None, cbs=(), **kwargs):
+    return learner(TensorBoardCB(log_dir, log_every=2, **kwargs), opt_func, data, cbs)
 
 
 def test_training_loss_lr_and_momentum_at_every_logged_step(tmp_path):
@@ -42,16 +93,40 @@ def test_training_loss_lr_and_momentum_at_every_logged_step(tmp_path):
     losses = TrainLosses()
     learn.fit(2, cbs=[losses])
     acc = events(tmp_path)
-    l = losses.losses  # noqa: E741
-    expected = [(2, (l[0] + l[1]) / 2), (3, l[2]), (4, l[3]), (6, (l[4] + l[5]) / 2)]  # every 2nd step, epoch ends
-    assert [s for s, _ in scalars(acc, "train/step_loss")] == [s for s, _ in expected]
-    for (_, got), (_, want) in zip(scalars(acc, "train/step_loss"), expected):
-        assert got == pytest.approx(want, rel=1e-6)
-    assert scalars(acc, "opt/lr/group_0") == [(s, pytest.approx(0.1)) for s, _ in expected]
-    assert scalars(acc, "opt/mom/group_0") == [(s, pytest.approx(0.9)) for s, _ in expected]
+    steps = list(range(2, 2 * BATCHES + 1, 2))  # every 2nd batch; an epoch (20) ends on one
+    assert [s for s, _ in scalars(acc, "train/step_loss")] == steps
+    for step, got in scalars(acc, "train/step_loss"):
+        assert got == pytest.approx(sum(losses.losses[step - 2:step]) / 2, rel=1e-5)
+    assert scalars(acc, "opt/lr/group_0") == [(s, pytest.approx(0.1)) for s in steps]
+    assert scalars(acc, "opt/mom/group_0") == [(s, pytest.approx(0.9)) for s in steps]
 
 
-def test_every_metric_per_epoch_and_phase_and_the_final_ones(tmp_path):
+def test_the_step_loss_is_read_back_once_per_point_not_per_batch(tmp_path, monkeypatch):
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(1) or item(t))
+    learner(MetricsCB()).fit(1)  # without a logger
+    without, reads[:] = len(reads), []
+    tb_learner(tmp_path, confusion_matrix=False).fit(1)  # (drawing the matrix reads its counts)
+    assert len(reads) - without == BATCHES // 2  # one host sync per point: every 2nd batch
+
+
+def test_short_epochs_still_show_per_step_curves_and_the_one_cycle_shape(tmp_path):
+    """25 batches per epoch with log_every=50 gave one point per epoch, and the lr schedule was invisible."""
+    learn = learner(TensorBoardCB(tmp_path, log_every=50), data=dls(n_train=100))  # 25 batches per epoch
+    learn.fit_one_cycle(2, 0.1)
+    acc = events(tmp_path)
+    steps = [*range(2, 25, 2), 25, *range(27, 50, 2), 50]  # every 2nd batch (about 10 per epoch), epoch ends
+    assert [s for s, _ in scalars(acc, "train/step_loss")] == steps
+    lrs = scalars(acc, "opt/lr/group_0")
+    assert [s for s, _ in lrs] == steps
+    peak = max(range(len(lrs)), key=lambda i: lrs[i][1])
+    assert 0 < peak < len(lrs) - 1  # up, then down
+    pct = (steps[peak] - 1) / 50  # OneCycleCB sets the lr before the batch, from the progress then
+    assert lrs[peak][1] == pytest.approx(one_cycle_lr(0.1)(pct), rel=1e-5)
+
+
+def test_every_metric_per_epoch_and_phase_and_the_final_ones_once(tmp_path):
     learn = tb_learner(tmp_path)
     learn.fit(2)
     acc = events(tmp_path)
@@ -59,9 +134,8 @@ def test_every_metric_per_epoch_and_phase_and_the_final_ones(tmp_path):
         rows = [r for r in learn.history if r["phase"] == phase]
         for metric in ("loss", "accuracy"):
             assert [v for _, v in scalars(acc, f"{phase}/{metric}")] == pytest.approx([r[metric] for r in rows])
-            assert [s for s, _ in scalars(acc, f"{phase}/{metric}")] == [3, 6]  # training steps so far
-            final = scalars(acc, f"final/{phase}_{metric}")
-            assert final[-1] == (6, pytest.approx(rows[-1][metric]))
+            assert [s for s, _ in scalars(acc, f"{phase}/{metric}")] == [BATCHES, 2 * BATCHES]  # steps so far
+            assert scalars(acc, f"final/{phase}_{metric}") == [(2 * BATCHES, pytest.approx(rows[-1][metric]))]
 
 
 def hparams_content(acc, tag):
@@ -76,13 +150,14 @@ def test_hparams_tab_holds_the_run_and_its_final_metrics(tmp_path):
     acc = events(tmp_path)
     experiment = hparams_content(acc, "_hparams_/experiment").experiment
     assert {h.name for h in experiment.hparam_infos} == {"model", "opt_func", "lr", "n_epochs", "bs", "loss_func",
-                                                         "augment", "wd"}
+                                                         "precision", "param_groups", "augment", "wd"}
     assert {m.name.tag for m in experiment.metric_infos} == {"final/train_loss", "final/train_accuracy",
                                                             "final/valid_loss", "final/valid_accuracy"}
     session = hparams_content(acc, "_hparams_/session_start_info").session_start_info.hparams
     assert session["model"].string_value == "Linear" and session["opt_func"].string_value == "SGD"
     assert session["lr"].number_value == pytest.approx(0.1) and session["bs"].number_value == 4
     assert session["loss_func"].string_value == "cross_entropy" and session["wd"].number_value == 0.01
+    assert session["precision"].string_value == "fp32"
     for metric in experiment.metric_infos:  # each metric the tab lists is a scalar of the run
         assert scalars(acc, metric.name.tag)
 
@@ -93,7 +168,8 @@ def test_confusion_matrix_of_the_last_validation_is_an_image(tmp_path):
     result = learn.get_preds()
     assert torch.equal(learn.tensor_board.confusion, confusion_matrix(result.targets, result.preds.argmax(-1), 3))
     images = events(tmp_path).Images("confusion_matrix")
-    assert len(images) == 1 and images[0].step == 6 and images[0].encoded_image_string.startswith(b"\x89PNG")
+    assert len(images) == 1 and images[0].step == 2 * BATCHES
+    assert images[0].encoded_image_string.startswith(b"\x89PNG")
 
 
 def test_confusion_matrix_leaves_out_ignored_targets(tmp_path):
@@ -104,28 +180,23 @@ def test_confusion_matrix_leaves_out_ignored_targets(tmp_path):
     assert learn.tensor_board.confusion.sum() == 6
 
 
-class Interrupt(Callback):
-    order = 95  # after TensorBoardCB has logged the batch
-
-    def after_batch(self, learn):
-        if learn.training and (learn.epoch, learn.iter) == (1, 1):
-            raise KeyboardInterrupt
+def assert_same_curves(got, want, tags):
+    for tag in tags:
+        assert [s for s, _ in scalars(got, tag)] == [s for s, _ in scalars(want, tag)], tag
+        assert [v for _, v in scalars(got, tag)] == pytest.approx([v for _, v in scalars(want, tag)], rel=1e-5), tag
 
 
 def test_a_resumed_run_continues_the_curves_without_doubled_steps(tmp_path):
-    set_seed(0)
-    straight = tb_learner(tmp_path / "straight")
-    straight.fit(3)
-    set_seed(0)
-    first = tb_learner(tmp_path / "resumed")
-    with pytest.raises(KeyboardInterrupt):
-        first.fit(3, cbs=[CheckpointCB(tmp_path / "ckpt.pt"), Interrupt()])
-    assert [s for s, _ in scalars(events(tmp_path / "resumed"), "train/step_loss")] == [2, 3, 4]  # 4 comes after the checkpoint
-    tb_learner(tmp_path / "resumed").fit(3, resume=tmp_path / "ckpt.pt")
-    want, got = events(tmp_path / "straight"), events(tmp_path / "resumed")
-    for tag in ("train/step_loss", "valid/loss", "final/valid_accuracy"):
-        assert [s for s, _ in scalars(got, tag)] == [s for s, _ in scalars(want, tag)]
-        assert [v for _, v in scalars(got, tag)] == pytest.approx([v for _, v in scalars(want, tag)], rel=1e-6)
+    interrupted_then_resumed(lambda name: tb_learner(tmp_path / name), tmp_path / "ckpt.pt")
+    assert_same_curves(events(tmp_path / "resumed"), events(tmp_path / "straight"),
+                       ("train/step_loss", "valid/loss", "final/valid_accuracy", "opt/lr/group_0"))
+
+
+def test_after_a_mid_epoch_resume_the_first_step_loss_averages_the_same_batches(tmp_path):
+    """Checkpoints every 3 batches, a point every 2: the checkpoint after batch 9 holds batch 9's loss, which
+    the point at batch 10 averages with batch 10, as in the uninterrupted run (it used to hold batch 10 alone)."""
+    interrupted_then_resumed(lambda name: tb_learner(tmp_path / name), tmp_path / "ckpt.pt", stop=(0, 10), every=3)
+    assert_same_curves(events(tmp_path / "resumed"), events(tmp_path / "straight"), ("train/step_loss",))
 
 
 def test_only_rank_0_writes(tmp_path, monkeypatch):
@@ -138,3 +209,235 @@ def test_only_rank_0_writes(tmp_path, monkeypatch):
 def test_log_every_must_be_positive():
     with pytest.raises(ValueError, match="log_every"):
         TensorBoardCB("runs", log_every=0)
+
+
+def assert_finished_with_checkpoint(learn, ckpt, n_epochs=2):
+    assert len(learn.history) == 2 * n_epochs  # every epoch trained and validated
+    assert read_checkpoint(ckpt)["epoch"] == n_epochs
+
+
+def test_an_unwritable_log_folder_warns_and_keeps_the_checkpoints(tmp_path):
+    """The log folder is a file here (a read-only folder is writable to root, who runs the tests in CI): it used to
+    end the fit at the first write, and that epoch's checkpoint (CheckpointCB runs after the logger) was lost."""
+    (tmp_path / "tb").write_text("not a folder")
+    learn = tb_learner(tmp_path / "tb", cbs=[CheckpointCB(tmp_path / "ckpt.pt")])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        learn.fit(2)
+    assert len(logger_warnings(record, "TensorBoardCB could not")) == 1  # once, not at every write
+    assert "tb" in str(logger_warnings(record, "TensorBoardCB")[0].message)
+    assert_finished_with_checkpoint(learn, tmp_path / "ckpt.pt")
+
+
+class DeleteFolder(Callback):
+    order = 95
+
+    def __init__(self, folder):
+        self.folder = folder
+
+    def after_epoch(self, learn):
+        if learn.epoch == 0 and not learn.training:
+            shutil.rmtree(self.folder)
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # TensorBoard's writer thread
+def test_a_log_folder_deleted_during_the_run_warns_and_training_and_cleanup_go_on(tmp_path):
+    learn = tb_learner(tmp_path / "tb")
+    with pytest.warns(RuntimeWarning, match="TensorBoardCB could not"):
+        learn.fit(2, cbs=[CheckpointCB(tmp_path / "ckpt.pt"), DeleteFolder(tmp_path / "tb")])
+    assert_finished_with_checkpoint(learn, tmp_path / "ckpt.pt")
+    learn.fit(1)  # the next fit writes again
+    assert list((tmp_path / "tb").glob("events.out.tfevents.*"))
+
+
+def test_an_unwritable_csv_log_warns_and_keeps_the_checkpoints(tmp_path):
+    (tmp_path / "logs").write_text("a file where the log's folder should be")
+    learn = learner(CSVLoggerCB(tmp_path / "logs" / "metrics.csv"), cbs=[CheckpointCB(tmp_path / "ckpt.pt")])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        learn.fit(2)
+    assert len(logger_warnings(record, "CSVLoggerCB could not")) == 1
+    assert_finished_with_checkpoint(learn, tmp_path / "ckpt.pt")
+
+
+def list_loaders():
+    """Plain lists of (x, y) batches: a loader with no batch size attribute."""
+    g = torch.Generator().manual_seed(0)
+    batches = [(torch.randn(5, 3, generator=g), torch.randint(0, 3, (5,), generator=g)) for _ in range(6)]
+    return DataLoaders(batches, batches[:2])
+
+
+def test_tensorboard_takes_a_list_of_batches(tmp_path):
+    learn = tb_learner(tmp_path, data=list_loaders())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no write may fail
+        learn.fit(2)
+    session = hparams_content(events(tmp_path), "_hparams_/session_start_info").session_start_info.hparams
+    assert session["bs"].number_value == 5  # from the batches themselves
+    assert len(scalars(events(tmp_path), "train/step_loss")) == 12  # 6 batches per epoch: every batch
+
+
+# --- MLflowCB
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One SQLite tracking store for the module's tests (creating one takes seconds); each test its experiment."""
+    from mlflow import MlflowClient
+    uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
+    MlflowClient(uri).search_experiments()  # creates the database's tables
+    return uri
+
+
+@pytest.fixture
+def client(store):
+    from mlflow import MlflowClient
+    return MlflowClient(store)
+
+
+def ml_learner(store, experiment, data=None, cbs=(), **kwargs):
+    return learner(MLflowCB(store, experiment=experiment, log_every=2, **kwargs), data=data, cbs=cbs)
+
+
+def history(client, run_id, key):
+    return [(m.step, m.value) for m in client.get_metric_history(run_id, key)]
+
+
+def the_run(client, experiment):
+    runs = client.search_runs([client.get_experiment_by_name(experiment).experiment_id])
+    assert len(runs) == 1
+    return runs[0]
+
+
+def test_mlflow_logs_the_params_every_metric_of_the_history_and_the_csv_log(store, client, tmp_path, request):
+    learn = ml_learner(store, request.node.name, cbs=[CSVLoggerCB(tmp_path / "metrics.csv")],
+                       params={"augment": "none"})
+    losses = TrainLosses()
+    learn.fit(2, cbs=[losses])
+    run = the_run(client, request.node.name)
+    assert run.info.run_id == learn.mlflow.run_id and run.info.status == "FINISHED"
+    assert run.data.params == {"model": "Linear", "opt_func": "SGD", "lr": "0.1", "n_epochs": "2", "bs": "4",
+                               "loss_func": "cross_entropy", "precision": "fp32", "param_groups": "1",
+                               "group_0/lr": "0.1", "group_0/weight_decay": "0", "group_0/params": "12",
+                               "group_0/trains": "True", "augment": "none"}
+    for phase in ("train", "valid"):
+        rows = [r for r in learn.history if r["phase"] == phase]
+        for metric in ("loss", "accuracy"):
+            logged = history(client, run.info.run_id, f"{phase}/{metric}")
+            assert logged == [(BATCHES, pytest.approx(rows[0][metric])), (2 * BATCHES, pytest.approx(rows[1][metric]))]
+            assert history(client, run.info.run_id, f"final/{phase}_{metric}") == [  # once, not a time series
+                (2 * BATCHES, pytest.approx(rows[-1][metric]))]
+    step_losses = history(client, run.info.run_id, "train/step_loss")
+    assert [s for s, _ in step_losses] == list(range(2, 2 * BATCHES + 1, 2))
+    for step, got in step_losses:
+        assert got == pytest.approx(sum(losses.losses[step - 2:step]) / 2, rel=1e-5)
+    assert [s for s, _ in history(client, run.info.run_id, "opt/lr/group_0")] == [s for s, _ in step_losses]
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["metrics.csv"]
+
+
+def test_mlflow_shows_the_one_cycle_lr_per_step_with_short_epochs_and_a_list_of_batches(store, client, request):
+    learn = learner(MLflowCB(store, experiment=request.node.name), data=list_loaders())  # log_every=50, 6 batches
+    learn.fit_one_cycle(2, 0.1)
+    run = the_run(client, request.node.name)
+    assert run.data.params["bs"] == "5" and run.data.params["lr"] == "0.1"
+    lrs = history(client, run.info.run_id, "opt/lr/group_0")
+    assert [s for s, _ in lrs] == list(range(1, 13))  # every step
+    assert [v for _, v in lrs] == pytest.approx([one_cycle_lr(0.1)(i / 12) for i in range(12)], rel=1e-5)
+
+
+@pytest.mark.parametrize("stop", [(1, 8), (1, 10)])
+def test_mlflow_resumed_run_continues_the_same_run_with_no_step_twice(store, client, tmp_path, request, stop):
+    """Interrupted mid-epoch after a checkpoint every 3 batches (after batch 9 of the epoch; points every 2), then
+    resumed: one run, the same points as the uninterrupted run's, none twice. Stopped at batch 9 of the epoch, the
+    first point of the resumed run averages batches 9 and 10, as the uninterrupted run's; stopped at batch 11, the
+    interrupted run has logged points after its checkpoint, which the resumed run does not log again."""
+    name = request.node.name
+    _, first, resumed = interrupted_then_resumed(lambda run: ml_learner(store, f"{name}-{run}"),
+                                                 tmp_path / "ckpt.pt", stop=stop, every=3)
+    assert resumed.mlflow.run_id == first.mlflow.run_id
+    assert read_checkpoint(tmp_path / "ckpt.pt")["callbacks"]["MLflowCB"]["run_id"] == first.mlflow.run_id
+    want, got = the_run(client, f"{name}-straight"), the_run(client, f"{name}-resumed")
+    assert got.info.status == "FINISHED"
+    assert sorted(got.data.metrics) == sorted(want.data.metrics)
+    for key in want.data.metrics:
+        expected, logged = history(client, want.info.run_id, key), history(client, got.info.run_id, key)
+        assert [s for s, _ in logged] == [s for s, _ in expected], key  # no step twice, none missing
+        assert [v for _, v in logged] == pytest.approx([v for _, v in expected], rel=1e-5), key
+
+
+def test_mlflow_one_run_over_several_fits_with_the_changed_params_apart(store, client, request):
+    learn = ml_learner(store, request.node.name)
+    learn.fit(1)
+    learn.fit(2, lr=0.05)
+    run = the_run(client, request.node.name)
+    assert run.data.params["n_epochs"] == "1" and run.data.params["fit_2/n_epochs"] == "2"
+    assert run.data.params["lr"] == "0.1" and run.data.params["fit_2/lr"] == "0.05"
+    assert "fit_2/model" not in run.data.params  # unchanged
+    assert [s for s, _ in history(client, run.info.run_id, "valid/loss")] == [20, 40, 60]
+    assert [s for s, _ in history(client, run.info.run_id, "final/valid_loss")] == [20, 60]  # once per fit
+    learn.fit(1, lr=slice(0.01))
+    assert client.get_run(run.info.run_id).data.params["fit_3/lr"] == "slice(0.01)"
+
+
+def test_mlflow_log_artifacts_after_the_fit(store, client, tmp_path, request):
+    learn = ml_learner(store, request.node.name)
+    learn.fit(1)
+    (tmp_path / "model.pt2").write_bytes(b"an export")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "loss.png").write_bytes(b"a plot")
+    learn.mlflow.log_artifacts(tmp_path / "model.pt2", tmp_path / "plots")
+    with pytest.warns(RuntimeWarning, match="no such file"):
+        learn.mlflow.log_artifacts(tmp_path / "missing.png")
+    run_id = learn.mlflow.run_id
+    assert sorted(a.path for a in client.list_artifacts(run_id)) == ["model.pt2", "plots"]
+    assert [a.path for a in client.list_artifacts(run_id, "plots")] == ["plots/loss.png"]
+
+
+def test_an_unwritable_tracking_store_warns_once_and_training_keeps_its_checkpoints(tmp_path):
+    (tmp_path / "runs").write_text("a file where the store's folder should be")
+    learn = learner(MLflowCB(f"sqlite:///{tmp_path / 'runs' / 'mlflow.db'}", log_every=2),
+                    cbs=[CheckpointCB(tmp_path / "ckpt.pt")])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        learn.fit(2)
+    assert len(logger_warnings(record, "MLflowCB could not")) == 1
+    assert "runs/mlflow.db" in str(logger_warnings(record, "MLflowCB")[0].message)
+    assert_finished_with_checkpoint(learn, tmp_path / "ckpt.pt")
+
+
+def test_an_unreachable_tracking_server_warns_and_training_goes_on(tmp_path, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # the user's setting wins over MLflowCB's 2 retries
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    learn = learner(MLflowCB(f"http://127.0.0.1:{port}", log_every=2), cbs=[CheckpointCB(tmp_path / "ckpt.pt")])
+    with pytest.warns(RuntimeWarning, match="MLflowCB could not"):
+        learn.fit(2)
+    assert_finished_with_checkpoint(learn, tmp_path / "ckpt.pt")
+
+
+def test_mlflow_only_rank_0_logs(store, client, monkeypatch, request):
+    monkeypatch.setattr(logging_module, "is_rank0", lambda: False)
+    learn = ml_learner(store, request.node.name)
+    learn.fit(1)
+    assert learn.mlflow.run_id is None and client.get_experiment_by_name(request.node.name) is None
+
+
+def test_a_fit_that_fails_before_the_loggers_start_keeps_its_own_error(store, tmp_path, request):
+    loggers = [TensorBoardCB(tmp_path / "tb"), MLflowCB(store, experiment=request.node.name),
+               CSVLoggerCB(tmp_path / "log")]
+    learn = learner(FailsBeforeFit(), cbs=loggers)
+    with pytest.raises(ValueError, match="before_fit failed") as error:
+        learn.fit(1)
+    assert not [note for note in error.value.__notes__ if "cleanup" in note]  # no cleanup failed
+
+
+def test_mlflow_bad_arguments_say_what_is_wrong():
+    with pytest.raises(ValueError, match="log_every"):
+        MLflowCB(log_every=0)
+    with pytest.raises(ValueError, match="tracking_uri"):
+        MLflowCB(tracking_uri="")
+
+
+def test_mlflow_is_not_imported_with_slowlearn():
+    out = subprocess.run([sys.executable, "-c", "import sys, slowlearn; print('mlflow' in sys.modules)"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    assert out.strip() == "False"

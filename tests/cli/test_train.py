@@ -58,6 +58,35 @@ def test_train_quiet_and_verbose_set_progress_verbosity(flag, verbose):
     assert cli.parser().parse_args(["train", *flag]).verbose == verbose
 
 
+def test_train_mlflow_logs_the_run_and_its_files(tmp_path, capsys):
+    from mlflow import MlflowClient
+    store, out = f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path / "out"
+    images = make_folder(tmp_path / "pets")
+    argv = ["train", "--data", str(images), "--epochs", "1", "--bs", "8", "--out", str(out), "--mlflow", store]
+    assert main(argv) == 0
+    assert "MLflow run " in capsys.readouterr().out
+    client = MlflowClient(store)
+    [run] = client.search_runs([client.get_experiment_by_name("slowlearn").experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == "out" and run.data.params["n_epochs"] == "1"
+    assert {"train/step_loss", "valid/accuracy", "final/valid_loss"} <= set(run.data.metrics)
+    assert {a.path for a in client.list_artifacts(run.info.run_id)} == {
+        "metrics.csv", "model.pt2", "schedule.png", "loss.png", "metrics.png", "confusion_matrix.png"}
+
+
+def test_train_mlflow_takes_the_default_store_or_a_uri():
+    assert cli.parser().parse_args(["train", "--mlflow"]).mlflow == "sqlite:///runs/mlflow.db"
+    assert cli.parser().parse_args(["train", "--mlflow", "http://host:5000"]).mlflow == "http://host:5000"
+    assert cli.parser().parse_args(["train"]).mlflow is None
+
+
+def test_train_mlflow_without_the_package_is_refused_before_training(capsys, tmp_path, monkeypatch):
+    from slowlearn.callbacks import logging
+    monkeypatch.setattr(logging, "_has", lambda module: False)
+    message = refused(capsys, "train", "--out", str(tmp_path / "out"), "--mlflow")
+    assert "--mlflow: MLflowCB needs the mlflow package: pip install 'slowlearn[mlflow]'" in message
+    assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
 def test_lr_find_takes_the_sweeps_options(tmp_path):
     data = make_folder(tmp_path / "pets")
     result = slowlearn("lr-find", "--data", data, "--bs", 4, "--num-it", 8, "--start-lr", 1e-4, "--end-lr", 1,
