@@ -137,5 +137,5 @@ def test_every_rank_takes_the_same_decisions_on_its_own_data(tmp_path):
     rank0, rank1 = (torch.load(tmp_path / "results" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert rank0["losses"] == rank1["losses"] and rank0["suggestion"] == rank1["suggestion"]
     assert rank0["rows"] == rank1["rows"] and [r["bs"] for r in rank0["rows"]] == [16, 64, 1024]
-    assert rank0["rows"][-1]["note"] == "larger than the 128 training samples"
+    assert rank0["rows"][-1]["note"] == "larger than the 256 training samples"
     assert rank0["stopped"] == rank1["stopped"] == 1

@@ -29,7 +29,7 @@ def _fraction(value: str) -> float:
     fraction = number(value)
     if not 0 < fraction < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.2), got {value}")
-    return number
+    return fraction
 
 
 def _aug(value: str) -> str:

@@ -23,7 +23,7 @@ def test_the_nearest_option_to_an_unknown_one(unknown, meant):
 def test_the_parser_notes_which_options_were_given():
     args = parser().parse_args(["train", "--bs", "512", "--quiet", "--valid-pct=0.2"])
     assert args.given == {"bs": "--bs", "verbose": "--quiet", "valid_pct": "--valid-pct"}
-    assert args.bs == 512 and args.epochs == 5 and parser().parse_args(["train"]).given == {}
+    assert args.bs == 512 and args.valid_pct == 0.2 and args.epochs == 5 and parser().parse_args(["train"]).given == {}
 
 
 @pytest.mark.parametrize("library, cli", [

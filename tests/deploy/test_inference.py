@@ -179,3 +179,10 @@ def test_get_preds_without_a_validation_loader_asks_for_one():
     learn.dls = DataLoaders(learn.dls.train, None)
     with pytest.raises(ValueError, match=r"has no validation loader; pass the loader to use: learn.get_preds\(dl\)"):
         learn.get_preds()
+
+
+def test_validate_computes_no_gradients():
+    learn = image_learner()
+    learn.loss_func = lambda out, y, reduction="mean": F.cross_entropy(out, y, reduction=reduction) * (
+        0 if torch.is_grad_enabled() else 1)  # the loss is 0 if validate ran with gradients on
+    assert learn.validate()["loss"] > 0
