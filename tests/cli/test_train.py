@@ -228,8 +228,14 @@ def test_resuming_another_models_checkpoint_is_refused_before_training(capsys, t
     assert not (tmp_path / "out" / "metrics.csv").exists()
 
 
-def test_a_recipe_refuses_the_options_it_would_ignore_naming_them(capsys):
+def test_a_recipe_refuses_the_options_it_would_ignore_naming_them(capsys, monkeypatch):
     """`--recipe fashion_mnist --data pets/ --epochs 1` used to train Fashion-MNIST for 5 epochs."""
+    from slowlearn.recipes import RECIPES
+
+    def trains(**kwargs):
+        raise AssertionError("the recipe trained, ignoring the options")
+    for name in RECIPES:
+        monkeypatch.setitem(RECIPES, name, trains)
     message = refused(capsys, "train", "--recipe", "fashion_mnist", "--data", "pets/", "--epochs", "1")
     assert ("--recipe fashion_mnist brings its own data, model, optimizer, schedule and epochs, so it would ignore "
             "--data, --epochs: drop them, or train without --recipe") in message
