@@ -61,10 +61,15 @@ class Callback:
     precision, gradient clipping or accumulation, and any replaced verb (MixUpCB's `get_loss` is the loss
     training minimises, so the sweep measures that one). Callbacks that record, schedule, monitor or
     write files keep the default, False. (`find_batch_size` times a bare copy of the model: no callbacks.)
+
+    `sets_lr`: whether the callback writes the param groups' learning rates during a fit (a schedule, a
+    finder). Two of them in one fit would overwrite each other (one-cycle sets the lr before every batch,
+    so a plateau scheduler's cut would be lost): that is an error when the fit starts.
     """
 
     order: int = 0
     sweep: bool = False
+    sets_lr: bool = False
 
     @property
     def name(self) -> str:
@@ -136,6 +141,18 @@ def call(cb: Callback, method: Handler, where: str, learn) -> None:
         raise
 
 
+def _check_one_lr_schedule(cbs: list[Callback]) -> None:
+    """At most one callback of a fit sets the learning rate: two schedules would overwrite each other."""
+    setters = [type(cb).__name__ for cb in cbs if cb.sets_lr]
+    if len(setters) > 1:
+        both = "both" if len(setters) == 2 else "all"
+        raise ValueError(f"Callbacks {' and '.join(setters)} {both} set the learning rate during this fit, so each "
+                         f"would overwrite what the other set (one-cycle, for one, sets it before every batch, which "
+                         f"undoes a plateau scheduler's cut): keep one schedule per fit (e.g. fit() with "
+                         f"ReduceLROnPlateauCB instead of fit_one_cycle), or combine torch schedulers into one with "
+                         f"BatchSchedulerCB(lambda opt: lr_scheduler.SequentialLR(opt, ...)).")
+
+
 class Dispatch:
     """A fit's callbacks bound to the events and verbs: sorted by `order` and checked once per fit."""
 
@@ -151,6 +168,7 @@ class Dispatch:
                 names = " and ".join(type(cb).__name__ for cb in owners)
                 raise RuntimeError(f"Callbacks {names} both replace the '{verb}' step; keep only one of them.")
             self.verbs[verb] = (owners[0], getattr(owners[0], verb)) if owners else None
+        _check_one_lr_schedule(cbs)
 
     def event(self, event: str, learn) -> None:
         for cb, method in self.handlers[event]:

@@ -60,6 +60,10 @@ class Learner:
       metrics_log   where MetricsCB sends each history row (ProgressCB's display); None: it prints a table
       metric_names  the columns MetricsCB adds to the history ("loss", "accuracy", ...)
       accumulate    micro-batches per optimizer step (GradientAccumulationCB); 1: a step every batch
+    And one slot that outlives the fit:
+      weights_epoch the epoch whose weights the model holds when that is not the last one trained
+                    (EarlyStoppingCB(restore_best=True) sets it; each fit clears it): exports report that
+                    epoch's metrics
     """
 
     def __init__(self, model: nn.Module, dls, loss_func: Callable = F.cross_entropy, lr: float = 0.1,
@@ -73,6 +77,8 @@ class Learner:
         self.training = False
         self.device = self.grad_scaler = self.metrics_log = None  # the shared slots, empty between fits
         self.metric_names, self.accumulate = (), 1
+        self.weights_epoch: int | None = None
+        self._fitting = False  # a fit started from inside a fit (by a callback) is refused
         self._position = (0, 0)  # (epochs done, batches of the next one stepped on): what `save` records
 
     def __repr__(self) -> str:
@@ -104,8 +110,14 @@ class Learner:
         check_range("n_epochs", n_epochs, 1, integer=True, owner="fit")
         if lr is not None:
             check_lr(lr, owner="fit")
+        if self._fitting:
+            raise RuntimeError("Learner.fit was called while this Learner is fitting (from a callback, or from a "
+                               "method such as lr_find or fine_tune called in one): a Learner runs one fit at a time. "
+                               "Call it after the running fit returns; to end the running fit early, raise "
+                               "CancelFitException in the callback.")
         cbs = list(cbs)
         self.cbs += cbs
+        self._fitting, self.weights_epoch = True, None
         try:
             checks.check_loaders(self.dls, train, valid)
             state = read_checkpoint(resume) if resume is not None else None
@@ -118,6 +130,7 @@ class Learner:
             self.n_epochs, self.epoch, self.pct_train, self.valid_phase = n_epochs, 0, 0., valid
             self._run_level("fit", CancelFitException, lambda: self._epochs(train, valid, state))
         finally:
+            self._fitting = False
             for cb in cbs:
                 self.cbs.remove(cb)
         return self
@@ -309,9 +322,10 @@ class Learner:
         """Loss and metrics on `dl` (default: the validation set), without touching the history."""
         return deploy.validate(self, dl)
 
-    def export(self, path: str | os.PathLike, format: str = "pt2", preprocessing=None):
+    def export(self, path: str | os.PathLike, format: str | None = None, preprocessing=None):
         """One file with the model, its preprocessing and class names: `load_learner(path)` predicts with it
-        anywhere, without this code or the data (see `slowlearn.deploy.export`). `format="onnx"` for onnxruntime."""
+        anywhere, without this code or the data (see `slowlearn.deploy.export`). `format="onnx"` (or a path
+        ending in `.onnx`) for onnxruntime; by default the format follows the suffix, pt2 for any other."""
         return deploy.export_learner(self, path, format, preprocessing)
 
     # Pictures.

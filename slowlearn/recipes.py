@@ -93,17 +93,19 @@ def _model(config: RecipeConfig, dls: DataLoaders) -> nn.Module:
 
 
 def run_recipe(config: RecipeConfig, dls: DataLoaders, seed: int = 0, precision: str = "auto",
-               cbs: Sequence[Callback] = (), valid: bool = False, quiet: bool = False) -> RecipeResult:
+               cbs: Sequence[Callback] = (), valid: bool = False, quiet: bool = False,
+               verbose: int | None = None) -> RecipeResult:
     """Train `config` on `dls` from `seed` and return the Learner, its TTA test accuracy and the time.
 
     `valid=True` also validates after every epoch (about 5 % more time); the final accuracy is measured
-    with flip TTA either way. `cbs` are added (e.g. a CSV logger); `quiet` shows progress bars only."""
+    with flip TTA either way. `cbs` are added (e.g. a CSV logger); `quiet` shows progress bars only; `verbose`
+    is ProgressCB's otherwise (None: bars on a terminal, one line per epoch and phase in a file)."""
     set_seed(seed)
     start = time.perf_counter()
     dls.train.aug = BatchAugment(pad=config.pad, flip=config.flip)
     model = _model(config, dls)
     speed = speed_cbs(model, precision, verbose=not quiet)
-    base = default_cbs()
+    base = default_cbs(verbose)
     if quiet:  # progress bars only
         base = [cb for cb in base if not isinstance(cb, ProgressCB)] + [ProgressCB(plot=False, table=False)]
     schedule = ParamSchedulerCB(lr=triangular_lr(config.lr, config.pct_warmup))

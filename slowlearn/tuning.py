@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from .callbacks import LRFinderCB, SuggestedLRs
 from .device import model_device, sync_time
+from .distributed import all_reduce_mean
 from .randomness import randomness, restore_randomness
 
 __all__ = ["lr_find", "find_batch_size"]
@@ -19,8 +20,15 @@ __all__ = ["lr_find", "find_batch_size"]
 def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64, 128, 256, 512, 1024, 2048),
                     steps: int = 5, opt_func=torch.optim.AdamW, loss_func=F.cross_entropy) -> list[dict]:
     """Training throughput (samples/s) for each batch size in `candidates`, on a copy of `model`, until
-    the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader). torch's
-    random states are as they were afterwards (dropout in the trials draws from them)."""
+    the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader); a candidate
+    larger than them gets a row saying so, and a ValueError when none fits. torch's random states are as
+    they were afterwards (dropout in the trials draws from them). In a distributed run every rank gets the
+    same rows: the mean throughput over the ranks, and out of memory when any rank ran out."""
+    n_samples = len(dls.train.x)
+    if not any(bs <= n_samples for bs in candidates):
+        raise ValueError(f"find_batch_size: every candidate batch size ({', '.join(map(str, candidates))}) is larger "
+                         f"than the {n_samples} training samples, so none can be timed: give smaller candidates "
+                         f"(at most {n_samples}), or more training data")
     device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return _throughputs(model, dls, candidates, steps, opt_func, loss_func, device)
@@ -31,29 +39,40 @@ def _throughputs(model, dls, candidates, steps, opt_func, loss_func, device) -> 
     results = []
     for bs in candidates:
         if bs > len(x_all):
-            break
-        trial = copy.deepcopy(model).to(device).train()
-        opt = opt_func(trial.parameters(), 1e-3)
-        xb = dls.train.normalise(x_all[:bs]).to(device)
-        yb = y_all[:bs].to(device)
-        try:
-            for i in range(steps + 1):
-                if i == 1:  # the first step warms up kernels and allocators
-                    start = sync_time(device)
-                loss_func(trial(xb), yb).backward()
-                opt.step()
-                opt.zero_grad()
-            seconds = sync_time(device) - start
-        except torch.cuda.OutOfMemoryError:
+            results.append({"bs": bs, "samples_per_s": None, "note": f"larger than the {len(x_all)} training samples"})
+            continue
+        seconds = _time_steps(model, dls.train.normalise(x_all[:bs]).to(device), y_all[:bs].to(device), steps,
+                              opt_func, loss_func, device)
+        if seconds is None:
             results.append({"bs": bs, "samples_per_s": None, "note": "out of memory"})
             break
-        finally:
-            del trial, opt
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
         results.append({"bs": bs, "samples_per_s": round(bs * steps / seconds, 1), "note": ""})
     return results
 
+
+def _time_steps(model, xb, yb, steps, opt_func, loss_func, device) -> float | None:
+    """Seconds for `steps` training steps on a copy of `model` (after one warm-up step), as the mean over
+    the ranks of a distributed run; None when this rank or any other ran out of memory."""
+    trial = copy.deepcopy(model).to(device).train()
+    opt = opt_func(trial.parameters(), 1e-3)
+    seconds = 0.
+    try:
+        for i in range(steps + 1):
+            if i == 1:  # the first step warms up kernels and allocators
+                start = sync_time(device)
+            loss_func(trial(xb), yb).backward()
+            opt.step()
+            opt.zero_grad()
+        seconds = sync_time(device) - start
+    except torch.cuda.OutOfMemoryError:
+        seconds = math.inf
+    finally:
+        del trial, opt
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+    # every rank takes the same decision: out of memory anywhere stops all of them
+    seconds = all_reduce_mean(torch.tensor([seconds], dtype=torch.float64, device=device)).item()
+    return None if math.isinf(seconds) else seconds
 
 
 def _snapshot(learn, sweepers) -> dict:

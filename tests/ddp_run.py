@@ -16,9 +16,11 @@ from slowlearn import (
     CheckpointCB,
     CSVLoggerCB,
     DataLoaders,
+    EarlyStoppingCB,
     GradientAccumulationCB,
     Learner,
     TensorLoader,
+    find_batch_size,
     seed_cnn,
     set_seed,
 )
@@ -28,9 +30,10 @@ from slowlearn.train import default_cbs
 GLOBAL_BS = 32
 
 
-def synthetic_dls(bs: int, seed: int | None = 1, n_train: int = 256, n_valid: int = 64) -> DataLoaders:
-    """Learnable images: the class is the brightest of 4 quadrants."""
-    g = torch.Generator().manual_seed(0)
+def synthetic_dls(bs: int, seed: int | None = 1, n_train: int = 256, n_valid: int = 64,
+                  data_seed: int = 0) -> DataLoaders:
+    """Learnable images: the class is the brightest of 4 quadrants (`data_seed` draws other images)."""
+    g = torch.Generator().manual_seed(data_seed)
     x = torch.randint(0, 128, (n_train + n_valid, 1, 28, 28), dtype=torch.uint8, generator=g)
     y = torch.randint(0, 4, (n_train + n_valid,), generator=g)
     for i, label in enumerate(y.tolist()):
@@ -97,6 +100,21 @@ class FailOn(Callback):
             raise RuntimeError(f"deliberate failure on rank {rank()}")
 
 
+def decisions(out: Path) -> None:
+    """Each rank with its own data: lr_find, find_batch_size and an early-stopped fit, whose decisions
+    (suggested lr, rows, stopping epoch) every rank must take alike; each rank saves what it decided."""
+    dls = synthetic_dls(GLOBAL_BS // world_size(), data_seed=rank())
+    stop = EarlyStoppingCB("valid_loss", patience=1, min_delta=10.)  # improves only on the first epoch: stops at 1
+    learn = Learner(model(), dls, lr=0.1, cbs=[*default_cbs(), stop],
+                    opt_func=lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9))
+    suggestion = learn.lr_find(num_it=30, show_plot=False)
+    rows = find_batch_size(model(), dls, candidates=(16, 64, 1024), steps=1)
+    learn.fit(4, lr=suggestion.valley)
+    (out / "results").mkdir(parents=True, exist_ok=True)
+    torch.save({"suggestion": list(suggestion), "losses": learn.lr_finder.losses, "rows": rows,
+                "stopped": stop.stopped_epoch}, out / "results" / f"rank{rank()}.pt")
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("out")
@@ -112,8 +130,13 @@ if __name__ == "__main__":
                         help="an unseeded training loader, and each rank's torch RNG seeded differently")
     parser.add_argument("--uneven", action="store_true",
                         help="rank r's training set has 64 * r more items than rank 0's (data that differs by rank)")
+    parser.add_argument("--decisions", action="store_true",
+                        help="each rank with its own data: lr_find, find_batch_size, early stopping (see decisions)")
     args = parser.parse_args()
     out = Path(args.out)
+    if args.decisions:
+        decisions(out)
+        sys.exit(0)
     cbs = [*default_cbs(), CSVLoggerCB(out / "log.csv"), CheckpointCB(out / "ckpt.pt")]
     if args.fail_rank is not None:
         cbs.append(FailOn(args.fail_rank))

@@ -126,3 +126,16 @@ def test_ranks_with_different_numbers_of_batches_stop_at_once_with_a_message(tmp
     assert ("disagree on what must be the same on all of them (training batches: rank 0 has 8, rank 1 has 10)"
             in result.stderr)
     assert not (tmp_path / "results").exists()  # stopped before training
+
+
+def test_every_rank_takes_the_same_decisions_on_its_own_data(tmp_path):
+    """lr_find sweeps the loss averaged over the ranks (each rank used to sweep its own and suggest its own lr, and
+    to stop the sweep on its own divergence while the other waited in an all-reduce); find_batch_size reports the
+    same rows on every rank; early stopping stops every rank at the same epoch."""
+    result = torchrun(tmp_path, "--decisions", timeout=240)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / "results" / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert rank0["losses"] == rank1["losses"] and rank0["suggestion"] == rank1["suggestion"]
+    assert rank0["rows"] == rank1["rows"] and [r["bs"] for r in rank0["rows"]] == [16, 64, 1024]
+    assert rank0["rows"][-1]["note"] == "larger than the 256 training samples"
+    assert rank0["stopped"] == rank1["stopped"] == 1

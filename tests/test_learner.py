@@ -343,3 +343,27 @@ def test_an_error_in_before_fit_is_not_masked_by_a_cleanup_error():
 def test_a_cleanup_error_after_a_cancel_is_raised():
     with pytest.raises(RuntimeError, match="cleanup failed in 10"):
         Learner(nn.Linear(3, 2), make_dls(), cbs=[StopAt(0, 0), Cleanup(order=10, fail_in="cleanup_fit")]).fit(1)
+
+
+def test_a_fit_started_from_a_callback_during_a_fit_is_refused_saying_what_was_wrong():
+    """It used to fail with "element 0 of tensors does not require grad" (the inner fit trained under the outer
+    fit's no_grad validation), naming neither the callback nor the cause."""
+    class FitsAgain(Callback):
+        def after_epoch(self, learn):
+            if not learn.training:
+                learn.fit(1)
+
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB()])
+    cb = FitsAgain()
+    with pytest.raises(RuntimeError, match="Learner.fit was called while this Learner is fitting") as error:
+        learn.fit(1, cbs=[cb])
+    assert "(raised in callback FitsAgain during after_epoch)" in error.value.__notes__
+    assert [row["phase"] for row in learn.history] == ["train"]  # the error ended the outer fit, nothing else ran
+    learn.fit(1)  # the guard is lifted when the fit ends, however it ends
+    with pytest.raises(RuntimeError, match="while this Learner is fitting"):
+        learn.fit(1, cbs=[FitsAgainViaLrFind()])
+
+
+class FitsAgainViaLrFind(Callback):
+    def before_fit(self, learn):
+        learn.lr_find(num_it=3, show_plot=False)

@@ -9,6 +9,7 @@ import numpy as np
 
 from ..callback import Callback, CancelFitException
 from ..display import finished, subplots
+from ..distributed import all_reduce_mean
 from ..groups import geometric
 
 __all__ = ["LRFinderCB", "SuggestedLRs"]
@@ -25,10 +26,12 @@ class LRFinderCB(Callback):
 
     Records the loss of each batch (one host sync per batch: the sweep must see divergence) and
     its exponentially smoothed value; stops at `num_it`, at a NaN/inf loss, or, with `stop_div`,
-    when the smoothed loss exceeds 4 x its minimum.
+    when the smoothed loss exceeds 4 x its minimum. In a distributed run the loss is the mean over the
+    ranks, so every rank stops at the same batch and suggests the same lr.
     """
 
-    order = 90  # sets the lr after any scheduler has set it
+    order = 90
+    sets_lr = True
 
     def __init__(self, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
                  beta: float = 0.98):
@@ -49,7 +52,7 @@ class LRFinderCB(Callback):
         self.lrs.append(lr)
 
     def after_batch(self, learn) -> None:
-        loss = learn.loss.item()
+        loss = all_reduce_mean(learn.loss.detach().float().reshape(1).clone()).item()  # the same on every rank
         self._avg = self.beta * self._avg + (1 - self.beta) * loss
         smooth = self._avg / (1 - self.beta ** (len(self.losses) + 1))
         self.losses.append(loss)

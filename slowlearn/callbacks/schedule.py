@@ -41,6 +41,7 @@ class BaseSchedulerCB(Callback):
     """
 
     order = 80  # steps after RecorderCB has recorded the values the step used
+    sets_lr = True  # torch's schedulers are lr schedulers
 
     def __init__(self, scheduler_f: Callable, **kwargs):
         self.scheduler_f, self.kwargs, self.scheduler = scheduler_f, kwargs, None
@@ -106,6 +107,7 @@ class ParamSchedulerCB(Callback):
 
     def __init__(self, **scheds: Schedule):
         self.scheds = scheds
+        self.sets_lr = "lr" in scheds
 
     def before_fit(self, learn) -> None:
         lrs = group_lrs(learn.lr, len(learn.opt.param_groups))
@@ -190,6 +192,7 @@ class OneCycleCB(Callback):
     """
 
     order = 10  # before callbacks that read hyper-parameters in before_batch
+    sets_lr = True
 
     def __init__(self, lr_max: float | slice | Sequence[float] | None, pct_start: float = 0.3, div: float = 25.,
                  div_final: float = 1e4, moms: tuple[float, float] | None = (0.95, 0.85)):

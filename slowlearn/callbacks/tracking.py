@@ -40,7 +40,9 @@ class MonitorCB(Callback):
     ("valid_loss", "train_accuracy", ...), `mode` says whether "min" or "max" is better (by default
     "min" for losses). At `before_fit` the name is checked against the columns this fit will produce
     (`learn.metric_names`, for the phases it runs), so a wrong name fails before any training, listing
-    the available ones (subclasses therefore run after MetricsCB: `order` > 50). `monitor=None` watches nothing."""
+    the available ones (subclasses therefore run after MetricsCB: `order` > 50). `monitor=None` watches nothing.
+    The values come from MetricsCB's rows, which hold the metrics reduced over the ranks of a distributed
+    run, so every rank takes the same decision (stop, save, cut the lr) at the same epoch."""
 
     def __init__(self, monitor: str | None, mode: str | None = None):
         self.monitor, self.mode = monitor, _mode(monitor, mode) if monitor else None
@@ -146,7 +148,8 @@ class EarlyStoppingCB(MonitorCB):
     `restore_best_weights`); `best_epoch` says which. With WeightAveragingCB validating on the average,
     that average is what was scored and what comes back. Each fit starts its own count (best, wait,
     weights): a later fit, such as `fine_tune`'s unfrozen stage, gets its full patience even when it
-    starts worse than an earlier fit ended.
+    starts worse than an earlier fit ended. After restoring, `learn.weights_epoch` is the best epoch, so
+    that `learn.export` records that epoch's metrics with its weights.
     """
 
     order = 90
@@ -185,6 +188,7 @@ class EarlyStoppingCB(MonitorCB):
     def cleanup_fit(self, learn) -> None:
         if self._in_fit and self.best_weights is not None:
             bare_model(learn.model).load_state_dict(self.best_weights)
+            learn.weights_epoch = self.best_epoch  # so that an export reports this epoch's metrics, not the last's
         self._in_fit = False
 
     def state_dict(self) -> dict:

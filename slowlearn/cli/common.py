@@ -3,23 +3,67 @@ checks that an output can be written (made before any work, so a mistake there c
 from __future__ import annotations
 
 import argparse
+import difflib
+import functools
 import math
 import os
+import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["CLIError", "positive_int", "writable_folder", "writable_file"]
+__all__ = ["CLIError", "positive_int", "positive_float", "integer", "writable_folder", "writable_file", "in_cli_terms",
+           "Parser"]
+
+# The library's keyword arguments that are command-line options, as its messages name them (`valid_pct=0.2`)
+KEYWORD_OPTIONS = {"valid_pct": "--valid-pct", "valid_col": "--valid-col", "size": "--size", "n_train": "--n-train",
+                   "aug": "--aug", "bs": "--bs"}
+_KEYWORD = re.compile(r"(?<![\w.-])(" + "|".join(KEYWORD_OPTIONS) + r")=([^\s,:;)]*)")
 
 
 class CLIError(Exception):
     """A bad option value or unreadable input: reported as one line, exit code 2."""
 
 
+def in_cli_terms(message: str) -> str:
+    """A library message as the command line says it: `valid_pct=0.2` becomes `--valid-pct 0.2`, `pass
+    valid_pct= (e.g. 0.2)` becomes `pass --valid-pct (e.g. 0.2)`, a folder suggested as data becomes `--data`."""
+    def option(match: re.Match) -> str:
+        return KEYWORD_OPTIONS[match.group(1)] + (f" {match.group(2)}" if match.group(2) else "")
+    message = _KEYWORD.sub(option, message)
+    return (message.replace("Did you mean the folder ", "Did you mean --data ")
+            .replace("in a CSV file (image_csv)", "in a CSV file (--data FILE.csv)"))
+
+
+def integer(value: str) -> int:
+    """A whole number from the command line (an error that says so otherwise)."""
+    try:
+        return int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+
+
 def positive_int(value: str) -> int:
-    number = int(value)
+    """A whole number of at least 1 from the command line."""
+    number = integer(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
     return number
+
+
+def number(value: str) -> float:
+    """A number from the command line (an error that says so otherwise)."""
+    try:
+        return float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+
+
+def positive_float(value: str) -> float:
+    """A positive finite number from the command line."""
+    result = number(value)
+    if not 0 < result < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value}")
+    return result
 
 
 def writable_folder(folder: str | os.PathLike, option: str) -> Path:
@@ -51,12 +95,79 @@ def writable_file(file: str | os.PathLike, option: str) -> Path:
 
 
 class Parser(argparse.ArgumentParser):
+    """argparse's parser, speaking to a user: an error ends with "(see --help)", an unknown option gets the
+    nearest known one ("did you mean --bs?"), and `args.given` maps each option given on the command line
+    (its dest) to how it was written, so that a command can tell a value asked for from a default."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.subcommands = None
+        self.set_defaults(given=None)
+        for name in (None, "store", "store_const", "store_true", "store_false"):
+            self.register("action", name, _recording(self._registry_get("action", name)))
+
+    def add_subparsers(self, **kwargs):
+        self.subcommands = super().add_subparsers(**kwargs)
+        return self.subcommands
+
+    def parse_args(self, args=None, namespace=None):
+        parsed, unknown = self.parse_known_args(args, namespace)
+        if unknown:
+            command = self.subcommands.choices.get(getattr(parsed, self.subcommands.dest)) if self.subcommands else None
+            command = command or self
+            command.error(f"unrecognized arguments: {' '.join(unknown)}{_did_you_mean(unknown, command)}")
+        if parsed.given is None:
+            parsed.given = {}
+        return parsed
+
     def error(self, message: str):
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
 
 
-def positive_float(value: str) -> float:
-    number = float(value)
-    if not 0 < number < math.inf:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value}")
-    return number
+@functools.cache
+def _recording(action_class: type) -> type:
+    """`action_class` that also notes in `namespace.given` that its option was on the command line."""
+    class Recorded(action_class):
+        def __call__(self, parser, namespace, values, option_string=None):
+            super().__call__(parser, namespace, values, option_string)
+            if getattr(namespace, "given", None) is None:
+                namespace.given = {}
+            namespace.given[self.dest] = option_string
+    Recorded.__name__ = Recorded.__qualname__ = f"Recorded{action_class.__name__}"
+    return Recorded
+
+
+def _did_you_mean(unknown: list[str], parser: argparse.ArgumentParser) -> str:
+    known = [s for s in parser._option_string_actions if s.startswith("--")]  # argparse has no public list of them
+    pairs = [(arg, hint) for arg in unknown if arg.startswith("--") and (hint := nearest_option(arg, known))]
+    if not pairs:
+        return ""
+    if len(pairs) == 1:
+        return f"; did you mean {pairs[0][1]}?"
+    return "; did you mean " + ", ".join(f"{hint} for {arg.split('=')[0]}" for arg, hint in pairs) + "?"
+
+
+def nearest_option(unknown: str, known: list[str]) -> str | None:
+    """The option of `known` that `unknown` (e.g. "--batch-size") most likely meant: the one its words'
+    initials spell ("--bs"), one of its words ("--image-size": "--size"), a short option whose letters it
+    holds in order ("--batchsize": "--bs"), or a close spelling ("--epoch": "--epochs"); None when none is near."""
+    name = unknown.split("=", 1)[0].replace("_", "-").lower().removeprefix("--")
+    words = [w for w in name.split("-") if w]
+    if not words:
+        return None
+    initials = "--" + "".join(w[0] for w in words)
+    if len(words) > 1 and initials in known:
+        return initials
+    inside = [f"--{w}" for w in words if f"--{w}" in known]
+    if len(words) > 1 and inside:
+        return inside[-1]
+    short = [k for k in known if len(k) <= 5 and k[2] == name[0] and _in_order(k[2:], name)]
+    if len(short) == 1:
+        return short[0]
+    close = difflib.get_close_matches(name, [k[2:] for k in known], n=1, cutoff=0.6)
+    return f"--{close[0]}" if close else None
+
+
+def _in_order(letters: str, word: str) -> bool:
+    rest = iter(word)
+    return all(letter in rest for letter in letters)

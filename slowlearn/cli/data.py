@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError, positive_int
+from .common import CLIError, in_cli_terms, number, positive_int
 
 __all__ = ["add_data_args", "load_data", "CLIError", "check_data_args"]
 
@@ -26,10 +26,10 @@ def _size(value: str) -> int | tuple[int, int]:
 
 
 def _fraction(value: str) -> float:
-    number = float(value)
-    if not 0 < number < 1:
+    fraction = number(value)
+    if not 0 < fraction < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.2), got {value}")
-    return number
+    return fraction
 
 
 def _aug(value: str) -> str:
@@ -106,7 +106,7 @@ def load_data(args):
         raise CLIError(f"--data {args.data}: {e.problem} Put the data where slowlearn looked, set SLOWLEARN_DATA "
                        f"to the folder that holds it, or train on your own images with --data PATH") from e
     except (ValueError, FileNotFoundError) as e:  # an image that does not decode, images of different sizes, a bad CSV row, ...
-        raise CLIError(f"--data {args.data}: {e}") from e
+        raise CLIError(f"--data {args.data}: {in_cli_terms(str(e))}") from e
 
 
 def _augment(spec: str, dls):

@@ -31,7 +31,8 @@ def export_command(args) -> int:
     checkpoint = source / "checkpoint.pt" if source.is_dir() else source
     if not checkpoint.is_file():
         raise CLIError(f"{args.source}: no checkpoint here (give a run folder holding checkpoint.pt, or a checkpoint)")
-    out = Path(args.out) if args.out else checkpoint.with_name("model." + ("onnx" if args.format == "onnx" else "pt2"))
+    out = Path(args.out) if args.out else checkpoint.with_name("model." + (args.format or "pt2"))
+    fmt = _format(out, args.format)
     if out.exists() and not args.force:
         raise CLIError(f"{out} already exists (`slowlearn train` writes model.pt2 itself): pass --force to replace it, "
                        f"or --out FILE")
@@ -45,8 +46,20 @@ def export_command(args) -> int:
     except ValueError as e:  # not a checkpoint, or one of another model (checked before anything is loaded)
         raise CLIError(f"{e} (export rebuilt --model {args.model} for --data {args.data}: pass the --model and "
                        f"--data the run was trained with)") from None
-    print(f"Wrote {learn.export(out, format=args.format, preprocessing=_recorded_preprocessing(checkpoint, dls))}")
+    print(f"Wrote {learn.export(out, format=fmt, preprocessing=_recorded_preprocessing(checkpoint, dls))}")
     return 0
+
+
+def _format(out: Path, format: str | None) -> str:
+    """--format, or the one --out's suffix names; refused when they contradict each other."""
+    from ..deploy import export_format
+    try:
+        return export_format(out, format)
+    except ValueError:
+        named = export_format(out)
+        raise CLIError(f"--format {format} with --out {out}: a {out.suffix} file would pass for {named} while it "
+                       f"holds {format}; pass --out {out.with_suffix('.' + format)}, or drop --format to write "
+                       f"{named}") from None
 
 
 def _recorded_preprocessing(checkpoint: Path, dls):
@@ -162,9 +175,11 @@ def add_model_commands(sub) -> None:
     add_data_args(e)  # the data options the run was trained with
     e.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="the run's --model (default: cnn)")
     e.add_argument("--bs", type=positive_int, default=512, help=argparse.SUPPRESS)
-    e.add_argument("--format", choices=("pt2", "onnx"), default="pt2",
-                   help="pt2 (torch.export, for slowlearn predict / load_learner) or onnx (default: pt2)")
-    e.add_argument("--out", default=None, help="the file to write (default: model.pt2 next to the checkpoint)")
+    e.add_argument("--format", choices=("pt2", "onnx"), default=None,
+                   help="pt2 (torch.export, for slowlearn predict / load_learner) or onnx (default: the one --out's "
+                        "suffix names, .onnx or .pt2; else pt2)")
+    e.add_argument("--out", default=None, help="the file to write (default: model.pt2, or model.onnx with --format "
+                                               "onnx, next to the checkpoint)")
     e.add_argument("--force", action="store_true", help="replace --out if it exists (by default an existing file is "
                                                         "kept and the export refused)")
     e.set_defaults(func=export_command)

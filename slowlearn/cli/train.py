@@ -5,9 +5,11 @@ import argparse
 from functools import partial
 from pathlib import Path
 
+from ..callback import Callback
+from ..data import image_size
 from .build import data_and_model
-from .common import CLIError, positive_float, positive_int, writable_folder
-from .data import add_data_args
+from .common import CLIError, integer, positive_float, positive_int, writable_folder
+from .data import BUILT_IN, add_data_args
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 MLFLOW_STORE = "sqlite:///runs/mlflow.db"  # MLflowCB's default
@@ -28,6 +30,26 @@ def _speed_cbs(args, model) -> list:
     return speed_cbs(model, args.precision, channels_last=True if args.model == "resnet" else None)
 
 
+# What makes a run what it is: recorded in its checkpoint (RunOptionsCB) and reused by --resume, which refuses
+# another value for any of them (--epochs may differ: the one-cycle schedule then stretches to the new length)
+RUN_OPTIONS = ("data", "images", "valid_col", "size", "valid_pct", "aug", "n_train", "model", "bs", "opt", "precision",
+               "seed", "lr", "epochs")
+# What a --recipe does not use: it brings its own data, model, optimizer, schedule and epochs
+RECIPE_IGNORES = ("data", "images", "valid_col", "size", "valid_pct", "aug", "n_train", "model", "bs", "opt", "epochs",
+                  "lr")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _shown(value) -> str:
+    """An option's value as it is written on the command line."""
+    if isinstance(value, (tuple, list)):
+        return "x".join(map(str, value))
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def train_command(args) -> int:
     from ..callbacks import ChannelsLastCB, CheckpointCB, CSVLoggerCB, TensorBoardCB
     from ..checkpoint import CheckpointError
@@ -37,10 +59,10 @@ def train_command(args) -> int:
     from ..show import plot_confusion_matrix, plot_metrics
     from ..train import train_1cycle
 
-    if args.recipe is not None and args.resume is not None:
-        raise CLIError("--resume does not work with --recipe: a recipe run is short, start it again")
+    if args.recipe is not None:
+        _check_recipe_options(args)
     out = writable_folder(args.out, "--out")
-    _check_resume(args)
+    _resume_options(args)
     cbs = [CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
     if args.tensorboard:
         cbs.append(TensorBoardCB(out / "tensorboard"))
@@ -55,8 +77,8 @@ def train_command(args) -> int:
         dls, model = data_and_model(args)
         try:
             learn = train_1cycle(model, lr=args.lr, n_epochs=args.epochs, dls=dls,
-                                 opt_func=_opt_func(args.opt), cbs=cbs, resume=args.resume, verbose=args.verbose,
-                                 precision=args.precision)
+                                 opt_func=_opt_func(args.opt), cbs=[*cbs, RunOptionsCB(_run_options(args))],
+                                 resume=args.resume, verbose=args.verbose, precision=args.precision)
         except CheckpointError as e:  # saved from another --model or --opt: found before training starts
             raise CLIError(f"--resume {args.resume}: {e}") from e
     pictures = {"lr and momentum": (learn.recorder.plot(), "schedule.png"),
@@ -86,26 +108,85 @@ def _mlflow_cb(uri: str, out: Path):
         raise CLIError(f"--mlflow {uri}: {e}") from e
 
 
-def _check_resume(args) -> None:
-    """--resume: a readable slowlearn checkpoint of a run that has fewer epochs than --epochs."""
+def _check_recipe_options(args) -> None:
+    """A recipe trains its own data, model and schedule: an option it would ignore is refused, by name."""
+    if args.resume is not None:
+        raise CLIError("--resume does not work with --recipe: a recipe run is short, start it again")
+    ignored = [_flag(dest) for dest in RECIPE_IGNORES if dest in args.given]
+    if ignored:
+        them = "them" if len(ignored) > 1 else "it"
+        raise CLIError(f"--recipe {args.recipe} brings its own data, model, optimizer, schedule and epochs, so it "
+                       f"would ignore {', '.join(ignored)}: drop {them}, or train without --recipe")
+
+
+class RunOptionsCB(Callback):
+    """Keeps the command line's run options (RUN_OPTIONS) in every checkpoint of the run, for --resume."""
+
+    def __init__(self, options: dict):
+        self.options = options
+
+    def state_dict(self) -> dict:
+        return {"options": self.options}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass  # --resume has read them from the checkpoint before the run was rebuilt
+
+
+def _run_options(args) -> dict:
+    """RUN_OPTIONS as plain data; the paths of --data and --images absolute, so a resume from another folder
+    finds them."""
+    options = {dest: getattr(args, dest) for dest in RUN_OPTIONS}
+    for dest in ("data", "images"):
+        if options[dest] is not None and options[dest] not in BUILT_IN:
+            options[dest] = str(Path(options[dest]).resolve())
+    options["size"] = list(image_size(options["size"]) or ()) or None
+    return options
+
+
+def _resume_options(args) -> None:
+    """--resume: a readable slowlearn checkpoint; the options the run recorded are reused (one given with
+    another value is refused, by name, but for --epochs); the run must have epochs left to train."""
     if args.resume is None:
         return
     from ..checkpoint import CheckpointError, read_checkpoint
+    from ..distributed import rank0_print
     if not Path(args.resume).is_file():
         raise CLIError(f"--resume {args.resume}: no such checkpoint file")
     try:
         state = read_checkpoint(args.resume)
     except CheckpointError as e:
         raise CLIError(f"--resume {args.resume}: {e}") from e
-    if state["epoch"] >= args.epochs:  # another number of epochs than the run's continues on the longer cycle
-        raise CLIError(f"--resume {args.resume}: that run has already trained {state['epoch']} epochs, so "
-                       f"--epochs {args.epochs} would train nothing")
+    recorded = state["callbacks"].get(RunOptionsCB.__name__, {}).get("options")
+    if recorded is None:  # a checkpoint of an older slowlearn, or of a run started from Python
+        recorded = {"epochs": state["n_epochs"]} if state.get("n_epochs") else {}
+        rank0_print(f"--resume {args.resume}: the checkpoint does not record the options of its run, so the options "
+                    f"given here are used: give the same ones as the run")
+    given_now = _run_options(args)
+    for dest, value in recorded.items():
+        if dest not in args.given:
+            setattr(args, dest, tuple(value) if dest == "size" and value else value)
+        elif dest != "epochs" and given_now[dest] != value:
+            flag, shown = _flag(dest), _shown(value) if value is not None else None
+            fix = f"drop {flag} or pass {flag} {shown}" if shown is not None else f"drop {flag}"
+            raise CLIError(f"--resume {args.resume}: the run was trained with "
+                           f"{f'{flag} {shown}' if shown is not None else f'no {flag}'}, and a resumed run is the same "
+                           f"run: {fix}")
+    done = state["epoch"]
+    if done >= args.epochs:  # another number of epochs than the run's continues on the longer cycle
+        raise CLIError(f"--resume {args.resume}: that run has already trained {done} epochs, so "
+                       f"--epochs {args.epochs} would train nothing: give more epochs than {done}")
+    planned = recorded.get("epochs")
+    stretched = "" if planned in (None, args.epochs) else \
+        f" (the run was for {planned}: its schedule now spans {args.epochs})"
+    position = f"epoch {done}" if not state["iter"] else f"batch {state['iter']} of epoch {done}"
+    rank0_print(f"Resuming the run of {args.resume} from {position} of {args.epochs}{stretched}: epochs "
+                f"{done} to {args.epochs - 1} follow")
 
 
 def _run_recipe(args, cbs):
     from ..distributed import rank0_print
     from ..recipes import RECIPES
-    result = RECIPES[args.recipe](seed=args.seed, precision=args.precision, cbs=cbs, valid=True)
+    result = RECIPES[args.recipe](seed=args.seed, precision=args.precision, cbs=cbs, valid=True, verbose=args.verbose)
     rank0_print(f"Recipe {args.recipe}: test accuracy {result.accuracy:.4f} with flip TTA, "
                 f"{result.seconds:.0f} s from the first batch")
     return result.learn
@@ -147,7 +228,7 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
                    help="auto: bf16 autocast where the hardware runs it natively (a CUDA GPU with bf16, a CPU "
                         "with AMX or AVX-512 bf16) for wide models, else fp32; or fp32, bf16, fp16 (with loss "
                         "scaling) (default: auto)")
-    p.add_argument("--seed", type=int, default=42, help="random seed (default: 42)")
+    p.add_argument("--seed", type=integer, default=42, help="random seed (default: 42)")
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
 
 
@@ -173,7 +254,8 @@ def add_train_commands(sub) -> None:
                    help="train a speed recipe of slowlearn.recipes (its own data, model, optimizer, schedule "
                         "and epochs: --data, --model, --bs, --opt, --epochs and --lr are not used)")
     t.add_argument("--resume", default=None, metavar="CKPT",
-                   help="continue the run saved in this checkpoint (same options otherwise)")
+                   help="continue the run saved in this checkpoint, with the options it records (an option given "
+                        "with another value is refused; --epochs may differ: the schedule then spans the new number)")
     _verbosity(t)
     t.add_argument("--tensorboard", action="store_true",
                    help="also log curves, hyper-parameters and final metrics for TensorBoard into --out/tensorboard")

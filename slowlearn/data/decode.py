@@ -12,8 +12,9 @@ h x w, keeping its aspect ratio, then the centre h x w is kept (fastai's default
 """
 from __future__ import annotations
 
+import numbers
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
@@ -39,10 +40,14 @@ def image_size(size: int | Sequence[int] | None) -> tuple[int, int] | None:
     """`size` as (h, w), checked."""
     if size is None:
         return None
-    hw = (size, size) if isinstance(size, int) else tuple(size)
-    if len(hw) != 2 or not all(isinstance(s, int) and s > 0 for s in hw):
-        raise ValueError(f"size={size!r}: give a positive int (square images) or an (h, w) pair of positive ints")
-    return hw
+    problem = ValueError(f"size={size!r}: give a whole number of pixels (64, square images) or an (h, w) pair of "
+                         f"them ((48, 64)), each at least 1")
+    if isinstance(size, (str, bytes)) or not isinstance(size, (numbers.Integral, Iterable)):
+        raise problem  # a float such as 2.5, which tuple() would fail on without saying what was wrong
+    hw = (size, size) if isinstance(size, numbers.Integral) else tuple(size)
+    if len(hw) != 2 or not all(isinstance(s, numbers.Integral) and not isinstance(s, bool) and s > 0 for s in hw):
+        raise problem
+    return int(hw[0]), int(hw[1])
 
 
 def eight_bit(image: Image.Image) -> Image.Image:
@@ -142,7 +147,7 @@ def _check_one_size(arrays: list[np.ndarray], items: Sequence, start: int = 0) -
     if odd is not None:
         raise ValueError(f"Images have different sizes: {_item_name(items, 0)} is {first[0]}x{first[1]} (h x w) but "
                          f"{_item_name(items, odd)} is {arrays[odd].shape[0]}x{arrays[odd].shape[1]}. Pass size= (e.g. "
-                         f"size=64, or --size 64 on the command line) to resize them all.")
+                         f"size=64) to resize them all.")
 
 
 def decode_images(items: Sequence, channels: int | None = None, size: int | Sequence[int] | None = None,

@@ -210,7 +210,8 @@ def folder_files(path: Path, valid: str | None, valid_pct: float | None) -> Labe
     if valid_pct is None:
         if flat:
             raise ValueError(f"{path} has no train/ folder: use {path}/train/<class>/ and {path}/valid/<class>/ "
-                             f"(or test/), or pass valid_pct= (e.g. 0.2) to split {path}/<class>/ at random")
+                             f"(or test/), or pass valid_pct= (e.g. 0.2) to split {path}/<class>/ at random."
+                             f"{layout_hint(path)}")
         valid = valid or next((v for v in ("valid", "test") if v in folders), None)
         if valid is None:
             raise FileNotFoundError(f"{path} has no valid/ or test/ folder next to train/: add one, or pass valid_pct= "
@@ -226,9 +227,41 @@ def folder_files(path: Path, valid: str | None, valid_pct: float | None) -> Labe
     return _label_folders(split_dirs, not_classes=SPLIT_FOLDERS if flat else ())
 
 
+def _has_images(folder: Path) -> bool:
+    """Whether `folder` holds an image file itself (not in a subfolder): a look at its entries only."""
+    with os.scandir(folder) as entries:
+        return any(e.name.lower().endswith(IMAGE_SUFFIXES) and not e.name.startswith(".") and e.is_file()
+                   for e in entries)
+
+
+def _looks_like_classes(folder: Path) -> bool:
+    return sum(_has_images(d) for d in _visible_dirs(folder)[:50]) >= 2
+
+
+def layout_hint(path: Path) -> str:
+    """A sentence for a layout error at `path` that says what the folder looks like instead: the dataset one
+    folder further down (a wrapper folder around train/ or around class folders), or images that lie in
+    `path` itself with no class folders. Empty when nothing stands out."""
+    subdirs = [d for d in _visible_dirs(path) if d.name not in SPLIT_FOLDERS]
+    with_train = [d for d in subdirs if (d / "train").is_dir()]
+    if len(with_train) == 1:
+        return f" Did you mean the folder {with_train[0]}, which holds train/?"
+    if len(subdirs) == 1 and _looks_like_classes(subdirs[0]):
+        return f" Did you mean the folder {subdirs[0]}, whose folders look like classes?"
+    if not subdirs and _has_images(path):
+        return (f" {path} holds images but no class folders: the class of an image is the name of its folder "
+                f"({path}/<class>/*.jpg); to give classes another way, list the images with their classes in a CSV "
+                f"file (image_csv).")
+    return ""
+
+
 def _label_folders(split_dirs: dict[str, Path], not_classes: Sequence[str] = ()) -> LabelledFiles:
     train = _class_folders(split_dirs["train"], not_classes)
-    _check_classes(train, split_dirs["train"])
+    try:
+        _check_classes(train, split_dirs["train"])
+    except ValueError as e:
+        hint = layout_hint(split_dirs["train"]) if len(train) < 2 else ""
+        raise ValueError(f"{e}.{hint}" if hint else str(e)) from None
     classes = list(train)
     files, labels, splits, keys = [], [], [], []
     for split, folder in split_dirs.items():

@@ -15,9 +15,11 @@ Format (version 1): a `torch.export` archive (a zip, `.pt2`, as `torch.export.sa
   `std` (per channel, applied after the scaling), `resize` (how the training images were resized:
   {"method": "crop" | "squish", "interpolation": "bilinear"}, or null: inputs must have `size`).
   `metadata`: slowlearn and torch versions, the date (UTC, ISO 8601), the model's class name, the
-  last row of the training history (final metrics), and `split`: how a `valid_pct` split was drawn
-  (`dls.split`: {"rule", "valid_pct", "seed", "keys"}, null when the data came split), so that
-  `Predictor.trained_on` / `slowlearn evaluate` can tell the images the model trained on.
+  metrics of the epoch whose weights it holds (the last row of the training history, or, when
+  EarlyStoppingCB(restore_best=True) put an earlier epoch's weights back, that epoch's row: its "epoch"
+  says which), and `split`: how a `valid_pct` split was drawn (`dls.split`: {"rule", "valid_pct", "seed",
+  "keys"}, null when the data came split), so that `Predictor.trained_on` / `slowlearn evaluate` can tell
+  the images the model trained on.
 
 The graph's nodes carry no metadata: torch.export records stack traces (the exporting machine's file
 paths and source lines), module class names and provenance, which loading does not need; they are
@@ -34,7 +36,7 @@ non-empty sample-inputs record), or evaluate text from the file (symbolic shape 
 plain sympy symbols and integers, guard code), or call anything other than aten operators and
 arithmetic from the graph, before handing those same bytes to `torch.export.load`.
 
-`learn.export(path, format="onnx")` writes an ONNX model instead (input "images", output "logits",
+`learn.export(path, format="onnx")` (or a `path` ending in `.onnx`) writes an ONNX model instead (input "images", output "logits",
 dynamic batch), with the same JSON in its metadata under the key "slowlearn"; it needs the `onnx` extra
 (`pip install slowlearn[onnx]`) and is meant for onnxruntime and other runtimes outside Python's torch.
 """
@@ -58,7 +60,7 @@ from ..data import Preprocessing, preprocessing_of
 from ..device import bare_model
 from ..distributed import is_rank0
 
-__all__ = ["export_learner", "read_export", "ExportError", "FORMAT", "VERSION"]
+__all__ = ["export_learner", "export_format", "read_export", "ExportError", "FORMAT", "VERSION"]
 
 FORMAT, VERSION, META = "slowlearn-export", 1, "slowlearn.json"
 _MEMBERS = re.compile(r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
@@ -82,11 +84,32 @@ class ExportError(ValueError):
     """A file that is not a slowlearn export, is damaged, or holds something that loading could run."""
 
 
-def export_learner(learn, path: str | os.PathLike, format: str = "pt2",
-                   preprocessing: Preprocessing | None = None) -> Path:
-    """Write `learn`'s model with its preprocessing, class names and metadata to `path` (atomically)."""
-    if format not in ("pt2", "onnx"):
+_FORMATS = {"pt2": "a torch.export archive", "onnx": "an ONNX model"}
+
+
+def export_format(path: str | os.PathLike, format: str | None = None) -> str:
+    """The format `learn.export(path, format)` writes: `format` ("pt2" or "onnx") when given, else the one
+    that `path`'s suffix names (`.onnx`: ONNX; `.pt2` or any other: pt2). A `format` that contradicts the
+    suffix is refused: the file would be taken for what it is not."""
+    if format not in (None, "pt2", "onnx"):
         raise ValueError(f"format={format!r}: use 'pt2' (torch.export, loaded by load_learner) or 'onnx'")
+    path = Path(path)
+    by_suffix = {".pt2": "pt2", ".onnx": "onnx"}.get(path.suffix.lower())
+    if format is None:
+        return by_suffix or "pt2"
+    if by_suffix is not None and by_suffix != format:
+        raise ValueError(f"learn.export({path.name!r}, format={format!r}): format={format!r} writes "
+                         f"{_FORMATS[format]}, which a file named {path.suffix} would pass for {_FORMATS[by_suffix]}: "
+                         f"name it {path.with_suffix('.' + format).name}, or leave format out to write "
+                         f"{_FORMATS[by_suffix]}")
+    return format
+
+
+def export_learner(learn, path: str | os.PathLike, format: str | None = None,
+                   preprocessing: Preprocessing | None = None) -> Path:
+    """Write `learn`'s model with its preprocessing, class names and metadata to `path` (atomically), as
+    `export_format(path, format)` says (by default from the suffix: `.onnx` ONNX, else pt2)."""
+    format = export_format(path, format)
     path = Path(path)
     if not is_rank0():  # in a distributed run, one process writes
         return path
@@ -117,7 +140,7 @@ def export_learner(learn, path: str | os.PathLike, format: str = "pt2",
 
 def _meta(learn, model: nn.Module, prep: Preprocessing) -> dict:
     from ..version import __version__
-    last = learn.history[-1] if learn.history else {}
+    last = _row_of_weights(learn)
     return {"format": FORMAT, "version": VERSION, "classes": list(getattr(learn.dls, "classes", None) or []),
             "preprocessing": prep.to_dict(),
             "metadata": {"slowlearn": __version__, "torch": torch.__version__,
@@ -125,6 +148,14 @@ def _meta(learn, model: nn.Module, prep: Preprocessing) -> dict:
                          "model": type(model).__name__,
                          "metrics": {k: v for k, v in last.items() if isinstance(v, (int, float, str))},
                          "split": getattr(learn.dls, "split", None)}}
+
+
+def _row_of_weights(learn) -> dict:
+    """The history row that scores the weights being exported: the last one, or when an earlier epoch's
+    weights were put back (`learn.weights_epoch`, set by EarlyStoppingCB(restore_best=True)), that epoch's."""
+    epoch = getattr(learn, "weights_epoch", None)
+    rows = [row for row in learn.history if epoch is None or row.get("epoch") == epoch]
+    return rows[-1] if rows else {}
 
 
 def _check_one_output_per_class(model: nn.Module, prep: Preprocessing, classes: list[str]) -> None:

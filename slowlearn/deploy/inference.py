@@ -34,9 +34,14 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False,
 
     Everything stays on the model's device until one copy to the CPU at the end (no host sync per
     batch). Per-item losses call `learn.loss_func(..., reduction="none")`. `tta=True` averages the
-    predictions for each image and its mirror image (test-time augmentation).
+    predictions for each image and its mirror image (test-time augmentation). A loader with no batches is
+    an error.
     """
-    dl = dl if dl is not None else learn.dls.valid
+    return _predictions(learn, _loader(learn, dl, "get_preds"), with_input, with_loss, tta, "get_preds")
+
+
+@torch.no_grad()
+def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner: str) -> Preds:
     device, was_training = model_device(learn.model), learn.model.training
     preds, targets, inputs, losses = [], [], [], []
     learn.model.eval()
@@ -56,8 +61,29 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False,
                 losses.append(learn.loss_func(out, yb, reduction="none"))
     finally:
         learn.model.train(was_training)
+    if not preds:  # a loader without len() that gave nothing
+        raise ValueError(_empty(owner, dl))
     cat = lambda ts: torch.cat(ts).cpu() if ts else None  # noqa: E731
     return Preds(cat(preds), cat(targets), cat(inputs), cat(losses))
+
+
+def _loader(learn, dl, owner: str):
+    """`dl`, or the validation loader; an error naming `owner` when there is none, or it has no batches."""
+    if dl is None:
+        dl = getattr(learn.dls, "valid", None)
+        if dl is None:
+            raise ValueError(f"learn.{owner}(): the Learner's data has no validation loader; pass the loader to use: "
+                             f"learn.{owner}(dl)")
+    if hasattr(dl, "__len__") and len(dl) == 0:
+        raise ValueError(_empty(owner, dl))
+    return dl
+
+
+def _empty(owner: str, dl) -> str:
+    items = getattr(dl, "dataset", None) if not hasattr(dl, "x") else dl.x
+    count = f" ({len(items)} items)" if hasattr(items, "__len__") else ""
+    return (f"learn.{owner}(): the loader has no batches{count}, so there is nothing to predict or score: give it "
+            f"a loader with at least one item (is the validation split empty?)")
 
 
 @torch.no_grad()
@@ -102,7 +128,7 @@ def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, n_classes: int)
 
 def validate(learn, dl=None) -> dict:
     """The mean loss and the MetricsCB metrics on `dl`, computed from `get_preds` (history untouched)."""
-    result = get_preds(learn, dl, with_loss=True)
+    result = _predictions(learn, _loader(learn, dl, "validate"), False, True, False, "validate")
     row = {"loss": result.losses.mean().item()}
     metrics_cb = next((cb for cb in learn.cbs if hasattr(cb, "metrics") and isinstance(cb.metrics, dict)), None)
     for name, metric in (metrics_cb.metrics.items() if metrics_cb else ()):

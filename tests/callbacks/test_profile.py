@@ -22,7 +22,8 @@ def test_profiler_report(capsys):
 def test_find_batch_size():
     dls = make_dls(n_train=300, bs=4)
     rows = find_batch_size(nn.Linear(3, 2), dls, candidates=(16, 64, 256, 1024), steps=2)
-    assert [r["bs"] for r in rows] == [16, 64, 256] and all(r["samples_per_s"] > 0 for r in rows)
+    assert [r["bs"] for r in rows] == [16, 64, 256, 1024] and all(r["samples_per_s"] > 0 for r in rows[:3])
+    assert rows[3]["note"] == "larger than the 300 training samples"
 
 
 def test_find_batch_size_leaves_torchs_random_state_as_it_was():

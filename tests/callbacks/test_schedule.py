@@ -44,6 +44,7 @@ from slowlearn import (
     warmup_cos,
 )
 from slowlearn.callbacks.schedule import get_hyper, set_hyper
+from slowlearn.callbacks.tracking import ReduceLROnPlateauCB
 
 
 def progress(n_epochs, n_batches):
@@ -101,8 +102,8 @@ def test_fit_callbacks_leave_nothing_behind():
     learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[MetricsCB()])
     learn.fit(1)
     attrs, group_keys = set(vars(learn)), set(learn.opt.param_groups[0])
-    sched = BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=3)
-    learn.fit(1, cbs=[sched, RecorderCB(), EpochSchedulerCB(lr_scheduler.StepLR, step_size=1)])
+    learn.fit(1, cbs=[BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=3), RecorderCB()])
+    learn.fit(1, cbs=[EpochSchedulerCB(lr_scheduler.StepLR, step_size=1), RecorderCB()])
     assert [type(cb) for cb in learn.cbs] == [MetricsCB]
     assert set(vars(learn)) == attrs and set(learn.opt.param_groups[0]) == group_keys
     with pytest.raises(AttributeError):
@@ -433,3 +434,37 @@ def test_fit_one_cycle_precision_bf16_is_applied_and_a_contradiction_is_refused(
     learn.add_cb(MixedPrecisionCB("fp16"))
     with pytest.raises(ValueError, match="contradicts the MixedPrecisionCB"):
         learn.fit_one_cycle(1, precision="bf16")
+
+
+class Warmup(Callback):
+    """A user's own lr schedule, which says so."""
+    sets_lr = True
+
+    def before_batch(self, learn):
+        for group in learn.opt.param_groups:
+            group["lr"] = 0.01
+
+
+@pytest.mark.parametrize("fit, names", [
+    (lambda learn: learn.fit_one_cycle(2, cbs=[ReduceLROnPlateauCB(patience=0)]), "OneCycleCB and ReduceLROnPlateauCB"),
+    (lambda learn: learn.fit(2, cbs=[BatchSchedulerCB(lr_scheduler.CosineAnnealingLR, T_max=4),
+                                     ParamSchedulerCB(lr=sched_lin(0.1, 0.))]),
+     "ParamSchedulerCB and BatchSchedulerCB"),
+    (lambda learn: learn.fit_one_cycle(1, cbs=[Warmup()]), "Warmup and OneCycleCB"),
+])
+def test_two_lr_schedules_in_one_fit_are_refused_before_training(fit, names):
+    """ReduceLROnPlateauCB inside fit_one_cycle used to cut an lr that one-cycle overwrote before every batch."""
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[MetricsCB()])
+    weights = [p.detach().clone() for p in learn.model.parameters()]
+    with pytest.raises(ValueError, match=f"Callbacks {names} both set the learning rate during this fit.*keep one "
+                                         f"schedule per fit"):
+        fit(learn)
+    assert learn.history == [] and all(torch.equal(a, b) for a, b in zip(weights, learn.model.parameters()))
+    assert [type(cb) for cb in learn.cbs] == [MetricsCB]
+
+
+def test_one_lr_schedule_with_callbacks_that_set_other_hyper_parameters_is_fine():
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[MetricsCB()])
+    learn.fit_one_cycle(1, cbs=[ParamSchedulerCB(wd=sched_lin(0., 0.1))])
+    learn.fit(1, cbs=[ReduceLROnPlateauCB(patience=0)])
+    assert not ParamSchedulerCB(wd=sched_lin(0., 0.1)).sets_lr and ParamSchedulerCB(lr=sched_lin(1., 0.)).sets_lr

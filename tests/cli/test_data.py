@@ -55,15 +55,20 @@ def test_train_runs_on_a_folder(tmp_path, capsys):
     (["--data", "{root}", "--images", "{root}"], "--images {root}: only goes with --data FILE.csv"),
     (["--data", "{root}/labels.csv", "--images", "{root}"], "--data {root}/labels.csv: no such CSV file"),
     (["--data", "{csv}"], "--data {csv}: give --valid-pct 0.2 (a random split) or --valid-col COLUMN"),
-    (["--data", "{root}"], "{root} has no train/ folder"),
-    (["--data", "{root}", "--valid-pct", "0.2", "--n-train", "99"], "n_train=99: there are 10 images to choose from"),
+    (["--data", "{root}"], "{root} has no train/ folder: use {root}/train/<class>/ and {root}/valid/<class>/ (or "
+                           "test/), or pass --valid-pct (e.g. 0.2) to split {root}/<class>/ at random"),
+    (["--data", "{root}", "--valid-pct", "0.2", "--n-train", "99"], "--n-train 99: there are 10 images to choose from"),
+    (["--data", "{wrapper}"], "Did you mean --data {wrapper}/pets, which holds train/?"),
+    (["--data", "{wrapper}", "--valid-pct", "0.2"], "Did you mean --data {wrapper}/pets, which holds train/?"),
     (["--data", "{mixed}", "--valid-pct", "0.2"], "different sizes"),
 ])
 def test_mistakes_exit_2_with_one_line(tmp_path, capsys, argv, message, no_decoding, monkeypatch):
     root = make_folder(tmp_path / "pets", n_per_class=4, splits=("",))
     labels = tmp_path / "labels.csv"
     labels.write_text("file,label\n")
-    values = {"root": str(root), "csv": str(labels), "mixed": str(tmp_path / "mixed")}
+    make_folder(tmp_path / "wrapper" / "pets", n_per_class=2)  # wrapper/pets/train/<class>/...
+    values = {"root": str(root), "csv": str(labels), "mixed": str(tmp_path / "mixed"),
+              "wrapper": str(tmp_path / "wrapper")}
     if "{mixed}" in argv:  # found while decoding, so decoding is allowed here
         monkeypatch.undo()
         make_folder(tmp_path / "mixed", n_per_class=2, splits=("",))
@@ -72,6 +77,7 @@ def test_mistakes_exit_2_with_one_line(tmp_path, capsys, argv, message, no_decod
     lines = capsys.readouterr().err.strip().splitlines()  # a decoding progress bar may come first
     assert code == 2 and lines[-1].startswith("slowlearn: error: ") and message.format(**values) in lines[-1]
     assert len([line for line in lines if "error" in line or "Traceback" in line]) == 1
+    assert "valid_pct" not in lines[-1] and "n_train" not in lines[-1]  # command-line terms, not Python's
 
 
 @pytest.mark.parametrize("argv, message", [

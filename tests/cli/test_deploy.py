@@ -132,3 +132,16 @@ def test_user_mistakes_exit_2_with_one_line(run, capsys, tmp_path):
         code, out, err = cli(capsys, *args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
         assert err.startswith("slowlearn: error: ")
+
+
+def test_export_writes_the_format_that_out_names_and_refuses_a_contradicting_format(run, capsys, tmp_path):
+    """`--out model.onnx` used to get a torch.export zip: --format defaulted to pt2 whatever the name."""
+    onnx = pytest.importorskip("onnx")
+    root, tmp, _ = run
+    code, _, err = cli(capsys, "export", tmp / "run", "--data", root, "--out", tmp_path / "model.onnx")
+    assert code == 0, err
+    assert onnx.load(str(tmp_path / "model.onnx")).graph.output[0].name == "logits"
+    code, _, err = cli(capsys, "export", tmp / "run", "--data", root, "--format", "pt2", "--out", tmp_path / "m.onnx")
+    assert code == 2 and not (tmp_path / "m.onnx").exists()
+    assert (f"--format pt2 with --out {tmp_path / 'm.onnx'}: a .onnx file would pass for onnx while it holds pt2; "
+            f"pass --out {tmp_path / 'm.pt2'}, or drop --format to write onnx") in err

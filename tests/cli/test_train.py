@@ -255,3 +255,76 @@ def test_resuming_another_models_checkpoint_is_refused_before_training(capsys, t
     assert f"--resume {linear_checkpoint}: {linear_checkpoint} was saved from another model, so nothing was loaded" \
         in message
     assert not (tmp_path / "out" / "metrics.csv").exists()
+
+
+def test_a_recipe_refuses_the_options_it_would_ignore_naming_them(capsys, monkeypatch):
+    """`--recipe fashion_mnist --data pets/ --epochs 1` used to train Fashion-MNIST for 5 epochs."""
+    from slowlearn.recipes import RECIPES
+
+    def trains(**kwargs):
+        raise AssertionError("the recipe trained, ignoring the options")
+    for name in RECIPES:
+        monkeypatch.setitem(RECIPES, name, trains)
+    message = refused(capsys, "train", "--recipe", "fashion_mnist", "--data", "pets/", "--epochs", "1")
+    assert ("--recipe fashion_mnist brings its own data, model, optimizer, schedule and epochs, so it would ignore "
+            "--data, --epochs: drop them, or train without --recipe") in message
+    assert "would ignore --bs: drop it" in refused(capsys, "train", "--recipe", "cifar10", "--bs", "512")  # a default
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--lr", "3e"], "argument --lr: '3e' is not a number"),
+    (["--bs", "6.5"], "argument --bs: '6.5' is not a whole number"),
+    (["--seed", "x"], "argument --seed: 'x' is not a whole number"),
+    (["--valid-pct", "a fifth"], "argument --valid-pct: 'a fifth' is not a number"),
+    (["--batch-size", "64"], "unrecognized arguments: --batch-size 64; did you mean --bs?"),
+    (["--learning-rate", "0.1", "--num-epochs", "2"],
+     "did you mean --lr for --learning-rate, --epochs for --num-epochs?"),
+])
+def test_bad_options_are_named_in_command_line_terms(capsys, argv, message):
+    """They used to read "invalid positive_float value: '3e'" (an internal name), and an unknown option got no
+    suggestion."""
+    line = refused(capsys, "train", *argv)
+    assert message in line and "positive_" not in line and "_fraction" not in line
+
+
+@pytest.fixture(scope="module")
+def two_epoch_run(tmp_path_factory, images):
+    """`slowlearn train` with --bs 4 --lr 0.05 for 2 epochs: its folder."""
+    out = tmp_path_factory.mktemp("run")
+    assert main(["train", "--data", str(images), "--bs", "4", "--lr", "0.05", "--epochs", "2", "--out", str(out)]) == 0
+    return out
+
+
+def test_the_checkpoint_records_the_runs_options(two_epoch_run, images):
+    options = read_checkpoint(two_epoch_run / "checkpoint.pt")["callbacks"]["RunOptionsCB"]["options"]
+    assert options["bs"] == 4 and options["lr"] == 0.05 and options["epochs"] == 2 and options["seed"] == 42
+    assert options["data"] == str(images.resolve()) and options["model"] == "cnn" and options["size"] is None
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--bs", "8"], "the run was trained with --bs 4, and a resumed run is the same run: drop --bs or pass --bs 4"),
+    (["--bs", "512"], "drop --bs or pass --bs 4"),  # the default, asked for: refused too
+    (["--lr", "0.1"], "the run was trained with --lr 0.05"),
+    (["--model", "resnet"], "the run was trained with --model cnn"),
+    (["--size", "8"], "the run was trained with no --size, and a resumed run is the same run: drop --size"),
+])
+def test_resume_refuses_an_option_the_run_was_not_trained_with(capsys, two_epoch_run, tmp_path, argv, message):
+    """A run resumed without its --bs 64 used to go on at batch size 512, silently."""
+    line = refused(capsys, "train", "--resume", str(two_epoch_run / "checkpoint.pt"), "--epochs", "3",
+                   "--out", str(tmp_path), *argv)
+    assert message in line and not list(tmp_path.iterdir())
+
+
+def test_resume_reuses_the_runs_options_and_says_where_it_resumes(capsys, two_epoch_run, images, tmp_path):
+    """`--resume <a 2-epoch run> --epochs 4` used to exit 0 in a way a user could not tell from a fresh run."""
+    checkpoint = two_epoch_run / "checkpoint.pt"
+    message = refused(capsys, "train", "--resume", str(checkpoint), "--out", str(tmp_path))  # its --epochs 2: done
+    assert "that run has already trained 2 epochs, so --epochs 2 would train nothing" in message
+    assert main(["train", "--resume", str(checkpoint), "--epochs", "3", "--out", str(tmp_path / "more"),
+                 "--data", str(images), "--bs", "4"]) == 0  # the same values: fine
+    out = capsys.readouterr().out
+    assert (f"Resuming the run of {checkpoint} from epoch 2 of 3 (the run was for 2: its schedule now spans 3): "
+            f"epochs 2 to 2 follow") in out
+    assert "fit: 3 epochs of 3 training and 2 validation batches" in out  # 12 images in batches of 4, not 512
+    state = read_checkpoint(tmp_path / "more" / "checkpoint.pt")
+    assert state["epoch"] == 3 and state["callbacks"]["RunOptionsCB"]["options"]["lr"] == 0.05

@@ -5,7 +5,7 @@ import torch
 from images import data_folder, make_folder  # noqa: F401 (data_folder: an autouse fixture)
 from PIL import Image
 
-from slowlearn.data.decode import decode_images
+from slowlearn.data.decode import decode_images, image_size
 from slowlearn.data.images import image_folder
 
 
@@ -50,6 +50,16 @@ def test_bad_arguments_are_named():
         decode_images([], channels=2)
     with pytest.raises(ValueError, match=r"size=\(0, 4\)"):
         decode_images([], size=(0, 4))
+
+
+@pytest.mark.parametrize("size", [2.5, "64", True, (32.0, 32), (0, 4), (8, 8, 8)])
+def test_a_size_that_is_not_whole_pixels_is_named_before_any_decoding(tmp_path, size):
+    """image_folder(size=2.5) used to fail with "TypeError: 'float' object is not iterable"."""
+    root = make_folder(tmp_path / "pets", n_per_class=2)
+    with pytest.raises(ValueError, match=r"size=.*: give a whole number of pixels \(64, square images\) or an "
+                                         r"\(h, w\) pair of them"):
+        image_folder(root, size=size, device="cpu", verbose=False)
+    assert image_size(np.int64(8)) == (8, 8) and image_size([6, 4]) == (6, 4) and image_size(None) is None
 
 
 def test_pil_images_and_arrays_decode_like_files():

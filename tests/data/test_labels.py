@@ -156,6 +156,33 @@ def test_valid_pct_with_train_and_test_folders(tmp_path):
         image_folder(tmp_path / "flat")
 
 
+def test_a_wrapper_folder_gets_did_you_mean_the_folder_inside(tmp_path):
+    """A folder around the dataset (data/pets/train/...) used to get the generic layout message."""
+    make_folder(tmp_path / "data" / "pets")  # data/pets/train/<class>/, data/pets/test/<class>/
+    inside = tmp_path / "data" / "pets"
+    for valid_pct in (None, 0.2):
+        with pytest.raises(ValueError, match=f"Did you mean the folder {inside}, which holds train/\\?"):
+            folder_files(tmp_path / "data", None, valid_pct)
+    make_folder(tmp_path / "flat" / "pets", splits=("",))  # flat/pets/<class>/
+    with pytest.raises(ValueError, match=f"no train/ folder.*Did you mean the folder {tmp_path / 'flat' / 'pets'}, "
+                                         f"whose folders look like classes\\?"):
+        folder_files(tmp_path / "flat", None, None)
+    with pytest.raises(ValueError, match="has 1 class \\(pets\\).*whose folders look like classes"):
+        folder_files(tmp_path / "flat", None, 0.2)
+
+
+def test_images_without_class_folders_are_told_how_classes_are_given(tmp_path):
+    make_folder(tmp_path / "loose", splits=("",))
+    for name in CLASSES:  # every image directly in loose/, none in a class folder
+        for image in (tmp_path / "loose" / name).iterdir():
+            image.rename(tmp_path / "loose" / f"{name}_{image.name}")
+        (tmp_path / "loose" / name).rmdir()
+    for valid_pct in (None, 0.2):
+        with pytest.raises(ValueError, match="loose holds images but no class folders: the class of an image is the "
+                                             "name of its folder .*in a CSV file \\(image_csv\\)"):
+            folder_files(tmp_path / "loose", None, valid_pct)
+
+
 def write_csv(path, rows, header=("fname", "label", "is_valid")):
     with open(path, "w", newline="") as f:
         csv.writer(f).writerows([header, *rows])

@@ -345,3 +345,41 @@ def test_an_export_carries_no_stack_traces_paths_or_source_lines(export_file):
     with zipfile.ZipFile(export_file[1]) as z:
         program = json.loads(z.read("archive/models/model.json"))
     assert all(node["metadata"] == {} for node in program["graph_module"]["graph"]["nodes"])
+
+
+def test_the_format_follows_the_suffix_and_a_contradicting_one_is_refused(tmp_path):
+    """`learn.export("model.onnx")` used to write a torch.export zip named .onnx, which onnxruntime cannot read."""
+    onnx = pytest.importorskip("onnx")
+    learn = trained()
+    path = learn.export(tmp_path / "model.onnx")
+    assert not zipfile.is_zipfile(path) and onnx.load(str(path)).graph.input[0].name == "images"
+    assert zipfile.is_zipfile(learn.export(tmp_path / "model.pt2")) and zipfile.is_zipfile(learn.export(tmp_path / "m"))
+    with pytest.raises(ValueError, match=r"format='pt2' writes a torch.export archive, which a file named .onnx would "
+                                         r"pass for an ONNX model: name it other.pt2, or leave format out"):
+        learn.export(tmp_path / "other.onnx", format="pt2")
+    with pytest.raises(ValueError, match=r"name it other.onnx"):
+        learn.export(tmp_path / "other.pt2", format="onnx")
+    assert not (tmp_path / "other.onnx").exists() and not (tmp_path / "other.pt2").exists()
+
+
+def test_an_export_after_early_stopping_restored_the_best_weights_holds_that_epochs_metrics(tmp_path):
+    """The best epoch's weights used to go out with the last epoch's metrics."""
+    from slowlearn import Callback, EarlyStoppingCB
+    losses = iter([0.5, 0.9, 0.8])
+
+    class Scripted(Callback):  # the valid losses EarlyStoppingCB sees
+        order = MetricsCB.order + 1
+
+        def after_epoch(self, learn):
+            if not learn.training:
+                learn.history[-1]["loss"] = next(losses)
+
+    learn = image_learner()
+    learn.add_cb(MetricsCB()).fit(3, cbs=[Scripted(), EarlyStoppingCB(patience=2, restore_best=True)])
+    assert learn.history[-1]["epoch"] == 2 and learn.weights_epoch == 0
+    meta = json.loads(zipfile.ZipFile(learn.export(tmp_path / "best.pt2")).read("archive/extra/slowlearn.json"))
+    assert meta["metadata"]["metrics"]["epoch"] == 0 and meta["metadata"]["metrics"]["loss"] == 0.5
+    learn.fit(1)  # trained on: the weights are the last epoch's again
+    assert learn.weights_epoch is None
+    meta = json.loads(zipfile.ZipFile(learn.export(tmp_path / "last.pt2")).read("archive/extra/slowlearn.json"))
+    assert meta["metadata"]["metrics"] == learn.history[-1]

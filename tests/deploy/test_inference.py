@@ -13,6 +13,7 @@ from slowlearn import (
     plot_confusion_matrix,
     plot_metrics,
     plot_top_losses,
+    TensorLoader,
     show_batch,
     show_results,
 )
@@ -150,3 +151,38 @@ def test_show_batch_and_summary_are_learner_methods(capsys):
     rows = learn.summary(depth=2)
     assert rows[-1]["params"] == rows[-1]["trainable"] == sum(p.numel() for p in learn.model.parameters())
     assert rows[0]["output"] and "MFLOPs" in capsys.readouterr().out
+
+
+def empty_loaders():
+    """An empty TensorLoader, an empty torch DataLoader, and a loader without len() that yields nothing."""
+    learn = image_learner()
+    x, y = learn.dls.valid.x[:0], learn.dls.valid.y[:0]
+    tensor_loader = TensorLoader(x, y, 4, mean=0.5, std=0.25, device="cpu")
+    return learn, [tensor_loader, DataLoader(TensorDataset(x.float(), y), 4), iter(())]
+
+
+def test_get_preds_and_validate_on_an_empty_loader_say_so():
+    """They used to return Preds of Nones, and validate failed with "'NoneType' object has no attribute 'mean'"."""
+    learn, loaders = empty_loaders()
+    for dl in loaders:
+        with pytest.raises(ValueError, match=r"learn.get_preds\(\): the loader has no batches.*at least one item"):
+            learn.get_preds(dl)
+    for dl in empty_loaders()[1]:
+        with pytest.raises(ValueError, match=r"learn.validate\(\): the loader has no batches.*at least one item"):
+            learn.validate(dl)
+    with pytest.raises(ValueError, match=r"\(0 items\)"):
+        learn.get_preds(loaders[0])
+
+
+def test_get_preds_without_a_validation_loader_asks_for_one():
+    learn = image_learner()
+    learn.dls = DataLoaders(learn.dls.train, None)
+    with pytest.raises(ValueError, match=r"has no validation loader; pass the loader to use: learn.get_preds\(dl\)"):
+        learn.get_preds()
+
+
+def test_validate_computes_no_gradients():
+    learn = image_learner()
+    learn.loss_func = lambda out, y, reduction="mean": F.cross_entropy(out, y, reduction=reduction) * (
+        0 if torch.is_grad_enabled() else 1)  # the loss is 0 if validate ran with gradients on
+    assert learn.validate()["loss"] > 0
