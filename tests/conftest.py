@@ -107,3 +107,8 @@ def cpu_features(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(hardware, "_announced", set())  # print the choice again
     return set_features
+
+
+def pytest_configure(config):
+    # MLflow 3's SQLite store configures SQLAlchemy with a strategy SQLAlchemy 2.1 deprecates: not ours to fix
+    config.addinivalue_line("filterwarnings", "ignore:The ``noload`` loader strategy is deprecated")
