@@ -8,7 +8,7 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["CLIError", "positive_int", "writable_folder", "writable_file"]
+__all__ = ["CLIError", "positive_int", "non_negative_int", "writable_folder", "writable_file"]
 
 
 class CLIError(Exception):
@@ -19,6 +19,13 @@ def positive_int(value: str) -> int:
     number = int(value)
     if number < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return number
 
 

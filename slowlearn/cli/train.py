@@ -2,12 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import os
 from functools import partial
 from pathlib import Path
 
 from .build import data_and_model
-from .common import CLIError, positive_float, positive_int, writable_folder
-from .data import add_data_args
+from .common import CLIError, non_negative_int, positive_float, positive_int, writable_folder
+from .data import add_data_args, check_data_args
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 
@@ -39,8 +40,10 @@ def train_command(args) -> int:
     if args.recipe is not None and args.resume is not None:
         raise CLIError("--resume does not work with --recipe: a recipe run is short, start it again")
     out = writable_folder(args.out, "--out")
+    if args.nproc is not None:
+        return _launch(args)
     _check_resume(args)
-    cbs = [CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
+    cbs = [CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt", every=args.checkpoint_every or "epoch")]
     if args.tensorboard:
         cbs.append(TensorBoardCB(out / "tensorboard"))
     if args.model == "resnet" and args.precision != "auto":
@@ -69,9 +72,22 @@ def train_command(args) -> int:
     return 0
 
 
+def _launch(args) -> int:
+    """--nproc N: this command again in N processes under torch.distributed.run, restarted on failure."""
+    from .launch import launch_local
+    if args.resume not in (None, "auto"):
+        raise CLIError(f"--resume {args.resume}: --nproc resumes by itself, from --out's checkpoint.pt (the first "
+                       f"start too, when there is one): copy the checkpoint there, or leave --resume out")
+    if "WORLD_SIZE" in os.environ:
+        raise CLIError("--nproc: this command already runs under torchrun (WORLD_SIZE is set): leave --nproc out")
+    check_data_args(args)  # mistakes in the options: one line here, not one per process
+    return launch_local(args.argv, args.nproc, args.max_restarts)
+
+
 def _check_resume(args) -> None:
-    """--resume: a readable slowlearn checkpoint of a run that has fewer epochs than --epochs."""
-    if args.resume is None:
+    """--resume: a readable slowlearn checkpoint of a run that has fewer epochs than --epochs ("auto": checked
+    by the fit, which starts afresh when --out has no checkpoint)."""
+    if args.resume in (None, "auto"):
         return
     from ..checkpoint import CheckpointError, read_checkpoint
     if not Path(args.resume).is_file():
@@ -147,8 +163,9 @@ def add_train_commands(sub) -> None:
     """Add `train` and `lr-find` to the subcommands `sub` of the `slowlearn` parser."""
     t = sub.add_parser("train", help="one-cycle training, with metrics table, plots, CSV log and checkpoint",
                        description="Train with train_1cycle (one-cycle lr and momentum) and write into --out: "
-                                   "metrics.csv, checkpoint.pt (every epoch), schedule.png (lr and momentum), "
-                                   "loss.png, metrics.png and confusion_matrix.png.")
+                                   "metrics.csv, checkpoint.pt (every epoch, or every --checkpoint-every batches; on "
+                                   "SIGTERM too, before it stops), schedule.png (lr and momentum), loss.png, "
+                                   "metrics.png and confusion_matrix.png.")
     _common(t, "runs/train")
     t.add_argument("--epochs", type=positive_int, default=5, help="number of epochs (default: 5)")
     t.add_argument("--lr", type=positive_float, default=1e-2, help="peak learning rate (default: 1e-2)")
@@ -156,7 +173,16 @@ def add_train_commands(sub) -> None:
                    help="train a speed recipe of slowlearn.recipes (its own data, model, optimizer, schedule "
                         "and epochs: --data, --model, --bs, --opt, --epochs and --lr are not used)")
     t.add_argument("--resume", default=None, metavar="CKPT",
-                   help="continue the run saved in this checkpoint (same options otherwise)")
+                   help="continue the run saved in this checkpoint (same options otherwise); auto: from --out's "
+                        "checkpoint.pt when there is one, else start afresh (the same command for every restart)")
+    t.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                   help="also save checkpoint.pt every N training batches, so that a resumed run loses less than N "
+                        "batches (default: at the end of every epoch only)")
+    t.add_argument("--nproc", type=positive_int, metavar="N",
+                   help="train data-parallel in N local processes (torch.distributed.run; --bs is per process), "
+                        "restarted when one fails and resuming from checkpoint.pt (--resume auto)")
+    t.add_argument("--max-restarts", type=non_negative_int, default=3, metavar="R",
+                   help="with --nproc: how many times the processes are started again after a failure (default: 3)")
     _verbosity(t)
     t.add_argument("--tensorboard", action="store_true",
                    help="also log curves, hyper-parameters and final metrics for TensorBoard into --out/tensorboard")
