@@ -47,7 +47,7 @@ class ImageFiles(Dataset):
 
     def __init__(self, files: Sequence[str], labels: Sequence[int], mode: str | None, size: tuple[int, int] | None,
                  colour: bool, item_shape: tuple[int, int, int]):
-        self.files = np.array(files, dtype=str)  # one buffer: forked workers share it without touching refcounts
+        self.files = np.array([os.fsencode(f) for f in files])  # one buffer of bytes: workers share it as it is
         self.labels = torch.tensor(list(labels), dtype=torch.int64)
         self.mode, self.size, self.colour, self.item_shape = mode, size, colour, tuple(item_shape)
 
@@ -55,7 +55,7 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        path = str(self.files[i])
+        path = os.fsdecode(self.files[i])
         array = _decode_file(path, self.mode, self.size)
         if self.colour and array.shape[-1] == 1:
             array = np.repeat(array, 3, axis=-1)  # as decode_images' _unify_channels
