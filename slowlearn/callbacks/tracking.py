@@ -102,6 +102,13 @@ class _StopRequest:
     def _handler(self, signum, frame) -> None:
         self.requested = True
 
+    def finish(self) -> None:
+        """Wait for the last flag's all-reduce, so that none is left running when the fit ends (a process that
+        exits with one running can abort)."""
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+
     def uninstall(self) -> None:
         if self._installed:  # None: a handler set outside Python, which signal cannot put back; the default then
             signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
@@ -200,7 +207,12 @@ class CheckpointCB(MonitorCB):
         message = (f"SIGTERM received: saved a checkpoint {where} to {self._preempted_path} and stopped; continue "
                    f"with fit(..., resume='auto') or resume='{self._preempted_path}' (--resume on the command line)")
         rank0_print(message, flush=True)
+        self._stop.finish()  # every process stops here: none leaves its last all-reduce running
         raise Preempted(message)
+
+    def after_fit(self, learn) -> None:
+        if self._stop is not None:
+            self._stop.finish()
 
     def cleanup_fit(self, learn) -> None:
         if self._stop is not None:
