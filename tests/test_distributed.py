@@ -205,3 +205,17 @@ def test_sigterm_on_one_rank_stops_every_rank_at_one_step_and_the_run_resumes_ex
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "at epoch 0, batch 4" in resumed.stdout
     assert same_weights(final_weights(tmp_path), uninterrupted_files_run)
+
+
+def test_the_process_group_started_for_a_run_is_destroyed_at_exit(monkeypatch):
+    from slowlearn import distributed
+    calls, at_exit = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: bool(calls) and "destroy" not in calls)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *args, **kwargs: calls.append("init"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed.atexit, "register", at_exit.append)
+    assert distributed.init_distributed("gloo")
+    for handler in at_exit:
+        handler()
+    assert calls == ["init", "destroy"]

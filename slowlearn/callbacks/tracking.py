@@ -130,8 +130,8 @@ class _StopRequest:
 class CheckpointCB(MonitorCB):
     """Saves complete checkpoints (see `slowlearn.checkpoint`) during training.
 
-    `keep="last"` (the default without `monitor`) writes `path` at the end of every epoch
-    (`every="epoch"`) or every `every` training batches (an int; a mid-epoch checkpoint resumes
+    `keep="last"` (the default without `monitor`) writes `path` at the end of every epoch, and with
+    `every` (an int) every `every` training batches too (a mid-epoch checkpoint resumes
     mid-epoch; with gradient accumulation a save inside an accumulation window waits for the window's
     optimizer step; a shuffling torch DataLoader cannot resume mid-epoch, so `every=N` with one is
     refused at the start of the fit). `keep="best"` (the default with `monitor`, e.g. "valid_loss")
@@ -224,10 +224,10 @@ class CheckpointCB(MonitorCB):
             if value is not None and self.improved(value, self.best):
                 self.best = value
                 self._save_epoch(learn, self.best_path)
-        if self.last_path is not None and self.every == "epoch" and learn.in_last_phase:
+        if self.last_path is not None and learn.in_last_phase:
             self._save_epoch(learn, self.last_path)
         if learn.in_last_phase and self._stop is not None and self._stop.agreed():
-            if self.every != "epoch" or self.last_path is None:  # else just saved
+            if self.last_path is None:  # else just saved
                 self._save_epoch(learn, self._preempted_path)
             self._preempted(learn, f"at the end of epoch {learn.epoch}")
 
