@@ -184,8 +184,7 @@ def _decoded_size(files: Sequence[str], channels: int | None, hw: tuple[int, int
                       f"they are decoded, more than the {format_bytes(free)} of memory available: leave them in their "
                       f"files with in_memory=False (--no-in-memory on the command line), which decodes each batch in "
                       f"worker processes, or train on a subset (n_train=, --n-train).", stacklevel=4)
-    return (f"{len(files)} images held in memory: about {format_bytes(size)} decoded"
-            + (f" ({format_bytes(free)} of memory available)" if free is not None else ""))
+    return f"{len(files)} images held in memory: about {format_bytes(size)} decoded"
 
 
 def _file_backed(items: LabelledFiles, channels, size, bs: int, device, aug: Aug, seed: int | None,
