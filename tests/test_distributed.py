@@ -129,6 +129,14 @@ def test_ranks_with_different_numbers_of_batches_stop_at_once_with_a_message(tmp
     assert not (tmp_path / "results").exists()  # stopped before training
 
 
+def test_a_checkpoint_cb_on_rank_0_alone_is_an_error_before_training(tmp_path):
+    result = torchrun(tmp_path, "--checkpoint-on-rank0-only", timeout=120)
+    assert result.returncode != 0
+    assert "CheckpointCBs: rank 0 has 1, rank 1 has 0" in result.stderr and "CheckpointCB goes to every process" \
+        in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
 # File-backed loaders under DDP: the fault tests (tests/files_run.py, with CheckpointCB(every=2) and resume="auto").
 RESTART_ENV = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # pytorch#135712: see cli/launch.py
 

@@ -209,3 +209,21 @@ def test_sigterm_in_process_saves_and_raises_preempted(tmp_path, capsys):
     assert "SIGTERM received: saved a checkpoint after batch 5 of epoch 0" in capsys.readouterr().out
     state = checkpoint_module.read_checkpoint(tmp_path / "ckpt.pt")
     assert (state["epoch"], state["iter"]) == (0, 5)
+
+
+def test_sigterm_with_a_shuffling_torch_dataloader_waits_for_the_end_of_the_epoch(tmp_path, capsys):
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from slowlearn import DataLoaders
+    class Term(Callback):
+        def after_batch(self, learn):
+            if learn.training and (learn.epoch, learn.iter) == (0, 1):
+                os.kill(os.getpid(), signal.SIGTERM)
+    data = TensorDataset(torch.randn(24, 3), torch.randint(0, 2, (24,)))
+    dls = DataLoaders(DataLoader(data, 4, shuffle=True), DataLoader(data, 8))
+    learn = Learner(nn.Linear(3, 2), dls, cbs=[CheckpointCB(tmp_path / "ckpt.pt"), Term()])
+    with pytest.raises(Preempted):
+        learn.fit(3)
+    assert "SIGTERM received: saved a checkpoint at the end of epoch 0" in capsys.readouterr().out
+    state = checkpoint_module.read_checkpoint(tmp_path / "ckpt.pt")
+    assert (state["epoch"], state["iter"]) == (1, 0)  # a new order next epoch: exact, unlike mid-epoch

@@ -41,5 +41,6 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
            "MixedPrecisionCB", "speed_cbs", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
-           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "Preempted", "CSVLoggerCB", "latest_metric", "ProfilerCB",
+           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "Preempted", "CSVLoggerCB", "latest_metric",
+           "ProfilerCB",
            "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB"]

@@ -11,7 +11,7 @@ import torch.distributed as dist
 from torch.optim import lr_scheduler
 
 from ..callback import Callback, CancelFitException
-from ..checkpoint import check_mid_epoch_resumable, save_checkpoint
+from ..checkpoint import CheckpointError, check_mid_epoch_resumable, save_checkpoint
 from ..device import bare_model
 from ..distributed import all_reduce_sum, rank0_print
 from .gradients import steps_after_this_batch
@@ -127,6 +127,14 @@ class _StopRequest:
         return stop
 
 
+def _resumable_mid_epoch(dl) -> bool:
+    try:
+        check_mid_epoch_resumable(dl, "")
+    except CheckpointError:
+        return False
+    return True
+
+
 class CheckpointCB(MonitorCB):
     """Saves complete checkpoints (see `slowlearn.checkpoint`) during training.
 
@@ -144,9 +152,11 @@ class CheckpointCB(MonitorCB):
     when there is one, else afresh: the same script for the first start and every restart).
 
     With `on_sigterm` (the default), SIGTERM (what schedulers and spot instances send before they stop a job)
-    saves a checkpoint at the next optimizer step (or the end of the epoch's validation) to the last
-    checkpoint's path (`<path>-preempted.pt` with keep="best"), says so, and ends the program with exit code
-    143 (`Preempted`); resuming from it continues exactly. The previous SIGTERM handler is back after the fit.
+    saves a checkpoint at the next optimizer step (or the end of the epoch's validation; the end of the epoch
+    with a shuffling torch DataLoader, which cannot resume mid-epoch) to the last checkpoint's path
+    (`<path>-preempted.pt` with keep="best"), says so, and ends the program with exit code 143 (`Preempted`);
+    resuming from it continues exactly. In a distributed run every process stops at the same step (CheckpointCB
+    must be on all of them). The previous SIGTERM handler is back after the fit.
     """
 
     order = 90  # after MetricsCB and the schedulers: the checkpoint holds their latest state
@@ -169,7 +179,7 @@ class CheckpointCB(MonitorCB):
         self.path, self.every, self.keep = path, every, keep
         self.best: float | None = None
         self._due = False
-        self._stop = _StopRequest() if on_sigterm else None
+        self.on_sigterm, self._stop = on_sigterm, _StopRequest() if on_sigterm else None
 
     @property
     def resume_path(self) -> Path | None:
@@ -183,6 +193,7 @@ class CheckpointCB(MonitorCB):
         self._due = False
         if self._stop is not None:
             self._stop.install()
+            self._stop_mid_epoch = _resumable_mid_epoch(learn.dls.train)
 
     def after_batch(self, learn) -> None:
         if not learn.training:
@@ -191,7 +202,7 @@ class CheckpointCB(MonitorCB):
             self._due = self._due or (learn.iter + 1) % self.every == 0
         if not steps_after_this_batch(learn):  # save at optimizer steps only: no gradient half-accumulated
             return
-        stop = self._stop is not None and self._stop.agreed()
+        stop = self._stop is not None and self._stop.agreed() and self._stop_mid_epoch
         if self._due or stop:
             save_checkpoint(learn, self._preempted_path, epoch=learn.epoch, iter=learn.iter + 1)
             self._due = False

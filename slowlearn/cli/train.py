@@ -43,7 +43,8 @@ def train_command(args) -> int:
     if args.nproc is not None:
         return _launch(args)
     _check_resume(args)
-    cbs = [CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt", every=args.checkpoint_every or "epoch")]
+    checkpoints = CheckpointCB(out / "checkpoint.pt", every=args.checkpoint_every or "epoch")
+    cbs = [CSVLoggerCB(out / "metrics.csv"), checkpoints]
     if args.tensorboard:
         cbs.append(TensorBoardCB(out / "tensorboard"))
     if args.model == "resnet" and args.precision != "auto":

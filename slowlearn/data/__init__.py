@@ -20,6 +20,7 @@ from .show import class_name, for_display, image_grid, show_batch, show_image
 __all__ = ["BatchAugment", "augment_from_spec", "check_aug_spec", "DataNotFoundError", "check_subset_size",
            "data_root", "fit_image", "image_size", "resize_image", "FASHION_MNIST_CLASSES", "fashion_mnist",
            "find_fashion_mnist", "read_idx", "from_hf", "CIFAR10_CLASSES", "cifar10", "image_csv", "image_folder",
-           "IMAGE_SUFFIXES", "class_of_file", "image_files", "images_in", "DataLoaders", "TensorLoader", "FileLoader", "ImageFiles", "LoaderPositionError",
+           "IMAGE_SUFFIXES", "class_of_file", "image_files", "images_in", "DataLoaders", "TensorLoader",
+           "FileLoader", "ImageFiles", "LoaderPositionError",
            "Preprocessing", "as_items", "normalising_affine", "preprocessing_of", "to_batch", "class_name",
            "for_display", "image_grid", "show_batch", "show_image"]

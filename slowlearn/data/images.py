@@ -89,7 +89,8 @@ def image_csv(csv: str | os.PathLike | Sequence, folder: str | os.PathLike | Non
     `fn_col` and `label_col` (column names or numbers) give the file name, relative to `folder`
     (default: the CSV's folder), and the class. Rows whose `valid_col` is true (1, true, yes, valid)
     form the validation set; or `valid_pct` splits at random, as in `image_folder`, whose other
-    arguments these are (`in_memory=False` and `num_workers` included). Class names are the sorted labels (numbers in numeric order).
+    arguments these are (`in_memory=False` and `num_workers` included). Class names are the sorted labels (numbers
+    in numeric order).
     """
     is_file = isinstance(csv, (str, os.PathLike))
     folder = Path(folder) if folder is not None else Path(csv).parent if is_file else Path.cwd()

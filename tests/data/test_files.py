@@ -65,7 +65,8 @@ def test_mixed_colours_sizes_and_modes_decode_as_in_memory(tmp_path):
             image.save(path)
     for channels in (None, 1):  # any colour image makes the set RGB; channels=1 converts every one
         memory, files = both(tmp_path / "mixed", size=(6, 7), channels=channels, aug="none")
-        assert files.valid.item_shape == tuple(memory.valid.x.shape[1:]) == ((3,) if channels is None else (1,)) + (6, 7)
+        shape = ((3,) if channels is None else (1,)) + (6, 7)
+        assert files.valid.item_shape == tuple(memory.valid.x.shape[1:]) == shape
         assert same_batches(epoch(memory.valid), epoch(files.valid))
         assert same_batches(epoch(memory.train), epoch(files.train))
 
