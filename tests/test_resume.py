@@ -227,3 +227,19 @@ def test_sigterm_with_a_shuffling_torch_dataloader_waits_for_the_end_of_the_epoc
     assert "SIGTERM received: saved a checkpoint at the end of epoch 0" in capsys.readouterr().out
     state = checkpoint_module.read_checkpoint(tmp_path / "ckpt.pt")
     assert (state["epoch"], state["iter"]) == (1, 0)  # a new order next epoch: exact, unlike mid-epoch
+
+
+def test_a_mid_epoch_checkpoint_of_in_memory_images_resumes_file_backed_exactly(images, tmp_path):
+    from slowlearn import image_folder
+
+    def run(in_memory, cbs=(), resume=None):
+        loading = {} if in_memory else {"in_memory": False, "num_workers": 0}
+        dls = image_folder(images, bs=16, device="cpu", verbose=False, **loading)
+        learn = Learner(files_run.model(), dls, lr=0.05, cbs=[CheckpointCB(tmp_path / "ckpt.pt", every=2), *cbs],
+                        opt_func=torch.optim.AdamW)
+        learn.fit_one_cycle(2, resume=resume)
+        return params(learn)
+    straight = run(in_memory=True)
+    with pytest.raises(Killed):
+        run(in_memory=True, cbs=[StopAt(1, 4)])
+    assert same(run(in_memory=False, resume=tmp_path / "ckpt.pt"), straight)  # the same order, skipped undecoded

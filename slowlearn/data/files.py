@@ -137,6 +137,8 @@ class FileLoader(BatchLoader):
     state_dict and what it was saved with); `resume_from(position)` makes the next epoch continue from it.
     """
 
+    dtype = torch.uint8  # how the images are handed over (and stored, were they in memory)
+
     def __init__(self, dataset: ImageFiles, bs: int = 512, shuffle: bool = False, drop_last: bool = False,
                  device: torch.device | str | None = None, mean: float | Sequence[float] | None = None,
                  std: float | Sequence[float] | None = None, seed: int | None = None,
@@ -155,8 +157,6 @@ class FileLoader(BatchLoader):
     def item_shape(self) -> tuple[int, int, int]:
         """(C, H, W) of every image."""
         return self.dataset.item_shape
-
-    dtype = torch.uint8
 
     def __repr__(self) -> str:
         return f"FileLoader({len(self.dataset)} images, bs={self.bs}, num_workers={self.num_workers})"
@@ -192,9 +192,6 @@ class FileLoader(BatchLoader):
             sampler.next_yielded = start * self.bs
         self._positions.clear()
         self._positions.append((start, state))
-        return self._batches(loader, start)
-
-    def _batches(self, loader, start: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for count, (xb, yb) in enumerate(loader, start + 1):
             self._positions.append((count, loader.state_dict()))
             xb, yb = xb.to(self.device, non_blocking=True), yb.to(self.device, non_blocking=True)
