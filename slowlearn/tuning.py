@@ -21,6 +21,10 @@ def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64
     """Training throughput (samples/s) for each batch size in `candidates`, on a copy of `model`, until
     the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader). torch's
     random states are as they were afterwards (dropout in the trials draws from them)."""
+    if not hasattr(dls.train, "x"):
+        raise ValueError(f"find_batch_size times batches sliced from images held in memory, and the training loader "
+                         f"is a {type(dls.train).__name__}: load a subset in memory to try the batch sizes (e.g. "
+                         f"image_folder(path, n_train=4096)), then train with any loader.")
     device = model_device(model)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         return _throughputs(model, dls, candidates, steps, opt_func, loss_func, device)
