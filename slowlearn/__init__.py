@@ -11,6 +11,7 @@ from .compat import quiet_torcheval_imports
 from .data import (
                    BatchAugment,
                    DataLoaders,
+                   FileLoader,
                    Preprocessing,
                    TensorLoader,
                    cifar10,
@@ -52,7 +53,8 @@ __all__ = [
     "Learner", "Callback", "CancelBatchException", "CancelEpochException", "CancelFitException", "CancelStepException",
     *_callback_names, "find_batch_size", "CheckpointError", "rank0_first", "is_rank0",
     "default_splitter", "group_lrs",
-    "DataLoaders", "TensorLoader", "fashion_mnist", "image_folder", "image_csv", "cifar10", "from_hf", "BatchAugment",
+    "DataLoaders", "TensorLoader", "FileLoader", "fashion_mnist", "image_folder", "image_csv", "cifar10", "from_hf",
+    "BatchAugment",
     "default_device", "native_bf16",
     "GeneralReLU", "init_weights", "lsuv_init", "BatchNorm", "set_seed",
     "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "speed_net", "get_kaiming_initialized_model",

@@ -6,7 +6,10 @@ it): model and optimizer state, the state of every callback that has `state_dict
 (epochs completed) and `iter` (training batches completed in the epoch after those), plus the fit's
 `n_epochs`, `learn.lr`, the frozen layers, the optimizer's type, what the model takes (`inputs`: class
 names and preprocessing, for image loaders, so that an export made later needs no guess) and a checksum
-of all of it. Reading, writing and the checks that a checkpoint fits the Learner are in `checkpoint_io.py`.
+of all of it. Mid-epoch, a training loader that keeps its own position (a file-backed loader's workers:
+torchdata's StatefulDataLoader state) adds it under `positions`. Reading, writing and the checks that a
+checkpoint fits the Learner are in `checkpoint_io.py`; `resume_state` finds what a fit resumes from,
+`resume="auto"` included.
 """
 from __future__ import annotations
 
@@ -30,11 +33,12 @@ from .checkpoint_io import (
     write_atomically,
 )
 from .device import bare_model
-from .distributed import is_rank0
+from .distributed import check_ranks_agree, init_distributed, is_rank0, rank0_print, world_size
 from .randomness import loader_generators, restore_randomness, rng_states
 
 __all__ = ["save", "load", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
-           "restore_weights", "restore_setup", "restore_run_state", "resume_point", "batches_from", "callback_key"]
+           "restore_weights", "restore_setup", "restore_run_state", "resume_point", "batches_from", "callback_key",
+           "resume_state", "auto_resume_path", "fine_tune_resumes"]
 
 
 def save(learn, path: str | os.PathLike) -> None:
@@ -95,6 +99,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
         "rng": rng_states(),
         "loaders": _loader_states(learn, mid_epoch=iter > 0),
+        "positions": _loader_positions(learn, iter),
         "history": list(learn.history),
         "lr": _lr_as_data(learn.lr),
         "frozen": learn.frozen_state(),
@@ -109,12 +114,20 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
     return path
 
 
+def _loader_positions(learn, iter: int) -> dict:
+    """Mid-epoch, where a training loader that keeps its own position stands (`position(batches)`: a
+    file-backed loader's StatefulDataLoader state); nothing at an epoch's end. Every rank of a distributed
+    run is at the same position of its own shard, so rank 0's resumes them all."""
+    train = getattr(learn.dls, "train", None)
+    return {"train": train.position(iter)} if iter and hasattr(train, "position") else {}
+
+
 def _inputs(dls) -> dict | None:
     """What the model was trained on, for exporting it later: class names and preprocessing, for
-    in-memory image loaders (None for other data)."""
+    slowlearn's image loaders (None for other data)."""
     from .data import preprocessing_of
-    x = getattr(getattr(dls, "valid", None), "x", None)
-    if not isinstance(x, torch.Tensor) or x.dtype != torch.uint8 or x.ndim != 4:
+    valid = getattr(dls, "valid", None)
+    if getattr(valid, "dtype", None) != torch.uint8 or len(getattr(valid, "item_shape", ())) != 3:
         return None
     return {"classes": list(getattr(dls, "classes", None) or []), "preprocessing": preprocessing_of(dls).to_dict()}
 
@@ -164,6 +177,17 @@ def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:
         raise CheckpointError(f"fit(lr={lr}, resume={source}): a resumed run continues with the learning rates and "
                               f"schedule it saved, so lr would be ignored: leave lr out, or start a new run from its "
                               f"weights with learn.load(path) and then fit(n_epochs, lr={lr}).")
+    _check_loader_position(learn, state, world_size())
+
+
+def _check_loader_position(learn, state: dict, n_processes: int) -> None:
+    """A mid-epoch loader position fits the training loader: the same number of workers and processes."""
+    position, train = state.get("positions", {}).get("train"), getattr(learn.dls, "train", None)
+    if state["iter"] and position is not None and hasattr(train, "check_position"):
+        try:
+            train.check_position(position, n_processes)
+        except ValueError as e:
+            raise CheckpointError(f"{state.get('source', 'the checkpoint')}: {e}.") from None
 
 
 def _check_same_batches(learn, state: dict) -> None:
@@ -227,6 +251,10 @@ def restore_run_state(learn, state: dict) -> None:
         if hasattr(cb, "load_state_dict") and key in saved:
             cb.load_state_dict(saved[key])
     restore_randomness(learn.dls, state)
+    position, train = state.get("positions", {}).get("train"), learn.dls.train
+    if state["iter"] and position is not None and hasattr(train, "resume_from"):
+        _check_loader_position(learn, state, getattr(train, "world_size", 1))
+        train.resume_from(position)
 
 
 def resume_point(learn, state: dict | None) -> tuple[int, int]:
@@ -249,9 +277,65 @@ def batches_from(dl, start: int) -> Iterator[tuple[int, object]]:
     return itertools.islice(enumerate(dl), start, None)
 
 
+def auto_resume_path(cbs) -> Path:
+    """The file `resume="auto"` resumes from: the last checkpoint of the fit's CheckpointCB (`resume_path`)."""
+    savers = [cb for cb in cbs if hasattr(cb, "resume_path")]
+    paths = [cb.resume_path for cb in savers if cb.resume_path is not None]
+    if len(paths) != 1:
+        why = ("none of its CheckpointCBs writes one (keep='best' keeps only the best epoch: use keep='both')"
+               if savers else "this fit has no CheckpointCB") if not paths else \
+            f"{len(paths)} CheckpointCBs write one ({', '.join(map(str, paths))})"
+        raise CheckpointError(f"resume='auto' resumes from the last checkpoint that the run's CheckpointCB writes, but "
+                              f"{why}: add one CheckpointCB(path) (with every=N to save every N batches), or pass "
+                              f"resume=path.")
+    return Path(paths[0])
 
 
+def _agreed_found(path: Path) -> bool:
+    """Whether `path` exists, checked to be the same answer on every process of a distributed run (one that
+    resumed while another started afresh would wait for the other forever)."""
+    found = path.is_file()
+    if world_size() > 1 and init_distributed():
+        check_ranks_agree({f"finds the checkpoint {path}": int(found)},
+                          fix="put the CheckpointCB's path on a file system that every machine of the run sees.")
+    return found
 
 
+def resume_state(learn, resume: str | os.PathLike | None) -> dict | None:
+    """The checkpoint a fit continues (read and verified), or None for a new run. `resume` is None, a path, or
+    "auto": the file the fit's CheckpointCB writes when there is one (a new run when there is none), saying
+    which on rank 0. A file that is there but damaged is an error, never silently replaced by a new run."""
+    if resume is None:
+        return None
+    if str(resume) != "auto":
+        return read_checkpoint(resume)
+    path = auto_resume_path(learn.cbs)
+    if not _agreed_found(path):
+        rank0_print(f"resume='auto': no checkpoint at {path} yet, so this is a new run")
+        return None
+    state = read_checkpoint(path)
+    where = f"epoch {state['epoch']}" + (f", batch {state['iter']}" if state["iter"] else "")
+    rank0_print(f"resume='auto': resuming from {path} at {where}")
+    return state
 
 
+def fine_tune_resumes(learn, resume, freeze_epochs: int, cbs=()) -> tuple[object, object]:
+    """What each fit of `fine_tune` resumes from: (the frozen stage's, the unfrozen stage's); "skip" skips the
+    frozen stage. Only resume="auto" is told apart, by the saved run's frozen layers: a checkpoint of the
+    unfrozen stage skips the frozen one; one of the frozen stage resumes it, or, when that stage is complete,
+    is loaded and the unfrozen stage starts."""
+    if str(resume) != "auto":
+        return resume, resume
+    path = auto_resume_path([*learn.cbs, *cbs])
+    if not _agreed_found(path):
+        rank0_print(f"resume='auto': no checkpoint at {path} yet, so this is a new run")
+        return None, None
+    state = read_checkpoint(path)
+    if not state.get("frozen", {}).get("params"):
+        return "skip", "auto"
+    if state["epoch"] < freeze_epochs:
+        return "auto", None
+    rank0_print(f"resume='auto': {path} holds the end of the frozen stage; continuing from it with the unfrozen one")
+    restore_weights(learn, state)
+    restore_randomness(learn.dls, state)
+    return "skip", None

@@ -6,6 +6,7 @@ what a single process needs (rank 0 of 1).
 """
 from __future__ import annotations
 
+import atexit
 import os
 from contextlib import contextmanager
 from datetime import timedelta
@@ -40,7 +41,8 @@ def rank0_print(*args, **kwargs) -> None:
 
 def init_distributed(backend: str | None = None, timeout_s: float = 300.) -> bool:
     """Start the process group from torchrun's environment if WORLD_SIZE > 1 and none is running:
-    `nccl` with CUDA, `gloo` on the CPU. Returns whether the run is distributed."""
+    `nccl` with CUDA, `gloo` on the CPU; it is destroyed when the program exits. Returns whether the run
+    is distributed."""
     if dist.is_initialized():
         return True
     if int(os.environ.get("WORLD_SIZE", 1)) <= 1:
@@ -50,7 +52,14 @@ def init_distributed(backend: str | None = None, timeout_s: float = 300.) -> boo
     if backend == "nccl":
         torch.cuda.set_device(local_rank())
     dist.init_process_group(backend, timeout=timedelta(seconds=timeout_s))
+    atexit.register(_destroy_process_group)
     return True
+
+
+def _destroy_process_group() -> None:
+    """At exit, as torch asks (else it warns, and NCCL may leak resources); a group already gone is fine."""
+    if dist.is_initialized():
+        dist.destroy_process_group()
 
 
 @contextmanager

@@ -37,7 +37,7 @@ from .callback import (
     Dispatch,
 )
 from .callbacks import SuggestedLRs, schedule
-from .checkpoint import batches_from, check_resume, read_checkpoint, restore_setup, restore_weights, resume_point
+from .checkpoint import batches_from, check_resume, restore_setup, restore_weights, resume_point, resume_state
 from .deploy import Prediction, Preds
 from .groups import check_lr, default_splitter
 
@@ -106,7 +106,9 @@ class Learner:
             valid: bool = True, reset_opt: bool = False, resume: str | os.PathLike | None = None) -> Learner:
         """Train for `n_epochs`; `cbs` are used for this fit only; `lr` sets the param groups' lrs (a number,
         `slice(lo, hi)` or one per group; else the optimizer keeps the lrs it has, e.g. where a one-cycle fit
-        ended). `resume=path` continues the run saved at `path` up to a total of `n_epochs`."""
+        ended). `resume=path` continues the run saved at `path` up to a total of `n_epochs`; `resume="auto"`
+        continues from the file of the fit's CheckpointCB when there is one, else starts afresh (see
+        `checkpoint.resume_state`)."""
         check_range("n_epochs", n_epochs, 1, integer=True, owner="fit")
         if lr is not None:
             check_lr(lr, owner="fit")
@@ -120,7 +122,7 @@ class Learner:
         self._fitting, self.weights_epoch = True, None
         try:
             checks.check_loaders(self.dls, train, valid)
-            state = read_checkpoint(resume) if resume is not None else None
+            state = resume_state(self, resume)
             if state is not None:
                 check_resume(self, state, n_epochs, lr)
             self._prepare(lr, reset_opt)

@@ -39,7 +39,8 @@ def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,
     `cbs` are added to the defaults (device, metrics, progress). `verbose` is ProgressCB's: 0 nothing,
     1 progress bars, 2 one line per epoch and phase, None (default) bars on a terminal or in a
     notebook and lines in a log file. `resume=path` continues the run
-    checkpointed there (by CheckpointCB) when called again with the same arguments. Returns the
+    checkpointed there (by CheckpointCB) when called again with the same arguments; `resume="auto"` does so
+    from the CheckpointCB in `cbs` when its file is there, and starts afresh when it is not. Returns the
     Learner: its `history` holds the table, `learn.progress.plot_loss()` draws the loss curve.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
@@ -67,7 +68,8 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     trains wide models in bf16 autocast where the hardware runs bf16 natively, and CNNs in channels-last
     where it pays (`speed_cbs`; your own MixedPrecisionCB or ChannelsLastCB in `cbs` wins); "fp32",
     "bf16", "fp16" as asked. `resume=path`
-    continues the run checkpointed there when called again with the same arguments. Prints the
+    continues the run checkpointed there when called again with the same arguments (`resume="auto"`: from
+    the file of the CheckpointCB in `cbs` when there is one, else afresh). Prints the
     metrics table (`verbose` as in `train`) and returns the Learner: `learn.recorder.plot()` shows lr
     and momentum per batch.
     """

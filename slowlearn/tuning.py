@@ -24,6 +24,10 @@ def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64
     larger than them gets a row saying so, and a ValueError when none fits. torch's random states are as
     they were afterwards (dropout in the trials draws from them). In a distributed run every rank gets the
     same rows: the mean throughput over the ranks, and out of memory when any rank ran out."""
+    if not hasattr(dls.train, "x"):
+        raise ValueError(f"find_batch_size times batches sliced from images held in memory, and the training loader "
+                         f"is a {type(dls.train).__name__}: load a subset in memory to try the batch sizes (e.g. "
+                         f"image_folder(path, n_train=4096)), then train with any loader.")
     n_samples = len(dls.train.x)
     if not any(bs <= n_samples for bs in candidates):
         raise ValueError(f"find_batch_size: every candidate batch size ({', '.join(map(str, candidates))}) is larger "

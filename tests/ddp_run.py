@@ -132,12 +132,15 @@ if __name__ == "__main__":
                         help="rank r's training set has 64 * r more items than rank 0's (data that differs by rank)")
     parser.add_argument("--decisions", action="store_true",
                         help="each rank with its own data: lr_find, find_batch_size, early stopping (see decisions)")
+    parser.add_argument("--checkpoint-on-rank0-only", action="store_true",
+                        help="a CheckpointCB on rank 0 alone (a mistake: all ranks agree on when SIGTERM stops them)")
     args = parser.parse_args()
     out = Path(args.out)
     if args.decisions:
         decisions(out)
         sys.exit(0)
-    cbs = [*default_cbs(), CSVLoggerCB(out / "log.csv"), CheckpointCB(out / "ckpt.pt")]
+    checkpoints = [] if args.checkpoint_on_rank0_only and rank() != 0 else [CheckpointCB(out / "ckpt.pt")]
+    cbs = [*default_cbs(), CSVLoggerCB(out / "log.csv"), *checkpoints]
     if args.fail_rank is not None:
         cbs.append(FailOn(args.fail_rank))
     bs = GLOBAL_BS // world_size()

@@ -1,5 +1,6 @@
 """Two gloo processes on the CPU, launched with torchrun by the tests themselves."""
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -139,3 +140,103 @@ def test_every_rank_takes_the_same_decisions_on_its_own_data(tmp_path):
     assert rank0["rows"] == rank1["rows"] and [r["bs"] for r in rank0["rows"]] == [16, 64, 1024]
     assert rank0["rows"][-1]["note"] == "larger than the 256 training samples"
     assert rank0["stopped"] == rank1["stopped"] == 1
+
+
+def test_a_checkpoint_cb_on_rank_0_alone_is_an_error_before_training(tmp_path):
+    result = torchrun(tmp_path, "--checkpoint-on-rank0-only", timeout=120)
+    assert result.returncode != 0
+    assert "CheckpointCBs: rank 0 has 1, rank 1 has 0" in result.stderr and "CheckpointCB goes to every process" \
+        in result.stderr
+    assert not (tmp_path / "results").exists()
+
+
+# File-backed loaders under DDP: the fault tests (tests/files_run.py, with CheckpointCB(every=2) and resume="auto").
+RESTART_ENV = {"OMP_NUM_THREADS": "1", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}  # pytorch#135712: see cli/launch.py
+
+
+def files_torchrun(images, out, *extra, launch=("--standalone", "--nproc_per_node=2"), timeout=300):
+    cmd = [sys.executable, "-m", "torch.distributed.run", *launch, str(HERE / "files_run.py"), str(images), str(out),
+           "--workers", "2", *extra]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, **RESTART_ENV})
+
+
+def final_weights(out):
+    rank0, rank1 = (torch.load(out / "results" / f"rank{r}.pt", weights_only=True)["weights"] for r in (0, 1))
+    assert all(torch.equal(a, b) for a, b in zip(rank0, rank1, strict=True))  # the replicas agree
+    return rank0
+
+
+def same_weights(a, b) -> bool:
+    return all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    from images import make_folder
+    return make_folder(tmp_path_factory.mktemp("ddp-files") / "pets", n_per_class=34, size=8, splits=("train", "valid"))
+
+
+@pytest.fixture(scope="module")
+def uninterrupted_files_run(images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("ddp-files-uninterrupted")
+    result = files_torchrun(images, out)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return final_weights(out)
+
+
+def test_a_rank_killed_mid_epoch_is_restarted_and_the_run_ends_as_an_uninterrupted_one(images, uninterrupted_files_run,
+                                                                                       tmp_path):
+    result = files_torchrun(images, tmp_path, "--kill", "1.2", "--rank", "1",
+                            launch=("--standalone", "--nproc_per_node=2", "--max_restarts=1"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (tmp_path / "kill.done").exists() and "resuming from" in result.stdout
+    assert "at epoch 1, batch 2" in result.stdout  # the last checkpoint before the kill (every 2 batches)
+    assert same_weights(final_weights(tmp_path), uninterrupted_files_run)
+
+
+def test_two_agents_on_one_machine_agree_with_one_agent_of_two_processes(images, uninterrupted_files_run, tmp_path):
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    agents = []
+    for host in (1, 0):  # as on two machines: one agent hosts the c10d rendezvous, the other joins it
+        launch = ("--nnodes=2", "--nproc_per_node=1", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}",
+                  "--rdzv_id=two-agents", f"--rdzv_conf=is_host={host}")
+        cmd = [sys.executable, "-m", "torch.distributed.run", *launch, str(HERE / "files_run.py"), str(images),
+               str(tmp_path), "--workers", "2"]
+        agents.append(subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                       env={**os.environ, **RESTART_ENV}))
+    try:
+        outputs = [agent.communicate(timeout=300) for agent in agents]
+    finally:
+        for agent in agents:
+            agent.kill()
+    assert all(agent.returncode == 0 for agent in agents), [err[-2000:] for _, err in outputs]
+    assert same_weights(final_weights(tmp_path), uninterrupted_files_run)
+
+
+def test_sigterm_on_one_rank_stops_every_rank_at_one_step_and_the_run_resumes_exactly(images, uninterrupted_files_run,
+                                                                                       tmp_path):
+    stopped = files_torchrun(images, tmp_path, "--sigterm", "0.2", "--rank", "1")
+    assert stopped.returncode != 0
+    # rank 1 is asked during batch 3; every rank learns it one step later, and rank 0 saves there
+    assert "SIGTERM received: saved a checkpoint after batch 4 of epoch 0" in stopped.stdout, stopped.stderr[-3000:]
+    assert stopped.stdout.count("SIGTERM received") == 1  # printed by rank 0 alone
+    resumed = files_torchrun(images, tmp_path)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "at epoch 0, batch 4" in resumed.stdout
+    assert same_weights(final_weights(tmp_path), uninterrupted_files_run)
+
+
+def test_the_process_group_started_for_a_run_is_destroyed_at_exit(monkeypatch):
+    from slowlearn import distributed
+    calls, at_exit = [], []
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: bool(calls) and "destroy" not in calls)
+    monkeypatch.setattr(distributed.dist, "init_process_group", lambda *args, **kwargs: calls.append("init"))
+    monkeypatch.setattr(distributed.dist, "destroy_process_group", lambda: calls.append("destroy"))
+    monkeypatch.setattr(distributed.atexit, "register", at_exit.append)
+    assert distributed.init_distributed("gloo")
+    for handler in at_exit:
+        handler()
+    assert calls == ["init", "destroy"]

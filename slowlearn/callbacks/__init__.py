@@ -26,13 +26,21 @@ from .schedule import (
            sched_lin,
            warmup_cos,
 )
-from .tracking import CheckpointCB, EarlyStoppingCB, MonitorCB, ReduceLROnPlateauCB, TerminateOnNaNCB, latest_metric
+from .tracking import (
+           CheckpointCB,
+           EarlyStoppingCB,
+           MonitorCB,
+           Preempted,
+           ReduceLROnPlateauCB,
+           TerminateOnNaNCB,
+           latest_metric,
+)
 
 __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "MetricsCB", "ProgressCB", "RecorderCB",
            "LRFinderCB", "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB",
            "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
            "MixedPrecisionCB", "speed_cbs", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
-           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "CSVLoggerCB", "latest_metric", "ProfilerCB",
-           "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB",
+           "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "Preempted", "CSVLoggerCB", "latest_metric",
+           "ProfilerCB", "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB",
            "LoggerCB", "ScalarLoggerCB", "MLflowCB"]

@@ -67,9 +67,11 @@ class DistributedCB(Callback):
                 dl.generator.set_state(broadcast_(dl.generator.get_state().to(collective_device)).cpu())
                 dl.shard(rank(), world_size(), even=even)
         check_ranks_agree({"training batches": len(learn.dls.train), "epochs": learn.n_epochs,
-                           "micro-batches per step": learn.accumulate},
-                          fix="give every process the same data and options (with a torch DataLoader, a "
-                              "DistributedSampler gives every process the same number of batches).")
+                           "micro-batches per step": learn.accumulate,
+                           "CheckpointCBs": sum(getattr(cb, "on_sigterm", False) for cb in learn.cbs)},
+                          fix="give every process the same data, options and callbacks (with a torch DataLoader, a "
+                              "DistributedSampler gives every process the same number of batches; CheckpointCB "
+                              "goes to every process: only rank 0 writes, and on SIGTERM all agree when to stop).")
 
     def before_batch(self, learn) -> None:
         if learn.training and isinstance(learn.model, DistributedDataParallel):

@@ -7,6 +7,7 @@ from collections.abc import Callable, Sequence
 
 from ..arguments import check_range
 from ..callback import Callback
+from ..checkpoint import fine_tune_resumes
 from ..groups import check_lr, geometric, group_lrs
 from .precision import MixedPrecisionCB, speed_cbs
 
@@ -258,10 +259,14 @@ def fine_tune(learn, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
 
     The defaults are fastai's, made for large pretrained bodies and many steps. With a few hundred images
     (a few steps an epoch) they barely move the weights: in `benchmarks/fine_tune.py` base_lr=1e-2,
-    lr_mult=10 did much better (0.83 against 0.51 accuracy from 200 images); try `lr_find` first."""
+    lr_mult=10 did much better (0.83 against 0.51 accuracy from 200 images); try `lr_find` first.
+
+    `resume="auto"` continues whichever stage the run's CheckpointCB file holds (`checkpoint.fine_tune_resumes`)."""
+    frozen_resume, resume = fine_tune_resumes(learn, kwargs.pop("resume", None), freeze_epochs, kwargs.get("cbs", ()))
     learn.freeze()
-    if freeze_epochs:
-        learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, **kwargs)
+    if freeze_epochs and frozen_resume != "skip":
+        learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, resume=frozen_resume, **kwargs)
     base_lr /= 2
     learn.unfreeze()
-    return learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, **kwargs)
+    return learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, resume=resume,
+                               **kwargs)

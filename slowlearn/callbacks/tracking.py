@@ -2,19 +2,23 @@
 from __future__ import annotations
 
 import os
+import signal
+import threading
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch.optim import lr_scheduler
 
 from ..callback import Callback, CancelFitException
-from ..checkpoint import check_mid_epoch_resumable, save_checkpoint
+from ..checkpoint import CheckpointError, check_mid_epoch_resumable, save_checkpoint
 from ..device import bare_model
 from ..distributed import all_reduce_sum, rank0_print
 from .gradients import steps_after_this_batch
 from .schedule import BaseSchedulerCB
 
-__all__ = ["latest_metric", "MonitorCB", "CheckpointCB", "EarlyStoppingCB", "TerminateOnNaNCB", "ReduceLROnPlateauCB"]
+__all__ = ["latest_metric", "MonitorCB", "CheckpointCB", "EarlyStoppingCB", "TerminateOnNaNCB", "ReduceLROnPlateauCB",
+           "Preempted"]
 
 
 def latest_metric(learn, name: str) -> float:
@@ -69,11 +73,75 @@ class MonitorCB(Callback):
         return value < best - min_delta if self.mode == "min" else value > best + min_delta
 
 
+class Preempted(SystemExit):
+    """The fit stopped on SIGTERM after saving a checkpoint; as an uncaught exception it ends the program with
+    exit code 143 (128 + SIGTERM, what a process killed by SIGTERM reports), without a traceback."""
+
+    def __init__(self, message: str):
+        super().__init__(143)
+        self.message = message
+
+
+class _StopRequest:
+    """SIGTERM, caught during a fit as a request to stop at an optimizer step: the same step on every process of
+    a distributed run. There each process sends its flag with an all-reduce that runs while the next batch trains
+    (on a CPU gloo group, so nothing waits for the GPU) and reads the sum one step later: every process reads the
+    same sums at the same steps. The previous SIGTERM handler is put back when the fit ends."""
+
+    def __init__(self):
+        self.requested, self._installed, self._previous, self._pending, self._sum = False, False, None, None, None
+        self._group = None  # made once: a new process group every fit would pile up
+
+    def install(self) -> None:
+        self.requested, self._pending = False, None
+        if threading.current_thread() is threading.main_thread():  # Python handles signals there only
+            self._previous, self._installed = signal.signal(signal.SIGTERM, self._handler), True
+        distributed = dist.is_initialized() and dist.get_world_size() > 1
+        if distributed and self._group is None:
+            self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        self._agree = distributed
+
+    def _handler(self, signum, frame) -> None:
+        self.requested = True
+
+    def finish(self) -> None:
+        """Wait for the last flag's all-reduce, so that none is left running when the fit ends (a process that
+        exits with one running can abort)."""
+        if self._pending is not None:
+            self._pending.wait()
+            self._pending = None
+
+    def uninstall(self) -> None:
+        if self._installed:  # None: a handler set outside Python, which signal cannot put back; the default then
+            signal.signal(signal.SIGTERM, self._previous if self._previous is not None else signal.SIG_DFL)
+        self._installed, self._previous, self._pending = False, None, None
+
+    def agreed(self) -> bool:
+        """Whether to stop now (in a distributed run: whether any process had been asked one step earlier)."""
+        if not self._agree:
+            return self.requested
+        stop = False
+        if self._pending is not None:
+            self._pending.wait()
+            stop = bool(self._sum.item())
+        self._sum = torch.tensor([int(self.requested)])
+        self._pending = dist.all_reduce(self._sum, group=self._group, async_op=True)
+        return stop
+
+
+def _resumable_mid_epoch(dl) -> bool:
+    try:
+        check_mid_epoch_resumable(dl, "")
+    except CheckpointError:
+        return False
+    return True
+
+
 class CheckpointCB(MonitorCB):
     """Saves complete checkpoints (see `slowlearn.checkpoint`) during training.
 
-    `keep="last"` (the default without `monitor`) writes `path` at the end of every epoch
-    (`every="epoch"`) or every `every` training batches (an int; a mid-epoch checkpoint resumes
+    `keep="last"` (the default without `monitor`) writes `path` at the end of every epoch, and with
+    `every` (an int) every `every` training batches too (a mid-epoch checkpoint resumes
     mid-epoch; with gradient accumulation a save inside an accumulation window waits for the window's
     optimizer step; a shuffling torch DataLoader cannot resume mid-epoch, so `every=N` with one is
     refused at the start of the fit). `keep="best"` (the default with `monitor`, e.g. "valid_loss")
@@ -82,13 +150,21 @@ class CheckpointCB(MonitorCB):
     `keep="both"` keeps both side by side in the folder `path`: `last.pt` and `best.pt`.
     The best value carries over from fit to fit (unlike EarlyStoppingCB's count): the best file stays
     the best of all of them, e.g. over both stages of `fine_tune`; a new CheckpointCB starts afresh.
-    Continue a run with `learn.fit(n_epochs, resume=path)`.
+    Continue a run with `learn.fit(n_epochs, resume=path)`, or `resume="auto"` (from the last checkpoint
+    when there is one, else afresh: the same script for the first start and every restart).
+
+    With `on_sigterm` (the default), SIGTERM (what schedulers and spot instances send before they stop a job)
+    saves a checkpoint at the next optimizer step (or the end of the epoch's validation; the end of the epoch
+    with a shuffling torch DataLoader, which cannot resume mid-epoch) to the last checkpoint's path
+    (`<path>-preempted.pt` with keep="best"), says so, and ends the program with exit code 143 (`Preempted`);
+    resuming from it continues exactly. In a distributed run every process stops at the same step (CheckpointCB
+    must be on all of them). The previous SIGTERM handler is back after the fit.
     """
 
     order = 90  # after MetricsCB and the schedulers: the checkpoint holds their latest state
 
     def __init__(self, path: str | os.PathLike, every: str | int = "epoch", monitor: str | None = None,
-                 mode: str | None = None, keep: str | None = None):
+                 mode: str | None = None, keep: str | None = None, on_sigterm: bool = True):
         if every != "epoch" and not (isinstance(every, int) and every > 0):
             raise ValueError(f"every must be 'epoch' or a positive number of batches, got {every!r}")
         keep = keep or ("best" if monitor else "last")
@@ -105,19 +181,55 @@ class CheckpointCB(MonitorCB):
         self.path, self.every, self.keep = path, every, keep
         self.best: float | None = None
         self._due = False
+        self.on_sigterm, self._stop = on_sigterm, _StopRequest() if on_sigterm else None
+
+    @property
+    def resume_path(self) -> Path | None:
+        """The file `fit(resume="auto")` continues from: the last checkpoint (None with keep="best")."""
+        return self.last_path
 
     def before_fit(self, learn) -> None:
         super().before_fit(learn)
         if isinstance(self.every, int):
             check_mid_epoch_resumable(learn.dls.train, f"CheckpointCB(every={self.every})")
         self._due = False
+        if self._stop is not None:
+            self._stop.install()
+            self._stop_mid_epoch = _resumable_mid_epoch(learn.dls.train)
 
     def after_batch(self, learn) -> None:
-        if learn.training and isinstance(self.every, int):
+        if not learn.training:
+            return
+        if isinstance(self.every, int):
             self._due = self._due or (learn.iter + 1) % self.every == 0
-            if self._due and steps_after_this_batch(learn):  # at an optimizer step: no gradient half-accumulated
-                save_checkpoint(learn, self.last_path, epoch=learn.epoch, iter=learn.iter + 1)
-                self._due = False
+        if not steps_after_this_batch(learn):  # save at optimizer steps only: no gradient half-accumulated
+            return
+        stop = self._stop is not None and self._stop.agreed() and self._stop_mid_epoch
+        if self._due or stop:
+            save_checkpoint(learn, self._preempted_path, epoch=learn.epoch, iter=learn.iter + 1)
+            self._due = False
+        if stop:
+            self._preempted(learn, f"after batch {learn.iter + 1} of epoch {learn.epoch}")
+
+    @property
+    def _preempted_path(self) -> Path:
+        """Where mid-epoch and SIGTERM checkpoints go: the last checkpoint's path (keep="best": beside it)."""
+        return self.last_path or self.path.with_name(f"{self.path.stem}-preempted{self.path.suffix or '.pt'}")
+
+    def _preempted(self, learn, where: str) -> None:
+        message = (f"SIGTERM received: saved a checkpoint {where} to {self._preempted_path} and stopped; continue "
+                   f"with fit(..., resume='auto') or resume='{self._preempted_path}' (--resume on the command line)")
+        rank0_print(message, flush=True)
+        self._stop.finish()  # every process stops here: none leaves its last all-reduce running
+        raise Preempted(message)
+
+    def after_fit(self, learn) -> None:
+        if self._stop is not None:
+            self._stop.finish()
+
+    def cleanup_fit(self, learn) -> None:
+        if self._stop is not None:
+            self._stop.uninstall()
 
     def after_epoch(self, learn) -> None:
         if self.best_path is not None:
@@ -125,8 +237,12 @@ class CheckpointCB(MonitorCB):
             if value is not None and self.improved(value, self.best):
                 self.best = value
                 self._save_epoch(learn, self.best_path)
-        if self.last_path is not None and self.every == "epoch" and learn.in_last_phase:
+        if self.last_path is not None and learn.in_last_phase:
             self._save_epoch(learn, self.last_path)
+        if learn.in_last_phase and self._stop is not None and self._stop.agreed():
+            if self.last_path is None:  # else just saved
+                self._save_epoch(learn, self._preempted_path)
+            self._preempted(learn, f"at the end of epoch {learn.epoch}")
 
     def _save_epoch(self, learn, path: Path) -> None:
         # a monitor on train_* fires before the valid phase: resuming then runs that phase again

@@ -18,9 +18,10 @@ def check_model_fits(args, size: int | tuple[int, int] | None) -> None:
 
 def model_for(args, dls):
     from ..models import get_kaiming_initialized_model, resnet, seed_cnn
-    channels, size = dls.train.x.shape[1], dls.train.x.shape[-1]
+    channels, *hw = dls.train.item_shape
     n_classes = len(dls.classes)
-    check_model_fits(args, tuple(dls.train.x.shape[-2:]))
+    check_model_fits(args, tuple(hw))
+    size = hw[-1]
     if args.model == "resnet":
         return resnet(in_channels=channels, n_classes=n_classes)
     if (channels, size, n_classes) == (1, 28, 10):

@@ -11,7 +11,7 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["CLIError", "positive_int", "positive_float", "integer", "writable_folder", "writable_file", "in_cli_terms",
+__all__ = ["CLIError", "positive_int", "positive_float", "integer", "non_negative_int", "writable_folder", "writable_file", "in_cli_terms",
            "Parser"]
 
 # The library's keyword arguments that are command-line options, as its messages name them (`valid_pct=0.2`)
@@ -64,6 +64,13 @@ def positive_float(value: str) -> float:
     if not 0 < result < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value}")
     return result
+
+
+def non_negative_int(value: str) -> int:
+    number = int(value)
+    if number < 0:
+        raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
+    return number
 
 
 def writable_folder(folder: str | os.PathLike, option: str) -> Path:

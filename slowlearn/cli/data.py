@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .common import CLIError, in_cli_terms, number, positive_int
+from .common import CLIError, in_cli_terms, non_negative_int, number, positive_int
 
 __all__ = ["add_data_args", "load_data", "CLIError", "check_data_args"]
 
@@ -60,6 +60,13 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--n-train", type=positive_int, metavar="N",
                    help="train on N of the training images (a quick run): a random subset of your images or "
                         "cifar10 (only those are decoded), the first N of fashion_mnist")
+    p.add_argument("--in-memory", action=argparse.BooleanOptionalAction, default=True,
+                   help="decode your images once and hold them in memory (the fastest; the default), or, with "
+                        "--no-in-memory, leave them in their files and decode each batch in worker processes (for "
+                        "image sets bigger than memory: the size they take decoded is printed when they load)")
+    p.add_argument("--workers", type=non_negative_int, metavar="N",
+                   help="with --no-in-memory: worker processes that decode batches, per loader (default: the CPU "
+                        "count, at most 8; 0 decodes in the training process)")
 
 
 def check_data_args(args) -> str:
@@ -74,6 +81,7 @@ def check_data_args(args) -> str:
     for option, value in (("--images", args.images), ("--valid-col", args.valid_col)):
         if value is not None and kind != "csv":
             raise CLIError(f"{option} {value}: only goes with --data FILE.csv, not --data {args.data}")
+    _check_loading_args(args, kind)
     for option, value in (("--size", args.size), ("--valid-pct", args.valid_pct)):
         if value is not None and kind == "built-in":
             raise CLIError(f"{option}: {args.data} has fixed images and a fixed validation set; {option} applies to "
@@ -84,6 +92,16 @@ def check_data_args(args) -> str:
     if kind == "csv" and args.images is not None and not Path(args.images).is_dir():
         raise CLIError(f"--images {args.images}: no such folder")
     return kind
+
+
+def _check_loading_args(args, kind: str) -> None:
+    in_memory, workers = getattr(args, "in_memory", True), getattr(args, "workers", None)
+    if not in_memory and kind == "built-in":
+        raise CLIError(f"--no-in-memory: {args.data} is held in memory (it is small); --no-in-memory applies to your "
+                       f"own folder or CSV of images")
+    if workers is not None and in_memory:
+        raise CLIError(f"--workers {workers}: worker processes decode batches of images left in their files; add "
+                       f"--no-in-memory, or leave --workers out")
 
 
 def load_data(args):
@@ -98,7 +116,8 @@ def load_data(args):
             return dls
         if args.data == "cifar10":
             return cifar10(bs=args.bs, aug=aug, n_train=args.n_train)
-        common = dict(size=args.size, valid_pct=args.valid_pct, bs=args.bs, aug=aug, n_train=args.n_train)
+        common = dict(size=args.size, valid_pct=args.valid_pct, bs=args.bs, aug=aug, n_train=args.n_train,
+                      in_memory=getattr(args, "in_memory", True), num_workers=getattr(args, "workers", None))
         if kind == "csv":
             return image_csv(args.data, args.images, valid_col=args.valid_col, **common)
         return image_folder(args.data, **common)

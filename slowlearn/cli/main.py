@@ -25,6 +25,7 @@ def parser() -> Parser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.argv = list(argv) if argv is not None else sys.argv[1:]  # what `train --nproc` runs in each process
     try:
         return args.func(args)
     except (CLIError, FileNotFoundError) as e:

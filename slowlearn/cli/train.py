@@ -2,14 +2,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 from functools import partial
 from pathlib import Path
 
 from ..callback import Callback
 from ..data import image_size
 from .build import data_and_model
-from .common import CLIError, integer, positive_float, positive_int, writable_folder
-from .data import BUILT_IN, add_data_args
+from .common import CLIError, integer, non_negative_int, positive_float, positive_int, writable_folder
+from .data import BUILT_IN, add_data_args, check_data_args
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 MLFLOW_STORE = "sqlite:///runs/mlflow.db"  # MLflowCB's default
@@ -62,8 +63,11 @@ def train_command(args) -> int:
     if args.recipe is not None:
         _check_recipe_options(args)
     out = writable_folder(args.out, "--out")
+    if args.nproc is not None:
+        return _launch(args)
     _resume_options(args)
-    cbs = [CSVLoggerCB(out / "metrics.csv"), CheckpointCB(out / "checkpoint.pt")]
+    checkpoints = CheckpointCB(out / "checkpoint.pt", every=args.checkpoint_every or "epoch")
+    cbs = [CSVLoggerCB(out / "metrics.csv"), checkpoints]
     if args.tensorboard:
         cbs.append(TensorBoardCB(out / "tensorboard"))
     tracker = _mlflow_cb(args.mlflow, out) if args.mlflow is not None else None
@@ -95,6 +99,18 @@ def train_command(args) -> int:
         tracker.log_artifacts(out / "model.pt2", *(out / name for _, name in pictures.values()))
         rank0_print(f"MLflow run {tracker.run_id} in {args.mlflow} (mlflow ui --backend-store-uri {args.mlflow})")
     return 0
+
+
+def _launch(args) -> int:
+    """--nproc N: this command again in N processes under torch.distributed.run, restarted on failure."""
+    from .launch import launch_local
+    if args.resume not in (None, "auto"):
+        raise CLIError(f"--resume {args.resume}: --nproc resumes by itself, from --out's checkpoint.pt (the first "
+                       f"start too, when there is one): copy the checkpoint there, or leave --resume out")
+    if "WORLD_SIZE" in os.environ:
+        raise CLIError("--nproc: this command already runs under torchrun (WORLD_SIZE is set): leave --nproc out")
+    check_data_args(args)  # mistakes in the options: one line here, not one per process
+    return launch_local(args.argv, args.nproc, args.max_restarts)
 
 
 def _mlflow_cb(uri: str, out: Path):
@@ -145,15 +161,17 @@ def _run_options(args) -> dict:
 
 def _resume_options(args) -> None:
     """--resume: a readable slowlearn checkpoint; the options the run recorded are reused (one given with
-    another value is refused, by name, but for --epochs); the run must have epochs left to train."""
-    if args.resume is None:
+    another value is refused, by name, but for --epochs); the run must have epochs left to train. --resume auto:
+    the same for --out's checkpoint.pt when there is one (the fit then resumes from it), nothing when there is none."""
+    path = Path(args.out) / "checkpoint.pt" if args.resume == "auto" else Path(args.resume or "")
+    if args.resume is None or (args.resume == "auto" and not path.is_file()):
         return
     from ..checkpoint import CheckpointError, read_checkpoint
     from ..distributed import rank0_print
-    if not Path(args.resume).is_file():
+    if not path.is_file():
         raise CLIError(f"--resume {args.resume}: no such checkpoint file")
     try:
-        state = read_checkpoint(args.resume)
+        state = read_checkpoint(path)
     except CheckpointError as e:
         raise CLIError(f"--resume {args.resume}: {e}") from e
     recorded = state["callbacks"].get(RunOptionsCB.__name__, {}).get("options")
@@ -245,8 +263,9 @@ def add_train_commands(sub) -> None:
     """Add `train` and `lr-find` to the subcommands `sub` of the `slowlearn` parser."""
     t = sub.add_parser("train", help="one-cycle training, with metrics table, plots, CSV log and checkpoint",
                        description="Train with train_1cycle (one-cycle lr and momentum) and write into --out: "
-                                   "metrics.csv, checkpoint.pt (every epoch), schedule.png (lr and momentum), "
-                                   "loss.png, metrics.png and confusion_matrix.png.")
+                                   "metrics.csv, checkpoint.pt (every epoch, or every --checkpoint-every batches; on "
+                                   "SIGTERM too, before it stops), schedule.png (lr and momentum), loss.png, "
+                                   "metrics.png and confusion_matrix.png.")
     _common(t, "runs/train")
     t.add_argument("--epochs", type=positive_int, default=5, help="number of epochs (default: 5)")
     t.add_argument("--lr", type=positive_float, default=1e-2, help="peak learning rate (default: 1e-2)")
@@ -255,7 +274,17 @@ def add_train_commands(sub) -> None:
                         "and epochs: --data, --model, --bs, --opt, --epochs and --lr are not used)")
     t.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run saved in this checkpoint, with the options it records (an option given "
-                        "with another value is refused; --epochs may differ: the schedule then spans the new number)")
+                        "with another value is refused; --epochs may differ: the schedule then spans the new number); "
+                        "auto: from --out's checkpoint.pt when there is one, else start afresh (the same command for "
+                        "every restart)")
+    t.add_argument("--checkpoint-every", type=positive_int, metavar="N",
+                   help="also save checkpoint.pt every N training batches, so that a resumed run loses less than N "
+                        "batches (default: at the end of every epoch only)")
+    t.add_argument("--nproc", type=positive_int, metavar="N",
+                   help="train data-parallel in N local processes (torch.distributed.run; --bs is per process), "
+                        "restarted when one fails and resuming from checkpoint.pt (--resume auto)")
+    t.add_argument("--max-restarts", type=non_negative_int, default=3, metavar="R",
+                   help="with --nproc: how many times the processes are started again after a failure (default: 3)")
     _verbosity(t)
     t.add_argument("--tensorboard", action="store_true",
                    help="also log curves, hyper-parameters and final metrics for TensorBoard into --out/tensorboard")

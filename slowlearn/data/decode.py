@@ -26,8 +26,8 @@ from ..distributed import is_rank0
 
 T = TypeVar("T")
 
-__all__ = ["decode_images", "image_size", "eight_bit", "fit_image", "resize_image", "GRAYSCALE_MODES", "RESIZE_METHODS",
-           "read_image_file", "WrongSize"]
+__all__ = ["decode_images", "image_size", "eight_bit", "fit_image", "resize_image", "read_headers", "any_colour",
+           "check_same_size", "GRAYSCALE_MODES", "RESIZE_METHODS", "read_image_file", "WrongSize"]
 
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
@@ -141,13 +141,43 @@ def _item_name(items: Sequence, i: int) -> str:
     return str(items[i]) if isinstance(items[i], (str, os.PathLike)) else f"item {i}"
 
 
-def _check_one_size(arrays: list[np.ndarray], items: Sequence, start: int = 0) -> None:
-    first = arrays[0].shape[:2]
-    odd = next((i for i in range(start, len(arrays)) if arrays[i].shape[:2] != first), None)
+def check_same_size(sizes: Sequence[tuple[int, int]], items: Sequence, start: int = 0) -> None:
+    """Every (h, w) in `sizes` (of `items`, from `start` on) equals the first, or an error naming two files."""
+    first = tuple(sizes[0])
+    odd = next((i for i in range(start, len(sizes)) if tuple(sizes[i]) != first), None)
     if odd is not None:
         raise ValueError(f"Images have different sizes: {_item_name(items, 0)} is {first[0]}x{first[1]} (h x w) but "
-                         f"{_item_name(items, odd)} is {arrays[odd].shape[0]}x{arrays[odd].shape[1]}. Pass size= (e.g. "
-                         f"size=64) to resize them all.")
+                         f"{_item_name(items, odd)} is {sizes[odd][0]}x{sizes[odd][1]}. Pass size= (e.g. "
+                         f"size=64, or --size 64 on the command line) to resize them all.")
+
+
+def _check_one_size(arrays: list[np.ndarray], items: Sequence, start: int = 0) -> None:
+    check_same_size([a.shape[:2] for a in arrays], items, start)
+
+
+def _read_header(path: str) -> tuple[str, int, int]:
+    from PIL import Image
+    try:
+        with Image.open(path) as image:  # reads the header only
+            return image.mode, image.height, image.width
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"Cannot decode image file {path}: {e}. Remove or replace it.") from None
+
+
+def read_headers(files: Sequence[str], desc: str = "reading image headers") -> list[tuple[str, int, int]]:
+    """(mode, height, width) of every file, from its header (no pixels decoded), in parallel threads."""
+    chunks = [files[i:i + CHUNK] for i in range(0, len(files), CHUNK)]
+    headers: list[tuple[str, int, int]] = []
+    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+        done = pool.map(lambda chunk: [_read_header(f) for f in chunk], chunks)
+        for chunk in (progress(done, len(chunks), desc) if is_rank0() and len(chunks) > 1 else done):
+            headers += chunk
+    return headers
+
+
+def any_colour(modes: Sequence[str]) -> bool:
+    """Whether a set of images with these modes decodes to RGB with `channels=None` (as `decode_images` does)."""
+    return any(mode not in GRAYSCALE_MODES for mode in modes)
 
 
 def decode_images(items: Sequence, channels: int | None = None, size: int | Sequence[int] | None = None,

@@ -1,14 +1,16 @@
-"""Your own images as in-memory loaders: class folders, CSV labels, and CIFAR-10.
+"""Your own images as loaders: class folders, CSV labels, and CIFAR-10.
 
-The files are listed and checked first (image_labels.py), then decoded once, in parallel, into one
-uint8 tensor (image_decode.py) that is cached in slowlearn's data folder, keyed by the files and the
-decode options (image_cache.py). Loaders are normalised per channel with the training set's
-statistics and augment training batches by random crop and flip unless `aug="none"`. A table of
-images per class and split is printed each time a dataset is loaded. Hugging Face datasets: hf_data.py.
+The files are listed and checked first (labels.py), then decoded once, in parallel, into one uint8
+tensor (decode.py) that is cached in slowlearn's data folder, keyed by the files and the decode options
+(cache.py); or, with `in_memory=False`, decoded batch by batch in worker processes (files.py). Loaders are
+normalised per channel with the training set's statistics and augment training batches by random crop
+and flip unless `aug="none"`. A table of images per class and split, and the size the images take decoded,
+are printed each time a dataset is loaded. Hugging Face datasets: hf.py.
 """
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -18,7 +20,17 @@ from ..distributed import rank0_first, rank0_print
 from .augment import augment_from_spec
 from .cache import cached_decode
 from .common import DataNotFoundError, check_subset_size, data_root
-from .decode import CHUNK, DECODER_VERSION, decode_images, image_size
+from .decode import CHUNK, DECODER_VERSION, any_colour, decode_images, image_size, read_headers
+from .files import (
+    STATS_SAMPLE,
+    FileLoader,
+    available_memory,
+    decoded_bytes,
+    default_workers,
+    format_bytes,
+    image_file_sets,
+    sample_images,
+)
 from .labels import IMAGE_SUFFIXES, SPLIT_RULE, LabelledFiles, csv_files, folder_files, stable_split
 from .loaders import DataLoaders, TensorLoader
 from .safe_pickle import read_cifar_batch
@@ -34,7 +46,8 @@ Aug = str | Callable[[torch.Tensor], torch.Tensor] | None
 def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None = None, valid_pct: float | None = None,
                  seed: int | None = None, bs: int = 512, aug: Aug = "crop,flip", channels: int | None = None,
                  device=None, valid: str | None = None, n_train: int | None = None, n_valid: int | None = None,
-                 cache_dir: str | os.PathLike | None = None, verbose: bool = True) -> DataLoaders:
+                 cache_dir: str | os.PathLike | None = None, verbose: bool = True, in_memory: bool = True,
+                 num_workers: int | None = None) -> DataLoaders:
     """Loaders for the images of `path`, labelled by the name of their class folder (sorted names).
 
     Layouts: `path/train/<class>/*` with `path/valid/<class>/*` or `path/test/<class>/*` (or the
@@ -57,6 +70,12 @@ def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None 
     subset of that many images (quick runs), chosen before decoding. Decoded images are cached in
     `cache_dir` (default: `image-cache/` in `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`).
     With `size`, `dls.resize` records the rule, so `learn.predict` and exports resize new images alike.
+
+    `in_memory=False` leaves the images in their files, for data bigger than memory: each batch is read,
+    decoded (as above: the same pixels) and resized by `num_workers` worker processes (default: the CPU
+    count, at most 8), then normalised and augmented on the device; the normalisation statistics come from
+    up to 2048 training images. Mid-epoch checkpoints of it resume exactly (see `FileLoader`). The size the
+    images take decoded is printed, with a warning when in-memory data would not fit in memory.
     """
     path = Path(path)
     items = folder_files(path, valid, valid_pct)
@@ -68,7 +87,7 @@ def image_csv(csv: str | os.PathLike | Sequence, folder: str | os.PathLike | Non
               valid_pct: float | None = None, size: int | tuple[int, int] | None = None, seed: int | None = None,
               bs: int = 512, aug: Aug = "crop,flip", channels: int | None = None, device=None,
               n_train: int | None = None, n_valid: int | None = None, cache_dir: str | os.PathLike | None = None,
-              verbose: bool = True) -> DataLoaders:
+              verbose: bool = True, in_memory: bool = True, num_workers: int | None = None) -> DataLoaders:
     """Loaders for images labelled by a CSV file (a header row, then one row per image), or by a list
     of rows (dicts, or sequences indexed by column number), as fastai's `ImageDataLoaders.from_csv`.
 
@@ -76,8 +95,9 @@ def image_csv(csv: str | os.PathLike | Sequence, folder: str | os.PathLike | Non
     (default: the CSV's folder), and the class. Rows whose `valid_col` is true (1, true, yes, valid)
     form the validation set; or `valid_pct` splits at random, as in `image_folder`, whose other
     arguments these are (with `valid_pct`, an image's key is its file name as the CSV gives it). Class names
-    are the sorted labels (numbers in numeric order). A file listed twice (under two labels, in both splits,
-    or twice alike) and labels that differ only by leading zeros or spaces (`1`, `01`) are errors.
+    are the sorted labels (numbers in numeric order); `in_memory=False` and `num_workers` as for `image_folder`. A
+    file listed twice (under two labels, in both splits, or twice alike) and labels that differ only by leading
+    zeros or spaces (`1`, `01`) are errors.
     """
     is_file = isinstance(csv, (str, os.PathLike))
     folder = Path(folder) if folder is not None else Path(csv).parent if is_file else Path.cwd()
@@ -88,7 +108,7 @@ def image_csv(csv: str | os.PathLike | Sequence, folder: str | os.PathLike | Non
 
 def _loader_args(args: dict) -> dict:
     return {k: args[k] for k in ("valid_pct", "seed", "n_train", "n_valid", "size", "channels", "bs", "aug", "device",
-                                 "cache_dir", "verbose")}
+                                 "cache_dir", "verbose", "in_memory", "num_workers")}
 
 
 def random_subset(n_total: int, n: int | None, seed: int, what: str) -> list[int] | None:
@@ -109,10 +129,13 @@ def _subsets(items: LabelledFiles, n_train, n_valid, seed: int) -> LabelledFiles
 
 
 def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_train, n_valid, size, channels, bs, aug,
-                device, cache_dir, verbose, open_item: Callable | None = None) -> DataLoaders:
-    """Split, subset, decode (from the cache when `identity` names a cacheable set of files) and load."""
+                device, cache_dir, verbose, open_item: Callable | None = None, in_memory: bool = True,
+                num_workers: int | None = None) -> DataLoaders:
+    """Split, subset, decode (from the cache when `identity` names a cacheable set of files) and load; or,
+    with `in_memory=False`, load from the files batch by batch."""
     split_seed = 0 if seed is None else seed
     augment_from_spec(aug, (32, 32))  # a bad spec is an error before anything is decoded
+    _check_loading(in_memory, num_workers, open_item)
     options = {"size": image_size(size), "channels": channels, "decoder": DECODER_VERSION}
     split = None
     if valid_pct is not None:
@@ -122,6 +145,10 @@ def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_t
     if n_train is not None or n_valid is not None:
         items = _subsets(items, n_train, n_valid, split_seed)
         identity = identity and identity + f" subset {[n_train, n_valid, valid_pct, split_seed]}"
+
+    if not in_memory:
+        return _file_backed(items, channels, size, bs, device, aug, seed, num_workers, verbose, split)
+    note = _decoded_size(items.files, channels, options["size"]) if open_item is None else None
 
     def decode() -> torch.Tensor:
         return decode_images(items.files, channels, size, desc=f"decoding {len(items.files)} images (chunks of {CHUNK})", open_item=open_item)
@@ -134,6 +161,63 @@ def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_t
     parts = {s: _rows(x, y, where == i) for i, s in enumerate(SPLITS) if (where == i).any()}
     dls = make_loaders(parts, items.classes, bs, device, aug, seed, verbose)
     dls.resize = dict(CROP_RESIZE) if options["size"] else None  # read by preprocessing_of (predict, export)
+    dls.split = split  # recorded by exports
+    if verbose and note:
+        rank0_print(note)
+    return dls
+
+
+def _check_loading(in_memory: bool, num_workers: int | None, open_item: Callable | None) -> None:
+    if num_workers is not None and in_memory:
+        raise ValueError(f"num_workers={num_workers} decodes batches in worker processes, which in-memory loading "
+                         f"does not use: pass in_memory=False with it, or leave num_workers out")
+    if not in_memory and open_item is not None:
+        raise ValueError("in_memory=False reads images from their files; these images are in a dataset, not files: "
+                         "leave in_memory out")
+    if num_workers is not None and not (isinstance(num_workers, int) and num_workers >= 0):
+        raise ValueError(f"num_workers={num_workers!r}: give 0 (decode in the training process) or more workers")
+
+
+def _estimated_shape(files: Sequence[str], channels: int | None, hw: tuple[int, int] | None) -> tuple[int, int, int]:
+    """(C, H, W) the images will decode to, guessed from the headers of a few files (nothing decoded)."""
+    step = max(1, len(files) // 64)
+    headers = read_headers(files[::step])
+    colour = channels == 3 or (channels is None and any_colour([mode for mode, _, _ in headers]))
+    return (3 if colour else 1, *(hw or headers[0][1:]))
+
+
+def _decoded_size(files: Sequence[str], channels: int | None, hw: tuple[int, int] | None) -> str:
+    """A line on how much memory the decoded images take, estimated before decoding them, with a warning now
+    when that (twice over while decoding: the decoded images, then their stacked copy) is more than there is."""
+    size = decoded_bytes(len(files), _estimated_shape(files, channels, hw))
+    free = available_memory()
+    if free is not None and 2 * size > free:
+        warnings.warn(f"The {len(files)} images take about {format_bytes(size)} decoded, and about twice that while "
+                      f"they are decoded, more than the {format_bytes(free)} of memory available: leave them in their "
+                      f"files with in_memory=False (--no-in-memory on the command line), which decodes each batch in "
+                      f"worker processes, or train on a subset (n_train=, --n-train).", stacklevel=4)
+    return f"{len(files)} images held in memory: about {format_bytes(size)} decoded"
+
+
+def _file_backed(items: LabelledFiles, channels, size, bs: int, device, aug: Aug, seed: int | None,
+                 num_workers: int | None, verbose: bool, split: dict | None = None) -> DataLoaders:
+    """FileLoaders over the files of each split, normalised with the statistics of (a sample of) the training
+    images, the training one shuffled and augmented."""
+    num_workers = default_workers() if num_workers is None else num_workers
+    sets = image_file_sets(items.files, items.labels, items.splits, channels, size)
+    shape = sets["train"].item_shape
+    if verbose:
+        rank0_print(count_table(items.classes, {s: sets[s].labels for s in SPLITS if s in sets}))
+        rank0_print(f"{len(items.files)} images, left in their files and decoded batch by batch by {num_workers} "
+                    f"worker process{'es' * (num_workers != 1)} per loader (held in memory they would take about "
+                    f"{format_bytes(decoded_bytes(len(items.files), shape))})")
+    mean, std = _channel_stats(sample_images(sets["train"], STATS_SAMPLE))
+    common = dict(mean=mean, std=std, device=device, num_workers=num_workers)
+    train = FileLoader(sets["train"], bs, shuffle=True, seed=seed, aug=augment_from_spec(aug, shape[-2:]), **common)
+    valid = FileLoader(sets["valid"], 2 * bs, **common)
+    test = FileLoader(sets["test"], 2 * bs, **common) if "test" in sets else valid
+    dls = DataLoaders(train, valid, test=test, classes=items.classes)
+    dls.resize = dict(CROP_RESIZE) if image_size(size) else None
     dls.split = split  # recorded by exports
     return dls
 

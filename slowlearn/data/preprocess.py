@@ -86,20 +86,20 @@ class Preprocessing:
 
 
 def preprocessing_of(dls) -> Preprocessing:
-    """What the validation loader of `dls` feeds its model. A `TensorLoader` of uint8 N x C x H x W images
-    is "image" (with the resize rule of `dls.resize` when the loaders resized); anything else is
-    "tensor": items given as the dataset stores them."""
+    """What the validation loader of `dls` feeds its model. A slowlearn loader (in memory or file-backed) of
+    uint8 C x H x W images is "image" (with the resize rule of `dls.resize` when the loaders resized);
+    anything else is "tensor": items given as the dataset stores them."""
     loader = dls.valid
-    x = getattr(loader, "x", None)
-    if x is None:  # a torch DataLoader: items as its dataset returns them
+    shape = getattr(loader, "item_shape", None)
+    if shape is None:  # a torch DataLoader: items as its dataset returns them
         return Preprocessing(kind="tensor", shape=list(torch.as_tensor(loader.dataset[0][0]).shape), scale=1.)
     mean, std = _as_list(getattr(loader, "mean", None)), _as_list(getattr(loader, "std", None))
-    if x.dtype != torch.uint8 or x.ndim != 4:
-        scale = 1 / 255 if x.dtype == torch.uint8 else 1.
-        return Preprocessing(kind="tensor", shape=list(x.shape[1:]), scale=scale, mean=mean, std=std)
+    if loader.dtype != torch.uint8 or len(shape) != 3:
+        scale = 1 / 255 if loader.dtype == torch.uint8 else 1.
+        return Preprocessing(kind="tensor", shape=list(shape), scale=scale, mean=mean, std=std)
     resize = getattr(dls, "resize", None)
-    return Preprocessing(channels=x.shape[1], size=(x.shape[2], x.shape[3]), mean=mean, std=std,
-                         resize=dict(resize) if resize else None, shape=list(x.shape[1:]))
+    return Preprocessing(channels=shape[0], size=(shape[1], shape[2]), mean=mean, std=std,
+                         resize=dict(resize) if resize else None, shape=list(shape))
 
 
 def _as_list(v) -> list[float] | None:

@@ -32,3 +32,12 @@ def test_find_batch_size_leaves_torchs_random_state_as_it_was():
     before = torch.get_rng_state()
     find_batch_size(model, dls, candidates=(16, 32), steps=2)
     assert torch.equal(torch.get_rng_state(), before)  # a set_seed run after it still reproduces
+
+
+def test_find_batch_size_says_it_needs_data_in_memory(tmp_path):
+    from images import make_folder
+
+    from slowlearn import image_folder
+    dls = image_folder(make_folder(tmp_path / "pets"), in_memory=False, num_workers=0, device="cpu", verbose=False)
+    with pytest.raises(ValueError, match="the training loader is a FileLoader: load a subset in memory"):
+        find_batch_size(nn.Linear(3, 2), dls)

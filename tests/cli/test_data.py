@@ -42,6 +42,14 @@ def test_a_csv_of_labels_with_an_images_folder(tmp_path):
     assert dls.classes == CLASSES and (len(dls.train.x), len(dls.valid.x)) == (9, 3)
 
 
+def test_no_in_memory_leaves_the_images_in_their_files(tmp_path):
+    from slowlearn import FileLoader
+    root = make_folder(tmp_path / "pets", n_per_class=6, splits=("",))
+    dls = data("--data", str(root), "--valid-pct", "0.25", "--no-in-memory", "--workers", "0")
+    assert isinstance(dls.train, FileLoader) and dls.train.num_workers == 0 and dls.valid.num_workers == 0
+    assert not isinstance(data("--data", str(root), "--valid-pct", "0.25").train, FileLoader)  # the default
+
+
 def test_train_runs_on_a_folder(tmp_path, capsys):
     root = make_folder(tmp_path / "pets", n_per_class=6, splits=("",))
     code = main(["train", "--data", str(root), "--valid-pct", "0.25", "--size", "8", "--bs", "6", "--epochs", "1",
@@ -61,6 +69,9 @@ def test_train_runs_on_a_folder(tmp_path, capsys):
     (["--data", "{wrapper}"], "Did you mean --data {wrapper}/pets, which holds train/?"),
     (["--data", "{wrapper}", "--valid-pct", "0.2"], "Did you mean --data {wrapper}/pets, which holds train/?"),
     (["--data", "{mixed}", "--valid-pct", "0.2"], "different sizes"),
+    (["--data", "fashion_mnist", "--no-in-memory"], "--no-in-memory: fashion_mnist is held in memory"),
+    (["--data", "{root}", "--valid-pct", "0.2", "--workers", "2"],
+     "--workers 2: worker processes decode batches of images left in their files; add --no-in-memory"),
 ])
 def test_mistakes_exit_2_with_one_line(tmp_path, capsys, argv, message, no_decoding, monkeypatch):
     root = make_folder(tmp_path / "pets", n_per_class=4, splits=("",))
@@ -85,6 +96,7 @@ def test_mistakes_exit_2_with_one_line(tmp_path, capsys, argv, message, no_decod
     (["--valid-pct", "1.5"], "argument --valid-pct: must be between 0 and 1"),
     (["--size", "0"], "argument --size: give a positive number of pixels"),
     (["--n-train", "0"], "argument --n-train: must be at least 1"),
+    (["--workers", "-1"], "argument --workers: must be 0 or more"),
 ])
 def test_bad_values_are_refused_by_the_parser(capsys, argv, message):
     with pytest.raises(SystemExit) as exit_:

@@ -14,6 +14,7 @@ from images import make_folder
 from torch import nn
 
 from slowlearn import Callback, CancelFitException, CheckpointCB, Learner, cli
+from slowlearn import checkpoint as checkpoint_module
 from slowlearn.checkpoint import read_checkpoint
 from slowlearn.cli import main
 
@@ -328,3 +329,20 @@ def test_resume_reuses_the_runs_options_and_says_where_it_resumes(capsys, two_ep
     assert "fit: 3 epochs of 3 training and 2 validation batches" in out  # 12 images in batches of 4, not 512
     state = read_checkpoint(tmp_path / "more" / "checkpoint.pt")
     assert state["epoch"] == 3 and state["callbacks"]["RunOptionsCB"]["options"]["lr"] == 0.05
+
+
+def test_checkpoint_every_and_resume_auto(capsys, tmp_path, images):
+    out = tmp_path / "out"
+    common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--resume", "auto", "--no-in-memory",
+              "--workers", "0"]
+    saves = []
+    real_save = checkpoint_module.write_atomically
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint_module, "write_atomically", lambda state, path: saves.append(
+            (state["epoch"], state["iter"])) or real_save(state, path))
+        assert main([*common, "--epochs", "1", "--checkpoint-every", "2"]) == 0
+    assert "resume='auto': no checkpoint at" in capsys.readouterr().out
+    assert saves == [(0, 2), (1, 0)]  # after 2 training batches (of 2), and at the end of the epoch
+    assert main([*common, "--epochs", "2"]) == 0
+    assert f"resume='auto': resuming from {out / 'checkpoint.pt'} at epoch 1" in capsys.readouterr().out
+    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2

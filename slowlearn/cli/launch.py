@@ -1,0 +1,57 @@
+"""`slowlearn train --nproc N`: N local processes through PyTorch's own launcher (`torch.distributed.run`, what
+`torchrun` runs), with the settings that make its restarts reliable, and resuming on. A process that dies
+(a crash, a SIGKILL) makes torchrun stop the others and start them all again, up to `--max-restarts` times;
+each new start continues from the run's last checkpoint (`--resume auto`), so a run that loses a process ends
+as an uninterrupted one would (exactly, with `--checkpoint-every N`)."""
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+__all__ = ["torchrun_command", "launch_local", "RESTART_ENV"]
+
+# Without it a restarted run on gloo hung or failed in 5 of 8 tries here (PyTorch issue #135712): the new
+# processes reach the rendezvous store of the agent's first round. It must be set before torchrun starts.
+RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+LAUNCH_OPTIONS = ("--nproc", "--max-restarts", "--resume")  # the launcher's own: not passed to the processes
+
+
+def _without(argv: Sequence[str], option: str) -> list[str]:
+    """`argv` without `option VALUE` and `option=VALUE`."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == option:
+            skip = True
+        elif not arg.startswith(option + "="):
+            kept.append(arg)
+    return kept
+
+
+def torchrun_command(argv: Sequence[str], nproc: int, max_restarts: int) -> list[str]:
+    """The command that runs `slowlearn <argv>` (without the launch options) in `nproc` local processes, restarted
+    up to `max_restarts` times, each start resuming from the last checkpoint."""
+    for option in LAUNCH_OPTIONS:
+        argv = _without(argv, option)
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+            f"--max_restarts={max_restarts}", "-m", "slowlearn", *argv, "--resume", "auto"]
+
+
+def launch_local(argv: Sequence[str], nproc: int, max_restarts: int) -> int:
+    """Run `torchrun_command` with `RESTART_ENV` and return its exit code; a SIGTERM (a scheduler stopping the
+    job) is passed on, so that every process saves a checkpoint before it stops."""
+    command = torchrun_command(argv, nproc, max_restarts)
+    print(f"Launching {nproc} process{'es' * (nproc > 1)} (restarted up to {max_restarts} times, resuming from the "
+          f"last checkpoint): {' '.join(f'{k}={v}' for k, v in RESTART_ENV.items())} {shlex.join(command)}",
+          flush=True)
+    child = subprocess.Popen(command, env={**os.environ, **RESTART_ENV})
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
+    try:
+        return child.wait()
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -1,0 +1,60 @@
+"""`slowlearn train --nproc N`: N local processes under torch.distributed.run, restarted on failure, resuming."""
+import os
+import subprocess
+import sys
+
+import pytest
+from images import make_folder
+
+from slowlearn.checkpoint import read_checkpoint
+from slowlearn.cli import launch, main
+
+
+def test_the_launch_command_runs_this_command_in_n_processes_resuming_automatically():
+    argv = ["train", "--data", "pets", "--nproc", "2", "--epochs", "3", "--max-restarts=5", "--resume", "auto"]
+    command = launch.torchrun_command(argv, nproc=2, max_restarts=5)
+    assert command == [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                       "--max_restarts=5", "-m", "slowlearn", "train", "--data", "pets", "--epochs", "3",
+                       "--resume", "auto"]
+
+
+def test_the_launcher_sets_the_rendezvous_setting_before_torchrun_starts(monkeypatch, tmp_path, capsys):
+    started = {}
+
+    class Child:
+        def __init__(self, command, env):
+            started.update(command=command, env=env)
+
+        def wait(self):
+            return 7
+    monkeypatch.setattr(launch.subprocess, "Popen", Child)
+    root = make_folder(tmp_path / "pets", n_per_class=2)
+    code = main(["train", "--data", str(root), "--nproc", "3", "--max-restarts", "1", "--out", str(tmp_path / "out")])
+    assert code == 7  # torchrun's exit code
+    assert started["env"]["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] == "1"
+    assert started["command"][3:6] == ["--standalone", "--nproc_per_node=3", "--max_restarts=1"]
+    assert "--nproc" not in started["command"] and started["command"][-2:] == ["--resume", "auto"]
+    assert "Launching 3 processes (restarted up to 1 times" in capsys.readouterr().out
+
+
+def test_a_checkpoint_to_resume_is_refused_with_nproc(tmp_path, capsys):
+    code = main(["train", "--nproc", "2", "--resume", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path)])
+    assert code == 2 and "--nproc resumes by itself, from --out's checkpoint.pt" in capsys.readouterr().err
+
+
+def test_train_in_two_processes_through_torchrun(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=4)
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "slowlearn", "train", "--nproc", "2", "--data", str(root), "--bs",
+                             "4", "--epochs", "1", "--no-in-memory", "--workers", "0", "--out", str(out)],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resume='auto': no checkpoint at" in result.stdout and result.stdout.count("Wrote to") == 1
+    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 1 and (out / "model.pt2").exists()
+
+
+@pytest.mark.parametrize("value", ["-1", "x"])
+def test_bad_max_restarts_are_refused_by_the_parser(value, capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--nproc", "2", "--max-restarts", value])
+    assert "argument --max-restarts" in capsys.readouterr().err
