@@ -60,6 +60,8 @@ class Learner:
       metrics_log   where MetricsCB sends each history row (ProgressCB's display); None: it prints a table
       metric_names  the columns MetricsCB adds to the history ("loss", "accuracy", ...)
       accumulate    micro-batches per optimizer step (GradientAccumulationCB); 1: a step every batch
+      fit_lrs       each param group's lr this fit trains at (set at fit start from the optimizer; a one-cycle
+                    fit's peaks, by OneCycleCB), for display
     """
 
     def __init__(self, model: nn.Module, dls, loss_func: Callable = F.cross_entropy, lr: float = 0.1,
@@ -73,6 +75,7 @@ class Learner:
         self.training = False
         self.device = self.grad_scaler = self.metrics_log = None  # the shared slots, empty between fits
         self.metric_names, self.accumulate = (), 1
+        self.fit_lrs: list[float] = []
         self._position = (0, 0)  # (epochs done, batches of the next one stepped on): what `save` records
 
     def __repr__(self) -> str:
@@ -116,6 +119,7 @@ class Learner:
                 restore_weights(self, state)
                 restore_setup(self, state)
             self.n_epochs, self.epoch, self.pct_train, self.valid_phase = n_epochs, 0, 0., valid
+            self.fit_lrs = [group["lr"] for group in self.opt.param_groups]
             self._run_level("fit", CancelFitException, lambda: self._epochs(train, valid, state))
         finally:
             for cb in cbs:

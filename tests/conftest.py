@@ -107,3 +107,25 @@ def cpu_features(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(hardware, "_announced", set())  # print the choice again
     return set_features
+
+
+@pytest.fixture
+def torchvision_cache(tmp_path, monkeypatch):
+    """A temporary, offline torchvision cache ($TORCH_HOME with SLOWLEARN_OFFLINE=1: nothing is ever downloaded).
+    `torchvision_cache("resnet18")` writes random weights of that model under the file name torchvision's own weights
+    enum gives ($TORCH_HOME/hub/checkpoints/<the url's file name>) and returns that state dict."""
+    import os
+
+    import torchvision.models as tvm
+    home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("SLOWLEARN_OFFLINE", "1")
+
+    def write(arch: str = "resnet18", seed: int = 0) -> dict:
+        torch.manual_seed(seed)
+        state = tvm.get_model(arch, weights=None).state_dict()
+        path = home / "hub" / "checkpoints" / os.path.basename(tvm.get_model_weights(arch).DEFAULT.url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        return state
+    return write

@@ -49,6 +49,13 @@ class TensorLoader:
         self.epoch_start_state = self.generator.get_state()  # checkpoints taken mid-epoch need it
         self.rank, self.world_size, self.even = 0, 1, True
 
+    def normalise_with(self, mean: float | Sequence[float] | None, std: float | Sequence[float] | None) -> TensorLoader:
+        """Normalise with these statistics from now on (e.g. a pretrained body's, in place of the dataset's);
+        exports record them."""
+        self.mean, self.std = mean, std
+        self.scale, self.shift = self._affine(mean, std)
+        return self
+
     def _affine(self, mean, std) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         if mean is None and std is None and self.x.dtype != torch.uint8:
             return None, None
