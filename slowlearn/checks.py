@@ -42,8 +42,8 @@ def check_loaders(dls, train: bool, valid: bool) -> None:
 
 
 def check_steps_per_epoch(loader) -> None:
-    """Warn when an epoch of `loader` has fewer than 8 optimizer steps where a smaller batch size would give more,
-    saying which batch size to try (on 1,600 images, batches of 512 gave 4 steps an epoch and 42 % accuracy where
+    """Warn when an epoch of `loader` has fewer than 8 optimizer steps where a batch size of 16 or more would give
+    at least 8, saying which batch size to try (on 1,600 images, batches of 512 gave 4 steps an epoch and 42 % accuracy where
     batches of 64 gave 70 %). Python shows each such warning once."""
     bs = getattr(loader, "bs", None) or getattr(loader, "batch_size", None)
     n_items = getattr(loader, "n_items", None)
@@ -56,7 +56,7 @@ def check_steps_per_epoch(loader) -> None:
     if not isinstance(bs, int) or steps >= FEW_STEPS:
         return
     suggested = max(SMALLEST_SUGGESTED_BS, 2 ** int(math.log2(max(n_items / GOOD_STEPS, 1))))
-    if suggested >= bs:
+    if suggested >= bs or math.ceil(n_items / suggested) < FEW_STEPS:  # tiny data: no batch size helps much
         return
     warnings.warn(f"An epoch has only {steps} optimizer step{'s' * (steps != 1)} ({n_items} training items in "
                   f"batches of {bs}): too few for the weights to get far. Try a batch size of {suggested} "
