@@ -34,10 +34,11 @@ def export_command(args) -> int:
     if out.exists() and not args.force:
         raise CLIError(f"{out} already exists (`slowlearn train` writes model.pt2 itself): pass --force to replace it, "
                        f"or --out FILE")
+    from ..checkpoint import read_checkpoint, restore_weights
     dls = checked_data(args)
     learn = rebuilt_learner(args, dls)
-    try:
-        learn.load(checkpoint)
+    try:  # the weights and history; not the optimizer, which the export does not need (and the run's may differ)
+        restore_weights(learn, {**read_checkpoint(checkpoint), "opt": None})
     except RuntimeError:  # load_state_dict: weights of another architecture
         raise CLIError(f"{checkpoint} does not load into --model {args.model} for --data {args.data}: pass the "
                        f"--model and --data the run was trained with") from None
@@ -68,7 +69,7 @@ def _recorded_preprocessing(checkpoint: Path, dls):
 def predict_command(args) -> int:
     import csv
 
-    from ..deploy import image_files
+    from ..data import image_files
     if args.csv:
         writable_file(args.csv, "--csv")
     predictor = _load_model(args.model)

@@ -112,3 +112,17 @@ def test_user_mistakes_exit_2_with_one_line(run, capsys, tmp_path):
         code, out, err = cli(capsys, *args)
         assert code == 2 and message in err and len(err.strip().splitlines()) == 1, (args, err)
         assert err.startswith("slowlearn: error: ")
+
+
+def test_export_of_a_run_trained_with_another_optimizer_than_the_learners_default(capsys, tmp_path):
+    """`slowlearn train` trains with AdamW; export rebuilds a Learner whose optimizer it never uses."""
+    root = make_folder(tmp_path / "pets", n_per_class=4)
+    torch.manual_seed(0)
+    learn = Learner(seed_cnn(in_channels=3, n_classes=3), image_folder(root, bs=8, device="cpu"), lr=1e-3,
+                    opt_func=torch.optim.AdamW).fit(1)
+    learn.save(tmp_path / "run" / "checkpoint.pt")
+    code, out, err = cli(capsys, "export", tmp_path / "run", "--data", root)
+    assert code == 0, err
+    predictor = load_learner(tmp_path / "run" / "model.pt2", device="cpu")
+    torch.testing.assert_close(predictor.predict_batch(learn.dls.valid.x).probs, learn.get_preds().preds,
+                               atol=1e-5, rtol=0)
