@@ -1,6 +1,6 @@
 """README.md's code runs as written: every ```python block, in order, in one namespace (so a block may use
 what an earlier one made), with a smoke setting (256 Fashion-MNIST images in batches of 64, at most one
-epoch per fit)."""
+epoch per fit; the pretrained weights are random ones in a temporary cache)."""
 import importlib
 import re
 from pathlib import Path
@@ -24,7 +24,8 @@ def test_readme_has_python_blocks():
     assert len(blocks) >= 2 and blocks[0].startswith("from slowlearn import *")
 
 
-def test_readme_python_blocks_run(fashion_folder, tmp_path, monkeypatch):
+def test_readme_python_blocks_run(fashion_folder, tmp_path, monkeypatch, torchvision_cache):
+    torchvision_cache("resnet18")  # vision_learner's weights, in a temporary offline torchvision cache
     real = slowlearn.fashion_mnist
 
     def small(bs=512, **kwargs):
