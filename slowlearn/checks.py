@@ -43,8 +43,8 @@ def check_loaders(dls, train: bool, valid: bool) -> None:
 
 def check_steps_per_epoch(loader) -> None:
     """Warn when an epoch of `loader` has fewer than 8 optimizer steps where a batch size of 16 or more would give
-    at least 8, saying which batch size to try (on 1,600 images, batches of 512 gave 4 steps an epoch and 42 % accuracy where
-    batches of 64 gave 70 %). Python shows each such warning once."""
+    at least 8, saying which batch size to try (on 1,600 images, batches of 512 gave 4 steps an epoch and 42 %
+    accuracy where batches of 64 gave 70 %). Python shows each such warning once."""
     bs = getattr(loader, "bs", None) or getattr(loader, "batch_size", None)
     n_items = getattr(loader, "n_items", None)
     if n_items is None:

@@ -23,7 +23,8 @@ from .learner import Learner
 from .models import DEFAULT_HEAD, data_shape, pretrained_model, pretrained_splitter
 from .randomness import randomness, restore_randomness
 
-__all__ = ["train", "train_1cycle", "vision_learner", "default_cbs", "fast_adamw", "compare_optimizers", "optimizer_state_bytes"]
+__all__ = ["train", "train_1cycle", "vision_learner", "default_cbs", "fast_adamw", "compare_optimizers",
+           "optimizer_state_bytes"]
 
 
 def default_cbs(verbose: int | None = None, metrics=None) -> list[Callback]:
@@ -148,9 +149,9 @@ def _warn_if_small(dls: DataLoaders, trained_size: int, name: str) -> None:
         return
     h, w = x.shape[-2:]
     warnings.warn(f"The images are {h}x{w} but {name}'s weights were trained on {trained_size}x{trained_size} images: "
-                  f"the features it learnt are of another scale, and a CNN shrinks small images to a few pixels. Try loaders made "
-                  f"with size={trained_size} (or at least {trained_size // 2}; --size {trained_size} on the command "
-                  f"line).", stacklevel=3)
+                  f"the features it learnt are of another scale, and a CNN shrinks small images to a few pixels. Try "
+                  f"loaders made with size={trained_size} (or at least {trained_size // 2}; --size {trained_size} on "
+                  f"the command line).", stacklevel=3)
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:

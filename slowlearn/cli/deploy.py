@@ -135,7 +135,8 @@ def add_model_commands(sub) -> None:
     add_data_args(e)  # the data options the run was trained with
     e.add_argument("--model", type=model_name, default="cnn", help="the run's --model (default: cnn)")
     e.add_argument("--pretrained", action="store_true",
-                   help="the run's --pretrained, if you repeat its options (not needed: the checkpoint has the weights)")
+                   help="the run's --pretrained, if you repeat its options (not needed: the checkpoint has the "
+                        "weights)")
     e.add_argument("--weights", metavar="FILE", default=None,
                    help="the run's --weights, if you repeat its options (not needed: the checkpoint has the weights)")
     e.add_argument("--bs", type=positive_int, default=512, help=argparse.SUPPRESS)

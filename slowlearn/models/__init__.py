@@ -32,4 +32,5 @@ __all__ = ["BatchNorm", "GeneralReLU", "init_weights", "lsuv_init", "MLP", "ResB
            "get_kaiming_initalized_model", "get_kaiming_initialized_model", "resnet", "seed_cnn", "seed_cnn_fits",
            "speed_net", "whiten_first_conv", "Summary", "summary",
            "HEADS", "DEFAULT_HEAD", "Pretrained", "pretrained_model", "pretrained_splitter", "concat_pool_head",
-           "AdaptiveConcatPool2d", "adapt_first_conv", "arch_name", "WeightsNotFoundError", "offline", "read_state_dict"]
+           "AdaptiveConcatPool2d", "adapt_first_conv", "arch_name", "WeightsNotFoundError", "offline",
+           "read_state_dict"]

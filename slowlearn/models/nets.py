@@ -9,7 +9,8 @@ from torch import nn
 
 from .init import GeneralReLU, init_weights
 
-__all__ = ["data_shape", "conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming_initialized_model", "get_kaiming_initalized_model",
+__all__ = ["data_shape", "conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming_initialized_model",
+           "get_kaiming_initalized_model",
            "ResBlock", "resnet", "MLP"]
 
 

@@ -134,16 +134,19 @@ def timm_weights_file(cfg: dict, name: str) -> Path:
         if isinstance(cached, str):
             return Path(cached)
     url = f"{constants.ENDPOINT}/{repo}/resolve/main/{files[0]}"
+    where = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / "<revision>" / files[0]
+    missing = _not_found(f"weights of timm:{name}", where, url,
+                         f" (as `hf download {repo} {files[0]}` does, run on a machine with network, then copy its "
+                         f"cache folder {constants.HF_HUB_CACHE} here)")
     if not _may_download(url):
-        where = Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}" / "snapshots" / "<revision>" / files[0]
-        raise _not_found(f"weights of timm:{name}", where, url,
-                         f" (as `hf download {repo} {files[0]}` does, run on a machine with network, "
-                         f"then copy its cache folder {constants.HF_HUB_CACHE} here)")
-    from huggingface_hub.errors import EntryNotFoundError
+        raise missing
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError, OfflineModeIsEnabled
     for filename in files:
         try:
             return Path(hf_hub_download(repo, filename))
         except EntryNotFoundError:
             continue
+        except (OfflineModeIsEnabled, LocalEntryNotFoundError) as e:  # HF_HUB_OFFLINE as it was at import, a drop
+            raise missing from e
     raise FileNotFoundError(f"{repo} on the Hugging Face hub has none of {', '.join(files)}: pass "
                             f"weights='path/to/file'")

@@ -253,6 +253,14 @@ def test_train_a_pretrained_torchvision_model_then_export_and_predict(capsys, tm
     assert capsys.readouterr().out.startswith(str(files[0]))
 
 
+def test_lr_find_on_a_pretrained_architecture(capsys, tmp_path, images, torchvision_cache):
+    torchvision_cache("resnet18")
+    with pytest.warns(UserWarning, match="size=224"):
+        code = main(["lr-find", "--data", str(images), "--model", "resnet18", "--pretrained", "--num-it", "3",
+                     "--bs", "4", "--precision", "fp32", "--out", str(tmp_path)])
+    assert code == 0 and "Suggested learning rate" in capsys.readouterr().out and (tmp_path / "lr_find.png").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["--model", "resnet34", "--pretrained"], "--model resnet34 --pretrained: The weights ResNet34_Weights"),
     (["--model", "resnet18", "--weights", "/no/such.pth"], "--weights /no/such.pth: no such file"),

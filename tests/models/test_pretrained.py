@@ -130,6 +130,14 @@ def test_without_network_the_error_comes_from_a_short_probe_not_a_download(tmp_p
     assert probes == ["https://download.pytorch.org/models/resnet34-b627a593.pth"]
 
 
+def test_hf_hub_offline_set_after_import_is_honoured_for_timm_weights(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # after huggingface_hub read its constants at import
+    monkeypatch.setattr(weights, "_reachable", lambda *args, **kwargs: pytest.fail("probed the network offline"))
+    with pytest.raises(WeightsNotFoundError, match=r"models--timm--no_model\.x1.*offline mode is on"):
+        weights.timm_weights_file({"hf_hub_id": "timm/no_model.x1"}, "no_model.x1")
+
+
 def test_the_probe_gives_up_within_its_timeout():
     start = time.perf_counter()
     weights._reachable("https://10.255.255.1/x.pth", timeout=0.5)  # an address that never answers
