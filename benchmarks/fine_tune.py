@@ -1,15 +1,21 @@
-"""Transfer learning: does `learn.fine_tune` from pretrained weights beat training from scratch at equal epochs?
+"""Transfer learning through `vision_learner`: fine-tuning a pretrained body against the same architecture from
+scratch, with each head ("linear", "concat"), and the time `vision_learner(...)` itself takes.
 
-torchvision's resnet18(weights=None) (with a 1-channel first conv) is pretrained on Fashion-MNIST's
-first five classes (T-shirt, trouser, pullover, dress, coat) and its weights saved to a local file. A new
-model loads them, gets a new 5-class head, and is fine-tuned on a small training set of the other five
-classes (sandal, shirt, sneaker, bag, ankle boot) with `fine_tune(epochs, freeze_epochs=1)`; the same
-architecture from its random initialisation gets `fit_one_cycle(epochs + 1)` on the same images (the
-same number of epochs, and batches in the same order). Both are scored on all test images of those
-five classes (or the first `--valid-items`). Both arms are slowlearn recipes (what is compared is the
-recipe, not the framework); the weights file is a plain `torch.save`, as any other trainer would write.
+A torchvision ResNet-18 (`--arch`) is pretrained from random weights on CIFAR-10's classes 0-4 (airplane, automobile,
+bird, cat, deer; `--pretrain-items` images, `--pretrain-epochs`) with `vision_learner(..., pretrained=False)` and its
+weights saved as a plain state dict. Then, on a few hundred training images of the other classes (dog, frog, horse,
+ship, truck; `--items`), for each seed and head:
+- fine-tuned: `vision_learner(dls, arch, weights=file, head=head, stats=<the pretraining data's>)` then
+  `fine_tune(epochs, freeze_epochs=1, base_lr=--lr, lr_mult=--lr-mult)`;
+- from scratch: `vision_learner(dls, arch, pretrained=False, head=head)` then `fit_one_cycle(epochs + 1, --scratch-lr)`:
+  the same number of epochs, batches in the same order.
+Both are scored on the test images of classes 5-9 (all 5,000, or `--valid-items` of them). The images are the
+CIFAR-10 JPEG set of ../shared/data, resized to `--size` (ImageNet ResNets shrink 32x32 images to 1x1 by layer 4).
+It ends with the mean and spread of each arm's accuracy, and the median time of `vision_learner(dls, arch,
+weights=file)` (building the model and reading its weights).
 
-    python benchmarks/fine_tune.py [--pretrain-items 12000] [--items 1000] [--epochs 2] [--seeds 0 1] [--lr 1e-2] [--lr-mult 10]
+    python benchmarks/fine_tune.py [--size 64] [--items 500] [--epochs 5] [--seeds 0 1 2] [--heads linear concat]
+    python benchmarks/fine_tune.py --smoke   # a tiny setting that only shows that every part runs
 """
 from __future__ import annotations
 
@@ -17,92 +23,130 @@ import argparse
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import torch
-from torch import nn
-from torchvision.models import resnet18
-
-from slowlearn import DataLoaders, Learner, MetricsCB, TensorLoader, fashion_mnist, set_seed
+import torch.nn.functional as F
 from torcheval.metrics import MulticlassAccuracy
 
+from cifar import shared_cifar10
+from slowlearn import DataLoaders, TensorLoader, set_seed, vision_learner
+from slowlearn.data import augment_from_spec
 
-def model_for_28x28(n_classes: int) -> nn.Module:
-    model = resnet18(weights=None, num_classes=n_classes)
-    model.conv1 = nn.Conv2d(1, 64, 7, stride=2, padding=3, bias=False)  # grey images
-    return model
-
-
-def classes_subset(dl: TensorLoader, classes: range, n: int | None, shuffle: bool, bs: int) -> TensorLoader:
-    keep = torch.isin(dl.y, torch.tensor(list(classes), device=dl.y.device)).nonzero().squeeze(1)[:n]
-    new = TensorLoader(dl.x[keep], dl.y[keep] - classes.start, bs, shuffle=shuffle, device=dl.device)
-    new.scale, new.shift = dl.scale, dl.shift
-    return new
+SMOKE = dict(size=32, pretrain_items=200, pretrain_epochs=1, items=100, epochs=1, valid_items=100, seeds=[0],
+             timing_repeats=1)
 
 
-def task(base: DataLoaders, classes: range, n: int | None, bs: int, n_valid: int | None) -> DataLoaders:
-    return DataLoaders(classes_subset(base.train, classes, n, True, bs),
-                       classes_subset(base.valid, classes, n_valid, False, 512))
+def resized(x: torch.Tensor, size: int) -> torch.Tensor:
+    if x.shape[-1] == size:
+        return x
+    return F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True).round().clamp(0, 255).byte()
 
 
-def learner(model: nn.Module, dls: DataLoaders) -> Learner:
-    return Learner(model, dls, lr=2e-3, opt_func=torch.optim.AdamW, cbs=[MetricsCB(accuracy=MulticlassAccuracy())])
+def classes_subset(dl: TensorLoader, classes: range, n: int | None, size: int, train: bool, bs: int) -> TensorLoader:
+    """`n` items of `classes` (a random choice, the same in every run; the folders list them class by class),
+    relabelled from 0, resized, normalised as `dl` was."""
+    keep = torch.isin(dl.y, torch.tensor(list(classes), device=dl.y.device)).nonzero().squeeze(1)
+    keep = keep[torch.randperm(len(keep), generator=torch.Generator().manual_seed(0)).to(keep.device)[:n]]
+    x = resized(dl.x[keep], size)
+    return TensorLoader(x, dl.y[keep] - classes.start, bs, shuffle=train, device=dl.device, mean=dl.mean, std=dl.std,
+                        aug=augment_from_spec("crop,flip", (size, size)) if train else None)
 
 
-def pretrain(base: DataLoaders, args, path: Path) -> float:
+def task(base: DataLoaders, classes: range, n: int | None, n_valid: int | None, size: int, bs: int) -> DataLoaders:
+    names = base.classes[classes.start:classes.stop]
+    return DataLoaders(classes_subset(base.train, classes, n, size, True, bs),
+                       classes_subset(base.valid, classes, n_valid, size, False, 512), classes=names)
+
+
+def learner(dls: DataLoaders, arch: str, **kwargs):
+    with warnings.catch_warnings():  # the small-image warning: the body was pretrained at this size here
+        warnings.simplefilter("ignore")
+        return vision_learner(dls, arch, metrics={"accuracy": MulticlassAccuracy()}, verbose=0, **kwargs)
+
+
+def pretrain(base: DataLoaders, args, path: Path) -> tuple[float, tuple]:
     set_seed(0)
-    learn = learner(model_for_28x28(5), task(base, range(0, 5), args.pretrain_items, 128, args.valid_items))
+    dls = task(base, range(0, 5), args.pretrain_items, args.valid_items, args.size, 128)
+    learn = learner(dls, args.arch, pretrained=False)
     learn.fit_one_cycle(args.pretrain_epochs, 4e-3)
     torch.save(learn.model.state_dict(), path)
-    return learn.history[-1]["accuracy"]
+    return learn.history[-1]["accuracy"], (dls.train.mean, dls.train.std)
 
 
-def fine_tuned(base: DataLoaders, args, path: Path, seed: int) -> float:
+def fine_tuned(base: DataLoaders, args, path: Path, stats: tuple, head: str, seed: int) -> float:
     set_seed(seed)  # the new head's initial weights, and the batches
-    model = model_for_28x28(5)
-    model.load_state_dict(torch.load(path, weights_only=True))
-    model.fc = nn.Linear(512, 5)  # the new task's head
-    set_seed(seed)
-    learn = learner(model, task(base, range(5, 10), args.items, 64, args.valid_items))
+    dls = task(base, range(5, 10), args.items, args.valid_items, args.size, args.bs)
+    learn = learner(dls, args.arch, weights=path, head=head, stats=stats)
     learn.fine_tune(args.epochs, base_lr=args.lr, freeze_epochs=1, lr_mult=args.lr_mult)
     return learn.history[-1]["accuracy"]
 
 
-def from_scratch(base: DataLoaders, args, seed: int) -> float:
+def from_scratch(base: DataLoaders, args, head: str, seed: int) -> float:
     set_seed(seed)
-    model = model_for_28x28(5)
-    set_seed(seed)  # the same batches as the fine-tuned run
-    learn = learner(model, task(base, range(5, 10), args.items, 64, args.valid_items))
+    dls = task(base, range(5, 10), args.items, args.valid_items, args.size, args.bs)
+    learn = learner(dls, args.arch, pretrained=False, head=head)
     learn.fit_one_cycle(args.epochs + 1, args.scratch_lr)
     return learn.history[-1]["accuracy"]
 
 
+def construction_seconds(base: DataLoaders, args, path: Path, stats: tuple) -> float:
+    """Median time of vision_learner(dls, arch, weights=file): the model built and its weights read and loaded."""
+    dls = task(base, range(5, 10), 16, 16, args.size, args.bs)
+    times = []
+    for _ in range(args.timing_repeats):
+        start = time.perf_counter()
+        learner(dls, args.arch, weights=path, stats=stats)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def summary(name: str, accs: list[float]) -> str:
+    spread = f" ± {statistics.stdev(accs):.4f}" if len(accs) > 1 else ""
+    return f"{name:26} {statistics.mean(accs):.4f}{spread}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pretrain-items", type=int, default=12000)
-    parser.add_argument("--pretrain-epochs", type=int, default=2)
-    parser.add_argument("--items", type=int, default=1000, help="training images of the new task")
-    parser.add_argument("--epochs", type=int, default=2, help="fine_tune's unfrozen epochs (scratch: one more)")
+    parser.add_argument("--arch", default="resnet18", help="a torchvision architecture (default: resnet18)")
+    parser.add_argument("--size", type=int, default=64, help="image side the 32x32 images are resized to")
+    parser.add_argument("--pretrain-items", type=int, default=None, help="pretraining images (default: all 25,000)")
+    parser.add_argument("--pretrain-epochs", type=int, default=5)
+    parser.add_argument("--items", type=int, default=500, help="training images of the new task")
+    parser.add_argument("--bs", type=int, default=32, help="batch size of the new task")
+    parser.add_argument("--epochs", type=int, default=5, help="fine_tune's unfrozen epochs (scratch: one more)")
     parser.add_argument("--lr", type=float, default=1e-2, help="fine_tune's base_lr")
     parser.add_argument("--lr-mult", type=float, default=10, help="fine_tune's lr_mult (head lr / first group's)")
-    parser.add_argument("--scratch-lr", type=float, default=2e-3)
-    parser.add_argument("--valid-items", type=int, default=None, help="test images scored (default: all 5000)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--scratch-lr", type=float, default=1e-2)
+    parser.add_argument("--heads", nargs="+", default=["linear", "concat"], choices=["linear", "concat"])
+    parser.add_argument("--valid-items", type=int, default=None, help="test images scored (default: all 5,000)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--timing-repeats", type=int, default=5)
+    parser.add_argument("--smoke", action="store_true", help="a tiny setting: shows that every part runs")
     args = parser.parse_args()
-    base = fashion_mnist(bs=128)
+    if args.smoke:
+        vars(args).update(SMOKE)
+    base = shared_cifar10(bs=128, aug=None, verbose=False)
     with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "pretrained.pt"
+        path = Path(tmp) / "pretrained.pth"
         start = time.perf_counter()
-        print(f"pretrained on classes 0-4: accuracy {pretrain(base, args, path):.4f} "
+        accuracy, stats = pretrain(base, args, path)
+        print(f"{args.arch} pretrained on classes 0-4 at {args.size}x{args.size}: accuracy {accuracy:.4f} "
               f"({time.perf_counter() - start:.0f} s)", flush=True)
-        tuned, scratch = [], []
+        results = {f"{arm}, {head} head": [] for head in args.heads for arm in ("fine-tuned", "from scratch")}
         for seed in args.seeds:
-            tuned.append(fine_tuned(base, args, path, seed))
-            scratch.append(from_scratch(base, args, seed))
-            print(f"seed {seed}: fine-tuned {tuned[-1]:.4f}, from scratch {scratch[-1]:.4f}", flush=True)
-    print(f"classes 5-9 from {args.items} training images, {args.epochs + 1} epochs each: fine-tuned "
-          f"{statistics.mean(tuned):.4f}, from scratch {statistics.mean(scratch):.4f} "
-          f"(mean of {len(args.seeds)} seeds)")
+            for head in args.heads:
+                results[f"fine-tuned, {head} head"].append(fine_tuned(base, args, path, stats, head, seed))
+                results[f"from scratch, {head} head"].append(from_scratch(base, args, head, seed))
+                print(f"seed {seed}, {head} head: fine-tuned {results[f'fine-tuned, {head} head'][-1]:.4f}, "
+                      f"from scratch {results[f'from scratch, {head} head'][-1]:.4f}", flush=True)
+        seconds = construction_seconds(base, args, path, stats)
+    print(f"\nclasses 5-9 from {args.items} training images, {args.epochs + 1} epochs each, accuracy on "
+          f"{args.valid_items or 'all'} test images (mean ± stdev over {len(args.seeds)} seeds):")
+    for name, accs in results.items():
+        print(summary(name, accs))
+    print(f"vision_learner(dls, {args.arch!r}, weights=file): {seconds:.3f} s (median of {args.timing_repeats})")
 
 
 if __name__ == "__main__":

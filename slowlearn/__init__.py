@@ -45,7 +45,7 @@ from .models import (
 from .optim import SGD, AdaDelta, AdaGrad, Adam, AdamW, MomentumSGD, RMSProp
 from .randomness import set_seed
 from .show import plot_confusion_matrix, plot_metrics, plot_top_losses, show_results
-from .train import compare_optimizers, train, train_1cycle
+from .train import compare_optimizers, train, train_1cycle, vision_learner
 from .tuning import find_batch_size
 from .version import __version__  # noqa: F401 -- slowlearn.__version__
 
@@ -60,7 +60,7 @@ __all__ = [
     "conv_block", "seed_cnn", "ResBlock", "resnet", "MLP", "summary", "speed_net", "get_kaiming_initialized_model",
     "get_kaiming_initalized_model",
     "SGD", "MomentumSGD", "RMSProp", "AdaGrad", "AdaDelta", "Adam", "AdamW",
-    "train", "train_1cycle", "compare_optimizers",
+    "train", "train_1cycle", "compare_optimizers", "vision_learner",
     "Preds", "Prediction", "confusion_matrix", "show_batch", "show_results", "plot_confusion_matrix",
     "plot_top_losses", "plot_metrics",
     "load_learner", "Predictor", "FilePreds", "Preprocessing", "ExportError",

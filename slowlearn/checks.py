@@ -4,6 +4,8 @@ process). The Learner checks its loaders before a fit and the first batch of eac
 checks cost nothing on the batches after it."""
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from functools import partial
@@ -15,9 +17,12 @@ from torch.utils.data import TensorDataset
 
 from .callback import CancelException
 
-__all__ = ["check_loaders", "first_batch", "check_inputs", "check_targets", "describe_batch"]
+__all__ = ["check_loaders", "check_steps_per_epoch", "first_batch", "check_inputs", "check_targets", "describe_batch"]
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
+FEW_STEPS = 8  # optimizer steps per epoch below which training barely gets going
+GOOD_STEPS = 20  # what the suggested batch size gives at least
+SMALLEST_SUGGESTED_BS = 16
 
 
 def check_loaders(dls, train: bool, valid: bool) -> None:
@@ -32,6 +37,31 @@ def check_loaders(dls, train: bool, valid: bool) -> None:
                              f"drop_last=True is not dropping a dataset smaller than one batch.")
         for what, data in zip(("inputs", "targets"), _tensors_in_memory(loader)):
             _check_finite(data, f"The {phase} set's {what}")
+    if train:
+        check_steps_per_epoch(dls.train)
+
+
+def check_steps_per_epoch(loader) -> None:
+    """Warn when an epoch of `loader` has fewer than 8 optimizer steps where a batch size of 16 or more would give
+    at least 8, saying which batch size to try (on 1,600 images, batches of 512 gave 4 steps an epoch and 42 %
+    accuracy where batches of 64 gave 70 %). Python shows each such warning once."""
+    bs = getattr(loader, "bs", None) or getattr(loader, "batch_size", None)
+    n_items = getattr(loader, "n_items", None)
+    if n_items is None:
+        try:
+            n_items = len(loader.dataset)
+        except (AttributeError, TypeError):
+            return
+    steps = len(loader)
+    if not isinstance(bs, int) or steps >= FEW_STEPS:
+        return
+    suggested = max(SMALLEST_SUGGESTED_BS, 2 ** int(math.log2(max(n_items / GOOD_STEPS, 1))))
+    if suggested >= bs or math.ceil(n_items / suggested) < FEW_STEPS:  # tiny data: no batch size helps much
+        return
+    warnings.warn(f"An epoch has only {steps} optimizer step{'s' * (steps != 1)} ({n_items} training items in "
+                  f"batches of {bs}): too few for the weights to get far. Try a batch size of {suggested} "
+                  f"({math.ceil(n_items / suggested)} steps an epoch): bs={suggested} for the loaders, or --bs "
+                  f"{suggested} on the command line.", stacklevel=4)
 
 
 def _tensors_in_memory(loader) -> list[Tensor]:

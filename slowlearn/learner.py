@@ -60,6 +60,8 @@ class Learner:
       metrics_log   where MetricsCB sends each history row (ProgressCB's display); None: it prints a table
       metric_names  the columns MetricsCB adds to the history ("loss", "accuracy", ...)
       accumulate    micro-batches per optimizer step (GradientAccumulationCB); 1: a step every batch
+      fit_lrs       each param group's lr this fit trains at (set at fit start from the optimizer; a one-cycle
+                    fit's peaks, by OneCycleCB), for display
     And one slot that outlives the fit:
       weights_epoch the epoch whose weights the model holds when that is not the last one trained
                     (EarlyStoppingCB(restore_best=True) sets it; each fit clears it): exports report that
@@ -79,6 +81,7 @@ class Learner:
         self.metric_names, self.accumulate = (), 1
         self.weights_epoch: int | None = None
         self._fitting = False  # a fit started from inside a fit (by a callback) is refused
+        self.fit_lrs: list[float] = []
         self._position = (0, 0)  # (epochs done, batches of the next one stepped on): what `save` records
 
     def __repr__(self) -> str:
@@ -130,6 +133,7 @@ class Learner:
                 restore_weights(self, state)
                 restore_setup(self, state)
             self.n_epochs, self.epoch, self.pct_train, self.valid_phase = n_epochs, 0, 0., valid
+            self.fit_lrs = [group["lr"] for group in self.opt.param_groups]
             self._run_level("fit", CancelFitException, lambda: self._epochs(train, valid, state))
         finally:
             self._fitting = False

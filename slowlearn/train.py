@@ -1,9 +1,11 @@
-"""Training helpers: the seed's `train(model, lr, ...)`, `train_1cycle`, and `compare_optimizers`."""
+"""Training helpers: the seed's `train(model, lr, ...)`, `train_1cycle`, `vision_learner` (a pretrained body with a
+new head) and `compare_optimizers`."""
 from __future__ import annotations
 
 import copy
 import sys
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from functools import partial
 
@@ -18,16 +20,22 @@ from .device import default_device
 from .display import TablePrinter, finished, integer_xticks, subplots
 from .distributed import world_size
 from .learner import Learner
+from .models import DEFAULT_HEAD, data_shape, pretrained_model, pretrained_splitter
 from .randomness import randomness, restore_randomness
 
-__all__ = ["train", "train_1cycle", "default_cbs", "fast_adamw", "compare_optimizers", "optimizer_state_bytes"]
+__all__ = ["train", "train_1cycle", "vision_learner", "default_cbs", "fast_adamw", "compare_optimizers",
+           "optimizer_state_bytes"]
 
 
-def default_cbs(verbose: int | None = None) -> list[Callback]:
-    """Device placement, loss and accuracy per epoch, and progress (`ProgressCB(verbose=verbose)`):
-    what `train` always uses; under torchrun (WORLD_SIZE > 1) also DistributedCB."""
-    from torcheval.metrics import MulticlassAccuracy  # imported when used: it takes a second
-    cbs = [DeviceCB(), MetricsCB(accuracy=MulticlassAccuracy()), ProgressCB(verbose=verbose)]
+def default_cbs(verbose: int | None = None, metrics=None) -> list[Callback]:
+    """Device placement, loss and metrics per epoch, and progress (`ProgressCB(verbose=verbose)`):
+    what `train` always uses; under torchrun (WORLD_SIZE > 1) also DistributedCB. `metrics`: torcheval metrics
+    as a {column: metric} dict or a list (columns named after their classes); None: accuracy."""
+    if metrics is None:
+        from torcheval.metrics import MulticlassAccuracy  # imported when used: it takes a second
+        metrics = {"accuracy": MulticlassAccuracy()}
+    metrics_cb = MetricsCB(**metrics) if isinstance(metrics, dict) else MetricsCB(*metrics)
+    cbs = [DeviceCB(), metrics_cb, ProgressCB(verbose=verbose)]
     return [DistributedCB(), *cbs] if world_size() > 1 else cbs
 
 
@@ -78,6 +86,74 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), *speed, RecorderCB(), *cbs],
                     opt_func=opt_func or fast_adamw())
     return learn.fit_one_cycle(n_epochs, lr, resume=resume, **one_cycle_kwargs)
+
+
+def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = True, weights=None,
+                   n_out: int | None = None, head: str = DEFAULT_HEAD, stats: tuple | None = None,
+                   loss_func: Callable = F.cross_entropy, lr: float | slice | Sequence[float] = 1e-3,
+                   opt_func: Callable | None = None, cbs: Sequence[Callback] = (), metrics=None,
+                   precision: str = "auto", verbose: int | None = None) -> Learner:
+    """A Learner for `dls` from a pretrained body with a new head (fastai's `vision_learner`):
+    `vision_learner(dls, "resnet34").fine_tune(3)`.
+
+    `arch`: a torchvision model name ("resnet18", "convnext_tiny"), a torchvision builder
+    (`torchvision.models.resnet34`) or "timm:<name>" (any timm model; `pip install slowlearn[timm]`). Its weights
+    come from torchvision's cache ($TORCH_HOME/hub/checkpoints), the Hugging Face cache (timm) or `weights=` (a .pth
+    state dict or .safetensors file, or a torchvision weights enum member), and are downloaded only when not there,
+    not offline (HF_HUB_OFFLINE=1 or SLOWLEARN_OFFLINE=1) and the server answers; else the error says where to put
+    which file. `pretrained=False`: random weights, no file needed.
+
+    The head has one output per class of `dls` (or `n_out`); `head` is "linear" or "concat" (fastai's), see
+    `slowlearn.models.pretrained` for which and why. With pretrained weights the loaders (changed in place) normalise
+    with the statistics the weights were trained with, or `stats=(mean, std)`, and exports record them; the body
+    starts frozen (`learn.freeze()`: only the head and BatchNorm layers train) until `fine_tune` or `unfreeze`.
+    Param groups: a ResNet in three (stem and early layers, late layers, head), others in two (body, head), so
+    `lr=slice(lo, hi)` spreads over them. Grayscale data into a 3-channel body works (its first convolution's weights
+    are summed over the channels). A warning says which `size=` to try when the images are far smaller than those
+    the weights were trained on.
+
+    The rest as `train_1cycle`: `opt_func=None` is `fast_adamw()`, `cbs` come after device, metrics (`metrics`: as
+    `default_cbs` takes them), progress, the `precision` callbacks and a RecorderCB; `lr` is `learn.lr`.
+    """
+    channels, classes = data_shape(dls)
+    if n_out is None and classes is None:
+        raise ValueError("vision_learner: these loaders name no classes (dls.classes): pass n_out=")
+    body = pretrained_model(arch, n_out or classes, channels, pretrained, weights, head)
+    mean, std = stats if stats is not None else (body.mean, body.std)
+    if mean is not None:
+        _normalise_loaders(dls, mean, std)
+    if body.size is not None:
+        _warn_if_small(dls, body.size, body.name)
+    speed = speed_cbs(body.model, precision, given=cbs)
+    learn = Learner(body.model, dls, loss_func, lr=lr, splitter=pretrained_splitter, opt_func=opt_func or fast_adamw(),
+                    cbs=[*default_cbs(verbose, metrics), *speed, RecorderCB(), *cbs])
+    if pretrained:
+        learn.freeze()
+    return learn
+
+
+def _normalise_loaders(dls: DataLoaders, mean, std) -> None:
+    for split in ("train", "valid", "test"):
+        loader = getattr(dls, split, None)
+        if loader is None:
+            continue
+        if not hasattr(loader, "normalise_with"):
+            raise TypeError(f"vision_learner: the {split} loader ({type(loader).__name__}) cannot be told to normalise "
+                            f"with the pretrained weights' statistics: use slowlearn's loaders (image_folder, "
+                            f"image_csv, cifar10, TensorLoader), or pass stats= and normalise your loader yourself")
+        loader.normalise_with(mean, std)
+
+
+def _warn_if_small(dls: DataLoaders, trained_size: int, name: str) -> None:
+    """Once per call site: images with a side under half of what the weights were trained at."""
+    x = getattr(dls.train, "x", None)
+    if not isinstance(x, torch.Tensor) or x.ndim != 4 or min(x.shape[-2:]) * 2 >= trained_size:
+        return
+    h, w = x.shape[-2:]
+    warnings.warn(f"The images are {h}x{w} but {name}'s weights were trained on {trained_size}x{trained_size} images: "
+                  f"the features it learnt are of another scale, and a CNN shrinks small images to a few pixels. Try "
+                  f"loaders made with size={trained_size} (or at least {trained_size // 2}; --size {trained_size} on "
+                  f"the command line).", stacklevel=3)
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:

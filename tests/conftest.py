@@ -109,6 +109,28 @@ def cpu_features(monkeypatch):
     return set_features
 
 
+@pytest.fixture
+def torchvision_cache(tmp_path, monkeypatch):
+    """A temporary, offline torchvision cache ($TORCH_HOME with SLOWLEARN_OFFLINE=1: nothing is ever downloaded).
+    `torchvision_cache("resnet18")` writes random weights of that model under the file name torchvision's own weights
+    enum gives ($TORCH_HOME/hub/checkpoints/<the url's file name>) and returns that state dict."""
+    import os
+
+    import torchvision.models as tvm
+    home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    monkeypatch.setenv("SLOWLEARN_OFFLINE", "1")
+
+    def write(arch: str = "resnet18", seed: int = 0) -> dict:
+        torch.manual_seed(seed)
+        state = tvm.get_model(arch, weights=None).state_dict()
+        path = home / "hub" / "checkpoints" / os.path.basename(tvm.get_model_weights(arch).DEFAULT.url)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(state, path)
+        return state
+    return write
+
+
 def pytest_configure(config):
     # MLflow 3's SQLite store configures SQLAlchemy with a strategy SQLAlchemy 2.1 deprecates: not ours to fix
     config.addinivalue_line("filterwarnings", "ignore:The ``noload`` loader strategy is deprecated")

@@ -217,3 +217,23 @@ def test_dict_batches_say_what_the_learner_takes():
             learn.loss = learn.loss_func(learn.preds, learn.batch["label"])
 
     Learner(nn.Linear(3, 2), DataLoaders(batches, batches), cbs=[DictBatches()]).fit(1)
+
+
+def few_steps_fit(n_items, bs):
+    x, y = torch.randn(n_items, 3), torch.randint(0, 2, (n_items,))
+    dls = DataLoaders(TensorLoader(x, y, bs, shuffle=True, device="cpu"), TensorLoader(x[:8], y[:8], 8, device="cpu"))
+    Learner(nn.Linear(3, 2), dls).fit(1)
+
+
+def test_an_epoch_of_very_few_steps_warns_with_the_batch_size_to_try():
+    with pytest.warns(UserWarning, match=r"only 4 optimizer steps \(1600 training items in batches of 512\).*"
+                                         r"batch size of 64 \(25 steps an epoch\).*--bs 64"):
+        few_steps_fit(1600, 512)
+
+
+@pytest.mark.parametrize("n_items, bs", [(1600, 64), (40, 64), (100, 16)])
+def test_enough_steps_or_no_smaller_useful_batch_size_do_not_warn(n_items, bs):
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        few_steps_fit(n_items, bs)

@@ -1,7 +1,8 @@
 """The code of README.md and of the documentation pages (docs/**/*.md) runs as written: every ```python block of a
 page, in order, in one namespace per page (so a block may use what an earlier one of its page made), with a
-smoke setting (64 Fashion-MNIST images in one batch of 64 per epoch, and 12 batches for lr_find's sweep);
-every fit trains as many epochs as it asks for."""
+smoke setting (64 Fashion-MNIST images in one batch of 64 per epoch, and 12 batches for lr_find's sweep;
+every fit trains as many epochs as it asks for; the pretrained weights are random ones in a temporary
+offline torchvision cache)."""
 import importlib
 import re
 from pathlib import Path
@@ -36,8 +37,9 @@ def test_the_docs_have_code_to_run():
 
 
 @pytest.fixture
-def smoke(fashion_folder, tmp_path, monkeypatch):
+def smoke(fashion_folder, tmp_path, monkeypatch, torchvision_cache):
     """Fashion-MNIST cut to one batch of 64 images per epoch, run in a temporary folder."""
+    torchvision_cache("resnet18")  # vision_learner's weights, in a temporary offline torchvision cache
     real = slowlearn.fashion_mnist
 
     def small(bs=512, **kwargs):  # one batch per epoch: every fit trains the epochs it asks for, as written

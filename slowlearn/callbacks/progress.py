@@ -173,9 +173,15 @@ class PlainView:
 
 
 def _lr_text(learn) -> str:
-    """`learn.lr` as one number, or one per param group where a slice or a list spreads it."""
-    lrs = group_lrs(learn.lr, len(learn.opt.param_groups))
-    return f"lr {lrs[0]:g}" if len(set(lrs)) == 1 else "lrs " + ", ".join(f"{lr:g}" for lr in lrs)
+    """The lrs the fit trains at (`learn.fit_lrs`: a one-cycle fit's peaks), as one number, or one per param group
+    where they differ, and which groups are frozen (a frozen group's BatchNorm layers may still train)."""
+    groups = learn.opt.param_groups
+    lrs = list(getattr(learn, "fit_lrs", None) or group_lrs(learn.lr, len(groups)))
+    text = f"lr {lrs[0]:g}" if len(set(lrs)) == 1 else "lrs " + ", ".join(f"{lr:g}" for lr in lrs)
+    frozen = [str(i + 1) for i, group in enumerate(groups) if any(not p.requires_grad for p in group["params"])]
+    if frozen:
+        text += f" (param group{'s' * (len(frozen) > 1)} {', '.join(frozen)} of {len(groups)} frozen)"
+    return text
 
 
 class TerminalView:

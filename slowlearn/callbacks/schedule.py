@@ -209,6 +209,7 @@ class OneCycleCB(Callback):
 
     def before_fit(self, learn) -> None:
         peaks = group_lrs(self.lr_max if self.lr_max is not None else learn.lr, len(learn.opt.param_groups))
+        learn.fit_lrs = peaks
         self.lr_scheds = [one_cycle_lr(peak, self.pct_start, self.div, self.div_final) for peak in peaks]
 
     def before_batch(self, learn) -> None:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from .build import data_and_model
+from .build import checked_data, model_name, rebuilt_learner
 from .common import CLIError, positive_int, writable_file, writable_folder
 from .data import add_data_args
 
@@ -26,7 +26,6 @@ def _load_model(path: str):
 
 
 def export_command(args) -> int:
-    from ..learner import Learner
     source = Path(args.source)
     checkpoint = source / "checkpoint.pt" if source.is_dir() else source
     if not checkpoint.is_file():
@@ -36,10 +35,11 @@ def export_command(args) -> int:
     if out.exists() and not args.force:
         raise CLIError(f"{out} already exists (`slowlearn train` writes model.pt2 itself): pass --force to replace it, "
                        f"or --out FILE")
-    dls, model = data_and_model(args)
-    learn = Learner(model, dls)
-    try:
-        learn.load(checkpoint)
+    from ..checkpoint import read_checkpoint, restore_weights
+    dls = checked_data(args)
+    learn = rebuilt_learner(args, dls)
+    try:  # the weights and history; not the optimizer, which the export does not need (and the run's may differ)
+        restore_weights(learn, {**read_checkpoint(checkpoint), "opt": None})
     except RuntimeError:  # load_state_dict: weights of another architecture
         raise CLIError(f"{checkpoint} does not load into --model {args.model} for --data {args.data}: pass the "
                        f"--model and --data the run was trained with") from None
@@ -173,7 +173,12 @@ def add_model_commands(sub) -> None:
                                    "checkpoint records them) to --out.")
     e.add_argument("source", metavar="RUN_DIR_OR_CHECKPOINT")
     add_data_args(e)  # the data options the run was trained with
-    e.add_argument("--model", choices=("cnn", "resnet"), default="cnn", help="the run's --model (default: cnn)")
+    e.add_argument("--model", type=model_name, default="cnn", help="the run's --model (default: cnn)")
+    e.add_argument("--pretrained", action="store_true",
+                   help="the run's --pretrained, if you repeat its options (not needed: the checkpoint has the "
+                        "weights)")
+    e.add_argument("--weights", metavar="FILE", default=None,
+                   help="the run's --weights, if you repeat its options (not needed: the checkpoint has the weights)")
     e.add_argument("--bs", type=positive_int, default=512, help=argparse.SUPPRESS)
     e.add_argument("--format", choices=("pt2", "onnx"), default=None,
                    help="pt2 (torch.export, for slowlearn predict / load_learner) or onnx (default: the one --out's "

@@ -8,12 +8,13 @@ from pathlib import Path
 
 from ..callback import Callback
 from ..data import image_size
-from .build import data_and_model
+from .build import checked_data, data_and_model, is_vision_arch, model_name, vision_learner_for
 from .common import CLIError, integer, non_negative_int, positive_float, positive_int, writable_folder
 from .data import BUILT_IN, add_data_args, check_data_args
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 MLFLOW_STORE = "sqlite:///runs/mlflow.db"  # MLflowCB's default
+SCRATCH_LR, FINE_TUNE_LR = 1e-2, 2e-3
 
 
 def _opt_func(name: str):
@@ -62,12 +63,17 @@ def train_command(args) -> int:
 
     if args.recipe is not None:
         _check_recipe_options(args)
+    if _fine_tuning(args) and args.resume is not None:
+        raise CLIError("--resume does not work with --pretrained: fine-tuning runs a frozen and an unfrozen stage; "
+                       "start it again")
     out = writable_folder(args.out, "--out")
     if args.nproc is not None:
         return _launch(args)
     _resume_options(args)
+    if _fine_tuning(args):  # two fits (frozen, unfrozen) write one CSV
+        (out / "metrics.csv").unlink(missing_ok=True)
     checkpoints = CheckpointCB(out / "checkpoint.pt", every=args.checkpoint_every or "epoch")
-    cbs = [CSVLoggerCB(out / "metrics.csv"), checkpoints]
+    cbs = [CSVLoggerCB(out / "metrics.csv", append=_fine_tuning(args)), checkpoints]
     if args.tensorboard:
         cbs.append(TensorBoardCB(out / "tensorboard"))
     tracker = _mlflow_cb(args.mlflow, out) if args.mlflow is not None else None
@@ -76,11 +82,13 @@ def train_command(args) -> int:
         cbs.append(ChannelsLastCB())  # "auto" decides the layout itself
     if args.recipe is not None:
         learn = _run_recipe(args, cbs)
+    elif is_vision_arch(args):
+        learn = _train_vision_arch(args, cbs)
     else:
         set_seed(args.seed)
         dls, model = data_and_model(args)
         try:
-            learn = train_1cycle(model, lr=args.lr, n_epochs=args.epochs, dls=dls,
+            learn = train_1cycle(model, lr=args.lr or SCRATCH_LR, n_epochs=args.epochs, dls=dls,
                                  opt_func=_opt_func(args.opt), cbs=[*cbs, RunOptionsCB(_run_options(args))],
                                  resume=args.resume, verbose=args.verbose, precision=args.precision)
         except CheckpointError as e:  # saved from another --model or --opt: found before training starts
@@ -99,6 +107,27 @@ def train_command(args) -> int:
         tracker.log_artifacts(out / "model.pt2", *(out / name for _, name in pictures.values()))
         rank0_print(f"MLflow run {tracker.run_id} in {args.mlflow} (mlflow ui --backend-store-uri {args.mlflow})")
     return 0
+
+
+def _fine_tuning(args) -> bool:
+    return args.recipe is None and is_vision_arch(args) and (args.pretrained or args.weights is not None)
+
+
+def _train_vision_arch(args, cbs):
+    """--model resnet18 (torchvision) or timm:<name>: fine-tuned with --pretrained or --weights (--freeze-epochs
+    with the body frozen, then --epochs unfrozen with discriminative lrs), else one-cycle from random weights."""
+    from ..randomness import set_seed
+    set_seed(args.seed)
+    dls = checked_data(args)
+    learn = vision_learner_for(args, dls, opt_func=_opt_func(args.opt), cbs=[*cbs, RunOptionsCB(_run_options(args))],
+                               precision=args.precision, verbose=args.verbose)
+    if _fine_tuning(args):
+        return learn.fine_tune(args.epochs, base_lr=args.lr or FINE_TUNE_LR, freeze_epochs=args.freeze_epochs)
+    from ..checkpoint import CheckpointError
+    try:
+        return learn.fit_one_cycle(args.epochs, args.lr or SCRATCH_LR, resume=args.resume)
+    except CheckpointError as e:  # saved from another --model or --opt: found before training starts
+        raise CLIError(f"--resume {args.resume}: {e}") from e
 
 
 def _launch(args) -> int:
@@ -222,9 +251,11 @@ def lr_find_command(args) -> int:
         raise CLIError(f"--num-it {args.num_it}: the sweep needs at least 2 batches")
     out = writable_folder(args.out, "--out")
     set_seed(args.seed)
-    dls, model = data_and_model(args)
-    learn = Learner(model, dls, cbs=[*default_cbs(), *_speed_cbs(args, model)],
-                    opt_func=_opt_func(args.opt))
+    if is_vision_arch(args):
+        learn = vision_learner_for(args, checked_data(args), opt_func=_opt_func(args.opt), precision=args.precision)
+    else:
+        dls, model = data_and_model(args)
+        learn = Learner(model, dls, cbs=[*default_cbs(), *_speed_cbs(args, model)], opt_func=_opt_func(args.opt))
     suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)
     path = out / "lr_find.png"
     learn.lr_finder.plot(suggestion, path)
@@ -235,9 +266,18 @@ def lr_find_command(args) -> int:
 
 def _common(p: argparse.ArgumentParser, out: str) -> None:
     add_data_args(p)
-    p.add_argument("--model", choices=("cnn", "resnet"), default="cnn",
+    p.add_argument("--model", type=model_name, default="cnn",
                    help="cnn: the seed CNN (Kaiming init, BatchNorm); resnet: a ResNet for small images, "
-                        "trained in channels-last layout (default: cnn)")
+                        "trained in channels-last layout; or a torchvision architecture (resnet18, resnet34, "
+                        "convnext_tiny, ...) or timm:<name> (needs timm: pip install slowlearn[timm]), with a new "
+                        "head for the data's classes (default: cnn)")
+    p.add_argument("--pretrained", action="store_true",
+                   help="start --model from its pretrained weights (torchvision's cache, $TORCH_HOME/hub/checkpoints, "
+                        "or the Hugging Face cache for timm; downloaded when missing and the network answers) and "
+                        "fine-tune it; the images are normalised with the weights' statistics")
+    p.add_argument("--weights", metavar="FILE", default=None,
+                   help="with a torchvision or timm --model: start from the weights in this file (a .pth state dict "
+                        "or .safetensors) and fine-tune")
     p.add_argument("--bs", type=positive_int, default=512, help="batch size per process (default: 512)")
     p.add_argument("--opt", choices=OPTIMIZERS, default="adamw",
                    help="optimizer: adamw (torch's, fused on CUDA), adam, sgd, momentum, nesterov, rmsprop "
@@ -262,13 +302,19 @@ def _verbosity(p: argparse.ArgumentParser) -> None:
 def add_train_commands(sub) -> None:
     """Add `train` and `lr-find` to the subcommands `sub` of the `slowlearn` parser."""
     t = sub.add_parser("train", help="one-cycle training, with metrics table, plots, CSV log and checkpoint",
-                       description="Train with train_1cycle (one-cycle lr and momentum) and write into --out: "
-                                   "metrics.csv, checkpoint.pt (every epoch, or every --checkpoint-every batches; on "
-                                   "SIGTERM too, before it stops), schedule.png (lr and momentum), loss.png, "
-                                   "metrics.png and confusion_matrix.png.")
+                       description="Train with train_1cycle (one-cycle lr and momentum), or with --pretrained "
+                                   "fine-tune a torchvision or timm --model (vision_learner, fine_tune), and write "
+                                   "into --out: metrics.csv, checkpoint.pt (every epoch, or every --checkpoint-every "
+                                   "batches; on SIGTERM too, before it stops), schedule.png (lr and momentum), "
+                                   "loss.png, metrics.png and confusion_matrix.png.")
     _common(t, "runs/train")
     t.add_argument("--epochs", type=positive_int, default=5, help="number of epochs (default: 5)")
-    t.add_argument("--lr", type=positive_float, default=1e-2, help="peak learning rate (default: 1e-2)")
+    t.add_argument("--lr", type=positive_float, default=None,
+                   help=f"peak learning rate (default: {SCRATCH_LR:g}; with --pretrained, fine-tuning's base lr: the "
+                        f"head's, the body's spread below it, default {FINE_TUNE_LR:g})")
+    t.add_argument("--freeze-epochs", type=positive_int, default=1,
+                   help="with --pretrained: epochs that train the new head (and BatchNorm layers) on the frozen body "
+                        "before --epochs of the whole model (default: 1)")
     t.add_argument("--recipe", choices=("fashion_mnist", "cifar10"), default=None,
                    help="train a speed recipe of slowlearn.recipes (its own data, model, optimizer, schedule "
                         "and epochs: --data, --model, --bs, --opt, --epochs and --lr are not used)")

@@ -45,10 +45,17 @@ class BatchLoader:
 
     def _set_normalisation(self, mean, std, pixels: bool, ndim: int) -> None:
         self.mean, self.std = mean, std  # as given; exports record them
-        self.pixels = pixels
+        self.pixels, self._ndim = pixels, ndim
+        self.scale = self.shift = None
         if mean is None and std is None and not pixels:
             return
         self.scale, self.shift = normalising_affine(mean, std, 255. if pixels else 1., ndim, self.device)
+
+    def normalise_with(self, mean: float | Sequence[float] | None, std: float | Sequence[float] | None) -> BatchLoader:
+        """Normalise with these statistics from now on (e.g. a pretrained body's, in place of the dataset's);
+        exports record them."""
+        self._set_normalisation(mean, std, self.pixels, self._ndim)
+        return self
 
     def shard(self, rank: int, world_size: int, even: bool = True):
         """Make this loader yield only rank `rank`'s share of every epoch (see the class docs)."""

@@ -9,8 +9,27 @@ from torch import nn
 
 from .init import GeneralReLU, init_weights
 
-__all__ = ["conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming_initialized_model", "get_kaiming_initalized_model",
+__all__ = ["data_shape", "conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming_initialized_model",
+           "get_kaiming_initalized_model",
            "ResBlock", "resnet", "MLP"]
+
+
+def data_shape(dls) -> tuple[int, int | None]:
+    """The input channels and the number of classes (None when the loaders name no classes) of `dls`'s images:
+    what a model for them must take and give."""
+    x = getattr(dls.train, "x", None)
+    if not isinstance(x, torch.Tensor) or x.ndim < 2:
+        x = next(iter(dls.train))[0]
+    classes = getattr(dls, "classes", None)
+    return int(x.shape[1]), (len(classes) if classes else None)
+
+
+def _sized(in_channels: int | None, n_classes: int | None, dls, owner: str) -> tuple[int, int]:
+    """`in_channels` and `n_classes` as given, else from `dls` when given, else 1 and 10 (Fashion-MNIST's)."""
+    channels, classes = data_shape(dls) if dls is not None else (1, 10)
+    if n_classes is None and classes is None:
+        raise ValueError(f"{owner}(dls=...): these loaders name no classes (dls.classes): pass n_classes=")
+    return (in_channels if in_channels is not None else channels), (n_classes if n_classes is not None else classes)
 
 
 def conv_block(ni: int, nf: int, ks: int = 3, stride: int = 2, act: Callable[[], nn.Module] | None = nn.ReLU,
@@ -27,10 +46,13 @@ def conv_block(ni: int, nf: int, ks: int = 3, stride: int = 2, act: Callable[[],
     return nn.Sequential(*layers)
 
 
-def seed_cnn(act: Callable[[], nn.Module] = nn.ReLU, nfs: tuple[int, ...] = (8, 16, 32, 64), n_classes: int = 10,
-             in_channels: int = 1, norm: Callable[[int], nn.Module] | None = nn.BatchNorm2d) -> nn.Sequential:
+def seed_cnn(act: Callable[[], nn.Module] = nn.ReLU, nfs: tuple[int, ...] = (8, 16, 32, 64),
+             n_classes: int | None = None, in_channels: int | None = None,
+             norm: Callable[[int], nn.Module] | None = nn.BatchNorm2d, dls=None) -> nn.Sequential:
     """The seeds' CNN for 28x28 images: a 5x5 stride-2 conv, stride-2 3x3 convs through `nfs`, and a
-    last stride-2 conv to `n_classes` logits (28 -> 14 -> 7 -> 4 -> 2 -> 1)."""
+    last stride-2 conv to `n_classes` logits (28 -> 14 -> 7 -> 4 -> 2 -> 1). `in_channels` and `n_classes`
+    default to those of `dls` when given (`seed_cnn(dls=dls)`), else 1 and 10."""
+    in_channels, n_classes = _sized(in_channels, n_classes, dls, "seed_cnn")
     layers = [conv_block(in_channels, nfs[0], ks=5, act=act, norm=norm)]
     layers += [conv_block(ni, nf, act=act, norm=norm) for ni, nf in zip(nfs, nfs[1:])]
     layers += [conv_block(nfs[-1], n_classes, act=None, norm=None, bias=True), nn.Flatten()]
@@ -72,12 +94,15 @@ class ResBlock(nn.Module):
         return self.act(self.convs(x) + self.idconv(self.pool(x)))
 
 
-def resnet(nfs: Sequence[int] = (16, 32, 64, 128, 256), in_channels: int = 1, n_classes: int = 10,
+def resnet(nfs: Sequence[int] = (16, 32, 64, 128, 256), in_channels: int | None = None, n_classes: int | None = None,
            act: Callable[[], nn.Module] = nn.ReLU, norm: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
-           leak: float = 0.) -> nn.Sequential:
+           leak: float = 0., dls=None) -> nn.Sequential:
     """A ResNet for small images (28x28 Fashion-MNIST, 32x32 CIFAR-10): a stride-1 ResBlock to
     `nfs[0]`, stride-2 ResBlocks through `nfs`, global average pooling and a linear head.
-    Kaiming-initialised for a leaky ReLU of slope `leak`."""
+    Kaiming-initialised for a leaky ReLU of slope `leak`. `in_channels` and `n_classes` default to those
+    of `dls` when given (`resnet(dls=dls)`: 3 channels and 4 outputs for a folder of 4 classes of colour
+    images), else 1 and 10 (Fashion-MNIST's)."""
+    in_channels, n_classes = _sized(in_channels, n_classes, dls, "resnet")
     layers = [ResBlock(in_channels, nfs[0], ks=5, act=act, norm=norm)]
     layers += [ResBlock(ni, nf, stride=2, act=act, norm=norm) for ni, nf in zip(nfs, nfs[1:])]
     layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(nfs[-1], n_classes)]

@@ -58,6 +58,18 @@ def test_the_start_line_shows_one_lr_per_param_group(capsys, lr, shown):
     assert capsys.readouterr().out.splitlines()[0].endswith(f"SGD at {shown}")
 
 
+def test_each_fine_tune_stage_shows_the_lrs_it_trains_its_param_groups_at(capsys):
+    torch.manual_seed(0)
+    learn = Learner(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), make_dls(), lr=0.1,
+                    cbs=[MetricsCB(), ProgressCB(verbose=2)])
+    learn.fine_tune(1, base_lr=2e-3, lr_mult=100)  # one-cycle peaks: slice(2e-3) frozen, then slice(1e-5, 1e-3)
+    starts = [line for line in capsys.readouterr().out.splitlines() if line.startswith("fit:")]
+    assert starts[0].endswith("SGD at lrs 0.0002, 0.002 (param group 1 of 2 frozen)")
+    assert starts[1].endswith("SGD at lrs 1e-05, 0.001")
+    learn.fit(1)  # a plain fit goes on at the lrs where the cycle ended, not learn.lr
+    assert capsys.readouterr().out.splitlines()[0].endswith("SGD at lrs 2e-10, 2e-08")  # peak / (div * div_final)
+
+
 def test_progress_records_every_training_loss_with_few_reads():
     progress, reference = ProgressCB(loss_every=2), TrainLosses()
     learn = Learner(nn.Linear(3, 2), make_dls(n_train=20, bs=4), cbs=[MetricsCB(), progress, reference])

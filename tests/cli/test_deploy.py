@@ -145,3 +145,17 @@ def test_export_writes_the_format_that_out_names_and_refuses_a_contradicting_for
     assert code == 2 and not (tmp_path / "m.onnx").exists()
     assert (f"--format pt2 with --out {tmp_path / 'm.onnx'}: a .onnx file would pass for onnx while it holds pt2; "
             f"pass --out {tmp_path / 'm.pt2'}, or drop --format to write onnx") in err
+
+
+def test_export_of_a_run_trained_with_another_optimizer_than_the_learners_default(capsys, tmp_path):
+    """`slowlearn train` trains with AdamW; export rebuilds a Learner whose optimizer it never uses."""
+    root = make_folder(tmp_path / "pets", n_per_class=4)
+    torch.manual_seed(0)
+    learn = Learner(seed_cnn(in_channels=3, n_classes=3), image_folder(root, bs=8, device="cpu"), lr=1e-3,
+                    opt_func=torch.optim.AdamW).fit(1)
+    learn.save(tmp_path / "run" / "checkpoint.pt")
+    code, out, err = cli(capsys, "export", tmp_path / "run", "--data", root)
+    assert code == 0, err
+    predictor = load_learner(tmp_path / "run" / "model.pt2", device="cpu")
+    torch.testing.assert_close(predictor.predict_batch(learn.dls.valid.x).probs, learn.get_preds().preds,
+                               atol=1e-5, rtol=0)

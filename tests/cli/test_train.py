@@ -13,7 +13,7 @@ from conftest import make_dls
 from images import make_folder
 from torch import nn
 
-from slowlearn import Callback, CancelFitException, CheckpointCB, Learner, cli
+from slowlearn import Callback, CancelFitException, CheckpointCB, Learner, cli, load_learner
 from slowlearn import checkpoint as checkpoint_module
 from slowlearn.checkpoint import read_checkpoint
 from slowlearn.cli import main
@@ -346,3 +346,50 @@ def test_checkpoint_every_and_resume_auto(capsys, tmp_path, images):
     assert main([*common, "--epochs", "2"]) == 0
     assert f"resume='auto': resuming from {out / 'checkpoint.pt'} at epoch 1" in capsys.readouterr().out
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
+def test_train_a_pretrained_torchvision_model_then_export_and_predict(capsys, tmp_path, torchvision_cache):
+    torchvision_cache("resnet18")
+    data = make_folder(tmp_path / "pets", n_per_class=4, size=16)
+    with pytest.warns(UserWarning, match="size=224"):
+        code, out = main(["train", "--data", str(data), "--model", "resnet18", "--pretrained", "--epochs", "1",
+                          "--bs", "4", "--precision", "fp32", "--out", str(tmp_path / "run")]), capsys.readouterr().out
+    assert code == 0, out
+    starts = [line for line in out.splitlines() if line.startswith("fit:")]  # fine-tuning: frozen, then unfrozen
+    assert len(starts) == 2 and starts[0].endswith("AdamW at lrs 0.0002, 0.0002, 0.002 (param groups 1, 2 of 3 frozen)")
+    assert starts[1].endswith("AdamW at lrs 1e-05, 0.0001, 0.001")
+    rows = (tmp_path / "run" / "metrics.csv").read_text().splitlines()
+    assert len(rows) == 5  # the header, then both stages' train and valid rows
+    predictor = load_learner(tmp_path / "run" / "model.pt2", device="cpu")
+    assert predictor.preprocessing.mean == pytest.approx([0.485, 0.456, 0.406])  # the weights' statistics
+    code = main(["export", str(tmp_path / "run"), "--data", str(data), "--model", "resnet18", "--pretrained",
+                 "--out", str(tmp_path / "again.pt2")])
+    assert code == 0
+    files = sorted((data / "test").rglob("*.png"))
+    torch.testing.assert_close(load_learner(tmp_path / "again.pt2", device="cpu").predict_batch(files).probs,
+                               predictor.predict_batch(files).probs, atol=1e-5, rtol=0)
+    capsys.readouterr()
+    assert main(["predict", str(tmp_path / "again.pt2"), str(files[0])]) == 0
+    assert capsys.readouterr().out.startswith(str(files[0]))
+
+
+def test_lr_find_on_a_pretrained_architecture(capsys, tmp_path, images, torchvision_cache):
+    torchvision_cache("resnet18")
+    with pytest.warns(UserWarning, match="size=224"):
+        code = main(["lr-find", "--data", str(images), "--model", "resnet18", "--pretrained", "--num-it", "3",
+                     "--bs", "4", "--precision", "fp32", "--out", str(tmp_path)])
+    assert code == 0 and "Suggested learning rate" in capsys.readouterr().out and (tmp_path / "lr_find.png").exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--model", "resnet34", "--pretrained"], "--model resnet34 --pretrained: The weights ResNet34_Weights"),
+    (["--model", "resnet18", "--weights", "/no/such.pth"], "--weights /no/such.pth: no such file"),
+    (["--model", "cnn", "--pretrained"], "--pretrained: --model cnn has no pretrained weights"),
+    (["--model", "resnet19"], "argument --model: give cnn, resnet, a torchvision model name"),
+    (["--model", "timm:no_such_model"], "--model timm:no_such_model: arch='timm:no_such_model' is not a timm model"),
+])
+def test_pretrained_models_mistakes_are_one_line(capsys, tmp_path, images, torchvision_cache, args, message):
+    got = refused(capsys, "train", "--data", str(images), "--out", str(tmp_path / "out"), *args)
+    assert message in got
+    if "--pretrained" in args and "resnet34" in args:
+        assert "resnet34-b627a593.pth" in got and "--weights FILE" in got and "weights=" not in got

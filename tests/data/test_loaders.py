@@ -111,3 +111,13 @@ def test_dataloaders_access():
 
 
 
+
+
+def test_normalise_with_replaces_the_statistics_for_every_later_batch():
+    x = torch.randint(0, 256, (6, 3, 4, 4), dtype=torch.uint8)
+    loader = TensorLoader(x, torch.zeros(6, dtype=torch.long), 6, mean=[0.5] * 3, std=[0.25] * 3, device="cpu")
+    mean, std = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+    assert loader.normalise_with(mean, std) is loader and (loader.mean, loader.std) == (mean, std)
+    expected = (x.float() / 255 - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    torch.testing.assert_close(next(iter(loader))[0], expected)
+    torch.testing.assert_close(loader.decode(expected), x.float() / 255)

@@ -198,3 +198,26 @@ def test_summary_shows_nested_modules_and_frozen_parameters(capsys):
     children = rows[1:rows.index(next(r for r in rows if r["layer"] == "1: ResBlock"))]
     assert sum(r["MFLOPs"] for r in children) == pytest.approx(block["MFLOPs"])  # the pool and ReLU cost none
     assert "  convs: Sequential" in capsys.readouterr().out
+
+
+def rgb_dls(n_classes=4, channels=3):
+    from slowlearn import DataLoaders, TensorLoader
+    x, y = torch.zeros(8, channels, 12, 12, dtype=torch.uint8), torch.arange(8) % n_classes
+    return DataLoaders(TensorLoader(x, y, 4), TensorLoader(x, y, 4), classes=[f"c{i}" for i in range(n_classes)])
+
+
+def test_resnet_and_seed_cnn_take_channels_and_classes_from_the_data():
+    model = resnet(dls=rgb_dls())
+    assert model[0].convs[0][0].in_channels == 3 and model[-1].out_features == 4
+    assert seed_cnn(dls=rgb_dls(5, channels=1))[-2][0].out_channels == 5
+    assert resnet(dls=rgb_dls(), n_classes=7)[-1].out_features == 7  # what is given wins
+    assert resnet()[-1].out_features == 10 and resnet()[0].convs[0][0].in_channels == 1  # Fashion-MNIST's
+    assert resnet(in_channels=3, n_classes=4)[-1].out_features == 4
+
+
+def test_sizing_from_loaders_without_class_names_asks_for_n_classes():
+    dls = rgb_dls()
+    dls.classes = None
+    with pytest.raises(ValueError, match="pass n_classes="):
+        resnet(dls=dls)
+    assert resnet(dls=dls, n_classes=2)[0].convs[0][0].in_channels == 3
