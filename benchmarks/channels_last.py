@@ -14,9 +14,9 @@ import io
 from functools import partial
 
 import torch.nn.functional as F
-
 from cifar import shared_cifar10
 from common import interleaved, report
+
 from slowlearn import ChannelsLastCB, MixedPrecisionCB, resnet, set_seed, train_1cycle
 
 

@@ -14,8 +14,8 @@ from functools import partial
 from pathlib import Path
 
 import torch.nn.functional as F
-
 from common import EpochTimer
+
 from slowlearn import ChannelsLastCB, DataLoaders, MixedPrecisionCB, resnet, set_seed, train_1cycle
 from slowlearn.data import data_root as _data_root
 from slowlearn.data.images import cifar10

@@ -17,10 +17,10 @@ import tempfile
 from pathlib import Path
 
 import torch
+from common import interleaved
 from torch.utils.data import DataLoader
 from torchvision import datasets, transforms
 
-from common import interleaved
 from slowlearn import fashion_mnist
 from slowlearn.data import find_fashion_mnist
 

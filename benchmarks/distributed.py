@@ -16,6 +16,7 @@ import torch
 
 def worker(epochs: int) -> None:
     from common import EpochTimer
+
     from slowlearn import get_kaiming_initialized_model, set_seed, train
     from slowlearn.distributed import world_size
 

@@ -10,8 +10,8 @@ import argparse
 import statistics
 
 import torch
-
 from common import interleaved
+
 from slowlearn import DataLoaders, Learner, TensorLoader, WeightAveragingCB, resnet, set_seed
 
 

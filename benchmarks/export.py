@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from common import interleaved, report
 from PIL import Image
 
-from common import interleaved, report
 from slowlearn import DeviceCB, Learner, fashion_mnist, get_kaiming_initialized_model, load_learner, resnet, set_seed
 
 

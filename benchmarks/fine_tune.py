@@ -28,9 +28,9 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from cifar import shared_cifar10
 from torcheval.metrics import MulticlassAccuracy
 
-from cifar import shared_cifar10
 from slowlearn import DataLoaders, TensorLoader, set_seed, vision_learner
 from slowlearn.data import augment_from_spec
 

@@ -16,15 +16,25 @@ import io
 import os
 import time
 
+import speedrun
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-
-import speedrun
 from one_cycle import LR, plain_one_cycle
 from overhead import fresh_loaders
-from slowlearn import (ChannelsLastCB, DistributedCB, Learner, MixedPrecisionCB, default_device, fashion_mnist,
-                       get_kaiming_initialized_model, resnet, set_seed, train_1cycle)
+
+from slowlearn import (
+    ChannelsLastCB,
+    DistributedCB,
+    Learner,
+    MixedPrecisionCB,
+    default_device,
+    fashion_mnist,
+    get_kaiming_initialized_model,
+    resnet,
+    set_seed,
+    train_1cycle,
+)
 from slowlearn.display import format_table
 from slowlearn.train import default_cbs
 

@@ -14,10 +14,17 @@ import statistics
 import time
 
 import torch
-
 from overhead import fresh_loaders, plain_loop
-from slowlearn import (default_device, fashion_mnist, get_kaiming_initialized_model, one_cycle_lr, one_cycle_mom,
-                       set_seed, train_1cycle)
+
+from slowlearn import (
+    default_device,
+    fashion_mnist,
+    get_kaiming_initialized_model,
+    one_cycle_lr,
+    one_cycle_mom,
+    set_seed,
+    train_1cycle,
+)
 from slowlearn.train import fast_adamw
 
 LR = 5e-2

@@ -24,9 +24,9 @@ import argparse
 import statistics
 
 import torch
+from common import interleaved
 from torchvision.models import resnet18
 
-from common import interleaved
 from slowlearn import optim
 from slowlearn.device import default_device
 

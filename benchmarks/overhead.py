@@ -21,12 +21,23 @@ import tempfile
 
 import torch
 import torch.nn.functional as F
+from common import interleaved, report
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
-from common import interleaved, report
-from slowlearn import (DataLoaders, DeviceCB, Learner, MetricsCB, MLflowCB, ProgressCB, TensorBoardCB, TensorLoader,
-                       default_device, fashion_mnist, get_kaiming_initialized_model)
+from slowlearn import (
+    DataLoaders,
+    DeviceCB,
+    Learner,
+    MetricsCB,
+    MLflowCB,
+    ProgressCB,
+    TensorBoardCB,
+    TensorLoader,
+    default_device,
+    fashion_mnist,
+    get_kaiming_initialized_model,
+)
 
 LR = 0.1
 HAS_MLFLOW = importlib.util.find_spec("mlflow") is not None

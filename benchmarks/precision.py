@@ -14,8 +14,8 @@ import statistics
 
 import torch
 import torch.nn.functional as F
-
 from common import interleaved
+
 from slowlearn import get_kaiming_initialized_model, resnet
 from slowlearn.hardware import speed_settings
 from slowlearn.models.speednet import speed_net

@@ -21,12 +21,12 @@ import time
 
 import torch
 import torch.nn.functional as F
+from cifar import shared_cifar10
 from torch.utils.flop_counter import FlopCounterMode
 
-from cifar import shared_cifar10
 from slowlearn import DataLoaders, TensorLoader, default_device, fashion_mnist, resnet, set_seed, train_1cycle
-from slowlearn.display import format_table
 from slowlearn.data.images import CIFAR10_CLASSES
+from slowlearn.display import format_table
 from slowlearn.recipes import CIFAR10, FASHION_MNIST, RecipeConfig, run_recipe
 
 RECIPES = {"fashion_mnist": FASHION_MNIST, "cifar10": CIFAR10}

@@ -16,8 +16,8 @@ import time
 from functools import partial
 
 import torch.nn.functional as F
-
 from cifar import shared_cifar10
+
 from slowlearn import WeightAveragingCB, resnet, set_seed, train_1cycle
 
 

@@ -16,7 +16,6 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-
 __all__ = ["LabelledFiles", "folder_files", "csv_files", "stable_split", "random_split", "split_fraction", "split_key",
            "in_training", "class_folder_key", "check_distinct_names", "SPLIT_RULE", "images_in", "image_files",
            "class_folder", "class_of_file", "IMAGE_SUFFIXES"]

@@ -13,8 +13,16 @@ from typing import NamedTuple
 
 import torch
 
-from ..data import (IMAGE_SUFFIXES, Preprocessing, as_items, class_folder_key, class_of_file, image_files, in_training,
-                    to_batch)
+from ..data import (
+    IMAGE_SUFFIXES,
+    Preprocessing,
+    as_items,
+    class_folder_key,
+    class_of_file,
+    image_files,
+    in_training,
+    to_batch,
+)
 from ..device import default_device
 from .export import ExportError, read_export
 from .inference import Prediction, prediction

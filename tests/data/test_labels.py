@@ -8,8 +8,15 @@ import torch
 from images import CLASSES, data_folder, make_folder, pixels, save  # noqa: F401 (data_folder: an autouse fixture)
 
 from slowlearn.data.images import image_csv, image_folder
-from slowlearn.data.labels import (SPLIT_RULE, csv_files, folder_files, image_files, images_in, split_fraction,
-                                   stable_split)
+from slowlearn.data.labels import (
+    SPLIT_RULE,
+    csv_files,
+    folder_files,
+    image_files,
+    images_in,
+    split_fraction,
+    stable_split,
+)
 
 
 def test_an_empty_class_folder_is_an_error_not_a_class(tmp_path):

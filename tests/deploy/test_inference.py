@@ -9,11 +9,11 @@ from torch.utils.data import DataLoader, TensorDataset
 from slowlearn import (
     DataLoaders,
     Learner,
+    TensorLoader,
     confusion_matrix,
     plot_confusion_matrix,
     plot_metrics,
     plot_top_losses,
-    TensorLoader,
     show_batch,
     show_results,
 )

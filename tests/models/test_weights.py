@@ -1,0 +1,48 @@
+"""Where pretrained weights come from: offline first, read without running code."""
+import os
+import time
+
+import pytest
+import torch
+import torchvision.models as tvm
+
+from models.test_pretrained import image_dls
+from slowlearn import Learner, vision_learner
+from slowlearn.models import WeightsNotFoundError, weights
+
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]
+
+
+def test_missing_weights_offline_is_a_clear_error_within_seconds(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    start = time.perf_counter()
+    with pytest.raises(WeightsNotFoundError) as error:
+        vision_learner(image_dls(), "resnet34", verbose=0)
+    assert time.perf_counter() - start < 5
+    message = str(error.value)
+    expected = tmp_path / "empty" / "hub" / "checkpoints" / "resnet34-b627a593.pth"
+    assert str(expected) in message and "offline" in message and "weights='path/to/file'" in message
+    assert "https://download.pytorch.org/models/resnet34-b627a593.pth" in message
+
+
+def test_hf_hub_offline_set_after_import_is_honoured_for_timm_weights(tmp_path, monkeypatch):
+    pytest.importorskip("huggingface_hub")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # after huggingface_hub read its constants at import
+    monkeypatch.setattr(weights, "_reachable", lambda *args, **kwargs: pytest.fail("probed the network offline"))
+    with pytest.raises(WeightsNotFoundError, match=r"models--timm--no_model\.x1.*offline mode is on"):
+        weights.timm_weights_file({"hf_hub_id": "timm/no_model.x1"}, "no_model.x1")
+
+
+def test_a_cached_file_that_would_run_code_is_refused(torchvision_cache, tmp_path):
+    cached = torchvision_cache("resnet18")
+    path = tmp_path / "torch-home" / "hub" / "checkpoints" / os.path.basename(tvm.ResNet18_Weights.DEFAULT.url)
+    torch.save({**cached, "extra": Learner}, path)  # unpickling it would import and call code
+    with pytest.raises(ValueError, match="not a plain state dict"):
+        vision_learner(image_dls(), "resnet18", verbose=0)
+
+
+def test_a_file_of_another_model_is_an_error(tmp_path):
+    torch.save(tvm.mobilenet_v3_small().state_dict(), tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="does not fit resnet18: missing"):
+        vision_learner(image_dls(), "resnet18", weights=str(tmp_path / "other.pth"), verbose=0)
