@@ -139,3 +139,11 @@ def test_every_rank_takes_the_same_decisions_on_its_own_data(tmp_path):
     assert rank0["rows"] == rank1["rows"] and [r["bs"] for r in rank0["rows"]] == [16, 64, 1024]
     assert rank0["rows"][-1]["note"] == "larger than the 256 training samples"
     assert rank0["stopped"] == rank1["stopped"] == 1
+
+
+def test_a_mean_over_ranks_without_a_process_group_is_the_value_itself(monkeypatch):
+    """WORLD_SIZE set (by torchrun) but no process group started: there is nothing to average over; the mean
+    used to divide by WORLD_SIZE all the same (lr_find's losses came out halved)."""
+    from slowlearn.distributed import all_reduce_mean
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert all_reduce_mean(torch.tensor([3.])).item() == 3.
