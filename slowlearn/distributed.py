@@ -83,8 +83,12 @@ def all_reduce_sum(x: torch.Tensor) -> torch.Tensor:
 
 
 def all_reduce_mean(x: torch.Tensor) -> torch.Tensor:
-    """Mean over ranks, in place (nothing to do in one process)."""
-    return all_reduce_sum(x).div_(world_size()) if world_size() > 1 else x
+    """Mean over ranks, in place (nothing to do in one process, nor where torchrun's WORLD_SIZE is set but no
+    process group was started: then there is nothing to average over)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(x)
+        x.div_(dist.get_world_size())
+    return x
 
 
 def broadcast_(x: torch.Tensor, src: int = 0) -> torch.Tensor:

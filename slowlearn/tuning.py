@@ -23,7 +23,8 @@ def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64
     the device runs out of memory. Uses the first samples of `dls.train` (an in-memory loader); a candidate
     larger than them gets a row saying so, and a ValueError when none fits. torch's random states are as
     they were afterwards (dropout in the trials draws from them). In a distributed run every rank gets the
-    same rows: the mean throughput over the ranks, and out of memory when any rank ran out."""
+    same rows: the mean throughput over the ranks, and out of memory when any rank ran out (so call it on every
+    rank: they exchange their timings)."""
     if not hasattr(dls.train, "x"):
         raise ValueError(f"find_batch_size times batches sliced from images held in memory, and the training loader "
                          f"is a {type(dls.train).__name__}: load a subset in memory to try the batch sizes (e.g. "

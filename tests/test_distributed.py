@@ -240,3 +240,11 @@ def test_the_process_group_started_for_a_run_is_destroyed_at_exit(monkeypatch):
     for handler in at_exit:
         handler()
     assert calls == ["init", "destroy"]
+
+
+def test_a_mean_over_ranks_without_a_process_group_is_the_value_itself(monkeypatch):
+    """WORLD_SIZE set (by torchrun) but no process group started: there is nothing to average over; the mean
+    used to divide by WORLD_SIZE all the same (lr_find's losses came out halved)."""
+    from slowlearn.distributed import all_reduce_mean
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert all_reduce_mean(torch.tensor([3.])).item() == 3.

@@ -1,5 +1,7 @@
-"""What the command line's modules share: the exception for a user's mistake, argument types, and the
-checks that an output can be written (made before any work, so a mistake there costs nothing)."""
+"""What the command line's modules share: the exception for a user's mistake, argument types that name a bad
+value in command-line terms, the parser (which notes the options given and suggests the option meant), the
+translation of the library's messages into command-line terms, and the checks that an output can be written
+(made before any work, so a mistake there costs nothing)."""
 from __future__ import annotations
 
 import argparse
@@ -11,8 +13,8 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["CLIError", "positive_int", "positive_float", "integer", "non_negative_int", "writable_folder", "writable_file", "in_cli_terms",
-           "Parser"]
+__all__ = ["CLIError", "positive_int", "positive_float", "integer", "number", "non_negative_int", "writable_folder",
+           "writable_file", "in_cli_terms", "nearest_option", "Parser"]
 
 # The library's keyword arguments that are command-line options, as its messages name them (`valid_pct=0.2`)
 KEYWORD_OPTIONS = {"valid_pct": "--valid-pct", "valid_col": "--valid-col", "size": "--size", "n_train": "--n-train",
@@ -110,7 +112,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.subcommands = None
         self.set_defaults(given=None)
-        for name in (None, "store", "store_const", "store_true", "store_false"):
+        for name in (None, "store", "store_const", "store_true", "store_false"):  # argparse's registered actions
             self.register("action", name, _recording(self._registry_get("action", name)))
 
     def add_subparsers(self, **kwargs):

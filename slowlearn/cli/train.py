@@ -317,7 +317,8 @@ def add_train_commands(sub) -> None:
                         "before --epochs of the whole model (default: 1)")
     t.add_argument("--recipe", choices=("fashion_mnist", "cifar10"), default=None,
                    help="train a speed recipe of slowlearn.recipes (its own data, model, optimizer, schedule "
-                        "and epochs: --data, --model, --bs, --opt, --epochs and --lr are not used)")
+                        "and epochs: --data and the other data options, --model, --bs, --opt, --epochs and --lr are "
+                        "refused with it)")
     t.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run saved in this checkpoint, with the options it records (an option given "
                         "with another value is refused; --epochs may differ: the schedule then spans the new number); "
