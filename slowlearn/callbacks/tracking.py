@@ -86,7 +86,8 @@ class _StopRequest:
     """SIGTERM, caught during a fit as a request to stop at an optimizer step: the same step on every process of
     a distributed run. There each process sends its flag with an all-reduce that runs while the next batch trains
     (on a CPU gloo group, so nothing waits for the GPU) and reads the sum one step later: every process reads the
-    same sums at the same steps. The previous SIGTERM handler is put back when the fit ends."""
+    same sums at the same steps. The flags travel on a gloo group of their own, so they never share a queue with
+    DDP's gradient all-reduces. The previous SIGTERM handler is put back when the fit ends."""
 
     def __init__(self):
         self.requested, self._installed, self._previous, self._pending, self._sum = False, False, None, None, None
@@ -97,8 +98,8 @@ class _StopRequest:
         if threading.current_thread() is threading.main_thread():  # Python handles signals there only
             self._previous, self._installed = signal.signal(signal.SIGTERM, self._handler), True
         distributed = dist.is_initialized() and dist.get_world_size() > 1
-        if distributed and self._group is None:
-            self._group = dist.new_group(backend="gloo") if dist.get_backend() != "gloo" else dist.group.WORLD
+        if distributed and self._group is None:  # its own group: never interleaved with DDP's gradient all-reduces
+            self._group = dist.new_group(backend="gloo")
         self._agree = distributed
 
     def _handler(self, signum, frame) -> None:

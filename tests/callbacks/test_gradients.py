@@ -5,6 +5,9 @@ from torch import nn
 
 from slowlearn import Callback, DataLoaders, GradientAccumulationCB, GradientClipCB, Learner, TensorLoader
 
+# few large batches on purpose (to compare accumulated with whole batches): the few-steps advice is not the point
+pytestmark = pytest.mark.filterwarnings("ignore:An epoch has only")
+
 
 def linear_dls(n, bs):
     g = torch.Generator().manual_seed(0)
