@@ -36,12 +36,16 @@ def in_cli_terms(message: str) -> str:
             .replace("in a CSV file (image_csv)", "in a CSV file (--data FILE.csv)"))
 
 
+def _parsed(value: str, kind: type, what: str):
+    try:
+        return kind(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not {what}") from None
+
+
 def integer(value: str) -> int:
     """A whole number from the command line (an error that says so otherwise)."""
-    try:
-        return int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    return _parsed(value, int, "a whole number")
 
 
 def positive_int(value: str) -> int:
@@ -54,10 +58,7 @@ def positive_int(value: str) -> int:
 
 def number(value: str) -> float:
     """A number from the command line (an error that says so otherwise)."""
-    try:
-        return float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number") from None
+    return _parsed(value, float, "a number")
 
 
 def positive_float(value: str) -> float:
@@ -69,7 +70,8 @@ def positive_float(value: str) -> float:
 
 
 def non_negative_int(value: str) -> int:
-    number = int(value)
+    """A whole number of at least 0 from the command line."""
+    number = integer(value)
     if number < 0:
         raise argparse.ArgumentTypeError(f"must be 0 or more, got {value}")
     return number
