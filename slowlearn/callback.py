@@ -171,8 +171,14 @@ class Dispatch:
         _check_one_lr_schedule(cbs)
 
     def event(self, event: str, learn) -> None:
-        for cb, method in self.handlers[event]:
-            call(cb, method, event, learn)
+        for cb, method in self.handlers[event]:  # `call`, written inline: this runs several times per batch
+            try:
+                method(learn)
+            except CancelException:
+                raise
+            except Exception as e:
+                e.add_note(f"(raised in callback {type(cb).__name__} during {event})")
+                raise
 
     def cleanup(self, event: str, learn, error: BaseException | None = None) -> None:
         """Run every handler of a `cleanup_*` event, also after one of them fails. With `error` (what ended
@@ -194,13 +200,13 @@ class Dispatch:
             errors[0].add_note(f"({event} also failed: {type(other).__name__}: {other})")
         raise errors[0]
 
-    def verb(self, verb: str, learn, default: Callable[[], None]) -> None:
-        """Run the callback that replaces `verb`, or else the Learner's `default`."""
+    def bind_verb(self, verb: str, learn, default: Callable[[], None]) -> Callable[[], None]:
+        """What runs `verb` during this fit: the callback that replaces it, or else the Learner's `default`."""
         owner = self.verbs[verb]
         if owner is None:
-            default()
-        else:
-            call(owner[0], owner[1], verb, learn)
+            return default
+        cb, method = owner
+        return lambda: call(cb, method, verb, learn)
 
     def wrap(self, wrap: Callable[[Handler], Handler], skip: Iterable[Callback] = ()) -> None:
         """Run every event handler (but those of `skip`) as `wrap(handler)(learn)` for the rest of this fit:

@@ -35,6 +35,7 @@ from .callback import (
     CancelFitException,
     CancelStepException,
     Dispatch,
+    VERBS,
 )
 from .callbacks import SuggestedLRs, schedule
 from .checkpoint import batches_from, check_resume, restore_setup, restore_weights, resume_point, resume_state
@@ -153,13 +154,14 @@ class Learner:
             check_lr(self.lr, owner="Learner")
             self.opt = self.make_optimizer()
         self.dispatch = Dispatch(self.cbs)
+        self._verbs = {verb: self.dispatch.bind_verb(verb, self, getattr(self, "_" + verb)) for verb in VERBS}
 
     def callback(self, event: str) -> None:
         """Run every callback's handler of `event` (e.g. "after_batch"), in order."""
         self.dispatch.event(event, self)
 
     def _do(self, verb: str) -> None:
-        self.dispatch.verb(verb, self, getattr(self, "_" + verb))
+        self._verbs[verb]()
 
     def _run_level(self, level: str, cancel: type[CancelException], body: Callable[[], None]) -> None:
         try:

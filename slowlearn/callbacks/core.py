@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..callback import Callback
+from ..data import BatchLoader
 from ..device import default_device, to_device
 
 __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "DeviceFloats"]
@@ -23,7 +24,7 @@ class DeviceCB(Callback):
 
     def __init__(self, device: torch.device | str | None = None):
         self.device = torch.device(device) if device is not None else default_device()
-        self._claimed = False
+        self._claimed, self._move = False, True
 
     def before_fit(self, learn) -> None:
         self._claimed = learn.device is None
@@ -31,8 +32,16 @@ class DeviceCB(Callback):
             learn.device = self.device
         learn.model.to(learn.device)
 
+    def before_epoch(self, learn) -> None:
+        # slowlearn's loaders hand out batches on their own device: when that is the fit's, none is moved
+        self._move = not (isinstance(learn.dl, BatchLoader) and learn.dl.device == learn.device)
+
     def before_batch(self, learn) -> None:
-        learn.batch = to_device(learn.batch, learn.device)
+        if self._move:
+            learn.batch = to_device(learn.batch, learn.device)
+
+    def cleanup_epoch(self, learn) -> None:
+        self._move = True
 
     def cleanup_fit(self, learn) -> None:
         if self._claimed:

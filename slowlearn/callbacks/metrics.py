@@ -33,16 +33,18 @@ class MetricsCB(Callback):
     row is the mean over all its batches, as in an uninterrupted run.
 
     Per batch this callback only keeps references to the detached predictions, targets and loss;
-    every `update_every` batches they are concatenated and fed to the metrics in one update, which
-    keeps the per-batch cost to a few microseconds even for tiny models. Nothing is read back to
-    the host before the end of the phase.
+    every `update_every` batches, or sooner when the kept predictions reach `max_buffered` elements
+    (large outputs such as segmentation maps), they are concatenated and fed to the metrics in one
+    update, which keeps the per-batch cost to a few microseconds even for tiny models. Nothing is read
+    back to the host before the end of the phase.
     """
 
     order = 50
 
-    def __init__(self, *metrics: Metric, update_every: int = 16, **named_metrics: Metric):
+    def __init__(self, *metrics: Metric, update_every: int = 64, max_buffered: int = 2**22, **named_metrics: Metric):
         self.metrics = {type(m).__name__: m for m in metrics} | named_metrics
-        self.update_every = update_every
+        self.update_every, self.max_buffered = update_every, max_buffered
+        self._buffered = self._buffered_numel = 0
         self._in_training_phase, self._resumed = False, None
 
     def before_fit(self, learn) -> None:
@@ -57,7 +59,7 @@ class MetricsCB(Callback):
         for m in self.metrics.values():
             m.reset()
         self.loss_sum, self.count = None, 0
-        self._preds, self._targets, self._losses, self._buffered = [], [], {}, 0
+        self._preds, self._targets, self._losses, self._buffered, self._buffered_numel = [], [], {}, 0, 0
         self._in_training_phase = learn.training
         if learn.training and self._resumed is not None:  # the epoch a mid-epoch checkpoint resumes
             self.loss_sum, self.count = self._resumed["loss_sum"], self._resumed["count"]
@@ -79,12 +81,14 @@ class MetricsCB(Callback):
     def after_batch(self, learn) -> None:
         target = learn.batch[-1]
         if self.metrics:
-            self._preds.append(learn.preds.detach())
+            preds = learn.preds.detach()
+            self._preds.append(preds)
             self._targets.append(target)
+            self._buffered_numel += preds.numel()
         self._losses.setdefault(len(target), []).append(learn.loss.detach())
         self.count += len(target)
         self._buffered += 1
-        if self._buffered >= self.update_every:
+        if self._buffered >= self.update_every or self._buffered_numel >= self.max_buffered:
             self._update()
 
     def _update(self) -> None:
@@ -97,7 +101,7 @@ class MetricsCB(Callback):
         for n, losses in self._losses.items():
             batch_sum = torch.stack(losses).float().sum() * n
             self.loss_sum = batch_sum if self.loss_sum is None else self.loss_sum + batch_sum
-        self._preds, self._targets, self._losses, self._buffered = [], [], {}, 0
+        self._preds, self._targets, self._losses, self._buffered, self._buffered_numel = [], [], {}, 0, 0
 
     def after_epoch(self, learn) -> None:
         self._update()

@@ -148,6 +148,9 @@ class ProgressCB(Callback):
 class NullView:
     """What ranks other than 0 show: nothing."""
 
+    def advance(self) -> None:  # written out: it runs every batch
+        pass
+
     def __getattr__(self, name):
         return lambda *args, **kwargs: None
 
@@ -168,7 +171,10 @@ class PlainView:
     def write(line: str) -> None:
         print(line, file=sys.stdout, flush=True)
 
-    def __getattr__(self, name):  # progress within an epoch is not shown
+    def advance(self) -> None:  # progress within an epoch is not shown
+        pass
+
+    def __getattr__(self, name):
         return lambda *args, **kwargs: None
 
 

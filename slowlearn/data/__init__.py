@@ -13,7 +13,7 @@ from .files import FileLoader, ImageFiles, LoaderPositionError
 from .hf import from_hf
 from .images import CIFAR10_CLASSES, cifar10, image_csv, image_folder
 from .labels import IMAGE_SUFFIXES, class_folder_key, class_of_file, image_files, images_in, in_training
-from .loaders import DataLoaders, TensorLoader
+from .loaders import BatchLoader, DataLoaders, TensorLoader
 from .preprocess import Preprocessing, as_items, normalising_affine, preprocessing_of, to_batch
 from .show import class_name, for_display, image_grid, show_batch, show_image
 
@@ -21,7 +21,7 @@ __all__ = ["BatchAugment", "augment_from_spec", "check_aug_spec", "DataNotFoundE
            "data_root", "fit_image", "image_size", "resize_image", "FASHION_MNIST_CLASSES", "fashion_mnist",
            "find_fashion_mnist", "read_idx", "from_hf", "CIFAR10_CLASSES", "cifar10", "image_csv", "image_folder",
            "IMAGE_SUFFIXES", "class_folder_key", "class_of_file", "image_files", "images_in", "in_training",
-           "DataLoaders", "TensorLoader",
+           "BatchLoader", "DataLoaders", "TensorLoader",
            "FileLoader", "ImageFiles", "LoaderPositionError",
            "Preprocessing", "as_items", "normalising_affine", "preprocessing_of", "to_batch", "class_name",
            "for_display", "image_grid", "show_batch", "show_image"]

@@ -37,6 +37,26 @@ def test_metrics_equal_hand_computation_with_uneven_last_batch(capsys, update_ev
     assert out[2].split()[-1] == "valid" and len(out) == 3
 
 
+class CountingAccuracy(MulticlassAccuracy):
+    def __init__(self):
+        super().__init__()
+        self.batch_sizes = []
+
+    def update(self, input, target):
+        self.batch_sizes.append(len(target))
+        return super().update(input, target)
+
+
+@pytest.mark.parametrize("max_buffered, expected", [(2**22, [10]), (8 * 2, [8, 2])])
+def test_metrics_update_early_when_the_kept_predictions_grow_large(max_buffered, expected):
+    torch.manual_seed(0)
+    metric = CountingAccuracy()  # 2 outputs per item: 4 items of predictions are 8 elements
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=10, n_valid=7, bs=4),
+                    cbs=[MetricsCB(acc=metric, update_every=1000, max_buffered=max_buffered), Frozen()])
+    learn.fit(1, valid=False)
+    assert metric.batch_sizes == expected  # batches of 4, 4, 2: buffered until 16 elements (two batches) are kept
+
+
 def test_history_accumulates_over_fits_and_epochs():
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB()])
     learn.fit(2)
