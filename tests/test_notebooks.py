@@ -15,11 +15,15 @@ _spec = importlib.util.spec_from_file_location("execute_notebooks", NBS / "execu
 execute_notebooks = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(execute_notebooks)
 SHARED_CIFAR = Path(__file__).parents[2] / "shared" / "data" / "cifar10-jpg-train.zip"
+NEEDS_CIFAR = ("04_cifar10.ipynb", "05_fine_tuning.ipynb")
+NEEDS_CIFAR_JPEGS = ("05_fine_tuning.ipynb",)  # copies CIFAR-10's image files into a folder of its own
 
 
-def cifar_available() -> bool:
+def cifar_available(jpegs: bool = False) -> bool:
+    """CIFAR-10 as JPEG files (shared zips or unpacked), or, unless `jpegs`, as torchvision's python batches."""
     root = Path(os.environ.get("SLOWLEARN_DATA", Path.home() / ".cache" / "slowlearn"))
-    return SHARED_CIFAR.exists() or (root / "cifar10" / "train").is_dir() or (root / "cifar-10-batches-py").is_dir()
+    return (SHARED_CIFAR.exists() or (root / "cifar10" / "train").is_dir()
+            or not jpegs and (root / "cifar-10-batches-py").is_dir())
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -32,7 +36,7 @@ def test_notebook_is_committed_with_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
 def test_notebook_runs(path, fashion_folder, monkeypatch):
-    if "cifar" in path.name and not cifar_available():
+    if path.name in NEEDS_CIFAR and not cifar_available(jpegs=path.name in NEEDS_CIFAR_JPEGS):
         pytest.skip("CIFAR-10 is not on this machine (../shared/data/cifar10-jpg-*.zip or $SLOWLEARN_DATA)")
     for name in ("SLOWLEARN_SMOKE", "MPLBACKEND"):  # execute() sets them for the kernel
         monkeypatch.setenv(name, os.environ.get(name, ""))
