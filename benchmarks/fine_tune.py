@@ -23,7 +23,6 @@ import argparse
 import statistics
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import torch
@@ -61,9 +60,7 @@ def task(base: DataLoaders, classes: range, n: int | None, n_valid: int | None, 
 
 
 def learner(dls: DataLoaders, arch: str, **kwargs):
-    with warnings.catch_warnings():  # the small-image warning: the body was pretrained at this size here
-        warnings.simplefilter("ignore")
-        return vision_learner(dls, arch, metrics={"accuracy": MulticlassAccuracy()}, verbose=0, **kwargs)
+    return vision_learner(dls, arch, metrics={"accuracy": MulticlassAccuracy()}, verbose=0, **kwargs)
 
 
 def pretrain(base: DataLoaders, args, path: Path) -> tuple[float, tuple]:

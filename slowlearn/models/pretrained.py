@@ -50,7 +50,9 @@ PROBE_SIDE = 64  # side of the blank image that finds a cut body's feature chann
 @dataclass
 class Pretrained:
     """A model made by `pretrained_model`, with what the data must look like for it: `mean` and `std` (one per
-    input channel) and the side `size` its weights were trained at (None for random weights)."""
+    input channel) and the side `size` its weights were trained at (None for random weights, and for a weights
+    file: its statistics are taken to be the architecture's published weights', which `stats=` overrides, but the
+    size it was trained at is not known)."""
     model: nn.Sequential
     name: str
     mean: list[float] | None = None
@@ -198,9 +200,10 @@ def _torchvision_body(arch, in_channels: int, pretrained: bool, weights, head: s
             _load_body(model, read_state_dict(_weights_path(weights)), name)
     adapt_first_conv(model, in_channels)
     stats = (None, None, None)
-    if enum is not None:
+    if enum is not None:  # a weights file: the published weights' statistics, but not their size (see Pretrained)
         transforms = enum.transforms()
-        stats = (transforms.mean, transforms.std, transforms.crop_size[0])
+        published = weights is None or isinstance(weights, WeightsEnum)
+        stats = (transforms.mean, transforms.std, transforms.crop_size[0] if published else None)
     return (*_cut_torchvision(model, head, name, in_channels), stats)
 
 
@@ -332,7 +335,8 @@ def _timm_body(name: str, in_channels: int, pretrained: bool, weights, head: str
         if missing:
             raise ValueError(f"The weights file {file} does not fit timm:{name}: missing {missing[0][:200]}")
     cfg = model.pretrained_cfg
-    stats = (cfg.get("mean"), cfg.get("std"), (cfg.get("input_size") or (None,))[-1])
+    size = (cfg.get("input_size") or (None,))[-1] if weights is None else None  # a file's training size is unknown
+    stats = (cfg.get("mean"), cfg.get("std"), size)
     if head == "concat":
         return model, _feature_channels(model, in_channels, f"timm:{name}"), stats
     return model, getattr(model, "head_hidden_size", None) or model.num_features, stats

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import time
+import warnings
 
 import pytest
 import torch
@@ -31,6 +32,8 @@ def image_dls(channels=3, n=24, size=32, n_classes=4, bs=8):
 
 
 def quiet_learner(dls, arch="resnet18", **kwargs):
+    if kwargs.get("weights") is not None:  # a file: the size its weights were trained at is not known
+        return vision_learner(dls, arch, verbose=0, precision="fp32", **kwargs)
     with pytest.warns(UserWarning, match="size=224"):  # 32x32 images into an ImageNet body
         return vision_learner(dls, arch, verbose=0, precision="fp32", **kwargs)
 
@@ -197,6 +200,16 @@ def test_small_images_warn_with_the_size_to_try(torchvision_cache):
     torchvision_cache("resnet18")
     with pytest.warns(UserWarning, match=r"32x32 but resnet18's weights were trained on 224x224.*size=224"):
         vision_learner(image_dls(), "resnet18", verbose=0)
+
+
+def test_a_weights_file_does_not_warn_about_a_size_it_may_not_have_been_trained_at(tmp_path, monkeypatch):
+    """Issue 24: a body pretrained at 32 px (a user's own file) got the warning meant for 224 px ImageNet weights."""
+    monkeypatch.setenv("SLOWLEARN_OFFLINE", "1")
+    torch.save(tvm.resnet18(num_classes=5).state_dict(), tmp_path / "own.pth")
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message=".*weights were trained on")
+        learn = vision_learner(image_dls(), "resnet18", weights=tmp_path / "own.pth", verbose=0)
+    assert learn.dls.train.mean == pytest.approx(IMAGENET_MEAN)  # the published weights' statistics, unless stats=
 
 
 def test_names_that_are_no_architecture_say_so():
