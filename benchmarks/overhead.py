@@ -10,7 +10,7 @@ run of --trivial-steps and one of half of them) and what it costs once per fit (
 parameters, the final sending and closing); it sends its points every 30 s, which these short runs never reach
 (one request of about 20 ms: well under 0.1 %). Without mlflow installed its rows are left out.
 
-    python benchmarks/overhead.py [--repeats 5] [--trivial-steps 3000] [--trivial-only]
+    python benchmarks/overhead.py [--repeats 5] [--trivial-steps 3000] [--trivial-only] [--trivial-threads 1]
 """
 from __future__ import annotations
 
@@ -126,6 +126,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--trivial-steps", type=int, default=3000)
     parser.add_argument("--trivial-only", action="store_true", help="skip the seed CNN on Fashion-MNIST")
+    parser.add_argument("--trivial-threads", type=int, default=1,
+                        help="torch threads for the trivial model (one: on a shared 2-core machine, handing its tiny "
+                             "ops between two threads costs and varies more than the framework itself)")
     args = parser.parse_args()
     device = default_device()
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
@@ -137,9 +140,11 @@ def main() -> None:
         print(f"\nSeed CNN on Fashion-MNIST, 1 epoch (train + valid), {args.repeats} interleaved repeats:")
         report(times, "plain loop")
 
+    torch.set_num_threads(args.trivial_threads)  # the trivial model's ops are too small to share between threads
     tiny = trivial_dls(args.trivial_steps * 32, device)
     times = interleaved(candidates(lambda: nn.Linear(10, 2), tiny, device, valid=False), args.repeats)
-    print(f"\nTrivial model (Linear(10, 2), bs 32), {args.trivial_steps} training steps per run:")
+    print(f"\nTrivial model (Linear(10, 2), bs 32), {args.trivial_steps} training steps per run, "
+          f"{args.trivial_threads} torch thread(s):")
     report(times, "plain loop")
     plain = statistics.median(times["plain loop"])
     for name in ("bare Learner", "Learner + default cbs", "default cbs + TensorBoard"):
