@@ -85,8 +85,9 @@ class MetricsCB(Callback):
             self._preds.append(preds)
             self._targets.append(target)
             self._buffered_numel += preds.numel()
-        self._losses.setdefault(len(target), []).append(learn.loss.detach())
-        self.count += len(target)
+        n = target.shape[0]  # not len(target): a Python-level call on tensors, and this runs every batch
+        self._losses.setdefault(n, []).append(learn.loss.detach())
+        self.count += n
         self._buffered += 1
         if self._buffered >= self.update_every or self._buffered_numel >= self.max_buffered:
             self._update()
