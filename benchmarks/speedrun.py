@@ -191,7 +191,7 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--smoke", action="store_true", help="256 training images, 1 epoch, narrow nets")
     parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     parser.add_argument("--epochs", type=int, default=None, help="override the recipes' number of epochs")
-    parser.add_argument("--n-train", type=int, default=None, help="train on a random subset of this many images")
+    parser.add_argument("--n-train", type=int, default=None, help="train on this many images (Fashion-MNIST: the first ones, CIFAR-10: a random subset)")
     parser.add_argument("--curve", action="store_true",
                         help="validate after every epoch and print each epoch's test accuracy (no TTA)")
     args = parser.parse_args(argv)
