@@ -1,11 +1,17 @@
-"""Helpers shared by the benchmarks: timing with interleaved repeats on a noisy machine."""
+"""Helpers shared by the benchmarks: timing with interleaved repeats on a noisy machine, and FLOP counting
+against the machine's measured matmul peak."""
 from __future__ import annotations
 
+import copy
 import statistics
 import time
 from collections.abc import Callable
 
-from slowlearn import Callback
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+from slowlearn import Callback, default_device
 from slowlearn.distributed import rank0_print
 
 
@@ -27,6 +33,39 @@ def interleaved(candidates: dict[str, Callable[[], Callable[[], object]]], repea
         for name, setup in candidates.items():
             times[name].append(timed(setup))
     return times
+
+
+def matmul_peak(dtype: torch.dtype, device: torch.device | str | None = None, seconds: float = 1.0,
+                n: int | None = None) -> float:
+    """FLOP/s of repeated n x n matmuls in `dtype` on `device` (default: the default device): the practical
+    peak of this machine in that precision (n: 2048 on a CPU, 8192 on a GPU). On CUDA fp32 matmuls run in
+    full fp32 unless TF32 was allowed (`torch.backends.cuda.matmul.allow_tf32`, off by default)."""
+    device = torch.device(device) if device is not None else default_device()
+    n = n or (8192 if device.type == "cuda" else 2048)
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    count, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(1 if device.type == "cpu" else 10):  # a GPU queues them: sync once per 10
+            a @ b
+            count += 1
+        sync()
+    return 2 * n ** 3 * count / (time.perf_counter() - start)
+
+
+def step_flops(model: torch.nn.Module, xb: torch.Tensor, yb: torch.Tensor) -> tuple[float, float]:
+    """FLOPs of one training step (forward and backward) and of one evaluation forward pass on `xb`,
+    counted by torch.utils.flop_counter on a copy of `model` (its weights, statistics and gradients stay
+    as they are). The count is the same whatever the precision the step runs in."""
+    model = copy.deepcopy(model).train()
+    with FlopCounterMode(display=False) as train:
+        F.cross_entropy(model(xb), yb).backward()
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as evaluate:
+        model(xb)
+    return train.get_total_flops(), evaluate.get_total_flops()
 
 
 def report(times: dict[str, list[float]], baseline: str, unit: str = "s") -> None:

@@ -3,9 +3,13 @@
 Recipe (the seed's headline): the seed CNN, Fashion-MNIST, bs 512, torch AdamW, one-cycle lr (peak 5e-2) and
 beta1 set before every batch from the fraction of training done, 6 epochs, validation every epoch (the plain
 loop computes the schedule with the same pure functions, `one_cycle_lr` and `one_cycle_mom`). Both start from the same weights and see the same
-batches; each repeat uses a new seed, and the two take turns going first. Reports wall time (ratio, target <= 1.05) and final accuracy.
+batches; each repeat uses a new seed, and the two take turns going first. Reports wall time (ratio, target <= 1.05),
+final accuracy, and the achieved FLOP/s of the run (FLOPs of a training step and of a validation batch counted by
+torch.utils.flop_counter, times the steps and batches taken; both train in fp32) as a percentage of the fp32
+matmul peak measured first in this process.
 
     python benchmarks/one_cycle.py [--repeats 3] [--epochs 6]
+    python benchmarks/one_cycle.py --smoke     # 256 training images, 1 epoch, 1 repeat: it all runs
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import statistics
 import time
 
 import torch
+from common import matmul_peak, step_flops
 from overhead import fresh_loaders, plain_loop
 
 from slowlearn import (
@@ -58,13 +63,18 @@ def plain_one_cycle(model, dls, n_epochs: int) -> float:
     return accuracy
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=6)
-    args = parser.parse_args()
+    parser.add_argument("--smoke", action="store_true", help="256 training images, 1 epoch, 1 repeat")
+    args = parser.parse_args(argv)
+    if args.smoke:
+        args.repeats, args.epochs = 1, 1
     device = default_device()
-    base = fashion_mnist(bs=512, device=device)
+    peak = matmul_peak(torch.float32, device, seconds=0.2 if args.smoke else 2.)
+    base = fashion_mnist(bs=512, device=device, **({"n_train": 256, "n_valid": 128} if args.smoke else {}))
+    flops = run_flops(base, args.epochs, device)
     results = {"plain loop": [], "train_1cycle": []}
     for seed in range(args.repeats):
         for name in list(results)[::1 if seed % 2 == 0 else -1]:  # alternate who goes first
@@ -80,12 +90,23 @@ def main() -> None:
                 torch.cuda.synchronize()
             results[name].append((time.perf_counter() - start, accuracy))
     plain_time = statistics.median(t for t, _ in results["plain loop"])
-    print(f"\n{args.epochs} epochs on {device}, {args.repeats} seeds (same seed = same weights and batches for both):")
+    print(f"\n{args.epochs} epochs on {device}, {args.repeats} seeds (same seed = same weights and batches for both); "
+          f"fp32 matmul peak {peak / 1e9:.0f} GFLOP/s:")
     for name, runs in results.items():
         times, accs = [t for t, _ in runs], [a for _, a in runs]
         median = statistics.median(times)
         print(f"{name:14} median {median:6.2f} s ({median / plain_time:.3f} x plain)"
-              f"  accuracy per seed {', '.join(f'{a:.4f}' for a in accs)}  mean {statistics.mean(accs):.4f}")
+              f"  accuracy per seed {', '.join(f'{a:.4f}' for a in accs)}  mean {statistics.mean(accs):.4f}"
+              f"  {flops / median / 1e9:.1f} GFLOP/s = {100 * flops / median / peak:.2f} % of the fp32 peak")
+
+
+def run_flops(dls, n_epochs: int, device) -> float:
+    """FLOPs of the recipe: `n_epochs` of training steps and a validation pass after each epoch."""
+    set_seed(0)
+    model = get_kaiming_initialized_model().to(device)
+    xb, yb = dls.train.normalise(dls.train.x[:dls.train.bs]).to(device), dls.train.y[:dls.train.bs].to(device)
+    train, evaluate = step_flops(model, xb, yb)  # per batch of len(xb)
+    return (train * dls.train.n_items + evaluate * dls.valid.n_items) * n_epochs / len(xb)
 
 
 if __name__ == "__main__":
