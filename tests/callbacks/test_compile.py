@@ -200,3 +200,18 @@ def test_a_torch_dataloader_with_a_short_last_batch_gets_a_warning():
                     cbs=[CompileCB(backend="eager")])
     with pytest.warns(UserWarning, match="create it with drop_last=True"):
         learn.fit(1, valid=False)
+
+
+def test_a_file_backed_loader_drops_its_short_batch_too(tmp_path, monkeypatch):
+    from images import make_folder
+
+    from slowlearn import image_folder
+    monkeypatch.setenv("SLOWLEARN_DATA", str(tmp_path / "data"))
+    dls = image_folder(make_folder(tmp_path / "images"), bs=5, seed=0, device="cpu", verbose=False, in_memory=False,
+                       num_workers=0)  # 12 training images: 2 batches of 5 and one of 2
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    cb = CompileCB(backend="eager")
+    with pytest.warns(UserWarning, match="drops the last 2 items"):
+        Learner(model, dls, cbs=[cb]).fit(2, valid=False)
+    assert len(dls.train) == 2 and (cb.compiles, cb.recompiles) == (1, 0)
