@@ -39,6 +39,7 @@ bench: install data
 	$(PY) benchmarks/fine_tune.py
 	$(PY) benchmarks/weight_averaging.py --n-train 10000
 	$(PY) benchmarks/precision.py
+	$(PY) benchmarks/compile.py
 
 # The speed recipes over 3 seeds next to today's default, timed: run it on a quiet machine.
 speedrun: install data

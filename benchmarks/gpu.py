@@ -1,7 +1,7 @@
 """`make bench-gpu`: on whatever CUDA GPU is present, in one table: the speed recipes (each against the same
 recipe as a plain loop, see speedrun.py), the seed recipe against a plain loop, and correctness checks of the
 GPU-only paths (fused AdamW against foreach, bf16 autocast, channels-last, GPU-resident loaders, a 1-process
-nccl DistributedCB run).
+nccl DistributedCB run, CompileCB with inductor).
 
 Without a GPU it runs the same on the CPU; `--smoke` (used by the test suite) shrinks every part to
 a few hundred images and one epoch. Targets for the record, one H100: Fashion-MNIST >= 94.5 % in
@@ -14,8 +14,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import os
 import time
+import warnings
 
 import speedrun
 import torch
@@ -25,6 +27,7 @@ from overhead import fresh_loaders
 
 from slowlearn import (
     ChannelsLastCB,
+    CompileCB,
     DistributedCB,
     Learner,
     MixedPrecisionCB,
@@ -101,6 +104,31 @@ def one_process_ddp(dls, device) -> dict:
         dist.destroy_process_group()
 
 
+def compiled(dls, device, smoke: bool) -> dict:
+    """CompileCB trains the resnet of the checks above to the eager accuracy in two epochs, in two graphs (training,
+    then validation: one recompile); the detail has each run's epoch times, the compiled first one holding the
+    compile. Inductor, or aot_eager in a CPU smoke run (inductor's CPU compile alone outlasts the smoke run)."""
+    backend = "aot_eager" if smoke and device.type == "cpu" else "inductor"
+    cb = CompileCB(backend=backend)
+    seconds, accuracy = {}, {}
+    for name, cbs in (("eager", []), ("compiled", [cb])):
+        times = [time.perf_counter()]
+        with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")  # CompileCB's note on drop_last (these batches are all full)
+            learn = short_fit(dls, cbs, device)
+            times.append(time.perf_counter())
+            learn.fit(1)  # the compiled run reuses its graphs
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter())
+        seconds[name], accuracy[name] = [b - a for a, b in itertools.pairwise(times)], learn.history[-1]["accuracy"]
+    ok = abs(accuracy["compiled"] - accuracy["eager"]) < 0.05 and (cb.compiles, cb.recompiles) == (2, 1)
+    (first, second), (_, eager) = seconds["compiled"], seconds["eager"]
+    return check(f"CompileCB ({backend})", ok,
+                 f"{cb.compiles} graphs; epochs {first:.1f} s (compiling) then {second:.2f} s vs eager {eager:.2f} s "
+                 f"({eager / second:.2f}x); accuracy {accuracy['compiled']:.4f} vs {accuracy['eager']:.4f}")
+
+
 def seed_recipe_vs_plain(device, smoke: bool) -> dict:
     """train_1cycle on the seed CNN against the same recipe by hand, same weights and batches."""
     epochs = 1 if smoke else 3
@@ -135,7 +163,7 @@ def main(argv=None) -> list[dict]:
     recipes = speedrun.main(recipe_args + (["--smoke"] if args.smoke else []))
     dls = fashion_mnist(bs=64, device=device, n_train=512, n_valid=256)
     checks = [fused_adamw(device), *precision_and_layout(dls, device), resident_loaders(dls, device),
-              one_process_ddp(dls, device), seed_recipe_vs_plain(device, args.smoke)]
+              one_process_ddp(dls, device), compiled(dls, device, args.smoke), seed_recipe_vs_plain(device, args.smoke)]
     checks += [check(f"{row['run']}", True, f"{row['acc mean']:.4f} mean accuracy in {row['seconds']:.1f} s, "
                      f"{row['x plain']:.3f}x the plain loop; same accuracy {row['same acc']}, bitwise the same "
                      f"weights {row['same weights']} seeds; {row['% prec peak']:.1f} % of the {row['prec']} matmul peak")

@@ -1,5 +1,6 @@
 """Callbacks, one module per concern."""
 from .averaging import WeightAveragingCB, update_bn
+from .compile import CompileCB
 from .core import ChannelsLastCB, DeviceCB, MomentumCB
 from .distributed import DistributedCB
 from .gradients import GradientAccumulationCB, GradientClipCB
@@ -43,4 +44,4 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "MixedPrecisionCB", "speed_cbs", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
            "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "Preempted", "CSVLoggerCB", "latest_metric",
            "ProfilerCB", "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB",
-           "LoggerCB", "ScalarLoggerCB", "MLflowCB"]
+           "LoggerCB", "ScalarLoggerCB", "MLflowCB", "CompileCB"]
