@@ -28,6 +28,7 @@ from torch import nn
 from . import checkpoint, checks, data, deploy, groups, models, tuning
 from .arguments import check_range
 from .callback import (
+    VERBS,
     Callback,
     CancelBatchException,
     CancelEpochException,
@@ -35,7 +36,6 @@ from .callback import (
     CancelFitException,
     CancelStepException,
     Dispatch,
-    VERBS,
 )
 from .callbacks import SuggestedLRs, schedule
 from .checkpoint import batches_from, check_resume, restore_setup, restore_weights, resume_point, resume_state
