@@ -11,6 +11,8 @@ memory does not grow with the number of images.
 from __future__ import annotations
 
 import collections
+import ctypes
+import functools
 import itertools
 import os
 import signal
@@ -29,6 +31,7 @@ __all__ = ["ImageFiles", "FileLoader", "image_file_sets", "sample_images", "defa
            "available_memory", "format_bytes", "LoaderPositionError"]
 
 STATS_SAMPLE = 2048  # training images whose pixels give the normalisation statistics (all of them below this)
+MMAP_THRESHOLD = 1 << 20  # bytes: blocks at least this big are mapped on their own, and unmapped when freed
 
 
 def default_workers() -> int:
@@ -122,6 +125,26 @@ class _Order(Sampler[int]):
         self.next_yielded = state["yielded"]
 
 
+@functools.cache
+def _fixed_mmap_threshold(nbytes: int = MMAP_THRESHOLD) -> None:
+    """Keep glibc's malloc from fragmenting the heap with batches. glibc raises its mmap threshold to the largest
+    block freed so far (up to 32 MB), so after the first batch each batch's float copies (normalised, padded,
+    cropped: a few MB each) come from the heap, among the small blocks allocated between them. With worker
+    processes that heap fragmented: its free space grew by ~300 MB over the 170 batches of a 50,000-image epoch
+    (memory that grew with the images) while the memory in use stayed at ~115 MB. A fixed threshold maps such
+    blocks on their own and hands them back when freed. Once per process; nothing on other C libraries."""
+    if _glibc():
+        M_MMAP_THRESHOLD = -3
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, nbytes)
+
+
+def _glibc() -> bool:
+    try:
+        return os.confstr("CS_GNU_LIBC_VERSION").startswith("glibc")
+    except (ValueError, OSError, AttributeError):  # not a GNU system
+        return False
+
+
 def _worker_init(worker_id: int) -> None:
     # A worker forked during a fit inherits CheckpointCB's SIGTERM handler; it should just end on SIGTERM.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -152,6 +175,8 @@ class FileLoader(BatchLoader):
         self._set_normalisation(mean, std, pixels=True, ndim=4)
         self._positions: collections.deque = collections.deque(maxlen=2)  # (batches, state) of the last two yields
         self._resume: dict | None = None
+        if num_workers:
+            _fixed_mmap_threshold()
 
     @property
     def item_shape(self) -> tuple[int, int, int]:
