@@ -58,15 +58,37 @@ class ImageFiles(Dataset):
         return len(self.files)
 
     def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
-        path = os.fsdecode(self.files[i])
-        array = _decode_file(path, self.mode, self.size)
+        array = self._array(i)
         if self.colour and array.shape[-1] == 1:
             array = np.repeat(array, 3, axis=-1)  # as decode_images' _unify_channels
         elif not array.flags.writeable:  # a view of Pillow's buffer
             array = array.copy()
+        return torch.from_numpy(array).permute(2, 0, 1), self.labels[i]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The images `indices` as one uint8 N x C x H x W batch, with their labels: what the loader's workers
+        fetch (each image copied once, into its place: no tensor per image, no stacking)."""
+        batch = np.empty((len(indices), *self.item_shape[1:], self.item_shape[0]), np.uint8)
+        for row, i in zip(batch, indices):
+            row[...] = self._array(i)  # grayscale in a colour set: broadcast to RGB, as np.repeat
+        return torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous(), self.labels[indices]
+
+    def _array(self, i: int) -> np.ndarray:
+        """Image `i` as an H x W x C uint8 array (C: 1, or 3 in colour; maybe a read-only view of Pillow's
+        buffer), refused when its file no longer matches the header read for it."""
+        path = os.fsdecode(self.files[i])
+        array = _decode_file(path, self.mode, self.size)
         if array.shape[:2] != self.item_shape[1:]:  # the file changed since its header was read
             check_same_size([self.item_shape[1:], array.shape[:2]], ["the other images", path])
-        return torch.from_numpy(array).permute(2, 0, 1), self.labels[i]
+        if array.shape[-1] > self.item_shape[0]:
+            raise ValueError(f"{path} is now in colour, but it and every other image of the set were grayscale "
+                             f"when the loaders were made: make them again (or pass channels=1, or 3)")
+        return array
+
+
+def _as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The collate function of batches that `ImageFiles.__getitems__` has already put together."""
+    return batch
 
 
 def image_file_sets(files: Sequence[str], labels: Sequence[int], splits: Sequence[str], channels: int | None,
@@ -192,7 +214,8 @@ class FileLoader(BatchLoader):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", "'set_vital' is deprecated")  # torchdata 0.11 on torch >= 2.9
             return StatefulDataLoader(self.dataset, self.bs, sampler=sampler, drop_last=self.drop_last,
-                                      num_workers=self.num_workers, pin_memory=self.device.type == "cuda",
+                                      collate_fn=_as_is, num_workers=self.num_workers,
+                                      pin_memory=self.device.type == "cuda",
                                       generator=torch.Generator(),  # workers' seeds: never a draw from torch's RNG
                                       **extra)
 

@@ -78,6 +78,27 @@ def test_images_of_other_sizes_without_size_are_an_error_before_any_batch(tmp_pa
         image_folder(root, in_memory=False, num_workers=0, verbose=False)
 
 
+def test_a_batch_is_fetched_whole_as_its_images_one_by_one(tmp_path):
+    root = make_folder(tmp_path / "grey", n_per_class=2, size=8, channels=1, splits=("train",))
+    save(torch.full((3, 8, 8), 200, dtype=torch.uint8), root / "train" / "dog" / "colour.png")
+    files = sorted(str(f) for f in root.rglob("*.png"))
+    images = image_file_sets(files, list(range(len(files))), ["train"] * len(files), None, None)["train"]
+    xb, yb = images.__getitems__([6, 0, 3])  # a colour set: its grayscale images repeated to RGB
+    assert xb.shape == (3, 3, 8, 8) and xb.is_contiguous() and yb.tolist() == [6, 0, 3]
+    assert all(torch.equal(x, images[i][0]) for x, i in zip(xb, [6, 0, 3]))
+
+
+def test_a_file_that_changed_since_the_loaders_were_made_is_an_error_naming_it(tmp_path):
+    root = make_folder(tmp_path / "grey", n_per_class=2, size=8, channels=1, splits=("train", "valid"))
+    dls = image_folder(root, bs=4, device="cpu", verbose=False, in_memory=False, num_workers=0)
+    changed = save(torch.zeros(3, 8, 8, dtype=torch.uint8), root / "valid" / "dog" / "0.png")
+    with pytest.raises(ValueError, match=f"{changed} is now in colour, but .* grayscale .*: make them again"):
+        list(dls.valid)
+    save(torch.zeros(1, 9, 8, dtype=torch.uint8), changed)
+    with pytest.raises(ValueError, match=r"is 8x8 \(h x w\) but .*0.png is 9x8"):
+        list(dls.valid)
+
+
 def test_a_csv_of_labels_loads_file_backed_too(folder, tmp_path):
     files = sorted((folder / "train").rglob("*.png"))[::10]
     rows = [{"fname": str(f.relative_to(folder)), "label": f.parent.name, "is_valid": i % 3 == 0}
