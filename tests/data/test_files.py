@@ -54,6 +54,14 @@ def test_worker_processes_give_the_same_batches_as_the_training_process(folder):
     assert same_batches(epoch(in_process.train), epoch(workers.train))
 
 
+def test_with_workers_on_the_cpu_batches_are_normalised_to_the_same_bits(folder):
+    files = image_folder(folder, bs=16, device="cpu", verbose=False, in_memory=False, num_workers=2).valid
+    every_value = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 4, 1)  # 2 x 3 x 4 x 256
+    memory = TensorLoader(every_value, torch.zeros(2), mean=files.mean, std=files.std, device="cpu")
+    normalised = files.normalise(every_value)
+    assert normalised.dtype == torch.float32 and torch.equal(normalised, memory.normalise(every_value))
+
+
 def test_mixed_colours_sizes_and_modes_decode_as_in_memory(tmp_path):
     rng = np.random.default_rng(0)
     for i, (mode, w, h) in enumerate([("L", 10, 14), ("RGB", 16, 9), ("P", 12, 12), ("LA", 9, 9), ("RGBA", 20, 11),
