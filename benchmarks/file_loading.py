@@ -5,8 +5,8 @@ The images: CIFAR-10 as JPEGs (../shared/data/cifar10-jpg-{train,test}.zip; 5/6 
 from test/), unpacked into a temporary folder first, untimed.
 
 - memory: for each of `--sizes` images, a fresh process loads them (`image_folder`, first decode into an empty
-  cache for in-memory) and runs one training epoch; its peak RSS (ru_maxrss) is reported. In memory, peak RSS
-  grows with the images; file-backed, it should not.
+  cache for in-memory) and runs one training epoch; its peak RSS (ru_maxrss) is reported, and file-backed, its
+  largest worker's peak RSS and private memory. In memory, peak RSS grows with the images; file-backed, it should not.
 - speed: one pass over `--speed-images` images resized to `--size`, in batches of 256 with 2 worker processes:
   slowlearn's file-backed loader (uint8 batches from its workers, normalised in the main process) against
   torchvision's ImageFolder + DataLoader(num_workers=2) with the same decode and resize (slowlearn's
@@ -47,22 +47,41 @@ def unpack(folder: Path, n: int) -> Path:
     return folder / "cifar10"
 
 
+def worker_private_mb() -> float:
+    """The largest private memory (pages no other process shares: what a worker adds) of this process's
+    children, in MB, now (0 without /proc)."""
+    pids = []
+    for task in Path("/proc/self/task").glob("*"):
+        pids += (task / "children").read_text().split() if (task / "children").exists() else []
+    sizes = [0]
+    for pid in pids:
+        try:
+            rollup = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()
+        except OSError:  # ended meanwhile
+            continue
+        sizes.append(sum(int(line.split()[1]) for line in rollup if line.startswith(("Private_Clean", "Private_Dirty"))))
+    return max(sizes) / 1024
+
+
 def child_memory(root: str, mode: str, cache: str) -> None:
-    """In a fresh process: load, one training epoch, then print the peak RSS in MB (this process's and its
-    largest worker's)."""
+    """In a fresh process: load, one training epoch, then print the peak RSS in MB: this process's, its largest
+    worker's, and that worker's largest private memory (sampled every 10 batches)."""
     from slowlearn.data.images import image_folder
     dls = image_folder(root, bs=BS, device="cpu", verbose=False, cache_dir=cache, in_memory=mode == "in memory",
                        **({} if mode == "in memory" else {"num_workers": WORKERS}))
-    for _ in dls.train:
-        pass
+    private = 0.0
+    for i, _ in enumerate(dls.train):
+        private = max(private, worker_private_mb()) if i % 10 == 0 else private
     print(json.dumps({"peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+                      "worker_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+                      "worker_private_mb": private}))
 
 
 def memory(tmp: Path, sizes: list[int]) -> None:
     print(f"peak RSS of a process that loads N images and runs one epoch (batches of {BS}; file-backed: "
-          f"{WORKERS} workers, the largest one's peak RSS beside it; a forked worker shares most pages)")
-    print(f"{'images':>8} {'in memory':>12} {'file-backed':>12} {'its worker':>12}")
+          f"{WORKERS} workers: the largest one's peak RSS, which counts the pages it shares with the main process "
+          f"it was forked from, and its private memory, what it adds)")
+    print(f"{'images':>8} {'in memory':>12} {'file-backed':>12} {'worker RSS':>12} {'private':>10}")
     for n in sizes:
         root = unpack(tmp / f"memory-{n}", n)
         peaks = {}
@@ -70,8 +89,9 @@ def memory(tmp: Path, sizes: list[int]) -> None:
             out = subprocess.run([sys.executable, __file__, "--child", mode, str(root), str(tmp / f"cache-{n}")],
                                  capture_output=True, text=True, check=True).stdout
             peaks[mode] = json.loads(out.strip().splitlines()[-1])
-        print(f"{n:>8} {peaks['in memory']['peak_mb']:>9.0f} MB {peaks['file-backed']['peak_mb']:>9.0f} MB "
-              f"{peaks['file-backed']['worker_mb']:>9.0f} MB")
+        files = peaks["file-backed"]
+        print(f"{n:>8} {peaks['in memory']['peak_mb']:>9.0f} MB {files['peak_mb']:>9.0f} MB "
+              f"{files['worker_mb']:>9.0f} MB {files['worker_private_mb']:>7.0f} MB")
 
 
 def speed(tmp: Path, n: int, size: int, repeats: int) -> None:

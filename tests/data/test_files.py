@@ -54,6 +54,14 @@ def test_worker_processes_give_the_same_batches_as_the_training_process(folder):
     assert same_batches(epoch(in_process.train), epoch(workers.train))
 
 
+def test_with_workers_on_the_cpu_batches_are_normalised_to_the_same_bits(folder):
+    files = image_folder(folder, bs=16, device="cpu", verbose=False, in_memory=False, num_workers=2).valid
+    every_value = torch.arange(256, dtype=torch.uint8).repeat(2, 3, 4, 1)  # 2 x 3 x 4 x 256
+    memory = TensorLoader(every_value, torch.zeros(2), mean=files.mean, std=files.std, device="cpu")
+    normalised = files.normalise(every_value)
+    assert normalised.dtype == torch.float32 and torch.equal(normalised, memory.normalise(every_value))
+
+
 def test_mixed_colours_sizes_and_modes_decode_as_in_memory(tmp_path):
     rng = np.random.default_rng(0)
     for i, (mode, w, h) in enumerate([("L", 10, 14), ("RGB", 16, 9), ("P", 12, 12), ("LA", 9, 9), ("RGBA", 20, 11),
@@ -76,6 +84,27 @@ def test_images_of_other_sizes_without_size_are_an_error_before_any_batch(tmp_pa
     save(torch.zeros(3, 9, 8, dtype=torch.uint8), root / "train" / "dog" / "big.png")
     with pytest.raises(ValueError, match=r"different sizes: .* is 8x8 \(h x w\) but .*big.png is 9x8. Pass size="):
         image_folder(root, in_memory=False, num_workers=0, verbose=False)
+
+
+def test_a_batch_is_fetched_whole_as_its_images_one_by_one(tmp_path):
+    root = make_folder(tmp_path / "grey", n_per_class=2, size=8, channels=1, splits=("train",))
+    save(torch.full((3, 8, 8), 200, dtype=torch.uint8), root / "train" / "dog" / "colour.png")
+    files = sorted(str(f) for f in root.rglob("*.png"))
+    images = image_file_sets(files, list(range(len(files))), ["train"] * len(files), None, None)["train"]
+    xb, yb = images.__getitems__([6, 0, 3])  # a colour set: its grayscale images repeated to RGB
+    assert xb.shape == (3, 3, 8, 8) and xb.is_contiguous() and yb.tolist() == [6, 0, 3]
+    assert all(torch.equal(x, images[i][0]) for x, i in zip(xb, [6, 0, 3]))
+
+
+def test_a_file_that_changed_since_the_loaders_were_made_is_an_error_naming_it(tmp_path):
+    root = make_folder(tmp_path / "grey", n_per_class=2, size=8, channels=1, splits=("train", "valid"))
+    dls = image_folder(root, bs=4, device="cpu", verbose=False, in_memory=False, num_workers=0)
+    changed = save(torch.zeros(3, 8, 8, dtype=torch.uint8), root / "valid" / "dog" / "0.png")
+    with pytest.raises(ValueError, match=f"{changed} is now in colour, but .* grayscale .*: make them again"):
+        list(dls.valid)
+    save(torch.zeros(1, 9, 8, dtype=torch.uint8), changed)
+    with pytest.raises(ValueError, match=r"is 8x8 \(h x w\) but .*0.png is 9x8"):
+        list(dls.valid)
 
 
 def test_a_csv_of_labels_loads_file_backed_too(folder, tmp_path):
