@@ -160,8 +160,9 @@ def storm_advice(graphs: Sequence[CompiledGraph]) -> str:
 
 
 class CompileCB(Callback):
-    """Trains the model compiled by `torch.compile` (opt-in: it costs seconds to minutes of compiling and, on a CPU,
-    often runs slower: measure with `benchmarks/compile.py` before making it a habit).
+    """Trains the model compiled by `torch.compile` (opt-in: it costs seconds to minutes of compiling, and whether
+    its steps then run faster depends on the model, the machine and the torch version: measure with
+    `benchmarks/compile.py` before making it a habit).
 
     The options go to torch.compile: `backend` ("inductor", "eager", "aot_eager", or a backend function), `mode`
     ("default", "reduce-overhead", "max-autotune", ...) or `options`, `dynamic`, `fullgraph`, and any other keyword
