@@ -2,7 +2,8 @@
 
 Trains `slowlearn.recipes.CIFAR10` (its 10-epoch schedule, or `--epochs`) with the Learner on the first `--n-train`
 training images of the shared JPEG set (all 50,000 by default), validating on the whole test set after every
-epoch (no TTA; the last line adds the recipe's flip-TTA accuracy), and prints each epoch's accuracy and seconds.
+epoch (no TTA; the last line adds the recipe's flip-TTA accuracy), and prints each epoch's accuracy and seconds
+(common.EpochTimer).
 
     python benchmarks/cifar_curve.py [--n-train 10000] [--epochs 10] [--seed 0]
 """
@@ -10,23 +11,11 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import time
 
 from cifar import shared_cifar10
+from common import EpochTimer
 
-from slowlearn import Callback
 from slowlearn.recipes import CIFAR10, run_recipe
-
-
-class EpochClock(Callback):
-    """Seconds from the fit's start at the end of every validation phase."""
-
-    def before_fit(self, learn) -> None:
-        self.start, self.seconds = time.perf_counter(), []
-
-    def after_epoch(self, learn) -> None:
-        if not learn.training:
-            self.seconds.append(time.perf_counter() - self.start)
 
 
 def main() -> None:
@@ -37,12 +26,10 @@ def main() -> None:
     args = parser.parse_args()
     config = dataclasses.replace(CIFAR10, epochs=args.epochs)
     dls = shared_cifar10(bs=config.bs, aug=None, n_train=args.n_train)
-    clock = EpochClock()
-    result = run_recipe(config, dls, seed=args.seed, cbs=[clock], valid=True, verbose=0)
+    result = run_recipe(config, dls, seed=args.seed, cbs=[EpochTimer()], valid=True, verbose=0)  # a line an epoch
     valid = [row["accuracy"] for row in result.learn.history if row["phase"] == "valid"]
-    print(f"CIFAR-10 recipe, {dls.train.n_items} training images, {config.epochs} epochs, seed {args.seed}:")
-    for epoch, (accuracy, seconds) in enumerate(zip(valid, clock.seconds), 1):
-        print(f"  epoch {epoch:2d}: test accuracy {accuracy:.4f} (no TTA), {seconds:7.1f} s from the start")
+    print(f"CIFAR-10 recipe, {dls.train.n_items} training images, {config.epochs} epochs, seed {args.seed}: "
+          f"test accuracy after each epoch (no TTA) {', '.join(f'{a:.4f}' for a in valid)}")
     print(f"  with flip TTA after epoch {config.epochs}: {result.accuracy:.4f}; {result.seconds:.1f} s in all")
 
 
