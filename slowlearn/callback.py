@@ -8,7 +8,8 @@ from collections.abc import Callable, Iterable
 from fastcore.basics import camel2snake
 
 __all__ = ["EVENTS", "VERBS", "Callback", "CancelException", "CancelFitException", "CancelEpochException",
-           "CancelBatchException", "CancelStepException", "check_callback", "call", "Dispatch"]
+           "CancelBatchException", "CancelStepException", "check_callback", "call", "note_origin",
+           "Dispatch"]
 
 EVENTS = ("before_fit", "before_epoch", "before_batch", "after_predict", "after_loss", "after_backward",
           "after_step", "after_batch", "after_epoch", "after_fit", "cleanup_fit", "cleanup_epoch", "cleanup_batch")
@@ -130,6 +131,11 @@ def check_callback(cb: Callback) -> None:
                                  f"{hint} Events are: {', '.join(EVENTS)}.")
 
 
+def note_origin(error: Exception, cb: Callback, where: str) -> None:
+    """Add a note to `error` naming the callback whose handler raised it and the event or verb it ran for."""
+    error.add_note(f"(raised in callback {type(cb).__name__} during {where})")
+
+
 def call(cb: Callback, method: Handler, where: str, learn) -> None:
     """Run one handler; an error (not a cancel) gets a note naming the callback and the event."""
     try:
@@ -137,7 +143,7 @@ def call(cb: Callback, method: Handler, where: str, learn) -> None:
     except CancelException:
         raise
     except Exception as e:
-        e.add_note(f"(raised in callback {type(cb).__name__} during {where})")
+        note_origin(e, cb, where)
         raise
 
 
@@ -154,7 +160,8 @@ def _check_one_lr_schedule(cbs: list[Callback]) -> None:
 
 
 class Dispatch:
-    """A fit's callbacks bound to the events and verbs: sorted by `order` and checked once per fit."""
+    """A fit's callbacks bound to the events and verbs: sorted by `order` and checked once per fit.
+    `handlers[event]` lists the (callback, handler) pairs that `Learner.callback(event)` runs, in order."""
 
     def __init__(self, cbs: Iterable[Callback]):
         cbs = sorted(cbs, key=lambda cb: cb.order)
@@ -169,16 +176,6 @@ class Dispatch:
                 raise RuntimeError(f"Callbacks {names} both replace the '{verb}' step; keep only one of them.")
             self.verbs[verb] = (owners[0], getattr(owners[0], verb)) if owners else None
         _check_one_lr_schedule(cbs)
-
-    def event(self, event: str, learn) -> None:
-        for cb, method in self.handlers[event]:  # `call`, written inline: this runs several times per batch
-            try:
-                method(learn)
-            except CancelException:
-                raise
-            except Exception as e:
-                e.add_note(f"(raised in callback {type(cb).__name__} during {event})")
-                raise
 
     def cleanup(self, event: str, learn, error: BaseException | None = None) -> None:
         """Run every handler of a `cleanup_*` event, also after one of them fails. With `error` (what ended

@@ -19,6 +19,7 @@ in `checkpoint.py`, inference and export in `deploy/`), its body is one call to 
 from __future__ import annotations
 
 import os
+from types import SimpleNamespace
 from collections.abc import Callable, Iterable, Sequence
 
 import torch
@@ -36,6 +37,7 @@ from .callback import (
     CancelFitException,
     CancelStepException,
     Dispatch,
+    note_origin,
 )
 from .callbacks import SuggestedLRs, schedule
 from .checkpoint import batches_from, check_resume, restore_setup, restore_weights, resume_point, resume_state
@@ -154,14 +156,22 @@ class Learner:
             check_lr(self.lr, owner="Learner")
             self.opt = self.make_optimizer()
         self.dispatch = Dispatch(self.cbs)
-        self._verbs = {verb: self.dispatch.bind_verb(verb, self, getattr(self, "_" + verb)) for verb in VERBS}
+        # What runs each loop verb during this fit (`self._verb.predict()`): the callback that replaces it, or
+        # the Learner's default; bound once per fit, so a batch pays no lookup for it.
+        self._verb = SimpleNamespace(**{verb: self.dispatch.bind_verb(verb, self, getattr(self, "_" + verb))
+                                        for verb in VERBS})
 
     def callback(self, event: str) -> None:
-        """Run every callback's handler of `event` (e.g. "after_batch"), in order."""
-        self.dispatch.event(event, self)
-
-    def _do(self, verb: str) -> None:
-        self._verbs[verb]()
+        """Run every callback's handler of `event` (e.g. "after_batch"), in order; an error other than a cancel
+        gets a note naming the callback and the event."""
+        for cb, handler in self.dispatch.handlers[event]:  # written out (not `callback.call`): it runs 6x a batch
+            try:
+                handler(self)
+            except CancelException:
+                raise
+            except Exception as error:
+                note_origin(error, cb, event)
+                raise
 
     def _run_level(self, level: str, cancel: type[CancelException], body: Callable[[], None]) -> None:
         try:
@@ -209,20 +219,20 @@ class Learner:
             self._one_batch(first=True)
 
     def _one_batch(self, first: bool = False) -> None:
-        self._do("predict")
+        self._verb.predict()
         if first:
             checks.check_targets(self.preds, self.batch, self.loss_func, getattr(self.dls, "classes", None))
         self.callback("after_predict")
-        self._do("get_loss")
+        self._verb.get_loss()
         self.callback("after_loss")
         if self.training:
-            self._do("backward")
+            self._verb.backward()
             try:
                 self.callback("after_backward")
-                self._do("step")
+                self._verb.step()
                 self._position = (self.epoch, self.iter + 1)
                 self.callback("after_step")
-                self._do("zero_grad")
+                self._verb.zero_grad()
             except CancelStepException:
                 pass
 

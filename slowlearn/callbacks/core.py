@@ -102,8 +102,10 @@ class DeviceFloats:
         self.values: list[float] = []
         self._pending: list[torch.Tensor] = []
 
-    def append(self, x: torch.Tensor) -> None:
+    def append(self, x: torch.Tensor) -> int:
+        """Keep `x` (detached); returns how many values wait to be read."""
         self._pending.append(x.detach())
+        return len(self._pending)
 
     @property
     def n_pending(self) -> int:

@@ -89,8 +89,7 @@ class ProgressCB(Callback):
     def after_batch(self, learn) -> None:
         self.view.advance()
         if learn.training:
-            self._losses.append(learn.loss)
-            if self._losses.n_pending >= self.loss_every:
+            if self._losses.append(learn.loss) >= self.loss_every:
                 self._read_losses()
                 if self.live_plot and time.monotonic() - self._last_plot > self.plot_interval:
                     self._update_plot()

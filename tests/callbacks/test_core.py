@@ -93,3 +93,17 @@ def test_channels_last_cb_leaves_flat_inputs_alone():
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[ChannelsLastCB()])
     learn.fit(1)
     assert learn.batch[0].shape == (1, 3) and learn.batch[0].is_contiguous()
+
+
+def test_device_floats_keep_detached_values_until_one_read():
+    from slowlearn.callbacks.core import DeviceFloats
+    floats = DeviceFloats()
+    w = torch.tensor(2., requires_grad=True)
+    assert floats.append(w * 1.5) == 1  # append says how many wait, so a caller needs no second call to ask
+    assert floats.append(w * 2) == 2
+    assert not any(t.requires_grad for t in floats._pending)  # no autograd graph is kept alive
+    assert floats.read() == [3., 4.]
+    assert floats.n_pending == 0
+    assert floats.read(reduce=lambda t: t * 10) == [3., 4.]  # nothing pending: nothing to reduce
+    floats.append(torch.tensor(1.))
+    assert floats.read(reduce=lambda t: t * 10) == [3., 4., 10.]
