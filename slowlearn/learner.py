@@ -19,8 +19,8 @@ in `checkpoint.py`, inference and export in `deploy/`), its body is one call to 
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 from collections.abc import Callable, Iterable, Sequence
+from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F

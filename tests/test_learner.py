@@ -331,3 +331,14 @@ def test_a_fit_started_from_a_callback_during_a_fit_is_refused_saying_what_was_w
 class FitsAgainViaLrFind(Callback):
     def before_fit(self, learn):
         learn.lr_find(num_it=3, show_plot=False)
+
+
+def test_an_error_in_a_replaced_verb_names_the_callback_and_the_verb():
+    class BrokenLoss(Callback):
+        def get_loss(self, learn):
+            raise ValueError("no loss today")
+
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[BrokenLoss()])
+    with pytest.raises(ValueError, match="no loss today") as error:
+        learn.fit(1)
+    assert "(raised in callback BrokenLoss during get_loss)" in error.value.__notes__
