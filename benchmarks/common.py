@@ -15,23 +15,27 @@ from slowlearn import Callback, default_device
 from slowlearn.distributed import rank0_print
 
 
-def timed(setup: Callable[[], Callable[[], object]]) -> float:
-    """Seconds taken by the function that `setup()` returns (the set-up itself is not timed)."""
+def timed(setup: Callable[[], Callable[[], object]], clock: Callable[[], float] = time.perf_counter) -> float:
+    """Seconds taken by the function that `setup()` returns (the set-up itself is not timed), on `clock`:
+    wall time by default; `time.thread_time` counts only this thread's CPU time, which leaves out the time
+    other processes hold the core (right for one-thread work on a shared machine, wrong for anything that
+    waits or works in other threads)."""
     run = setup()
-    start = time.perf_counter()
+    start = clock()
     run()
-    return time.perf_counter() - start
+    return clock() - start
 
 
-def interleaved(candidates: dict[str, Callable[[], Callable[[], object]]], repeats: int) -> dict[str, list[float]]:
-    """Time each candidate `repeats` times, round-robin, so machine noise hits all of them alike.
-    Each runs once first, untimed, to warm up allocators and caches."""
+def interleaved(candidates: dict[str, Callable[[], Callable[[], object]]], repeats: int,
+                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+    """Time each candidate `repeats` times, round-robin, so machine noise hits all of them alike (`clock`: see
+    `timed`). Each runs once first, untimed, to warm up allocators and caches."""
     for setup in candidates.values():
         setup()()
     times: dict[str, list[float]] = {name: [] for name in candidates}
     for _ in range(repeats):
         for name, setup in candidates.items():
-            times[name].append(timed(setup))
+            times[name].append(timed(setup, clock))
     return times
 
 

@@ -10,7 +10,12 @@ run of --trivial-steps and one of half of them) and what it costs once per fit (
 parameters, the final sending and closing); it sends its points every 30 s, which these short runs never reach
 (one request of about 20 ms: well under 0.1 %). Without mlflow installed its rows are left out.
 
+`--clock thread` times the trivial model's runs in this thread's CPU time instead of wall time: they run on one
+thread, so it counts the same work but not the time other processes hold the core, the main noise on a shared
+machine (MLflowCB's background sending is then left out; these runs never reach it).
+
     python benchmarks/overhead.py [--repeats 5] [--trivial-steps 3000] [--trivial-only] [--trivial-threads 1]
+                                  [--clock wall|thread]
 """
 from __future__ import annotations
 
@@ -18,6 +23,7 @@ import argparse
 import importlib.util
 import statistics
 import tempfile
+import time
 
 import torch
 import torch.nn.functional as F
@@ -129,7 +135,10 @@ def main() -> None:
     parser.add_argument("--trivial-threads", type=int, default=1,
                         help="torch threads for the trivial model (one: on a shared 2-core machine, handing its tiny "
                              "ops between two threads costs and varies more than the framework itself)")
+    parser.add_argument("--clock", choices=("wall", "thread"), default="wall",
+                        help="what times the trivial model's runs: wall time, or this thread's CPU time")
     args = parser.parse_args()
+    args.clock_fn = time.thread_time if args.clock == "thread" else time.perf_counter
     device = default_device()
     print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}")
 
@@ -142,9 +151,9 @@ def main() -> None:
 
     torch.set_num_threads(args.trivial_threads)  # the trivial model's ops are too small to share between threads
     tiny = trivial_dls(args.trivial_steps * 32, device)
-    times = interleaved(candidates(lambda: nn.Linear(10, 2), tiny, device, valid=False), args.repeats)
+    times = interleaved(candidates(lambda: nn.Linear(10, 2), tiny, device, valid=False), args.repeats, args.clock_fn)
     print(f"\nTrivial model (Linear(10, 2), bs 32), {args.trivial_steps} training steps per run, "
-          f"{args.trivial_threads} torch thread(s):")
+          f"{args.trivial_threads} torch thread(s), {args.clock} clock:")
     report(times, "plain loop")
     for name in ("bare Learner", "Learner + default cbs", "default cbs + TensorBoard"):
         extra, fastest = ((pick(times[name]) - pick(times["plain loop"])) / args.trivial_steps * 1e6
@@ -163,7 +172,7 @@ def mlflow_cost(times: dict[str, list[float]], args, device) -> None:
     pair = ("Learner + default cbs", "default cbs + MLflow")
     few = max(1, args.trivial_steps // 2)
     runs = candidates(lambda: nn.Linear(10, 2), trivial_dls(few * 32, device), device, valid=False)
-    short = interleaved({name: setup for name, setup in runs.items() if name in pair}, args.repeats)
+    short = interleaved({name: setup for name, setup in runs.items() if name in pair}, args.repeats, args.clock_fn)
     extra_long, extra_short = (statistics.median(t[pair[1]]) - statistics.median(t[pair[0]]) for t in (times, short))
     per_step = (extra_long - extra_short) / (args.trivial_steps - few)
     per_fit = extra_short - per_step * few

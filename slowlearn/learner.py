@@ -46,6 +46,9 @@ from .groups import check_lr, default_splitter
 
 __all__ = ["Learner"]
 
+# Each level's three events, named once: the batch level runs every batch.
+LEVEL_EVENTS = {level: (f"before_{level}", f"after_{level}", f"cleanup_{level}") for level in ("fit", "epoch", "batch")}
+
 
 class Learner:
     """Trains `model` on `dls` (a `DataLoaders`) with `loss_func`, an optimizer from `opt_func` and callbacks.
@@ -76,7 +79,6 @@ class Learner:
                  splitter: Callable[[nn.Module], list] = default_splitter):
         self.model, self.dls, self.loss_func, self.lr, self.opt_func = model, dls, loss_func, lr, opt_func
         self.splitter = splitter
-        self.cbs: list[Callback] = list(cbs)
         self.opt: torch.optim.Optimizer | None = None
         self.history: list[dict] = []
         self.training = False
@@ -86,6 +88,7 @@ class Learner:
         self._fitting = False  # a fit started from inside a fit (by a callback) is refused
         self.fit_lrs: list[float] = []
         self._position = (0, 0)  # (epochs done, batches of the next one stepped on): what `save` records
+        self.cbs = list(cbs)  # last: a callback's name never hides one of the attributes above
 
     def __repr__(self) -> str:
         cbs = ", ".join(type(cb).__name__ for cb in self.cbs)
@@ -142,6 +145,7 @@ class Learner:
             self._fitting = False
             for cb in cbs:
                 self.cbs.remove(cb)
+            self._name_callbacks()
         return self
 
     @property
@@ -174,16 +178,17 @@ class Learner:
                 raise
 
     def _run_level(self, level: str, cancel: type[CancelException], body: Callable[[], None]) -> None:
+        before, after, cleanup = LEVEL_EVENTS[level]
         try:
-            self.callback(f"before_{level}")
+            self.callback(before)
             body()
-            self.callback(f"after_{level}")
+            self.callback(after)
         except cancel:
             pass
         except BaseException as error:  # every cleanup runs; the error that ended the level stays the one raised
-            self.dispatch.cleanup(f"cleanup_{level}", self, error)
+            self.dispatch.cleanup(cleanup, self, error)
             raise
-        self.dispatch.cleanup(f"cleanup_{level}", self)
+        self.dispatch.cleanup(cleanup, self)
 
     def _epochs(self, train: bool, valid: bool, resume_state: dict | None) -> None:
         start_epoch, start_iter = resume_point(self, resume_state)
@@ -237,21 +242,42 @@ class Learner:
                 pass
 
     # Callbacks: `learn.<name>` finds a callback of the list by its `name` (e.g. `learn.recorder`).
-    def __getattr__(self, name: str):
-        if name != "cbs":
-            for cb in self.__dict__.get("cbs", ()):
-                if cb.name == name:
-                    return cb
-        raise AttributeError(f"'{type(self).__name__}' has no attribute or callback named '{name}'")
+    @property
+    def cbs(self) -> list[Callback]:
+        """The callbacks of every fit: change them with `add_cb` and `remove_cb`, or assign a new list (a list
+        changed in place gives its callbacks their `learn.<name>` at the next fit)."""
+        return self._cbs
+
+    @cbs.setter
+    def cbs(self, cbs: list[Callback]) -> None:
+        self._cbs = cbs
+        self._name_callbacks()
+
+    def _name_callbacks(self) -> None:
+        """Set `learn.<cb.name>` for each callback (the first of a name; never over a real attribute). These are
+        entries of the instance, not a `__getattr__`: a class with one makes every attribute read on it slow
+        (Python 3.11 cannot specialise them), and a training step reads dozens."""
+        own = self.__dict__
+        for name, cb in own.pop("_named_cbs", {}).items():
+            if own.get(name) is cb:
+                del own[name]
+        named: dict[str, Callback] = {}
+        for cb in self._cbs:
+            if cb.name not in named and cb.name not in own and not hasattr(type(self), cb.name):
+                named[cb.name] = cb
+        own.update(named)
+        self._named_cbs = named
 
     def add_cb(self, cb: Callback) -> Learner:
         """Add `cb` to the callbacks of every later fit."""
         self.cbs.append(cb)
+        self._name_callbacks()
         return self
 
     def remove_cb(self, cb: Callback) -> Learner:
         """Remove `cb` from the callbacks."""
         self.cbs.remove(cb)
+        self._name_callbacks()
         return self
 
     # Training recipes on top of `fit` (callbacks/schedule.py, tuning.py).

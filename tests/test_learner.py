@@ -192,15 +192,44 @@ def test_state_during_fit_and_pct_train():
     assert learn.pct_train == 1
 
 
-def test_callbacks_are_found_by_name():
-    class SaveBestCB(Callback):
-        pass
+class SaveBestCB(Callback):
+    pass
 
+
+def test_callbacks_are_found_by_name():
     cb = SaveBestCB()
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[cb])
     assert learn.save_best is cb
-    with pytest.raises(AttributeError, match="no attribute or callback named 'nothing'"):
+    with pytest.raises(AttributeError, match="'nothing'"):
         learn.nothing
+
+
+def test_callback_names_follow_add_remove_assignment_and_fit_only_callbacks():
+    first, second, during_fit = SaveBestCB(), SaveBestCB(), []
+    learn = Learner(nn.Linear(3, 2), make_dls())
+    learn.add_cb(first).add_cb(second)
+    assert learn.save_best is first  # the first of a name
+    learn.remove_cb(first)
+    assert learn.save_best is second
+    learn.cbs = []
+    assert not hasattr(learn, "save_best")
+    watch = type("Watch", (Callback,), {"before_fit": lambda self, learn: during_fit.append(learn.save_best)})()
+    learn.fit(1, cbs=[first, watch])
+    assert during_fit == [first] and not hasattr(learn, "save_best")  # named for its fit only
+
+
+def test_a_callback_name_never_hides_an_attribute_of_the_learner():
+    Model, Opt = (type(name, (Callback,), {}) for name in ("ModelCB", "OptCB"))
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[Model(), Opt()])
+    assert isinstance(learn.model, nn.Linear) and learn.opt is None
+    learn.fit(1)
+    assert isinstance(learn.opt, torch.optim.SGD)
+
+
+def test_learner_has_no_getattr_hook():
+    # With a __getattr__ Python 3.11 cannot specialise attribute reads on the class, and the loop and its
+    # callbacks read dozens per step: it cost the bare Learner a third of its per-step instructions.
+    assert not any("__getattr__" in vars(cls) for cls in Learner.__mro__)
 
 
 def test_empty_loader_is_a_clear_error():

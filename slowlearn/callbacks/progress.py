@@ -39,12 +39,14 @@ class ProgressCB(Callback):
             per epoch and phase, with no carriage returns or escape sequences (nothing if `table=False`);
       None  (default) 1 in a notebook or when the output is a terminal, 2 otherwise (a file, a pipe,
             a batch job's log).
-    Batch losses stay on the device and are read together every `loss_every` batches (one host
-    sync per read, not per batch). `table=False` hides the metrics table. `plot_loss()` draws the
-    loss plot at any time.
+    Batch losses stay on the device and are read together (one host sync per read, not per batch):
+    every `loss_every` batches where a bar or the notebook shows the loss, otherwise (a log file,
+    nothing shown) every `unshown_read_every` batches and at the end of each epoch. `table=False`
+    hides the metrics table. `plot_loss()` draws the loss plot at any time.
     """
 
     order = 60  # shows the rows MetricsCB sends to `learn.metrics_log`, which it fills for the fit
+    unshown_read_every = 1024  # bounds the losses waiting on the device when no view shows them
 
     def __init__(self, loss_every: int = 10, plot: bool | None = None, plot_interval: float = 2.0,
                  table: bool = True, verbose: int | None = None):
@@ -75,6 +77,7 @@ class ProgressCB(Callback):
         else:
             self.view = TerminalView(learn.n_epochs)
         self.live_plot = notebook and verbose == 1 and self.plot is not False
+        self._read_every = self.loss_every if self.view.shows_loss else self.unshown_read_every
         self._losses, self.valid_losses = DeviceFloats(), []
         self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
         learn.metrics_log = self._log_row
@@ -89,7 +92,7 @@ class ProgressCB(Callback):
     def after_batch(self, learn) -> None:
         self.view.advance()
         if learn.training:
-            if self._losses.append(learn.loss) >= self.loss_every:
+            if self._losses.append(learn.loss) >= self._read_every:
                 self._read_losses()
                 if self.live_plot and time.monotonic() - self._last_plot > self.plot_interval:
                     self._update_plot()
@@ -147,6 +150,8 @@ class ProgressCB(Callback):
 class NullView:
     """What ranks other than 0 show: nothing."""
 
+    shows_loss = False
+
     def advance(self) -> None:  # written out: it runs every batch
         pass
 
@@ -156,6 +161,8 @@ class NullView:
 
 class PlainView:
     """Plain lines for log files: what runs, then one table row per epoch and phase."""
+
+    shows_loss = False
 
     def __init__(self, learn):
         phases = f"{len(learn.dls.train)} training"
@@ -192,6 +199,8 @@ def _lr_text(learn) -> str:
 class TerminalView:
     """tqdm bars for epochs and batches; table rows are written above the bars."""
 
+    shows_loss = True
+
     def __init__(self, n_epochs: int):
         self.epochs = tqdm(total=n_epochs, desc="epochs", unit="epoch", dynamic_ncols=True)
         self.batches = None
@@ -225,6 +234,8 @@ class TerminalView:
 
 class NotebookView:
     """One HTML progress line and an HTML metrics table, updated in place (no widgets needed)."""
+
+    shows_loss = True
 
     def __init__(self, n_epochs: int, table: bool = True, interval: float = 0.2):
         from IPython.display import HTML, display

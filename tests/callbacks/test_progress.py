@@ -80,6 +80,31 @@ def test_progress_records_every_training_loss_with_few_reads():
     assert learn.progress is progress
 
 
+class CountReads(Callback):
+    """Counts, after each training batch, whether ProgressCB read its waiting losses back (a host sync)."""
+
+    order = ProgressCB.order + 1
+
+    def __init__(self):
+        self.reads, self.pending = 0, 0
+
+    def after_batch(self, learn):
+        if learn.training:
+            pending = learn.progress._losses.n_pending
+            self.reads += pending < self.pending or pending == 0
+            self.pending = pending
+
+
+@pytest.mark.parametrize("verbose, reads_per_epoch", [(1, 4), (2, 0), (0, 0)])
+def test_losses_are_read_back_every_loss_every_batches_only_where_a_bar_shows_them(verbose, reads_per_epoch):
+    counter = CountReads()
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=32, bs=4), cbs=[MetricsCB(), ProgressCB(loss_every=2, verbose=verbose),
+                                                                      counter])
+    learn.fit(1)
+    assert counter.reads == reads_per_epoch  # 8 batches: a bar reads after batches 2, 4, 6, 8; a log at the epoch's end
+    assert len(learn.progress.train_losses) == 8
+
+
 def test_progress_prints_table_and_plots(capsys):
     progress = ProgressCB()
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress]).fit(2)
