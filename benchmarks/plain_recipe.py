@@ -5,7 +5,8 @@ Same recipe, step for step: the model (`speed_net`, its first conv whitened from
 training images, all built after `set_seed(seed)`), the same loaders with the same `BatchAugment` (the data
 path is shared), torch's Nesterov SGD over the two param groups the Learner's default splitter makes
 (body, head), the lr of `triangular_lr` set before every batch from the fraction of training done
-(`ParamSchedulerCB`), label smoothing, the precision and layout `speed_settings` picks for the model
+(`ParamSchedulerCB`), the BatchNorm shifts' gradients multiplied after backward (`GradientMultiplierCB`), Lookahead
+after every 5th step and at the end of training (`LookaheadCB`), label smoothing, the precision and layout `speed_settings` picks for the model
 (`speed_cbs` does the same: bf16 autocast around forward and loss; channels-last model and training
 batches), `zero_grad(set_to_none=True)`, and the final flip-TTA accuracy computed as `get_preds(tta=True)`
 does (under the same autocast). Same seed, same device: the same weights as `run_recipe` (bitwise on a CPU).
@@ -20,10 +21,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from slowlearn import default_device, set_seed
+from slowlearn.callbacks import batchnorm_shifts
 from slowlearn.data import BatchAugment, DataLoaders
 from slowlearn.hardware import speed_settings
 from slowlearn.models import speed_net, whiten_first_conv
-from slowlearn.recipes import RecipeConfig, triangular_lr
+from slowlearn.recipes import RecipeConfig, lookahead_alpha, triangular_lr
 
 
 @dataclass
@@ -58,13 +60,22 @@ def plain_recipe(config: RecipeConfig, dls: DataLoaders, seed: int = 0, precisio
     body = [p for p in model.parameters() if all(p is not h for h in head)]
     opt = torch.optim.SGD([{"params": body, "lr": config.lr}, {"params": head, "lr": config.lr}], lr=config.lr,
                           momentum=config.mom, nesterov=True, weight_decay=config.wd, foreach=True)
-    lr_at = triangular_lr(config.lr, config.pct_warmup)
+    lr_at = triangular_lr(config.lr, config.pct_warmup, end=config.lr_end)
+    shifts = batchnorm_shifts(model)
+    live = [v.detach() for v in model.state_dict(keep_vars=True).values() if v.is_floating_point()]
+    slow = [v.clone() for v in live]
 
-    curve, n_batches = [], len(dls.train)
+    def lookahead(alpha: float) -> None:
+        with torch.no_grad():
+            torch._foreach_lerp_(slow, live, alpha)
+            torch._foreach_copy_(live, slow)
+
+    curve, n_batches, steps = [], len(dls.train), 0
     for epoch in range(config.epochs):
         model.train()
         for i, (xb, yb) in enumerate(dls.train):
-            lr = lr_at((epoch + i / n_batches) / config.epochs)
+            pct = (epoch + i / n_batches) / config.epochs
+            lr = lr_at(pct)
             for group in opt.param_groups:
                 group["lr"] = lr
             if channels_last:
@@ -73,8 +84,15 @@ def plain_recipe(config: RecipeConfig, dls: DataLoaders, seed: int = 0, precisio
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 loss = F.cross_entropy(model(xb), yb, label_smoothing=config.label_smoothing)
             loss.backward()
+            if config.bn_shift_lr_mult != 1:
+                torch._foreach_mul_([p.grad for p in shifts], config.bn_shift_lr_mult)
             opt.step()
+            steps += 1
+            if config.lookahead and steps % 5 == 0:
+                lookahead(lookahead_alpha(pct))
             opt.zero_grad(set_to_none=True)
+        if config.lookahead and epoch == config.epochs - 1:
+            lookahead(0.)
         if valid:
             curve.append(accuracy(model, dls.valid, device, bf16, channels_last=channels_last))
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):  # evaluated as trained

@@ -7,7 +7,9 @@ Learner and callbacks (`benchmarks/speedrun.py` measures them).
 Each recipe is `speed_net` (early downsampling, a whitened first layer, widths for the budget),
 Nesterov SGD with a triangular lr schedule as a pure function of progress, label smoothing, random
 crop + flip on the training batches, and flip test-time augmentation; precision and layout come
-from `speed_settings` ("auto": bf16 autocast where the hardware runs it natively).
+from `speed_settings` ("auto": bf16 autocast where the hardware runs it natively). The CIFAR-10
+recipe adds two of airbench94's choices: a 64 times larger lr for the BatchNorm shifts
+(`GradientMultiplierCB`) and Lookahead (`LookaheadCB`) pulling harder towards the end.
 """
 from __future__ import annotations
 
@@ -21,7 +23,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from .callback import Callback
-from .callbacks import MixedPrecisionCB, ParamSchedulerCB, ProgressCB, RecorderCB, combine_scheds, sched_lin, speed_cbs
+from .callbacks import (
+    GradientMultiplierCB,
+    LookaheadCB,
+    MixedPrecisionCB,
+    ParamSchedulerCB,
+    ProgressCB,
+    RecorderCB,
+    combine_scheds,
+    sched_lin,
+    speed_cbs,
+)
 from .data import BatchAugment, DataLoaders, cifar10, fashion_mnist
 from .device import default_device
 from .learner import Learner
@@ -30,7 +42,7 @@ from .randomness import set_seed
 from .train import default_cbs
 
 __all__ = ["RecipeConfig", "RecipeResult", "FASHION_MNIST", "CIFAR10", "RECIPES", "run_recipe",
-           "fashion_mnist_recipe", "cifar10_recipe", "nesterov_sgd", "triangular_lr", "tta_accuracy"]
+           "fashion_mnist_recipe", "cifar10_recipe", "nesterov_sgd", "triangular_lr", "lookahead_alpha", "tta_accuracy"]
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,10 @@ class RecipeConfig:
     pad: int = 2
     flip: bool = True
     pct_warmup: float = 0.2
+    lr_end: float = 0.02  # the lr at the end, as a fraction of the peak
     whiten_patch: int = 2
+    bn_shift_lr_mult: float = 1.  # the BatchNorm shifts' lr over the others' (GradientMultiplierCB)
+    lookahead: bool = False  # LookaheadCB every 5 steps with `lookahead_alpha`
 
 
 @dataclass
@@ -62,7 +77,13 @@ class RecipeResult:
 # lr and wd from 3-epoch runs on 12 000 Fashion-MNIST images (flip-TTA test accuracy): lr 0.3 / wd 5e-4
 # 83.1 %, lr 0.75 / wd 1e-3 86.9 %, lr 1.5 / wd 1e-3 87.4 %. Epochs for the time budget (see benchmarks/speedrun.py).
 FASHION_MNIST = RecipeConfig(epochs=5, bs=512, lr=1.5, wd=1e-3, widths=(32, 64, 128), in_channels=1, pad=2)
-CIFAR10 = RecipeConfig(epochs=10, bs=500, lr=1.5, wd=1e-3, widths=(64, 256, 256), in_channels=3, pad=2)
+# airbench94's batch size and per-example lr (its lr 11.5 per 1024 summed losses is 1.5 on the mean loss), its weight
+# decay per step (0.0153 per 1024 examples: 1.33e-3 coupled to lr 1.5), lr down to 0, BatchNorm shifts at 64x the lr,
+# and Lookahead. On the JPEG set (seed 0, flip TTA) with airbench94's widths (64, 256, 256): 89.77 % with
+# Fashion-MNIST's settings (bs 500, wd 1e-3, lr end 2 %), 90.23 % with these; wider, 1.5x the FLOPs: see the speed
+# guide (benchmarks/cifar_curve.py).
+CIFAR10 = RecipeConfig(epochs=10, bs=1000, lr=1.5, wd=1.33e-3, widths=(80, 320, 320), in_channels=3, pad=2, lr_end=0.,
+                       bn_shift_lr_mult=64., lookahead=True)
 
 
 def nesterov_sgd(mom: float, wd: float) -> Callable:
@@ -78,6 +99,21 @@ def triangular_lr(peak: float, pct_warmup: float, start: float = 0.2, end: float
 
 
 @torch.no_grad()
+def lookahead_alpha(pct: float) -> float:
+    """airbench's Lookahead pull at the fraction `pct` of training: 1 - 0.95**5 * pct**3 (none at the start)."""
+    return 1 - 0.95 ** 5 * pct ** 3
+
+
+def _recipe_cbs(config: RecipeConfig) -> list[Callback]:
+    """The callbacks that `config`'s optional choices add (none for the defaults)."""
+    cbs: list[Callback] = []
+    if config.bn_shift_lr_mult != 1:
+        cbs.append(GradientMultiplierCB(config.bn_shift_lr_mult))
+    if config.lookahead:
+        cbs.append(LookaheadCB(every=5, alpha=lookahead_alpha))
+    return cbs
+
+
 def tta_accuracy(learn: Learner, dl=None) -> float:
     """Accuracy on `dl` (default: the validation set) averaging each image's prediction with its mirror's."""
     p = learn.get_preds(dl, tta=True)
@@ -108,9 +144,10 @@ def run_recipe(config: RecipeConfig, dls: DataLoaders, seed: int = 0, precision:
     base = default_cbs(verbose)
     if quiet:  # progress bars only
         base = [cb for cb in base if not isinstance(cb, ProgressCB)] + [ProgressCB(plot=False, table=False)]
-    schedule = ParamSchedulerCB(lr=triangular_lr(config.lr, config.pct_warmup))
+    schedule = ParamSchedulerCB(lr=triangular_lr(config.lr, config.pct_warmup, end=config.lr_end))
     learn = Learner(model, dls, partial(F.cross_entropy, label_smoothing=config.label_smoothing), lr=config.lr,
-                    cbs=[*base, *speed, RecorderCB(), schedule, *cbs], opt_func=nesterov_sgd(config.mom, config.wd))
+                    cbs=[*base, *speed, RecorderCB(), schedule, *_recipe_cbs(config), *cbs],
+                    opt_func=nesterov_sgd(config.mom, config.wd))
     learn.fit(config.epochs, valid=valid)
     bf16 = any(isinstance(cb, MixedPrecisionCB) for cb in speed)
     with torch.autocast(default_device().type, dtype=torch.bfloat16, enabled=bf16):  # evaluated as trained

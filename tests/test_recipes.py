@@ -1,4 +1,5 @@
 import dataclasses
+from pathlib import Path
 
 import pytest
 import torch
@@ -86,3 +87,17 @@ def test_cli_refuses_to_resume_a_recipe(tmp_path, capsys):
     ckpt.write_bytes(b"")
     assert cli.main(["train", "--recipe", "fashion_mnist", "--resume", str(ckpt)]) == 2
     assert "--resume does not work with --recipe" in capsys.readouterr().err
+
+
+def test_the_plain_loop_of_the_benchmarks_is_the_cifar_recipe_step_for_step(monkeypatch):
+    """`benchmarks/plain_recipe.py` (the framework ratio's baseline) follows every choice of the CIFAR-10 recipe,
+    the BatchNorm shifts' lr multiplier and Lookahead included: same seed, bitwise the same weights."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from plain_recipe import plain_recipe
+    config = tiny(CIFAR10, epochs=2)  # 3 steps an epoch: Lookahead pulls after step 5, and at the end
+    assert config.bn_shift_lr_mult != 1 and config.lookahead
+    framework = run_recipe(config, image_dls(channels=3, size=32), seed=1, precision="fp32", quiet=True)
+    plain = plain_recipe(config, image_dls(channels=3, size=32), seed=1, precision="fp32")
+    for (name, a), b in zip(framework.learn.model.state_dict().items(), plain.model.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert framework.accuracy == plain.accuracy

@@ -1,9 +1,9 @@
 """Callbacks, one module per concern."""
-from .averaging import WeightAveragingCB, update_bn
+from .averaging import LookaheadCB, WeightAveragingCB, update_bn
 from .compile import CompileCB
 from .core import ChannelsLastCB, DeviceCB, MomentumCB
 from .distributed import DistributedCB
-from .gradients import GradientAccumulationCB, GradientClipCB
+from .gradients import GradientAccumulationCB, GradientClipCB, GradientMultiplierCB, batchnorm_shifts
 from .hooks import ActivationStatsCB
 from .logging import CSVLoggerCB, LoggerCB, MLflowCB, ScalarLoggerCB, TensorBoardCB
 from .lr_finder import LRFinderCB, SuggestedLRs
@@ -41,7 +41,8 @@ __all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "ActivationStatsCB", "Met
            "LRFinderCB", "SuggestedLRs", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB",
            "OneCycleCB",
            "sched_lin", "sched_cos", "sched_exp", "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom",
-           "MixedPrecisionCB", "speed_cbs", "GradientClipCB", "GradientAccumulationCB", "CheckpointCB", "EarlyStoppingCB",
+           "MixedPrecisionCB", "speed_cbs", "GradientClipCB", "GradientAccumulationCB", "GradientMultiplierCB",
+           "batchnorm_shifts", "CheckpointCB", "EarlyStoppingCB",
            "TerminateOnNaNCB", "ReduceLROnPlateauCB", "MonitorCB", "Preempted", "CSVLoggerCB", "latest_metric",
-           "ProfilerCB", "DistributedCB", "WeightAveragingCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB",
+           "ProfilerCB", "DistributedCB", "WeightAveragingCB", "LookaheadCB", "update_bn", "MixUpCB", "CutMixCB", "TensorBoardCB",
            "LoggerCB", "ScalarLoggerCB", "MLflowCB", "CompileCB"]

@@ -1,5 +1,8 @@
-"""WeightAveragingCB: an exponential (EMA) or plain running (SWA) average of the model's weights."""
+"""Weight averaging: an exponential (EMA) or plain running (SWA) average of the model's weights
+(WeightAveragingCB), and Lookahead's slow weights that training restarts from (LookaheadCB)."""
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -10,7 +13,7 @@ from ..distributed import all_reduce_mean
 from ..groups import stays_in_eval
 from ..randomness import randomness, restore_randomness
 
-__all__ = ["WeightAveragingCB", "update_bn"]
+__all__ = ["WeightAveragingCB", "LookaheadCB", "update_bn"]
 
 
 class WeightAveragingCB(Callback):
@@ -180,6 +183,77 @@ class WeightAveragingCB(Callback):
             self._stash = None
         else:
             self._stash = list(trained.values()) if trained is not None else None
+
+
+class LookaheadCB(Callback):
+    """Lookahead (Zhang et al., 2019): slow weights that the model's weights pull along and restart from.
+
+    After every `every`-th optimizer step, with the model's weights `w` and the slow weights `s`:
+
+        s <- s + alpha * (w - s),   then   w <- s
+
+    `alpha` is a number in (0, 1] or a function of the fraction of training done (`learn.pct_train`), such as
+    airbench's `1 - 0.95**5 * pct**3`: no pull at the start, stronger towards the end. Float buffers (BatchNorm
+    statistics) are treated like the weights; integer ones are left alone. After the last training epoch the
+    model takes the slow weights (so the last validation scores them). The slow weights start as the model's
+    at the first fit; checkpoints hold them (resuming is exact). Updates are two foreach kernels on the
+    model's device, no host sync.
+    """
+
+    order = 10  # with WeightAveragingCB: before callbacks that read the weights after a step
+
+    def __init__(self, every: int = 5, alpha: float | Callable[[float], float] = 0.5):
+        if not (isinstance(every, int) and every >= 1):
+            raise ValueError(f"LookaheadCB needs every= a positive number of optimizer steps, got {every!r}")
+        if not callable(alpha) and not 0 < alpha <= 1:
+            raise ValueError(f"LookaheadCB needs 0 < alpha <= 1 (the pull of the slow weights toward the model's) or a "
+                             f"function of the fraction of training done; got alpha={alpha!r}")
+        self.every, self.alpha = every, alpha
+        self.steps, self._slow, self._live = 0, None, None
+
+    def before_fit(self, learn) -> None:
+        live = {k: v.detach() for k, v in bare_model(learn.model).state_dict(keep_vars=True).items()
+                if v.is_floating_point()}
+        self._named_live, self._live = live, list(live.values())
+        self._slow = self._placed(self._slow, live) or {k: v.clone() for k, v in live.items()}
+
+    @staticmethod
+    def _placed(slow: dict | None, live: dict) -> dict | None:
+        """`slow` copied onto the devices of the model's tensors, or None where it does not fit the model."""
+        if slow is None or slow.keys() != live.keys() or any(slow[k].shape != v.shape for k, v in live.items()):
+            return None
+        return {k: slow[k].to(v.device, copy=True) for k, v in live.items()}
+
+    def cleanup_fit(self, learn) -> None:
+        self._live = None
+
+    def after_step(self, learn) -> None:
+        self.steps += 1
+        if self.steps % self.every == 0:
+            alpha = self.alpha(learn.pct_train) if callable(self.alpha) else self.alpha
+            self._sync(alpha)
+
+    def after_epoch(self, learn) -> None:
+        if learn.training and learn.epoch == learn.n_epochs - 1:
+            self._sync(0.)  # the model ends on the slow weights, which the last validation then scores
+
+    def _sync(self, alpha: float) -> None:
+        slow = list(self._slow.values())
+        with torch.no_grad():
+            torch._foreach_lerp_(slow, self._live, alpha)
+            torch._foreach_copy_(self._live, slow)
+
+    def state_dict(self) -> dict:
+        slow = None if self._slow is None else {k: v.clone() for k, v in self._slow.items()}
+        return {"steps": self.steps, "slow": slow}
+
+    def load_state_dict(self, state: dict) -> None:
+        """In a resumed fit (`fit(resume=path)`) training goes on from these slow weights; loaded between fits,
+        the next fit starts from them."""
+        self.steps, self._slow = state["steps"], state["slow"]
+        if self._live is not None:  # during the fit: from now on
+            live = self._named_live
+            self._slow = self._placed(self._slow, live) or {k: v.clone() for k, v in live.items()}
 
 
 def _copy(dst: list[torch.Tensor], src: list[torch.Tensor]) -> None:

@@ -1,13 +1,19 @@
-"""Gradient callbacks: clipping the global norm, and accumulating gradients over several batches."""
+"""Gradient callbacks: clipping the global norm, accumulating gradients over several batches, and multiplying
+some parameters' gradients (a larger SGD learning rate for them)."""
 from __future__ import annotations
 
+import warnings
+from collections.abc import Callable, Iterable
+
 import torch
+from torch import nn
 
 from ..arguments import check_range
 from ..callback import Callback, CancelStepException
 from .core import DeviceFloats
 
-__all__ = ["GradientClipCB", "GradientAccumulationCB", "steps_after_this_batch"]
+__all__ = ["GradientClipCB", "GradientAccumulationCB", "GradientMultiplierCB", "batchnorm_shifts",
+           "steps_after_this_batch"]
 
 
 def steps_after_this_batch(learn) -> bool:
@@ -73,3 +79,47 @@ class GradientClipCB(Callback):
             learn.grad_scaler.unscale_(learn.opt)
         norm = torch.nn.utils.clip_grad_norm_(learn.model.parameters(), self.max_norm, self.norm_type)
         self._norms.append(norm)
+
+
+def batchnorm_shifts(model: nn.Module) -> list[nn.Parameter]:
+    """The trainable shifts (biases) of the model's BatchNorm layers."""
+    return [m.bias for m in model.modules()
+            if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.bias is not None and m.bias.requires_grad]
+
+
+class GradientMultiplierCB(Callback):
+    """Multiplies the gradients of `params(model)` (default: the BatchNorm shifts) by `factor` before each
+    optimizer step. With SGD, momentum or not, that is a `factor` times larger learning rate for those
+    parameters while their weight decay stays as it was: for a parameter p with gradient g,
+
+        p <- p - lr * (factor * g + wd * p)
+
+    airbench's `bias_scaler` (64 for the BatchNorm shifts of a net whose BatchNorm scales are frozen). Adam-like
+    optimizers divide each gradient by its own running size, so a constant factor would change nothing there: they
+    get a warning. The gradients are multiplied once per optimizer step (after GradientAccumulationCB's last
+    micro-batch) and before GradientClipCB measures them.
+    """
+
+    order = -1  # before GradientClipCB (0); GradientAccumulationCB (-1) divides, which commutes with this
+
+    def __init__(self, factor: float, params: Callable[[nn.Module], Iterable[nn.Parameter]] = batchnorm_shifts):
+        check_range("factor", factor, 0., low_open=True, owner="GradientMultiplierCB")
+        self.factor, self.params = factor, params
+
+    def before_fit(self, learn) -> None:
+        self._chosen = list(self.params(learn.model))
+        if not self._chosen:
+            warnings.warn(f"GradientMultiplierCB: {getattr(self.params, '__name__', self.params)} found no "
+                          f"trainable parameters in the model: nothing to multiply", stacklevel=2)
+        if any("betas" in group for group in learn.opt.param_groups):
+            warnings.warn(f"GradientMultiplierCB({self.factor}) with {type(learn.opt).__name__}: an Adam-like "
+                          f"optimizer normalises each gradient by its running size, so multiplying gradients changes "
+                          f"nothing; use it with SGD, or give those parameters their own lr (a param group)",
+                          stacklevel=2)
+
+    def after_backward(self, learn) -> None:
+        if not steps_after_this_batch(learn):
+            return
+        grads = [p.grad for p in self._chosen if p.grad is not None]
+        if grads:
+            torch._foreach_mul_(grads, self.factor)

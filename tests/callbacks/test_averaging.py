@@ -10,6 +10,7 @@ from slowlearn import (
     Callback,
     CheckpointCB,
     Learner,
+    LookaheadCB,
     MetricsCB,
     MomentumSGD,
     TensorBoardCB,
@@ -258,3 +259,64 @@ def test_lr_find_sweeps_without_the_average_and_the_loggers(tmp_path):
     after = learn.weight_averaging.state_dict()
     assert after["n"] == before["n"] and all(torch.equal(v, after["avg"][k]) for k, v in before["avg"].items())
     assert sorted((tmp_path / "tb").iterdir()) == files
+
+
+class WeightsAfterLookahead(WeightsAfterStep):
+    order = LookaheadCB.order + 1  # sees the weights the model goes on from
+
+
+def float_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+
+
+def test_lookahead_equals_the_hand_computation():
+    fast, after = WeightsAfterStep(), WeightsAfterLookahead()
+    learn = learner(bn_model(), [fast, LookaheadCB(every=2, alpha=0.3), after])  # 3 steps an epoch
+    slow = float_state(learn.model)
+    learn.fit(2)
+    for step, (w, restart) in enumerate(zip(fast.weights, after.weights), 1):
+        if step % 2 == 0:  # s <- s + alpha * (w - s), and the model goes on from s
+            slow = {k: v + 0.3 * (w[k] - v) for k, v in slow.items()}
+            assert_close_states(float_state_of(restart), slow)
+        else:
+            assert_close_states(float_state_of(restart), float_state_of(w))
+    assert_close_states(float_state(learn.model), slow)  # step 6 was a sync: the model ends on the slow weights
+
+
+def float_state_of(state):
+    return {k: v for k, v in state.items() if v.is_floating_point()}
+
+
+def test_lookahead_with_alpha_1_changes_nothing_and_a_schedule_reads_the_progress():
+    set_seed(0)
+    plain = learner(bn_model()).fit(2)
+    pcts = []
+    set_seed(0)
+    pulled = learner(bn_model(), [LookaheadCB(every=2, alpha=lambda pct: pcts.append(pct) or 1.)]).fit(2)
+    assert all(torch.equal(v, pulled.model.state_dict()[k]) for k, v in plain.model.state_dict().items())
+    assert pcts == pytest.approx([1 / 6, 3 / 6, 5 / 6])  # pct_train during steps 2, 4 and 6 of 6
+
+
+@pytest.mark.parametrize("where", ["end of an epoch's validation", "mid-epoch"])
+def test_resume_with_lookahead_is_bitwise_exact(tmp_path, where):
+    make = lambda cbs=(): learner(bn_model(), [LookaheadCB(every=3, alpha=0.5), *cbs], n_train=64,
+                                  unseeded=True)
+    set_seed(0)
+    straight = make().fit(4)
+    set_seed(0)
+    interrupted, ckpt = make(), tmp_path / "ckpt.pt"
+    every = "epoch" if where == "end of an epoch's validation" else 3
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.fit(4, cbs=[CheckpointCB(ckpt, every=every), StopAt(epoch=2, iter=5)])
+    set_seed(123)
+    resumed = make()
+    resumed.fit(4, resume=ckpt)
+    for k, v in straight.model.state_dict().items():
+        assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("kwargs, message", [({"every": 0}, "every"), ({"alpha": 0.}, "alpha"),
+                                             ({"alpha": 1.5}, "alpha")])
+def test_lookahead_refuses_bad_arguments(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        LookaheadCB(**kwargs)

@@ -1,9 +1,19 @@
-"""Gradient accumulation and clipping, and the arguments they refuse (which would silently train the wrong way)."""
+"""Gradient accumulation, clipping and multipliers, and the arguments they refuse (which would silently train the
+wrong way)."""
 import pytest
 import torch
 from torch import nn
 
-from slowlearn import Callback, DataLoaders, GradientAccumulationCB, GradientClipCB, Learner, TensorLoader
+from slowlearn import (
+    Callback,
+    DataLoaders,
+    GradientAccumulationCB,
+    GradientClipCB,
+    GradientMultiplierCB,
+    Learner,
+    TensorLoader,
+    batchnorm_shifts,
+)
 
 # few large batches on purpose (to compare accumulated with whole batches): the few-steps advice is not the point
 pytestmark = pytest.mark.filterwarnings("ignore:An epoch has only")
@@ -73,3 +83,55 @@ def test_gradient_accumulation_needs_a_whole_number_of_batches(n_steps):
     with pytest.raises(ValueError, match=f"GradientAccumulationCB: Invalid n_steps: {n_steps!r} "
                                          r"\(must be an integer in \[1, inf\)\)"):
         GradientAccumulationCB(n_steps)
+
+
+def bn_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Linear(5, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
+
+
+def one_sgd_step(cbs=(), wd=0.):
+    """The parameters before and after one plain SGD step (lr 0.5) of the BatchNorm net on one batch."""
+    model = bn_net()
+    before = {k: v.clone() for k, v in model.named_parameters()}
+    opt_func = lambda params, lr: torch.optim.SGD(params, lr=lr, weight_decay=wd)
+    Learner(model, linear_dls(16, 16), lr=0.5, cbs=list(cbs), opt_func=opt_func).fit(1, valid=False)
+    return before, dict(model.named_parameters())
+
+
+@pytest.mark.parametrize("wd", [0., 0.1])
+def test_gradient_multiplier_is_a_larger_sgd_lr_for_the_chosen_parameters_only(wd):
+    before, plain = one_sgd_step(wd=wd)
+    _, multiplied = one_sgd_step([GradientMultiplierCB(64.)], wd=wd)
+    for name in plain:
+        if name != "1.bias":
+            assert torch.equal(multiplied[name], plain[name]), name
+    p0 = before["1.bias"]
+    grad = (p0 - plain["1.bias"]) / 0.5 - wd * p0  # what the plain step used: p <- p - lr * (grad + wd * p)
+    torch.testing.assert_close(multiplied["1.bias"], p0 - 0.5 * (64 * grad + wd * p0))  # weight decay not multiplied
+
+
+def test_batchnorm_shifts_are_the_trainable_batchnorm_biases():
+    model = bn_net()
+    assert batchnorm_shifts(model) == [model[1].bias]
+    model[1].bias.requires_grad_(False)
+    assert batchnorm_shifts(model) == []
+
+
+def test_gradient_multiplier_multiplies_once_per_accumulated_step():
+    first_bias = lambda model: [model.bias]
+    big = trained_weights(linear_dls(512, 512), [GradientMultiplierCB(3., params=first_bias)])
+    accumulated = trained_weights(linear_dls(512, 128), [GradientAccumulationCB(4),
+                                                         GradientMultiplierCB(3., params=first_bias)])
+    torch.testing.assert_close(accumulated, big)
+    assert not torch.allclose(big, trained_weights(linear_dls(512, 512)))
+
+
+def test_gradient_multiplier_warns_where_it_would_change_nothing():
+    with pytest.warns(UserWarning, match="Adam-like optimizer"):
+        Learner(bn_net(), linear_dls(16, 16), lr=1e-3, cbs=[GradientMultiplierCB(64.)],
+                opt_func=torch.optim.Adam).fit(1, valid=False)
+    with pytest.warns(UserWarning, match="found no trainable parameters"):
+        Learner(nn.Linear(5, 3), linear_dls(16, 16), cbs=[GradientMultiplierCB(64.)]).fit(1, valid=False)
+    with pytest.raises(ValueError, match="factor"):
+        GradientMultiplierCB(0.)
