@@ -28,6 +28,7 @@ notebooks: install data
 bench: install data
 	$(PY) benchmarks/import_time.py
 	$(PY) benchmarks/overhead.py
+	$(PY) benchmarks/instructions.py
 	$(PY) benchmarks/data.py
 	$(PY) benchmarks/optim.py
 	$(PY) benchmarks/optim_accuracy.py
