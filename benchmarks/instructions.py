@@ -8,8 +8,8 @@ estimate in microseconds at the plain loop's measured time per instruction.
 
     python benchmarks/instructions.py [--steps 500]      # runs itself under valgrind (apt install valgrind)
 
-Counts vary by a few thousand instructions per step from run to run (allocator and hash-table states): compare
-changes larger than that, or repeat.
+The same code's count moves by up to ~10k instructions per step from run to run (allocator and garbage-collector
+states; hash seeds are fixed): compare changes larger than that, or repeat.
 """
 from __future__ import annotations
 
