@@ -6,9 +6,9 @@ training images, all built after `set_seed(seed)`), the same loaders with the sa
 path is shared), torch's Nesterov SGD over the two param groups the Learner's default splitter makes
 (body, head), the lr of `triangular_lr` set before every batch from the fraction of training done
 (`ParamSchedulerCB`), the BatchNorm shifts' gradients multiplied after backward (`GradientMultiplierCB`), Lookahead
-after every 5th step and at the end of training (`LookaheadCB`), label smoothing, the precision and layout `speed_settings` picks for the model
-(`speed_cbs` does the same: bf16 autocast around forward and loss; channels-last model and training
-batches), `zero_grad(set_to_none=True)`, and the final flip-TTA accuracy computed as `get_preds(tta=True)`
+after every 5th step and at the end of training (`LookaheadCB`), label smoothing, the precision and layout
+`speed_settings` picks for the model (`speed_cbs` does the same: bf16 autocast around forward and loss;
+channels-last model and training batches), `zero_grad(set_to_none=True)`, and the final flip-TTA accuracy computed as `get_preds(tta=True)`
 does (under the same autocast). Same seed, same device: the same weights as `run_recipe` (bitwise on a CPU).
 """
 from __future__ import annotations

@@ -98,7 +98,6 @@ def triangular_lr(peak: float, pct_warmup: float, start: float = 0.2, end: float
     return combine_scheds([pct_warmup, 1 - pct_warmup], [sched_lin(start * peak, peak), sched_lin(peak, end * peak)])
 
 
-@torch.no_grad()
 def lookahead_alpha(pct: float) -> float:
     """airbench's Lookahead pull at the fraction `pct` of training: 1 - 0.95**5 * pct**3 (none at the start)."""
     return 1 - 0.95 ** 5 * pct ** 3
@@ -114,6 +113,7 @@ def _recipe_cbs(config: RecipeConfig) -> list[Callback]:
     return cbs
 
 
+@torch.no_grad()
 def tta_accuracy(learn: Learner, dl=None) -> float:
     """Accuracy on `dl` (default: the validation set) averaging each image's prediction with its mirror's."""
     p = learn.get_preds(dl, tta=True)

@@ -209,7 +209,7 @@ class LookaheadCB(Callback):
             raise ValueError(f"LookaheadCB needs 0 < alpha <= 1 (the pull of the slow weights toward the model's) or a "
                              f"function of the fraction of training done; got alpha={alpha!r}")
         self.every, self.alpha = every, alpha
-        self.steps, self._slow, self._live = 0, None, None
+        self.steps, self._slow, self._live, self._named_live = 0, None, None, None
 
     def before_fit(self, learn) -> None:
         live = {k: v.detach() for k, v in bare_model(learn.model).state_dict(keep_vars=True).items()
@@ -225,7 +225,7 @@ class LookaheadCB(Callback):
         return {k: slow[k].to(v.device, copy=True) for k, v in live.items()}
 
     def cleanup_fit(self, learn) -> None:
-        self._live = None
+        self._live = self._named_live = None
 
     def after_step(self, learn) -> None:
         self.steps += 1
