@@ -72,8 +72,10 @@ def _tensors_in_memory(loader) -> list[Tensor]:
 
 
 def _check_finite(data: Tensor, what: str) -> None:
-    """One pass and one read back to the host; integer data cannot hold NaN."""
-    if not data.is_floating_point():
+    """One vectorised sum and one read back to the host when all is well (a NaN or an infinity makes the sum
+    non-finite); only then the exact per-item pass, which also clears a sum that merely overflowed. Integer
+    data cannot hold NaN."""
+    if not data.is_floating_point() or torch.isfinite(data.sum(dtype=torch.promote_types(data.dtype, torch.float32))):
         return
     bad = ~torch.isfinite(data.reshape(len(data), -1) if data.ndim else data.reshape(1, 1)).all(dim=1)
     count, first = torch.stack([bad.sum(), bad.int().argmax()]).tolist()

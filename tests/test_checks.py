@@ -9,6 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from slowlearn import Callback, DataLoaders, Learner, TensorLoader
+from slowlearn import checks
 
 
 def batches(x, y, bs=4):
@@ -143,6 +144,23 @@ def test_non_finite_inputs_anywhere_in_a_tensor_loader_are_named_before_training
                                          r"is item 13\): training on them would turn the weights into NaN"):
         Learner(model, dls).fit(1)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_large_finite_inputs_whose_sum_overflows_still_train(dtype):
+    dls = make_dls(n_train=40, bs=4)
+    dls.train.x = dls.train.x.to(dtype)
+    dls.train.x[:, 0] = torch.finfo(dtype).max  # finite, but their sum is not: the exact check clears them
+    assert not torch.isfinite(dls.train.x.sum(dtype=torch.float32))
+    checks.check_loaders(dls, train=True, valid=False)
+
+
+def test_one_nan_among_large_values_is_still_found():
+    dls = make_dls(n_train=40, bs=4)
+    dls.train.x[:, 0] = torch.finfo(torch.float32).max
+    dls.train.x[21, 2] = float("nan")
+    with pytest.raises(ValueError, match=r"in 1 item \(the first is item 21\)"):
+        checks.check_loaders(dls, train=True, valid=False)
 
 
 def test_non_finite_regression_targets_in_a_torch_dataset_are_named():
