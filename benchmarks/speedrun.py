@@ -32,7 +32,6 @@ import time
 import warnings
 
 import torch
-import torcheval.metrics  # noqa: F401  the default callbacks' metrics: imported once here, not in a timed run
 from cifar import shared_cifar10
 from common import matmul_peak, step_flops
 from plain_recipe import plain_recipe
@@ -195,6 +194,9 @@ def main(argv=None) -> list[dict]:
     parser.add_argument("--curve", action="store_true",
                         help="validate after every epoch and print each epoch's test accuracy (no TTA)")
     args = parser.parse_args(argv)
+    # the default callbacks' metrics: imported once here, not in a timed run (after slowlearn, which keeps
+    # torcheval's import-time deprecation warning quiet)
+    import torcheval.metrics  # noqa: F401
     device = default_device()
     seconds = 0.2 if args.smoke else 2.
     peaks = {"bf16": matmul_peak(torch.bfloat16, device, seconds), "fp32": matmul_peak(torch.float32, device, seconds)}
