@@ -8,8 +8,9 @@ estimate in microseconds at the plain loop's measured time per instruction.
 
     python benchmarks/instructions.py [--steps 500]      # runs itself under valgrind (apt install valgrind)
 
-The same code's count moves by up to ~10k instructions per step from run to run (allocator and garbage-collector
-states; hash seeds are fixed): compare changes larger than that, or repeat.
+Hash seeds are fixed and every candidate is warmed up twice first (torcheval optimises its TorchScript functions in
+its second fit): two runs of the same code at the default lengths gave the same counts. Much shorter fits move by a
+few thousand instructions per step from run to run: compare changes larger than that, or repeat.
 """
 from __future__ import annotations
 
@@ -26,17 +27,21 @@ from pathlib import Path
 NAMES = ("plain loop", "bare Learner", "Learner + default cbs")
 
 
-def count(args) -> None:
-    """Under callgrind: instrument only the timed fits (`callgrind_control` toggles it, then dumps the count)."""
+def trivial_runs(steps: int) -> dict:
+    """overhead.py's candidates on the trivial model, `steps` training steps a fit, one torch thread, CPU."""
     import torch
     from torch import nn
 
     import overhead
     torch.set_num_threads(1)
     device = torch.device("cpu")
+    return overhead.candidates(lambda: nn.Linear(10, 2), overhead.trivial_dls(steps * 32, device), device, valid=False)
+
+
+def count(args) -> None:
+    """Under callgrind: instrument only the timed fits (`callgrind_control` toggles it, then dumps the count)."""
     for steps in (args.steps, 4 * args.steps):
-        runs = overhead.candidates(lambda: nn.Linear(10, 2), overhead.trivial_dls(steps * 32, device), device,
-                                   valid=False)
+        runs = trivial_runs(steps)
         for name in NAMES:
             for _ in range(2):  # warm-ups, not counted: torcheval's scripted functions are optimised in the second
                 runs[name]()()
@@ -68,14 +73,7 @@ def plain_step_seconds(steps: int) -> float:
     """The plain loop's wall time per step here (median of 5, outside valgrind)."""
     import statistics
 
-    import torch
-    from torch import nn
-
-    import overhead
-    torch.set_num_threads(1)
-    device = torch.device("cpu")
-    runs = overhead.candidates(lambda: nn.Linear(10, 2), overhead.trivial_dls(steps * 32, device), device,
-                               valid=False)
+    runs = trivial_runs(steps)
     times = []
     for _ in range(6):
         fit = runs["plain loop"]()

@@ -8,8 +8,9 @@ path is shared), torch's Nesterov SGD over the two param groups the Learner's de
 (`ParamSchedulerCB`), the BatchNorm shifts' gradients multiplied after backward (`GradientMultiplierCB`), Lookahead
 after every 5th step and at the end of training (`LookaheadCB`), label smoothing, the precision and layout
 `speed_settings` picks for the model (`speed_cbs` does the same: bf16 autocast around forward and loss;
-channels-last model and training batches), `zero_grad(set_to_none=True)`, and the final flip-TTA accuracy computed as `get_preds(tta=True)`
-does (under the same autocast). Same seed, same device: the same weights as `run_recipe` (bitwise on a CPU).
+channels-last model and training batches), `zero_grad(set_to_none=True)`, and the final flip-TTA accuracy
+computed as `get_preds(tta=True)` does (under the same autocast). Same seed, same device: the same weights as
+`run_recipe` (bitwise on a CPU).
 """
 from __future__ import annotations
 
