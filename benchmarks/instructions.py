@@ -6,11 +6,13 @@ ProgressCB), as in overhead.py. Each is counted over a fit of --steps and one of
 the extra steps is the per-step count (the per-fit cost cancels), printed against the plain loop's with the
 estimate in microseconds at the plain loop's measured time per instruction.
 
-    python benchmarks/instructions.py [--steps 500]      # runs itself under valgrind (apt install valgrind)
+    python benchmarks/instructions.py [--steps 300] [--repeats 4]   # runs itself under valgrind (apt install valgrind)
 
 Hash seeds are fixed and every candidate is warmed up twice first (torcheval optimises its TorchScript functions in
-its second fit): two runs of the same code at the default lengths gave the same counts. Much shorter fits move by a
-few thousand instructions per step from run to run: compare changes larger than that, or repeat.
+its second fit). The same run gives the same counts, but a per-step count still moves by 1-3 thousand instructions
+with the state of the heap that earlier fits left (how allocations fall, which a change anywhere in the code moves
+too): so the pair of fits is repeated `--repeats` times, one after the other in the process, and the median slope
+is printed with the range.
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,39 +43,38 @@ def trivial_runs(steps: int) -> dict:
 
 def count(args) -> None:
     """Under callgrind: instrument only the timed fits (`callgrind_control` toggles it, then dumps the count)."""
-    for steps in (args.steps, 4 * args.steps):
-        runs = trivial_runs(steps)
-        for name in NAMES:
-            for _ in range(2):  # warm-ups, not counted: torcheval's scripted functions are optimised in the second
-                runs[name]()()
-            fit = runs[name]()
-            control("-z"), control("-i", "on")
-            fit()
-            control("-i", "off"), control("-d", f"{name.replace(' ', '_').replace('+', 'and')}@{steps}")
+    runs = {steps: trivial_runs(steps) for steps in (args.steps, 4 * args.steps)}
+    for repeat in range(args.repeats):
+        for steps, candidates in runs.items():
+            for name in NAMES:
+                for _ in range(2 if repeat == 0 else 0):  # warm-ups: torcheval optimises its scripts in the second fit
+                    candidates[name]()()
+                fit = candidates[name]()
+                control("-z"), control("-i", "on")
+                fit()
+                control("-i", "off"), control("-d", f"{name.replace(' ', '_').replace('+', 'and')}@{steps}#{repeat}")
 
 
 def control(*args: str) -> None:
     subprocess.run(["callgrind_control", *args, str(os.getpid())], check=True, stdout=subprocess.DEVNULL)
 
 
-def totals(folder: Path) -> dict[tuple[str, int], int]:
-    """(candidate, steps) -> instructions, from the dumps' `callgrind_annotate` totals."""
+def totals(folder: Path) -> dict[tuple[str, int, int], int]:
+    """(candidate, steps, repeat) -> instructions, from the dumps' `callgrind_annotate` totals."""
     found = {}
     for dump in folder.glob("out.*"):
-        trigger = re.search(r"^desc: Trigger: dump (\S+)@(\d+)$", dump.read_text(errors="replace"), re.M)
+        trigger = re.search(r"^desc: Trigger: dump (\S+)@(\d+)#(\d+)$", dump.read_text(errors="replace"), re.M)
         if trigger is None:
             continue
         annotated = subprocess.run(["callgrind_annotate", str(dump)], capture_output=True, text=True).stdout
         total = next(line for line in annotated.splitlines() if "PROGRAM TOTALS" in line)
         name = trigger.group(1).replace("and", "+").replace("_", " ")
-        found[(name, int(trigger.group(2)))] = int(total.split()[0].replace(",", ""))
+        found[(name, int(trigger.group(2)), int(trigger.group(3)))] = int(total.split()[0].replace(",", ""))
     return found
 
 
 def plain_step_seconds(steps: int) -> float:
     """The plain loop's wall time per step here (median of 5, outside valgrind)."""
-    import statistics
-
     runs = trivial_runs(steps)
     times = []
     for _ in range(6):
@@ -85,7 +87,8 @@ def plain_step_seconds(steps: int) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=500)
+    parser.add_argument("--steps", type=int, default=300)
+    parser.add_argument("--repeats", type=int, default=4, help="pairs of fits counted per candidate (median printed)")
     parser.add_argument("--count", action="store_true", help=argparse.SUPPRESS)  # the run under valgrind
     args = parser.parse_args()
     if args.count:
@@ -96,17 +99,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="callgrind-") as folder:
         env = {**os.environ, "PYTHONHASHSEED": "0"}
         subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={folder}/out",
-                        sys.executable, __file__, "--count", "--steps", str(args.steps)], check=True, env=env,
+                        sys.executable, __file__, "--count", "--steps", str(args.steps), "--repeats", str(args.repeats)],
+                       check=True, env=env,
                        cwd=Path(__file__).parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         found = totals(Path(folder))
-    per_step = {name: (found[(name, 4 * args.steps)] - found[(name, args.steps)]) / (3 * args.steps)
-                for name in NAMES}
+    slopes = {name: [(found[(name, 4 * args.steps, r)] - found[(name, args.steps, r)]) / (3 * args.steps)
+                     for r in range(args.repeats)] for name in NAMES}
+    per_step = {name: statistics.median(values) for name, values in slopes.items()}
     seconds_per_instruction = plain_step_seconds(2000) / per_step["plain loop"]
     print(f"Instructions per training step (callgrind; slope between fits of {args.steps} and {4 * args.steps} "
-          f"steps), trivial model, 1 torch thread:")
+          f"steps, median of {args.repeats} pairs [range]), trivial model, 1 torch thread:")
     for name in NAMES:
         extra = per_step[name] - per_step["plain loop"]
-        line = f"{name:24} {per_step[name]:>10,.0f}"
+        line = f"{name:24} {per_step[name]:>10,.0f} [{min(slopes[name]):,.0f}-{max(slopes[name]):,.0f}]"
         if name != "plain loop":
             line += f"   +{extra:,.0f} over the plain loop, ~{extra * seconds_per_instruction * 1e6:.1f} us"
         print(line)

@@ -10,6 +10,7 @@ fit(n_epochs)
     after_epoch
   after_fit
 cleanup_fit / cleanup_epoch / cleanup_batch always run, also after an error or a cancel.
+An event that no callback of the fit handles is skipped without a call.
 ```
 The callback protocol is in `callback.py`; the first batch of each phase is checked (`checks.py`). Every
 public method of the Learner is written out here; where the work lives in a feature module (param groups
@@ -59,8 +60,8 @@ class Learner:
 
     During a fit callbacks read `model, dls, opt, loss_func, n_epochs, epoch, training, dl, n_iter, iter,
     batch, preds, loss, pct_train` (fraction of training done), `cbs` and `dispatch` (the fit's handlers,
-    which `dispatch.wrap` can wrap, e.g. to time them). What callbacks share lives in
-    these slots, each set by one callback for the fit and put back after it:
+    which `dispatch.wrap` can wrap, e.g. to time them, and `dispatch.set_active` switch off for a phase).
+    What callbacks share lives in these slots, each set by one callback for the fit and put back after it:
       device        the device the fit trains on: this process's under DistributedCB, else DeviceCB's
       grad_scaler   the fp16 GradScaler (MixedPrecisionCB): unscale with it before touching gradients
       metrics_log   where MetricsCB sends each history row (ProgressCB's display); None: it prints a table
@@ -160,6 +161,8 @@ class Learner:
             check_lr(self.lr, owner="Learner")
             self.opt = self.make_optimizer()
         self.dispatch = Dispatch(self.cbs)
+        # The events some callback handles: the loop calls only those (an empty call costs ~0.4 us a batch).
+        self._handled = self.dispatch.handled
         # What runs each loop verb during this fit (`self._verb.predict()`): the callback that replaces it, or
         # the Learner's default; bound once per fit, so a batch pays no lookup for it.
         self._verb = SimpleNamespace(**{verb: self.dispatch.bind_verb(verb, self, getattr(self, "_" + verb))
@@ -179,16 +182,20 @@ class Learner:
 
     def _run_level(self, level: str, cancel: type[CancelException], body: Callable[[], None]) -> None:
         before, after, cleanup = LEVEL_EVENTS[level]
+        handled = self._handled
         try:
-            self.callback(before)
+            if before in handled:
+                self.callback(before)
             body()
-            self.callback(after)
+            if after in handled:
+                self.callback(after)
         except cancel:
             pass
         except BaseException as error:  # every cleanup runs; the error that ended the level stays the one raised
             self.dispatch.cleanup(cleanup, self, error)
             raise
-        self.dispatch.cleanup(cleanup, self)
+        if cleanup in handled:
+            self.dispatch.cleanup(cleanup, self)
 
     def _epochs(self, train: bool, valid: bool, resume_state: dict | None) -> None:
         start_epoch, start_iter = resume_point(self, resume_state)
@@ -224,19 +231,24 @@ class Learner:
             self._one_batch(first=True)
 
     def _one_batch(self, first: bool = False) -> None:
+        handled = self._handled
         self._verb.predict()
         if first:
             checks.check_targets(self.preds, self.batch, self.loss_func, getattr(self.dls, "classes", None))
-        self.callback("after_predict")
+        if "after_predict" in handled:
+            self.callback("after_predict")
         self._verb.get_loss()
-        self.callback("after_loss")
+        if "after_loss" in handled:
+            self.callback("after_loss")
         if self.training:
             self._verb.backward()
             try:
-                self.callback("after_backward")
+                if "after_backward" in handled:
+                    self.callback("after_backward")
                 self._verb.step()
                 self._position = (self.epoch, self.iter + 1)
-                self.callback("after_step")
+                if "after_step" in handled:
+                    self.callback("after_step")
                 self._verb.zero_grad()
             except CancelStepException:
                 pass

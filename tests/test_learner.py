@@ -281,6 +281,42 @@ def test_dispatch_wrap_runs_every_other_handler_through_the_wrapper():
 
 
 
+
+def test_events_that_no_callback_handles_are_not_called():
+    class AfterBatch(Callback):
+        def after_batch(self, learn):
+            pass
+
+    called = []
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=8, n_valid=4, bs=4), cbs=[AfterBatch()])
+    learn.callback = lambda event: called.append(event) or Learner.callback(learn, event)
+    learn.fit(1)
+    assert called == ["after_batch"] * 3  # two training batches and one validation batch, no empty call
+
+
+def test_a_handler_switched_off_for_a_phase_is_skipped_and_the_others_still_run():
+    class TrainOnly(Callback):
+        def before_epoch(self, learn):
+            learn.dispatch.set_active(self, "after_batch", learn.training)
+
+        def after_batch(self, learn):
+            assert learn.training
+
+    class Tracer(Callback):  # wraps every other handler: a handler switched back on is still wrapped
+        order = -1
+
+        def __init__(self):
+            self.traced = []
+
+        def before_fit(self, learn):
+            learn.dispatch.wrap(lambda method: lambda learn: self.traced.append(method.__name__) or method(learn),
+                                skip=[self])
+
+    log, train_only, tracer = EventLog(), TrainOnly(), Tracer()
+    Learner(nn.Linear(3, 2), make_dls(n_train=8, n_valid=4, bs=4), cbs=[train_only, log, tracer]).fit(2)
+    assert log.events.count("after_batch") == 2 * (2 + 1)  # the other callback sees every batch of both epochs
+    assert tracer.traced.count("after_batch") == 2 * 2  # TrainOnly's, wrapped, in each training batch only
+
 @pytest.mark.parametrize("n_epochs", [-3, 0, 1.5])
 def test_a_number_of_epochs_that_trains_nothing_or_is_not_whole_is_refused(n_epochs):
     with pytest.raises(ValueError, match=f"fit: Invalid n_epochs: {n_epochs}"):

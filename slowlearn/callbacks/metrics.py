@@ -26,22 +26,24 @@ class MetricsCB(Callback):
     with an uneven last batch. Each phase appends a row to `learn.history`:
     `{<metric>: float, ..., "loss": float, "epoch": int, "phase": "train" | "valid"}` (the phases
     named as monitors name them: `valid_loss` is the loss of a "valid" row) and passes it to
-    `learn.metrics_log` (ProgressCB's display), or when that slot is empty prints it as a table. During the fit `learn.metric_names` holds the column names, "loss" included,
-    so that callbacks monitoring a metric can check its name before training.
+    `learn.metrics_log` (ProgressCB's display), or when that slot is empty prints it as a table. During
+    the fit `learn.metric_names` holds the column names, "loss" included, so that callbacks monitoring a
+    metric can check its name before training.
 
     A checkpoint taken mid-epoch holds the phase's running sums (`state_dict`), so the resumed epoch's
     row is the mean over all its batches, as in an uninterrupted run.
 
-    Per batch this callback only keeps references to the detached predictions, targets and loss;
+    Per batch this callback only keeps references to the detached predictions, targets and loss (a loss on
+    the CPU is added to a running sum at once: it is computed already, so reading it costs no wait);
     every `update_every` batches, or sooner when the kept predictions reach `max_buffered` elements
     (large outputs such as segmentation maps), they are concatenated and fed to the metrics in one
-    update, which keeps the per-batch cost to a few microseconds even for tiny models. Nothing is read
-    back to the host before the end of the phase.
+    update, which keeps the per-batch cost to a few microseconds even for tiny models. Nothing on a GPU
+    is read back to the host before the end of the phase.
     """
 
     order = 50
 
-    def __init__(self, *metrics: Metric, update_every: int = 64, max_buffered: int = 2**22, **named_metrics: Metric):
+    def __init__(self, *metrics: Metric, update_every: int = 256, max_buffered: int = 2**22, **named_metrics: Metric):
         self.metrics = {type(m).__name__: m for m in metrics} | named_metrics
         self.update_every, self.max_buffered = update_every, max_buffered
         self._buffered = self._buffered_numel = 0
@@ -58,7 +60,7 @@ class MetricsCB(Callback):
     def before_epoch(self, learn) -> None:
         for m in self.metrics.values():
             m.reset()
-        self.loss_sum, self.count = None, 0
+        self.loss_sum, self.count, self._host_loss_sum = None, 0, 0.
         self._preds, self._targets, self._losses, self._buffered, self._buffered_numel = [], [], {}, 0, 0
         self._in_training_phase = learn.training
         if learn.training and self._resumed is not None:  # the epoch a mid-epoch checkpoint resumes
@@ -72,7 +74,7 @@ class MetricsCB(Callback):
         if not self._in_training_phase:
             return {}
         self._update()
-        return {"loss_sum": self.loss_sum, "count": self.count,
+        return {"loss_sum": self._total_loss(torch.device("cpu")), "count": self.count,
                 "metrics": {name: m.state_dict() for name, m in self.metrics.items()}}
 
     def load_state_dict(self, state: dict) -> None:
@@ -86,7 +88,11 @@ class MetricsCB(Callback):
             self._targets.append(target)
             self._buffered_numel += preds.numel()
         n = target.shape[0]  # not len(target): a Python-level call on tensors, and this runs every batch
-        self._losses.setdefault(n, []).append(learn.loss.detach())
+        loss = learn.loss
+        if loss.is_cpu:  # computed already: reading it costs no wait, and less than keeping the tensor
+            self._host_loss_sum += loss.item() * n
+        else:
+            self._losses.setdefault(n, []).append(loss.detach())
         self.count += n
         self._buffered += 1
         if self._buffered >= self.update_every or self._buffered_numel >= self.max_buffered:
@@ -107,15 +113,22 @@ class MetricsCB(Callback):
     def after_epoch(self, learn) -> None:
         self._update()
         row = {name: self._compute(m).item() for name, m in self.metrics.items()}
-        loss_sum = self.loss_sum if self.loss_sum is not None else torch.zeros((), device=model_device(learn.model))
-        totals = all_reduce_sum(torch.stack([loss_sum.double(), torch.tensor(float(self.count),
-                                                                             device=loss_sum.device).double()]))
+        loss_sum = self._total_loss(model_device(learn.model))
+        count = torch.tensor(float(self.count), dtype=torch.float64, device=loss_sum.device)
+        totals = all_reduce_sum(torch.stack([loss_sum, count]))
         loss_sum, count = totals.tolist()
         row["loss"] = loss_sum / count if count else float("nan")
         row |= {"epoch": learn.epoch, "phase": "train" if learn.training else "valid"}
         learn.history.append(row)
         (learn.metrics_log or self._print)(row)
         self._in_training_phase = False
+
+    def _total_loss(self, device: torch.device) -> torch.Tensor:
+        """The phase's loss summed over samples so far (float64; on the device of the losses kept there, else
+        on `device`)."""
+        if self.loss_sum is None:
+            return torch.tensor(self._host_loss_sum, dtype=torch.float64, device=device)
+        return self.loss_sum.double() + self._host_loss_sum
 
     @staticmethod
     def _compute(metric: Metric) -> torch.Tensor:

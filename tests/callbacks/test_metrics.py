@@ -37,6 +37,23 @@ def test_metrics_equal_hand_computation_with_uneven_last_batch(capsys, update_ev
     assert out[2].split()[-1] == "valid" and len(out) == 3
 
 
+
+def test_losses_off_the_cpu_stay_on_their_device_until_the_phase_ends_and_give_the_same_row(monkeypatch):
+    """On a GPU reading a loss waits for the device: tensors that say they are not on the CPU are summed there."""
+    def fit():
+        torch.manual_seed(0)
+        learn = Learner(nn.Linear(3, 2), make_dls(n_train=10, n_valid=7, bs=4), cbs=[MetricsCB(update_every=2)])
+        return learn.fit(2).history
+
+    on_cpu = fit()
+    reads = []
+    item = torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda t: False))
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(t) or item(t))
+    off_cpu = fit()
+    assert reads == []  # the row's sums come back with one tolist() per phase
+    assert [r["loss"] for r in off_cpu] == pytest.approx([r["loss"] for r in on_cpu], rel=1e-6)
+
 class CountingAccuracy(MulticlassAccuracy):
     def __init__(self):
         super().__init__()
