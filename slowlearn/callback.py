@@ -194,6 +194,10 @@ class Dispatch:
         """Call (`active=True`) or skip `cb`'s handler of `event` from now on in this fit (all handlers are
         active when the fit starts). DeviceCB skips its `before_batch` for a phase whose batches are on the
         device already."""
+        if not any(bound_cb is cb for bound_cb, _ in self._bound.get(event, ())):
+            raise ValueError(f"Dispatch.set_active: {type(cb).__name__} has no '{event}' handler in this fit, so "
+                             f"there is nothing to switch on or off. Name an event that the callback defines, one "
+                             f"of: {', '.join(EVENTS)}.")
         key = (id(cb), event)
         if active != (key not in self._inactive):
             (self._inactive.discard if active else self._inactive.add)(key)

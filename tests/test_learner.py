@@ -317,6 +317,19 @@ def test_a_handler_switched_off_for_a_phase_is_skipped_and_the_others_still_run(
     assert log.events.count("after_batch") == 2 * (2 + 1)  # the other callback sees every batch of both epochs
     assert tracer.traced.count("after_batch") == 2 * 2  # TrainOnly's, wrapped, in each training batch only
 
+
+@pytest.mark.parametrize("event", ["after_btach", "after_step"])
+def test_switching_a_handler_the_callback_does_not_have_is_an_error_naming_the_events(event):
+    class Switcher(Callback):
+        def before_fit(self, learn):
+            learn.dispatch.set_active(self, event, False)
+
+        def after_batch(self, learn):
+            pass
+
+    with pytest.raises(ValueError, match=f"Switcher has no '{event}' handler.*after_batch"):
+        Learner(nn.Linear(3, 2), make_dls()).fit(1, cbs=[Switcher()])
+
 @pytest.mark.parametrize("n_epochs", [-3, 0, 1.5])
 def test_a_number_of_epochs_that_trains_nothing_or_is_not_whole_is_refused(n_epochs):
     with pytest.raises(ValueError, match=f"fit: Invalid n_epochs: {n_epochs}"):
