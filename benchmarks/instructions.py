@@ -47,8 +47,8 @@ def count(args) -> None:
     for repeat in range(args.repeats):
         for steps, candidates in runs.items():
             for name in NAMES:
-                for _ in range(2 if repeat == 0 else 0):  # warm-ups: torcheval optimises its scripts in the second fit
-                    candidates[name]()()
+                if repeat == 0:  # two warm-ups, not counted: torcheval optimises its scripted functions in the second
+                    candidates[name]()(), candidates[name]()()
                 fit = candidates[name]()
                 control("-z"), control("-i", "on")
                 fit()
@@ -98,10 +98,10 @@ def main() -> None:
         return
     with tempfile.TemporaryDirectory(prefix="callgrind-") as folder:
         env = {**os.environ, "PYTHONHASHSEED": "0"}
+        run_count = [sys.executable, __file__, "--count", "--steps", str(args.steps), "--repeats", str(args.repeats)]
         subprocess.run(["valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={folder}/out",
-                        sys.executable, __file__, "--count", "--steps", str(args.steps), "--repeats", str(args.repeats)],
-                       check=True, env=env,
-                       cwd=Path(__file__).parent, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                        *run_count], check=True, env=env, cwd=Path(__file__).parent,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         found = totals(Path(folder))
     slopes = {name: [(found[(name, 4 * args.steps, r)] - found[(name, args.steps, r)]) / (3 * args.steps)
                      for r in range(args.repeats)] for name in NAMES}

@@ -279,9 +279,6 @@ def test_dispatch_wrap_runs_every_other_handler_through_the_wrapper():
     assert calls == [log] * (len(log.events) - 1) and log.events[0] == "before_fit"
 
 
-
-
-
 def test_events_that_no_callback_handles_are_not_called():
     class AfterBatch(Callback):
         def after_batch(self, learn):
@@ -329,6 +326,7 @@ def test_switching_a_handler_the_callback_does_not_have_is_an_error_naming_the_e
 
     with pytest.raises(ValueError, match=f"Switcher has no '{event}' handler.*after_batch"):
         Learner(nn.Linear(3, 2), make_dls()).fit(1, cbs=[Switcher()])
+
 
 @pytest.mark.parametrize("n_epochs", [-3, 0, 1.5])
 def test_a_number_of_epochs_that_trains_nothing_or_is_not_whole_is_refused(n_epochs):

@@ -89,7 +89,6 @@ def test_channels_last_cb_lays_out_model_and_images_and_trains_the_same():
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)  # same maths, another memory order
 
 
-
 def test_device_cb_handles_batches_only_in_phases_whose_loader_is_not_on_the_device(monkeypatch):
     moved = []
     monkeypatch.setattr(DeviceCB, "before_batch", lambda self, learn: moved.append(learn.training))
@@ -97,6 +96,7 @@ def test_device_cb_handles_batches_only_in_phases_whose_loader_is_not_on_the_dev
     foreign = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(dls.valid.x, dls.valid.y), batch_size=4)
     Learner(nn.Linear(3, 2), DataLoaders(dls.train, foreign), cbs=[DeviceCB("cpu")]).fit(2)
     assert moved == [False, False]  # the torch DataLoader's one batch, each epoch; never a training batch
+
 
 def test_channels_last_cb_leaves_flat_inputs_alone():
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[ChannelsLastCB()])

@@ -37,7 +37,6 @@ def test_metrics_equal_hand_computation_with_uneven_last_batch(capsys, update_ev
     assert out[2].split()[-1] == "valid" and len(out) == 3
 
 
-
 def test_losses_off_the_cpu_stay_on_their_device_until_the_phase_ends_and_give_the_same_row(monkeypatch):
     """On a GPU reading a loss waits for the device: tensors that say they are not on the CPU are summed there."""
     def fit():
@@ -53,6 +52,7 @@ def test_losses_off_the_cpu_stay_on_their_device_until_the_phase_ends_and_give_t
     off_cpu = fit()
     assert reads == []  # the row's sums come back with one tolist() per phase
     assert [r["loss"] for r in off_cpu] == pytest.approx([r["loss"] for r in on_cpu], rel=1e-6)
+
 
 class CountingAccuracy(MulticlassAccuracy):
     def __init__(self):
