@@ -12,7 +12,9 @@ parameters, the final sending and closing); it sends its points every 30 s, whic
 
 `--clock thread` times the trivial model's runs in this thread's CPU time instead of wall time: they run on one
 thread, so it counts the same work but not the time other processes hold the core, the main noise on a shared
-machine (MLflowCB's background sending is then left out; these runs never reach it).
+machine (MLflowCB's background sending is then left out; these runs never reach it). Each candidate's overhead is
+also given paired: its run minus the plain loop's run of the same round (they ran one after the other), the median
+over the rounds with the quartiles, which a slow drift of the machine's speed does not move.
 
     python benchmarks/overhead.py [--repeats 5] [--trivial-steps 3000] [--trivial-only] [--trivial-threads 1]
                                   [--clock wall|thread]
@@ -158,7 +160,11 @@ def main() -> None:
     for name in ("bare Learner", "Learner + default cbs", "default cbs + TensorBoard"):
         extra, fastest = ((pick(times[name]) - pick(times["plain loop"])) / args.trivial_steps * 1e6
                           for pick in (statistics.median, min))
-        print(f"{name}: {extra:.1f} us per step over the plain loop (medians; from the fastest runs {fastest:.1f})")
+        paired = sorted((t - plain) / args.trivial_steps * 1e6 for t, plain in zip(times[name], times["plain loop"]))
+        quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+        print(f"{name}: {extra:.1f} us per step over the plain loop (medians; from the fastest runs {fastest:.1f}; "
+              f"paired with the plain run of the same round {quartiles[1]:.1f}, quartiles {quartiles[0]:.1f} to "
+              f"{quartiles[2]:.1f})")
     logger = (statistics.median(times["default cbs + TensorBoard"]) - statistics.median(times["Learner + default cbs"]))
     print(f"TensorBoardCB: {logger / args.trivial_steps * 1e6:.1f} us per step over the default callbacks")
     if HAS_MLFLOW:

@@ -66,11 +66,18 @@ class Callback:
     `sets_lr`: whether the callback writes the param groups' learning rates during a fit (a schedule, a
     finder). Two of them in one fit would overwrite each other (one-cycle sets the lr before every batch,
     so a plateau scheduler's cut would be lost): that is an error when the fit starts.
+
+    `reads_loss_value`: whether the callback reads `learn.loss_value`, the batch's loss as a float. When a
+    callback of the fit does and the loss is on the CPU, the Learner reads it once a batch, after
+    `after_loss`, for all of them (on the CPU the value is computed already: the read waits for nothing);
+    otherwise `learn.loss_value` is None and a callback keeps the tensor, to read many at once later (on a
+    GPU a read per batch would wait for the step to finish).
     """
 
     order: int = 0
     sweep: bool = False
     sets_lr: bool = False
+    reads_loss_value: bool = False
 
     @property
     def name(self) -> str:
@@ -164,7 +171,8 @@ class Dispatch:
     `handlers[event]` lists the (callback, handler) pairs that `Learner.callback(event)` runs, in order;
     `handled` holds the events with at least one handler (the Learner does not call the others: a call
     costs about half a microsecond, and a batch has six events). `set_active` switches one callback's
-    handler of an event off and on again, e.g. for an epoch phase where it has nothing to do."""
+    handler of an event off and on again, e.g. for an epoch phase where it has nothing to do.
+    `reads_loss_value`: whether a callback of the fit reads `learn.loss_value`."""
 
     def __init__(self, cbs: Iterable[Callback]):
         cbs = sorted(cbs, key=lambda cb: cb.order)
@@ -183,6 +191,7 @@ class Dispatch:
                 raise RuntimeError(f"Callbacks {names} both replace the '{verb}' step; keep only one of them.")
             self.verbs[verb] = (owners[0], getattr(owners[0], verb)) if owners else None
         _check_one_lr_schedule(cbs)
+        self.reads_loss_value = any(cb.reads_loss_value for cb in cbs)
 
     def _select(self) -> None:
         self.handlers = {ev: [(cb, handler) for cb, handler in bound if (id(cb), ev) not in self._inactive]

@@ -17,7 +17,8 @@ from torch.utils.data import TensorDataset
 
 from .callback import CancelException
 
-__all__ = ["check_loaders", "check_steps_per_epoch", "first_batch", "check_inputs", "check_targets", "describe_batch"]
+__all__ = ["check_loaders", "check_steps_per_epoch", "first_batch", "check_inputs", "check_targets", "check_loss",
+           "describe_batch"]
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
 FEW_STEPS = 8  # optimizer steps per epoch below which training barely gets going
@@ -215,6 +216,18 @@ def check_targets(preds, batch, loss_func, classes: Sequence[str] | None = None)
         _check_cross_entropy_targets(y, index_shape)
     if y.shape == index_shape and not y.is_floating_point() and y.dtype != torch.bool:
         _check_label_range(y, n_classes)
+
+
+def check_loss(loss) -> None:
+    """On a phase's first batch, when callbacks read the loss as a number (MetricsCB, ProgressCB): the loss is
+    one value, a tensor (a loss function with `reduction="none"` gives one per item)."""
+    if not isinstance(loss, Tensor):
+        raise TypeError(f"The loss is a {type(loss).__name__}, but the Learner and its callbacks need a tensor: "
+                        f"make loss_func (or the callback that replaces get_loss) return a torch tensor.")
+    if loss.numel() != 1:
+        raise ValueError(f"The loss has shape {tuple(loss.shape)}, but training and the metrics need one value a "
+                         f"batch: reduce it in the loss function (e.g. reduction='mean', or `.mean()` of the "
+                         f"per-item losses).")
 
 
 def _check_cross_entropy_targets(y: Tensor, index_shape: torch.Size) -> None:

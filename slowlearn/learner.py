@@ -59,7 +59,8 @@ class Learner:
     the groups, or one lr per group (`groups.py`, which also has freeze/unfreeze and fine_tune).
 
     During a fit callbacks read `model, dls, opt, loss_func, n_epochs, epoch, training, dl, n_iter, iter,
-    batch, preds, loss, pct_train` (fraction of training done), `cbs` and `dispatch` (the fit's handlers,
+    batch, preds, loss, loss_value` (the loss as a float, or None: see `Callback.reads_loss_value`), `pct_train`
+    (fraction of training done), `cbs` and `dispatch` (the fit's handlers,
     which `dispatch.wrap` can wrap, e.g. to time them, and `dispatch.set_active` switch off for a phase).
     What callbacks share lives in these slots, each set by one callback for the fit and put back after it:
       device        the device the fit trains on: this process's under DistributedCB, else DeviceCB's
@@ -212,6 +213,7 @@ class Learner:
         self.model.train(training)
         self.dl = self.dls.train if training else self.dls.valid
         self.n_iter = len(self.dl)
+        self._read_loss, self.loss_value = False, None  # decided at the phase's first loss (_one_batch)
         self._run_level("epoch", CancelEpochException, lambda: self._batches(start_iter))
         if self.in_last_phase:  # also after a callback cancelled the rest of the epoch
             self._position = (self.epoch + 1, 0)
@@ -240,6 +242,11 @@ class Learner:
         self._verb.get_loss()
         if "after_loss" in handled:
             self.callback("after_loss")
+        if first and self.dispatch.reads_loss_value:
+            checks.check_loss(self.loss)
+            self._read_loss = self.loss.is_cpu
+        if self._read_loss:  # one read for every callback that wants the float (Callback.reads_loss_value)
+            self.loss_value = self.loss.item()
         if self.training:
             self._verb.backward()
             try:

@@ -328,6 +328,56 @@ def test_switching_a_handler_the_callback_does_not_have_is_an_error_naming_the_e
         Learner(nn.Linear(3, 2), make_dls()).fit(1, cbs=[Switcher()])
 
 
+class LossReader(Callback):
+    """Collects (learn.loss_value, the loss tensor's own value) at every batch."""
+    reads_loss_value = True
+
+    def __init__(self):
+        self.seen = []
+
+    def after_batch(self, learn):
+        self.seen.append((learn.loss_value, learn.loss.detach().clone()))
+
+
+def test_the_loss_is_read_once_a_batch_on_the_cpu_for_every_callback_that_reads_it(monkeypatch):
+    reads, item = [], torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append(t) or item(t))
+    reader = LossReader()
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=8, n_valid=4, bs=4),
+                    cbs=[reader, MetricsCB(), ProgressCB(verbose=0)])
+    learn.fit(1)
+    assert len(reader.seen) == 3 and len(reads) == 3  # two training and one validation batch: one read each
+    assert all(value == loss.item() for value, loss in reader.seen)
+    assert learn.history[0]["loss"] == pytest.approx((reader.seen[0][0] * 4 + reader.seen[1][0] * 4) / 8)
+
+
+def test_the_loss_is_not_read_without_a_callback_that_reads_it_nor_off_the_cpu(monkeypatch):
+    class Other(Callback):
+        def __init__(self):
+            self.values = []
+
+        def after_batch(self, learn):
+            self.values.append(learn.loss_value)
+
+    other = Other()
+    Learner(nn.Linear(3, 2), make_dls(n_train=8, n_valid=4, bs=4), cbs=[other]).fit(1)
+    assert other.values == [None] * 3
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda t: False))  # as on a GPU: no read per batch
+    reader = LossReader()
+    Learner(nn.Linear(3, 2), make_dls(n_train=8, n_valid=4, bs=4), cbs=[reader]).fit(1)
+    assert [value for value, _ in reader.seen] == [None] * 3
+
+
+def test_a_loss_with_one_value_per_item_is_refused_before_any_step_naming_the_reduction():
+    model = nn.Linear(3, 2)
+    before = [p.detach().clone() for p in model.parameters()]
+    learn = Learner(model, make_dls(), lambda preds, y: nn.functional.cross_entropy(preds, y, reduction="none"),
+                    cbs=[MetricsCB()])
+    with pytest.raises(ValueError, match=r"loss has shape \(4,\).*reduction='mean'"):
+        learn.fit(1)
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))
+
+
 @pytest.mark.parametrize("n_epochs", [-3, 0, 1.5])
 def test_a_number_of_epochs_that_trains_nothing_or_is_not_whole_is_refused(n_epochs):
     with pytest.raises(ValueError, match=f"fit: Invalid n_epochs: {n_epochs}"):

@@ -107,6 +107,14 @@ class DeviceFloats:
         self._pending.append(x.item() if x.is_cpu else x.detach())
         return len(self._pending)
 
+    def append_loss(self, learn) -> int:
+        """Keep the batch's loss: the float the Learner read (`learn.loss_value`, for a callback with
+        `reads_loss_value`), else as `append(learn.loss)`; returns how many values wait to be read."""
+        value = learn.loss_value
+        self._pending.append(value if value is not None else learn.loss.item() if learn.loss.is_cpu
+                             else learn.loss.detach())
+        return len(self._pending)
+
     @property
     def n_pending(self) -> int:
         return len(self._pending)

@@ -77,7 +77,7 @@ class ScalarLoggerCB(LoggerCB):
     Every point is written at `step`, the number of training batches so far (over all fits):
       train/step_loss     the mean training loss of the batches since the last point: every `log_every`
                           batches of an epoch and at its last batch. The losses stay on the device and are
-                          read back once per point (one host sync). `log_every` is lowered where an epoch
+                          read back once per point (one host sync; on the CPU the Learner's `loss_value`). `log_every` is lowered where an epoch
                           would hold fewer than 10 points (25 batches per epoch: every 2nd), so that short
                           epochs still show curves, not one point per epoch.
       opt/lr/group_<i>, opt/mom/group_<i>   each param group's lr and momentum (or Adam's beta1), at the
@@ -88,11 +88,13 @@ class ScalarLoggerCB(LoggerCB):
     points as an uninterrupted one, its first step loss averaging the same batches.
     """
 
+    reads_loss_value = True
+
     def __init__(self, log_every: int = 50):
         if not (isinstance(log_every, int) and not isinstance(log_every, bool) and log_every >= 1):
             raise ValueError(f"log_every must be a positive number of batches, got {log_every!r}")
         self.log_every, self.step = log_every, 0
-        self._losses, self._carried = [], (0., 0)  # losses on the device; (sum, count) saved by a checkpoint
+        self._losses, self._carried = [], (0., 0)  # losses (floats, or tensors on a device); (sum, count) saved
         self._rows_at_start = 0
 
     def before_fit(self, learn) -> None:
@@ -106,7 +108,8 @@ class ScalarLoggerCB(LoggerCB):
         self.step += 1
         if self.failed or not self.rank0:
             return
-        self._losses.append(learn.loss.detach())
+        value = learn.loss_value
+        self._losses.append(value if value is not None else learn.loss.detach())
         if (learn.iter + 1) % self.every == 0 or learn.iter + 1 == learn.n_iter:
             self._write_step_point(learn)
 
@@ -142,7 +145,7 @@ class ScalarLoggerCB(LoggerCB):
     # --- the step loss
     def _write_step_point(self, learn) -> None:
         total, count = self._carried
-        loss = (torch.stack(self._losses).float().sum().item() + total) / (len(self._losses) + count)
+        loss = (self._pending_sum() + total) / (len(self._losses) + count)
         self._losses, self._carried = [], (0., 0)
         scalars = {"train/step_loss": loss}
         for i, group in enumerate(learn.opt.param_groups):
@@ -155,9 +158,14 @@ class ScalarLoggerCB(LoggerCB):
     def state_dict(self) -> dict:
         """The step and the training losses since the last point (read back here: a checkpoint is a sync anyway)."""
         total, count = self._carried
-        if self._losses:
-            total += torch.stack(self._losses).float().sum().item()
+        total += self._pending_sum()
         return {"step": self.step, "pending_loss": total, "pending_batches": count + len(self._losses)}
+
+    def _pending_sum(self) -> float:
+        """The training losses since the last point, summed: those kept on a device with one read."""
+        on_device = [loss for loss in self._losses if isinstance(loss, torch.Tensor)]
+        read = torch.stack(on_device).double().sum().item() if on_device else 0.
+        return read + sum(loss for loss in self._losses if not isinstance(loss, torch.Tensor))
 
     def load_state_dict(self, state: dict) -> None:
         self.step = state["step"]

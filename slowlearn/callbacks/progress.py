@@ -46,6 +46,7 @@ class ProgressCB(Callback):
     """
 
     order = 60  # shows the rows MetricsCB sends to `learn.metrics_log`, which it fills for the fit
+    reads_loss_value = True
     unshown_read_every = 1024  # bounds the losses waiting on the device when no view shows them
 
     def __init__(self, loss_every: int = 10, plot: bool | None = None, plot_interval: float = 2.0,
@@ -77,6 +78,7 @@ class ProgressCB(Callback):
         else:
             self.view = TerminalView(learn.n_epochs)
         self.live_plot = notebook and verbose == 1 and self.plot is not False
+        self._shows_batches = self.view.shows_batches
         self._read_every = self.loss_every if self.view.shows_loss else self.unshown_read_every
         self._losses, self.valid_losses = DeviceFloats(), []
         self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
@@ -86,13 +88,16 @@ class ProgressCB(Callback):
     def before_epoch(self, learn) -> None:
         phase = "train" if learn.training else "valid"
         self.view.start_phase(f"{phase} {learn.epoch}", learn.n_iter)
+        # a validation batch without a bar leaves nothing to do: no call per batch
+        learn.dispatch.set_active(self, "after_batch", learn.training or self._shows_batches)
         if learn.training:
             self._n_train_batches = learn.n_iter
 
     def after_batch(self, learn) -> None:
-        self.view.advance()
+        if self._shows_batches:
+            self.view.advance()
         if learn.training:
-            if self._losses.append(learn.loss) >= self._read_every:
+            if self._losses.append_loss(learn) >= self._read_every:
                 self._read_losses()
                 if self.live_plot and time.monotonic() - self._last_plot > self.plot_interval:
                     self._update_plot()
@@ -150,7 +155,7 @@ class ProgressCB(Callback):
 class NullView:
     """What ranks other than 0 show: nothing."""
 
-    shows_loss = False
+    shows_loss = shows_batches = False
 
     def advance(self) -> None:  # written out: it runs every batch
         pass
@@ -162,7 +167,7 @@ class NullView:
 class PlainView:
     """Plain lines for log files: what runs, then one table row per epoch and phase."""
 
-    shows_loss = False
+    shows_loss = shows_batches = False
 
     def __init__(self, learn):
         phases = f"{len(learn.dls.train)} training"
@@ -199,7 +204,7 @@ def _lr_text(learn) -> str:
 class TerminalView:
     """tqdm bars for epochs and batches; table rows are written above the bars."""
 
-    shows_loss = True
+    shows_loss = shows_batches = True
 
     def __init__(self, n_epochs: int):
         self.epochs = tqdm(total=n_epochs, desc="epochs", unit="epoch", dynamic_ncols=True)
@@ -235,7 +240,7 @@ class TerminalView:
 class NotebookView:
     """One HTML progress line and an HTML metrics table, updated in place (no widgets needed)."""
 
-    shows_loss = True
+    shows_loss = shows_batches = True
 
     def __init__(self, n_epochs: int, table: bool = True, interval: float = 0.2):
         from IPython.display import HTML, display

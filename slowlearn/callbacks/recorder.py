@@ -27,6 +27,7 @@ class RecorderCB(Callback):
     """
 
     order = 70
+    reads_loss_value = True
 
     def __init__(self, **getters: Getter):
         self.getters = getters or {"lr": "lr", "mom": "mom"}
@@ -47,7 +48,7 @@ class RecorderCB(Callback):
         self.pg = learn.opt.param_groups[0]
         for name, getter in self.getters.items():
             self.recs[name].append(get_hyper(self.pg, getter) if isinstance(getter, str) else getter(self))
-        self._losses.append(learn.loss)
+        self._losses.append_loss(learn)
 
     def after_epoch(self, learn) -> None:
         if learn.training:  # the same point on every rank: losses become means over ranks

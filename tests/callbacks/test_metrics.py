@@ -54,6 +54,21 @@ def test_losses_off_the_cpu_stay_on_their_device_until_the_phase_ends_and_give_t
     assert [r["loss"] for r in off_cpu] == pytest.approx([r["loss"] for r in on_cpu], rel=1e-6)
 
 
+def test_the_predictions_kept_between_updates_hold_no_autograd_graph():
+    class Kept(Callback):
+        order = MetricsCB.order + 1
+
+        def after_batch(self, learn):
+            if learn.training:
+                self.kept = list(learn.metrics._preds)
+
+    kept = Kept()
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=10, bs=4), cbs=[MetricsCB(acc=MulticlassAccuracy()), kept])
+    learn.fit(1, valid=False)
+    assert len(kept.kept) == 3 and learn.preds.requires_grad  # the batches' own predictions carry the graph
+    assert all(not p.requires_grad and p.grad_fn is None for p in kept.kept)
+
+
 class CountingAccuracy(MulticlassAccuracy):
     def __init__(self):
         super().__init__()

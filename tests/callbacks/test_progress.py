@@ -105,6 +105,25 @@ def test_losses_are_read_back_every_loss_every_batches_only_where_a_bar_shows_th
     assert len(learn.progress.train_losses) == 8
 
 
+class ProgressHandlesBatch(Callback):
+    """Records, for each phase, whether ProgressCB's after_batch is among the handlers the batches run."""
+
+    def __init__(self):
+        self.phases = []
+
+    def before_batch(self, learn):
+        if learn.iter == 0:
+            handles = any(type(cb) is ProgressCB for cb, _ in learn.dispatch.handlers["after_batch"])
+            self.phases.append(("train" if learn.training else "valid", handles))
+
+
+@pytest.mark.parametrize("verbose, in_valid", [(1, True), (2, False), (0, False)])
+def test_a_validation_batch_calls_progress_only_where_a_bar_counts_it(verbose, in_valid):
+    spy = ProgressHandlesBatch()
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), ProgressCB(verbose=verbose), spy]).fit(2)
+    assert spy.phases == [("train", True), ("valid", in_valid)] * 2  # training batches: the loss is recorded
+
+
 def test_progress_prints_table_and_plots(capsys):
     progress = ProgressCB()
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress]).fit(2)
