@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
-from types import SimpleNamespace
 
 import torch
 import torch.nn.functional as F
@@ -164,10 +163,9 @@ class Learner:
         self.dispatch = Dispatch(self.cbs)
         # The events some callback handles: the loop calls only those (an empty call costs about half a microsecond).
         self._handled = self.dispatch.handled
-        # What runs each loop verb during this fit (`self._verb.predict()`): the callback that replaces it, or
-        # the Learner's default; bound once per fit, so a batch pays no lookup for it.
-        self._verb = SimpleNamespace(**{verb: self.dispatch.bind_verb(verb, self, getattr(self, "_" + verb))
-                                        for verb in VERBS})
+        # What runs each loop verb during this fit, in VERBS order: the callback that replaces it, or the
+        # Learner's default; bound once per fit, so a batch pays no lookup for it.
+        self._verbs = tuple(self.dispatch.bind_verb(verb, self, getattr(self, "_" + verb)) for verb in VERBS)
 
     def callback(self, event: str) -> None:
         """Run every callback's handler of `event` (e.g. "after_batch"), in order; an error other than a cancel
@@ -219,10 +217,11 @@ class Learner:
             self._position = (self.epoch + 1, 0)
 
     def _batches(self, start_iter: int) -> None:
+        first_batch, one_batch = self._first_batch, self._one_batch
         for self.iter, self.batch in batches_from(self.dl, start_iter):
             if self.training:
                 self.pct_train = (self.epoch + self.iter / self.n_iter) / self.n_epochs
-            self._run_level("batch", CancelBatchException, self._first_batch if self.iter == start_iter else self._one_batch)
+            self._run_level("batch", CancelBatchException, first_batch if self.iter == start_iter else one_batch)
         if self.training:
             self.pct_train = (self.epoch + 1) / self.n_epochs
         if self.in_last_phase:
@@ -234,12 +233,13 @@ class Learner:
 
     def _one_batch(self, first: bool = False) -> None:
         handled = self._handled
-        self._verb.predict()
+        predict, get_loss, backward, step, zero_grad = self._verbs
+        predict()
         if first:
             checks.check_targets(self.preds, self.batch, self.loss_func, getattr(self.dls, "classes", None))
         if "after_predict" in handled:
             self.callback("after_predict")
-        self._verb.get_loss()
+        get_loss()
         if "after_loss" in handled:
             self.callback("after_loss")
         if first and self.dispatch.reads_loss_value:
@@ -248,15 +248,15 @@ class Learner:
         if self._read_loss:  # one read for every callback that wants the float (Callback.reads_loss_value)
             self.loss_value = self.loss.item()
         if self.training:
-            self._verb.backward()
+            backward()
             try:
                 if "after_backward" in handled:
                     self.callback("after_backward")
-                self._verb.step()
+                step()
                 self._position = (self.epoch, self.iter + 1)
                 if "after_step" in handled:
                     self.callback("after_step")
-                self._verb.zero_grad()
+                zero_grad()
             except CancelStepException:
                 pass
 
