@@ -3,12 +3,12 @@
 Same model, same initial weights, same batches (loaders with the same seed), one epoch of training
 and one validation pass per run; the three are interleaved and repeated, and reported as ratios
 to the plain loop. Targets: bare <= 1.02 x, default callbacks <= 1.05 x the plain loop.
-A second part measures the per-step cost on a trivial model (target: <= 50 us per step). The default
-callbacks plus a TensorBoardCB, or an MLflowCB (into a SQLite store in a temporary folder), each logging every
-50 steps, show what a logger adds. MLflowCB's cost is split into what it costs per step (the slope between a
-run of --trivial-steps and one of half of them) and what it costs once per fit (creating the run, its
-parameters, the final sending and closing); it sends its points every 30 s, which these short runs never reach
-(one request of about 20 ms: well under 0.1 %). Without mlflow installed its rows are left out.
+A second part measures the per-step cost on a trivial model (target: <= 20 us per step with the default
+callbacks). The default callbacks plus a TensorBoardCB, or an MLflowCB (into a SQLite store in a temporary
+folder), each logging every 50 steps, show what a logger adds. MLflowCB's cost is split into what it costs per
+step (the slope between a run of --trivial-steps and one of half of them) and what it costs once per fit (creating
+the run, its parameters, the final sending and closing); it sends its points every 30 s, which these short runs
+never reach (one request of about 20 ms: well under 0.1 %). Without mlflow installed its rows are left out.
 
 `--clock thread` times the trivial model's runs in this thread's CPU time instead of wall time: they run on one
 thread, so it counts the same work but not the time other processes hold the core, the main noise on a shared

@@ -368,6 +368,22 @@ def test_the_loss_is_not_read_without_a_callback_that_reads_it_nor_off_the_cpu(m
     assert [value for value, _ in reader.seen] == [None] * 3
 
 
+def test_a_phase_whose_first_batch_is_cancelled_keeps_the_losses_as_tensors_and_still_averages_them():
+    class SkipFirst(Callback):
+        order = -1
+
+        def before_batch(self, learn):
+            if learn.iter == 0:
+                raise CancelBatchException()
+
+    reader = LossReader()
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=12, n_valid=8, bs=4), cbs=[SkipFirst(), reader, MetricsCB()])
+    learn.fit(1)
+    assert [value for value, _ in reader.seen] == [None] * 3  # the phase's read was never decided on: no float
+    train_losses = [loss.item() for _, loss in reader.seen[:2]]
+    assert learn.history[0]["loss"] == pytest.approx(sum(train_losses) / 2)
+
+
 def test_a_loss_with_one_value_per_item_is_refused_before_any_step_naming_the_reduction():
     model = nn.Linear(3, 2)
     before = [p.detach().clone() for p in model.parameters()]
