@@ -68,10 +68,10 @@ class Callback:
     so a plateau scheduler's cut would be lost): that is an error when the fit starts.
 
     `reads_loss_value`: whether the callback reads `learn.loss_value`, the batch's loss as a float. When a
-    callback of the fit does and the loss is on the CPU, the Learner reads it once a batch, after
-    `after_loss`, for all of them (on the CPU the value is computed already: the read waits for nothing);
-    otherwise `learn.loss_value` is None and a callback keeps the tensor, to read many at once later (on a
-    GPU a read per batch would wait for the step to finish).
+    callback of the fit does and the loss is on the CPU, the Learner reads it once a batch, after the
+    `after_loss` handlers (during them it is None), for all of them (on the CPU the value is computed
+    already: the read waits for nothing); otherwise `learn.loss_value` is None and a callback keeps the
+    tensor, to read many at once later (on a GPU a read per batch would wait for the step to finish).
     """
 
     order: int = 0

@@ -58,9 +58,9 @@ class Learner:
     the groups, or one lr per group (`groups.py`, which also has freeze/unfreeze and fine_tune).
 
     During a fit callbacks read `model, dls, opt, loss_func, n_epochs, epoch, training, dl, n_iter, iter,
-    batch, preds, loss, loss_value` (the loss as a float, or None: see `Callback.reads_loss_value`), `pct_train`
-    (fraction of training done), `cbs` and `dispatch` (the fit's handlers,
-    which `dispatch.wrap` can wrap, e.g. to time them, and `dispatch.set_active` switch off for a phase).
+    batch, preds, loss, loss_value` (the loss as a float from `after_loss` on, or None: see
+    `Callback.reads_loss_value`), `pct_train` (fraction of training done), `cbs` and `dispatch` (the fit's
+    handlers, which `dispatch.wrap` can wrap, e.g. to time them, and `dispatch.set_active` switch off for a phase).
     What callbacks share lives in these slots, each set by one callback for the fit and put back after it:
       device        the device the fit trains on: this process's under DistributedCB, else DeviceCB's
       grad_scaler   the fp16 GradScaler (MixedPrecisionCB): unscale with it before touching gradients
@@ -241,6 +241,7 @@ class Learner:
             self.callback("after_predict")
         get_loss()
         if "after_loss" in handled:
+            self.loss_value = None  # not the last batch's: read below, after these handlers (they may change it)
             self.callback("after_loss")
         if first and self.dispatch.reads_loss_value:
             checks.check_loss(self.loss)

@@ -368,6 +368,21 @@ def test_the_loss_is_not_read_without_a_callback_that_reads_it_nor_off_the_cpu(m
     assert [value for value, _ in reader.seen] == [None] * 3
 
 
+def test_during_after_loss_the_loss_value_is_none_not_the_last_batchs():
+    class DuringAfterLoss(LossReader):
+        def __init__(self):
+            super().__init__()
+            self.during = []
+
+        def after_loss(self, learn):
+            self.during.append(learn.loss_value)
+
+    reader = DuringAfterLoss()
+    Learner(nn.Linear(3, 2), make_dls(n_train=8, n_valid=4, bs=4), cbs=[reader]).fit(1)
+    assert reader.during == [None] * 3
+    assert all(value == loss.item() for value, loss in reader.seen)  # set once the after_loss handlers ran
+
+
 def test_a_phase_whose_first_batch_is_cancelled_keeps_the_losses_as_tensors_and_still_averages_them():
     class SkipFirst(Callback):
         order = -1

@@ -77,9 +77,10 @@ class ScalarLoggerCB(LoggerCB):
     Every point is written at `step`, the number of training batches so far (over all fits):
       train/step_loss     the mean training loss of the batches since the last point: every `log_every`
                           batches of an epoch and at its last batch. The losses stay on the device and are
-                          read back once per point (one host sync; on the CPU the Learner's `loss_value`). `log_every` is lowered where an epoch
-                          would hold fewer than 10 points (25 batches per epoch: every 2nd), so that short
-                          epochs still show curves, not one point per epoch.
+                          read back once per point (one host sync; on the CPU the Learner's `loss_value`).
+                          `log_every` is lowered where an epoch would hold fewer than 10 points (25 batches
+                          per epoch: every 2nd), so that short epochs still show curves, not one point per
+                          epoch.
       opt/lr/group_<i>, opt/mom/group_<i>   each param group's lr and momentum (or Adam's beta1), at the
                           same points (a one-cycle schedule shows its shape)
       train/<m>, valid/<m>  every MetricsCB column (loss, accuracy, ...) at the end of each phase
