@@ -352,16 +352,12 @@ def test_the_loss_is_read_once_a_batch_on_the_cpu_for_every_callback_that_reads_
 
 
 def test_the_loss_is_not_read_without_a_callback_that_reads_it_nor_off_the_cpu(monkeypatch):
-    class Other(Callback):
-        def __init__(self):
-            self.values = []
-
-        def after_batch(self, learn):
-            self.values.append(learn.loss_value)
+    class Other(LossReader):
+        reads_loss_value = False
 
     other = Other()
     Learner(nn.Linear(3, 2), make_dls(n_train=8, n_valid=4, bs=4), cbs=[other]).fit(1)
-    assert other.values == [None] * 3
+    assert [value for value, _ in other.seen] == [None] * 3
     monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda t: False))  # as on a GPU: no read per batch
     reader = LossReader()
     Learner(nn.Linear(3, 2), make_dls(n_train=8, n_valid=4, bs=4), cbs=[reader]).fit(1)
@@ -397,6 +393,15 @@ def test_a_phase_whose_first_batch_is_cancelled_keeps_the_losses_as_tensors_and_
     assert [value for value, _ in reader.seen] == [None] * 3  # the phase's read was never decided on: no float
     train_losses = [loss.item() for _, loss in reader.seen[:2]]
     assert learn.history[0]["loss"] == pytest.approx(sum(train_losses) / 2)
+
+
+def test_a_loss_that_is_not_a_tensor_is_refused_on_the_first_batch_saying_what_to_return():
+    class FloatLoss(Callback):
+        def get_loss(self, learn):
+            learn.loss = 0.5
+
+    with pytest.raises(TypeError, match="The loss is a float.*return a torch tensor"):
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[FloatLoss(), MetricsCB()]).fit(1)
 
 
 def test_a_loss_with_one_value_per_item_is_refused_before_any_step_naming_the_reduction():

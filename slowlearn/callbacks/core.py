@@ -111,8 +111,9 @@ class DeviceFloats:
         """Keep the batch's loss: the float the Learner read (`learn.loss_value`, for a callback with
         `reads_loss_value`), else as `append(learn.loss)`; returns how many values wait to be read."""
         value = learn.loss_value
-        self._pending.append(value if value is not None else learn.loss.item() if learn.loss.is_cpu
-                             else learn.loss.detach())
+        if value is None:
+            return self.append(learn.loss)
+        self._pending.append(value)
         return len(self._pending)
 
     @property
