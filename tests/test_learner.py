@@ -504,3 +504,9 @@ def test_an_error_in_a_replaced_verb_names_the_callback_and_the_verb():
     with pytest.raises(ValueError, match="no loss today") as error:
         learn.fit(1)
     assert "(raised in callback BrokenLoss during get_loss)" in error.value.__notes__
+
+
+def test_each_step_frees_the_gradients():
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1)
+    learn.fit(1, valid=False)
+    assert all(p.grad is None for p in learn.model.parameters())  # zero_grad sets them to None, not to zeros
