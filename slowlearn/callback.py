@@ -72,6 +72,8 @@ class Callback:
     `after_loss` handlers (during them it is None), for all of them (on the CPU the value is computed
     already: the read waits for nothing); otherwise `learn.loss_value` is None and a callback keeps the
     tensor, to read many at once later (on a GPU a read per batch would wait for the step to finish).
+    With such a callback the Learner also keeps every training loss of the fit in `learn.batch_losses`
+    (ProgressCB shows and plots those).
     """
 
     order: int = 0

@@ -42,6 +42,7 @@ from .callback import (
 from .callbacks import SuggestedLRs, schedule
 from .checkpoint import batches_from, check_resume, restore_setup, restore_weights, resume_point, resume_state
 from .deploy import Prediction, Preds
+from .device import DeviceFloats
 from .groups import check_lr, default_splitter
 
 __all__ = ["Learner"]
@@ -69,7 +70,11 @@ class Learner:
       accumulate    micro-batches per optimizer step (GradientAccumulationCB); 1: a step every batch
       fit_lrs       each param group's lr this fit trains at (set at fit start from the optimizer; a one-cycle
                     fit's peaks, by OneCycleCB), for display
-    And one slot that outlives the fit:
+    And slots that outlive the fit (until the next one):
+      batch_losses  the training loss of every batch of the fit, which the Learner keeps when a callback of
+                    the fit reads losses (`reads_loss_value`): a `DeviceFloats` (`batch_losses.read()`
+                    gives the floats; on a device the values wait there and are read in bulk), e.g. what
+                    ProgressCB plots; empty otherwise
       weights_epoch the epoch whose weights the model holds when that is not the last one trained
                     (EarlyStoppingCB(restore_best=True) sets it; each fit clears it): exports report that
                     epoch's metrics
@@ -88,6 +93,7 @@ class Learner:
         self.weights_epoch: int | None = None
         self._fitting = False  # a fit started from inside a fit (by a callback) is refused
         self.fit_lrs: list[float] = []
+        self.batch_losses = DeviceFloats()
         self._position = (0, 0)  # (epochs done, batches of the next one stepped on): what `save` records
         self.cbs = list(cbs)  # last: a callback's name never hides one of the attributes above
 
@@ -166,6 +172,8 @@ class Learner:
         # What runs each loop verb during this fit, in VERBS order: the callback that replaces it, or the
         # Learner's default; bound once per fit, so a batch pays no lookup for it.
         self._verbs = tuple(self.dispatch.bind_verb(verb, self, getattr(self, "_" + verb)) for verb in VERBS)
+        # The training losses, kept once for every callback that wants them; at most 1024 wait on a device.
+        self.batch_losses, self._keep_losses = DeviceFloats(max_pending=1024), self.dispatch.reads_loss_value
 
     def callback(self, event: str) -> None:
         """Run every callback's handler of `event` (e.g. "after_batch"), in order; an error other than a cancel
@@ -263,6 +271,8 @@ class Learner:
         if self._read_loss:  # one read for every callback that wants the float (Callback.reads_loss_value)
             self.loss_value = self.loss.item()
         if self.training:
+            if self._keep_losses:
+                self.batch_losses.append_loss(self)
             backward()
             try:
                 if "after_backward" in handled:

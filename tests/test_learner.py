@@ -1,7 +1,7 @@
 
 import pytest
 import torch
-from conftest import StopAt, make_dls
+from conftest import StopAt, TrainLosses, make_dls
 from torch import nn
 
 from slowlearn import (
@@ -362,6 +362,20 @@ def test_the_loss_is_not_read_without_a_callback_that_reads_it_nor_off_the_cpu(m
     reader = LossReader()
     Learner(nn.Linear(3, 2), make_dls(n_train=8, n_valid=4, bs=4), cbs=[reader]).fit(1)
     assert [value for value, _ in reader.seen] == [None] * 3
+
+
+def test_the_learner_keeps_every_training_loss_once_for_the_callbacks_that_read_losses(monkeypatch):
+    def fit(*cbs):
+        reference = TrainLosses()
+        learn = Learner(nn.Linear(3, 2), make_dls(n_train=12, n_valid=4, bs=4), cbs=[*cbs, reference]).fit(2)
+        return learn, reference.losses
+
+    learn, losses = fit(LossReader())
+    assert len(losses) == 6 and learn.batch_losses.read() == losses  # every training batch, no validation one
+    assert fit()[0].batch_losses.read() == []  # no callback reads losses: nothing kept
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda t: False))  # as on a GPU: tensors, read in bulk
+    learn, losses = fit(LossReader())
+    assert learn.batch_losses.n_pending == 6 and learn.batch_losses.read() == pytest.approx(losses)
 
 
 def test_during_after_loss_the_loss_value_is_none_not_the_last_batchs():

@@ -1,5 +1,4 @@
-"""Core callbacks (device placement, channels-last layout, the seed's MomentumCB) and `DeviceFloats`,
-which other callbacks use to collect per-batch scalars without a host sync per batch."""
+"""Core callbacks: device placement, channels-last layout, the seed's MomentumCB."""
 from __future__ import annotations
 
 import torch
@@ -8,7 +7,7 @@ from ..callback import Callback
 from ..data import BatchLoader
 from ..device import default_device, to_device
 
-__all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB", "DeviceFloats"]
+__all__ = ["DeviceCB", "ChannelsLastCB", "MomentumCB"]
 
 
 class DeviceCB(Callback):
@@ -90,47 +89,3 @@ class MomentumCB(Callback):
                 torch._foreach_mul_(grads, self.mom)
 
 
-class DeviceFloats:
-    """Scalar tensors (e.g. batch losses) kept on their device and read back to Python floats in bulk.
-
-    `append` costs no host-device sync; `read()` does one for everything appended since the last read. A
-    value on the CPU is read at once (`item()`): it is already computed there, so that costs no wait, and it
-    is ~3x cheaper than keeping the tensor and stacking it later (which matters at microseconds a step).
-    """
-
-    def __init__(self):
-        self.values: list[float] = []
-        self._pending: list[torch.Tensor | float] = []
-
-    def append(self, x: torch.Tensor) -> int:
-        """Keep `x` (detached, or its value when it is on the CPU); returns how many values wait to be read."""
-        self._pending.append(x.item() if x.is_cpu else x.detach())
-        return len(self._pending)
-
-    def append_loss(self, learn) -> int:
-        """Keep the batch's loss: the float the Learner read (`learn.loss_value`, for a callback with
-        `reads_loss_value`), else as `append(learn.loss)`; returns how many values wait to be read."""
-        value = learn.loss_value
-        if value is None:
-            return self.append(learn.loss)
-        self._pending.append(value)
-        return len(self._pending)
-
-    @property
-    def n_pending(self) -> int:
-        return len(self._pending)
-
-    def read(self, reduce=None) -> list[float]:
-        """All values so far, as floats; `reduce` maps the pending values first (e.g. a mean over ranks), as
-        one float64 tensor on the device of the values (the CPU for values read at once)."""
-        pending = self._pending
-        on_device = [p for p in pending if isinstance(p, torch.Tensor)]
-        if reduce is None and not on_device:
-            self.values += pending
-        elif pending:
-            device = on_device[0].device if on_device else torch.device("cpu")
-            stacked = torch.stack([p.double() if isinstance(p, torch.Tensor)
-                                   else torch.tensor(p, dtype=torch.float64, device=device) for p in pending])
-            self.values += (reduce(stacked) if reduce is not None else stacked).tolist()
-        self._pending = []
-        return self.values

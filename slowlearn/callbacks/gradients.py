@@ -10,7 +10,7 @@ from torch import nn
 
 from ..arguments import check_range
 from ..callback import Callback, CancelStepException
-from .core import DeviceFloats
+from ..device import DeviceFloats
 
 __all__ = ["GradientClipCB", "GradientAccumulationCB", "GradientMultiplierCB", "batchnorm_shifts",
            "steps_after_this_batch"]

@@ -47,7 +47,7 @@ class MetricsCB(Callback):
     def __init__(self, *metrics: Metric, update_every: int = 256, max_buffered: int = 2**22, **named_metrics: Metric):
         self.metrics = {type(m).__name__: m for m in metrics} | named_metrics
         self.update_every, self.max_buffered = update_every, max_buffered
-        self._buffered = self._buffered_numel = 0
+        self._buffered_numel = 0
         self._in_training_phase, self._resumed = False, None
 
     def before_fit(self, learn) -> None:
@@ -62,7 +62,7 @@ class MetricsCB(Callback):
         for m in self.metrics.values():
             m.reset()
         self.loss_sum, self.count, self._host_loss_sum = None, 0, 0.
-        self._preds, self._targets, self._losses, self._buffered, self._buffered_numel = [], [], {}, 0, 0
+        self._preds, self._targets, self._losses, self._buffered_numel = [], [], {}, 0
         self._in_training_phase = learn.training
         if learn.training and self._resumed is not None:  # the epoch a mid-epoch checkpoint resumes
             self.loss_sum, self.count = self._resumed["loss_sum"], self._resumed["count"]
@@ -83,6 +83,13 @@ class MetricsCB(Callback):
 
     def after_batch(self, learn) -> None:
         target = learn.batch[-1]
+        n = target.shape[0]  # not len(target): a Python-level call on tensors, and this runs every batch
+        self.count += n
+        value = learn.loss_value
+        if value is not None:  # the Learner read the loss on the CPU (reads_loss_value)
+            self._host_loss_sum += value * n
+        else:
+            self._losses.setdefault(n, []).append(learn.loss.detach())
         if self.metrics:
             # Training predictions carry the autograd graph: keep `.data` (the values without it; `.detach()`
             # would allocate autograd metadata for each batch kept, ~5k more CPU instructions a batch).
@@ -91,15 +98,9 @@ class MetricsCB(Callback):
             self._preds.append(preds)
             self._targets.append(target)
             self._buffered_numel += preds.numel()
-        n = target.shape[0]  # not len(target): a Python-level call on tensors, and this runs every batch
-        value = learn.loss_value
-        if value is not None:  # the Learner read the loss on the CPU (reads_loss_value)
-            self._host_loss_sum += value * n
-        else:
-            self._losses.setdefault(n, []).append(learn.loss.detach())
-        self.count += n
-        self._buffered += 1
-        if self._buffered >= self.update_every or self._buffered_numel >= self.max_buffered:
+            if self._buffered_numel >= self.max_buffered or len(self._targets) >= self.update_every:
+                self._update()
+        elif self._losses and (learn.iter + 1) % self.update_every == 0:  # no metrics, losses kept as tensors
             self._update()
 
     def _update(self) -> None:
@@ -112,7 +113,7 @@ class MetricsCB(Callback):
         for n, losses in self._losses.items():
             batch_sum = torch.stack(losses).float().sum() * n
             self.loss_sum = batch_sum if self.loss_sum is None else self.loss_sum + batch_sum
-        self._preds, self._targets, self._losses, self._buffered, self._buffered_numel = [], [], {}, 0, 0
+        self._preds, self._targets, self._losses, self._buffered_numel = [], [], {}, 0
 
     def after_epoch(self, learn) -> None:
         self._update()

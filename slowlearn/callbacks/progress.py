@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..callback import Callback
-from ..device import model_device
+from ..device import DeviceFloats, model_device
 from ..display import (
     TablePrinter,
     finished,
@@ -21,7 +21,6 @@ from ..display import (
 )
 from ..distributed import is_rank0
 from ..groups import group_lrs
-from .core import DeviceFloats
 
 __all__ = ["ProgressCB"]
 
@@ -39,15 +38,15 @@ class ProgressCB(Callback):
             per epoch and phase, with no carriage returns or escape sequences (nothing if `table=False`);
       None  (default) 1 in a notebook or when the output is a terminal, 2 otherwise (a file, a pipe,
             a batch job's log).
-    Batch losses stay on the device and are read together (one host sync per read, not per batch):
-    every `loss_every` batches where a bar or the notebook shows the loss, otherwise (a log file,
-    nothing shown) every `unshown_read_every` batches and at the end of each epoch. `table=False`
-    hides the metrics table. `plot_loss()` draws the loss plot at any time.
+    The training losses are the Learner's record of the fit (`learn.batch_losses`): on a device they wait
+    there and are read together (one host sync per read, not per batch), every `loss_every` batches where
+    a bar or the notebook shows the loss, otherwise at the end of each epoch. A batch calls this callback
+    only where a bar counts batches or shows the loss. `table=False` hides the metrics table. `plot_loss()`
+    draws the loss plot at any time.
     """
 
     order = 60  # shows the rows MetricsCB sends to `learn.metrics_log`, which it fills for the fit
-    reads_loss_value = True
-    unshown_read_every = 1024  # bounds the losses waiting on the device when no view shows them
+    reads_loss_value = True  # so the Learner keeps the losses (learn.batch_losses)
 
     def __init__(self, loss_every: int = 10, plot: bool | None = None, plot_interval: float = 2.0,
                  table: bool = True, verbose: int | None = None):
@@ -78,9 +77,8 @@ class ProgressCB(Callback):
         else:
             self.view = TerminalView(learn.n_epochs)
         self.live_plot = notebook and verbose == 1 and self.plot is not False
-        self._shows_batches = self.view.shows_batches
-        self._read_every = self.loss_every if self.view.shows_loss else self.unshown_read_every
-        self._losses, self.valid_losses = DeviceFloats(), []
+        self._shows_batches, self._shows_loss = self.view.shows_batches, self.view.shows_loss
+        self._losses, self.valid_losses = learn.batch_losses, []
         self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
         learn.metrics_log = self._log_row
         self._in_fit = True
@@ -88,19 +86,18 @@ class ProgressCB(Callback):
     def before_epoch(self, learn) -> None:
         phase = "train" if learn.training else "valid"
         self.view.start_phase(f"{phase} {learn.epoch}", learn.n_iter)
-        # a validation batch without a bar leaves nothing to do: no call per batch
-        learn.dispatch.set_active(self, "after_batch", learn.training or self._shows_batches)
+        # a batch that no bar counts and whose loss nothing shows leaves nothing to do: no call per batch
+        learn.dispatch.set_active(self, "after_batch", self._shows_batches or (learn.training and self._shows_loss))
         if learn.training:
             self._n_train_batches = learn.n_iter
 
     def after_batch(self, learn) -> None:
         if self._shows_batches:
             self.view.advance()
-        if learn.training:
-            if self._losses.append_loss(learn) >= self._read_every:
-                self._read_losses()
-                if self.live_plot and time.monotonic() - self._last_plot > self.plot_interval:
-                    self._update_plot()
+        if learn.training and self._shows_loss and self._losses.n_pending >= self.loss_every:
+            self._read_losses()
+            if self.live_plot and time.monotonic() - self._last_plot > self.plot_interval:
+                self._update_plot()
 
     def after_epoch(self, learn) -> None:
         self._read_losses()

@@ -5,9 +5,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..callback import Callback
+from ..device import DeviceFloats
 from ..display import finished, integer_xticks, subplots
 from ..distributed import all_reduce_mean
-from .core import DeviceFloats
 from .schedule import get_hyper
 
 __all__ = ["RecorderCB"]

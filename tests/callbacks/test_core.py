@@ -102,30 +102,3 @@ def test_channels_last_cb_leaves_flat_inputs_alone():
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[ChannelsLastCB()])
     learn.fit(1)
     assert learn.batch[0].shape == (1, 3) and learn.batch[0].is_contiguous()
-
-
-def test_device_floats_keep_detached_values_until_one_read():
-    from slowlearn.callbacks.core import DeviceFloats
-    floats = DeviceFloats()
-    w = torch.tensor(2., requires_grad=True, device="meta")  # not the CPU: kept as tensors until the read
-    assert floats.append(w * 1.5) == 1  # append says how many wait, so a caller needs no second call to ask
-    assert floats.append(w * 2) == 2
-    assert all(isinstance(t, torch.Tensor) and not t.requires_grad for t in floats._pending)  # no graph kept alive
-    reduced = []
-    with pytest.raises(NotImplementedError):  # a meta tensor has no values: the read is where they would come back
-        floats.read(reduce=lambda t: reduced.append(t) or t)
-    assert reduced[0].shape == (2,) and reduced[0].dtype == torch.float64 and reduced[0].device.type == "meta"
-
-
-def test_device_floats_read_cpu_values_at_once_and_reduce_them_at_the_read():
-    from slowlearn.callbacks.core import DeviceFloats
-    floats = DeviceFloats()
-    w = torch.tensor(2., requires_grad=True)
-    assert floats.append(w * 1.5) == 1
-    assert floats.append((w * 2).bfloat16()) == 2
-    assert floats._pending == [3., 4.]  # a CPU value costs no sync: it is a float from the start
-    assert floats.read() == [3., 4.]
-    assert floats.n_pending == 0
-    assert floats.read(reduce=lambda t: t * 10) == [3., 4.]  # nothing pending: nothing to reduce
-    floats.append(torch.tensor(1.))
-    assert floats.read(reduce=lambda t: t * 10) == [3., 4., 10.]

@@ -54,6 +54,22 @@ def test_losses_off_the_cpu_stay_on_their_device_until_the_phase_ends_and_give_t
     assert [r["loss"] for r in off_cpu] == pytest.approx([r["loss"] for r in on_cpu], rel=1e-6)
 
 
+def test_losses_kept_as_tensors_are_summed_every_update_every_batches(monkeypatch):
+    class Waiting(Callback):
+        order = MetricsCB.order + 1
+
+        def __init__(self):
+            self.most = 0
+
+        def after_batch(self, learn):
+            self.most = max(self.most, sum(map(len, learn.metrics._losses.values())))
+
+    monkeypatch.setattr(torch.Tensor, "is_cpu", property(lambda t: False))  # as on a GPU
+    spy = Waiting()
+    Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4), cbs=[MetricsCB(update_every=3), spy]).fit(1)
+    assert spy.most == 2  # the third waiting loss is summed into the running total at once
+
+
 def test_the_predictions_kept_between_updates_hold_no_autograd_graph():
     class Kept(Callback):
         order = MetricsCB.order + 1

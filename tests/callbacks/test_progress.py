@@ -117,11 +117,12 @@ class ProgressHandlesBatch(Callback):
             self.phases.append(("train" if learn.training else "valid", handles))
 
 
-@pytest.mark.parametrize("verbose, in_valid", [(1, True), (2, False), (0, False)])
-def test_a_validation_batch_calls_progress_only_where_a_bar_counts_it(verbose, in_valid):
-    spy = ProgressHandlesBatch()
-    Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), ProgressCB(verbose=verbose), spy]).fit(2)
-    assert spy.phases == [("train", True), ("valid", in_valid)] * 2  # training batches: the loss is recorded
+@pytest.mark.parametrize("verbose, called", [(1, True), (2, False), (0, False)])
+def test_a_batch_calls_progress_only_where_a_bar_counts_it(verbose, called):
+    spy, progress = ProgressHandlesBatch(), ProgressCB(verbose=verbose)
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), progress, spy]).fit(2)
+    assert spy.phases == [("train", called), ("valid", called)] * 2
+    assert len(progress.train_losses) == 2 * len(learn.dls.train)  # the Learner kept them (learn.batch_losses)
 
 
 def test_progress_prints_table_and_plots(capsys):
