@@ -3,6 +3,7 @@ against the machine's measured matmul peak."""
 from __future__ import annotations
 
 import copy
+import random
 import statistics
 import time
 from collections.abc import Callable
@@ -27,16 +28,28 @@ def timed(setup: Callable[[], Callable[[], object]], clock: Callable[[], float] 
 
 
 def interleaved(candidates: dict[str, Callable[[], Callable[[], object]]], repeats: int,
-                clock: Callable[[], float] = time.perf_counter) -> dict[str, list[float]]:
+                clock: Callable[[], float] = time.perf_counter, shuffle: bool = False) -> dict[str, list[float]]:
     """Time each candidate `repeats` times, round-robin, so machine noise hits all of them alike (`clock`: see
-    `timed`). Each runs once first, untimed, to warm up allocators and caches."""
+    `timed`); `shuffle` runs each round in a new random order (seeded), so that no candidate always runs right
+    after the same other one. Each runs once first, untimed, to warm up allocators and caches."""
     for setup in candidates.values():
         setup()()
     times: dict[str, list[float]] = {name: [] for name in candidates}
+    rng = random.Random(0)
     for _ in range(repeats):
-        for name, setup in candidates.items():
-            times[name].append(timed(setup, clock))
+        for name in rng.sample(list(candidates), len(candidates)) if shuffle else candidates:
+            times[name].append(timed(candidates[name], clock))
     return times
+
+
+def paired_ratio(times: list[float], baseline: list[float]) -> tuple[float, float, float]:
+    """How much longer than `baseline` the runs in `times` take, from each run's ratio to the baseline run of
+    the same round (a machine whose speed drifts moves both alike): the median ratio - 1, and its bootstrap
+    95 % interval."""
+    ratios = [t / b - 1 for t, b in zip(times, baseline)]
+    rng = random.Random(0)
+    medians = sorted(statistics.median(rng.choices(ratios, k=len(ratios))) for _ in range(2000))
+    return statistics.median(ratios), medians[50], medians[1949]
 
 
 def matmul_peak(dtype: torch.dtype, device: torch.device | str | None = None, seconds: float = 1.0,

@@ -5,7 +5,7 @@ training per fit: the plain loop, a bare Learner and a Learner with the default 
 ProgressCB), as in overhead.py. Each is counted over a fit of --steps and one of 4x that; the difference over
 the extra steps is the per-step count (the per-fit cost cancels), printed against the plain loop's with the
 estimate in microseconds at the plain loop's measured time per instruction (a lower bound: paired wall-clock runs
-put the framework's instructions at 0.7-1.0 ns each on the 2-core Xeon, the plain step's at 0.5-0.7).
+put the framework's instructions at about 1 ns each on the 2-core Xeon, the plain step's at 0.5-0.7).
 
     python benchmarks/instructions.py [--steps 300] [--repeats 4]   # runs itself under valgrind (apt install valgrind)
 

@@ -12,9 +12,11 @@ never reach (one request of about 20 ms: well under 0.1 %). Without mlflow insta
 
 `--clock thread` times the trivial model's runs in this thread's CPU time instead of wall time: they run on one
 thread, so it counts the same work but not the time other processes hold the core, the main noise on a shared
-machine (MLflowCB's background sending is then left out; these runs never reach it). Each candidate's overhead is
-also given paired: its run minus the plain loop's run of the same round (they ran one after the other), the median
-over the rounds with the quartiles, which a slow drift of the machine's speed does not move.
+machine (MLflowCB's background sending is then left out; these runs never reach it). The trivial model's rounds run
+the candidates in a new random order each, and each candidate's overhead is also given paired: each run's ratio to
+the plain loop's run of the same round (a drift of the machine's speed moves both alike), the median ratio - 1 times
+the plain loop's median step, with a bootstrap 95 % interval. On a shared 2-core machine the plain step moves by
+10-30 % between runs, more than the overhead: take 100 repeats or more to bound the overhead within ~10 us.
 
     python benchmarks/overhead.py [--repeats 5] [--trivial-steps 3000] [--trivial-only] [--trivial-threads 1]
                                   [--clock wall|thread]
@@ -29,7 +31,7 @@ import time
 
 import torch
 import torch.nn.functional as F
-from common import interleaved, report
+from common import interleaved, paired_ratio, report
 from torch import nn
 from torcheval.metrics import MulticlassAccuracy
 
@@ -153,18 +155,19 @@ def main() -> None:
 
     torch.set_num_threads(args.trivial_threads)  # the trivial model's ops are too small to share between threads
     tiny = trivial_dls(args.trivial_steps * 32, device)
-    times = interleaved(candidates(lambda: nn.Linear(10, 2), tiny, device, valid=False), args.repeats, args.clock_fn)
+    times = interleaved(candidates(lambda: nn.Linear(10, 2), tiny, device, valid=False), args.repeats, args.clock_fn,
+                        shuffle=True)
     print(f"\nTrivial model (Linear(10, 2), bs 32), {args.trivial_steps} training steps per run, "
           f"{args.trivial_threads} torch thread(s), {args.clock} clock:")
     report(times, "plain loop")
+    plain_step = statistics.median(times["plain loop"]) / args.trivial_steps * 1e6
     for name in ("bare Learner", "Learner + default cbs", "default cbs + TensorBoard"):
         extra, fastest = ((pick(times[name]) - pick(times["plain loop"])) / args.trivial_steps * 1e6
                           for pick in (statistics.median, min))
-        paired = sorted((t - plain) / args.trivial_steps * 1e6 for t, plain in zip(times[name], times["plain loop"]))
-        quartiles = statistics.quantiles(paired, n=4) if len(paired) > 1 else paired * 3
+        ratio, low, high = paired_ratio(times[name], times["plain loop"])
         print(f"{name}: {extra:.1f} us per step over the plain loop (medians; from the fastest runs {fastest:.1f}; "
-              f"paired with the plain run of the same round {quartiles[1]:.1f}, quartiles {quartiles[0]:.1f} to "
-              f"{quartiles[2]:.1f})")
+              f"paired by round {ratio * plain_step:.1f}, 95 % interval {low * plain_step:.1f} to "
+              f"{high * plain_step:.1f})")
     logger = (statistics.median(times["default cbs + TensorBoard"]) - statistics.median(times["Learner + default cbs"]))
     print(f"TensorBoardCB: {logger / args.trivial_steps * 1e6:.1f} us per step over the default callbacks")
     if HAS_MLFLOW:

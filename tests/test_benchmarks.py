@@ -1,7 +1,10 @@
-"""The GPU benchmark (`make bench-gpu`) in its CPU smoke mode: every part runs and every check passes."""
+"""The benchmarks: the GPU benchmark (`make bench-gpu`) in its CPU smoke mode runs every part and passes every check;
+the timing helpers pair runs by round."""
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
@@ -17,3 +20,16 @@ def test_bench_gpu_smoke_runs_every_part_and_passes_its_checks(fashion_folder):
         assert name in table, table
     assert "FAILED" not in table, table
     assert table.count(" ok ") == 9, table
+
+
+def test_timings_paired_by_round_follow_a_machine_whose_speed_drifts(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    from common import interleaved, paired_ratio
+
+    baseline = [1.0, 2.0, 1.5, 3.0]  # the machine's speed changes from round to round
+    ratio, low, high = paired_ratio([1.1 * t for t in baseline], baseline)
+    assert (ratio, low, high) == pytest.approx((0.1, 0.1, 0.1))  # 10 % slower in every round
+    order = []
+    interleaved({name: (lambda name=name: lambda: order.append(name)) for name in "abc"}, 20, shuffle=True)
+    rounds = [tuple(order[i:i + 3]) for i in range(3, len(order), 3)]  # after the untimed warm-up of each
+    assert len(rounds) == 20 and all(sorted(r) == ["a", "b", "c"] for r in rounds) and len(set(rounds)) > 1
