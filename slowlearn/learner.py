@@ -172,8 +172,9 @@ class Learner:
         # What runs each loop verb during this fit, in VERBS order: the callback that replaces it, or the
         # Learner's default; bound once per fit, so a batch pays no lookup for it.
         self._verbs = tuple(self.dispatch.bind_verb(verb, self, getattr(self, "_" + verb)) for verb in VERBS)
-        # The training losses, kept once for every callback that wants them; at most 1024 wait on a device.
-        self.batch_losses, self._keep_losses = DeviceFloats(max_pending=1024), self.dispatch.reads_loss_value
+        # Whether a callback reads losses: then the first loss is checked, and the training losses are kept once
+        # for all such callbacks (at most 1024 wait on a device).
+        self.batch_losses, self._loss_readers = DeviceFloats(max_pending=1024), self.dispatch.reads_loss_value
 
     def callback(self, event: str) -> None:
         """Run every callback's handler of `event` (e.g. "after_batch"), in order; an error other than a cancel
@@ -265,13 +266,13 @@ class Learner:
         if "after_loss" in handled:
             self.loss_value = None  # not the last batch's: read below, after these handlers (they may change it)
             self.callback("after_loss")
-        if first and self.dispatch.reads_loss_value:
+        if first and self._loss_readers:
             checks.check_loss(self.loss)
             self._read_loss = self.loss.is_cpu
         if self._read_loss:  # one read for every callback that wants the float (Callback.reads_loss_value)
             self.loss_value = self.loss.item()
         if self.training:
-            if self._keep_losses:
+            if self._loss_readers:
                 self.batch_losses.append_loss(self)
             backward()
             try:
