@@ -2,6 +2,7 @@
 gains from channels-last layout. `speed_settings` turns that into a precision and a layout."""
 from __future__ import annotations
 
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +16,7 @@ __all__ = ["PRECISIONS", "cpu_bf16_features", "native_bf16", "resolve_precision"
            "SpeedSettings", "speed_settings"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_NATIVE_BF16_ENV = "SLOWLEARN_NATIVE_BF16"  # "0" or "1": what native_bf16 answers, instead of asking the hardware
 _CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 WIDE = 128  # benchmarks/precision.py: wider nets gain from NHWC and bf16, the seed CNN (widest conv 64) does not
 _announced: set[str] = set()
@@ -43,13 +45,28 @@ def cpu_bf16_features() -> list[str]:
 
 def native_bf16(device: torch.device | str) -> bool:
     """True where bf16 matmuls and convolutions run in hardware: a CUDA GPU that supports bf16 (Ampere
-    or later), or a CPU with AMX or AVX-512 bf16. Elsewhere bf16 is emulated and slower than fp32."""
+    or later), or a CPU with AMX or AVX-512 bf16. Elsewhere bf16 is emulated and slower than fp32.
+    `SLOWLEARN_NATIVE_BF16=0` (or `1`) in the environment answers for the hardware, e.g. to train on a CPU
+    with native bf16 as on one without (the notebooks' smoke runs do, so that what they print does not
+    depend on the machine)."""
+    override = _native_bf16_override()
+    if override is not None:
+        return override
     device = torch.device(device)
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported(including_emulation=False)
     if device.type == "cpu":
         return bool(cpu_bf16_features())
     return False
+
+
+def _native_bf16_override() -> bool | None:
+    """`SLOWLEARN_NATIVE_BF16` as a bool, None where it is unset or empty."""
+    value = os.environ.get(_NATIVE_BF16_ENV, "")
+    if value not in ("", "0", "1"):
+        raise ValueError(f"{_NATIVE_BF16_ENV}={value!r} is not 0 or 1: set it to 0 to train as on hardware without "
+                         f"native bf16, to 1 as on hardware with it, or unset it to ask the hardware")
+    return None if value == "" else value == "1"
 
 
 def resolve_precision(precision: str, device: torch.device | str) -> str:
@@ -111,6 +128,8 @@ def speed_settings(model: nn.Module, device: torch.device | str, precision: str 
         reason = "as asked"
     elif narrow:
         reason = "a narrow model: bf16 would gain it little"
+    elif _native_bf16_override() is not None:
+        reason = f"{_NATIVE_BF16_ENV} says {'native' if _native_bf16_override() else 'no native'} bf16"
     elif device.type == "cpu":
         features = cpu_bf16_features()
         reason = f"CPU with {' and '.join(features)}" if features else "this CPU has no native bf16"

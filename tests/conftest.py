@@ -106,6 +106,7 @@ def cpu_features(monkeypatch):
         monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
         monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: avx512_bf16, raising=False)
     monkeypatch.setattr(hardware, "_announced", set())  # print the choice again
+    monkeypatch.delenv("SLOWLEARN_NATIVE_BF16", raising=False)  # the mocked features answer, not the environment
     return set_features
 
 

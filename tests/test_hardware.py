@@ -89,3 +89,23 @@ def test_the_choice_is_printed_once(cpu_features, capsys):
     assert capsys.readouterr().out == "Training in bf16 autocast, channels-last (CPU with amx_bf16)\n"
     assert not speed_settings(resnet(), "cpu", "fp32").channels_last  # an explicit precision: torch's layout
     assert capsys.readouterr().out == "Training in fp32, contiguous (as asked)\n"
+
+
+def test_the_environment_can_answer_for_the_hardware(cpu_features, monkeypatch, capsys):
+    cpu_features(amx=True)
+    monkeypatch.setenv("SLOWLEARN_NATIVE_BF16", "0")
+    assert not native_bf16("cpu") and resolve_precision("auto", "cpu") == "fp32"
+    settings = speed_settings(resnet(), "cpu")
+    assert (settings.precision, settings.reason) == ("fp32", "SLOWLEARN_NATIVE_BF16 says no native bf16")
+    assert capsys.readouterr().out == "Training in fp32, channels-last (SLOWLEARN_NATIVE_BF16 says no native bf16)\n"
+    cpu_features()  # no native bf16, told there is
+    monkeypatch.setenv("SLOWLEARN_NATIVE_BF16", "1")
+    assert native_bf16("cpu") and speed_settings(resnet(), "cpu", verbose=False).precision == "bf16"
+    monkeypatch.setenv("SLOWLEARN_NATIVE_BF16", "")  # empty: the hardware answers
+    assert not native_bf16("cpu")
+
+
+def test_a_wrong_environment_value_says_what_it_takes(monkeypatch):
+    monkeypatch.setenv("SLOWLEARN_NATIVE_BF16", "yes")
+    with pytest.raises(ValueError, match="SLOWLEARN_NATIVE_BF16='yes' is not 0 or 1: set it to 0 to train as on"):
+        native_bf16("cpu")

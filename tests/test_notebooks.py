@@ -38,13 +38,15 @@ def test_notebook_is_committed_with_outputs(path):
 def test_notebook_runs(path, fashion_folder, monkeypatch):
     if path.name in NEEDS_CIFAR and not cifar_available(jpegs=path.name in NEEDS_CIFAR_JPEGS):
         pytest.skip("CIFAR-10 is not on this machine (../shared/data/cifar10-jpg-*.zip or $SLOWLEARN_DATA)")
-    for name in ("SLOWLEARN_SMOKE", "MPLBACKEND"):  # execute() sets them for the kernel
+    for name in ("SLOWLEARN_SMOKE", "MPLBACKEND", "SLOWLEARN_NATIVE_BF16"):  # execute() sets them for the kernel
         monkeypatch.setenv(name, os.environ.get(name, ""))
     nb = execute_notebooks.execute(path, smoke=True)
     assert not [o for cell in nb.cells for o in cell.get("outputs", []) if o.output_type == "error"]
     record = json.loads(execute_notebooks.RECORD.read_text()) if execute_notebooks.RECORD.exists() else {}
     assert path.name in record, f"no smoke record for {path.name}: run `make notebooks` (python nbs/execute.py)"
-    stale = execute_notebooks.stale_numbers(execute_notebooks.printed_numbers(nb), record[path.name])
+    numbers, cpu = execute_notebooks.recorded(record[path.name])
+    same_cpu = cpu is None or cpu == execute_notebooks.cpu_name()  # an entry without its CPU: as strict as before
+    stale = execute_notebooks.stale_numbers(execute_notebooks.printed_numbers(nb), numbers, same_cpu)
     assert not stale, (
         f"{path.name} prints other numbers than when its outputs were made: its committed outputs are stale. "
         f"Run `make notebooks` (python nbs/execute.py) and commit the notebooks and nbs/smoke_record.json. "
@@ -56,6 +58,17 @@ def test_a_few_numbers_may_move_by_rounding_on_another_cpu():
     assert execute_notebooks.stale_numbers(recorded, recorded) == []
     other_cpu = recorded[:6] + [0.6455, 0.6797]  # what CI printed for nbs/03: 4 of 2000 items moved
     assert execute_notebooks.stale_numbers(other_cpu, recorded) == []
+    further = recorded[:7] + [0.5797]  # a barely trained model's probability: far, but only on another CPU
+    assert execute_notebooks.stale_numbers(further, recorded, same_cpu=False) == []
+    assert execute_notebooks.stale_numbers(further, recorded) == ["number 7: 0.5797 printed, 0.6797 recorded"]
+    many = [x * 1.1 for x in recorded[1:]]  # a code change moves many: stale on any CPU
+    assert "7 of 8 numbers moved" in execute_notebooks.stale_numbers([0.0, *many], recorded, same_cpu=False)[0]
+
+
+def test_the_record_keeps_the_cpu_that_printed_it():
+    assert execute_notebooks.recorded([0.5, 2.0]) == ([0.5, 2.0], None)  # an entry from before
+    assert execute_notebooks.recorded({"cpu": "AMD EPYC", "numbers": [0.5]}) == ([0.5], "AMD EPYC")
+    assert execute_notebooks.cpu_name()
 
 
 def test_stale_outputs_are_caught():
@@ -73,3 +86,14 @@ def test_printed_numbers_leave_out_timings():
     nb.cells[0].outputs = [nbformat.v4.new_output("stream", name="stdout", text=printed),
                            nbformat.v4.new_output("execute_result", data={"text/plain": "{'loss': 0.31, 'lr': 1e-05}"})]
     assert execute_notebooks.printed_numbers(nb) == [0.8773, 2, 0.31, 1e-05]
+
+
+def test_smoke_runs_train_as_without_native_bf16_and_full_runs_ask_the_hardware(tmp_path, monkeypatch):
+    for name in ("SLOWLEARN_SMOKE", "MPLBACKEND", "SLOWLEARN_NATIVE_BF16"):  # execute() sets them for the kernel
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+    monkeypatch.setattr(execute_notebooks, "USER_NATIVE_BF16", None)
+    path = tmp_path / "env.ipynb"
+    code = "import os; print(os.environ.get('SLOWLEARN_NATIVE_BF16'))"
+    nbformat.write(nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell(code)]), path)
+    assert execute_notebooks.execute(path, smoke=True).cells[0].outputs[0].text == "0\n"
+    assert execute_notebooks.execute(path, smoke=False).cells[0].outputs[0].text == "None\n"
