@@ -21,7 +21,8 @@ class DataNotFoundError(FileNotFoundError):
 def data_root(root: str | os.PathLike | None) -> Path:
     if root is not None:
         return Path(root)
-    return Path(os.environ.get("SLOWLEARN_DATA", Path.home() / ".cache" / "slowlearn"))
+    # An empty SLOWLEARN_DATA (`export SLOWLEARN_DATA=`) is unset: Path("") would put the data in the current folder.
+    return Path(os.environ.get("SLOWLEARN_DATA") or Path.home() / ".cache" / "slowlearn")
 
 
 def check_subset_size(n: int | None, n_total: int, what: str) -> None:
