@@ -128,8 +128,8 @@ def speed_settings(model: nn.Module, device: torch.device | str, precision: str 
         reason = "as asked"
     elif narrow:
         reason = "a narrow model: bf16 would gain it little"
-    elif _native_bf16_override() is not None:
-        reason = f"{_NATIVE_BF16_ENV} says {'native' if _native_bf16_override() else 'no native'} bf16"
+    elif (override := _native_bf16_override()) is not None:
+        reason = f"{_NATIVE_BF16_ENV} says {'native' if override else 'no native'} bf16"
     elif device.type == "cpu":
         features = cpu_bf16_features()
         reason = f"CPU with {' and '.join(features)}" if features else "this CPU has no native bf16"

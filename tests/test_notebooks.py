@@ -19,6 +19,13 @@ NEEDS_CIFAR = ("04_cifar10.ipynb", "05_fine_tuning.ipynb")
 NEEDS_CIFAR_JPEGS = ("05_fine_tuning.ipynb",)  # copies CIFAR-10's image files into a folder of its own
 
 
+@pytest.fixture
+def kernel_environment(monkeypatch):
+    """Restores, after the test, the variables that execute() sets for the kernel."""
+    for name in ("SLOWLEARN_SMOKE", "MPLBACKEND", "SLOWLEARN_NATIVE_BF16"):
+        monkeypatch.setenv(name, os.environ.get(name, ""))
+
+
 def cifar_available(jpegs: bool = False) -> bool:
     """CIFAR-10 as JPEG files (shared zips or unpacked), or, unless `jpegs`, as torchvision's python batches."""
     root = Path(os.environ.get("SLOWLEARN_DATA", Path.home() / ".cache" / "slowlearn"))
@@ -35,11 +42,9 @@ def test_notebook_is_committed_with_outputs(path):
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
-def test_notebook_runs(path, fashion_folder, monkeypatch):
+def test_notebook_runs(path, fashion_folder, kernel_environment):
     if path.name in NEEDS_CIFAR and not cifar_available(jpegs=path.name in NEEDS_CIFAR_JPEGS):
         pytest.skip("CIFAR-10 is not on this machine (../shared/data/cifar10-jpg-*.zip or $SLOWLEARN_DATA)")
-    for name in ("SLOWLEARN_SMOKE", "MPLBACKEND", "SLOWLEARN_NATIVE_BF16"):  # execute() sets them for the kernel
-        monkeypatch.setenv(name, os.environ.get(name, ""))
     nb = execute_notebooks.execute(path, smoke=True)
     assert not [o for cell in nb.cells for o in cell.get("outputs", []) if o.output_type == "error"]
     record = json.loads(execute_notebooks.RECORD.read_text()) if execute_notebooks.RECORD.exists() else {}
@@ -88,9 +93,8 @@ def test_printed_numbers_leave_out_timings():
     assert execute_notebooks.printed_numbers(nb) == [0.8773, 2, 0.31, 1e-05]
 
 
-def test_smoke_runs_train_as_without_native_bf16_and_full_runs_ask_the_hardware(tmp_path, monkeypatch):
-    for name in ("SLOWLEARN_SMOKE", "MPLBACKEND", "SLOWLEARN_NATIVE_BF16"):  # execute() sets them for the kernel
-        monkeypatch.setenv(name, os.environ.get(name, ""))
+def test_smoke_runs_train_as_without_native_bf16_and_full_runs_ask_the_hardware(tmp_path, monkeypatch,
+                                                                                  kernel_environment):
     monkeypatch.setattr(execute_notebooks, "USER_NATIVE_BF16", None)
     path = tmp_path / "env.ipynb"
     code = "import os; print(os.environ.get('SLOWLEARN_NATIVE_BF16'))"
