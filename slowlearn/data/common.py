@@ -18,7 +18,8 @@ class DataNotFoundError(FileNotFoundError):
         self.problem = problem
 
 
-def data_root(root: str | os.PathLike | None) -> Path:
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Where datasets live: `root` when given, else `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`."""
     if root is not None:
         return Path(root)
     # An empty SLOWLEARN_DATA (`export SLOWLEARN_DATA=`) is unset: Path("") would put the data in the current folder.

@@ -7,6 +7,7 @@ def test_the_data_folder_is_the_argument_then_slowlearn_data_then_the_cache(tmp_
     monkeypatch.setenv("SLOWLEARN_DATA", str(tmp_path))
     assert data_root("elsewhere") == Path("elsewhere")
     assert data_root(None) == tmp_path
+    assert data_root() == tmp_path
     monkeypatch.delenv("SLOWLEARN_DATA")
     assert data_root(None) == Path.home() / ".cache" / "slowlearn"
 
