@@ -31,25 +31,40 @@ def latest_metric(learn, name: str) -> float:
     raise KeyError(f"No metric '{name}' in learn.history (needs MetricsCB); available: {names or 'none yet'}")
 
 
-def _mode(monitor: str, mode: str | None) -> str:
-    if mode is None:
-        return "min" if "loss" in monitor else "max"
-    if mode not in ("min", "max"):
-        raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
-    return mode
+LOWER_IS_BETTER = ("loss", "error", "mse", "mae", "rmse", "perplexity")
+HIGHER_IS_BETTER = ("accuracy", "acc", "auc", "auroc", "f1", "fbeta", "precision", "recall", "r2", "iou", "jaccard",
+                    "dice", "bleu", "rouge", "psnr", "ssim")
+
+
+def _mode(monitor: str, mode: str | None, owner: str) -> str:
+    """`mode` when given, else the direction the monitor's name tells (a part of the name, any case, of
+    `LOWER_IS_BETTER` or `HIGHER_IS_BETTER`); a name that tells neither is refused rather than guessed."""
+    if mode is not None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        return mode
+    name = monitor.lower()
+    if any(word in name for word in LOWER_IS_BETTER):
+        return "min"
+    if any(word in name for word in HIGHER_IS_BETTER):
+        return "max"
+    raise ValueError(f"{owner}(monitor='{monitor}') cannot tell from the name whether a higher or a lower value is "
+                     f"better: pass mode='min' (lower is better) or mode='max' (higher is better).")
 
 
 class MonitorCB(Callback):
     """Base of the callbacks that watch one metric: `monitor` names a phase and a MetricsCB column
-    ("valid_loss", "train_accuracy", ...), `mode` says whether "min" or "max" is better (by default
-    "min" for losses). At `before_fit` the name is checked against the columns this fit will produce
-    (`learn.metric_names`, for the phases it runs), so a wrong name fails before any training, listing
-    the available ones (subclasses therefore run after MetricsCB: `order` > 50). `monitor=None` watches nothing.
+    ("valid_loss", "train_accuracy", ...), `mode` says whether "min" or "max" is better. By default the name
+    tells: "min" for losses and errors (a name holding loss, error, mse, mae, rmse or perplexity, in any case),
+    "max" for scores such as accuracy, acc, auc, f1, precision, recall, r2, iou or dice (`HIGHER_IS_BETTER`);
+    any other name is refused when the callback is made, asking for `mode`. At `before_fit` the name is checked
+    against the columns this fit will produce (`learn.metric_names`, for the phases it runs), so a wrong name
+    fails before any training, listing the available ones (subclasses therefore run after MetricsCB: `order` > 50). `monitor=None` watches nothing.
     The values come from MetricsCB's rows, which hold the metrics reduced over the ranks of a distributed
     run, so every rank takes the same decision (stop, save, cut the lr) at the same epoch."""
 
     def __init__(self, monitor: str | None, mode: str | None = None):
-        self.monitor, self.mode = monitor, _mode(monitor, mode) if monitor else None
+        self.monitor, self.mode = monitor, _mode(monitor, mode, type(self).__name__) if monitor else None
 
     def before_fit(self, learn) -> None:
         if self.monitor is not None:
@@ -147,7 +162,7 @@ class CheckpointCB(MonitorCB):
     optimizer step; a shuffling torch DataLoader cannot resume mid-epoch, so `every=N` with one is
     refused at the start of the fit). `keep="best"` (the default with `monitor`, e.g. "valid_loss")
     writes `path` at the end of an epoch only when that metric improved (`mode` "min"/"max", by
-    default "min" for losses).
+    default from the metric's name: see `MonitorCB`).
     `keep="both"` keeps both side by side in the folder `path`: `last.pt` and `best.pt`.
     The best value carries over from fit to fit (unlike EarlyStoppingCB's count): the best file stays
     the best of all of them, e.g. over both stages of `fine_tune`; a new CheckpointCB starts afresh.

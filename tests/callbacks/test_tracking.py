@@ -143,6 +143,40 @@ def test_a_monitored_name_the_fit_does_not_compute_fails_before_training_naming_
 
 
 
+@pytest.mark.parametrize("monitor, mode", [
+    ("valid_mse", "min"), ("valid_MeanSquaredError", "min"), ("valid_error_rate", "min"), ("valid_mae", "min"),
+    ("train_perplexity", "min"), ("valid_Loss", "min"), ("valid_accuracy", "max"), ("valid_MulticlassAccuracy", "max"),
+    ("valid_acc", "max"), ("valid_f1", "max"), ("valid_BinaryAUROC", "max"), ("valid_R2Score", "max"),
+    ("valid_iou", "max")])
+def test_the_default_mode_follows_the_metrics_name(tmp_path, monitor, mode):
+    for cb in EarlyStoppingCB(monitor), CheckpointCB(tmp_path / "best.pt", monitor=monitor), ReduceLROnPlateauCB(monitor):
+        assert cb.mode == mode
+
+
+def test_a_monitor_whose_name_does_not_tell_its_direction_needs_a_mode(tmp_path):
+    for make in (EarlyStoppingCB, ReduceLROnPlateauCB, lambda m: CheckpointCB(tmp_path / "best.pt", monitor=m)):
+        with pytest.raises(ValueError, match=r"monitor='valid_kappa'\) cannot tell .* pass mode='min' .* mode='max'"):
+            make("valid_kappa")
+    assert EarlyStoppingCB("valid_kappa", mode="max").mode == "max"
+
+
+def test_checkpoint_keeps_the_lowest_mse_without_a_mode(tmp_path):
+    mses = iter([0.5, 0.4, 0.6, 0.7])
+
+    class ScriptedMSE(Callback):
+        order = MetricsCB.order + 1
+
+        def after_epoch(self, learn):
+            if not learn.training:
+                learn.history[-1]["mse"] = next(mses)
+
+    checkpoint = CheckpointCB(tmp_path / "best.pt", monitor="valid_mse")
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(mse=MulticlassAccuracy()), ScriptedMSE(), checkpoint])
+    learn.fit(4)
+    assert checkpoint.best == 0.4 and read_checkpoint(tmp_path / "best.pt")["epoch"] == 2
+
+
+
 class ScriptedValidLoss(Callback):
     """Replaces each validation loss with the next value of a script, and keeps the weights each epoch ended with."""
 
