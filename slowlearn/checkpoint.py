@@ -46,7 +46,7 @@ def save(learn, path: str | os.PathLike) -> None:
     reached: the end of the last epoch, or, after an interrupted fit, its last optimizer step (so
     `fit(n_epochs, resume=path)` trains the rest of that epoch)."""
     epoch, iter = learn._position
-    if 0 < iter < len(learn.dls.train):
+    if _mid_epoch(learn, iter):
         check_mid_epoch_resumable(learn.dls.train, "learn.save after a fit interrupted mid-epoch")
     save_checkpoint(learn, path, epoch=epoch, iter=iter)
 
@@ -67,6 +67,11 @@ def callback_key(cbs, cb) -> str:
     return type(cb).__name__ if len(same) == 1 else f"{type(cb).__name__}_{same.index(cb)}"
 
 
+def _mid_epoch(learn, iter: int) -> bool:
+    """Whether `iter` training batches done leave some of the epoch's to train. After its last one (a checkpoint
+    taken during validation) the next epoch draws a new order from the loader's generator as it is now."""
+    train = getattr(learn.dls, "train", None)
+    return train is not None and 0 < iter < len(train)
 
 
 def _loader_states(learn, mid_epoch: bool) -> dict:
@@ -98,7 +103,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "opt_type": type_name(learn.opt) if learn.opt is not None else None,
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
         "rng": rng_states(),
-        "loaders": _loader_states(learn, mid_epoch=iter > 0),
+        "loaders": _loader_states(learn, mid_epoch=_mid_epoch(learn, iter)),
         "positions": _loader_positions(learn, iter),
         "history": list(learn.history),
         "lr": _lr_as_data(learn.lr),
@@ -119,7 +124,7 @@ def _loader_positions(learn, iter: int) -> dict:
     file-backed loader's StatefulDataLoader state); nothing at an epoch's end. Every rank of a distributed
     run is at the same position of its own shard, so rank 0's resumes them all."""
     train = getattr(learn.dls, "train", None)
-    return {"train": train.position(iter)} if iter and hasattr(train, "position") else {}
+    return {"train": train.position(iter)} if _mid_epoch(learn, iter) and hasattr(train, "position") else {}
 
 
 def _inputs(dls) -> dict | None:

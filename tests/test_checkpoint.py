@@ -489,6 +489,30 @@ def test_the_resumed_epochs_training_loss_is_the_mean_over_all_its_batches(tmp_p
         assert got == {**expected, "loss": pytest.approx(expected["loss"], rel=1e-6)}  # accuracy exactly
 
 
+class SigtermAtLastTrainingBatch(Callback):
+    def after_batch(self, learn):
+        if learn.training and learn.epoch == 0 and learn.iter == learn.n_iter - 1:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.parametrize("saver, stop", [
+    (lambda path: CheckpointCB(path, every=5), StopInValidation(epoch=0)),  # every=5 divides the 10 batches
+    (lambda path: CheckpointCB(path, monitor="train_loss"), StopInValidation(epoch=0)),
+    (lambda path: CheckpointCB(path), SigtermAtLastTrainingBatch())], ids=["every", "best_of_train", "sigterm"])
+def test_a_checkpoint_after_an_epochs_last_training_batch_resumes_the_next_epochs_order_exactly(tmp_path, saver, stop):
+    def make():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4), cbs=[MetricsCB()])
+
+    straight = make().fit(3)
+    with pytest.raises((KeyboardInterrupt, SystemExit)):
+        make().fit(3, cbs=[saver(tmp_path / "mid.pt"), stop])
+    state = read_checkpoint(tmp_path / "mid.pt")
+    assert (state["epoch"], state["iter"]) == (0, 10)  # after every training batch of epoch 0, before its validation
+    resumed = make().fit(3, resume=tmp_path / "mid.pt")
+    assert same(state_tensors(resumed), state_tensors(straight)) and resumed.history[-2:] == straight.history[-2:]
+
+
 def test_a_checkpoint_due_inside_an_accumulation_window_waits_for_its_step(tmp_path):
     def make():
         torch.manual_seed(0)
