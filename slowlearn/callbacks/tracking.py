@@ -1,6 +1,7 @@
 """Tracking a run: checkpoints, early stopping, the NaN guard, lr on plateau, and a CSV log."""
 from __future__ import annotations
 
+import math
 import os
 import signal
 import threading
@@ -57,9 +58,11 @@ class MonitorCB(Callback):
     ("valid_loss", "train_accuracy", ...), `mode` says whether "min" or "max" is better. By default the name
     tells: "min" for losses and errors (a name holding loss, error, mse, mae, rmse or perplexity, in any case),
     "max" for scores such as accuracy, acc, auc, f1, precision, recall, r2, iou or dice (`HIGHER_IS_BETTER`);
-    any other name is refused when the callback is made, asking for `mode`. At `before_fit` the name is checked
-    against the columns this fit will produce (`learn.metric_names`, for the phases it runs), so a wrong name
-    fails before any training, listing the available ones (subclasses therefore run after MetricsCB: `order` > 50). `monitor=None` watches nothing.
+    any other name is refused when the callback is made, asking for `mode`. A NaN or infinite value is never an
+    improvement (a diverged epoch never becomes the best). At `before_fit` the name is checked against the
+    columns this fit will produce (`learn.metric_names`, for the phases it runs), so a wrong name fails before any
+    training, listing the available ones (subclasses therefore run after MetricsCB: `order` > 50).
+    `monitor=None` watches nothing.
     The values come from MetricsCB's rows, which hold the metrics reduced over the ranks of a distributed
     run, so every rank takes the same decision (stop, save, cut the lr) at the same epoch."""
 
@@ -83,6 +86,9 @@ class MonitorCB(Callback):
         return latest_metric(learn, self.monitor)
 
     def improved(self, value: float, best: float | None, min_delta: float = 0.) -> bool:
+        """Whether `value` beats `best` by more than `min_delta`; NaN or infinity never does."""
+        if not math.isfinite(value):
+            return False
         if best is None:
             return True
         return value < best - min_delta if self.mode == "min" else value > best + min_delta

@@ -149,8 +149,8 @@ def test_a_monitored_name_the_fit_does_not_compute_fails_before_training_naming_
     ("valid_acc", "max"), ("valid_f1", "max"), ("valid_BinaryAUROC", "max"), ("valid_R2Score", "max"),
     ("valid_iou", "max")])
 def test_the_default_mode_follows_the_metrics_name(tmp_path, monitor, mode):
-    for cb in EarlyStoppingCB(monitor), CheckpointCB(tmp_path / "best.pt", monitor=monitor), ReduceLROnPlateauCB(monitor):
-        assert cb.mode == mode
+    monitors = EarlyStoppingCB(monitor), CheckpointCB(tmp_path / "best.pt", monitor=monitor), ReduceLROnPlateauCB(monitor)
+    assert [cb.mode for cb in monitors] == [mode] * 3
 
 
 def test_a_monitor_whose_name_does_not_tell_its_direction_needs_a_mode(tmp_path):
@@ -193,6 +193,14 @@ class ScriptedValidLoss(Callback):
 
 def same_weights(a, b):
     return all(torch.equal(v, b[k]) for k, v in a.items())
+
+
+def test_a_non_finite_monitored_value_is_never_the_best(tmp_path):
+    script = ScriptedValidLoss([float("nan"), 0.5, float("inf"), 0.4])
+    checkpoint, stop = CheckpointCB(tmp_path / "best.pt", monitor="valid_loss"), EarlyStoppingCB(patience=3)
+    Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), script, checkpoint, stop]).fit(4)
+    assert checkpoint.best == stop.best == 0.4 and stop.best_epoch == 3
+    assert read_checkpoint(tmp_path / "best.pt")["epoch"] == 4
 
 
 @pytest.mark.parametrize("restore_best", [True, False])
