@@ -356,8 +356,6 @@ class CSVLoggerCB(LoggerCB):
     rank 0 writes, and a file that cannot be written is a warning, never the end of training (LoggerCB).
     """
 
-    order = 90
-
     def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path, self.append = Path(path), append
         self._end = 0  # the log's size in bytes after the last row of this run: what a resume keeps

@@ -183,7 +183,7 @@ class CheckpointCB(MonitorCB):
     must be on all of them). The previous SIGTERM handler is back after the fit.
     """
 
-    order = 90  # after MetricsCB and the schedulers: the checkpoint holds their latest state
+    order = 90  # after MetricsCB, the schedulers and the loggers (85): the checkpoint holds their latest state
 
     def __init__(self, path: str | os.PathLike, every: str | int = "epoch", monitor: str | None = None,
                  mode: str | None = None, keep: str | None = None, on_sigterm: bool = True):

@@ -305,6 +305,26 @@ def test_an_unwritable_csv_log_warns_and_keeps_the_checkpoints(tmp_path):
     assert_finished_with_checkpoint(learn, tmp_path / "ckpt.pt")
 
 
+def csv_rows_without_time(path):
+    lines = path.read_text().splitlines()
+    time_column = lines[0].split(",").index("time")
+    return [[v for i, v in enumerate(line.split(",")) if i != time_column] for line in lines]
+
+
+def test_a_csv_log_listed_after_the_checkpoint_keeps_the_saved_epochs_rows_when_resumed(tmp_path):
+    def make(name):
+        torch.manual_seed(0)
+        cbs = [MetricsCB(), CheckpointCB(tmp_path / f"{name}.pt"), CSVLoggerCB(tmp_path / f"{name}.csv")]
+        return Learner(nn.Linear(3, 3), dls(), lr=0.1, cbs=cbs)
+
+    make("straight").fit(3)
+    with pytest.raises(KeyboardInterrupt):
+        make("resumed").fit(3, cbs=[Interrupt(2, 0)])
+    make("resumed").fit(3, resume=tmp_path / "resumed.pt")
+    straight = csv_rows_without_time(tmp_path / "straight.csv")
+    assert len(straight) == 7 and csv_rows_without_time(tmp_path / "resumed.csv") == straight
+
+
 def list_loaders():
     """Plain lists of (x, y) batches: a loader with no batch size attribute."""
     g = torch.Generator().manual_seed(0)
