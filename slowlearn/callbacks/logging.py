@@ -425,7 +425,8 @@ class MLflowCB(ScalarLoggerCB):
     Points are sent in batches, every `flush_secs` seconds (or 1000 points) and at the end of the fit, so
     training waits on the store rarely. One callback is one MLflow run, over all its fits. Resumable: the run
     id goes into checkpoints, and `fit(resume=...)` continues that run, writing no step twice. Only rank 0
-    logs; a store that cannot be reached or written is a warning, and training goes on (LoggerCB): HTTP
+    logs; a store that cannot be reached or written is a warning, and training goes on (LoggerCB), and when the
+    fit ends the run is still sent the points buffered and ended (FINISHED, FAILED or KILLED) where it can be: HTTP
     stores get 2 retries and a 10 s timeout, unless MLFLOW_HTTP_REQUEST_MAX_RETRIES or
     MLFLOW_HTTP_REQUEST_TIMEOUT say otherwise. A new SQLite store takes a few seconds to create.
     """
@@ -466,6 +467,12 @@ class MLflowCB(ScalarLoggerCB):
 
     def cleanup_fit(self, learn) -> None:
         super().cleanup_fit(learn)
+        if self._running:  # a write failed in this fit, so `attempt` skipped `finish`: the run must still end
+            try:
+                self.finish(learn, self.fit_failed())
+            except Exception as e:  # noqa: BLE001 -- a logger never stops the fit, nor replaces its error
+                warnings.warn(f"MLflowCB could not finish the run {self.run_id} ({self.destination}): "
+                              f"{type(e).__name__}: {e}.", RuntimeWarning, stacklevel=2)
         self._learn = None
 
     # --- writing
@@ -486,17 +493,20 @@ class MLflowCB(ScalarLoggerCB):
         self._buffer, self._last_flush = [], time.monotonic()
 
     def finish(self, learn, failed: bool) -> None:
+        """Send the buffered points and the artifacts, then end the run, whatever became of the points."""
         if not self._running:
             return
-        self._flush()
-        if not failed:
-            self._log_artifacts([*self.artifacts, *(cb.path for cb in learn.cbs if isinstance(cb, CSVLoggerCB))],
-                                missing_ok=True)
         interrupted = isinstance(sys.exc_info()[1], KeyboardInterrupt)
         status = "FAILED" if failed and not interrupted else "KILLED" if failed else "FINISHED"
-        with _bounded_http():
-            self._client.set_terminated(self.run_id, status)
-        self._running = False
+        self._running = False  # ended once: what fails below is not tried again
+        try:
+            self._flush()
+            if not failed and not self.failed:
+                self._log_artifacts([*self.artifacts, *(cb.path for cb in learn.cbs if isinstance(cb, CSVLoggerCB))],
+                                    missing_ok=True)
+        finally:
+            with _bounded_http():
+                self._client.set_terminated(self.run_id, status)
 
     def log_artifacts(self, *paths: str | os.PathLike) -> None:
         """Copy files or folders into the run's artifacts, e.g. an export or plots written after the fit."""
@@ -537,12 +547,13 @@ class MLflowCB(ScalarLoggerCB):
             run = self._existing_run(client) if self.run_id is not None else None
             if run is None:
                 run = client.create_run(self._experiment_id(client), run_name=self.run_name, tags=_tags())
-                self.run_id, self._logged = run.info.run_id, {}
+                self.run_id = run.info.run_id
             else:
                 client.update_run(self.run_id, status="RUNNING")
-                self._logged = self._last_steps(client, run) if self._resumed else {}
+            self._running, self._last_flush = True, time.monotonic()  # from here on, cleanup_fit ends the run
+            self._logged = self._last_steps(client, run) if self._resumed else {}  # a new run has none
             self._log_params(client, run)
-        self._running, self._resumed, self._last_flush = True, False, time.monotonic()
+        self._resumed = False
 
     def _existing_run(self, client):
         from mlflow.exceptions import MlflowException

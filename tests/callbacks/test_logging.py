@@ -479,6 +479,57 @@ def test_an_unreachable_tracking_server_warns_and_training_goes_on(tmp_path, mon
     assert_finished_with_checkpoint(learn, tmp_path / "ckpt.pt")
 
 
+class FailStoreWrites(Callback):
+    """From batch 2 of epoch 0 on, MLflowCB's client fails its next `times` calls of `log_batch`."""
+
+    order = logging_module.LoggerCB.order - 1
+
+    def __init__(self, times):
+        self.times = times
+
+    def after_batch(self, learn):
+        if (learn.epoch, learn.iter) != (0, 2) or not learn.training:
+            return
+        client, left = learn.mlflow._client, [self.times]
+        working = client.log_batch
+
+        def flaky(*args, **kwargs):
+            left[0] -= 1
+            if left[0] >= 0:
+                raise ConnectionError("503 Service Unavailable")
+            return working(*args, **kwargs)
+        client.log_batch = flaky
+
+
+@pytest.mark.parametrize("failures", [1, 2])  # 2: sending the buffered points at the end fails too
+def test_mlflow_ends_the_run_after_a_failed_write_sending_what_it_buffered(store, client, request, monkeypatch,
+                                                                           failures):
+    monkeypatch.setattr(MLflowCB, "flush_secs", 0.)  # every point is sent at once
+    learn = ml_learner(store, request.node.name, cbs=[FailStoreWrites(failures)])
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        learn.fit(2)
+    assert len(logger_warnings(record, "MLflowCB could not write")) == 1
+    assert len(logger_warnings(record, "MLflowCB could not finish the run")) == failures - 1
+    run = client.get_run(learn.mlflow.run_id)
+    assert run.info.status == "FINISHED" and run.info.end_time is not None
+    sent = [step for step, _ in history(client, run.info.run_id, "train/step_loss")]
+    assert sent == [2, 4] if failures == 1 else sent == [2]  # the failed point, sent at the end when it can be
+
+
+def test_mlflow_warns_when_it_cannot_end_the_run_and_the_fit_ends_as_it_would(store, client, request, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise ConnectionError("503 Service Unavailable")
+    monkeypatch.setattr(MLflowCB, "flush_secs", 0.)
+    learn = ml_learner(store, request.node.name, cbs=[FailStoreWrites(1)])
+    monkeypatch.setattr("mlflow.MlflowClient.set_terminated", refuse)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        learn.fit(2)
+    assert "ConnectionError: 503" in str(logger_warnings(record, "MLflowCB could not finish the run")[0].message)
+    assert len(learn.history) == 4 and client.get_run(learn.mlflow.run_id).info.status == "RUNNING"
+
+
 def test_mlflow_only_rank_0_logs(store, client, monkeypatch, request):
     monkeypatch.setattr(logging_module, "is_rank0", lambda: False)
     learn = ml_learner(store, request.node.name)
