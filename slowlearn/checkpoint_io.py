@@ -6,6 +6,7 @@ write keeps the previous file, a failed check leaves the model and optimizer as 
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import os
@@ -21,7 +22,7 @@ import torch
 from torch import Tensor, nn
 
 __all__ = ["CheckpointError", "FORMAT", "checksum", "write_atomically", "read_verified", "check_model_fits",
-           "check_optimizer_fits", "non_finite_entries", "type_name"]
+           "check_optimizer_fits", "check_checkpoint_file", "non_finite_entries", "type_name"]
 
 FORMAT = 3  # 2 adds the checksum, the optimizer's type and n_epochs (format-1 files still load, unverified);
 # 3 adds learn.lr, the frozen layers and the log's size, which an older slowlearn would silently ignore
@@ -78,7 +79,8 @@ def write_atomically(state: dict, path: Path) -> None:
             raise OSError(code, _write_failure(path, e)) from e
         finally:
             interrupt.writing = False
-            tmp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # e.g. no folder to hold it: the error above is the one to tell
+                tmp.unlink(missing_ok=True)
 
 
 class _InterruptAfter:
@@ -120,18 +122,31 @@ class _InterruptAfter:
 
 
 def _write_failure(path: Path, e: Exception) -> str:
-    kept = f"{path} was not replaced and still holds the previous checkpoint" if path.exists() else \
+    kept = f"{path} was not replaced and still holds the previous checkpoint" if path.is_file() else \
         f"no checkpoint was written at {path}"
     existing = next((p for p in [path.parent, *path.parents] if p.exists()), None)
     free = shutil.disk_usage(existing).free if existing is not None else None
-    if getattr(e, "errno", None) == errno.ENOSPC:
-        cause = "the disk is full"
+    code = getattr(e, "errno", None)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        cause = "the disk is full" if code == errno.ENOSPC else "the disk quota is used up"
     elif "unexpected pos" in str(e):  # torch's zip writer, when a write comes up short
         cause = f"the write was cut short, as when the disk is full ({free / 2**20:.1f} MiB free there now)"
     else:
-        cause = str(e)
+        return f"Could not write the checkpoint {path}: {e}; {kept}. Give the checkpoint a path that can be written."
     return (f"Could not write the checkpoint {path}: {cause}; {kept}. Free some space or give the checkpoint "
             f"another path (details: {e})")
+
+
+def check_checkpoint_file(file: Path, owner: str) -> None:
+    """Refuse, before any training, a checkpoint file that could never be written: a folder in its place, or a
+    file where one of its folders should be. `owner` names who writes it (e.g. "CheckpointCB(keep='both')")."""
+    if file.is_dir():
+        raise CheckpointError(f"{owner} writes the checkpoint file {file}, but that is a folder: give the path of a "
+                              f"file (such as {file / 'last.pt'}), or remove the folder.")
+    blocking = next((folder for folder in file.parents if folder.exists() and not folder.is_dir()), None)
+    if blocking is not None:
+        raise CheckpointError(f"{owner} writes the checkpoint file {file}, but {blocking} is a file, so it cannot "
+                              f"hold {file.relative_to(blocking)}: give another path, or move {blocking} away.")
 
 
 def read_verified(path: str | os.PathLike, map_location=None) -> dict:

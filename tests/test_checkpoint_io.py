@@ -1,4 +1,6 @@
-"""Checkpoint files: damaged, foreign and older files, checksums."""
+"""Checkpoint files: damaged, foreign and older files, checksums, paths that cannot be written."""
+import errno
+import os
 import re
 import struct
 
@@ -7,7 +9,8 @@ import torch
 from test_checkpoint import BAD_FILES, PATTERN, bad_file, learner, same, saved_checkpoint, state_tensors
 from torch import nn
 
-from slowlearn import CheckpointError
+from slowlearn import CheckpointError, checkpoint_io
+from slowlearn.checkpoint_io import write_atomically
 
 
 @pytest.mark.parametrize("kind", BAD_FILES)
@@ -47,3 +50,25 @@ def test_checkpoints_of_format_1_without_a_checksum_still_load(tmp_path):
     torch.save({**state, "format": 1}, tmp_path / "old.pt")
     learn = learner().load(tmp_path / "old.pt")
     assert torch.equal(learn.model.weight, state["model"]["weight"])
+
+
+def test_a_write_under_a_file_tells_the_real_error_and_does_not_blame_the_disk(tmp_path):
+    (tmp_path / "file.pt").write_text("not a folder")
+    with pytest.raises(OSError) as error:
+        write_atomically({"weight": torch.zeros(1)}, tmp_path / "file.pt" / "best.pt")
+    message = str(error.value)
+    assert message.startswith(f"[Errno 17] Could not write the checkpoint {tmp_path / 'file.pt' / 'best.pt'}: ")
+    assert "File exists" in message and "Give the checkpoint a path that can be written" in message
+    assert "space" not in message and "disk" not in message
+
+
+@pytest.mark.parametrize("code, cause", [(errno.ENOSPC, "the disk is full"),
+                                         (errno.EDQUOT, "the disk quota is used up")])
+def test_only_a_full_disk_or_quota_asks_for_space(tmp_path, monkeypatch, code, cause):
+    def fail(state, path):
+        raise OSError(code, os.strerror(code))
+    monkeypatch.setattr(checkpoint_io.torch, "save", fail)
+    with pytest.raises(OSError, match=f"{cause}; no checkpoint was written at .*Free some space"):
+        write_atomically({}, tmp_path / "ckpt.pt")
+    assert list(tmp_path.iterdir()) == []
+

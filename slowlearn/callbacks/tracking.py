@@ -13,6 +13,7 @@ from torch.optim import lr_scheduler
 
 from ..callback import Callback, CancelFitException
 from ..checkpoint import CheckpointError, check_mid_epoch_resumable, save_checkpoint
+from ..checkpoint_io import check_checkpoint_file
 from ..device import bare_model
 from ..distributed import all_reduce_sum, rank0_print
 from .gradients import steps_after_this_batch
@@ -169,7 +170,9 @@ class CheckpointCB(MonitorCB):
     refused at the start of the fit). `keep="best"` (the default with `monitor`, e.g. "valid_loss")
     writes `path` at the end of an epoch only when that metric improved (`mode` "min"/"max", by
     default from the metric's name: see `MonitorCB`).
-    `keep="both"` keeps both side by side in the folder `path`: `last.pt` and `best.pt`.
+    `keep="both"` keeps both side by side in the folder `path`: `last.pt` and `best.pt`. A path that could
+    never be written (a folder where a checkpoint file goes, a file where its folder goes) is refused when the
+    fit starts, before any training.
     The best value carries over from fit to fit (unlike EarlyStoppingCB's count): the best file stays
     the best of all of them, e.g. over both stages of `fine_tune`; a new CheckpointCB starts afresh.
     Continue a run with `learn.fit(n_epochs, resume=path)`, or `resume="auto"` (from the last checkpoint
@@ -212,6 +215,7 @@ class CheckpointCB(MonitorCB):
 
     def before_fit(self, learn) -> None:
         super().before_fit(learn)
+        self._check_paths()
         if isinstance(self.every, int):
             check_mid_epoch_resumable(learn.dls.train, f"CheckpointCB(every={self.every})")
         self._due = False
@@ -232,6 +236,14 @@ class CheckpointCB(MonitorCB):
             self._due = False
         if stop:
             self._preempted(learn, f"after batch {learn.iter + 1} of epoch {learn.epoch}")
+
+    def _check_paths(self) -> None:
+        owner = f"CheckpointCB('{self.path}', keep='{self.keep}')"
+        if self.keep == "both":
+            owner += f", which keeps last.pt and best.pt in the folder {self.path},"
+        files = [self.last_path, self.best_path, self._preempted_path if self.on_sigterm else None]
+        for file in dict.fromkeys(file for file in files if file is not None):
+            check_checkpoint_file(file, owner)
 
     @property
     def _preempted_path(self) -> Path:

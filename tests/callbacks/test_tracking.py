@@ -1,4 +1,5 @@
 import csv
+import re
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ from slowlearn import (
     ActivationStatsCB,
     Callback,
     CheckpointCB,
+    CheckpointError,
     CSVLoggerCB,
     EarlyStoppingCB,
     Learner,
@@ -149,7 +151,8 @@ def test_a_monitored_name_the_fit_does_not_compute_fails_before_training_naming_
     ("valid_acc", "max"), ("valid_f1", "max"), ("valid_BinaryAUROC", "max"), ("valid_R2Score", "max"),
     ("valid_iou", "max")])
 def test_the_default_mode_follows_the_metrics_name(tmp_path, monitor, mode):
-    monitors = EarlyStoppingCB(monitor), CheckpointCB(tmp_path / "best.pt", monitor=monitor), ReduceLROnPlateauCB(monitor)
+    monitors = [EarlyStoppingCB(monitor), CheckpointCB(tmp_path / "best.pt", monitor=monitor),
+                ReduceLROnPlateauCB(monitor)]
     assert [cb.mode for cb in monitors] == [mode] * 3
 
 
@@ -175,6 +178,22 @@ def test_checkpoint_keeps_the_lowest_mse_without_a_mode(tmp_path):
     learn.fit(4)
     assert checkpoint.best == 0.4 and read_checkpoint(tmp_path / "best.pt")["epoch"] == 2
 
+
+
+@pytest.mark.parametrize("keep, existing, problem", [
+    ("last", "folder", "writes the checkpoint file {path}, but that is a folder: give the path of a file"),
+    ("best", "folder", "writes the checkpoint file {path}, but that is a folder: give the path of a file"),
+    ("both", "file", "which keeps last.pt and best.pt in the folder {path}, writes the checkpoint file {path}/"),
+    ("last", "parent", "but {path} is a file, so it cannot hold last.pt: give another path")])
+def test_a_checkpoint_path_that_cannot_be_written_is_refused_before_training(tmp_path, keep, existing, problem):
+    path = tmp_path / "ckpt"
+    path.mkdir() if existing == "folder" else path.write_text("a file")
+    target = path / "last.pt" if existing == "parent" else path
+    batches = CountBatches()
+    checkpoint = CheckpointCB(target, keep=keep, monitor=None if keep == "last" else "valid_loss")
+    with pytest.raises(CheckpointError, match=re.escape(problem.format(path=path))):
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB(), checkpoint, batches]).fit(1)
+    assert batches.n == 0
 
 
 class ScriptedValidLoss(Callback):
