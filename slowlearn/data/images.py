@@ -59,7 +59,8 @@ def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None 
     images a model trained on). Images lying directly in `path` beside class folders have no class: they
     are left out with a warning; every image is listed once, even through symbolic links.
     A `test/` folder that is not the validation folder becomes `dls.test`; in `path/<class>/*`, train/,
-    valid/ and test/ are never classes. Subfolders of a class folder belong to that class.
+    valid/ and test/ are never classes, and a folder named like a split in another way (`Train/`, `Test/`,
+    `val/`, `validation/`) is an error that says how to pass it. Subfolders of a class folder belong to that class.
 
     `size` (int, or (h, w)) resizes every image: scaled to cover the size, then centre-cropped.
     Without it the images must share one size. `channels` (1 or 3) sets the colour mode; by default

@@ -22,6 +22,7 @@ __all__ = ["LabelledFiles", "folder_files", "csv_files", "stable_split", "random
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 SPLIT_FOLDERS = ("train", "valid", "test")  # folder names that hold splits, never classes
+SPLIT_NAMES = ("train", "valid", "val", "validation", "test")  # in any case, a folder so named looks like a split
 TRUE_WORDS, FALSE_WORDS = {"1", "true", "yes", "valid", "t", "y"}, {"0", "false", "no", "train", "f", "n", ""}
 
 
@@ -195,7 +196,8 @@ def _check_two_classes(classes: list[str], where: str) -> None:
 def folder_files(path: Path, valid: str | None, valid_pct: float | None) -> LabelledFiles:
     """`path/train/<class>/*` with `path/<valid>/<class>/*` (valid/ or test/), or `path/<class>/*` (or
     train/ alone) to be split by `valid_pct`. A `test/` folder that is not the validation folder is the
-    test split; in the flat layout `path/<class>/*`, train/, valid/ and test/ are never classes."""
+    test split; in the flat layout `path/<class>/*`, train/, valid/ and test/ are never classes, and a folder named
+    like a split in another way (`Train/`, `val/`, `validation/`: `SPLIT_NAMES` in any case) is an error."""
     if not path.is_dir():
         raise FileNotFoundError(f"{path} is not a folder: expected one holding train/<class>/*.jpg with valid/<class>/"
                                 f" (or test/), or <class>/*.jpg with valid_pct=")
@@ -206,6 +208,8 @@ def folder_files(path: Path, valid: str | None, valid_pct: float | None) -> Labe
         folders[valid] = path / valid
         if not folders[valid].is_dir():
             raise FileNotFoundError(f"valid={valid!r}: {path / valid} is not a folder")
+    if flat:
+        _check_no_split_like_classes(path, used=set(folders))
     if valid_pct is None:
         if flat:
             raise ValueError(f"{path} has no train/ folder: use {path}/train/<class>/ and {path}/valid/<class>/ "
@@ -214,16 +218,61 @@ def folder_files(path: Path, valid: str | None, valid_pct: float | None) -> Labe
         valid = valid or next((v for v in ("valid", "test") if v in folders), None)
         if valid is None:
             raise FileNotFoundError(f"{path} has no valid/ or test/ folder next to train/: add one, or pass valid_pct= "
-                                    f"(e.g. 0.2) to split train/ at random")
+                                    f"(e.g. 0.2) to split train/ at random.{_valid_hint(path)}")
         split_dirs = {"train": train_dir, "valid": folders[valid]}
     else:
-        if valid is not None or "valid" in folders:
-            raise ValueError(f"valid_pct={valid_pct} would ignore the validation folder {folders.get(valid or 'valid')}"
-                             f": drop valid_pct to use that folder, or remove the folder to split train/ at random")
+        ignored = valid or ("valid" if "valid" in folders else None) or _validation_like(path, flat)
+        if ignored is not None:
+            raise ValueError(f"valid_pct={valid_pct} would ignore the validation folder {path / ignored}: drop "
+                             f"valid_pct to use that folder (valid={ignored!r}), or remove the folder to split train/ "
+                             f"at random")
         split_dirs = {"train": train_dir}
     if "test" in folders and valid != "test":
         split_dirs["test"] = folders["test"]
     return _label_folders(split_dirs, not_classes=SPLIT_FOLDERS if flat else ())
+
+
+def _is_split_name(name: str) -> bool:
+    return name.casefold() in SPLIT_NAMES
+
+
+def _check_no_split_like_classes(path: Path, used: set[str]) -> None:
+    """In the flat layout `path/<class>/*`, a class folder named like a split (`Train/`, `Test/`, `val/`,
+    `validation/`) is almost surely a split folder whose name the layouts do not read: an error, never a class."""
+    odd = [d.name for d in _visible_dirs(path) if _is_split_name(d.name) and d.name not in SPLIT_FOLDERS + (*used,)]
+    if not odd:
+        return
+    named = ", ".join(f"{name}/" for name in odd)
+    train = next((name for name in odd if name.casefold() == "train"), None)
+    others = [name for name in odd if name != train]
+    if train is not None:
+        fix = (f"to split {train}/ at random, pass that folder: image_folder({str(path / train)!r}, valid_pct=0.2); to "
+               f"train on {train}/ and validate on {others[0] if others else '<folder>'}/, rename {train}/ to train/ "
+               f"and pass valid={others[0] if others else '<folder>'!r}")
+    else:
+        fix = (f"to validate on {odd[0]}/, put the class folders of the training images in {path / 'train'}/ and pass "
+               f"valid={odd[0]!r}; or remove {odd[0]}/ to split {path}/<class>/ at random with valid_pct=")
+    they = "the folders {} are named like splits" if len(odd) > 1 else "the folder {} is named like a split"
+    raise ValueError(f"{path}: {they.format(named)} ({', '.join(SPLIT_NAMES)}, in any case), not like classes, but "
+                     f"only train/, valid/ and test/ are read as split folders: {fix}")
+
+
+def _validation_like(path: Path, flat: bool) -> str | None:
+    """A folder next to train/ named like a validation split (`val/`, `validation/`, `Valid/`), which valid_pct
+    would leave unused."""
+    if flat:
+        return None
+    return next((d.name for d in _visible_dirs(path) if _is_split_name(d.name) and d.name.casefold() not in
+                 ("train", "test")), None)
+
+
+def _valid_hint(path: Path) -> str:
+    """For train/ with no valid/ or test/: the folders next to it, which may hold the validation images."""
+    others = [d.name for d in _visible_dirs(path) if d.name != "train"]
+    if not others:
+        return ""
+    likely = sorted(others, key=lambda name: not _is_split_name(name))
+    return f" If {likely[0]}/ holds the validation images, pass valid={likely[0]!r}."
 
 
 def _has_images(folder: Path) -> bool:

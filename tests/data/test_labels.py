@@ -131,6 +131,36 @@ def test_a_flat_layouts_test_folder_is_the_test_split_not_a_class(tmp_path):
         folder_files(root, None, 0.5)
 
 
+@pytest.mark.parametrize("layout", [("Train", "Test"), ("", "validation"), ("", "Val")])
+def test_folders_named_like_splits_in_another_case_are_an_error_not_classes(tmp_path, layout):
+    """Kaggle's Train/ and Test/, or validation/ beside the class folders, were classes of a valid_pct split."""
+    root = tmp_path / "pets"
+    for split in layout:
+        make_folder(root, n_per_class=2, splits=(split,))
+    odd = sorted(name for name in layout if name)
+    with pytest.raises(ValueError, match=rf"{'/, '.join(odd)}/ (are|is) named like (a split|splits).* only train/, valid/ and "
+                                         rf"test/ are read as split folders"):
+        folder_files(root, None, 0.5)
+    if "Train" in layout:
+        with pytest.raises(ValueError, match=r"image_folder\('.*/Train', valid_pct=0.2\).*rename Train/ to train/ and "
+                                             r"pass valid='Test'"):
+            folder_files(root, None, None)
+    else:
+        with pytest.raises(ValueError, match=rf"put the class folders of the training images in .*train/ and pass "
+                                             rf"valid='{layout[1]}'"):
+            folder_files(root, None, None)
+
+
+def test_a_val_folder_next_to_train_is_named_in_the_error_and_never_ignored(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("train", "val"))
+    with pytest.raises(FileNotFoundError, match=r"no valid/ or test/ folder next to train/.* If val/ holds the "
+                                                r"validation images, pass valid='val'"):
+        folder_files(root, None, None)
+    with pytest.raises(ValueError, match=r"valid_pct=0.5 would ignore the validation folder .*val: .*valid='val'"):
+        folder_files(root, None, 0.5)
+    assert folder_files(root, "val", None).splits.count("valid") == 6
+
+
 def test_train_valid_and_test_folders_give_three_splits(tmp_path):
     root = make_folder(tmp_path / "pets", n_per_class=2, splits=("train", "valid", "test"))
     (root / "test" / "cat" / "0.png").unlink()  # a test set of another size than the validation set
