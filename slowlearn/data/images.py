@@ -57,7 +57,8 @@ def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None 
     others between training and validation; the validation share is about `valid_pct`, not exactly.
     `dls.split` records that rule (and exports carry it, so `slowlearn evaluate` can leave out the
     images a model trained on). Images lying directly in `path` beside class folders have no class: they
-    are left out with a warning; every image is listed once, even through symbolic links.
+    are left out with a warning; every image is listed once, even through symbolic links, and an image linked
+    (symbolic or hard link) into train/ and into the validation or test folder is an error.
     A `test/` folder that is not the validation folder becomes `dls.test`; in `path/<class>/*`, train/,
     valid/ and test/ are never classes, and a folder named like a split in another way (`Train/`, `Test/`,
     `val/`, `validation/`) is an error that says how to pass it. Subfolders of a class folder belong to that class.

@@ -57,6 +57,8 @@ class _Listing:
 
     def __init__(self, top: str):
         self.top, self.folders, self.found, self.skipped = top, set(), [], []
+        self.files: list[str] = []
+        self.ids: dict[str, tuple] = {}  # each listed file's (device, inode): the same file under another name
         self.deferred: list[str] = []  # symbolic links to folders, walked once the real tree is listed
 
     def walk(self) -> list[str]:
@@ -107,6 +109,7 @@ class _Listing:
         for path, file_id in self.found:
             if first.setdefault(file_id, path) == path:
                 files.append(path)
+                self.ids[path] = file_id
             else:
                 self.skipped.append(path)
         return files
@@ -119,24 +122,31 @@ def images_in(folder: Path) -> list[str]:
     Symbolic links are followed, but every real folder is walked once and every real file listed once: a
     link loop (`cat/up -> ..`) or a second link to the same images lists nothing twice (with a warning that
     names the links left out)."""
+    return _listing(folder).files
+
+
+def _listing(folder: Path) -> _Listing:
+    """The walked listing of `images_in(folder)`, with each file's (device, inode) in `.ids`."""
     listing = _Listing(os.path.abspath(folder))
-    files = listing.walk()
+    listing.files = listing.walk()
     if listing.skipped:
         n, first = len(listing.skipped), listing.skipped[0]
         example = os.path.relpath(first, listing.top) + (f" -> {os.readlink(first)}" if os.path.islink(first) else "")
         warnings.warn(f"{folder}: {n} symbolic link{'s' if n > 1 else ''} or repeated file{'s' if n > 1 else ''} "
                       f"(e.g. {example}) lead{'' if n > 1 else 's'} to folders or images already listed, so "
-                      f"{'they were' if n > 1 else 'it was'} left out: each image is listed once", stacklevel=2)
-    return files
+                      f"{'they were' if n > 1 else 'it was'} left out: each image is listed once", stacklevel=3)
+    return listing
 
 
-def _class_folders(split_dir: Path, not_classes: Sequence[str] = ()) -> dict[str, list[str]]:
-    """The images of each class folder of `split_dir`, labelled by `class_folder`; images lying directly in
-    `split_dir` beside class folders have no class: left out, with a warning that counts them."""
+def _class_folders(split_dir: Path, not_classes: Sequence[str] = ()) -> tuple[dict[str, list[str]], dict[str, tuple]]:
+    """The images of each class folder of `split_dir`, labelled by `class_folder`, and each image's (device,
+    inode); images lying directly in `split_dir` beside class folders have no class: left out, with a warning
+    that counts them."""
     classes = {d.name: [] for d in _visible_dirs(split_dir) if d.name not in not_classes}
     root = os.path.abspath(split_dir)
     loose = []
-    for file in images_in(split_dir):
+    listing = _listing(split_dir)
+    for file in listing.files:
         name = class_folder(file, root)
         if name in classes:
             classes[name].append(file)
@@ -148,7 +158,7 @@ def _class_folders(split_dir: Path, not_classes: Sequence[str] = ()) -> dict[str
         warnings.warn(f"{n} image{'s' if n > 1 else ''} directly in {split_dir} (e.g. {loose[0]}), beside its class "
                       f"folders: {they} no class, so {n} {'are' if n > 1 else 'is'} left out; move each into its class "
                       f"folder", stacklevel=4)
-    return classes
+    return classes, listing.ids
 
 
 def _check_classes(train: dict[str, list[str]], where: Path) -> None:
@@ -304,7 +314,8 @@ def layout_hint(path: Path) -> str:
 
 
 def _label_folders(split_dirs: dict[str, Path], not_classes: Sequence[str] = ()) -> LabelledFiles:
-    train = _class_folders(split_dirs["train"], not_classes)
+    train, train_ids = _class_folders(split_dirs["train"], not_classes)
+    trained_on = {train_ids[file]: file for files in train.values() for file in files}  # flat: not test/'s files
     try:
         _check_classes(train, split_dirs["train"])
     except ValueError as e:
@@ -313,7 +324,7 @@ def _label_folders(split_dirs: dict[str, Path], not_classes: Sequence[str] = ())
     classes = list(train)
     files, labels, splits, keys = [], [], [], []
     for split, folder in split_dirs.items():
-        found = train if split == "train" else _class_folders(folder)
+        found, ids = (train, train_ids) if split == "train" else _class_folders(folder)
         if split == "test" and not (found and set(found) <= set(classes)):  # e.g. Kaggle's unlabelled test/*.jpg
             warnings.warn(f"{folder} is not labelled by the training classes' folders, so it is not used as the test "
                           f"split (dls.test is the validation set); predict on it with learn.get_preds or slowlearn predict",
@@ -323,6 +334,8 @@ def _label_folders(split_dirs: dict[str, Path], not_classes: Sequence[str] = ())
         if unknown:
             raise ValueError(f"{folder / unknown[0]} is a class with no training images ({split_dirs['train']} has no "
                              f"{unknown[0]}/ folder): add training images for it, or remove {folder / unknown[0]}")
+        if split != "train":
+            _check_not_in_training(found, ids, trained_on, split)
         root = os.path.abspath(folder)
         for name, names_files in found.items():
             files += names_files
@@ -332,6 +345,25 @@ def _label_folders(split_dirs: dict[str, Path], not_classes: Sequence[str] = ())
         if split != "train" and split not in splits:
             raise ValueError(f"{folder} has no images in class folders <class>/ (looked for {', '.join(IMAGE_SUFFIXES)})")
     return LabelledFiles(files, labels, splits, classes, keys, "class-folder")
+
+
+def _check_not_in_training(found: dict[str, list[str]], ids: dict[str, tuple], trained_on: dict[tuple, str],
+                           split: str) -> None:
+    """An image of the `split` folder that is a training image under another name (a symbolic or hard link) is
+    an error, as in a CSV."""
+    for files in found.values():
+        for file in files:
+            if ids[file] in trained_on:
+                raise _in_both_splits(f"{file} is the training image {trained_on[ids[file]]} (a link to the same file), "
+                                     f"so it is listed", split, "remove one of them")
+
+
+def _in_both_splits(listed: str, split: str, fix: str) -> ValueError:
+    """The error for an image listed both for training and for validation (or testing): the one rule, for folders
+    and CSVs."""
+    use, done = ("validation", "validated") if split == "valid" else ("testing", "tested")
+    return ValueError(f"{listed} both for training and for {use}: a model would be {done} on an image it trained "
+                      f"on; {fix}")
 
 
 def split_key(file: str | os.PathLike, root: str | os.PathLike) -> str:
@@ -446,8 +478,7 @@ def _check_each_file_once(files: list[str], ids: list[tuple], labels: list[str],
             raise ValueError(f"{rows} list the image {same} under two labels, {labels[j]!r} and {labels[i]!r}: an "
                              f"image has one class; keep the right row")
         if splits[i] != splits[j]:
-            raise ValueError(f"{rows} list the image {same} both for training and for validation: a model would "
-                             f"be validated on an image it trained on; keep one row")
+            raise _in_both_splits(f"{rows} list the image {same}", "valid", "keep one row")
         raise ValueError(f"{rows} list the image {same} twice: list each image once (a repeated row counts the "
                          f"image twice in training or validation)")
 

@@ -299,6 +299,17 @@ def test_a_symlink_loop_or_a_second_link_lists_each_image_once(tmp_path):
     assert len(dls.train.x) + len(dls.valid.x) == 13
 
 
+@pytest.mark.parametrize("link", [os.symlink, os.link])
+@pytest.mark.parametrize("split", ["valid", "test"])
+def test_an_image_linked_into_training_and_another_split_is_an_error(tmp_path, link, split):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("train", "valid", "test"))
+    link(root / "train" / "dog" / "1.png", root / split / "cat" / "linked.png")
+    use = "validation" if split == "valid" else "testing"
+    with pytest.raises(ValueError, match=rf"{split}/cat/linked.png is the training image .*train/dog/1.png \(a link "
+                                         rf"to the same file\), so it is listed both for training and for {use}"):
+        folder_files(root, None, None)
+
+
 def test_images_lying_beside_the_class_folders_are_named_not_dropped_silently(tmp_path):
     root = make_folder(tmp_path / "pets", n_per_class=3, splits=("",))
     for name in ("stray.png", "z.jpg"):
