@@ -13,6 +13,7 @@ import os
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -34,6 +35,9 @@ from .files import (
 from .labels import IMAGE_SUFFIXES, SPLIT_RULE, LabelledFiles, csv_files, folder_files, stable_split
 from .loaders import DataLoaders, TensorLoader
 from .safe_pickle import read_cifar_batch
+
+if TYPE_CHECKING:
+    import pandas as pd  # image_csv takes a DataFrame, but slowlearn does not need pandas
 
 __all__ = ["image_folder", "image_csv", "cifar10", "count_table", "CIFAR10_CLASSES", "IMAGE_SUFFIXES"]
 
@@ -84,14 +88,15 @@ def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None 
     return _from_files(items, f"folder {path.absolute()}", **_loader_args(locals()))
 
 
-def image_csv(csv: str | os.PathLike | Sequence, folder: str | os.PathLike | None = None, *,
+def image_csv(csv: str | os.PathLike | Sequence | pd.DataFrame, folder: str | os.PathLike | None = None, *,
               fn_col: str | int = 0, label_col: str | int = 1, valid_col: str | int | None = None,
               valid_pct: float | None = None, size: int | tuple[int, int] | None = None, seed: int | None = None,
               bs: int = 512, aug: Aug = "crop,flip", channels: int | None = None, device=None,
               n_train: int | None = None, n_valid: int | None = None, cache_dir: str | os.PathLike | None = None,
               verbose: bool = True, in_memory: bool = True, num_workers: int | None = None) -> DataLoaders:
-    """Loaders for images labelled by a CSV file (a header row, then one row per image), or by a list
-    of rows (dicts, or sequences indexed by column number), as fastai's `ImageDataLoaders.from_csv`.
+    """Loaders for images labelled by a CSV file (a header row, then one row per image), a pandas DataFrame,
+    or a list of rows (dicts, or sequences indexed by column number), as fastai's `ImageDataLoaders.from_csv`.
+    An empty label (a blank cell; None, NaN or pd.NA from pandas) is an error, never a class "nan".
 
     `fn_col` and `label_col` (column names or numbers) give the file name, relative to `folder`
     (default: the CSV's folder), and the class. Rows whose `valid_col` is true (1, true, yes, valid)

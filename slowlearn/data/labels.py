@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import math
 import os
 import re
 import stat
@@ -372,15 +373,22 @@ def split_key(file: str | os.PathLike, root: str | os.PathLike) -> str:
     return Path(os.path.relpath(file, root)).as_posix()
 
 
-def _read_rows(source: str | os.PathLike | Sequence) -> tuple[list[str] | None, list, str]:
-    """(header, rows, how to name a row) from a CSV file or a list of rows (dicts or sequences)."""
+def _read_rows(source) -> tuple[list[str] | None, list, str]:
+    """(header, rows, how to name a row) from a CSV file, a pandas DataFrame or a list of rows (dicts or
+    sequences)."""
     if isinstance(source, (str, os.PathLike)):
         with open(source, newline="", encoding="utf-8-sig") as f:  # -sig: a spreadsheet's byte-order mark
             rows = list(csv.reader(f))
         if not rows:
             raise ValueError(f"{source} is empty: expected a header row, then one row per image")
         return [h.strip() for h in rows[0]], rows[1:], f"{source} line {{}}"
+    if hasattr(source, "columns") and hasattr(source, "itertuples"):  # a pandas DataFrame, without importing pandas
+        return list(source.columns), [list(row) for row in source.itertuples(index=False, name=None)], "row {}"
     rows = list(source)
+    text = next((i for i, row in enumerate(rows) if isinstance(row, (str, bytes))), None)
+    if text is not None:
+        raise TypeError(f"row {text} is the string {rows[text]!r}, not a row: give image_csv a CSV file's path, a "
+                        f"pandas DataFrame, or a list of rows (dicts, or sequences such as [file, label, is_valid])")
     if rows and isinstance(rows[0], dict):
         header = list(rows[0])
         return header, [[row.get(h) for h in header] for row in rows], "row {}"
@@ -395,8 +403,15 @@ def _column(col: str | int, header: list[str] | None, what: str) -> int:
     raise ValueError(f"{what}={col!r} is not a column: the columns are {header if header else '(numbered from 0)'}")
 
 
+def _cell(value) -> str:
+    """A cell as text, stripped; an empty cell as pandas gives it (None, NaN, pd.NA, NaT) is ""."""
+    nan = isinstance(value, float) and math.isnan(value)  # numpy's float64 too
+    missing = value is None or nan or type(value).__name__ in ("NAType", "NaTType")  # pandas' own, not imported
+    return "" if missing else str(value).strip()
+
+
 def _is_valid(value, row: str) -> bool:
-    word = str(value if value is not None else "").strip().lower()
+    word = _cell(value).lower()
     if word in TRUE_WORDS or word in FALSE_WORDS:
         return word in TRUE_WORDS
     raise ValueError(f"{row}: validation flag {value!r} is neither true (1, true, yes, valid) nor false (0, false, no, "
@@ -411,7 +426,8 @@ def _natural_order(labels: set[str]) -> list[str]:
 
 
 def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: float | None) -> LabelledFiles:
-    """Files and labels listed in a CSV (a header row, then one row per image) or in a list of rows."""
+    """Files and labels listed in a CSV (a header row, then one row per image), a pandas DataFrame or a list of
+    rows. A blank cell, None, NaN or pd.NA is empty: an error as a label, false as a validation flag."""
     if (valid_col is None) == (valid_pct is None):
         raise ValueError("give either valid_col= (a column that marks validation rows) or valid_pct= (a random "
                          "split), not " + ("both" if valid_col is not None else "neither"))
@@ -424,7 +440,7 @@ def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: flo
         where = row_name.format(i + first_line)
         if len(row) <= max(cols + [valid_at or 0]):
             raise ValueError(f"{where}: has {len(row)} columns, fewer than the header's")
-        name, label = (str(row[c] if row[c] is not None else "").strip() for c in cols)
+        name, label = (_cell(row[c]) for c in cols)
         if not label:
             raise ValueError(f"{where}: the label ({label_col!r}) is empty: give every image a class")
         file = os.path.normpath(os.path.join(os.path.abspath(folder), name))

@@ -262,6 +262,33 @@ def test_image_csv_errors_name_the_row_or_column(tmp_path, rows, kwargs, message
         csv_files(labels_csv, root, kwargs.get("fn_col", "fname"), kwargs.get("label_col", "label"), "is_valid", None)
 
 
+def test_a_missing_label_from_pandas_is_empty_not_a_class_nan(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("",))
+    rows = [{"fname": "cat/0.png", "label": "cat", "is_valid": 0}, {"fname": "dog/0.png", "label": "dog", "is_valid": 1},
+            {"fname": "dog/1.png", "label": "dog", "is_valid": 0},
+            {"fname": "cat/1.png", "label": float("nan"), "is_valid": float("nan")}]
+    with pytest.raises(ValueError, match=r"row 3: the label \('label'\) is empty"):
+        csv_files(rows, root, "fname", "label", "is_valid", None)
+    rows[3]["label"] = "cat"  # an empty validation flag (NaN) is false, as a blank cell is
+    assert csv_files(rows, root, "fname", "label", "is_valid", None).splits == ["train", "valid", "train", "train"]
+
+
+def test_image_csv_takes_a_dataframe_and_refuses_a_list_of_file_names(tmp_path):
+    pd = pytest.importorskip("pandas")
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("",))
+    rows = [("cat/0.png", "cat", 0), ("dog/0.png", "dog", 1), ("cat/1.png", "cat", 0), ("dog/1.png", "dog", 0)]
+    from_file = csv_files(write_csv(tmp_path / "labels.csv", rows), root, "fname", "label", "is_valid", None)
+    frame = pd.DataFrame(rows, columns=["fname", "label", "is_valid"])
+    assert csv_files(frame, root, "fname", "label", "is_valid", None) == from_file
+    assert csv_files(frame, root, 0, 1, 2, None) == from_file
+    frame.loc[1, "label"] = pd.NA
+    with pytest.raises(ValueError, match=r"row 1: the label \('label'\) is empty"):
+        csv_files(frame, root, "fname", "label", "is_valid", None)
+    with pytest.raises(TypeError, match=r"row 0 is the string 'cat/0.png', not a row: .* a pandas DataFrame, or a "
+                                        r"list of rows"):
+        image_csv(["cat/0.png", "dog/0.png"], root, valid_pct=0.5)
+
+
 def test_image_csv_needs_one_way_to_validate(tmp_path):
     labels_csv = write_csv(tmp_path / "labels.csv", [("a.png", "cat", 0)])
     with pytest.raises(ValueError, match="either valid_col= .* or valid_pct=.*not neither"):
