@@ -11,7 +11,7 @@ import torch
 
 from ..distributed import rank0_first
 from .common import DataNotFoundError, check_subset_size, data_root
-from .loaders import DataLoaders, TensorLoader
+from .loaders import DataLoaders, TensorLoader, check_batching
 
 __all__ = ["fashion_mnist", "find_fashion_mnist", "read_idx", "FASHION_MNIST_CLASSES", "DEBIAN_FASHION_MNIST"]
 
@@ -82,6 +82,7 @@ def fashion_mnist(bs: int = 512, device: torch.device | str | None = None, root:
     the GPU when there is one). `n_train`/`n_valid` keep only the first images (quick runs).
     `dls["test"]` is the validation loader: Fashion-MNIST has no separate validation split.
     """
+    check_batching(bs, seed)
     with rank0_first():  # in a distributed run, rank 0 downloads while the others wait
         folder = find_fashion_mnist(root, download)
     x_train, y_train = _load_fashion_split(folder, "train")

@@ -15,7 +15,7 @@ import numpy as np
 
 from .images import Aug, _from_files
 from .labels import LabelledFiles, _check_two_classes, _natural_order, check_distinct_names
-from .loaders import DataLoaders
+from .loaders import DataLoaders, check_batching
 
 __all__ = ["from_hf"]
 
@@ -110,6 +110,7 @@ def from_hf(train, valid=None, *, x: str = "image", y: str = "label", valid_pct:
     its content (so adding rows moves no other image between the splits); the other arguments are
     `image_folder`'s.
     """
+    check_batching(bs, seed)
     if isinstance(train, Mapping):
         if valid is None and valid_pct is None:
             valid = next((train[k] for k in VALID_NAMES if k in train), None)

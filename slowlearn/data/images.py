@@ -33,7 +33,7 @@ from .files import (
     sample_images,
 )
 from .labels import IMAGE_SUFFIXES, SPLIT_RULE, LabelledFiles, csv_files, folder_files, stable_split
-from .loaders import DataLoaders, TensorLoader
+from .loaders import DataLoaders, TensorLoader, check_batching
 from .safe_pickle import read_cifar_batch
 
 if TYPE_CHECKING:
@@ -83,6 +83,7 @@ def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None 
     up to 2048 training images. Mid-epoch checkpoints of it resume exactly (see `FileLoader`). The size the
     images take decoded is printed, with a warning when in-memory data would not fit in memory.
     """
+    check_batching(bs, seed)
     path = Path(path)
     items = folder_files(path, valid, valid_pct)
     return _from_files(items, f"folder {path.absolute()}", **_loader_args(locals()))
@@ -106,6 +107,7 @@ def image_csv(csv: str | os.PathLike | Sequence | pd.DataFrame, folder: str | os
     file listed twice (under two labels, in both splits, or twice alike) and labels that differ only by leading
     zeros or spaces (`1`, `01`) are errors.
     """
+    check_batching(bs, seed)
     is_file = isinstance(csv, (str, os.PathLike))
     folder = Path(folder) if folder is not None else Path(csv).parent if is_file else Path.cwd()
     items = csv_files(csv, folder, fn_col, label_col, valid_col, valid_pct)
@@ -303,6 +305,7 @@ def cifar10(bs: int = 512, root: str | os.PathLike | None = None, device=None, a
     only the few numpy callables the format needs, so a crafted file is refused instead of running
     code. `n_train`/`n_valid` keep a random subset of that size (quick runs).
     """
+    check_batching(bs, seed)
     base = data_root(root)
     if (base / "cifar10" / "train").is_dir():
         return image_folder(base / "cifar10", bs=bs, device=device, aug=aug, seed=seed, n_train=n_train,

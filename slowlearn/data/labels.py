@@ -438,6 +438,8 @@ def csv_files(source, folder: Path, fn_col, label_col, valid_col, valid_pct: flo
     files, names, splits, keys, lines, ids = [], [], [], [], [], []
     for i, row in enumerate(rows):
         where = row_name.format(i + first_line)
+        if not row:  # a blank line, which pandas skips too
+            continue
         if len(row) <= max(cols + [valid_at or 0]):
             raise ValueError(f"{where}: has {len(row)} columns, fewer than the header's")
         name, label = (_cell(row[c]) for c in cols)

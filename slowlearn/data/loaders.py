@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -9,7 +10,15 @@ import torch
 from ..device import default_device
 from .preprocess import normalising_affine
 
-__all__ = ["BatchLoader", "TensorLoader", "DataLoaders"]
+__all__ = ["BatchLoader", "TensorLoader", "DataLoaders", "check_batching"]
+
+
+def check_batching(bs, seed) -> None:
+    """The batch size and seed of a loader, checked; the dataset functions check them first, before any decoding."""
+    if not (isinstance(bs, numbers.Integral) and not isinstance(bs, bool) and bs >= 1):
+        raise ValueError(f"bs={bs!r}: give the batch size as a whole number, at least 1 (e.g. 64)")
+    if seed is not None and not (isinstance(seed, numbers.Integral) and not isinstance(seed, bool)):
+        raise ValueError(f"seed={seed!r}: give a whole number (e.g. 0), or None to draw from torch's global RNG")
 
 
 class BatchLoader:
@@ -32,8 +41,7 @@ class BatchLoader:
 
     def __init__(self, n: int, bs: int, shuffle: bool, drop_last: bool, device, seed: int | None,
                  aug: Callable[[torch.Tensor], torch.Tensor] | None):
-        if bs < 1:
-            raise ValueError(f"batch size must be at least 1, got bs={bs}")
+        check_batching(bs, seed)
         self.n, self.bs, self.shuffle, self.drop_last, self.aug = n, bs, shuffle, drop_last, aug
         self.device = torch.device(device) if device is not None else default_device()
         self.seed, self.generator = seed, torch.Generator()

@@ -9,7 +9,7 @@ from PIL import Image
 
 from slowlearn.checkpoint import read_checkpoint
 from slowlearn.data.augment import BatchAugment
-from slowlearn.data.images import cifar10, image_folder
+from slowlearn.data.images import cifar10, image_csv, image_folder
 
 SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
 
@@ -135,3 +135,19 @@ def test_public_names_and_show_batch_and_the_count_table(tmp_path, capsys):
     fig = dls.show_batch(n=4)
     assert {ax.get_title() for ax in fig.axes[:4]} <= set(CLASSES)
     assert len([ax for ax in fig.axes if ax.images]) == 4
+
+
+@pytest.mark.parametrize("kwargs, message", [({"seed": "1"}, r"seed='1': give a whole number"),
+                                             ({"bs": 0}, r"bs=0: give the batch size as a whole number, at least 1"),
+                                             ({"bs": 8.5}, r"bs=8.5: give the batch size")])
+def test_a_bad_seed_or_batch_size_is_refused_before_the_images_are_listed(tmp_path, monkeypatch, kwargs, message):
+    root = make_folder(tmp_path / "pets", n_per_class=1, splits=("",))
+    rows = [(f"{name}/0.png", name) for name in CLASSES]
+    def listed(*args):
+        raise AssertionError("the images were listed (then decoded) before the arguments were checked")
+    monkeypatch.setattr("slowlearn.data.images.folder_files", listed)
+    monkeypatch.setattr("slowlearn.data.images.csv_files", listed)
+    with pytest.raises(ValueError, match=message):
+        image_folder(root, valid_pct=0.5, **kwargs)
+    with pytest.raises(ValueError, match=message):
+        image_csv(rows, root, valid_pct=0.5, **kwargs)

@@ -289,6 +289,16 @@ def test_image_csv_takes_a_dataframe_and_refuses_a_list_of_file_names(tmp_path):
         image_csv(["cat/0.png", "dog/0.png"], root, valid_pct=0.5)
 
 
+def test_blank_lines_in_a_csv_are_skipped_as_pandas_skips_them(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("",))
+    rows = [("cat/0.png", "cat", 0), (), ("dog/0.png", "dog", 1), ("dog/1.png", "dog", 0), (), ()]
+    items = csv_files(write_csv(tmp_path / "labels.csv", rows), root, "fname", "label", "is_valid", None)
+    assert [os.path.relpath(f, root) for f in items.files] == ["cat/0.png", "dog/0.png", "dog/1.png"]
+    rows.append(("cat/9.png", "cat", 0))  # errors still name the line as an editor counts it
+    with pytest.raises(FileNotFoundError, match=r"labels.csv line 8: image file .*cat/9.png does not exist"):
+        csv_files(write_csv(tmp_path / "labels.csv", rows), root, "fname", "label", "is_valid", None)
+
+
 def test_image_csv_needs_one_way_to_validate(tmp_path):
     labels_csv = write_csv(tmp_path / "labels.csv", [("a.png", "cat", 0)])
     with pytest.raises(ValueError, match="either valid_col= .* or valid_pct=.*not neither"):
