@@ -73,7 +73,8 @@ def image_folder(path: str | os.PathLike, *, size: int | tuple[int, int] | None 
     `aug` augments training batches: "crop,flip" (translate by up to 1/8 of the size, mirror),
     "none", or any callable on a batch (e.g. `BatchAugment`). `seed` also seeds the training order
     (default: torch's global RNG, so `set_seed` reproduces a run). `n_train`/`n_valid` keep a random
-    subset of that many images (quick runs), chosen before decoding. Decoded images are cached in
+    subset of that many images (quick runs), chosen before decoding, not per class: a warning says when the
+    subset leaves a class with no training image. Decoded images are cached in
     `cache_dir` (default: `image-cache/` in `$SLOWLEARN_DATA`, else `~/.cache/slowlearn`).
     With `size`, `dls.resize` records the rule, so `learn.predict` and exports resize new images alike.
 
@@ -134,7 +135,20 @@ def _subsets(items: LabelledFiles, n_train, n_valid, seed: int) -> LabelledFiles
         members = [i for i, s in enumerate(items.splits) if s == split]
         chosen = random_subset(len(members), n, seed, f"n_{split}")
         keep += members if chosen is None else [members[i] for i in chosen]
-    return items.take(keep)
+    subset = items.take(keep)
+    _warn_untrained_classes(subset, n_train)
+    return subset
+
+
+def _warn_untrained_classes(items: LabelledFiles, n_train: int | None) -> None:
+    """A random subset (`n_train`) is drawn without regard to class, so it can leave a class with no training
+    image: the model would never see it. A warning, not an error: a quick run may mean it."""
+    trained = {label for label, split in zip(items.labels, items.splits) if split == "train"}
+    missing = [name for i, name in enumerate(items.classes) if i not in trained]
+    if missing:
+        warnings.warn(f"n_train={n_train} leaves {len(missing)} of the {len(items.classes)} classes with no training "
+                      f"image ({', '.join(map(repr, missing[:5]))}): the model never learns {'them' if len(missing) > 1 else 'it'}"
+                      f"; give a larger n_train (subsets are drawn at random, not per class)", stacklevel=4)
 
 
 def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_train, n_valid, size, channels, bs, aug,

@@ -151,3 +151,11 @@ def test_a_bad_seed_or_batch_size_is_refused_before_the_images_are_listed(tmp_pa
         image_folder(root, valid_pct=0.5, **kwargs)
     with pytest.raises(ValueError, match=message):
         image_csv(rows, root, valid_pct=0.5, **kwargs)
+
+
+def test_a_subset_that_leaves_a_class_untrained_is_a_warning(tmp_path):
+    root = make_folder(tmp_path / "pets", n_per_class=3, splits=("train", "valid"))
+    with pytest.warns(UserWarning, match=r"n_train=2 leaves 1 of the 3 classes with no training image \('\w+'\): "
+                                         r"the model never learns it; give a larger n_train"):
+        dls = image_folder(root, n_train=2, device="cpu", verbose=False)
+    assert len(dls.train.y.unique()) == 2
