@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import copy
+import inspect
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -33,7 +35,9 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False,
     """Run the model in eval mode over `dl` (default `learn.dls.valid`), in order, without callbacks.
 
     Everything stays on the model's device until one copy to the CPU at the end (no host sync per
-    batch). Per-item losses call `learn.loss_func(..., reduction="none")`. `tta=True` averages the
+    batch). Per-item losses come from `learn.loss_func` with reduction="none": a copy of an `nn.Module` loss with
+    a `reduction` attribute (`nn.CrossEntropyLoss()`; the Learner's is left as it is), else a call with
+    `reduction="none"` (a loss that takes no `reduction=` is an error before the model runs). `tta=True` averages the
     predictions for each image and its mirror image (test-time augmentation). A loader with no batches is
     an error.
     """
@@ -43,6 +47,7 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False,
 @torch.no_grad()
 def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner: str) -> Preds:
     device, was_training = model_device(learn.model), learn.model.training
+    loss_per_item = _per_item_loss(learn.loss_func, owner) if with_loss else None
     preds, targets, inputs, losses = [], [], [], []
     learn.model.eval()
     try:
@@ -58,13 +63,38 @@ def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner:
             if with_input:
                 inputs.append(xb)
             if with_loss:
-                losses.append(learn.loss_func(out, yb, reduction="none"))
+                losses.append(loss_per_item(out, yb))
     finally:
         learn.model.train(was_training)
     if not preds:  # a loader without len() that gave nothing
         raise ValueError(_empty(owner, dl))
     cat = lambda ts: torch.cat(ts).cpu() if ts else None  # noqa: E731
     return Preds(cat(preds), cat(targets), cat(inputs), cat(losses))
+
+
+def _per_item_loss(loss_func: Callable, owner: str = "get_preds") -> Callable:
+    """`loss_func` giving one loss per item: a shallow copy with reduction="none" of an `nn.Module` loss that has a
+    `reduction` attribute (the user's module is not changed), else `loss_func(..., reduction="none")`; a loss that
+    takes no `reduction=` is an error naming `owner` and what the loss must accept."""
+    if isinstance(loss_func, torch.nn.Module) and hasattr(loss_func, "reduction"):
+        per_item = copy.copy(loss_func)
+        per_item.reduction = "none"
+        return per_item
+    if not _takes_reduction(loss_func):
+        name = getattr(loss_func, "__name__", type(loss_func).__name__)
+        raise TypeError(f"learn.{owner}() needs a loss per item, but the loss function {name} takes no `reduction=` "
+                        f"argument: give the Learner a loss that accepts reduction='none' and then returns one loss "
+                        f"per item (as torch.nn.functional.cross_entropy does), or an nn.Module loss with a "
+                        f"`reduction` attribute (as nn.CrossEntropyLoss)")
+    return lambda out, yb: loss_func(out, yb, reduction="none")
+
+
+def _takes_reduction(loss_func: Callable) -> bool:
+    try:
+        params = inspect.signature(loss_func).parameters.values()
+    except (TypeError, ValueError):  # no signature to read (a builtin): let the call tell
+        return True
+    return any(p.name == "reduction" or p.kind is p.VAR_KEYWORD for p in params)
 
 
 def _loader(learn, dl, owner: str):

@@ -1,3 +1,5 @@
+from functools import partial
+
 import matplotlib.figure
 import pytest
 import torch
@@ -186,3 +188,23 @@ def test_validate_computes_no_gradients():
     learn.loss_func = lambda out, y, reduction="mean": F.cross_entropy(out, y, reduction=reduction) * (
         0 if torch.is_grad_enabled() else 1)  # the loss is 0 if validate ran with gradients on
     assert learn.validate()["loss"] > 0
+
+
+def test_per_item_losses_from_a_loss_module_a_partial_and_a_loss_without_reduction():
+    """nn.CrossEntropyLoss() crashed validate, get_preds(with_loss=True) and plot_top_losses: it was called with
+    reduction="none", which its forward does not take."""
+    learn = image_learner()
+    logits = torch.cat([learn.model(xb) for xb, _ in learn.dls.valid]).detach()
+    module = nn.CrossEntropyLoss(label_smoothing=.1)
+    for loss_func in (module, partial(F.cross_entropy, label_smoothing=.1)):
+        learn.loss_func = loss_func
+        losses = learn.get_preds(with_loss=True).losses
+        targets = torch.cat([yb for _, yb in learn.dls.valid])
+        torch.testing.assert_close(losses, F.cross_entropy(logits, targets, reduction="none", label_smoothing=.1))
+        assert learn.validate()["loss"] == pytest.approx(losses.mean().item())
+    assert module.reduction == "mean"  # the Learner's loss is left as it was
+    assert isinstance(plot_top_losses(learn, k=2), matplotlib.figure.Figure)
+    learn.loss_func = lambda out, y: F.cross_entropy(out, y)
+    with pytest.raises(TypeError, match=r"learn.validate\(\) needs a loss per item.*takes no `reduction=`.*"
+                                        r"accepts reduction='none'"):
+        learn.validate()
