@@ -249,9 +249,15 @@ def _load_body(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> N
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in head_keys]
     if missing or unexpected:
-        raise ValueError(f"The weights file does not fit {name}: " + "; ".join(
-            f"{what} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-            for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys))
+        raise _does_not_fit("The weights file", name, missing, unexpected)
+
+
+def _does_not_fit(file: str, name: str, missing: list[str], unexpected: list[str]) -> ValueError:
+    """The error for a weights file whose keys are not the model's: the first few keys it lacks and has over."""
+    return ValueError(f"{file} does not fit {name}: " + "; ".join(
+        f"{what} {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+        for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys) +
+        " (is it the weights of another architecture?)")
 
 
 def _feature_channels(body: nn.Module, in_channels: int, name: str) -> int:
@@ -286,28 +292,36 @@ def _cut_torchvision(model: nn.Module, head: str, name: str, in_channels: int) -
 
 # timm ---------------------------------------------------------------------------------------------------------
 
-class _TimmLog(logging.Handler):
-    def __init__(self):
-        super().__init__(logging.INFO)
-        self.missing: list[str] = []
+class _TimmLoadKeys(logging.Filter):
+    """Takes timm's log records of the keys a load missed or did not use, and lets the others through as the logger
+    would have at `level`."""
 
-    def emit(self, record: logging.LogRecord) -> None:
-        if record.getMessage().startswith("Missing keys"):
-            self.missing.append(record.getMessage().split(")")[0].removeprefix("Missing keys ("))
+    def __init__(self, level: int):
+        super().__init__()
+        self.level, self.missing, self.unexpected = level, [], []
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        for prefix, keys in (("Missing keys (", self.missing), ("Unexpected keys (", self.unexpected)):
+            if message.startswith(prefix):
+                keys.extend(message.removeprefix(prefix).split(")")[0].split(", "))
+                return False
+        return record.levelno >= self.level
 
 
 @contextmanager
-def _timm_missing_keys():
+def _timm_load_keys():
     """timm loads pretrained weights non-strictly when it drops their classifier, and only logs the keys that the
-    file lacks: those are caught here, so a file of another model is an error rather than random layers."""
-    log, handler = logging.getLogger("timm.models._builder"), _TimmLog()
-    level = log.level
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    file lacks or has over: those are caught here, so a file of another model is an error rather than random or
+    ignored layers. timm's other messages go on as before."""
+    log = logging.getLogger("timm.models._builder")
+    level, keys = log.level, _TimmLoadKeys(log.getEffectiveLevel())
+    log.addFilter(keys)
+    log.setLevel(logging.INFO)  # timm logs the missing keys at INFO
     try:
-        yield handler.missing
+        yield keys
     finally:
-        log.removeHandler(handler)
+        log.removeFilter(keys)
         log.setLevel(level)
 
 
@@ -329,11 +343,11 @@ def _timm_body(name: str, in_channels: int, pretrained: bool, weights, head: str
         state = read_state_dict(file)
         if any(k.startswith("body.") for k in state):  # a vision_learner model's file
             state = {k.removeprefix("body."): v for k, v in state.items() if k.startswith("body.")}
-        with _timm_missing_keys() as missing:
+        with _timm_load_keys() as keys:
             model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state), **kwargs)
         model.pretrained_cfg.pop("state_dict", None)  # else the model holds a second copy of the weights
-        if missing:
-            raise ValueError(f"The weights file {file} does not fit timm:{name}: missing {missing[0][:200]}")
+        if keys.missing or keys.unexpected:
+            raise _does_not_fit(f"The weights file {file}", f"timm:{name}", keys.missing, keys.unexpected)
     cfg = model.pretrained_cfg
     size = (cfg.get("input_size") or (None,))[-1] if weights is None else None  # a file's training size is unknown
     stats = (cfg.get("mean"), cfg.get("std"), size)

@@ -1,6 +1,7 @@
 """vision_learner and the pretrained bodies of models/pretrained.py, with weights from models/weights.py: offline, from
 a temporary torchvision cache (the `torchvision_cache` fixture) or a fake Hugging Face cache for a tiny timm model,
 in a process that sets HF_HUB_OFFLINE=1 before timm is imported. Nothing is downloaded."""
+import logging
 import os
 import subprocess
 import sys
@@ -159,6 +160,24 @@ def test_a_vision_learner_models_own_weights_start_another(tmp_path, monkeypatch
 
 
 
+
+def test_a_timm_body_refuses_a_file_of_another_model(tmp_path, caplog):
+    """timm loads non-strictly and slowlearn caught only the keys a file lacked: a resnet34 file loaded into a timm
+    resnet18 with no error (its extra blocks dropped)."""
+    timm = pytest.importorskip("timm")
+    state = timm.create_model("test_resnet").state_dict()
+    extra = {**state, "layer5.0.conv1.weight": torch.zeros(1)}  # a deeper model's file
+    lacking = {k: v for k, v in state.items() if not k.startswith("layer4.")}
+    for file, what in ((extra, r"unexpected layer5\.0\.conv1\.weight"), (lacking, r"missing layer4\.0\.")):
+        torch.save(file, tmp_path / "other.pth")
+        with pytest.raises(ValueError, match=r"other.pth does not fit timm:test_resnet: " + what):
+            pretrained_model("timm:test_resnet", 3, weights=tmp_path / "other.pth")
+    grey = {**state, "conv1.0.weight": state["conv1.0.weight"].sum(1, keepdim=True)}
+    torch.save(grey, tmp_path / "grey.pth")
+    with caplog.at_level(logging.WARNING, logger="timm"):
+        model = pretrained_model("timm:test_resnet", 3, in_channels=1, weights=tmp_path / "grey.pth").model
+    assert torch.equal(model.body.conv1[0].weight, grey["conv1.0.weight"])
+    assert "input_size declares 3 source channels" in caplog.text  # timm's other warnings go through
 
 def test_grayscale_data_into_a_three_channel_body(torchvision_cache):
     cached = torchvision_cache("resnet18")
