@@ -96,8 +96,9 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
     """A Learner for `dls` from a pretrained body with a new head (fastai's `vision_learner`):
     `vision_learner(dls, "resnet34").fine_tune(3)`.
 
-    `arch`: a torchvision model name ("resnet18", "convnext_tiny"), a torchvision builder
-    (`torchvision.models.resnet34`) or "timm:<name>" (any timm model; `pip install slowlearn[timm]`). Its weights
+    `arch`: a torchvision classification model's name ("resnet18", "convnext_tiny"; all are in
+    `torchvision.models.list_models(module=torchvision.models)`; googlenet and inception_v3 come without their
+    auxiliary heads), a torchvision builder (`torchvision.models.resnet34`) or "timm:<name>" (any timm model; `pip install slowlearn[timm]`). Its weights
     come from torchvision's cache ($TORCH_HOME/hub/checkpoints), the Hugging Face cache (timm) or `weights=` (a .pth
     state dict or .safetensors file, or a torchvision weights enum member), and are downloaded only when not there,
     not offline (HF_HUB_OFFLINE=1 or SLOWLEARN_OFFLINE=1) and the server answers; else the error says where to put

@@ -2,8 +2,9 @@
 new head with one output per class, the statistics the weights were trained with, and a splitter that gives
 discriminative learning rates something to do. `slowlearn.vision_learner` makes a Learner of them.
 
-`arch` is a torchvision model name ("resnet18", "convnext_tiny"), a torchvision builder
-(`torchvision.models.resnet34`), or "timm:<name>" for any timm model ("timm:convnext_atto", "timm:resnet18.a1_in1k").
+`arch` is a torchvision classification model's name ("resnet18", "convnext_tiny"; detection, segmentation, video
+and other models are refused), a torchvision builder (`torchvision.models.resnet34`), or "timm:<name>" for any timm
+model ("timm:convnext_atto", "timm:resnet18.a1_in1k"). googlenet and inception_v3 come without their auxiliary heads.
 Weights come from where torchvision and timm keep them, or from a file (`weights.py`).
 
 The model is `nn.Sequential(body=..., head=...)`. Two heads (`head=`):
@@ -159,19 +160,26 @@ def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
 
 # torchvision --------------------------------------------------------------------------------------------------
 
+_AUX_HEADS = {"googlenet": ("aux1", "aux2"), "inception_v3": ("AuxLogits",)}  # see _drop_aux_heads
+
+
 def _torchvision_builder(arch: str | Callable) -> Callable:
+    """The builder of a torchvision classification model (or a builder of one's own); torchvision's detection,
+    segmentation, video, optical flow and quantized models are refused, as are unknown names."""
     import torchvision.models as tvm
+    classifiers = tvm.list_models(module=tvm)
     if callable(arch):
-        return arch
-    try:
+        own = not getattr(arch, "__module__", "").startswith("torchvision.models")
+        if own or any(arch is tvm.get_model_builder(name) for name in classifiers):
+            return arch
+    elif arch in classifiers:
         return tvm.get_model_builder(arch)
-    except ValueError:
-        import difflib
-        close = difflib.get_close_matches(arch, tvm.list_models(module=tvm), n=3)
-        hint = f" (did you mean {', '.join(close)}?)" if close else ""
-        raise ValueError(f"arch={arch!r} is not a torchvision classification model{hint}: give one of "
-                         f"torchvision.models.list_models(module=torchvision.models), or 'timm:<name>' for a timm "
-                         f"model") from None
+    import difflib
+    close = difflib.get_close_matches(arch_name(arch), classifiers, n=3)
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise ValueError(f"arch={arch_name(arch)!r} is not a torchvision classification model{hint}: give one of "
+                     f"torchvision.models.list_models(module=torchvision.models), or 'timm:<name>' for a timm "
+                     f"model")
 
 
 def _default_weights(builder: Callable):
@@ -194,8 +202,10 @@ def _torchvision_body(arch, in_channels: int, pretrained: bool, weights, head: s
         file = torchvision_weights_file(enum)
         with _torchvision_reads(file):  # the builder applies what the weights need (num_classes, transform_input..)
             model = builder(weights=enum)
+        _drop_aux_heads(model, name)
     else:
         model = builder(weights=None)
+        _drop_aux_heads(model, name)
         if weights is not None:
             _load_body(model, read_state_dict(_weights_path(weights)), name)
     adapt_first_conv(model, in_channels)
@@ -203,8 +213,28 @@ def _torchvision_body(arch, in_channels: int, pretrained: bool, weights, head: s
     if enum is not None:  # a weights file: the published weights' statistics, but not their size (see Pretrained)
         transforms = enum.transforms()
         published = weights is None or isinstance(weights, WeightsEnum)
-        stats = (transforms.mean, transforms.std, transforms.crop_size[0] if published else None)
+        mean, std = _in_loader_stats(model, transforms.mean, transforms.std)
+        stats = (mean, std, transforms.crop_size[0] if published else None)
     return (*_cut_torchvision(model, head, name, in_channels), stats)
+
+
+def _in_loader_stats(model: nn.Module, mean: list[float], std: list[float]) -> tuple[list[float], list[float]]:
+    """The statistics for the loaders. googlenet and inception_v3 with torchvision's weights turn ImageNet-normalised
+    input into input normalised with mean 0.5, std 0.5 inside the model (transform_input), which takes three
+    channels only: the loaders normalise so instead, which computes the same."""
+    if not getattr(model, "transform_input", False):
+        return mean, std
+    model.transform_input = False
+    return [0.5] * len(mean), [0.5] * len(std)
+
+
+def _drop_aux_heads(model: nn.Module, name: str) -> None:
+    """googlenet's and inception_v3's auxiliary classifiers only help training from scratch, and make the model give
+    a tuple in training mode, which no loss takes: they go (torchvision's aux_logits=False fails with weights)."""
+    if name in _AUX_HEADS:
+        model.aux_logits = False
+        for aux in _AUX_HEADS[name]:
+            setattr(model, aux, None)
 
 
 def _weights_path(weights) -> str | os.PathLike:
@@ -241,7 +271,8 @@ def _load_body(model: nn.Module, state: dict[str, torch.Tensor], name: str) -> N
     if any(k.startswith("body.") for k in state):
         state = {k.removeprefix("body."): v for k, v in state.items() if k.startswith("body.")}
     head, _ = _last_linear(model, name)
-    state = {k: v for k, v in state.items() if not k.startswith(head + ".")}
+    left_out = tuple(f"{module}." for module in (head, *_AUX_HEADS.get(name, ())))
+    state = {k: v for k, v in state.items() if not k.startswith(left_out)}
     conv = _first_conv(model)
     if conv is not None and conv[0] + ".weight" in state:
         adapt_first_conv(model, state[conv[0] + ".weight"].shape[1])

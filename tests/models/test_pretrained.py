@@ -238,6 +238,30 @@ def test_names_that_are_no_architecture_say_so():
         vision_learner(image_dls(), "resnet18", pretrained=False, weights="w.pth")
 
 
+def test_names_of_torchvision_models_that_are_no_classifiers_are_refused():
+    """get_model_builder took any torchvision model: r3d_18 (video) built, fcn_resnet50 tried to download a backbone
+    offline, and quantized builders share the classifiers' names."""
+    for arch in ("r3d_18", "fcn_resnet50", "raft_small", tvm.quantization.resnet18, tvm.segmentation.fcn_resnet50):
+        with pytest.raises(ValueError, match=r"is not a torchvision classification model.*"
+                                             r"list_models\(module=torchvision.models\)"):
+            pretrained_model(arch, 4, pretrained=False)
+    assert pretrained_model(tvm.resnet18, 4, pretrained=False).name == "resnet18"
+
+
+@pytest.mark.filterwarnings("ignore:The default weight initialization of")  # torchvision's, not ours
+def test_googlenet_and_inception_v3_train_without_their_auxiliary_heads(torchvision_cache, tmp_path):
+    """They were built with auxiliary heads, so the model gave a GoogLeNetOutputs tuple in training mode and the
+    first step failed; with torchvision's weights, grayscale data failed in their transform_input."""
+    cached = torchvision_cache("googlenet")
+    learn = quiet_learner(image_dls(channels=1, n=4, size=48, bs=4), "googlenet")
+    learn.fit(1)
+    assert learn.model.body.aux1 is None and learn.dls.train.mean == [0.5] and learn.dls.train.std == [0.5]
+    torch.save(cached, tmp_path / "googlenet.pth")  # with its aux heads, which a weights file may leave out
+    from_file = pretrained_model("googlenet", 4, weights=tmp_path / "googlenet.pth").model
+    assert torch.equal(from_file.body.conv1.conv.weight, cached["conv1.conv.weight"])
+    inception = pretrained_model("inception_v3", 4, pretrained=False).model.train()
+    assert inception(torch.zeros(2, 3, 75, 75)).shape == (2, 4)
+
 def test_fine_tune_40_pngs_and_a_new_process_predicts_as_the_learner(torchvision_cache, tmp_path):
     torchvision_cache("resnet18")
     root = make_folder(tmp_path / "pets", n_per_class=7, size=16)  # 21 training and 21 test images
