@@ -98,20 +98,20 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
 
     `arch`: a torchvision classification model's name ("resnet18", "convnext_tiny"; all are in
     `torchvision.models.list_models(module=torchvision.models)`; googlenet and inception_v3 come without their
-    auxiliary heads), a torchvision builder (`torchvision.models.resnet34`) or "timm:<name>" (any timm model; `pip install slowlearn[timm]`). Its weights
-    come from torchvision's cache ($TORCH_HOME/hub/checkpoints), the Hugging Face cache (timm) or `weights=` (a .pth
-    state dict or .safetensors file, or a torchvision weights enum member), and are downloaded only when not there,
-    not offline (HF_HUB_OFFLINE=1 or SLOWLEARN_OFFLINE=1) and the server answers; else the error says where to put
-    which file. `pretrained=False`: random weights, no file needed.
+    auxiliary heads), a torchvision builder (`torchvision.models.resnet34`) or "timm:<name>" (any timm model; `pip
+    install slowlearn[timm]`). Its weights come from torchvision's cache ($TORCH_HOME/hub/checkpoints), the Hugging
+    Face cache (timm) or `weights=` (a .pth state dict or .safetensors file, or a torchvision weights enum member),
+    and are downloaded only when not there, not offline (HF_HUB_OFFLINE=1 or SLOWLEARN_OFFLINE=1) and the server
+    answers; else the error says where to put which file. `pretrained=False`: random weights, no file needed.
 
     The head has one output per class of `dls` (or `n_out`); `head` is "linear" or "concat" (fastai's), see
-    `slowlearn.models.pretrained` for which and why. With pretrained weights the loaders (changed in place) normalise
-    with the statistics the weights were trained with, or `stats=(mean, std)`, and exports record them; the body
-    starts frozen (`learn.freeze()`: only the head and BatchNorm layers train) until `fine_tune` or `unfreeze`.
-    Param groups: a ResNet in three (stem and early layers, late layers, head), others in two (body, head), so
-    `lr=slice(lo, hi)` spreads over them. Grayscale data into a 3-channel body works (its first convolution's weights
-    are summed over the channels). A warning says which `size=` to try when the images are far smaller than those
-    the weights were trained on.
+    `slowlearn.models.pretrained` for which and why. With pretrained weights the loaders (changed in place, once
+    every argument is checked: a refused call leaves them as they were) normalise with the statistics the weights
+    were trained with, or `stats=(mean, std)`, and exports record them; the body starts frozen (`learn.freeze()`:
+    only the head and BatchNorm layers train) until `fine_tune` or `unfreeze`. Param groups: a ResNet in three (stem
+    and early layers, late layers, head), others in two (body, head), so `lr=slice(lo, hi)` spreads over them.
+    Grayscale data into a 3-channel body works (its first convolution's weights are summed over the channels). A
+    warning says which `size=` to try when the images are far smaller than those the weights were trained on.
 
     The rest as `train_1cycle`: `opt_func=None` is `fast_adamw()`, `cbs` come after device, metrics (`metrics`: as
     `default_cbs` takes them), progress, the `precision` callbacks and a RecorderCB; `lr` is `learn.lr`.
@@ -121,19 +121,22 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
         raise ValueError("vision_learner: these loaders name no classes (dls.classes): pass n_out=")
     body = pretrained_model(arch, n_out or classes, channels, pretrained, weights, head)
     mean, std = stats if stats is not None else (body.mean, body.std)
-    if mean is not None:
-        _normalise_loaders(dls, mean, std)
+    loaders = _loaders_to_normalise(dls) if mean is not None else []
     if body.size is not None:
         _warn_if_small(dls, body.size, body.name)
     speed = speed_cbs(body.model, precision, given=cbs)
     learn = Learner(body.model, dls, loss_func, lr=lr, splitter=pretrained_splitter, opt_func=opt_func or fast_adamw(),
                     cbs=[*default_cbs(verbose, metrics), *speed, RecorderCB(), *cbs])
+    for loader in loaders:  # only now that every argument is checked: an error leaves the user's loaders as they were
+        loader.normalise_with(mean, std)
     if pretrained:
         learn.freeze()
     return learn
 
 
-def _normalise_loaders(dls: DataLoaders, mean, std) -> None:
+def _loaders_to_normalise(dls: DataLoaders) -> list:
+    """The loaders of `dls`, each able to be told other statistics (checked before any is)."""
+    loaders = []
     for split in ("train", "valid", "test"):
         loader = getattr(dls, split, None)
         if loader is None:
@@ -142,7 +145,8 @@ def _normalise_loaders(dls: DataLoaders, mean, std) -> None:
             raise TypeError(f"vision_learner: the {split} loader ({type(loader).__name__}) cannot be told to normalise "
                             f"with the pretrained weights' statistics: use slowlearn's loaders (image_folder, "
                             f"image_csv, cifar10, TensorLoader), or pass stats= and normalise your loader yourself")
-        loader.normalise_with(mean, std)
+        loaders.append(loader)
+    return loaders
 
 
 def _warn_if_small(dls: DataLoaders, trained_size: int, name: str) -> None:

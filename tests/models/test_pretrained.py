@@ -231,6 +231,21 @@ def test_a_weights_file_does_not_warn_about_a_size_it_may_not_have_been_trained_
     assert learn.dls.train.mean == pytest.approx(IMAGENET_MEAN)  # the published weights' statistics, unless stats=
 
 
+def test_a_refused_argument_leaves_the_loaders_as_they_were(torchvision_cache):
+    """vision_learner set the weights' statistics on the loaders, then refused precision='bf32' (or a valid loader
+    that takes no statistics, after the train loader had them)."""
+    torchvision_cache("resnet18")
+    dls = image_dls()
+    foreign = DataLoaders(dls.train, torch.utils.data.DataLoader(torch.utils.data.TensorDataset(dls.valid.x)),
+                          classes=dls.classes)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the size warning
+        with pytest.raises(ValueError, match="precision='bf32' is not one of"):
+            vision_learner(dls, "resnet18", precision="bf32", verbose=0)
+        with pytest.raises(TypeError, match="the valid loader .* cannot be told to normalise"):
+            vision_learner(foreign, "resnet18", precision="fp32", verbose=0)
+    assert dls.train.mean == [0.5] * 3 and dls.valid.std == [0.25] * 3
+
 def test_names_that_are_no_architecture_say_so():
     with pytest.raises(ValueError, match="did you mean resnet18"):
         vision_learner(image_dls(), "resnet19", pretrained=False)
