@@ -107,7 +107,8 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
     The head has one output per class of `dls` (or `n_out`); `head` is "linear" or "concat" (fastai's), see
     `slowlearn.models.pretrained` for which and why. With pretrained weights the loaders (changed in place, once
     every argument is checked: a refused call leaves them as they were) normalise with the statistics the weights
-    were trained with, or `stats=(mean, std)`, and exports record them; the body starts frozen (`learn.freeze()`:
+    were trained with, or `stats=(mean, std)` (a number each, or one per channel of the images: RGB statistics for
+    grayscale images are refused, not averaged), and exports record them; the body starts frozen (`learn.freeze()`:
     only the head and BatchNorm layers train) until `fine_tune` or `unfreeze`. Param groups: a ResNet in three (stem
     and early layers, late layers, head), others in two (body, head), so `lr=slice(lo, hi)` spreads over them.
     Grayscale data into a 3-channel body works (its first convolution's weights are summed over the channels). A
@@ -119,6 +120,7 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
     channels, classes = data_shape(dls)
     if n_out is None and classes is None:
         raise ValueError("vision_learner: these loaders name no classes (dls.classes): pass n_out=")
+    _check_stats(stats, channels)
     body = pretrained_model(arch, n_out or classes, channels, pretrained, weights, head)
     mean, std = stats if stats is not None else (body.mean, body.std)
     loaders = _loaders_to_normalise(dls) if mean is not None else []
@@ -132,6 +134,25 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
     if pretrained:
         learn.freeze()
     return learn
+
+
+def _check_stats(stats, channels: int) -> None:
+    """`stats=`: (mean, std), each one number or one per channel of the images, std above 0."""
+    if stats is None:
+        return
+    try:
+        mean, std = (torch.as_tensor(values, dtype=torch.float32) for values in stats)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"vision_learner: stats={stats!r}: give (mean, std), each a number or one per channel of "
+                         f"the images") from None
+    if any(values.ndim > 1 or values.numel() not in (1, channels) for values in (mean, std)):
+        grey = (f"; for grayscale images and RGB statistics, their average: stats=([{mean.mean():.3f}], "
+                f"[{std.mean():.3f}]), or leave stats out (pretrained weights' own are averaged over the channels)")
+        raise ValueError(f"vision_learner: stats={stats!r} has {mean.numel()} mean(s) and {std.numel()} std(s), but "
+                         f"the images have {channels} channel(s): give one mean and one std per channel (or one "
+                         f"number for all)" + (grey if channels == 1 else ""))
+    if (std <= 0).any():
+        raise ValueError(f"vision_learner: stats={stats!r}: a std must be above 0")
 
 
 def _loaders_to_normalise(dls: DataLoaders) -> list:

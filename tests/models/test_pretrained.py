@@ -246,6 +246,19 @@ def test_a_refused_argument_leaves_the_loaders_as_they_were(torchvision_cache):
             vision_learner(foreign, "resnet18", precision="fp32", verbose=0)
     assert dls.train.mean == [0.5] * 3 and dls.valid.std == [0.25] * 3
 
+def test_stats_that_do_not_fit_the_images_channels_are_refused():
+    """ImageNet's three means for grayscale images made the loaders give 3-channel batches: the first batch failed."""
+    dls = image_dls(channels=1, n=8)
+    rgb = r"has 3 mean\(s\) and 3 std\(s\), but the images have 1 channel.*stats=\(\[0.449\], \[0.226\]\)"
+    for stats, what in (((IMAGENET_MEAN, IMAGENET_STD), rgb), (([0.5], [0.0]), "a std must be above 0"),
+                        ((0.5,), r"give \(mean, std\)")):
+        with pytest.raises(ValueError, match=what):
+            vision_learner(dls, "resnet18", pretrained=False, stats=stats, verbose=0)
+    assert dls.train.mean == [0.5]
+    learn = vision_learner(dls, "resnet18", pretrained=False, stats=([0.449], [0.226]), verbose=0, precision="fp32")
+    assert dls.train.mean == [0.449] and next(iter(dls.train))[0].shape[1] == 1
+    learn.fit(1)
+
 def test_names_that_are_no_architecture_say_so():
     with pytest.raises(ValueError, match="did you mean resnet18"):
         vision_learner(image_dls(), "resnet19", pretrained=False)
