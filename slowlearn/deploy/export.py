@@ -38,7 +38,8 @@ arithmetic from the graph, before handing those same bytes to `torch.export.load
 
 `learn.export(path, format="onnx")` (or a `path` ending in `.onnx`) writes an ONNX model instead (input "images", output "logits",
 dynamic batch), with the same JSON in its metadata under the key "slowlearn"; it needs the `onnx` extra
-(`pip install slowlearn[onnx]`) and is meant for onnxruntime and other runtimes outside Python's torch.
+(`pip install slowlearn[onnx]`) and is meant for onnxruntime and other runtimes outside Python's torch;
+`read_export` (load_learner) says so when given one, by its suffix or its header.
 """
 from __future__ import annotations
 
@@ -224,6 +225,12 @@ def _write_onnx(model: nn.Module, prep: Preprocessing, meta: dict, path: Path) -
     onnx.save(proto, str(path))
 
 
+def _looks_like_onnx(path: Path, data: bytes) -> bool:
+    """An .onnx name, or the start of an ONNX protobuf: field 1 (ir_version, a one-byte varint), then field 2
+    (producer_name) or 3 (producer_version) as the exporters write them."""
+    return path.suffix.lower() == ".onnx" or (len(data) > 2 and data[0] == 0x08 and data[2] in (0x12, 0x1a))
+
+
 def read_export(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, dict]:
     """The program and the JSON of an export, after checking that loading it runs no code from the file."""
     path = Path(path)
@@ -233,6 +240,11 @@ def read_export(path: str | os.PathLike) -> tuple[torch.export.ExportedProgram, 
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))  # reads the archive's directory only
     except (zipfile.BadZipFile, EOFError, OSError) as e:
+        if _looks_like_onnx(path, data):
+            raise ExportError(f"{path} is an ONNX export (learn.export(format='onnx')), which load_learner does not "
+                              f"read: run it with onnxruntime (onnxruntime.InferenceSession(path), input 'images', "
+                              f"output 'logits'; slowlearn's description is in its metadata under 'slowlearn'), or "
+                              f"export a .pt2 file (learn.export('model.pt2')) for load_learner") from None
         raise ExportError(f"{path} is not a slowlearn export, or it is truncated or damaged ({e}). "
                           f"Export the model again.") from None
     _check_declared_sizes(archive, path)  # before anything is inflated

@@ -112,7 +112,8 @@ class Predictor:
 
 
 def load_learner(path: str | os.PathLike, device: torch.device | str | None = None) -> Predictor:
-    """Load a model written by `learn.export(path)` (checked first: loading never runs code from the file)."""
+    """Load a model written by `learn.export(path)` as a .pt2 archive (checked first: loading never runs code from
+    the file). An ONNX export is refused with a message: it is for onnxruntime."""
     program, meta = read_export(path)
     try:
         return Predictor(program, meta, device=device)

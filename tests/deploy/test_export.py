@@ -280,6 +280,15 @@ def opened_records(monkeypatch) -> list[str]:
     return names
 
 
+def test_load_learner_on_an_onnx_export_says_what_it_is(tmp_path):
+    """It said the file was truncated or damaged, and to export again."""
+    pytest.importorskip("onnx")
+    path = trained(channels=3).export(tmp_path / "model.onnx")
+    (tmp_path / "model.bin").write_bytes(path.read_bytes())  # found by its header too
+    for file in (path, tmp_path / "model.bin"):
+        with pytest.raises(ExportError, match=rf"{file.name} is an ONNX export.*onnxruntime.*export\('model.pt2'\)"):
+            load_learner(file)
+
 def test_a_weight_record_of_deflated_zeros_is_refused_before_anything_is_inflated(export_file, tmp_path, monkeypatch):
     """Issue 23, rule 5: a 1.1 MB .pt2 whose weight record is 1 GiB of deflated zeros was accepted and inflated
     twice. Here 64 MiB in 64 KiB of file, and a weight record that holds more bytes than its tensors take."""
