@@ -171,9 +171,8 @@ def check_mid_epoch_resumable(dl, saver: str) -> None:
 
 
 def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:
-    """Before a resumed fit touches anything: it has epochs left to train, does not ask for an lr (the run
-    continues with its saved lrs and schedule), and a mid-epoch position falls on the same batches (in a single
-    process; a distributed run's loaders are sharded by `before_fit`, so there `resume_point` checks it)."""
+    """Before a resumed fit touches anything: it has epochs left to train and does not ask for an lr (the
+    run continues with its saved lrs and schedule)."""
     source, done = state.get("source", "the checkpoint"), state["epoch"]
     if done >= n_epochs:
         raise CheckpointError(f"{source} has already trained {done} epochs, so fit({n_epochs}, resume=...) would "
@@ -184,8 +183,6 @@ def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:
                               f"schedule it saved, so lr would be ignored: leave lr out, or start a new run from its "
                               f"weights with learn.load(path) and then fit(n_epochs, lr={lr}).")
     _check_loader_position(learn, state, world_size())
-    if world_size() == 1:
-        _check_same_batches(learn, state)
 
 
 def _check_loader_position(learn, state: dict, n_processes: int) -> None:
@@ -199,8 +196,8 @@ def _check_loader_position(learn, state: dict, n_processes: int) -> None:
 
 
 def _check_same_batches(learn, state: dict) -> None:
-    """A mid-epoch position means the same batches per epoch (per process: a distributed run's loaders are
-    sharded as they were when the checkpoint was saved once `before_fit` has run)."""
+    """A mid-epoch position means the same batches: checked after `before_fit`, which shards the loaders
+    of a distributed run as they were when the checkpoint was saved."""
     source, saved, now = state.get("source", "the checkpoint"), state.get("train_batches"), len(learn.dls.train)
     if state["iter"] and saved is not None and saved != now:
         raise CheckpointError(f"{source} was saved after batch {state['iter']} of an epoch of {saved} batches, but "
