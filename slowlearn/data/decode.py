@@ -27,12 +27,14 @@ from ..distributed import is_rank0
 T = TypeVar("T")
 
 __all__ = ["decode_images", "image_size", "eight_bit", "fit_image", "resize_image", "read_headers", "any_colour",
-           "check_same_size", "GRAYSCALE_MODES", "RESIZE_METHODS", "read_image_file", "WrongSize"]
+           "check_same_size", "decoding_peak_images", "GRAYSCALE_MODES", "RESIZE_METHODS", "read_image_file",
+           "WrongSize"]
 
 GRAYSCALE_MODES = {"1", "L", "LA", "La", "I", "I;16", "I;16L", "I;16B", "I;16N", "F"}
 SIXTEEN_BIT_MODES = {"I;16", "I;16L", "I;16B", "I;16N"}
 RESIZE_METHODS = ("crop", "squish")
 CHUNK = 256  # images per task: fewer, larger tasks keep the pool's own overhead small
+DECODE_THREADS = os.cpu_count() or 1
 DECODER_VERSION = 2  # raise it when the same file and options decode to other pixels: cached decodes are then redone
 
 
@@ -129,13 +131,6 @@ def _decode_file(path: str, mode: str | None, size: tuple[int, int] | None) -> n
     return read_image_file(path, lambda image: _to_array(image, mode, size), verb="decode")
 
 
-def _unify_channels(arrays: list[np.ndarray]) -> list[np.ndarray]:
-    """Grayscale arrays repeated to RGB when any array is RGB (the whole set decides, not the first)."""
-    if all(a.shape[-1] == 1 for a in arrays):
-        return arrays
-    return [np.repeat(a, 3, axis=-1) if a.shape[-1] == 1 else a for a in arrays]
-
-
 def _item_name(items: Sequence, i: int) -> str:
     """A file by its path; anything else (an in-memory dataset's image, e.g. a dict of its bytes) by its place."""
     return str(items[i]) if isinstance(items[i], (str, os.PathLike)) else f"item {i}"
@@ -149,10 +144,6 @@ def check_same_size(sizes: Sequence[tuple[int, int]], items: Sequence, start: in
         raise ValueError(f"Images have different sizes: {_item_name(items, 0)} is {first[0]}x{first[1]} (h x w) but "
                          f"{_item_name(items, odd)} is {sizes[odd][0]}x{sizes[odd][1]}. Pass size= (e.g. "
                          f"size=64, or --size 64 on the command line) to resize them all.")
-
-
-def _check_one_size(arrays: list[np.ndarray], items: Sequence, start: int = 0) -> None:
-    check_same_size([a.shape[:2] for a in arrays], items, start)
 
 
 def _read_header(path: str) -> tuple[str, int, int]:
@@ -186,25 +177,61 @@ def decode_images(items: Sequence, channels: int | None = None, size: int | Sequ
     if channels not in (None, 1, 3):
         raise ValueError(f"channels={channels!r}: give 1 (grayscale), 3 (RGB) or None (RGB if any image is colour)")
     mode, hw = {None: None, 1: "L", 3: "RGB"}[channels], image_size(size)
+    if len(items) == 0:
+        raise ValueError("No images to decode")
     if open_item is None:
         def one(item): return _decode_file(item, mode, hw)
     else:
         def one(item): return _to_array(open_item(item), mode, hw)
 
     chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
-    arrays: list[np.ndarray] = []
+    images, sizes = _DecodedImages(len(items)), []
 
     def decoded_chunks(pool):
         for decoded in pool.map(lambda chunk: [one(item) for item in chunk], chunks):
-            arrays.extend(decoded)
-            _check_one_size(arrays, items, start=len(arrays) - len(decoded))  # stop at the first odd size
-            yield decoded
-    with ThreadPoolExecutor(max_workers=os.cpu_count()) as pool:
+            sizes.extend(a.shape[:2] for a in decoded)
+            check_same_size(sizes, items, start=len(sizes) - len(decoded))  # stop at the first odd size
+            images.add(decoded)
+            del decoded  # copied into the tensor: not held while the next chunk is awaited
+            yield
+    with ThreadPoolExecutor(max_workers=DECODE_THREADS) as pool:
         try:
             for _ in (progress(decoded_chunks(pool), len(chunks), desc) if is_rank0() else decoded_chunks(pool)):
                 pass
         except BaseException:
             pool.shutdown(cancel_futures=True)
             raise
-    arrays = _unify_channels(arrays)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
+    return images.x
+
+
+def decoding_peak_images(n: int) -> int:
+    """How many images' worth of memory `decode_images` holds at most for `n` images: the tensor of all `n`,
+    plus the chunks that the threads are decoding and the one being copied into the tensor."""
+    return n + min(n, (DECODE_THREADS + 1) * CHUNK)
+
+
+class _DecodedImages:
+    """The N x C x H x W uint8 tensor, allocated once and filled in order, chunk by chunk, as chunks are
+    decoded: the chunks' arrays are dropped as they are copied in, so no list of all the arrays, nor a
+    stacked copy of it, is ever held. With `channels=None`, grayscale images are repeated to RGB once a
+    colour image is seen (the whole set decides); the rows filled before then are copied over to 3 channels
+    (for that moment the grayscale rows are held as well: at most a third of the final size more)."""
+
+    def __init__(self, n: int):
+        self.n, self.filled, self.x = n, 0, None
+
+    def add(self, arrays: list[np.ndarray]) -> None:
+        h, w, channels = arrays[0].shape
+        if self.x is None:
+            self.x = torch.empty((self.n, channels, h, w), dtype=torch.uint8)
+        if self.x.shape[1] == 1 and any(a.shape[-1] == 3 for a in arrays):
+            self._to_rgb()
+        rows = self.x.numpy()  # numpy copies H x W x C into C x H x W several times faster than torch, row by row
+        for array in arrays:
+            rows[self.filled] = array.transpose(2, 0, 1)  # a grayscale array is broadcast to RGB
+            self.filled += 1
+
+    def _to_rgb(self) -> None:
+        rgb = torch.empty((self.n, 3, *self.x.shape[2:]), dtype=torch.uint8)
+        rgb[:self.filled] = self.x[:self.filled]  # as Pillow's grayscale-to-RGB: the level in each channel
+        self.x = rgb

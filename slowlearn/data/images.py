@@ -21,7 +21,7 @@ from ..distributed import rank0_first, rank0_print
 from .augment import augment_from_spec
 from .cache import cached_decode
 from .common import DataNotFoundError, check_subset_size, data_root
-from .decode import CHUNK, DECODER_VERSION, any_colour, decode_images, image_size, read_headers
+from .decode import CHUNK, DECODER_VERSION, any_colour, decode_images, decoding_peak_images, image_size, read_headers
 from .files import (
     STATS_SAMPLE,
     FileLoader,
@@ -211,14 +211,15 @@ def _estimated_shape(files: Sequence[str], channels: int | None, hw: tuple[int, 
 
 def _decoded_size(files: Sequence[str], channels: int | None, hw: tuple[int, int] | None) -> str:
     """A line on how much memory the decoded images take, estimated before decoding them, with a warning now
-    when that (twice over while decoding: the decoded images, then their stacked copy) is more than there is."""
-    size = decoded_bytes(len(files), _estimated_shape(files, channels, hw))
+    when what decoding holds at its peak (the decoded images, plus the chunks being decoded) is more than there is."""
+    shape = _estimated_shape(files, channels, hw)
+    size, peak = decoded_bytes(len(files), shape), decoded_bytes(decoding_peak_images(len(files)), shape)
     free = available_memory()
-    if free is not None and 2 * size > free:
-        warnings.warn(f"The {len(files)} images take about {format_bytes(size)} decoded, and about twice that while "
-                      f"they are decoded, more than the {format_bytes(free)} of memory available: leave them in their "
-                      f"files with in_memory=False (--no-in-memory on the command line), which decodes each batch in "
-                      f"worker processes, or train on a subset (n_train=, --n-train).", stacklevel=4)
+    if free is not None and peak > free:
+        warnings.warn(f"The {len(files)} images take about {format_bytes(size)} decoded, and up to about "
+                      f"{format_bytes(peak)} while they are decoded (with the chunks being decoded), more than the "
+                      f"{format_bytes(free)} of memory available: leave them in their files with in_memory=False "
+                      f"(--no-in-memory on the command line), which decodes each batch in worker processes, or train on a subset (n_train=, --n-train).", stacklevel=4)
     return f"{len(files)} images held in memory: about {format_bytes(size)} decoded"
 
 

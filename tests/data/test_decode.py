@@ -5,6 +5,7 @@ import torch
 from images import data_folder, make_folder  # noqa: F401 (data_folder: an autouse fixture)
 from PIL import Image
 
+from slowlearn.data import decode as decode_module
 from slowlearn.data.decode import decode_images, image_size
 from slowlearn.data.images import image_folder
 
@@ -109,3 +110,22 @@ def test_jpegs_decode_to_pillows_pixels_in_every_mode(tmp_path):
         expected = np.stack([np.asarray(Image.open(f).convert(mode)).reshape(9, 7, -1) for f in files])
         assert torch.equal(decode_images(files, channels=channels), torch.from_numpy(expected).permute(0, 3, 1, 2))
     assert torch.equal(decode_images(files), decode_images(files, channels=3))  # one colour image: all RGB
+
+
+@pytest.mark.parametrize("channels", [None, 1, 3])
+@pytest.mark.parametrize("kinds", ["LLRLR", "RLLRL", "LLLLL"])
+def test_chunks_fill_the_tensor_with_each_image_as_decoded_on_its_own(tmp_path, monkeypatch, channels, kinds):
+    """The tensor is filled chunk by chunk (here of 2 images), a grayscale start widened to RGB when a colour
+    image comes: the same pixels, order and layout as stacking the images decoded one by one."""
+    g = np.random.default_rng(0)
+    files = []
+    for i, kind in enumerate(kinds):
+        shape = (5, 7) if kind == "L" else (5, 7, 3)
+        files.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(g.integers(0, 256, shape, dtype=np.uint8)).save(files[-1])
+    alone = [decode_images([f], channels=channels) for f in files]
+    wide = 3 if any(x.shape[1] == 3 for x in alone) else 1
+    expected = torch.cat([x.expand(-1, wide, -1, -1) for x in alone])  # grayscale repeated, as Pillow's L to RGB
+    monkeypatch.setattr(decode_module, "CHUNK", 2)
+    x = decode_images(files, channels=channels)
+    assert x.dtype == torch.uint8 and x.is_contiguous() and torch.equal(x, expected)

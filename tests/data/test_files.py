@@ -138,9 +138,10 @@ def test_the_decoded_size_is_printed_and_a_size_beyond_memory_is_a_warning(folde
     assert ("204 images, left in their files and decoded batch by batch by 2 worker processes per loader (held in "
             "memory they would take about 39.2 kB)") in capsys.readouterr().out
     monkeypatch.setattr(images_module, "available_memory", lambda: 50_000)
-    with pytest.warns(UserWarning, match=r"take about 39.2 kB decoded, and about twice that while they are decoded, "
-                                         r"more than the 50.0 kB of memory available: leave them in their files with "
-                                         r"in_memory=False \(--no-in-memory on the command line\)"):
+    with pytest.warns(UserWarning, match=r"take about 39.2 kB decoded, and up to about 78.3 kB while they are decoded "
+                                         r"\(with the chunks being decoded\), more than the 50.0 kB of memory "
+                                         r"available: leave them in their files with in_memory=False "
+                                         r"\(--no-in-memory on the command line\)"):
         image_folder(folder, bs=16, device="cpu", verbose=False)
 
 

@@ -1,5 +1,6 @@
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -8,6 +9,8 @@ from images import CLASSES, data_folder, make_folder, pixels  # noqa: F401 (data
 from PIL import Image
 
 from slowlearn.checkpoint import read_checkpoint
+from slowlearn.data import decode as decode_module
+from slowlearn.data import images as images_module
 from slowlearn.data.augment import BatchAugment
 from slowlearn.data.images import cifar10, image_csv, image_folder
 
@@ -159,3 +162,23 @@ def test_a_subset_that_leaves_a_class_untrained_is_a_warning(tmp_path):
                                          r"the model never learns it; give a larger n_train"):
         dls = image_folder(root, n_train=2, device="cpu", verbose=False)
     assert len(dls.train.y.unique()) == 2
+
+
+def test_the_memory_warning_counts_the_decoded_images_once_plus_the_chunks_being_decoded(tmp_path, monkeypatch):
+    """Decoding fills one tensor as the chunks come: it needs the decoded size plus the chunks that the threads
+    are decoding and the one being copied in (here 2 threads and chunks of 3: 9 images), not twice the size."""
+    root = make_folder(tmp_path / "pets", n_per_class=4)  # 24 images of 3 x 12 x 12
+    monkeypatch.setattr(decode_module, "CHUNK", 3)
+    monkeypatch.setattr(decode_module, "DECODE_THREADS", 2)
+    needed = (24 + 9) * 3 * 12 * 12
+
+    def memory_warnings(free: int) -> list[str]:
+        monkeypatch.setattr(images_module, "available_memory", lambda: free)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            image_folder(root, device="cpu", verbose=False)
+        return [str(w.message) for w in caught if "of memory available" in str(w.message)]
+    short, enough = memory_warnings(needed - 1), memory_warnings(needed)
+    assert enough == [] and len(short) == 1
+    assert short[0].startswith("The 24 images take about 10.4 kB decoded, and up to about 14.3 kB while they are "
+                               "decoded (with the chunks being decoded), more than the 14.3 kB of memory available")
