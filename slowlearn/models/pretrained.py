@@ -250,7 +250,7 @@ def _torchvision_reads(file):
     weights_only=False: for this build, they get the cached file read safely instead."""
     from torchvision.models import _api
     original = _api.load_state_dict_from_url
-    _api.load_state_dict_from_url = lambda url, *args, **kwargs: read_state_dict(file)
+    _api.load_state_dict_from_url = lambda url, *args, **kwargs: read_state_dict(file, url)
     try:
         yield
     finally:

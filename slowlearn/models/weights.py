@@ -9,10 +9,12 @@ to pass `weights=`.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import socket
 import threading
+import zipfile
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -24,6 +26,8 @@ OFFLINE_VARIABLES = ("SLOWLEARN_OFFLINE", "HF_HUB_OFFLINE")
 PROBE_SECONDS = 3.
 HF_FILES = ("model.safetensors", "pytorch_model.bin")  # what timm looks for in a Hugging Face repository
 _HASH = re.compile(r"-([a-f0-9]+)\.")  # torch.hub's rule: the file name's hash prefix, checked after a download
+_ZIP, _PICKLE = b"PK", b"\x80"  # how torch.save's files start: a zip archive (torch>=1.6), a pickle before
+_REFUSED = re.compile(r"Unsupported global: GLOBAL (\S+)")  # torch.load(weights_only=True) refusing to run code
 
 
 class WeightsNotFoundError(FileNotFoundError):
@@ -64,10 +68,11 @@ def _may_download(url: str) -> bool:
     return not offline() and _reachable(url)
 
 
-def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+def read_state_dict(path: str | os.PathLike, url: str | None = None) -> dict[str, torch.Tensor]:
     """The tensors of a weights file: `.safetensors`, or a `.pth`/`.pt`/`.bin` state dict read with
     `weights_only=True` (a training checkpoint's "state_dict" or "model" entry is taken; a DDP "module." prefix
-    is dropped). Anything that would need code run to load is refused."""
+    is dropped). Anything that would need code run to load is refused; a file that is cut short or is no weights
+    file is said to be damaged (`url`: where it was downloaded from, named in the advice)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"weights={str(path)!r}: no such file")
@@ -76,14 +81,11 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             from safetensors.torch import load_file
         except ImportError:
             raise ImportError(f"{path} is a .safetensors file: pip install safetensors (or slowlearn[timm])") from None
-        state = load_file(path, device="cpu")
-    else:
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # an unpickling error names what the file would have run
-            raise ValueError(f"{path} is not a plain state dict that loads without running code "
-                             f"(torch.load(weights_only=True) refused it: {str(e).splitlines()[0]}). Save the model's "
-                             f"weights with torch.save(model.state_dict(), path), or as .safetensors") from None
+    try:
+        state = load_file(path, device="cpu") if path.suffix == ".safetensors" else \
+            torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise _unreadable(path, e, url) from None
     for key in ("state_dict", "model"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
@@ -93,6 +95,55 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
+def _unreadable(path: Path, error: Exception, url: str | None) -> ValueError:
+    """The error for a weights file that did not load: a pickle that would run code, or a damaged file."""
+    refused = _REFUSED.search(str(error))
+    if refused:
+        return ValueError(f"{path} is not a plain state dict that loads without running code (torch.load("
+                          f"weights_only=True) refused it: it would import {refused.group(1)}). Save the model's "
+                          f"weights with torch.save(model.state_dict(), path), or as .safetensors")
+    first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return _damaged(path, _damage(path) or f"it does not read as weights ({first_line})", url)
+
+
+def _damage(path: Path) -> str | None:
+    """What is wrong with a weights file that was cut short or is no weights file at all, as its structure shows
+    (cheaply: its first bytes, and a zip archive's directory at its end); None when it looks whole."""
+    size = path.stat().st_size
+    if size == 0:
+        return "it is empty"
+    if path.suffix == ".safetensors":
+        return _safetensors_damage(path, size)
+    with open(path, "rb") as f:
+        head = f.read(len(_ZIP))
+    if head == _ZIP:
+        return None if zipfile.is_zipfile(path) else \
+            "it is cut short (a zip archive, as torch.save writes, without the directory at its end)"
+    if not head.startswith(_PICKLE):
+        return "it is neither a zip archive nor a pickle, which torch.save writes (a web page saved in its place?)"
+    return None
+
+
+def _safetensors_damage(path: Path, size: int) -> str | None:
+    """A .safetensors file: an 8-byte header length, a JSON header of the tensors' byte ranges, then the bytes."""
+    with open(path, "rb") as f:
+        header_size = int.from_bytes(f.read(8), "little")
+        try:
+            header = json.loads(f.read(header_size)) if 8 + header_size <= size else None
+            end = 8 + header_size + max((t["data_offsets"][1] for name, t in header.items() if name != "__metadata__"),
+                                        default=0)
+        except (ValueError, TypeError, KeyError, AttributeError, IndexError):
+            return "it is cut short or is no .safetensors file (its header does not read)"
+    return f"it is cut short ({size:,} bytes of the {end:,} its header describes)" if end > size else None
+
+
+def _damaged(path: Path, why: str, url: str | None = None) -> ValueError:
+    advice = (f"It is in torch.hub's cache: delete it, and download {url} to that place again (slowlearn downloads it "
+              f"itself when it is missing and the network can be reached)") if url else \
+        "Copy it again from where it came from, or save it again with torch.save(model.state_dict(), path)"
+    return ValueError(f"{path} is damaged: {why}. {advice}")
+
+
 def _not_found(what: str, where: Path, url: str, extra: str = "") -> WeightsNotFoundError:
     why = "offline mode is on (HF_HUB_OFFLINE or SLOWLEARN_OFFLINE)" if offline() else \
         f"{urlparse(url).hostname} cannot be reached"
@@ -100,9 +151,13 @@ def _not_found(what: str, where: Path, url: str, extra: str = "") -> WeightsNotF
 
 
 def _torch_hub_file(url: str, what: str) -> Path:
-    """torch.hub's cache file of `url` ($TORCH_HOME/hub/checkpoints/<name>), downloaded if missing and possible."""
+    """torch.hub's cache file of `url` ($TORCH_HOME/hub/checkpoints/<name>), downloaded if missing and possible;
+    a cached file that is cut short is an error that says to download it again."""
     path = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(urlparse(url).path)
     if path.is_file():
+        why = _damage(path)  # an interrupted copy, caught before any model is built
+        if why:
+            raise _damaged(path, why, url)
         return path
     if not _may_download(url):
         raise _not_found(what, path, url)

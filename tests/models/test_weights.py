@@ -46,3 +46,25 @@ def test_a_file_of_another_model_is_an_error(tmp_path):
     torch.save(tvm.mobilenet_v3_small().state_dict(), tmp_path / "other.pth")
     with pytest.raises(ValueError, match="does not fit resnet18: missing"):
         vision_learner(image_dls(), "resnet18", weights=str(tmp_path / "other.pth"), verbose=0)
+
+
+def test_a_cut_short_cached_file_is_damaged_and_to_be_downloaded_again(torchvision_cache, tmp_path):
+    torchvision_cache("resnet18")
+    url = tvm.ResNet18_Weights.DEFAULT.url
+    path = tmp_path / "torch-home" / "hub" / "checkpoints" / os.path.basename(url)
+    path.write_bytes(path.read_bytes()[:path.stat().st_size // 2])  # an interrupted copy
+    with pytest.raises(ValueError, match="is damaged: it is cut short") as error:
+        vision_learner(image_dls(), "resnet18", verbose=0)
+    assert f"delete it, and download {url}" in str(error.value)
+
+
+@pytest.mark.parametrize("suffix, keep", [(".pth", 0), (".pth", 0.5), (".pt", 0.5), (".safetensors", 0.5)])
+def test_a_damaged_weights_file_is_told_apart_from_one_that_would_run_code(tmp_path, suffix, keep):
+    path, state = tmp_path / f"weights{suffix}", torch.nn.Linear(8, 4).state_dict()
+    if suffix == ".safetensors":
+        pytest.importorskip("safetensors.torch").save_file(state, path)
+    else:  # .pt: torch.save's pickle format from before torch 1.6, as older downloads have it
+        torch.save(state, path, _use_new_zipfile_serialization=suffix == ".pth")
+    path.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
+    with pytest.raises(ValueError, match=r"is damaged: it .*Copy it again from where it came from"):
+        weights.read_state_dict(path)
