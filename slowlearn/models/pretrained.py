@@ -23,7 +23,9 @@ keeps the layers the body was trained with in front of its classifier, and from 
 
 Either head is initialised as slowlearn initialises layers (`init_weights`: Kaiming-normal, zero bias).
 Grayscale data given to a 3-channel body: the first convolution's weights are summed over their input channels
-(as timm does), and the statistics are averaged over the channels.
+(as timm does), and the statistics are averaged over the channels. A weights file whose first convolution takes
+fewer channels than the data (a grayscale model's, for RGB images) has it repeated and scaled the same way, for
+torchvision and timm bodies alike.
 """
 from __future__ import annotations
 
@@ -135,24 +137,26 @@ def _set_module(model: nn.Module, name: str, module: nn.Module) -> None:
     setattr(model.get_submodule(parent) if parent else model, child, module)
 
 
+def _conv_weight_for(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """A first convolution's weight made for `in_channels` channels, keeping what it computes on an image whose
+    channels are all equal (timm's rule): one channel gets the weights summed over the input channels; more channels
+    get them repeated and scaled by old/new channels."""
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    repeats = -(-in_channels // weight.shape[1])
+    return weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (weight.shape[1] / in_channels)
+
+
 @torch.no_grad()
 def adapt_first_conv(model: nn.Module, in_channels: int) -> None:
-    """Make the model's first convolution take `in_channels` channels, keeping what its weights compute on an image
-    whose channels are all equal (timm's rule): one channel gets the weights summed over the input channels; more
-    channels get them repeated and scaled by old/new channels."""
+    """Make the model's first convolution take `in_channels` channels (`_conv_weight_for`'s rule)."""
     found = _first_conv(model)
     if found is None or found[1].in_channels == in_channels:
         return
     name, conv = found
-    weight = conv.weight
-    if in_channels == 1:
-        weight = weight.sum(dim=1, keepdim=True)
-    else:
-        repeats = -(-in_channels // conv.in_channels)
-        weight = weight.repeat(1, repeats, 1, 1)[:, :in_channels] * (conv.in_channels / in_channels)
     new = nn.Conv2d(in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding, conv.dilation,
                     conv.groups, conv.bias is not None, conv.padding_mode)
-    new.weight.copy_(weight)
+    new.weight.copy_(_conv_weight_for(conv.weight, in_channels))
     if conv.bias is not None:
         new.bias.copy_(conv.bias)
     _set_module(model, name, new)
@@ -356,6 +360,19 @@ def _timm_load_keys():
         log.setLevel(level)
 
 
+def _first_conv_to_declared_channels(state: dict[str, torch.Tensor], cfg: dict, in_channels: int) -> None:
+    """timm adapts a file's first convolution to the data's channels from the channels that its pretrained config
+    declares (3), and refuses a file of other channels (a vision_learner model trained on grayscale images) unless
+    they are the data's. Such a file's first convolution is made for the declared channels first, with the
+    torchvision path's rule (for fewer channels only: more may be a space-to-depth stem's, which timm checks)."""
+    channels = (cfg.get("input_size") or (3,))[0]
+    convs = cfg.get("first_conv") or ()
+    for conv in [convs] if isinstance(convs, str) else convs:
+        weight = state.get(f"{conv}.weight")
+        if weight is not None and weight.ndim == 4 and in_channels != weight.shape[1] < channels:
+            state[f"{conv}.weight"] = _conv_weight_for(weight, channels)
+
+
 def _timm_body(name: str, in_channels: int, pretrained: bool, weights, head: str):
     try:
         import timm
@@ -374,8 +391,16 @@ def _timm_body(name: str, in_channels: int, pretrained: bool, weights, head: str
         state = read_state_dict(file)
         if any(k.startswith("body.") for k in state):  # a vision_learner model's file
             state = {k.removeprefix("body."): v for k, v in state.items() if k.startswith("body.")}
+        _first_conv_to_declared_channels(state, cfg.to_dict() if cfg else {}, in_channels)
         with _timm_load_keys() as keys:
-            model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state), **kwargs)
+            try:
+                model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(state_dict=state),
+                                          **kwargs)
+            except RuntimeError as e:  # timm's check of the first convolution's channels
+                if "inconsistent with input_size" not in str(e):
+                    raise
+                raise ValueError(f"The weights file {file} does not fit timm:{name}: {e} Pass the weights of a "
+                                 f"model with at most 3 input channels, or pretrained=False") from None
         model.pretrained_cfg.pop("state_dict", None)  # else the model holds a second copy of the weights
         if keys.missing or keys.unexpected:
             raise _does_not_fit(f"The weights file {file}", f"timm:{name}", keys.missing, keys.unexpected)

@@ -179,6 +179,21 @@ def test_a_timm_body_refuses_a_file_of_another_model(tmp_path, caplog):
     assert torch.equal(model.body.conv1[0].weight, grey["conv1.0.weight"])
     assert "input_size declares 3 source channels" in caplog.text  # timm's other warnings go through
 
+
+def test_a_grayscale_timm_file_starts_an_rgb_timm_body(tmp_path):
+    """A timm model trained on grayscale images, as weights for RGB images: timm refused its 1-channel first conv
+    (its pretrained config declares 3), where the torchvision path adapts it."""
+    pytest.importorskip("timm")
+    grey = pretrained_model("timm:test_resnet", 5, in_channels=1, pretrained=False).model
+    torch.save(grey.state_dict(), tmp_path / "grey.pth")
+    rgb = pretrained_model("timm:test_resnet", 3, weights=tmp_path / "grey.pth").model
+    torch.testing.assert_close(rgb.body.conv1[0].weight, grey.body.conv1[0].weight.repeat(1, 3, 1, 1) / 3)
+    four = pretrained_model("timm:test_resnet", 5, in_channels=4, pretrained=False).model
+    torch.save(four.state_dict(), tmp_path / "four.pth")
+    with pytest.raises(ValueError, match=r"four.pth does not fit timm:test_resnet: .*at most 3 input channels"):
+        pretrained_model("timm:test_resnet", 3, weights=tmp_path / "four.pth")
+
+
 def test_grayscale_data_into_a_three_channel_body(torchvision_cache):
     cached = torchvision_cache("resnet18")
     dls = image_dls(channels=1, n=8)
