@@ -77,12 +77,12 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     where it pays (`speed_cbs`; your own MixedPrecisionCB or ChannelsLastCB in `cbs` wins); "fp32",
     "bf16", "fp16" as asked. `resume=path`
     continues the run checkpointed there when called again with the same arguments (`resume="auto"`: from
-    the file of the CheckpointCB in `cbs` when there is one, else afresh). Prints the
-    metrics table (`verbose` as in `train`) and returns the Learner: `learn.recorder.plot()` shows lr
-    and momentum per batch.
+    the file of the CheckpointCB in `cbs` when there is one, else afresh). Prints the precision chosen and the
+    metrics table (`verbose` as in `train`; 0 prints neither) and returns the Learner: `learn.recorder.plot()`
+    shows lr and momentum per batch.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
-    speed = speed_cbs(model, precision, given=cbs)
+    speed = speed_cbs(model, precision, given=cbs, verbose=verbose != 0)
     learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), *speed, RecorderCB(), *cbs],
                     opt_func=opt_func or fast_adamw())
     return learn.fit_one_cycle(n_epochs, lr, resume=resume, **one_cycle_kwargs)
@@ -126,7 +126,7 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
     loaders = _loaders_to_normalise(dls) if mean is not None else []
     if body.size is not None:
         _warn_if_small(dls, body.size, body.name)
-    speed = speed_cbs(body.model, precision, given=cbs)
+    speed = speed_cbs(body.model, precision, given=cbs, verbose=verbose != 0)
     learn = Learner(body.model, dls, loss_func, lr=lr, splitter=pretrained_splitter, opt_func=opt_func or fast_adamw(),
                     cbs=[*default_cbs(verbose, metrics), *speed, RecorderCB(), *cbs])
     for loader in loaders:  # only now that every argument is checked: an error leaves the user's loaders as they were

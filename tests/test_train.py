@@ -56,3 +56,13 @@ def test_train_1cycle_trains_wide_models_in_bf16_channels_last_under_auto(cpu_fe
     assert {type(cb) for cb in wide.cbs} >= {MixedPrecisionCB, ChannelsLastCB}
     narrow = train_1cycle(get_kaiming_initialized_model(), n_epochs=1, dls=dls)
     assert not {type(cb) for cb in narrow.cbs} & {MixedPrecisionCB, ChannelsLastCB}
+
+
+def test_verbose_0_prints_nothing_not_even_the_precision(capsys, monkeypatch):
+    from slowlearn import hardware, vision_learner
+    monkeypatch.setattr(hardware, "_announced", set())  # the choice is printed once per process
+    x, y = torch.randint(0, 256, (8, 3, 32, 32), dtype=torch.uint8), torch.arange(8) % 2
+    dls = DataLoaders(*(TensorLoader(x, y, 4, device="cpu", mean=0.5, std=0.25) for _ in range(2)), classes=["a", "b"])
+    train_1cycle(nn.Linear(3, 2), n_epochs=1, dls=make_dls(), precision="fp32", verbose=0)
+    vision_learner(dls, "resnet18", pretrained=False, precision="bf16", verbose=0)
+    assert capsys.readouterr().out == ""

@@ -10,6 +10,7 @@ from ..callback import Callback
 from ..checkpoint import fine_tune_resumes
 from ..groups import check_lr, geometric, group_lrs
 from .precision import MixedPrecisionCB, speed_cbs
+from .progress import ProgressCB
 
 __all__ = ["get_hyper", "set_hyper", "BaseSchedulerCB", "BatchSchedulerCB", "EpochSchedulerCB", "ParamSchedulerCB", "OneCycleCB", "sched_lin", "sched_cos", "sched_exp",
            "combine_scheds", "warmup_cos", "one_cycle_lr", "one_cycle_mom", "fit_one_cycle", "fine_tune"]
@@ -240,7 +241,8 @@ def fit_one_cycle(learn, n_epochs: int, lr_max: float | slice | Sequence[float] 
 
 def precision_cbs(learn, precision: str | None, cbs: Sequence[Callback] = ()) -> list[Callback]:
     """The callbacks that train `learn` in `precision` for one fit (none for None), refusing a precision
-    that a MixedPrecisionCB already on the Learner or in `cbs` contradicts."""
+    that a MixedPrecisionCB already on the Learner or in `cbs` contradicts. The choice is printed unless a
+    ProgressCB(verbose=0) silences the fit."""
     if precision is None:
         return []
     given = [*learn.cbs, *cbs]
@@ -248,7 +250,8 @@ def precision_cbs(learn, precision: str | None, cbs: Sequence[Callback] = ()) ->
     if chosen and precision not in ("auto", chosen[0]):
         raise ValueError(f"precision={precision!r} contradicts the MixedPrecisionCB({chosen[0]!r}) the Learner "
                          f"already has: remove that callback (learn.remove_cb) or leave precision out")
-    return speed_cbs(learn.model, precision, given=given)
+    silent = any(isinstance(cb, ProgressCB) and cb.verbose == 0 for cb in given)
+    return speed_cbs(learn.model, precision, given=given, verbose=not silent)
 
 
 def fine_tune(learn, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,

@@ -214,11 +214,14 @@ def test_lr_find_with_metric_monitors_sweeps_without_them(tmp_path):
 
 
 
-def test_train_1cycle_with_progress_prints_table(capsys):
+def test_train_1cycle_with_progress_prints_table(capsys, monkeypatch):
+    from slowlearn import hardware
+    monkeypatch.setattr(hardware, "_announced", set())  # the precision is printed once per process
     learn = train_1cycle(nn.Linear(3, 2), lr=0.05, n_epochs=2, dls=make_dls())
     out = capsys.readouterr().out.splitlines()
-    assert out[0].startswith("fit: 2 epochs") and len(out) == 6  # not a terminal: plain lines
-    assert out[1].split() == ["accuracy", "loss", "epoch", "phase"]
+    assert out[0].startswith("Training in fp32") and len(out) == 7
+    assert out[1].startswith("fit: 2 epochs")  # not a terminal: plain lines
+    assert out[2].split() == ["accuracy", "loss", "epoch", "phase"]
     assert isinstance(learn.opt, torch.optim.AdamW) and math.isfinite(learn.history[-1]["loss"])
     assert [type(cb).__name__ for cb in learn.cbs] == ["DeviceCB", "MetricsCB", "ProgressCB", "RecorderCB"]
 
@@ -415,3 +418,11 @@ def test_one_lr_schedule_with_callbacks_that_set_other_hyper_parameters_is_fine(
     learn.fit_one_cycle(1, cbs=[ParamSchedulerCB(wd=sched_lin(0., 0.1))])
     learn.fit(1, cbs=[ReduceLROnPlateauCB(patience=0)])
     assert not ParamSchedulerCB(wd=sched_lin(0., 0.1)).sets_lr and ParamSchedulerCB(lr=sched_lin(1., 0.)).sets_lr
+
+
+def test_fit_one_cycle_with_a_precision_is_quiet_under_a_silent_progress(capsys, monkeypatch):
+    from slowlearn import hardware
+    monkeypatch.setattr(hardware, "_announced", set())  # the choice is printed once per process
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[DeviceCB(), ProgressCB(verbose=0)])
+    learn.fit_one_cycle(1, precision="fp32")
+    assert capsys.readouterr().out == ""
