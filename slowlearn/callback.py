@@ -23,7 +23,8 @@ class CancelException(Exception):
 
 
 class CancelFitException(CancelException):
-    """Raise in a callback to end training now; `cleanup_fit` still runs."""
+    """Raise in a callback to end training now, skipping the rest of the epoch and `after_fit`; `cleanup_fit` still
+    runs. To stop at the end of the epoch, after every callback has handled it, set `learn.stop_reason` instead."""
 
 
 class CancelEpochException(CancelException):

@@ -4,10 +4,11 @@ A checkpoint is a dict of tensors and plain Python values (so `torch.load(weight
 it): model and optimizer state, the state of every callback that has `state_dict()`, the RNG states
 (torch, CUDA, NumPy, Python, and each loader's generator), the history, and the position: `epoch`
 (epochs completed) and `iter` (training batches completed in the epoch after those), plus the fit's
-`n_epochs`, `learn.lr`, the frozen layers, the optimizer's type, what the model takes (`inputs`: class
-names and preprocessing, for image loaders, so that an export made later needs no guess) and a checksum
-of all of it. Mid-epoch, a training loader that keeps its own position (a file-backed loader's workers:
-torchdata's StatefulDataLoader state) adds it under `positions`. Reading, writing and the checks that a
+`n_epochs`, why it stopped early (`stop_reason`, None when it did not: such a run is over, and resuming it is
+refused), `learn.lr`, the frozen layers, the optimizer's type, what the model takes (`inputs`: class names and
+preprocessing, for image loaders, so that an export made later needs no guess) and a checksum of all of it.
+Mid-epoch, a training loader that keeps its own position (a file-backed loader's workers: torchdata's
+StatefulDataLoader state) adds it under `positions`. Reading, writing and the checks that a
 checkpoint fits the Learner are in `checkpoint_io.py`; `resume_state` finds what a fit resumes from,
 `resume="auto"` included.
 """
@@ -111,6 +112,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "epoch": epoch,
         "iter": iter,
         "n_epochs": getattr(learn, "n_epochs", None),
+        "stop_reason": learn.stop_reason,
         "train_batches": len(learn.dls.train) if getattr(learn.dls, "train", None) is not None else None,
         "inputs": _inputs(learn.dls),
     }
@@ -171,9 +173,14 @@ def check_mid_epoch_resumable(dl, saver: str) -> None:
 
 
 def check_resume(learn, state: dict, n_epochs: int, lr: float | None) -> None:
-    """Before a resumed fit touches anything: it has epochs left to train and does not ask for an lr (the
-    run continues with its saved lrs and schedule)."""
+    """Before a resumed fit touches anything: it has epochs left to train (and did not stop early) and does not
+    ask for an lr (the run continues with its saved lrs and schedule)."""
     source, done = state.get("source", "the checkpoint"), state["epoch"]
+    if state.get("stop_reason"):
+        raise CheckpointError(f"{source} is the end of a run that stopped early after {done} epochs "
+                              f"({state['stop_reason']}), so fit({n_epochs}, resume=...) would train nothing: take "
+                              f"its weights with learn.load(path), or start a new run without resume= (or with "
+                              f"another checkpoint path).")
     if done >= n_epochs:
         raise CheckpointError(f"{source} has already trained {done} epochs, so fit({n_epochs}, resume=...) would "
                               f"train nothing: ask for more epochs than {done}, or take its weights with "
@@ -327,8 +334,8 @@ def resume_state(learn, resume: str | os.PathLike | None) -> dict | None:
 def fine_tune_resumes(learn, resume, freeze_epochs: int, cbs=()) -> tuple[object, object]:
     """What each fit of `fine_tune` resumes from: (the frozen stage's, the unfrozen stage's); "skip" skips the
     frozen stage. Only resume="auto" is told apart, by the saved run's frozen layers: a checkpoint of the
-    unfrozen stage skips the frozen one; one of the frozen stage resumes it, or, when that stage is complete,
-    is loaded and the unfrozen stage starts."""
+    unfrozen stage skips the frozen one; one of the frozen stage resumes it, or, when that stage is complete
+    (or stopped early), is loaded and the unfrozen stage starts."""
     if str(resume) != "auto":
         return resume, resume
     path = auto_resume_path([*learn.cbs, *cbs])
@@ -338,7 +345,7 @@ def fine_tune_resumes(learn, resume, freeze_epochs: int, cbs=()) -> tuple[object
     state = read_checkpoint(path)
     if not state.get("frozen", {}).get("params"):
         return "skip", "auto"
-    if state["epoch"] < freeze_epochs:
+    if state["epoch"] < freeze_epochs and not state.get("stop_reason"):
         return "auto", None
     rank0_print(f"resume='auto': {path} holds the end of the frozen stage; continuing from it with the unfrozen one")
     restore_weights(learn, state)

@@ -78,6 +78,10 @@ class Learner:
       weights_epoch the epoch whose weights the model holds when that is not the last one trained
                     (EarlyStoppingCB(restore_best=True) sets it; each fit clears it): exports report that
                     epoch's metrics
+      stop_reason   why the fit stopped before `n_epochs` (EarlyStoppingCB sets it in `after_epoch`; each fit
+                    clears it), None while it goes on: the Learner ends the fit once the epoch's phases and all
+                    their handlers have run, so every callback sees that epoch (a CheckpointCB saves it, and its
+                    checkpoint records the stop). Raising CancelFitException instead stops at once
     """
 
     def __init__(self, model: nn.Module, dls, loss_func: Callable = F.cross_entropy, lr: float = 0.1,
@@ -91,6 +95,7 @@ class Learner:
         self.device = self.grad_scaler = self.metrics_log = None  # the shared slots, empty between fits
         self.metric_names, self.accumulate = (), 1
         self.weights_epoch: int | None = None
+        self.stop_reason: str | None = None
         self._fitting = False  # a fit started from inside a fit (by a callback) is refused
         self.fit_lrs: list[float] = []
         self.batch_losses = DeviceFloats()
@@ -135,7 +140,7 @@ class Learner:
                                "CancelFitException in the callback.")
         cbs = list(cbs)
         self.cbs += cbs
-        self._fitting, self.weights_epoch = True, None
+        self._fitting, self.weights_epoch, self.stop_reason = True, None, None
         try:
             checks.check_loaders(self.dls, train, valid)
             state = resume_state(self, resume)
@@ -214,6 +219,8 @@ class Learner:
             if valid:
                 with torch.no_grad():
                     self._one_epoch(False)
+            if self.stop_reason is not None:
+                break
 
     def _one_epoch(self, training: bool, start_iter: int = 0) -> None:
         self.training = training

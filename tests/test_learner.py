@@ -79,6 +79,28 @@ def test_cancel_fit_skips_after_fit_but_cleans_up():
     assert events == ["before_fit", "before_epoch", "cleanup_epoch", "cleanup_fit"]
 
 
+class StopsAfterTraining(Callback):
+    """Asks the fit to stop in the first training phase's after_epoch, before the callbacks of higher order."""
+
+    order = -1
+
+    def after_epoch(self, learn):
+        if learn.training:
+            learn.stop_reason = "enough"
+
+
+def test_a_stop_reason_ends_the_fit_after_the_epochs_phases_and_handlers_have_all_run():
+    log = EventLog()
+    log.order = 1  # after the callback that asks to stop, in the same after_epoch
+    learn = Learner(nn.Linear(3, 2), make_dls(8, 4, 4), lr=0.1, cbs=[StopsAfterTraining(), log])
+    learn.fit(3)
+    assert log.events == (["before_fit", "before_epoch"] + BATCH_TRAIN * 2 + ["after_epoch", "cleanup_epoch"]
+                          + ["before_epoch"] + BATCH_VALID + ["after_epoch", "cleanup_epoch", "after_fit", "cleanup_fit"])
+    assert learn.epoch == 0 and learn.stop_reason == "enough"
+    learn.remove_cb(learn.stops_after_training).fit(1)
+    assert learn.stop_reason is None  # each fit starts without one
+
+
 def test_error_in_callback_names_it_runs_every_cleanup_and_leaves_model_usable():
     bad = raising("after_backward", ValueError, lambda l: l.iter == 1)
     log = EventLog()

@@ -13,7 +13,7 @@ from conftest import make_dls
 from images import data_folder, make_folder  # noqa: F401 (data_folder: an autouse fixture)
 from torch import nn
 
-from slowlearn import Callback, CheckpointCB, CheckpointError, Learner, Preempted, set_seed
+from slowlearn import Callback, CheckpointCB, CheckpointError, EarlyStoppingCB, Learner, MetricsCB, Preempted, set_seed
 from slowlearn import checkpoint as checkpoint_module
 from slowlearn.train import train_1cycle
 
@@ -142,6 +142,19 @@ def test_fine_tune_resume_auto_continues_the_stage_it_was_in(tmp_path, stop):
     resumed = tiny_learner(path, every="epoch")
     resumed.fine_tune(2, base_lr=0.05, freeze_epochs=2, resume="auto")
     assert same(params(resumed), params(straight))
+
+
+def test_fine_tune_resume_auto_after_an_early_stopped_frozen_stage_starts_the_unfrozen_one(tmp_path):
+    def learner(path, cbs=()):  # each stage stops after 2 epochs: the first always improves, the second cannot
+        return tiny_learner(path, [MetricsCB(), EarlyStoppingCB("valid_loss", patience=1, min_delta=10.), *cbs],
+                            every="epoch")
+
+    straight = learner(tmp_path / "straight.pt").fine_tune(3, base_lr=0.05, freeze_epochs=3)
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        learner(path, [StopAt(0, 1, fit=1)]).fine_tune(3, base_lr=0.05, freeze_epochs=3, resume="auto")
+    resumed = learner(path).fine_tune(3, base_lr=0.05, freeze_epochs=3, resume="auto")
+    assert same(params(resumed), params(straight)) and resumed.history == straight.history  # 2 epochs a stage
 
 
 def test_train_1cycle_takes_resume_auto(tmp_path):

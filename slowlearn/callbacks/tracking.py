@@ -293,6 +293,11 @@ class CheckpointCB(MonitorCB):
 class EarlyStoppingCB(MonitorCB):
     """Stops training when `monitor` has not improved by more than `min_delta` for `patience` epochs.
 
+    It stops at the end of that epoch, once every callback has handled it: it sets `learn.stop_reason`, which
+    the Learner honours after the epoch's phases and `after_epoch` handlers (so with a `train_*` monitor the
+    epoch's validation still runs). A CheckpointCB thus saves the stopping epoch with this callback's count,
+    and records the stop: resuming that checkpoint is refused, as the run is over.
+
     With `restore_best`, the weights of the best epoch (a copy on the model's device, taken when the
     metric improves) are put back into the model when the fit ends, however it ends (Keras'
     `restore_best_weights`); `best_epoch` says which. With WeightAveragingCB validating on the average,
@@ -302,7 +307,7 @@ class EarlyStoppingCB(MonitorCB):
     that `learn.export` records that epoch's metrics with its weights.
     """
 
-    order = 90
+    order = 88  # after the loggers (85), before CheckpointCB (90): its checkpoint holds this epoch's count and stop
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0., mode: str | None = None,
                  restore_best: bool = False):
@@ -331,9 +336,8 @@ class EarlyStoppingCB(MonitorCB):
         self.wait += 1
         if self.wait >= self.patience:
             self.stopped_epoch = learn.epoch
-            rank0_print(f"Early stopping at epoch {learn.epoch}: {self.monitor} has not improved on {self.best:.4g} "
-                  f"for {self.patience} epochs")
-            raise CancelFitException()
+            learn.stop_reason = f"{self.monitor} has not improved on {self.best:.4g} for {self.patience} epochs"
+            rank0_print(f"Early stopping at epoch {learn.epoch}: {learn.stop_reason}")
 
     def cleanup_fit(self, learn) -> None:
         if self._in_fit and self.best_weights is not None:

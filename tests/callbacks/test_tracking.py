@@ -302,3 +302,24 @@ def test_checkpoint_best_carries_over_between_fits_and_early_stopping_counts_eac
     learn.fit(2)  # starts worse than the first fit ended: no early stop, and best.pt stays the first fit's
     assert stop.stopped_epoch is None and stop.best == 0.4
     assert read_checkpoint(best)["history"][-1]["loss"] == 0.3 and learn.checkpoint.best == 0.3
+
+
+@pytest.mark.parametrize("stop_listed_first", [True, False])
+def test_an_early_stopped_run_is_checkpointed_at_its_last_epoch_and_resuming_it_trains_nothing(tmp_path,
+                                                                                              stop_listed_first):
+    def learner():
+        tracking = [EarlyStoppingCB(patience=1), CheckpointCB(tmp_path / "run", monitor="valid_loss", keep="both")]
+        cbs = [MetricsCB(), ScriptedValidLoss([0.3, 0.5, 0.6]), *(tracking if stop_listed_first else tracking[::-1])]
+        return Learner(nn.Linear(3, 2), make_dls(), lr=0.5, cbs=cbs)
+
+    learn = learner().fit(6)  # stops after epoch 1
+    last = read_checkpoint(tmp_path / "run" / "last.pt")
+    assert last["epoch"] == 2 and len(last["history"]) == len(learn.history) == 4
+    assert last["callbacks"]["EarlyStoppingCB"]["wait"] == 1
+    assert last["stop_reason"] == learn.stop_reason == "valid_loss has not improved on 0.3 for 1 epochs"
+    files = {name: (tmp_path / "run" / name).read_bytes() for name in ("last.pt", "best.pt")}
+    with pytest.raises(CheckpointError, match=r"last.pt is the end of a run that stopped early after 2 epochs "
+                                              r"\(valid_loss has not improved on 0.3 for 1 epochs\), so fit\(6, "
+                                              r"resume=...\) would train nothing"):
+        learner().fit(6, resume="auto")
+    assert files == {name: (tmp_path / "run" / name).read_bytes() for name in files}
