@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -82,6 +83,8 @@ class Learner:
                     clears it), None while it goes on: the Learner ends the fit once the epoch's phases and all
                     their handlers have run, so every callback sees that epoch (a CheckpointCB saves it, and its
                     checkpoint records the stop). Raising CancelFitException instead stops at once
+      log_files     the files the fit's loggers write (CSVLoggerCB adds its log at `before_fit`; each fit starts
+                    it empty), which trackers attach to their run (MLflowCB, as artifacts, when the fit ends)
     """
 
     def __init__(self, model: nn.Module, dls, loss_func: Callable = F.cross_entropy, lr: float = 0.1,
@@ -96,6 +99,7 @@ class Learner:
         self.metric_names, self.accumulate = (), 1
         self.weights_epoch: int | None = None
         self.stop_reason: str | None = None
+        self.log_files: list[Path] = []
         self._fitting = False  # a fit started from inside a fit (by a callback) is refused
         self.fit_lrs: list[float] = []
         self.batch_losses = DeviceFloats()
@@ -140,7 +144,7 @@ class Learner:
                                "CancelFitException in the callback.")
         cbs = list(cbs)
         self.cbs += cbs
-        self._fitting, self.weights_epoch, self.stop_reason = True, None, None
+        self._fitting, self.weights_epoch, self.stop_reason, self.log_files = True, None, None, []
         try:
             checks.check_loaders(self.dls, train, valid)
             state = resume_state(self, resume)

@@ -354,6 +354,7 @@ class CSVLoggerCB(LoggerCB):
     A new fit starts a new file (unless `append`, which keeps the rows already there); a resumed fit
     keeps the file as it was at its checkpoint (earlier runs' rows included) and appends after it. Only
     rank 0 writes, and a file that cannot be written is a warning, never the end of training (LoggerCB).
+    The file goes into `learn.log_files`, so trackers (MLflowCB) attach it to their run.
     """
 
     def __init__(self, path: str | os.PathLike, append: bool = False):
@@ -368,6 +369,7 @@ class CSVLoggerCB(LoggerCB):
         super().before_fit(learn)
         self._columns, self._resume_at = None, None
         self._end = self.path.stat().st_size if self.append and self.path.is_file() else 0
+        learn.log_files.append(self.path)
 
     def before_epoch(self, learn) -> None:
         self._start = time.perf_counter()
@@ -420,8 +422,8 @@ class MLflowCB(ScalarLoggerCB):
                  `params`; a later fit logs the values it changes as `fit_<n>/<name>`
       metrics    the curves of ScalarLoggerCB: train/step_loss and opt/lr|mom/group_<i> every `log_every`
                  batches, train/<m> and valid/<m> per epoch, final/<phase>_<m> once at the end of each fit
-      artifacts  at the end of each fit, the CSV log of a CSVLoggerCB of the fit and the files or folders of
-                 `artifacts` that exist; after it, `log_artifacts(path, ...)` adds more (an export, plots)
+      artifacts  at the end of each fit, the files or folders of `artifacts` and the fit's logs (`learn.log_files`:
+                 a CSVLoggerCB's) that exist; after it, `log_artifacts(path, ...)` adds more (an export, plots)
     Points are sent in batches, every `flush_secs` seconds (or 1000 points) and at the end of the fit, so
     training waits on the store rarely. One callback is one MLflow run, over all its fits. Resumable: the run
     id goes into checkpoints, and `fit(resume=...)` continues that run, writing no step twice. Only rank 0
@@ -502,8 +504,7 @@ class MLflowCB(ScalarLoggerCB):
         try:
             self._flush()
             if not failed and not self.failed:
-                self._log_artifacts([*self.artifacts, *(cb.path for cb in learn.cbs if isinstance(cb, CSVLoggerCB))],
-                                    missing_ok=True)
+                self._log_artifacts([*self.artifacts, *learn.log_files], missing_ok=True)
         finally:
             with _bounded_http():
                 self._client.set_terminated(self.run_id, status)

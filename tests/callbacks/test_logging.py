@@ -398,6 +398,29 @@ def test_mlflow_logs_the_params_every_metric_of_the_history_and_the_csv_log(stor
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["metrics.csv"]
 
 
+class TextLogger(Callback):
+    """A user's own logger: writes the history to a text file, listed in `learn.log_files` for the trackers."""
+
+    def __init__(self, path):
+        self.path = path
+
+    def before_fit(self, learn):
+        learn.log_files.append(self.path)
+
+    def after_fit(self, learn):
+        self.path.write_text(str(learn.history))
+
+
+def test_mlflow_attaches_the_files_the_fits_loggers_list_in_learn_log_files(store, client, tmp_path, request):
+    log = tmp_path / "metrics.csv"
+    learn = ml_learner(store, request.node.name, cbs=[TextLogger(tmp_path / "history.txt")])
+    learn.fit(1, cbs=[CSVLoggerCB(log)])
+    assert learn.log_files == [tmp_path / "history.txt", log]  # in the callbacks' order
+    assert sorted(a.path for a in client.list_artifacts(learn.mlflow.run_id)) == ["history.txt", "metrics.csv"]
+    learn.fit(1)
+    assert learn.log_files == [tmp_path / "history.txt"]  # each fit lists its own
+
+
 def test_mlflow_shows_the_one_cycle_lr_per_step_with_short_epochs_and_a_list_of_batches(store, client, request):
     learn = learner(MLflowCB(store, experiment=request.node.name), data=list_loaders())  # log_every=50, 6 batches
     learn.fit_one_cycle(2, 0.1)
