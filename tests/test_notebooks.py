@@ -9,6 +9,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
+from slowlearn.data import data_root
+
 NBS = Path(__file__).parent.parent / "nbs"
 NOTEBOOKS = sorted(NBS.glob("*.ipynb"))
 _spec = importlib.util.spec_from_file_location("execute_notebooks", NBS / "execute.py")
@@ -28,7 +30,7 @@ def kernel_environment(monkeypatch):
 
 def cifar_available(jpegs: bool = False) -> bool:
     """CIFAR-10 as JPEG files (shared zips or unpacked), or, unless `jpegs`, as torchvision's python batches."""
-    root = Path(os.environ.get("SLOWLEARN_DATA", Path.home() / ".cache" / "slowlearn"))
+    root = data_root()
     return (SHARED_CIFAR.exists() or (root / "cifar10" / "train").is_dir()
             or not jpegs and (root / "cifar-10-batches-py").is_dir())
 
