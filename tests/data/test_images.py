@@ -14,7 +14,7 @@ from slowlearn.data import images as images_module
 from slowlearn.data.augment import BatchAugment
 from slowlearn.data.images import cifar10, image_csv, image_folder
 
-SHARED_DATA = Path(__file__).parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).parents[3] / "shared" / "data"  # tests/data/ -> the folder beside the checkout
 
 
 def test_image_folder_loads_labels_classes_and_caches(tmp_path, data_folder):
@@ -118,9 +118,9 @@ def test_real_cifar10_jpeg_test_split(tmp_path):
     import zipfile
     with zipfile.ZipFile(SHARED_DATA / "cifar10-jpg-test.zip") as z:
         z.extractall(tmp_path)
-    (tmp_path / "cifar10" / "train").symlink_to(tmp_path / "cifar10" / "test")  # decode only the 10 000 test images
-    dls = image_folder(tmp_path / "cifar10", device="cpu")
-    assert dls.classes[:3] == ["airplane", "automobile", "bird"] and dls.valid.x.shape == (10_000, 3, 32, 32)
+    dls = image_folder(tmp_path / "cifar10" / "test", valid_pct=0.2, device="cpu")  # its 10 000 images, split
+    assert dls.classes[:3] == ["airplane", "automobile", "bird"] and dls.train.x.shape[1:] == (3, 32, 32)
+    assert len(dls.train.x) + len(dls.valid.x) == 10_000 and 1_500 < len(dls.valid.x) < 2_500
 
 
 def test_public_names_and_show_batch_and_the_count_table(tmp_path, capsys):
