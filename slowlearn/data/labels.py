@@ -404,9 +404,13 @@ def _column(col: str | int, header: list[str] | None, what: str) -> int:
 
 
 def _cell(value) -> str:
-    """A cell as text, stripped; an empty cell as pandas gives it (None, NaN, pd.NA, NaT) is ""."""
+    """A cell as text, stripped; an empty cell as pandas gives it (None, NaN, pd.NA, NaT) is "". A whole float
+    is written as an integer: a pandas column of numbers with a missing cell is a float column, and its 2.0 is the
+    CSV file's "2" (a class, or a validation flag)."""
     nan = isinstance(value, float) and math.isnan(value)  # numpy's float64 too
     missing = value is None or nan or type(value).__name__ in ("NAType", "NaTType")  # pandas' own, not imported
+    if isinstance(value, float) and not nan and value.is_integer():
+        value = int(value)
     return "" if missing else str(value).strip()
 
 

@@ -273,6 +273,19 @@ def test_a_missing_label_from_pandas_is_empty_not_a_class_nan(tmp_path):
     assert csv_files(rows, root, "fname", "label", "is_valid", None).splits == ["train", "valid", "train", "train"]
 
 
+def test_whole_floats_from_pandas_are_the_csv_files_integers(tmp_path):
+    # a pandas column of numbers that had a missing cell is a float column: 2.0 is the class "2", 1.0 is true
+    root = make_folder(tmp_path / "pets", n_per_class=2, splits=("",))
+    rows = [("cat/0.png", 2, 0), ("dog/0.png", 10, 0), ("cat/1.png", 9, 0), ("dog/1.png", 2, 1)]
+    from_file = csv_files(write_csv(tmp_path / "labels.csv", rows), root, "fname", "label", "is_valid", None)
+    floats = [{"fname": f, "label": float(label), "is_valid": float(flag)} for f, label, flag in rows]
+    from_floats = csv_files(floats, root, "fname", "label", "is_valid", None)
+    assert from_floats.classes == from_file.classes == ["2", "9", "10"]
+    assert (from_floats.labels, from_floats.splits) == (from_file.labels, from_file.splits)
+    floats[2]["label"] = 2.5  # a fraction stays as written
+    assert csv_files(floats, root, "fname", "label", "is_valid", None).classes == ["10", "2", "2.5"]
+
+
 def test_image_csv_takes_a_dataframe_and_refuses_a_list_of_file_names(tmp_path):
     pd = pytest.importorskip("pandas")
     root = make_folder(tmp_path / "pets", n_per_class=2, splits=("",))
