@@ -8,7 +8,8 @@ untimed runs of two batches both ways warm up kernels, allocators and code paths
 epochs, the precision the step runs in, wall time (median over seeds, from the first batch to the final
 flip-TTA test accuracy), accuracy mean and min over the seeds, the framework ratio (median framework seconds /
 median plain seconds; printed above the table also paired by seed, each seed's ratio, with a bootstrap 95 %
-interval: a machine whose speed drifts moves both runs of a seed alike), how many seeds ended with the same accuracy and bitwise the same weights both ways,
+interval: a machine whose speed drifts moves both runs of a seed alike), how many seeds ended with the same
+accuracy and bitwise the same weights both ways,
 training samples per second, and the achieved FLOP/s (FLOPs of one training step and one evaluation batch
 counted by torch.utils.flop_counter, times the steps taken) as a percentage of the device's bf16 and fp32
 matmul peaks, measured here first; "% prec peak" is against the peak of the precision the step runs in
@@ -152,7 +153,7 @@ def recipe_rows(name: str, config: RecipeConfig, seeds: int, smoke: bool, peaks:
         print("    flip TTA:  " + ", ".join(
             f"{way} {statistics.mean(r[way]['accuracy'] for r in results):.4f}" for way in WAYS), flush=True)
     medians = {way: statistics.median(r[way]["seconds"] for r in results) for way in WAYS}
-    ratio, low, high = paired_ratio([r["framework"]["seconds"] for r in results], [r["plain"]["seconds"] for r in results])
+    ratio, low, high = paired_ratio(*([r[way]["seconds"] for r in results] for way in WAYS))
     print(f"  {name}: framework paired by seed (each seed's ratio, so a machine whose speed drifts moves both alike): "
           f"{1 + ratio:.3f} x plain, 95 % interval {1 + low:.3f} to {1 + high:.3f}", flush=True)
     rows = []

@@ -146,9 +146,10 @@ def _warn_untrained_classes(items: LabelledFiles, n_train: int | None) -> None:
     trained = {label for label, split in zip(items.labels, items.splits) if split == "train"}
     missing = [name for i, name in enumerate(items.classes) if i not in trained]
     if missing:
+        them = "them" if len(missing) > 1 else "it"
         warnings.warn(f"n_train={n_train} leaves {len(missing)} of the {len(items.classes)} classes with no training "
-                      f"image ({', '.join(map(repr, missing[:5]))}): the model never learns {'them' if len(missing) > 1 else 'it'}"
-                      f"; give a larger n_train (subsets are drawn at random, not per class)", stacklevel=4)
+                      f"image ({', '.join(map(repr, missing[:5]))}): the model never learns {them}; give a larger "
+                      f"n_train (subsets are drawn at random, not per class)", stacklevel=4)
 
 
 def _from_files(items: LabelledFiles, identity: str | None, valid_pct, seed, n_train, n_valid, size, channels, bs, aug,
@@ -219,7 +220,8 @@ def _decoded_size(files: Sequence[str], channels: int | None, hw: tuple[int, int
         warnings.warn(f"The {len(files)} images take about {format_bytes(size)} decoded, and up to about "
                       f"{format_bytes(peak)} while they are decoded (with the chunks being decoded), more than the "
                       f"{format_bytes(free)} of memory available: leave them in their files with in_memory=False "
-                      f"(--no-in-memory on the command line), which decodes each batch in worker processes, or train on a subset (n_train=, --n-train).", stacklevel=4)
+                      f"(--no-in-memory on the command line), which decodes each batch in worker processes, or train "
+                      f"on a subset (n_train=, --n-train).", stacklevel=4)
     return f"{len(files)} images held in memory: about {format_bytes(size)} decoded"
 
 

@@ -355,8 +355,9 @@ def _check_not_in_training(found: dict[str, list[str]], ids: dict[str, tuple], t
     for files in found.values():
         for file in files:
             if ids[file] in trained_on:
-                raise _in_both_splits(f"{file} is the training image {trained_on[ids[file]]} (a link to the same file), "
-                                     f"so it is listed", split, "remove one of them")
+                original = trained_on[ids[file]]
+                raise _in_both_splits(f"{file} is the training image {original} (a link to the same file), so it is "
+                                      f"listed", split, "remove one of them")
 
 
 def _in_both_splits(listed: str, split: str, fix: str) -> ValueError:
