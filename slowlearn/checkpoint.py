@@ -14,9 +14,10 @@ checkpoint fits the Learner are in `checkpoint_io.py`; `resume_state` finds what
 """
 from __future__ import annotations
 
+import copy
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -38,7 +39,7 @@ from .distributed import check_ranks_agree, init_distributed, is_rank0, rank0_pr
 from .randomness import loader_generators, restore_randomness, rng_states
 
 __all__ = ["save", "load", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
-           "restore_weights", "restore_setup", "restore_run_state", "resume_point", "batches_from", "callback_key",
+           "restore_weights", "restore_setup", "undo_point", "restore_run_state", "resume_point", "batches_from", "callback_key",
            "resume_state", "auto_resume_path", "fine_tune_resumes"]
 
 
@@ -226,6 +227,27 @@ def restore_weights(learn, state: dict) -> None:
     if state["opt"] is not None:
         learn.opt.load_state_dict(state["opt"])
     learn.history[:] = [current_row(row) for row in state["history"]]
+
+
+def undo_point(learn) -> Callable[[], None]:
+    """A function that puts back what resuming changes before the checkpoint is accepted: the weights, optimizer,
+    history, lr and frozen layers (`restore_weights`, `restore_setup`). A resume can still be refused after them,
+    once `before_fit` has run (`resume_point`), and a refusal must leave the Learner as it was. Until then this
+    holds a copy of the weights, and of the optimizer's state when the Learner had one."""
+    model, opt, history, lr, frozen = bare_model(learn.model), learn.opt, list(learn.history), learn.lr, \
+        learn.frozen_state()
+    weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
+    opt_state = copy.deepcopy(opt.state_dict()) if opt is not None else None
+
+    def undo() -> None:
+        model.load_state_dict(weights)
+        learn.opt = opt
+        if opt is not None:
+            opt.load_state_dict(opt_state)
+        learn.history[:] = history
+        learn.lr = lr
+        learn.load_frozen_state(frozen)
+    return undo
 
 
 def _lr_as_data(lr):

@@ -41,7 +41,15 @@ from .callback import (
     note_origin,
 )
 from .callbacks import SuggestedLRs, schedule
-from .checkpoint import batches_from, check_resume, restore_setup, restore_weights, resume_point, resume_state
+from .checkpoint import (
+    batches_from,
+    check_resume,
+    restore_setup,
+    restore_weights,
+    resume_point,
+    resume_state,
+    undo_point,
+)
 from .deploy import Prediction, Preds
 from .device import DeviceFloats
 from .groups import check_lr, default_splitter
@@ -145,11 +153,13 @@ class Learner:
         cbs = list(cbs)
         self.cbs += cbs
         self._fitting, self.weights_epoch, self.stop_reason, self.log_files = True, None, None, []
+        self._undo_resume = None  # until a resumed checkpoint is accepted: puts back what restoring it changed
         try:
             checks.check_loaders(self.dls, train, valid)
             state = resume_state(self, resume)
             if state is not None:
                 check_resume(self, state, n_epochs, lr)
+                self._undo_resume = undo_point(self)
             self._prepare(lr, reset_opt)
             if state is not None:
                 restore_weights(self, state)
@@ -157,8 +167,12 @@ class Learner:
             self.n_epochs, self.epoch, self.pct_train, self.valid_phase = n_epochs, 0, 0., valid
             self.fit_lrs = [group["lr"] for group in self.opt.param_groups]
             self._run_level("fit", CancelFitException, lambda: self._epochs(train, valid, state))
+        except BaseException:
+            if self._undo_resume is not None:  # refused (or failed) before training on from the checkpoint
+                self._undo_resume()
+            raise
         finally:
-            self._fitting = False
+            self._fitting, self._undo_resume = False, None
             for cb in cbs:
                 self.cbs.remove(cb)
             self._name_callbacks()
@@ -216,6 +230,7 @@ class Learner:
 
     def _epochs(self, train: bool, valid: bool, resume_state: dict | None) -> None:
         start_epoch, start_iter = resume_point(self, resume_state)
+        self._undo_resume = None  # accepted: from here on the Learner holds the resumed run
         self._position = (start_epoch, start_iter)
         for self.epoch in range(start_epoch, self.n_epochs):
             if train:

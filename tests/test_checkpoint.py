@@ -465,6 +465,46 @@ def test_a_mid_epoch_resume_with_another_batch_size_is_refused(tmp_path):
     other.fit(3, resume=tmp_path / "end.pt")  # at an epoch's end another batch size is fine
 
 
+def learner_state(learn):
+    """What a refused resume must leave as it was: weights, optimizer, history, lr, frozen layers."""
+    opt = learn.opt.state_dict() if learn.opt is not None else None
+    return state_tensors(learn), learn.opt, repr(opt), list(learn.history), learn.lr, learn.frozen_state()
+
+
+def same_learner_state(a, b):
+    return same(a[0], b[0]) and a[1:] == b[1:]
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_a_resume_refused_after_before_fit_leaves_the_learner_as_it_was(tmp_path, trained):
+    """The batch count is checked after `before_fit` (callbacks may drop or shard batches), once the checkpoint's
+    weights are in: refusing there puts back the model, optimizer, history, lr and frozen layers."""
+    learn = Learner(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), make_dls(n_train=40, bs=4), cbs=[MetricsCB()])
+    learn.fit(2, cbs=[CheckpointCB(tmp_path / "mid.pt", every=3), StopAt(epoch=1, iter=4)])
+    torch.manual_seed(1)
+    other = Learner(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), make_dls(n_train=40, bs=8), cbs=[MetricsCB()])
+    if trained:
+        other.fit(1)
+        other.freeze()
+        assert other.frozen_state()["params"]
+    before = learner_state(other)
+    with pytest.raises(CheckpointError, match="the training loader now has 5"):
+        other.fit(2, resume=tmp_path / "mid.pt")
+    assert same_learner_state(learner_state(other), before)
+    other.fit(1)  # and it trains on from there
+
+
+def test_a_resume_whose_checkpoint_cb_path_is_refused_leaves_the_learner_as_it_was(tmp_path):
+    learn = learner()
+    learn.fit(1, cbs=[CheckpointCB(tmp_path / "run.pt")])
+    other = learner()
+    before = learner_state(other)
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(CheckpointError):
+        other.fit(2, resume=tmp_path / "run.pt", cbs=[CheckpointCB(tmp_path / "folder")])
+    assert same_learner_state(learner_state(other), before)
+
+
 def interrupted_then_resumed(tmp_path, make, every, stop_at):
     """The history and weights of an uninterrupted run, and of the same run resumed from a checkpoint
     saved every `every` batches and interrupted at `stop_at`."""
