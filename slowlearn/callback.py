@@ -75,12 +75,19 @@ class Callback:
     tensor, to read many at once later (on a GPU a read per batch would wait for the step to finish).
     With such a callback the Learner also keeps every training loss of the fit in `learn.batch_losses`
     (ProgressCB shows and plots those).
+
+    `state_per_fit`: whether the callback's `state_dict()` belongs to the fit that saved it, which its
+    `before_fit` starts afresh (a schedule's position, an early-stopping count). A checkpoint's callback states
+    are restored by `fit(resume=path)`, into the same fit. A run that goes on from a finished fit's checkpoint
+    into a new fit (`fine_tune(resume="auto")` starting the unfrozen stage from the frozen stage's end) restores
+    only the other callbacks' state (a CheckpointCB's best, a logger's step), as if the process had lived on.
     """
 
     order: int = 0
     sweep: bool = False
     sets_lr: bool = False
     reads_loss_value: bool = False
+    state_per_fit: bool = False
 
     @property
     def name(self) -> str:

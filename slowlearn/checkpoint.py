@@ -39,7 +39,7 @@ from .distributed import check_ranks_agree, init_distributed, is_rank0, rank0_pr
 from .randomness import loader_generators, restore_randomness, rng_states
 
 __all__ = ["save", "load", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
-           "restore_weights", "restore_setup", "undo_point", "restore_run_state", "resume_point", "batches_from", "callback_key",
+           "restore_weights", "restore_setup", "undo_point", "restore_callbacks", "restore_run_state", "resume_point", "batches_from", "callback_key",
            "resume_state", "auto_resume_path", "fine_tune_resumes"]
 
 
@@ -279,16 +279,23 @@ def current_row(row: dict) -> dict:
 
 def restore_run_state(learn, state: dict) -> None:
     """Callbacks, RNGs and loader order: applied after `before_fit`, which (re)creates schedulers."""
-    saved = state["callbacks"]
-    for cb in learn.cbs:
-        key = callback_key(learn.cbs, cb)
-        if hasattr(cb, "load_state_dict") and key in saved:
-            cb.load_state_dict(saved[key])
+    restore_callbacks(learn.cbs, state)
     restore_randomness(learn.dls, state)
     position, train = state.get("positions", {}).get("train"), learn.dls.train
     if state["iter"] and position is not None and hasattr(train, "resume_from"):
         _check_loader_position(learn, state, getattr(train, "world_size", 1))
         train.resume_from(position)
+
+
+def restore_callbacks(cbs, state: dict, new_fit: bool = False) -> None:
+    """Load each callback's saved state into it (the callbacks of the fit, as `cbs` lists them at a save). With
+    `new_fit`, into a fit after the one that saved them: a callback whose state belongs to its fit
+    (`Callback.state_per_fit`, such as a schedule) starts afresh."""
+    saved = state["callbacks"]
+    for cb in cbs:
+        key = callback_key(cbs, cb)
+        if hasattr(cb, "load_state_dict") and key in saved and not (new_fit and getattr(cb, "state_per_fit", False)):
+            cb.load_state_dict(saved[key])
 
 
 def resume_point(learn, state: dict | None) -> tuple[int, int]:
@@ -372,4 +379,5 @@ def fine_tune_resumes(learn, resume, freeze_epochs: int, cbs=()) -> tuple[object
     rank0_print(f"resume='auto': {path} holds the end of the frozen stage; continuing from it with the unfrozen one")
     restore_weights(learn, state)
     restore_randomness(learn.dls, state)
+    restore_callbacks([*learn.cbs, *cbs], state, new_fit=True)  # what they carry into the next fit (best, steps)
     return "skip", None

@@ -692,3 +692,23 @@ def test_ctrl_c_while_a_checkpoint_is_written_stops_and_leaves_no_partial_file(t
         assert list(tmp_path.iterdir()) == [tmp_path / "ckpt.pt"]
         assert torch.equal(torch.load(tmp_path / "ckpt.pt", weights_only=True)["weight"], torch.ones(1000))
         assert "finishing the checkpoint" in err or mode == "in a destructor"
+
+
+class Kept(Callback):
+    def __init__(self, per_fit=False):
+        self.state_per_fit, self.loaded = per_fit, None
+
+    def state_dict(self):
+        return {"value": 1}
+
+    def load_state_dict(self, state):
+        self.loaded = state
+
+
+def test_restore_callbacks_into_a_new_fit_leaves_out_the_state_of_one_fit():
+    carried, per_fit = Kept(), Kept(per_fit=True)
+    state = {"callbacks": {"Kept_0": {"value": 1}, "Kept_1": {"value": 2}}}
+    checkpoint_module.restore_callbacks([carried, per_fit], state, new_fit=True)
+    assert carried.loaded == {"value": 1} and per_fit.loaded is None
+    checkpoint_module.restore_callbacks([carried, per_fit], state)  # a resumed fit: the same fit, both
+    assert per_fit.loaded == {"value": 2}

@@ -144,6 +144,35 @@ def test_fine_tune_resume_auto_continues_the_stage_it_was_in(tmp_path, stop):
     assert same(params(resumed), params(straight))
 
 
+class BestAtFitStart(Callback):
+    """What a CheckpointCB holds as its best when each fit starts."""
+
+    def __init__(self, saver):
+        self.saver, self.seen = saver, []
+
+    def before_fit(self, learn):
+        self.seen.append(self.saver.best)
+
+
+def test_fine_tune_resume_auto_between_the_stages_keeps_what_callbacks_carried_over(tmp_path):
+    """Killed in the unfrozen stage before its first checkpoint, the run goes on from the frozen stage's last one:
+    the callbacks must hold what they held after the frozen stage (CheckpointCB's best), not start afresh."""
+    def run(path, stop=()):
+        saver = CheckpointCB(path, keep="both", monitor="valid_loss")
+        probe = BestAtFitStart(saver)
+        learn = tiny_learner(path / "last.pt", [MetricsCB(), probe, *stop], every="epoch")
+        learn.cbs = [saver if isinstance(cb, CheckpointCB) else cb for cb in learn.cbs]
+        learn.fine_tune(2, base_lr=0.05, freeze_epochs=2, resume="auto")
+        return probe.seen, saver.best
+
+    straight_seen, straight_best = run(tmp_path / "straight")
+    with pytest.raises(Killed):
+        run(tmp_path / "run", [StopAt(0, 2, fit=1)])
+    resumed_seen, resumed_best = run(tmp_path / "run")
+    assert straight_seen[1] is not None and resumed_seen == straight_seen[1:]  # the unfrozen fit's start
+    assert resumed_best == straight_best
+
+
 def test_fine_tune_resume_auto_after_an_early_stopped_frozen_stage_starts_the_unfrozen_one(tmp_path):
     def learner(path, cbs=()):  # each stage stops after 2 epochs: the first always improves, the second cannot
         return tiny_learner(path, [MetricsCB(), EarlyStoppingCB("valid_loss", patience=1, min_delta=10.), *cbs],

@@ -30,6 +30,7 @@ class MixedPrecisionCB(Callback):
 
     order = -5  # after DeviceCB has moved the batch, before callbacks that look at predictions
     sweep = True
+    state_per_fit = True  # each fit creates its loss scaler
 
     def __init__(self, dtype: str = "bf16"):
         if dtype not in DTYPES:

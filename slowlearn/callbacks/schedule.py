@@ -44,6 +44,7 @@ class BaseSchedulerCB(Callback):
 
     order = 80  # steps after RecorderCB has recorded the values the step used
     sets_lr = True  # torch's schedulers are lr schedulers
+    state_per_fit = True  # each fit creates its scheduler
 
     def __init__(self, scheduler_f: Callable, **kwargs):
         self.scheduler_f, self.kwargs, self.scheduler = scheduler_f, kwargs, None

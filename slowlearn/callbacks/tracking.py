@@ -308,6 +308,7 @@ class EarlyStoppingCB(MonitorCB):
     """
 
     order = 88  # after the loggers (85), before CheckpointCB (90): its checkpoint holds this epoch's count and stop
+    state_per_fit = True  # each fit starts its own count
 
     def __init__(self, monitor: str = "valid_loss", patience: int = 3, min_delta: float = 0., mode: str | None = None,
                  restore_best: bool = False):
