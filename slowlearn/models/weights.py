@@ -138,9 +138,17 @@ def _safetensors_damage(path: Path, size: int) -> str | None:
 
 
 def _damaged(path: Path, why: str, url: str | None = None) -> ValueError:
-    advice = (f"It is in torch.hub's cache: delete it, and download {url} to that place again (slowlearn downloads it "
-              f"itself when it is missing and the network can be reached)") if url else \
-        "Copy it again from where it came from, or save it again with torch.save(model.state_dict(), path)"
+    if url:
+        advice = (f"It is in torch.hub's cache: delete it, and download {url} to that place again (slowlearn "
+                  f"downloads it itself when it is missing and the network can be reached)")
+    elif any(part.startswith("models--") for part in path.parts) and path.is_symlink():
+        # the Hugging Face cache: the file is kept once under blobs/, linked from snapshots/; a download finds the
+        # blob by its hash and links it again, so the blob itself must go
+        advice = (f"It is in the Hugging Face cache, as a link to {path.resolve()}: delete both, then build the "
+                  f"model again with the network reachable (slowlearn downloads the file), or copy that cache "
+                  f"folder whole from a machine where the file reads")
+    else:
+        advice = "Copy it again from where it came from, or save it again with torch.save(model.state_dict(), path)"
     return ValueError(f"{path} is damaged: {why}. {advice}")
 
 

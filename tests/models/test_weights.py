@@ -68,3 +68,19 @@ def test_a_damaged_weights_file_is_told_apart_from_one_that_would_run_code(tmp_p
     path.write_bytes(path.read_bytes()[:int(path.stat().st_size * keep)])
     with pytest.raises(ValueError, match=r"is damaged: it .*Copy it again from where it came from"):
         weights.read_state_dict(path)
+
+
+def test_a_damaged_file_in_the_hugging_face_cache_says_to_delete_the_file_its_link_points_to(tmp_path):
+    """The Hugging Face cache keeps a file once, in blobs/, with a link to it under snapshots/: downloading again
+    after deleting only the link would link the same damaged file again."""
+    pytest.importorskip("safetensors.torch").save_file(torch.nn.Linear(8, 4).state_dict(), tmp_path / "whole")
+    repo = tmp_path / "hub" / "models--timm--tiny.x1"
+    blob, link = repo / "blobs" / "0123abcd", repo / "snapshots" / "rev1" / "model.safetensors"
+    blob.parent.mkdir(parents=True)
+    link.parent.mkdir(parents=True)
+    blob.write_bytes((tmp_path / "whole").read_bytes()[:100])
+    link.symlink_to(blob)
+    with pytest.raises(ValueError, match="is damaged: it is cut short") as error:
+        weights.read_state_dict(link)
+    message = str(error.value)
+    assert "Hugging Face cache" in message and str(blob) in message and "Copy it again" not in message
