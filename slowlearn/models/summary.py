@@ -6,6 +6,7 @@ from torch import nn
 
 from ..device import model_device
 from ..display import format_table
+from ..randomness import randomness, restore_randomness
 
 __all__ = ["summary", "Summary"]
 
@@ -24,13 +25,14 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, prin
     indented under their parent): output shape, parameters (all, trainable, frozen) and MFLOPs per
     sample (torch's FlopCounterMode), for a Learner (on a batch of its training data) or a model and a
     batch `xb`. The last row is the whole model. Runs the model once in eval mode, without gradients,
-    and restores its mode. Prints the rows as a table (unless `print_table=False`) and returns them."""
+    and restores its mode; taking a Learner's batch leaves the random states (the loaders' order, augmentation)
+    as they were, so a seeded fit is the same with or without a summary first. Prints the rows as a table (unless `print_table=False`) and returns them."""
     from torch.utils.flop_counter import FlopCounterMode  # imports triton where installed: only when used
     if depth < 1:
         raise ValueError(f"depth must be at least 1 (the top-level layers), got {depth}")
     model = getattr(learn_or_model, "model", learn_or_model)
     if xb is None:
-        xb = next(iter(learn_or_model.dls.train))[0]
+        xb = _a_training_batch(learn_or_model.dls)
     xb = xb.to(model_device(model))
     modules = [(name, m) for name, m in model.named_modules() if name and name.count(".") < depth]
     shapes, hooks = {}, []
@@ -62,6 +64,14 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, prin
         print(format_table(rows))
         rows.printed = True
     return rows
+
+
+def _a_training_batch(dls) -> torch.Tensor:
+    saved = randomness(dls)
+    try:
+        return next(iter(dls.train))[0]
+    finally:
+        restore_randomness(dls, saved)
 
 
 def _param_counts(module: nn.Module) -> dict[str, int]:

@@ -2,8 +2,10 @@
 
 import pytest
 import torch
+from conftest import image_dls
+from torch import nn
 
-from slowlearn import get_kaiming_initialized_model, resnet, summary
+from slowlearn import Learner, get_kaiming_initialized_model, resnet, summary
 
 
 def test_summary_rows(capsys):
@@ -31,3 +33,16 @@ def test_summary_shows_nested_modules_and_frozen_parameters(capsys):
     children = rows[1:rows.index(next(r for r in rows if r["layer"] == "1: ResBlock"))]
     assert sum(r["MFLOPs"] for r in children) == pytest.approx(block["MFLOPs"])  # the pool and ReLU cost none
     assert "  convs: Sequential" in capsys.readouterr().out
+
+
+def test_learner_summary_leaves_the_training_trajectory_alone():
+    """Looking at the model draws no random numbers that training would (the loader's order, its augmentation):
+    a seeded fit is the same with or without a summary first, as with show_batch."""
+    def fit(look: bool):
+        torch.manual_seed(0)
+        learn = Learner(nn.Sequential(nn.Flatten(), nn.Linear(36, 3)), image_dls(), lr=0.1)
+        if look:
+            learn.summary(print_table=False)
+        return learn.fit(1).model[1].weight
+
+    assert torch.equal(fit(look=True), fit(look=False))
