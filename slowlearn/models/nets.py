@@ -7,6 +7,7 @@ from functools import partial
 import torch
 from torch import nn
 
+from ..randomness import randomness, restore_randomness
 from .init import GeneralReLU, init_weights
 
 __all__ = ["data_shape", "conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming_initialized_model",
@@ -16,12 +17,21 @@ __all__ = ["data_shape", "conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming
 
 def data_shape(dls) -> tuple[int, int | None]:
     """The input channels and the number of classes (None when the loaders name no classes) of `dls`'s images:
-    what a model for them must take and give."""
-    x = getattr(dls.train, "x", None)
-    if not isinstance(x, torch.Tensor) or x.ndim < 2:
-        x = next(iter(dls.train))[0]
+    what a model for them must take and give. slowlearn's loaders know their items' shape; another loader is
+    asked for a batch, with the random states (its order, augmentation) put back afterwards."""
+    shape = getattr(dls.train, "item_shape", None) or tuple(_a_training_batch(dls).shape[1:])
     classes = getattr(dls, "classes", None)
-    return int(x.shape[1]), (len(classes) if classes else None)
+    return int(shape[0]), (len(classes) if classes else None)
+
+
+def _a_training_batch(dls) -> torch.Tensor:
+    """The inputs of a batch of `dls.train`, drawing nothing that training would: the loaders' generators and
+    the global RNGs are put back as they were."""
+    saved = randomness(dls)
+    try:
+        return next(iter(dls.train))[0]
+    finally:
+        restore_randomness(dls, saved)
 
 
 def _sized(in_channels: int | None, n_classes: int | None, dls, owner: str) -> tuple[int, int]:

@@ -6,7 +6,7 @@ from torch import nn
 
 from ..device import model_device
 from ..display import format_table
-from ..randomness import randomness, restore_randomness
+from .nets import _a_training_batch
 
 __all__ = ["summary", "Summary"]
 
@@ -64,14 +64,6 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, prin
         print(format_table(rows))
         rows.printed = True
     return rows
-
-
-def _a_training_batch(dls) -> torch.Tensor:
-    saved = randomness(dls)
-    try:
-        return next(iter(dls.train))[0]
-    finally:
-        restore_randomness(dls, saved)
 
 
 def _param_counts(module: nn.Module) -> dict[str, int]:

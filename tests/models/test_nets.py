@@ -2,6 +2,7 @@ from functools import partial
 
 import pytest
 import torch
+from images import CLASSES, data_folder, make_folder  # noqa: F401 (data_folder: an autouse fixture)
 from torch import nn
 
 from slowlearn import (
@@ -96,3 +97,18 @@ def test_sizing_from_loaders_without_class_names_asks_for_n_classes():
     with pytest.raises(ValueError, match="pass n_classes="):
         resnet(dls=dls)
     assert resnet(dls=dls, n_classes=2)[0].convs[0][0].in_channels == 3
+
+
+def test_sizing_from_file_backed_loaders_reads_no_batch(tmp_path, data_folder):
+    """A file-backed loader knows its images' shape: sizing a model from it decodes no batch and draws nothing
+    from the loader's generator or torch's RNG, so the fit that follows is the same as with the sizes given."""
+    from slowlearn import image_folder
+    dls = image_folder(make_folder(tmp_path / "pets"), in_memory=False, num_workers=0, bs=4)
+    order = dls.train.generator.get_state()
+    model = resnet(nfs=(4, 8), dls=dls)
+    assert model[0].convs[0][0].in_channels == 3 and model[-1].out_features == len(CLASSES)
+    assert torch.equal(dls.train.generator.get_state(), order)
+    rng = torch.get_rng_state()
+    first = seed_cnn(dls=dls)[0][0].weight
+    torch.set_rng_state(rng)
+    assert torch.equal(first, seed_cnn(in_channels=3, n_classes=3)[0][0].weight)
