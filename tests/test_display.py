@@ -16,6 +16,8 @@ CELLS = {
     "changed": "fig = plot()\nfig.suptitle('changed')\ndisplay(fig)",
     "summary": "summary(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3))",
     "summary rows": "summary(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3), print_table=False)",
+    "summary kept": "rows = summary(nn.Sequential(nn.Linear(3, 2)), torch.randn(4, 3))",
+    "summary later": "rows",
     "progress": "from slowlearn.display import progress\nitems = list(progress(range(3), 3, 'decoding'))",
 }
 
@@ -43,6 +45,8 @@ def test_a_figure_shows_once_per_cell(outputs):
 def test_summary_prints_its_table_once(outputs):
     assert kinds(outputs["summary"]) == ["stream"] and "params" in outputs["summary"][0].text
     assert kinds(outputs["summary rows"]) == ["stream"] and "params" in outputs["summary rows"][0].text
+    assert kinds(outputs["summary kept"]) == ["stream"]
+    assert kinds(outputs["summary later"]) == ["stream"] and "params" in outputs["summary later"][0].text  # asked again
 
 
 def test_progress_is_an_html_line_in_a_notebook_and_one_plain_line_in_a_log(outputs, capsys):

@@ -1,6 +1,8 @@
 """`summary`: a model's layers on a batch, with output shapes, parameters and FLOPs per sample."""
 from __future__ import annotations
 
+import sys
+
 import torch
 from torch import nn
 
@@ -12,12 +14,20 @@ __all__ = ["summary", "Summary"]
 
 
 class Summary(list):
-    """`summary`'s rows (dicts). As a notebook cell's value it shows the table, unless already printed."""
-    printed = False
+    """`summary`'s rows (dicts). As a notebook cell's value it shows the table, unless that cell printed it
+    already (`printed_in`: the cell's execution count); a later cell that asks for it shows it again."""
+    printed_in: int | None = None
 
     def _ipython_display_(self) -> None:
-        if not self.printed:
+        if self.printed_in is None or self.printed_in != _notebook_cell():
             print(format_table(self))
+
+
+def _notebook_cell() -> int | None:
+    """The execution count of the notebook cell running now (None outside IPython)."""
+    ipython = sys.modules.get("IPython")
+    shell = ipython.get_ipython() if ipython else None
+    return getattr(shell, "execution_count", None)
 
 
 def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, print_table: bool = True) -> Summary:
@@ -62,7 +72,7 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, prin
                  "MFLOPs": flops.get("Global", 0) / len(xb) / 1e6})
     if print_table:
         print(format_table(rows))
-        rows.printed = True
+        rows.printed_in = _notebook_cell()
     return rows
 
 
