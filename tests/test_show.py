@@ -8,6 +8,7 @@ from torch import nn
 
 from slowlearn import (
     ActivationStatsCB,
+    Learner,
     ProgressCB,
     RecorderCB,
     compare_optimizers,
@@ -106,3 +107,13 @@ def test_lr_find_legend_does_not_cover_the_curve(trained):
     ax = fig.axes[0]
     legend = ax.get_legend().get_window_extent()
     assert legend.x0 >= ax.get_window_extent().x1  # beside the axes
+
+
+@pytest.mark.parametrize("picture", [show_results, plot_top_losses, lambda learn: show_batch(learn.dls)])
+def test_pictures_of_data_that_are_not_images_say_so(picture):
+    """A Learner on tabular data (3 numbers per item): the pictures of images say what they need, before drawing."""
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1)
+    open_figures = plt.get_fignums()
+    with pytest.raises(ValueError, match=r"images .*1 or 3 channels.*got items of shape \(3,\)"):
+        picture(learn)
+    assert plt.get_fignums() == open_figures  # no half-drawn figure left open

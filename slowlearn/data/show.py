@@ -39,7 +39,12 @@ def show_image(ax, image: torch.Tensor) -> None:
 
 def for_display(loader, xb: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1]: the loader's `decode` undoes its normalisation; for other loaders (a torch
-    DataLoader), uint8 images are scaled and float images are stretched, each to its own range."""
+    DataLoader), uint8 images are scaled and float images are stretched, each to its own range. Anything but
+    a batch of images (N x C x H x W, 1 or 3 channels) is refused: there is no picture to draw."""
+    if xb.ndim != 4 or xb.shape[1] not in (1, 3):
+        raise ValueError(f"Only images can be pictured: batches of N x C x H x W images with 1 or 3 channels; got "
+                         f"items of shape {tuple(xb.shape[1:])}. For other data, read the predictions with "
+                         f"learn.get_preds() (and the batches with next(iter(dls.train))).")
     if hasattr(loader, "decode"):
         return loader.decode(xb)
     if xb.dtype == torch.uint8:
