@@ -86,3 +86,15 @@ def test_readme_code_reads_tensors_back_from_any_device():
         for block in python_blocks(page.read_text()):
             for call in re.findall(r"\S+\.numpy\(\)", block):
                 assert call.endswith(".cpu().numpy()"), f"{page.name}: {call}"
+
+
+def test_readme_says_where_every_module_is():
+    """"Where things are" names every module of the package and every benchmark script, so a new one is placed."""
+    where = README.read_text().split("## Where things are", 1)[1]
+    named = set(re.findall(r"`([\w.]+)`", where))
+    package = ROOT / "slowlearn"
+    modules = [p for p in package.rglob("*.py") if p.stem not in ("__init__", "__main__")]
+    missing = [p.relative_to(ROOT).as_posix() for p in modules
+               if (p.name if p.parent == package else p.stem) not in named]
+    missing += [p.relative_to(ROOT).as_posix() for p in (ROOT / "benchmarks").glob("*.py") if p.name not in named]
+    assert missing == []
