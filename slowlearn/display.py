@@ -34,7 +34,7 @@ def progress(items: Iterable, total: int, desc: str) -> Iterator:
         from tqdm import tqdm
         yield from tqdm(items, total=total, desc=desc, mininterval=2.)
     else:
-        print(f"{desc}: {total} items", file=sys.stderr, flush=True)
+        print(f"{desc}: {total} item{'s' * (total != 1)}", file=sys.stderr, flush=True)
         yield from items
 
 

@@ -55,6 +55,8 @@ def test_progress_is_an_html_line_in_a_notebook_and_one_plain_line_in_a_log(outp
     assert list(progress(range(3), 3, "decoding")) == [0, 1, 2]
     captured = capsys.readouterr()
     assert captured.err == "decoding: 3 items\n" and captured.out == ""
+    assert list(progress(["one chunk"], 1, "decoding 8 images")) == ["one chunk"]
+    assert capsys.readouterr().err == "decoding 8 images: 1 item\n"
 
 
 def test_figures_stay_open_outside_notebooks(tmp_path):
