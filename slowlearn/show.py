@@ -87,8 +87,9 @@ def plot_top_losses(learn, k: int = 9, path: str | Path | None = None):
 
 
 def plot_metrics(learn, path: str | Path | None = None):
-    """Training and validation loss (and every other metric) per epoch, from `learn.history`, with
-    epochs numbered as in the history and the metrics table (from 0; later fits continue the count)."""
+    """Training and validation loss (and every other metric) per epoch, from `learn.history`, with epochs
+    counted from 0 over every fit so far: a later fit continues the count, where the history's and the metrics
+    table's `epoch` start again at 0."""
     names = [k for k in learn.history[0] if k not in ("epoch", "phase")] if learn.history else ["loss"]
     fig, axs = subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axs[0], names):

@@ -57,7 +57,8 @@ class _Scale(nn.Module):
 
 
 def _dirac_init(conv: nn.Conv2d) -> None:
-    """Kaiming-like random weights with an identity on the first `min(in, out)` channels added."""
+    """The first `min(in, out)` filters become identities (each passes one input channel through, as airbench
+    does); the others keep their default random initialisation."""
     with torch.no_grad():
         n = min(conv.in_channels, conv.out_channels)
         nn.init.dirac_(conv.weight[:n])
