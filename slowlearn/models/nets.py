@@ -42,10 +42,20 @@ def _sized(in_channels: int | None, n_classes: int | None, dls, owner: str) -> t
     return (in_channels if in_channels is not None else channels), (n_classes if n_classes is not None else classes)
 
 
+def _check_maker(maker, arg: str) -> None:
+    """`act=` and `norm=` make a new layer each time they are called; a layer itself cannot be called so."""
+    if isinstance(maker, nn.Module):
+        name = type(maker).__name__
+        raise TypeError(f"{arg}={maker!r} is a layer: give what makes one, as each use needs its own, e.g. "
+                        f"{arg}={name} or {arg}=functools.partial({name}, ...) with its arguments")
+
+
 def conv_block(ni: int, nf: int, ks: int = 3, stride: int = 2, act: Callable[[], nn.Module] | None = nn.ReLU,
                norm: Callable[[int], nn.Module] | None = None, bias: bool | None = None) -> nn.Sequential:
     """Conv (padding `ks // 2`), then `norm(nf)` if given, then `act()` if given. The conv has a bias
     only when there is no norm layer (a norm's shift makes it redundant), unless `bias` says otherwise."""
+    _check_maker(act, "act")
+    _check_maker(norm, "norm")
     if bias is None:
         bias = norm is None
     layers: list[nn.Module] = [nn.Conv2d(ni, nf, ks, stride=stride, padding=ks // 2, bias=bias)]
@@ -126,6 +136,7 @@ class MLP(nn.Sequential):
 
     def __init__(self, in_dim: int, hidden_dims: Sequence[int], out_dim: int,
                  act: Callable[[], nn.Module] = nn.ReLU):
+        _check_maker(act, "act")
         dims = [in_dim, *hidden_dims]
         layers: list[nn.Module] = [nn.Flatten()]
         for ni, nf in zip(dims, dims[1:]):

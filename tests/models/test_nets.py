@@ -112,3 +112,13 @@ def test_sizing_from_file_backed_loaders_reads_no_batch(tmp_path, data_folder):
     first = seed_cnn(dls=dls)[0][0].weight
     torch.set_rng_state(rng)
     assert torch.equal(first, seed_cnn(in_channels=3, n_classes=3)[0][0].weight)
+
+
+@pytest.mark.parametrize("build", [lambda: resnet(act=nn.LeakyReLU(0.1)), lambda: seed_cnn(act=GeneralReLU(0.1)),
+                                   lambda: MLP(3, [4], 2, act=nn.ReLU()), lambda: resnet(norm=nn.BatchNorm2d(16)),
+                                   lambda: ResBlock(3, 8, act=nn.ReLU())])
+def test_a_layer_given_for_act_or_norm_says_to_give_what_makes_one(build):
+    """act= and norm= make one layer per use (nn.ReLU, partial(GeneralReLU, leak=0.1)); a Keras-style instance is
+    refused with the spelling that works, not torch's 'forward() missing 1 required positional argument'."""
+    with pytest.raises(TypeError, match=r"(act|norm)=.* is a layer: give what makes one.*partial"):
+        build()
