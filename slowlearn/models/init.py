@@ -53,21 +53,40 @@ def lsuv_init(model: nn.Module, xb: torch.Tensor, modules: list[nn.Module] | Non
     after it, which removes any mean anyway. A layer's output is an affine function of its weight
     and bias, so one correction w <- w/std, b <- (b - mean)/std nearly always suffices; the loop
     re-measures because earlier layers feed later ones. BatchNorm running statistics are left as they
-    were. Raises RuntimeError, naming the layer, when it cannot: an output with no variance, or no
-    convergence within `max_iter` passes. Returns the model.
+    were. Raises RuntimeError, naming the layer, when it cannot: a layer the forward pass does not use (checked
+    before any change), an output with no variance, or no convergence within `max_iter` passes. Returns the model.
     """
     modules = [m for m in model.modules() if isinstance(m, WEIGHT_LAYERS)] if modules is None else modules
     names = {m: name for name, m in model.named_modules()}
-    buffers = {name: b.clone() for name, b in model.named_buffers()}  # forward passes move BatchNorm's
     for m in modules:
-        name = names.get(m, type(m).__name__)
         if not isinstance(getattr(m, "weight", None), torch.Tensor):
-            raise RuntimeError(f"lsuv_init: '{name}' has no weight to rescale; pass layers such as conv or "
-                               f"linear layers in `modules=`")
-        _unit_variance(model, m, name, xb, tol, max_iter)
-    for name, b in model.named_buffers():
-        b.copy_(buffers[name])
+            raise RuntimeError(f"lsuv_init: '{names.get(m, type(m).__name__)}' has no weight to rescale; pass "
+                               f"layers such as conv or linear layers in `modules=`")
+    buffers = {name: b.clone() for name, b in model.named_buffers()}  # forward passes move BatchNorm's
+    try:
+        _check_used(model, modules, names, xb)
+        for m in modules:
+            _unit_variance(model, m, names.get(m, type(m).__name__), xb, tol, max_iter)
+    finally:
+        for name, b in model.named_buffers():
+            b.copy_(buffers[name])
     return model
+
+
+def _check_used(model: nn.Module, modules: list[nn.Module], names: dict, xb: torch.Tensor) -> None:
+    """Every layer of `modules` runs in the forward pass on `xb` (an auxiliary head may not): else no output of
+    it can be measured."""
+    used = set()
+    hooks = [m.register_forward_hook(lambda mod, inputs, output: used.add(mod)) for m in modules]
+    try:
+        model(xb)
+    finally:
+        for h in hooks:
+            h.remove()
+    unused = [names.get(m, type(m).__name__) for m in modules if m not in used]
+    if unused:
+        raise RuntimeError(f"lsuv_init: {', '.join(map(repr, unused))} not used by the model's forward pass on this "
+                           f"batch, so its output cannot be measured; pass the layers to initialise in `modules=`")
 
 
 def _unit_variance(model: nn.Module, m: nn.Module, name: str, xb: torch.Tensor, tol: float, max_iter: int) -> None:

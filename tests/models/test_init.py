@@ -87,6 +87,24 @@ def test_lsuv_raises_instead_of_looping_when_it_cannot():
         lsuv_init(Twice(), torch.randn(32, 4) * 4, max_iter=1)
 
 
+def test_lsuv_names_a_layer_that_the_forward_pass_does_not_use():
+    class WithAux(nn.Module):  # an auxiliary head that forward() does not call
+        def __init__(self):
+            super().__init__()
+            self.body, self.aux, self.head = nn.Linear(3, 4), nn.Linear(4, 2), nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.head(self.body(x))
+
+    model = WithAux()
+    weights = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(RuntimeError, match=r"'aux' .*not used.*modules="):
+        lsuv_init(model, torch.randn(64, 3))
+    assert all(torch.equal(v, weights[k]) for k, v in model.state_dict().items())  # refused before any change
+    lsuv_init(model, torch.randn(64, 3), modules=[model.body, model.head])
+    assert not torch.equal(model.body.weight, weights["body.weight"])
+
+
 @pytest.mark.parametrize("shape", [(8, 3, 5, 5), (16, 4)])
 def test_from_scratch_batchnorm_matches_torch(shape):
     torch.manual_seed(0)
