@@ -38,9 +38,10 @@ from .device import bare_model
 from .distributed import check_ranks_agree, init_distributed, is_rank0, rank0_print, world_size
 from .randomness import loader_generators, restore_randomness, rng_states
 
-__all__ = ["save", "load", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume", "check_mid_epoch_resumable",
-           "restore_weights", "restore_setup", "undo_point", "restore_callbacks", "restore_run_state", "resume_point", "batches_from", "callback_key",
-           "resume_state", "auto_resume_path", "fine_tune_resumes"]
+__all__ = ["save", "load", "CheckpointError", "save_checkpoint", "read_checkpoint", "check_resume",
+           "check_mid_epoch_resumable", "restore_weights", "restore_setup", "undo_point", "restore_callbacks",
+           "restore_run_state", "resume_point", "batches_from", "callback_key", "resume_state", "auto_resume_path",
+           "fine_tune_resumes"]
 
 
 def save(learn, path: str | os.PathLike) -> None:

@@ -36,7 +36,8 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, prin
     sample (torch's FlopCounterMode), for a Learner (on a batch of its training data) or a model and a
     batch `xb`. The last row is the whole model. Runs the model once in eval mode, without gradients,
     and restores its mode; taking a Learner's batch leaves the random states (the loaders' order, augmentation)
-    as they were, so a seeded fit is the same with or without a summary first. Prints the rows as a table (unless `print_table=False`) and returns them."""
+    as they were, so a seeded fit is the same with or without a summary first. Prints the rows as a table
+    (unless `print_table=False`) and returns them."""
     from torch.utils.flop_counter import FlopCounterMode  # imports triton where installed: only when used
     if depth < 1:
         raise ValueError(f"depth must be at least 1 (the top-level layers), got {depth}")
