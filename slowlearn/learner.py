@@ -444,9 +444,10 @@ class Learner:
         return deploy.export_learner(self, path, format, preprocessing)
 
     # Pictures.
-    def show_batch(self, n: int = 16, split: str = "train"):
-        """The first `n` images of a batch of `learn.dls[split]` with their class names (a matplotlib Figure)."""
-        return data.show_batch(self.dls, n, split)
+    def show_batch(self, n: int = 16, split: str = "train", path: str | os.PathLike | None = None):
+        """The first `n` images of a batch of `learn.dls[split]` with their class names (a matplotlib Figure;
+        with `path`, saved there and closed)."""
+        return data.show_batch(self.dls, n, split, path)
 
     def summary(self, depth: int = 1, print_table: bool = True) -> list[dict]:
         """The model's layers on a batch of the training data, nested `depth` levels deep: output shapes,

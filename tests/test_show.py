@@ -33,6 +33,8 @@ def trained():
 
 PLOTS = {
     "show_batch": lambda learn, **kw: show_batch(learn.dls, n=6, **kw),
+    "learn.show_batch": lambda learn, **kw: learn.show_batch(n=6, **kw),
+    "dls.show_batch": lambda learn, **kw: learn.dls.show_batch(n=6, **kw),
     "show_results": lambda learn, **kw: show_results(learn, n=6, **kw),
     "plot_confusion_matrix": plot_confusion_matrix,
     "plot_top_losses": plot_top_losses,

@@ -1,6 +1,7 @@
 """The in-memory batch loader (no per-sample Python in the hot path) and DataLoaders, the splits of one dataset."""
 from __future__ import annotations
 
+import os
 import math
 import numbers
 from collections.abc import Callable, Iterator, Sequence
@@ -181,10 +182,11 @@ class DataLoaders:
         self.resize = resize
         self.split = split
 
-    def show_batch(self, n: int = 16, split: str = "train"):
-        """The first `n` images of a batch from `dls[split]` with their class names (a matplotlib Figure)."""
+    def show_batch(self, n: int = 16, split: str = "train", path: str | os.PathLike | None = None):
+        """The first `n` images of a batch from `dls[split]` with their class names (a matplotlib Figure;
+        with `path`, saved there and closed)."""
         from .show import show_batch  # show.py draws with matplotlib, which the loaders alone do not need
-        return show_batch(self, n, split)
+        return show_batch(self, n, split, path)
 
     def __getitem__(self, split: str):
         loader = {"train": self.train, "valid": self.valid, "test": self.test}.get(split)
