@@ -1,9 +1,9 @@
 """The in-memory batch loader (no per-sample Python in the hot path) and DataLoaders, the splits of one dataset."""
 from __future__ import annotations
 
-import os
 import math
 import numbers
+import os
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
