@@ -81,10 +81,12 @@ def _time_steps(model, xb, yb, steps, opt_func, loss_func, device) -> float | No
 
 
 def _snapshot(learn, sweepers) -> dict:
-    """What a sweep changes: the weights, the optimizer's state, the random states, the Learner's and the
-    taking-part callbacks' attributes (position, history, dispatch, ...; restored as they were)."""
+    """What a sweep changes: the weights and their gradients (a sweep may stop inside an accumulation window, and
+    MomentumCB keeps decayed ones), the optimizer's state, the random states, the Learner's and the taking-part
+    callbacks' attributes (position, history, dispatch, ...; restored as they were)."""
     return {
         "model": copy.deepcopy(learn.model.state_dict()),
+        "grads": [None if p.grad is None else p.grad.clone() for p in learn.model.parameters()],
         "opt": copy.deepcopy(learn.opt.state_dict()) if learn.opt is not None else None,
         "random": randomness(learn.dls),
         "learner": dict(learn.__dict__),
@@ -94,6 +96,8 @@ def _snapshot(learn, sweepers) -> dict:
 
 def _restore(learn, saved: dict) -> None:
     learn.model.load_state_dict(saved["model"])
+    for p, grad in zip(learn.model.parameters(), saved["grads"]):
+        p.grad = None if grad is None else grad.to(p.device)  # the sweep may have moved the model (DeviceCB)
     if saved["opt"] is not None:
         learn.opt.load_state_dict(saved["opt"])
     restore_randomness(learn.dls, saved["random"])
@@ -106,9 +110,9 @@ def _restore(learn, saved: dict) -> None:
 
 def lr_find(learn, start_lr: float = 1e-7, end_lr: float = 10., num_it: int = 100, stop_div: bool = True,
             show_plot: bool = True) -> SuggestedLRs:
-    """Sweep the lr over `num_it` training batches, then restore model, optimizer, RNGs, loader order and
-    history exactly, and the Learner's and its callbacks' attributes. Only the callbacks that take part in
-    sweeps (`Callback.sweep`: device, precision, clipping, ...) run during it: nothing is recorded,
+    """Sweep the lr over `num_it` training batches, then restore model (gradients included), optimizer, RNGs,
+    loader order and history exactly, and the Learner's and its callbacks' attributes. Only the callbacks that take
+    part in sweeps (`Callback.sweep`: device, precision, clipping, ...) run during it: nothing is recorded,
     scheduled, monitored or written to a file. Returns `SuggestedLRs(valley, steep)`; `learn.lr_finder`
     keeps the sweep and its `plot()`, drawn right away when `show_plot` (shown in a notebook, left open for
     `plt.show()` in a script)."""

@@ -28,6 +28,7 @@ from slowlearn import (
     LRFinderCB,
     MetricsCB,
     MixedPrecisionCB,
+    MomentumCB,
     MomentumSGD,
     OneCycleCB,
     ParamSchedulerCB,
@@ -200,6 +201,21 @@ def test_lr_find_then_fit_equals_fit_alone():
         if find:
             learn.lr_find(num_it=30)
         learn.fit(2)
+        return torch.cat([p.flatten() for p in learn.model.state_dict().values()])
+
+    assert torch.equal(run(True), run(False))
+
+
+@pytest.mark.parametrize("cb", [lambda: GradientAccumulationCB(2), MomentumCB], ids=["accumulation", "momentum"])
+def test_lr_find_leaves_the_gradients_as_they_were(cb):
+    """A sweep that stopped inside an accumulation window (num_it=3 of 2-batch windows), or MomentumCB's decayed
+    gradients, were left in p.grad, and the next fit's first step added them to its own."""
+    def run(find):
+        learn = Learner(bn_model(), make_dls(n_train=40, bs=8), lr=1e-2, cbs=[cb()])
+        if find:
+            learn.lr_find(num_it=3, show_plot=False)
+            assert all(p.grad is None for p in learn.model.parameters())
+        learn.fit(1)
         return torch.cat([p.flatten() for p in learn.model.state_dict().values()])
 
     assert torch.equal(run(True), run(False))
