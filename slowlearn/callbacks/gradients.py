@@ -26,9 +26,12 @@ class GradientAccumulationCB(Callback):
     """Steps the optimizer every `n_steps` batches, on the average of their gradients, so that 4
     batches of 128 give the update of one batch of 512 (exactly, for a model without BatchNorm).
 
-    The last, partial accumulation of an epoch is stepped too (averaged over its own batches).
-    Schedulers stepped in `after_step` advance once per optimizer step. `n_steps` is shared as
-    `learn.accumulate` during the fit (DistributedCB synchronises gradients only before a step).
+    The last, partial accumulation of an epoch is stepped too (averaged over its own batches); a batch
+    that a callback cancelled before its backward pass is left out of its group's average. A group that a
+    cancel or an error cuts short (CancelEpochException, an interrupted fit) is dropped: its gradients do
+    not carry into the next epoch's or fit's first step. Schedulers stepped in `after_step` advance once
+    per optimizer step. `n_steps` is shared as `learn.accumulate` during the fit (DistributedCB
+    synchronises gradients only before a step).
     """
 
     order = -1  # before GradientClipCB, which must see the averaged gradients
@@ -37,17 +40,26 @@ class GradientAccumulationCB(Callback):
     def __init__(self, n_steps: int):
         check_range("n_steps", n_steps, 1, integer=True, owner="GradientAccumulationCB")
         self.n_steps = n_steps
+        self._accumulated = 0  # backward passes since the last step: the gradients p.grad holds the sum of
 
     def before_fit(self, learn) -> None:
         learn.accumulate = self.n_steps
+        self._accumulated = 0
+
+    def cleanup_epoch(self, learn) -> None:
+        if learn.training and self._accumulated:  # a cancel or an error cut the group short: drop its gradients
+            for p in learn.model.parameters():
+                p.grad = None
+            self._accumulated = 0
 
     def cleanup_fit(self, learn) -> None:
         learn.accumulate = 1
 
     def after_backward(self, learn) -> None:
+        self._accumulated += 1
         if not steps_after_this_batch(learn):
             raise CancelStepException()
-        count = learn.iter % self.n_steps + 1  # micro-batches in this group (fewer in an epoch's last one)
+        count, self._accumulated = self._accumulated, 0  # micro-batches in this group (fewer in an epoch's last one)
         grads = [p.grad for p in learn.model.parameters() if p.grad is not None]
         if count > 1 and grads:
             torch._foreach_div_(grads, count)

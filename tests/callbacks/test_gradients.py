@@ -6,6 +6,8 @@ from torch import nn
 
 from slowlearn import (
     Callback,
+    CancelBatchException,
+    CancelEpochException,
     DataLoaders,
     GradientAccumulationCB,
     GradientClipCB,
@@ -25,10 +27,10 @@ def linear_dls(n, bs):
     return DataLoaders(TensorLoader(x, y, bs, device="cpu"), TensorLoader(x[:8], y[:8], 8, device="cpu"))
 
 
-def trained_weights(dls, cbs=()):
+def trained_weights(dls, cbs=(), n_epochs=1):
     torch.manual_seed(0)
     model = nn.Linear(5, 3)
-    Learner(model, dls, lr=0.5, cbs=list(cbs)).fit(1, valid=False)
+    Learner(model, dls, lr=0.5, cbs=list(cbs)).fit(n_epochs, valid=False)
     return torch.cat([model.weight.flatten(), model.bias])
 
 
@@ -135,3 +137,46 @@ def test_gradient_multiplier_warns_where_it_would_change_nothing():
         Learner(nn.Linear(5, 3), linear_dls(16, 16), cbs=[GradientMultiplierCB(64.)]).fit(1, valid=False)
     with pytest.raises(ValueError, match="factor"):
         GradientMultiplierCB(0.)
+
+
+
+class CancelEpochAfter(Callback):
+    """Ends each training epoch after batch `iter` (as a callback that shortens epochs does)."""
+
+    def __init__(self, iter):
+        self.iter, self.grads_at_epoch_start = iter, []
+
+    def before_epoch(self, learn):
+        if learn.training:
+            self.grads_at_epoch_start.append(any(p.grad is not None for p in learn.model.parameters()))
+
+    def after_batch(self, learn):
+        if learn.training and learn.iter == self.iter:
+            raise CancelEpochException()
+
+
+class SkipFirstBatch(Callback):
+    def before_batch(self, learn):
+        if learn.training and learn.iter == 0:
+            raise CancelBatchException()
+
+
+def test_an_accumulation_group_cut_short_by_a_cancel_is_dropped_not_carried_into_the_next_epoch():
+    """An epoch cancelled after 3 batches of 2-batch groups left batch 3's gradient in p.grad: the next epoch's
+    first step added it to its own group's (and divided a sum of 3 by 2)."""
+    cancel, dls = CancelEpochAfter(2), linear_dls(40, 8)
+    short = trained_weights(dls, [GradientAccumulationCB(2), cancel], n_epochs=2)
+    assert cancel.grads_at_epoch_start == [False, False]
+    first_two = DataLoaders(TensorLoader(dls.train.x[:16], dls.train.y[:16], 8, device="cpu"), dls.valid)
+    torch.testing.assert_close(short, trained_weights(first_two, [GradientAccumulationCB(2)], n_epochs=2))
+
+
+def test_a_batch_cancelled_before_its_backward_is_left_out_of_its_groups_average():
+    """The step was divided by the group's size (2) though only one batch's gradient was in it."""
+    dls = linear_dls(16, 8)
+    skipped = trained_weights(dls, [GradientAccumulationCB(2), SkipFirstBatch()])
+    torch.manual_seed(0)
+    model = nn.Linear(5, 3)
+    nn.functional.cross_entropy(model(dls.train.x[8:]), dls.train.y[8:]).backward()
+    torch.testing.assert_close(skipped, torch.cat([(model.weight - 0.5 * model.weight.grad).flatten(),
+                                                   model.bias - 0.5 * model.bias.grad]))
