@@ -27,7 +27,8 @@ class LRFinderCB(Callback):
     Records the loss of each batch (one host sync per batch: the sweep must see divergence) and
     its exponentially smoothed value; stops at `num_it`, at a NaN/inf loss, or, with `stop_div`,
     when the smoothed loss exceeds 4 x its minimum. In a distributed run the loss is the mean over the
-    ranks, so every rank stops at the same batch and suggests the same lr.
+    ranks, so every rank stops at the same batch and suggests the same lr. In a fit with validation (LRFinderCB
+    used on its own; `lr_find` sweeps without), validation batches are left out of the sweep.
     """
 
     order = 90
@@ -46,12 +47,16 @@ class LRFinderCB(Callback):
         self._avg, self._best = 0., math.inf
 
     def before_batch(self, learn) -> None:
+        if not learn.training:
+            return
         lr = geometric(self.start_lr, self.end_lr, len(self.lrs) / (self.num_it - 1))
         for group in learn.opt.param_groups:
             group["lr"] = lr
         self.lrs.append(lr)
 
     def after_batch(self, learn) -> None:
+        if not learn.training:
+            return
         loss = all_reduce_mean(learn.loss.detach().float().reshape(1).clone()).item()  # the same on every rank
         self._avg = self.beta * self._avg + (1 - self.beta) * loss
         smooth = self._avg / (1 - self.beta ** (len(self.losses) + 1))

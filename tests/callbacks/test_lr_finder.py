@@ -6,7 +6,7 @@ import torch
 from conftest import make_dls
 
 from callbacks.test_schedule import bn_model, sweep
-from slowlearn import Learner
+from slowlearn import Learner, LRFinderCB
 
 
 def test_lr_find_stops_on_divergence():
@@ -26,3 +26,12 @@ def test_lr_find_suggestions_lie_where_a_noisy_loss_comes_down(seed):
     noisy = clean + np.random.default_rng(seed).normal(0, 0.1, len(lrs))
     suggestion = sweep(noisy.tolist(), lrs.tolist()).suggest()
     assert 1e-3 <= suggestion.valley <= 1e-1 and 1e-3 <= suggestion.steep <= 1e-1, suggestion
+
+
+def test_lr_finder_in_a_fit_with_validation_sweeps_the_training_batches_only():
+    """Used in a fit of its own (it is public), it recorded the validation batches' losses as sweep points at the lrs
+    it went on raising."""
+    finder = LRFinderCB(num_it=20)
+    Learner(bn_model(), make_dls(n_train=40, n_valid=16, bs=8)).fit(2, cbs=[finder])
+    assert len(finder.lrs) == len(finder.losses) == 10  # 2 epochs of 5 training batches, none of the 2 valid ones
+    assert finder.lrs == sorted(finder.lrs)

@@ -294,7 +294,7 @@ def sweep(raw_losses, lrs):
     for lr, loss in zip(lrs, raw_losses):
         finder.lrs.append(lr)
         try:
-            finder.after_batch(SimpleNamespace(loss=torch.tensor(loss)))
+            finder.after_batch(SimpleNamespace(loss=torch.tensor(loss), training=True))
         except CancelFitException:
             pass
     return finder
