@@ -7,6 +7,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..arguments import check_range
 from ..callback import Callback
 from ..display import finished, integer_xticks, subplots
 from ..distributed import all_reduce_mean, all_reduce_sum, world_size
@@ -30,9 +31,15 @@ class ActivationStatsCB(Callback):
 
     def __init__(self, modules: list[nn.Module] | None = None, every: int = 1, with_hist: bool = True,
                  bins: int = 40, hist_max: float = 10., dead_below: float = 0.05):
+        check_range("every", every, 1, integer=True, owner="ActivationStatsCB")
+        check_range("bins", bins, 1, integer=True, owner="ActivationStatsCB")
+        check_range("hist_max", hist_max, 0., low_open=True, owner="ActivationStatsCB")
+        check_range("dead_below", dead_below, 0., owner="ActivationStatsCB")
         self.modules, self.every, self.with_hist = modules, every, with_hist
         self.bins, self.hist_max, self.dead_below = bins, hist_max, dead_below
         self.hooks: list = []
+        self.stats: list[dict] = []
+        self._pending, self._pending_hist = [], []  # what the hooks recorded, read once per epoch
 
     def before_fit(self, learn) -> None:
         model = learn.model

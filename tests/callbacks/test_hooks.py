@@ -73,3 +73,26 @@ def test_plots_are_figures_with_one_entry_per_layer():
     assert [line.get_label() for line in figs[0].axes[1].get_lines()] == stats.labels == ["1: ReLU", "2: ReLU"]
     assert stats.names == ["1", "3"]  # their paths in the model
     assert len(figs[2].axes[0].get_lines()) == 2
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(every=0), "Invalid every: 0"), (dict(every=-1), "Invalid every: -1"), (dict(bins=0), "Invalid bins: 0"),
+    (dict(hist_max=0.), "Invalid hist_max: 0.0"), (dict(dead_below=-0.1), "Invalid dead_below: -0.1")])
+def test_arguments_that_cannot_be_meant_are_refused(kwargs, match):
+    """every=0 failed at the first batch with a ZeroDivisionError, bins=0 with torch's histogram error; every=-1 and
+    hist_max=0 (histograms over the data's own range) were taken silently."""
+    with pytest.raises(ValueError, match=f"ActivationStatsCB: {match}"):
+        ActivationStatsCB(**kwargs)
+
+
+def test_a_fit_that_failed_before_its_before_fit_gets_no_second_error():
+    class Fails(Callback):
+        order = -50
+
+        def before_fit(self, learn):
+            raise ValueError("setup failed")
+
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[ActivationStatsCB(), Fails()])
+    with pytest.raises(ValueError, match="setup failed") as error:
+        learn.fit(1)
+    assert not any("cleanup_fit failed" in note for note in error.value.__notes__)
