@@ -110,9 +110,15 @@ def freeze_to(learn, n: int, train_bn: bool = True) -> None:
     the same. With `train_bn` (fastai's default), BatchNorm layers in frozen groups keep training
     (weights and running statistics): a pretrained body then adapts its normalisation to the new
     data, which usually helps. `train_bn=False` freezes them too, statistics included (those
-    layers run in eval mode until unfrozen).
+    layers run in eval mode until unfrozen). `n` is an integer from -len(groups) (nothing frozen) to len(groups)
+    (every group); another is refused before anything changes.
     """
     groups = learn.param_groups()
+    try:
+        check_range("n", n, -len(groups), len(groups), high_open=False, integer=True, owner="freeze_to")
+    except ValueError as e:
+        raise ValueError(f"{e}: the splitter gives this model {len(groups)} param groups, and freeze_to(n) freezes "
+                         f"those before group n (negative counts from the end: freeze() is freeze_to(-1))") from None
     frozen = {id(p) for g in groups[:n] for p in g}
     model = bare_model(learn.model)
     norms = [m for m in model.modules() if isinstance(m, BN_TYPES) and

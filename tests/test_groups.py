@@ -136,6 +136,20 @@ def test_batchnorm_of_frozen_groups_trains_by_default_and_unfreeze_trains_everyt
     assert all(not torch.equal(v, after[k]) for k, v in model.state_dict().items() if k != "1.num_batches_tracked")
 
 
+@pytest.mark.parametrize("n", [4, -4, 1.5])
+def test_freeze_to_a_group_the_model_does_not_have_is_refused_and_changes_nothing(n):
+    """freeze_to(4) of 3 groups froze everything but BatchNorm, and the fit of a model without BatchNorm then failed
+    in torch's backward ('element 0 of tensors does not require grad'); freeze_to(-4) unfroze everything."""
+    learn = Learner(three_layers(), make_dls(n_train=16, bs=4), lr=0.1, splitter=by_layer)
+    learn.freeze()
+    with pytest.raises(ValueError, match=rf"freeze_to: Invalid n: {n} \(must be an integer in \[-3, 3\]\).*3 "
+                                         rf"param groups"):
+        learn.freeze_to(n)
+    assert [p.requires_grad for p in learn.model.parameters()] == [False, False, True, True, False, False, True, True]
+    learn.freeze_to(3)  # every group: only the BatchNorm layers train
+    assert [p.requires_grad for p in learn.model.parameters()] == [False, False, True, True, False, False, False, False]
+
+
 def test_a_splitter_that_misses_parameters_is_an_error():
     model = three_layers()
     learn = Learner(model, make_dls(), splitter=lambda m: [list(m[5].parameters())])
