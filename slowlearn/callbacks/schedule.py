@@ -8,7 +8,9 @@ from collections.abc import Callable, Sequence
 from ..arguments import check_range
 from ..callback import Callback
 from ..checkpoint import fine_tune_resumes
+from ..device import model_device
 from ..groups import check_lr, geometric, group_lrs
+from .core import DeviceCB
 from .precision import MixedPrecisionCB, speed_cbs
 from .progress import ProgressCB
 
@@ -242,8 +244,9 @@ def fit_one_cycle(learn, n_epochs: int, lr_max: float | slice | Sequence[float] 
 
 def precision_cbs(learn, precision: str | None, cbs: Sequence[Callback] = ()) -> list[Callback]:
     """The callbacks that train `learn` in `precision` for one fit (none for None), refusing a precision
-    that a MixedPrecisionCB already on the Learner or in `cbs` contradicts. The choice is printed unless a
-    ProgressCB(verbose=0) silences the fit."""
+    that a MixedPrecisionCB already on the Learner or in `cbs` contradicts. "auto" asks the device the fit
+    trains on: a DeviceCB's of the fit, else the model's. The choice is printed unless a ProgressCB(verbose=0)
+    silences the fit."""
     if precision is None:
         return []
     given = [*learn.cbs, *cbs]
@@ -252,7 +255,8 @@ def precision_cbs(learn, precision: str | None, cbs: Sequence[Callback] = ()) ->
         raise ValueError(f"precision={precision!r} contradicts the MixedPrecisionCB({chosen[0]!r}) the Learner "
                          f"already has: remove that callback (learn.remove_cb) or leave precision out")
     silent = any(isinstance(cb, ProgressCB) and cb.verbose == 0 for cb in given)
-    return speed_cbs(learn.model, precision, given=given, verbose=not silent)
+    device = next((cb.device for cb in given if isinstance(cb, DeviceCB)), None) or model_device(learn.model)
+    return speed_cbs(learn.model, precision, device=device, given=given, verbose=not silent)
 
 
 def fine_tune(learn, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1, lr_mult: float = 100,

@@ -392,6 +392,22 @@ def test_fit_one_cycle_and_fine_tune_apply_precision_auto_as_the_hardware_allows
     assert not any(type(cb).__name__ == "MixedPrecisionCB" for cb in learn.cbs)  # for those fits only
 
 
+@pytest.mark.parametrize("cbs", [lambda: [DeviceCB("cpu")], lambda: []], ids=["DeviceCB('cpu')", "no DeviceCB"])
+def test_precision_auto_asks_the_device_the_fit_trains_on(cpu_features, monkeypatch, cbs):
+    """On a machine with a bf16 GPU, a fit on the CPU (DeviceCB('cpu'), or a model left there) got bf16 autocast,
+    which the GPU runs natively and this CPU emulates (several times slower than fp32)."""
+    from slowlearn.callbacks import precision
+    cpu_features(amx=False)
+    monkeypatch.setattr(precision, "default_device", lambda: torch.device("cuda"))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    seen = SeenCallbacks()
+    torch.manual_seed(0)
+    wide = nn.Sequential(nn.Linear(3, 128), nn.ReLU(), nn.Linear(128, 2))  # wide enough for bf16
+    learn = Learner(wide, make_dls(), cbs=[seen, *cbs()])
+    learn.fit_one_cycle(1, 1e-3, precision="auto")
+    assert "MixedPrecisionCB" not in seen.fits[0]
+
+
 def test_fit_one_cycle_precision_bf16_is_applied_and_a_contradiction_is_refused():
     seen = SeenCallbacks()
     learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[seen])
