@@ -62,7 +62,11 @@ def group_lrs(lr: float | slice | Sequence[float], n_groups: int) -> list[float]
 
 def check_lr(lr: float | slice | Sequence[float], owner: str, name: str = "lr") -> None:
     """Every lr that `lr` gives (a number, a slice's ends, a sequence's items) must be a finite number >= 0,
-    and a slice's `lo` > 0 (the lrs are spread geometrically from it). A string is not a sequence of lrs."""
+    and a slice's `lo` > 0 (the lrs are spread geometrically from it). A string is not a sequence of lrs, nor is a
+    named tuple such as lr_find's `SuggestedLRs(valley, steep)`."""
+    if hasattr(lr, "_fields"):
+        raise ValueError(f"{owner}: {name}={lr!r} is a named tuple, not one lr per param group: pass one of its "
+                         f"values, e.g. {name}=suggestion.{lr._fields[0]}")
     if isinstance(lr, slice):
         if lr.start is not None:
             check_range(f"lo of {name}=slice(lo, hi)", lr.start, 0., low_open=True, owner=owner)

@@ -11,6 +11,7 @@ from slowlearn import (
     DataLoaders,
     Learner,
     ParamSchedulerCB,
+    SuggestedLRs,
     TensorLoader,
     default_splitter,
     group_lrs,
@@ -104,6 +105,20 @@ def test_a_bad_lr_is_refused_naming_it(lr, message):
     learn = Learner(three_layers(), make_dls(), lr=0.1, splitter=by_layer)
     with pytest.raises(ValueError, match=message):
         learn.fit(1, lr=lr)
+    assert learn.lr == 0.1 and learn.opt is None
+
+
+def test_lr_finds_suggestion_itself_is_refused_as_an_lr_saying_which_value_to_pass():
+    """fit_one_cycle(1, learn.lr_find()) on a model of two param groups trained the body at the valley and the head
+    at the steep lr: SuggestedLRs is a tuple of two numbers, which read as one lr per group."""
+    suggestion = SuggestedLRs(valley=1e-3, steep=1e-2)
+    learn = Learner(nn.Sequential(nn.Linear(3, 4), nn.Linear(4, 2)), make_dls(), lr=0.1)
+    assert len(learn.param_groups()) == 2
+    message = r"lr_max=SuggestedLRs\(valley=0.001, steep=0.01\) is a named tuple.*e.g. lr_max=suggestion.valley"
+    with pytest.raises(ValueError, match=message):
+        learn.fit_one_cycle(1, suggestion)
+    with pytest.raises(ValueError, match="fit: lr=SuggestedLRs"):
+        learn.fit(1, lr=suggestion)
     assert learn.lr == 0.1 and learn.opt is None
 
 
