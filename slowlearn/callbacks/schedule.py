@@ -104,8 +104,8 @@ class ParamSchedulerCB(Callback):
     hyper-parameter (`lr`, `mom` = momentum or betas[0], `wd` = weight_decay, or any param-group key)
     and maps `learn.pct_train` in [0, 1) to its value, for every param group. With discriminative lrs
     (`learn.lr` a slice or one lr per group), the `lr` schedule is the largest group's and every group
-    gets its share of it: lr_g = sched(pct) * lr_g / max(lrs). Without state of its own, a resumed run
-    gets exactly the values of an uninterrupted one.
+    gets its share of it: lr_g = sched(pct) * lr_g / max(lrs) (where every lr is 0, the schedule itself). Without
+    state of its own, a resumed run gets exactly the values of an uninterrupted one.
     """
 
     order = 10  # before callbacks that read hyper-parameters in before_batch
@@ -116,7 +116,8 @@ class ParamSchedulerCB(Callback):
 
     def before_fit(self, learn) -> None:
         lrs = group_lrs(learn.lr, len(learn.opt.param_groups))
-        self.lr_shares = [lr / max(lrs) for lr in lrs]
+        top = max(lrs)
+        self.lr_shares = [lr / top if top else 1. for lr in lrs]  # every lr 0: each group gets the whole schedule
 
     def before_batch(self, learn) -> None:
         if learn.training:

@@ -137,6 +137,15 @@ def test_param_scheduler_sets_every_group_and_betas():
     assert learn.opt.param_groups[1]["betas"][1] == 0.999
 
 
+def test_param_scheduler_on_a_learner_whose_lr_is_0_gives_every_group_the_schedule():
+    """Learner(lr=0) (the schedule sets the lr anyway) failed with a ZeroDivisionError: each group's share of the
+    schedule was its lr over the largest, 0 / 0."""
+    recorder = RecorderCB(lr="lr", lr1=lambda cb: cb.learn.opt.param_groups[1]["lr"])
+    learn = Learner(nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 2)), make_dls(n_train=8), lr=0., cbs=[recorder])
+    learn.fit(2, cbs=[ParamSchedulerCB(lr=sched_lin(1., 0.))])
+    assert recorder.recs["lr"] == pytest.approx([1, 0.75, 0.5, 0.25]) == recorder.recs["lr1"]
+
+
 def test_one_cycle_cb_on_momentum_sgd():
     recorder = RecorderCB()
     Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4), opt_func=MomentumSGD, cbs=[recorder, OneCycleCB(0.1)]).fit(2)
