@@ -1,6 +1,7 @@
 """ActivationStatsCB: per-layer activation statistics from forward hooks, and the plots that show them."""
 from __future__ import annotations
 
+import warnings
 from functools import partial
 from pathlib import Path
 
@@ -26,7 +27,9 @@ class ActivationStatsCB(Callback):
     histogram counts |activation| in `bins` bins over [0, `hist_max`]; "dead" means |activation| <
     `dead_below`. `names` holds the layers' paths in the model ("0.1"); plots label them in order
     from 1 with their class (`labels`: "1: GeneralReLU", ...). Hooks are removed when the fit ends,
-    also after an error. Plots: `plot_stats()`, `color_dim()`, `dead_chart()`; `stats[i]` holds layer i's lists (`mean`, `std`, `dead`, `hist`).
+    also after an error. Plots: `plot_stats()`, `color_dim()`, `dead_chart()`; `stats[i]` holds layer i's lists
+    (`mean`, `std`, `dead`, `hist`). A module that runs several times a batch (one nn.ReLU used after several
+    layers) records a row for each run, in turn: that is a warning.
     """
 
     def __init__(self, modules: list[nn.Module] | None = None, every: int = 1, with_hist: bool = True,
@@ -50,11 +53,12 @@ class ActivationStatsCB(Callback):
         self.stats = [{"mean": [], "std": [], "dead": [], "hist": []} for _ in modules]
         self._pending = [[] for _ in modules]
         self._pending_hist = [[] for _ in modules]
-        self._recording = False
+        self._recording, self._n_recorded, self._warned = False, 0, False
         self.hooks = [m.register_forward_hook(partial(self._hook, i)) for i, m in enumerate(modules)]
 
     def before_batch(self, learn) -> None:
         self._recording = learn.training and learn.iter % self.every == 0
+        self._n_recorded += self._recording
 
     def _hook(self, i: int, module: nn.Module, inputs, output: torch.Tensor) -> None:
         if not self._recording:
@@ -69,7 +73,21 @@ class ActivationStatsCB(Callback):
 
     def after_epoch(self, learn) -> None:
         if learn.training:  # the same point on every rank: statistics become global in a distributed run
+            self._warn_of_reused_modules()
             self._read(distributed=world_size() > 1)
+
+    def _warn_of_reused_modules(self) -> None:
+        """A module that runs several times a batch (one nn.ReLU after several layers) records a row for each run."""
+        reused = [f"{label} ({name}) ran {len(pending) // self._n_recorded} times"
+                  for label, name, pending in zip(self.labels, self.names, self._pending)
+                  if self._n_recorded and len(pending) > self._n_recorded]
+        if reused and not self._warned:
+            self._warned = True
+            warnings.warn(f"ActivationStatsCB: {'; '.join(reused)} in each training batch (one module used at several "
+                          f"places of the model), so its statistics interleave the rows of those places, one per run. "
+                          f"To see each place on its own, give each place its own module (e.g. one nn.ReLU() per "
+                          f"layer), or pass modules= those used once.", stacklevel=2)
+        self._n_recorded = 0
 
     def cleanup_fit(self, learn) -> None:
         for hook in self.hooks:

@@ -96,3 +96,21 @@ def test_a_fit_that_failed_before_its_before_fit_gets_no_second_error():
     with pytest.raises(ValueError, match="setup failed") as error:
         learn.fit(1)
     assert not any("cleanup_fit failed" in note for note in error.value.__notes__)
+
+
+def test_a_module_used_at_several_places_is_a_warning_saying_its_rows_interleave():
+    """One nn.ReLU applied after two layers (a common way to write a model) got two rows per batch, one of each use,
+    alternating in one layer's statistics and plots, without a word."""
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.l1, self.l2, self.l3, self.act = nn.Linear(3, 8), nn.Linear(8, 8), nn.Linear(8, 2), nn.ReLU()
+
+        def forward(self, x):
+            return self.l3(self.act(self.l2(self.act(self.l1(x)))))
+
+    stats = ActivationStatsCB()
+    with pytest.warns(UserWarning, match=r"1: ReLU \(act\) ran 2 times in each training batch.*give each place its "
+                                         r"own module"):
+        Learner(Net(), make_dls(n_train=12, bs=4), cbs=[stats]).fit(2)
+    assert len(stats.stats[0]["mean"]) == 2 * 2 * 3  # what the warning says: 2 rows for each of the 6 batches
