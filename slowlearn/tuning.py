@@ -9,6 +9,7 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 
+from .arguments import check_range
 from .callbacks import LRFinderCB, SuggestedLRs
 from .device import model_device, sync_time
 from .distributed import all_reduce_mean
@@ -25,6 +26,9 @@ def find_batch_size(model: torch.nn.Module, dls, candidates: Sequence[int] = (64
     they were afterwards (dropout in the trials draws from them). In a distributed run every rank gets the
     same rows: the mean throughput over the ranks, and out of memory when any rank ran out (so call it on every
     rank: they exchange their timings)."""
+    check_range("steps", steps, 1, integer=True, owner="find_batch_size")
+    for bs in candidates:
+        check_range("batch size", bs, 1, integer=True, owner="find_batch_size")
     if not hasattr(dls.train, "x"):
         raise ValueError(f"find_batch_size times batches sliced from images held in memory, and the training loader "
                          f"is a {type(dls.train).__name__}: load a subset in memory to try the batch sizes (e.g. "
