@@ -217,7 +217,9 @@ def _check_same_batches(learn, state: dict) -> None:
 
 def restore_weights(learn, state: dict) -> None:
     """Model, optimizer and history: what must be in place before the fit starts. Everything is checked
-    to fit (the model's keys and shapes, the optimizer's type and groups) before anything is overwritten."""
+    to fit (the model's keys and shapes, the optimizer's type and groups) before anything is overwritten.
+    The model's gradients are dropped: a checkpoint is taken after a step, where none wait (those of a batch
+    interrupted between its backward pass and its step would go into the next step)."""
     if state["opt"] is not None and learn.opt is None:
         learn.opt = learn.make_optimizer()
     source = state.get("source", "the checkpoint")
@@ -225,6 +227,8 @@ def restore_weights(learn, state: dict) -> None:
     if state["opt"] is not None:
         check_optimizer_fits(learn.opt, state["opt"], state.get("opt_type"), source)
     bare_model(learn.model).load_state_dict(state["model"])
+    for p in learn.model.parameters():
+        p.grad = None
     if state["opt"] is not None:
         learn.opt.load_state_dict(state["opt"])
     learn.history[:] = [current_row(row) for row in state["history"]]

@@ -101,6 +101,26 @@ def test_save_after_a_fit_stopped_mid_epoch_resumes_the_rest_of_that_epoch(tmp_p
     assert torch.equal(weights(resumed), weights(straight))
 
 
+class CtrlCInBackward(Callback):
+    """Ctrl-C between a batch's backward pass and its step (where a training step spends much of its time)."""
+
+    def after_backward(self, learn):
+        if learn.epoch == 1 and learn.iter == 2:
+            raise KeyboardInterrupt
+
+
+def test_a_fit_interrupted_after_a_backward_pass_resumes_exactly_in_the_same_process(tmp_path):
+    """The interrupted batch's gradients stayed in p.grad, and the resumed fit's first step added them to its own."""
+    straight = straight_run(tmp_path)
+    set_seed(0)
+    learn = make_learner(tmp_path / "resumed.csv")
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(4, cbs=[CtrlCInBackward(), CheckpointCB(tmp_path / "ckpt.pt", every=1)])
+    assert any(p.grad is not None for p in learn.model.parameters())
+    learn.fit(4, resume=tmp_path / "ckpt.pt")
+    assert torch.equal(weights(learn), weights(straight))
+
+
 class StopInValidation(Callback):
     def __init__(self, epoch):
         self.epoch = epoch
