@@ -267,6 +267,9 @@ class Learner:
             except CancelBatchException:
                 pass
             except BaseException as error:
+                if self.training:  # a batch cut short after its backward pass: its gradients go into no step
+                    for p in self.model.parameters():
+                        p.grad = None
                 self.dispatch.cleanup("cleanup_batch", self, error)
                 raise
             if "cleanup_batch" in handled:

@@ -1,4 +1,6 @@
 
+import contextlib
+
 import pytest
 import torch
 from conftest import StopAt, TrainLosses, make_dls
@@ -278,6 +280,28 @@ def test_keyboard_interrupt_runs_every_cleanup_and_keeps_history():
     assert progress.view.batches is None and progress.view.epochs.disable
     assert [(r["epoch"], r["phase"]) for r in learn.history] == [(0, "train"), (0, "valid")]
     learn.fit(1)  # the learner still works
+
+
+@pytest.mark.parametrize("exc", [KeyboardInterrupt, CancelFitException, RuntimeError])
+def test_a_batch_interrupted_between_backward_and_step_leaves_no_gradients_for_the_next_fit(exc):
+    """Ctrl-C lands between a batch's backward pass and its step often (they are most of the step's time): that
+    batch's gradients must not be added to the first step of the next fit."""
+    def learner():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), make_dls(), lr=0.1)
+
+    interrupted = learner()
+    with pytest.raises((exc, CancelFitException)) if exc is not CancelFitException else contextlib.nullcontext():
+        interrupted.fit(1, cbs=[raising("after_backward", exc, when=lambda learn: learn.iter == 2)])
+    assert all(p.grad is None for p in interrupted.model.parameters())
+    straight = learner()
+    straight.model.load_state_dict(interrupted.model.state_dict())
+    straight.opt = straight.make_optimizer()
+    straight.opt.load_state_dict(interrupted.opt.state_dict())
+    straight.dls.train.generator.set_state(interrupted.dls.train.generator.get_state())  # the same batches
+    interrupted.fit(1)
+    straight.fit(1)
+    assert all(torch.equal(p, q) for p, q in zip(interrupted.model.parameters(), straight.model.parameters()))
 
 
 def test_dispatch_wrap_runs_every_other_handler_through_the_wrapper():
