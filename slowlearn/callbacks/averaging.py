@@ -196,7 +196,9 @@ class LookaheadCB(Callback):
     airbench's `1 - 0.95**5 * pct**3`: no pull at the start, stronger towards the end. Float buffers (BatchNorm
     statistics) are treated like the weights; integer ones are left alone. After the last training epoch the
     model takes the slow weights (so the last validation scores them). The slow weights start as the model's
-    at the first fit; checkpoints hold them (resuming is exact). Updates are two foreach kernels on the
+    at the first fit, and again at a later fit whose model no longer holds them (other weights loaded since,
+    e.g. `learn.load` or EarlyStoppingCB's best); after a fit cut short, the next goes on with them. Checkpoints
+    hold them (resuming is exact). Updates are two foreach kernels on the
     model's device, no host sync.
     """
 
@@ -210,12 +212,16 @@ class LookaheadCB(Callback):
                              f"function of the fraction of training done; got alpha={alpha!r}")
         self.every, self.alpha = every, alpha
         self.steps, self._slow, self._live, self._named_live = 0, None, None, None
+        self._ended_on_slow = False  # the last fit ended by giving the model the slow weights
 
     def before_fit(self, learn) -> None:
         live = {k: v.detach() for k, v in bare_model(learn.model).state_dict(keep_vars=True).items()
                 if v.is_floating_point()}
         self._named_live, self._live = live, list(live.values())
-        self._slow = self._placed(self._slow, live) or {k: v.clone() for k, v in live.items()}
+        slow = self._placed(self._slow, live)
+        if slow is not None and self._ended_on_slow and not all(torch.equal(slow[k], v) for k, v in live.items()):
+            slow = None  # the model got other weights since (learn.load, EarlyStoppingCB's best): go on from those
+        self._slow, self._ended_on_slow = slow or {k: v.clone() for k, v in live.items()}, False
 
     @staticmethod
     def _placed(slow: dict | None, live: dict) -> dict | None:
@@ -236,6 +242,7 @@ class LookaheadCB(Callback):
     def after_epoch(self, learn) -> None:
         if learn.training and learn.epoch == learn.n_epochs - 1:
             self._sync(0.)  # the model ends on the slow weights, which the last validation then scores
+            self._ended_on_slow = True
 
     def _sync(self, alpha: float) -> None:
         slow = list(self._slow.values())
@@ -250,7 +257,7 @@ class LookaheadCB(Callback):
     def load_state_dict(self, state: dict) -> None:
         """In a resumed fit (`fit(resume=path)`) training goes on from these slow weights; loaded between fits,
         the next fit starts from them."""
-        self.steps, self._slow = state["steps"], state["slow"]
+        self.steps, self._slow, self._ended_on_slow = state["steps"], state["slow"], False
         if self._live is not None:  # during the fit: from now on
             live = self._named_live
             self._slow = self._placed(self._slow, live) or {k: v.clone() for k, v in live.items()}

@@ -3,7 +3,7 @@ import copy
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_dls
+from conftest import StopAt, make_dls
 from torch import nn
 
 from slowlearn import (
@@ -196,15 +196,6 @@ def assert_same_run(a, b, same_history=True):
         assert a.history == b.history
 
 
-class StopAt(Callback):
-    def __init__(self, epoch, iter):
-        self.epoch, self.iter = epoch, iter
-
-    def after_batch(self, learn):
-        if learn.training and (learn.epoch, learn.iter) == (self.epoch, self.iter):
-            raise KeyboardInterrupt
-
-
 def straight_and_resumed(make_learner, ckpt, where):
     """A 4-epoch fit, and the same fit interrupted at `where` (saved after 2 epochs, at the end of epoch 2's
     validation, or at its 3rd batch) and resumed from its checkpoint by a new Learner."""
@@ -218,7 +209,7 @@ def straight_and_resumed(make_learner, ckpt, where):
     else:
         every = "epoch" if where == "end of an epoch's validation" else 3
         with pytest.raises(KeyboardInterrupt):
-            interrupted.fit(4, cbs=[CheckpointCB(ckpt, every=every), StopAt(epoch=2, iter=5)])
+            interrupted.fit(4, cbs=[CheckpointCB(ckpt, every=every), StopAt(epoch=2, iter=5, exc=KeyboardInterrupt)])
     set_seed(123)
     return straight, make_learner().fit(4, resume=ckpt)
 
@@ -308,6 +299,41 @@ def test_resume_with_lookahead_is_bitwise_exact(tmp_path, where):
     straight, resumed = straight_and_resumed(make, tmp_path / "ckpt.pt", where)
     for k, v in straight.model.state_dict().items():
         assert torch.equal(v, resumed.model.state_dict()[k]), k
+
+
+def test_lookahead_starts_from_weights_loaded_into_the_model_between_fits_not_the_old_slow_weights():
+    """After a complete fit the model holds the slow weights: other weights in the model at the next fit (learn.load,
+    EarlyStoppingCB's restore_best) are where training goes on from, and the first sync must not pull them back."""
+    other = learner(bn_model()).fit(1).model.state_dict()
+    learn = learner(bn_model(), [LookaheadCB(every=3, alpha=0.5)]).fit(1)  # 3 steps an epoch: a sync at the end
+    learn.model.load_state_dict(other)
+    fresh = learner(bn_model(), [LookaheadCB(every=3, alpha=0.5)])
+    fresh.model.load_state_dict(other)
+    fresh.opt = fresh.make_optimizer()
+    fresh.opt.load_state_dict(copy.deepcopy(learn.opt.state_dict()))  # torch would share its tensors
+    fresh.dls.train.generator.set_state(learn.dls.train.generator.get_state())
+    learn.fit(1)
+    fresh.fit(1)
+    assert_close_states(learn.model.state_dict(), fresh.model.state_dict())
+
+
+def test_lookahead_goes_on_from_its_slow_weights_after_an_interrupted_fit():
+    """A fit cut short does not end on the slow weights: the next fit goes on pulling towards them."""
+    learn = learner(bn_model(), [LookaheadCB(every=2, alpha=0.5)])
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1, cbs=[StopAt(0, 2, KeyboardInterrupt)])
+    lookahead = learn.cbs[-1]
+    slow = {k: v.clone() for k, v in lookahead._slow.items()}
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1, cbs=[InterruptAtFitStart()])  # once LookaheadCB's before_fit has run
+    assert all(torch.equal(v, lookahead._slow[k]) for k, v in slow.items())
+
+
+class InterruptAtFitStart(Callback):
+    order = LookaheadCB.order + 1
+
+    def before_fit(self, learn):
+        raise KeyboardInterrupt
 
 
 @pytest.mark.parametrize("kwargs, message", [({"every": 0}, "every"), ({"alpha": 0.}, "alpha"),
