@@ -358,13 +358,17 @@ class TerminateOnNaNCB(Callback):
     """Stops the fit at the first NaN or infinite loss, saying at which epoch and batch.
 
     Checks every training batch, so it reads the loss back each batch (a host sync). Steps that an
-    fp16 GradScaler skips for overflowing gradients have a finite loss and do not stop the fit.
+    fp16 GradScaler skips for overflowing gradients have a finite loss and do not stop the fit. `stopped_at` is the
+    (epoch, batch) where the last fit stopped, None when it did not.
     """
 
     order = 0
 
     def __init__(self):
         self.stopped_at: tuple[int, int] | None = None
+
+    def before_fit(self, learn) -> None:
+        self.stopped_at = None
 
     def after_loss(self, learn) -> None:
         if not learn.training:

@@ -90,6 +90,8 @@ def test_terminate_on_nan_names_epoch_and_batch_and_cleans_up(capsys):
     assert nan.stopped_at == (1, 2) and cleanups == ["fit"]
     assert "epoch 1, batch 2" in capsys.readouterr().out
     assert sum(len(m._forward_hooks) for m in model.modules()) == 0
+    learn.fit(1)  # a later fit that meets no NaN: it did not stop
+    assert nan.stopped_at is None
 
 
 def test_reduce_lr_on_plateau():
