@@ -3,6 +3,7 @@ training progress (`learn.pct_train`), which make a resumed run land exactly whe
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Sequence
 
 from ..arguments import check_range
@@ -41,7 +42,9 @@ class BaseSchedulerCB(Callback):
     Subclasses decide when it steps. `state_dict`/`load_state_dict` hold the scheduler's state and the
     param groups' hyper-parameters (creating a torch scheduler resets them to its start values, so a
     resumed fit puts them back). After the fit, the keys the scheduler added to the param groups
-    (`initial_lr`, `max_lr`, ...) are removed again; the hyper-parameters keep their last values.
+    (`initial_lr`, `max_lr`, ...) are removed again; the hyper-parameters keep their last values, which the
+    next fit's schedule starts from (a schedule that would start from lr 0 everywhere, as a second cosine one
+    does, is a warning: pass `fit(n_epochs, lr=...)`).
     """
 
     order = 80  # steps after RecorderCB has recorded the values the step used
@@ -55,6 +58,13 @@ class BaseSchedulerCB(Callback):
         self._own_keys = [set(group) for group in learn.opt.param_groups]
         self._opt = learn.opt
         self.scheduler = self.scheduler_f(learn.opt, **self.kwargs)
+        # a schedule of factors of lr 0 gives 0 throughout (CyclicLR rises from its base_lr to max_lrs: not that)
+        starts_at_0 = all(lr == 0 for lr in getattr(self.scheduler, "base_lrs", [None]))
+        if starts_at_0 and not hasattr(self.scheduler, "max_lrs"):
+            warnings.warn(f"{type(self).__name__}({type(self.scheduler).__name__}) starts from lr 0 in every param group "
+                          f"(the optimizer keeps the lrs where the last fit's schedule ended), so its lrs, factors "
+                          f"of that, are all 0 and this fit will not train: start it from an lr with "
+                          f"fit(n_epochs, lr=...).", stacklevel=2)
 
     def cleanup_fit(self, learn) -> None:
         for group, keys in zip(learn.opt.param_groups, getattr(self, "_own_keys", ())):

@@ -1,5 +1,6 @@
 import math
 import random
+import warnings
 from types import SimpleNamespace
 
 import matplotlib.figure
@@ -78,6 +79,25 @@ def test_epoch_scheduler_steps_once_per_training_epoch():
     Learner(nn.Linear(3, 2), make_dls(), lr=1., cbs=[recorder]).fit(
         3, cbs=[EpochSchedulerCB(lr_scheduler.StepLR, step_size=1, gamma=0.5)])
     assert recorder.recs["lr"] == [1.] * 3 + [0.5] * 3 + [0.25] * 3
+
+
+def test_a_schedule_that_starts_from_lr_0_warns_instead_of_training_at_lr_0_silently():
+    """The optimizer keeps its lrs from fit to fit: a second fit under a cosine schedule that ended at 0 would
+    start it from 0 and train at lr 0 throughout."""
+    cosine = BatchSchedulerCB(lr_scheduler.CosineAnnealingLR, T_max=3)  # 3 steps an epoch: ends at 0
+    learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1, cbs=[cosine])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1)
+    assert all(group["lr"] == 0 for group in learn.opt.param_groups)
+    with pytest.warns(UserWarning, match=r"starts from lr 0 .*fit\(n_epochs, lr=\.\.\.\)"):
+        learn.fit(1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        learn.fit(1, lr=0.1)  # a new start
+        learn.cbs = []
+        learn.fit(1, cbs=[BatchSchedulerCB(lr_scheduler.OneCycleLR, max_lr=0.1, total_steps=3)])  # its own lrs
+        learn.fit(1, lr=0., cbs=[BatchSchedulerCB(lr_scheduler.CyclicLR, base_lr=0., max_lr=0.1, step_size_up=2)])
 
 
 def test_scheduler_state_dict_round_trip():
