@@ -47,7 +47,9 @@ __all__ = ["save", "load", "CheckpointError", "save_checkpoint", "read_checkpoin
 def save(learn, path: str | os.PathLike) -> None:
     """Checkpoint everything (model, optimizer, callbacks, RNGs, history) at the position training
     reached: the end of the last epoch, or, after an interrupted fit, its last optimizer step (so
-    `fit(n_epochs, resume=path)` trains the rest of that epoch)."""
+    `fit(n_epochs, resume=path)` trains the rest of that epoch; the batch that was cut short had already
+    moved BatchNorm statistics and random numbers, so that resume is close, not bitwise: CheckpointCB's
+    saves, at steps, are exact)."""
     epoch, iter = learn._position
     if _mid_epoch(learn, iter):
         check_mid_epoch_resumable(learn.dls.train, "learn.save after a fit interrupted mid-epoch")

@@ -417,7 +417,9 @@ class Learner:
     def save(self, path: str | os.PathLike) -> None:
         """Checkpoint everything (model, optimizer, callbacks, RNGs, history) at the position training
         reached: the end of the last epoch, or, after an interrupted fit, its last optimizer step (so
-        `fit(n_epochs, resume=path)` trains the rest of that epoch)."""
+        `fit(n_epochs, resume=path)` trains the rest of that epoch; the batch that was cut short had already
+        moved BatchNorm statistics and random numbers, so that resume is close, not bitwise: CheckpointCB's
+        saves, at steps, are exact)."""
         checkpoint.save(self, path)
 
     def load(self, path: str | os.PathLike) -> Learner:
