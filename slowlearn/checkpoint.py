@@ -3,7 +3,8 @@
 A checkpoint is a dict of tensors and plain Python values (so `torch.load(weights_only=True)` reads
 it): model and optimizer state, the state of every callback that has `state_dict()`, the RNG states
 (torch, CUDA, NumPy, Python, and each loader's generator), the history, and the position: `epoch`
-(epochs completed) and `iter` (training batches completed in the epoch after those), plus the fit's
+(epochs completed) and `iter` (training batches completed in the epoch after those) with `train_done` (that
+epoch's training phase is over: a resume goes on with its validation), plus the fit's
 `n_epochs`, why it stopped early (`stop_reason`, None when it did not: such a run is over, and resuming it is
 refused), `learn.lr`, the frozen layers, the optimizer's type, what the model takes (`inputs`: class names and
 preprocessing, for image loaders, so that an export made later needs no guess) and a checksum of all of it.
@@ -53,7 +54,7 @@ def save(learn, path: str | os.PathLike) -> None:
     epoch, iter = learn._position
     if _mid_epoch(learn, iter):
         check_mid_epoch_resumable(learn.dls.train, "learn.save after a fit interrupted mid-epoch")
-    save_checkpoint(learn, path, epoch=epoch, iter=iter)
+    save_checkpoint(learn, path, epoch=epoch, iter=iter, train_done=learn._train_done)
 
 
 def load(learn, path: str | os.PathLike):
@@ -91,9 +92,11 @@ def _loader_states(learn, mid_epoch: bool) -> dict:
 
 
 
-def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -> Path:
-    """Write `learn`'s complete state at position (`epoch`, `iter`) to `path`, atomically: the file is
-    written next to its destination and renamed over it, so a crash leaves the previous checkpoint.
+def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0, train_done: bool = False) -> Path:
+    """Write `learn`'s complete state at position (`epoch`, `iter`) to `path` (`train_done`: epoch `epoch`'s
+    training phase is over, its `after_epoch` handlers have run, and a resume goes on with its validation),
+    atomically: the file is written next to its destination and renamed over it, so a crash leaves the previous
+    checkpoint.
     Weights holding NaN or infinity are refused (CheckpointError), which keeps the previous file.
     In a distributed run only rank 0 writes; the model is saved without its DDP or compile wrapper."""
     path = Path(path)
@@ -115,6 +118,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0) -
         "frozen": learn.frozen_state(),
         "epoch": epoch,
         "iter": iter,
+        "train_done": train_done,
         "n_epochs": getattr(learn, "n_epochs", None),
         "stop_reason": learn.stop_reason,
         "train_batches": len(learn.dls.train) if getattr(learn.dls, "train", None) is not None else None,

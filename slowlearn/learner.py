@@ -112,6 +112,7 @@ class Learner:
         self.fit_lrs: list[float] = []
         self.batch_losses = DeviceFloats()
         self._position = (0, 0)  # (epochs done, batches of the next one stepped on): what `save` records
+        self._train_done = False  # the next epoch's training phase is over, its handlers run: `save` records it
         self.cbs = list(cbs)  # last: a callback's name never hides one of the attributes above
 
     def __repr__(self) -> str:
@@ -232,8 +233,11 @@ class Learner:
         start_epoch, start_iter = resume_point(self, resume_state)
         self._undo_resume = None  # accepted: from here on the Learner holds the resumed run
         self._position = (start_epoch, start_iter)
+        self._train_done = bool(resume_state and resume_state.get("train_done"))  # saved before its validation
         for self.epoch in range(start_epoch, self.n_epochs):
-            if train:
+            if train and self._train_done and self.epoch == start_epoch:  # over: its validation comes next
+                self.pct_train = (self.epoch + 1) / self.n_epochs
+            elif train:
                 self._one_epoch(True, start_iter if self.epoch == start_epoch else 0)
             if valid:
                 with torch.no_grad():
@@ -249,7 +253,9 @@ class Learner:
         self._read_loss, self.loss_value = False, None  # decided at the phase's first loss (_one_batch)
         self._run_level("epoch", CancelEpochException, lambda: self._batches(start_iter))
         if self.in_last_phase:  # also after a callback cancelled the rest of the epoch
-            self._position = (self.epoch + 1, 0)
+            self._position, self._train_done = (self.epoch + 1, 0), False
+        elif training:
+            self._train_done = True  # a resume from here goes on with this epoch's validation
 
     def _batches(self, start_iter: int) -> None:
         first_batch, one_batch, handled = self._first_batch, self._one_batch, self._handled

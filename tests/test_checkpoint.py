@@ -116,7 +116,8 @@ def test_a_fit_interrupted_after_a_backward_pass_resumes_exactly_in_the_same_pro
     learn = make_learner(tmp_path / "resumed.csv")
     with pytest.raises(KeyboardInterrupt):
         learn.fit(4, cbs=[CtrlCInBackward(), CheckpointCB(tmp_path / "ckpt.pt", every=1)])
-    assert any(p.grad is not None for p in learn.model.parameters())
+    for p in learn.model.parameters():  # as if the interrupted batch had left them (the Learner now drops them)
+        p.grad = torch.ones_like(p)
     learn.fit(4, resume=tmp_path / "ckpt.pt")
     assert torch.equal(weights(learn), weights(straight))
 
@@ -130,7 +131,7 @@ class StopInValidation(Callback):
             raise KeyboardInterrupt
 
 
-def test_save_after_a_fit_stopped_in_validation_resumes_at_the_next_epoch(tmp_path):
+def test_save_after_a_fit_stopped_in_validation_resumes_with_that_epochs_validation(tmp_path):
     straight = straight_run(tmp_path)
     set_seed(0)
     learn = make_learner(tmp_path / "resumed.csv")
@@ -141,6 +142,19 @@ def test_save_after_a_fit_stopped_in_validation_resumes_at_the_next_epoch(tmp_pa
     assert (state["epoch"], state["iter"]) == (1, N_BATCHES)  # every training batch of epoch 1 was stepped on
     resumed = make_learner(tmp_path / "resumed.csv").fit(4, resume=tmp_path / "ckpt.pt")
     assert torch.equal(weights(resumed), weights(straight))
+    assert resumed.history == straight.history  # the finished training phase is not run again (no empty row)
+
+
+def test_a_best_checkpoint_of_a_train_monitor_resumes_with_that_epochs_validation(tmp_path):
+    """keep="best" on a train_* metric saves when the training phase ends, before the validation: resuming runs
+    that validation, not the finished training phase again (which added a NaN row and ran its handlers twice)."""
+    set_seed(0)
+    straight = make_learner(tmp_path / "straight.csv")
+    straight.fit(4, cbs=[CheckpointCB(tmp_path / "best.pt", monitor="train_loss")])
+    state = read_checkpoint(tmp_path / "best.pt")
+    assert state["iter"] == N_BATCHES and state["epoch"] < 4
+    resumed = make_learner(tmp_path / "resumed.csv").fit(4, resume=tmp_path / "best.pt")
+    assert torch.equal(weights(resumed), weights(straight)) and resumed.history == straight.history
 
 
 def test_no_batches_are_left_after_the_last_one_and_none_are_drawn():

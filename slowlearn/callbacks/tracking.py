@@ -279,9 +279,10 @@ class CheckpointCB(MonitorCB):
             self._preempted(learn, f"at the end of epoch {learn.epoch}")
 
     def _save_epoch(self, learn, path: Path) -> None:
-        # a monitor on train_* fires before the valid phase: resuming then runs that phase again
-        save_checkpoint(learn, path, epoch=learn.epoch + 1 if learn.in_last_phase else learn.epoch,
-                        iter=0 if learn.in_last_phase else learn.n_iter)
+        if learn.in_last_phase:
+            save_checkpoint(learn, path, epoch=learn.epoch + 1)
+        else:  # a monitor on train_* fires before the valid phase: a resume goes on with that phase
+            save_checkpoint(learn, path, epoch=learn.epoch, iter=learn.n_iter, train_done=True)
 
     def state_dict(self) -> dict:
         return {"best": self.best}
