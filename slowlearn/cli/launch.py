@@ -33,22 +33,23 @@ def _without(argv: Sequence[str], option: str) -> list[str]:
     return kept
 
 
-def torchrun_command(argv: Sequence[str], nproc: int, max_restarts: int) -> list[str]:
+def torchrun_command(argv: Sequence[str], nproc: int, max_restarts: int, resume: bool = True) -> list[str]:
     """The command that runs `slowlearn <argv>` (without the launch options) in `nproc` local processes, restarted
-    up to `max_restarts` times, each start resuming from the last checkpoint."""
+    up to `max_restarts` times, each start resuming from the last checkpoint (with `resume`; else each start
+    trains from the beginning: a recipe or fine-tuning, which do not resume)."""
     for option in LAUNCH_OPTIONS:
         argv = _without(argv, option)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            f"--max_restarts={max_restarts}", "-m", "slowlearn", *argv, "--resume", "auto"]
+            f"--max_restarts={max_restarts}", "-m", "slowlearn", *argv, *(["--resume", "auto"] if resume else [])]
 
 
-def launch_local(argv: Sequence[str], nproc: int, max_restarts: int) -> int:
+def launch_local(argv: Sequence[str], nproc: int, max_restarts: int, resume: bool = True) -> int:
     """Run `torchrun_command` with `RESTART_ENV` and return its exit code; a SIGTERM (a scheduler stopping the
     job) is passed on, so that every process saves a checkpoint before it stops."""
-    command = torchrun_command(argv, nproc, max_restarts)
-    print(f"Launching {nproc} process{'es' * (nproc > 1)} (restarted up to {max_restarts} times, resuming from the "
-          f"last checkpoint): {' '.join(f'{k}={v}' for k, v in RESTART_ENV.items())} {shlex.join(command)}",
-          flush=True)
+    command = torchrun_command(argv, nproc, max_restarts, resume)
+    starts = "resuming from the last checkpoint" if resume else "each start from the beginning"
+    print(f"Launching {nproc} process{'es' * (nproc > 1)} (restarted up to {max_restarts} times, {starts}): "
+          f"{' '.join(f'{k}={v}' for k, v in RESTART_ENV.items())} {shlex.join(command)}", flush=True)
     child = subprocess.Popen(command, env={**os.environ, **RESTART_ENV})
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
     try:

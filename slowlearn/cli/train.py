@@ -139,7 +139,8 @@ def _launch(args) -> int:
     if "WORLD_SIZE" in os.environ:
         raise CLIError("--nproc: this command already runs under torchrun (WORLD_SIZE is set): leave --nproc out")
     check_data_args(args)  # mistakes in the options: one line here, not one per process
-    return launch_local(args.argv, args.nproc, args.max_restarts)
+    resumable = args.recipe is None and not _fine_tuning(args)  # those two refuse --resume: each start is afresh
+    return launch_local(args.argv, args.nproc, args.max_restarts, resume=resumable)
 
 
 def _mlflow_cb(uri: str, out: Path):
@@ -329,7 +330,8 @@ def add_train_commands(sub) -> None:
                         "batches (default: at the end of every epoch only)")
     t.add_argument("--nproc", type=positive_int, metavar="N",
                    help="train data-parallel in N local processes (torch.distributed.run; --bs is per process), "
-                        "restarted when one fails and resuming from checkpoint.pt (--resume auto)")
+                        "restarted when one fails and resuming from checkpoint.pt (--resume auto; a --recipe or "
+                        "fine-tuning run, which do not resume, starts again from the beginning)")
     t.add_argument("--max-restarts", type=non_negative_int, default=3, metavar="R",
                    help="with --nproc: how many times the processes are started again after a failure (default: 3)")
     _verbosity(t)

@@ -58,3 +58,27 @@ def test_bad_max_restarts_are_refused_by_the_parser(value, capsys):
     with pytest.raises(SystemExit):
         main(["train", "--nproc", "2", "--max-restarts", value])
     assert "argument --max-restarts" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("run", [["--recipe", "fashion_mnist"], ["--model", "resnet18", "--weights", "WEIGHTS"]],
+                         ids=["recipe", "fine-tuning"])
+def test_runs_that_cannot_resume_are_launched_to_start_afresh(monkeypatch, tmp_path, capsys, run):
+    """A recipe and fine-tuning refuse --resume, and the launcher added --resume auto to them: every process
+    refused it, and torchrun started them all again --max-restarts times before failing."""
+    started = {}
+
+    class Child:
+        def __init__(self, command, env):
+            started.update(command=command)
+
+        def wait(self):
+            return 0
+    monkeypatch.setattr(launch.subprocess, "Popen", Child)
+    (tmp_path / "weights.pth").write_bytes(b"")
+    root = make_folder(tmp_path / "pets", n_per_class=2)
+    run = [str(tmp_path / "weights.pth") if arg == "WEIGHTS" else arg for arg in run]
+    data = [] if "--recipe" in run else ["--data", str(root)]
+    assert main(["train", *run, *data, "--nproc", "2", "--out", str(tmp_path / "out")]) == 0
+    child = started["command"][started["command"].index("slowlearn") + 1:]
+    assert "--resume" not in child and "--nproc" not in child
+    assert "each start from the beginning" in capsys.readouterr().out
