@@ -138,8 +138,10 @@ def _launch(args) -> int:
                        f"start too, when there is one): copy the checkpoint there, or leave --resume out")
     if "WORLD_SIZE" in os.environ:
         raise CLIError("--nproc: this command already runs under torchrun (WORLD_SIZE is set): leave --nproc out")
-    check_data_args(args)  # mistakes in the options: one line here, not one per process
     resumable = args.recipe is None and not _fine_tuning(args)  # those two refuse --resume: each start is afresh
+    checked = argparse.Namespace(**{**vars(args), "resume": "auto" if resumable else None})
+    _resume_options(checked, announce=False)  # mistakes in the options: one line here, not one per process
+    check_data_args(checked)
     return launch_local(args.argv, args.nproc, args.max_restarts, resume=resumable)
 
 
@@ -189,10 +191,11 @@ def _run_options(args) -> dict:
     return options
 
 
-def _resume_options(args) -> None:
+def _resume_options(args, announce: bool = True) -> None:
     """--resume: a readable slowlearn checkpoint; the options the run recorded are reused (one given with
     another value is refused, by name, but for --epochs); the run must have epochs left to train. --resume auto:
-    the same for --out's checkpoint.pt when there is one (the fit then resumes from it), nothing when there is none."""
+    the same for --out's checkpoint.pt when there is one (the fit then resumes from it), nothing when there is none.
+    `announce`: say where the run resumes (the launcher of --nproc checks, its processes say it)."""
     path = Path(args.out) / "checkpoint.pt" if args.resume == "auto" else Path(args.resume or "")
     if args.resume is None or (args.resume == "auto" and not path.is_file()):
         return
@@ -205,10 +208,11 @@ def _resume_options(args) -> None:
     except CheckpointError as e:
         raise CLIError(f"--resume {args.resume}: {e}") from e
     recorded = state["callbacks"].get(RunOptionsCB.__name__, {}).get("options")
+    say = rank0_print if announce else (lambda *_: None)
     if recorded is None:  # a checkpoint of an older slowlearn, or of a run started from Python
         recorded = {"epochs": state["n_epochs"]} if state.get("n_epochs") else {}
-        rank0_print(f"--resume {args.resume}: the checkpoint does not record the options of its run, so the options "
-                    f"given here are used: give the same ones as the run")
+        say(f"--resume {args.resume}: the checkpoint does not record the options of its run, so the options given "
+            f"here are used: give the same ones as the run")
     given_now = _run_options(args)
     for dest, value in recorded.items():
         if dest not in args.given:
@@ -227,8 +231,8 @@ def _resume_options(args) -> None:
     stretched = "" if planned in (None, args.epochs) else \
         f" (the run was for {planned}: its schedule now spans {args.epochs})"
     position = f"epoch {done}" if not state["iter"] else f"batch {state['iter']} of epoch {done}"
-    rank0_print(f"Resuming the run of {args.resume} from {position} of {args.epochs}{stretched}: epochs "
-                f"{done} to {args.epochs - 1} follow")
+    say(f"Resuming the run of {args.resume} from {position} of {args.epochs}{stretched}: epochs {done} to "
+        f"{args.epochs - 1} follow")
 
 
 def _run_recipe(args, cbs):

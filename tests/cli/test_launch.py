@@ -82,3 +82,31 @@ def test_runs_that_cannot_resume_are_launched_to_start_afresh(monkeypatch, tmp_p
     child = started["command"][started["command"].index("slowlearn") + 1:]
     assert "--resume" not in child and "--nproc" not in child
     assert "each start from the beginning" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["--epochs", "2"], "that run has already trained 2 epochs, so --epochs 2 would train nothing"),
+    (["--epochs", "3", "--bs", "8"], "the run was trained with --bs 4, and a resumed run is the same run"),
+])
+def test_a_resume_from_out_that_would_be_refused_is_refused_once_before_launching(monkeypatch, tmp_path, capsys,
+                                                                                   argv, says):
+    """--nproc resumes from --out's checkpoint.pt: a mistake there (a finished run, another --bs) was found by every
+    process of every start (--max-restarts + 1 times), and the launch ended in torchrun's traceback, exit code 1."""
+    def no_launch(*args, **kwargs):
+        raise AssertionError("launched although every process would refuse to resume")
+    monkeypatch.setattr(launch.subprocess, "Popen", no_launch)
+    root, out = make_folder(tmp_path / "pets", n_per_class=2), tmp_path / "out"
+    assert main(["train", "--data", str(root), "--bs", "4", "--epochs", "2", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(root), "--nproc", "2", "--out", str(out), *argv]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("slowlearn: error: --resume auto: ") and says in err[0]
+
+
+def test_the_launcher_says_nothing_of_a_resume_its_processes_announce(monkeypatch, tmp_path, capsys):
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda command, env: type("Child", (), {"wait": lambda self: 0})())
+    root, out = make_folder(tmp_path / "pets", n_per_class=2), tmp_path / "out"
+    assert main(["train", "--data", str(root), "--bs", "4", "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    assert main(["train", "--data", str(root), "--nproc", "2", "--epochs", "2", "--out", str(out)]) == 0
+    assert "Resuming" not in capsys.readouterr().out
