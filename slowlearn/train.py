@@ -27,16 +27,31 @@ __all__ = ["train", "train_1cycle", "vision_learner", "default_cbs", "fast_adamw
            "optimizer_state_bytes"]
 
 
-def default_cbs(verbose: int | None = None, metrics=None) -> list[Callback]:
+def default_cbs(verbose: int | None = None, metrics=None, given: Sequence[Callback] = ()) -> list[Callback]:
     """Device placement, loss and metrics per epoch, and progress (`ProgressCB(verbose=verbose)`):
     what `train` always uses; under torchrun (WORLD_SIZE > 1) also DistributedCB. `metrics`: torcheval metrics
-    as a {column: metric} dict or a list (columns named after their classes); None: accuracy."""
+    as a {column: metric} dict or a list (columns named after their classes); None: accuracy.
+    Callbacks of `given` (the user's own MetricsCB, ProgressCB, DeviceCB, DistributedCB) win: none of their kind
+    is added."""
+    def wanted(kind: type) -> bool:
+        return not any(isinstance(cb, kind) for cb in given)
+    if metrics is not None and not wanted(MetricsCB):
+        raise ValueError("metrics= and a MetricsCB in cbs: give the metrics one way, not both")
+    cbs = [DistributedCB()] if world_size() > 1 else []
+    cbs += [DeviceCB(), *([_metrics_cb(metrics)] if wanted(MetricsCB) else []), ProgressCB(verbose=verbose)]
+    return [cb for cb in cbs if wanted(type(cb))]
+
+
+def _metrics_cb(metrics) -> MetricsCB:
     if metrics is None:
         from torcheval.metrics import MulticlassAccuracy  # imported when used: it takes a second
         metrics = {"accuracy": MulticlassAccuracy()}
-    metrics_cb = MetricsCB(**metrics) if isinstance(metrics, dict) else MetricsCB(*metrics)
-    cbs = [DeviceCB(), metrics_cb, ProgressCB(verbose=verbose)]
-    return [DistributedCB(), *cbs] if world_size() > 1 else cbs
+    return MetricsCB(**metrics) if isinstance(metrics, dict) else MetricsCB(*metrics)
+
+
+def _recorder(given: Sequence[Callback]) -> list[Callback]:
+    """A RecorderCB (lr and momentum), unless the user's `given` callbacks have one."""
+    return [] if any(isinstance(cb, RecorderCB) for cb in given) else [RecorderCB()]
 
 
 def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,
@@ -44,7 +59,8 @@ def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,
           loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None) -> Learner:
     """Train a Fashion-MNIST model (or one on `dls`), printing accuracy and loss per epoch and phase.
 
-    `cbs` are added to the defaults (device, metrics, progress). `verbose` is ProgressCB's: 0 nothing,
+    `cbs` are added to the defaults (device, metrics, progress; one of those kinds in `cbs` replaces the default's,
+    e.g. `MetricsCB(f1=...)`). `verbose` is ProgressCB's: 0 nothing,
     1 progress bars, 2 one line per epoch and phase, None (default) bars on a terminal or in a
     notebook and lines in a log file. `resume=path` continues the run
     checkpointed there (by CheckpointCB) when called again with the same arguments; `resume="auto"` does so
@@ -52,7 +68,7 @@ def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,
     Learner: its `history` holds the table, `learn.progress.plot_loss()` draws the loss curve.
     """
     dls = dls if dls is not None else fashion_mnist(bs)
-    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), *cbs], opt_func=opt_func)
+    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose, given=cbs), *cbs], opt_func=opt_func)
     return learn.fit(n_epochs, resume=resume)
 
 
@@ -72,7 +88,8 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     the opposite way, set every batch from training progress by `Learner.fit_one_cycle`
     (`one_cycle_kwargs` go to it: `pct_start`, `div`, `div_final`, `moms`).
 
-    Fashion-MNIST by default, or any `dls`. `opt_func=None` picks `fast_adamw()`. `precision="auto"`
+    Fashion-MNIST by default, or any `dls`. `cbs` are added to those of `train` and a RecorderCB (one of those kinds
+    in `cbs` replaces the default's). `opt_func=None` picks `fast_adamw()`. `precision="auto"`
     trains wide models in bf16 autocast where the hardware runs bf16 natively, and CNNs in channels-last
     where it pays (`speed_cbs`; your own MixedPrecisionCB or ChannelsLastCB in `cbs` wins); "fp32",
     "bf16", "fp16" as asked. `resume=path`
@@ -83,7 +100,7 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     """
     dls = dls if dls is not None else fashion_mnist(bs)
     speed = speed_cbs(model, precision, given=cbs, verbose=verbose != 0)
-    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose), *speed, RecorderCB(), *cbs],
+    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose, given=cbs), *speed, *_recorder(cbs), *cbs],
                     opt_func=opt_func or fast_adamw())
     return learn.fit_one_cycle(n_epochs, lr, resume=resume, **one_cycle_kwargs)
 
@@ -115,7 +132,8 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
     warning says which `size=` to try when the images are far smaller than those the weights were trained on.
 
     The rest as `train_1cycle`: `opt_func=None` is `fast_adamw()`, `cbs` come after device, metrics (`metrics`: as
-    `default_cbs` takes them), progress, the `precision` callbacks and a RecorderCB; `lr` is `learn.lr`.
+    `default_cbs` takes them), progress, the `precision` callbacks and a RecorderCB (one of those kinds in `cbs`
+    replaces the default's); `lr` is `learn.lr`.
     """
     channels, classes = data_shape(dls)
     if n_out is None and classes is None:
@@ -128,7 +146,7 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
         _warn_if_small(dls, body.size, body.name)
     speed = speed_cbs(body.model, precision, given=cbs, verbose=verbose != 0)
     learn = Learner(body.model, dls, loss_func, lr=lr, splitter=pretrained_splitter, opt_func=opt_func or fast_adamw(),
-                    cbs=[*default_cbs(verbose, metrics), *speed, RecorderCB(), *cbs])
+                    cbs=[*default_cbs(verbose, metrics, given=cbs), *speed, *_recorder(cbs), *cbs])
     for loader in loaders:  # only now that every argument is checked: an error leaves the user's loaders as they were
         loader.normalise_with(mean, std)
     if pretrained:

@@ -66,3 +66,37 @@ def test_verbose_0_prints_nothing_not_even_the_precision(capsys, monkeypatch):
     train_1cycle(nn.Linear(3, 2), n_epochs=1, dls=make_dls(), precision="fp32", verbose=0)
     vision_learner(dls, "resnet18", pretrained=False, precision="bf16", verbose=0)
     assert capsys.readouterr().out == ""
+
+
+def test_the_users_own_metrics_progress_and_recorder_replace_the_defaults():
+    """train_1cycle(cbs=[MetricsCB(f1=...)]) used to run it beside the default MetricsCB: two history rows per epoch
+    and phase (one without accuracy, one without f1), and `learn.recorder` was the default RecorderCB, not the
+    user's."""
+    from torcheval.metrics import MulticlassF1Score
+
+    from slowlearn import MetricsCB, ProgressCB, RecorderCB
+    metrics, progress = MetricsCB(f1=MulticlassF1Score()), ProgressCB(verbose=0)
+    recorder = RecorderCB(wd="weight_decay")
+    learn = train_1cycle(nn.Linear(3, 2), n_epochs=1, dls=make_dls(), cbs=[metrics, progress, recorder])
+    assert [set(row) for row in learn.history] == [{"f1", "loss", "epoch", "phase"}] * 2
+    assert learn.metrics is metrics and learn.progress is progress and learn.recorder is recorder
+    assert sum(isinstance(cb, (MetricsCB, ProgressCB, RecorderCB)) for cb in learn.cbs) == 3
+
+
+def test_a_distributed_cb_of_the_users_replaces_the_default_one(monkeypatch):
+    """Under torchrun, train_1cycle(cbs=[DistributedCB(sync_bn=True)]) used to add it beside default_cbs' own: the
+    model was wrapped in DistributedDataParallel twice, and stayed wrapped once after the fit."""
+    from slowlearn import DistributedCB
+    from slowlearn.train import default_cbs
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    mine = DistributedCB(sync_bn=True)
+    cbs = default_cbs(verbose=0, given=[mine])
+    assert not any(isinstance(cb, DistributedCB) for cb in cbs)
+    assert sum(isinstance(cb, DistributedCB) for cb in default_cbs(verbose=0)) == 1
+
+
+def test_metrics_given_twice_are_refused():
+    from slowlearn import MetricsCB
+    from slowlearn.train import default_cbs
+    with pytest.raises(ValueError, match="metrics= and a MetricsCB in cbs"):
+        default_cbs(metrics={"accuracy": None}, given=[MetricsCB()])
