@@ -18,7 +18,7 @@ from torch.utils.data import TensorDataset
 from .callback import CancelException
 
 __all__ = ["check_loaders", "check_steps_per_epoch", "first_batch", "check_inputs", "check_targets", "check_loss",
-           "describe_batch"]
+           "describe_batch", "SingleItemBatchError"]
 
 IGNORE_INDEX = -100  # cross_entropy's default ignore_index: a legal target
 FEW_STEPS = 8  # optimizer steps per epoch below which training barely gets going
@@ -116,34 +116,48 @@ def _check_not_a_dict(batch, cbs) -> None:
                         f"(inputs, targets)), or add a callback whose predict and get_loss read the dict.")
 
 
-def _last_batch_size(dl) -> int | None:
-    """Items in the loader's last batch of an epoch (0 if it is full or dropped); None if unknown."""
+class SingleItemBatchError(ValueError):
+    """A training batch of one item where a BatchNorm layer would get a single value per channel from it. `bs`,
+    `n_items` (this process's training items per epoch) and `layer` (the BatchNorm layer, named) say which."""
+
+    def __init__(self, message: str, bs: int, n_items: int, layer: str):
+        super().__init__(message)
+        self.bs, self.n_items, self.layer = bs, n_items, layer
+
+
+def _batching(dl) -> tuple[int, int, bool] | None:
+    """The loader's items per epoch, batch size and drop_last; None if unknown."""
     if hasattr(dl, "n_items") and hasattr(dl, "bs"):  # a TensorLoader (its shard under DDP)
-        n, bs, drop_last = dl.n_items, dl.bs, dl.drop_last
-    elif isinstance(getattr(dl, "batch_size", None), int) and getattr(dl, "sampler", None) is not None:
+        return dl.n_items, dl.bs, dl.drop_last
+    if isinstance(getattr(dl, "batch_size", None), int) and getattr(dl, "sampler", None) is not None:
         try:
-            n, bs, drop_last = len(dl.sampler), dl.batch_size, dl.drop_last
+            return len(dl.sampler), dl.batch_size, dl.drop_last
         except TypeError:  # a sampler without a length
             return None
-    else:
-        return None
-    return 0 if drop_last else n % bs
+    return None
 
 
 def _watch_batchnorm(learn) -> list:
-    last = _last_batch_size(learn.dl)
+    batching = _batching(learn.dl)
+    if batching is None:
+        return []
+    n, bs, drop_last = batching
+    last = 1 if bs == 1 else 0 if drop_last else n % bs  # items in the smallest batch, where it has fewer than bs
     if not last:
         return []
+    which = "batches hold 1 item (batch size 1)" if bs == 1 else f"last batch holds {last} item"
+    when = "at this first batch" if bs == 1 else "at the end of the first epoch"
+    fix = ("pick a batch size of 2 or more" if bs == 1 else "drop that batch with drop_last=True (TensorLoader(..., "
+           "drop_last=True) or DataLoader(..., drop_last=True)), or pick a batch size that does not leave one item "
+           "over")
 
     def check(module, args):
         x = args[0]
         per_item = x.numel() // max(x.shape[0] * x.shape[1], 1)  # values per channel that one item gives
         if last * per_item == 1:
-            raise ValueError(f"The training loader's last batch holds {last} item, and BatchNorm layer {names[module]} "
-                             f"cannot normalise a single value per channel in training, so the fit would fail at "
-                             f"the end of the first epoch: drop that batch with drop_last=True (TensorLoader(..., "
-                             f"drop_last=True) or DataLoader(..., drop_last=True)), or pick a batch size that does "
-                             f"not leave one item over.")
+            raise SingleItemBatchError(f"The training loader's {which}, and BatchNorm layer {names[module]} cannot "
+                                       f"normalise a single value per channel in training, so the fit would fail "
+                                       f"{when}: {fix}.", bs, n, names[module])
 
     names = {m: f"'{name}' ({type(m).__name__})" for name, m in learn.model.named_modules()
              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training}

@@ -254,3 +254,14 @@ def test_enough_steps_or_no_smaller_useful_batch_size_do_not_warn(n_items, bs):
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         few_steps_fit(n_items, bs)
+
+
+def test_batches_of_one_item_for_batchnorm_are_named_before_any_step():
+    """bs=1 gives every batch a single item: the check (for a last batch of one) passed it, and the fit failed in
+    torch with "Expected more than 1 value per channel when training"."""
+    from slowlearn.checks import SingleItemBatchError
+    model = batchnorm_mlp()
+    with pytest.raises(SingleItemBatchError, match=r"The training loader's batches hold 1 item \(batch size 1\), "
+                                                   r"and BatchNorm layer '1' \(BatchNorm1d\) cannot normalise") as e:
+        Learner(model, make_dls(n_train=9, bs=1)).fit(1)
+    assert (e.value.bs, e.value.n_items, e.value.layer) == (1, 9, "'1' (BatchNorm1d)")

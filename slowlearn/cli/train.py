@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
 
@@ -80,19 +81,20 @@ def train_command(args) -> int:
     cbs += [tracker] if tracker is not None else []
     if args.model == "resnet" and args.precision != "auto":
         cbs.append(ChannelsLastCB())  # "auto" decides the layout itself
-    if args.recipe is not None:
-        learn = _run_recipe(args, cbs)
-    elif is_vision_arch(args):
-        learn = _train_vision_arch(args, cbs)
-    else:
-        set_seed(args.seed)
-        dls, model = data_and_model(args)
-        try:
-            learn = train_1cycle(model, lr=args.lr or SCRATCH_LR, n_epochs=args.epochs, dls=dls,
-                                 opt_func=_opt_func(args.opt), cbs=[*cbs, RunOptionsCB(_run_options(args))],
-                                 resume=args.resume, verbose=args.verbose, precision=args.precision)
-        except CheckpointError as e:  # saved from another --model or --opt: found before training starts
-            raise CLIError(f"--resume {args.resume}: {e}") from e
+    with _batch_size_in_cli_terms():
+        if args.recipe is not None:
+            learn = _run_recipe(args, cbs)
+        elif is_vision_arch(args):
+            learn = _train_vision_arch(args, cbs)
+        else:
+            set_seed(args.seed)
+            dls, model = data_and_model(args)
+            try:
+                learn = train_1cycle(model, lr=args.lr or SCRATCH_LR, n_epochs=args.epochs, dls=dls,
+                                     opt_func=_opt_func(args.opt), cbs=[*cbs, RunOptionsCB(_run_options(args))],
+                                     resume=args.resume, verbose=args.verbose, precision=args.precision)
+            except CheckpointError as e:  # saved from another --model or --opt: found before training starts
+                raise CLIError(f"--resume {args.resume}: {e}") from e
     pictures = {"lr and momentum": (learn.recorder.plot(), "schedule.png"),
                 "loss curves": (learn.progress.plot_loss(), "loss.png"),
                 "metrics per epoch": (plot_metrics(learn), "metrics.png"),
@@ -107,6 +109,24 @@ def train_command(args) -> int:
         tracker.log_artifacts(out / "model.pt2", *(out / name for _, name in pictures.values()))
         rank0_print(f"MLflow run {tracker.run_id} in {args.mlflow} (mlflow ui --backend-store-uri {args.mlflow})")
     return 0
+
+
+@contextmanager
+def _batch_size_in_cli_terms():
+    """A --bs that gives a BatchNorm layer batches of one image (found at the first batch, before any step): one
+    line naming --bs and a batch size that works, not the library's advice of drop_last=, which the command line
+    does not have."""
+    from ..checks import SingleItemBatchError
+    from ..distributed import world_size
+    try:
+        yield
+    except SingleItemBatchError as e:
+        images = f"{e.n_items} training images{' per process' * (world_size() > 1)}"
+        what = ("--bs 1 gives batches of one image" if e.bs == 1 else
+                f"--bs {e.bs} leaves 1 of the {images} alone in the last batch of each epoch")
+        works = next((bs for bs in range(max(2, e.bs + 1), e.bs + 1 + e.n_items) if e.n_items % bs != 1), None)
+        raise CLIError(f"{what}, and BatchNorm layer {e.layer} cannot train on a single image: give another --bs"
+                       f"{f' (e.g. {works})' if works else ''}") from e
 
 
 def _fine_tuning(args) -> bool:
@@ -261,7 +281,8 @@ def lr_find_command(args) -> int:
     else:
         dls, model = data_and_model(args)
         learn = Learner(model, dls, cbs=[*default_cbs(), *_speed_cbs(args, model)], opt_func=_opt_func(args.opt))
-    suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)
+    with _batch_size_in_cli_terms():
+        suggestion = learn.lr_find(args.start_lr, args.end_lr, args.num_it, show_plot=False)
     path = out / "lr_find.png"
     learn.lr_finder.plot(suggestion, path)
     rank0_print(f"Suggested learning rate: {suggestion.valley:.2e} (valley); steepest descent at "

@@ -393,3 +393,15 @@ def test_pretrained_models_mistakes_are_one_line(capsys, tmp_path, images, torch
     assert message in got
     if "--pretrained" in args and "resnet34" in args:
         assert "resnet34-b627a593.pth" in got and "--weights FILE" in got and "weights=" not in got
+
+
+@pytest.mark.parametrize("bs, says", [
+    ("11", "--bs 11 leaves 1 of the 12 training images alone in the last batch of each epoch, and BatchNorm layer "),
+    ("1", "--bs 1 gives batches of one image, and BatchNorm layer "),
+])
+def test_a_batch_size_that_gives_batchnorm_one_image_is_refused_in_cli_terms(capsys, tmp_path, images, bs, says):
+    """It ended in a traceback (exit code 1) that said drop_last=True (TensorLoader(...)), which the command line
+    does not have, or in torch's "Expected more than 1 value per channel when training"."""
+    message = refused(capsys, "train", "--data", str(images), "--bs", bs, "--epochs", "1", "--out", str(tmp_path))
+    assert says in message and "cannot train on a single image: give another --bs" in message
+    assert "drop_last" not in message and not (tmp_path / "checkpoint.pt").exists()
