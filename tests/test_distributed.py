@@ -248,3 +248,17 @@ def test_a_mean_over_ranks_without_a_process_group_is_the_value_itself(monkeypat
     from slowlearn.distributed import all_reduce_mean
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert all_reduce_mean(torch.tensor([3.])).item() == 3.
+
+
+def test_sync_bn_on_the_cpu_is_refused_before_the_model_is_changed(monkeypatch):
+    """DistributedDataParallel refuses SyncBatchNorm on the CPU ("only work with GPU modules"), after DistributedCB had
+    converted the user's BatchNorm layers in place: the model was left with SyncBatchNorm layers."""
+    from slowlearn.callbacks import distributed
+    monkeypatch.setattr(distributed, "init_distributed", lambda backend: True)
+    monkeypatch.setattr(distributed.torch.cuda, "is_available", lambda: False)
+    from slowlearn import seed_cnn
+    learn = Learner(seed_cnn(n_classes=4), synthetic_dls(GLOBAL_BS), cbs=[DistributedCB(sync_bn=True)])
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in learn.model.modules())
+    with pytest.raises(ValueError, match=r"sync_bn=True\) needs CUDA GPUs .* DistributedCB\(\) without sync_bn"):
+        learn.fit(1)
+    assert not any(isinstance(m, torch.nn.SyncBatchNorm) for m in learn.model.modules())

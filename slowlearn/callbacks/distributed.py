@@ -26,9 +26,9 @@ class DistributedCB(Callback):
 
     At `before_fit`: starts the process group if needed (`nccl` on CUDA, `gloo` on the CPU), puts the
     model on this process's device (`cuda:LOCAL_RANK`, or the CPU), converts BatchNorm to SyncBatchNorm
-    when `sync_bn`, wraps it in DistributedDataParallel, and shards the loaders: every rank walks
-    the same permutation (rank 0's loader generator is broadcast) and takes every `world_size`-th
-    sample (an unseeded loader gets one seed, the same on every rank), so the batch size is per
+    when `sync_bn` (CUDA only: refused on the CPU), wraps it in DistributedDataParallel, and shards the
+    loaders: every rank walks the same permutation (rank 0's loader generator is broadcast) and takes every
+    `world_size`-th sample (an unseeded loader gets one seed, the same on every rank), so the batch size is per
     process. During the fit `learn.device` is this process's device (DeviceCB moves batches there);
     after it `learn.model` is the model it wrapped and `learn.device` what it was before. With gradient
     accumulation (`learn.accumulate` > 1) gradients are averaged over processes only in the backward
@@ -52,6 +52,10 @@ class DistributedCB(Callback):
             return
         _check_torch_train_loader(learn.dls.train)  # before anything is wrapped or sharded
         device = torch.device("cuda", local_rank()) if torch.cuda.is_available() else torch.device("cpu")
+        if self.sync_bn and device.type != "cuda":  # DDP refuses it, after the layers were converted in place
+            raise ValueError("DistributedCB(sync_bn=True) needs CUDA GPUs (torch's SyncBatchNorm runs only there), and "
+                             "this process trains on the CPU: use DistributedCB() without sync_bn (each process "
+                             "normalises its own batch)")
         self._device_before, learn.device = learn.device, device
         model = learn.model.to(device)
         if self.sync_bn:
