@@ -7,12 +7,18 @@ import random
 import numpy as np
 import torch
 
+from .arguments import check_range
+
 __all__ = ["set_seed", "randomness", "restore_randomness", "rng_states", "set_rng_states", "loader_generators"]
 
 
+MAX_SEED = 2**32 - 1  # NumPy's largest
+
+
 def set_seed(seed: int, deterministic: bool = False) -> None:
-    """Seed Python's, NumPy's and torch's RNGs (all devices); `deterministic` also asks torch for
-    deterministic kernels (slower on the GPU)."""
+    """Seed Python's, NumPy's and torch's RNGs (all devices) with `seed`, an integer from 0 to 2**32 - 1 (what
+    NumPy takes); `deterministic` also asks torch for deterministic kernels (slower on the GPU)."""
+    check_range("seed", seed, 0, MAX_SEED, high_open=False, integer=True, owner="set_seed")
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

@@ -1,5 +1,6 @@
 """set_seed and the RNG snapshots."""
 
+import pytest
 import torch
 
 from slowlearn import get_kaiming_initialized_model, set_seed
@@ -30,3 +31,13 @@ def test_a_snapshot_puts_back_every_random_state_a_fit_draws_from():
     assert draws() != first
     restore_randomness(dls, saved)
     assert draws() == first
+
+
+@pytest.mark.parametrize("seed", [-1, 2**32, 1.5, "3", True])
+def test_a_seed_numpy_cannot_take_is_refused_before_any_rng_is_seeded(seed):
+    """set_seed(-1) used to seed Python's RNG, then fail in NumPy ("Seed must be between 0 and 2**32 - 1")."""
+    import random
+    before = random.getstate()
+    with pytest.raises(ValueError, match=r"set_seed: Invalid seed: .* \(must be an integer in \[0, 4294967295\]\)"):
+        set_seed(seed)
+    assert random.getstate() == before

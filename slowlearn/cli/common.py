@@ -13,8 +13,8 @@ import re
 import tempfile
 from pathlib import Path
 
-__all__ = ["CLIError", "positive_int", "positive_float", "integer", "number", "non_negative_int", "writable_folder",
-           "writable_file", "in_cli_terms", "nearest_option", "Parser"]
+__all__ = ["CLIError", "positive_int", "positive_float", "integer", "number", "non_negative_int", "seed",
+           "writable_folder", "writable_file", "in_cli_terms", "nearest_option", "Parser"]
 
 # The library's keyword arguments that are command-line options, as its messages name them (`valid_pct=0.2`)
 KEYWORD_OPTIONS = {"valid_pct": "--valid-pct", "valid_col": "--valid-col", "size": "--size", "n_train": "--n-train",
@@ -67,6 +67,14 @@ def positive_float(value: str) -> float:
     if not 0 < result < math.inf:  # also refuses nan
         raise argparse.ArgumentTypeError(f"must be a positive finite number, got {value}")
     return result
+
+
+def seed(value: str) -> int:
+    """A random seed from the command line: a whole number from 0 to 2**32 - 1 (what NumPy takes)."""
+    number = integer(value)
+    if not 0 <= number <= 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"must be 0 to {2**32 - 1}, got {value}")
+    return number
 
 
 def non_negative_int(value: str) -> int:

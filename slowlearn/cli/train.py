@@ -10,7 +10,7 @@ from pathlib import Path
 from ..callback import Callback
 from ..data import image_size
 from .build import checked_data, data_and_model, is_vision_arch, model_name, vision_learner_for
-from .common import CLIError, integer, non_negative_int, positive_float, positive_int, writable_folder
+from .common import CLIError, non_negative_int, positive_float, positive_int, seed, writable_folder
 from .data import BUILT_IN, add_data_args, check_data_args
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
@@ -312,7 +312,7 @@ def _common(p: argparse.ArgumentParser, out: str) -> None:
                    help="auto: bf16 autocast where the hardware runs it natively (a CUDA GPU with bf16, a CPU "
                         "with AMX or AVX-512 bf16) for wide models, else fp32; or fp32, bf16, fp16 (with loss "
                         "scaling) (default: auto)")
-    p.add_argument("--seed", type=integer, default=42, help="random seed (default: 42)")
+    p.add_argument("--seed", type=seed, default=42, help="random seed, 0 to 2**32 - 1 (default: 42)")
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
 
 

@@ -405,3 +405,9 @@ def test_a_batch_size_that_gives_batchnorm_one_image_is_refused_in_cli_terms(cap
     message = refused(capsys, "train", "--data", str(images), "--bs", bs, "--epochs", "1", "--out", str(tmp_path))
     assert says in message and "cannot train on a single image: give another --bs" in message
     assert "drop_last" not in message and not (tmp_path / "checkpoint.pt").exists()
+
+
+@pytest.mark.parametrize("seed", ["-1", "4294967296"])
+def test_a_seed_out_of_range_is_refused_by_the_parser(capsys, seed):
+    """It ended in NumPy's traceback: "Seed must be between 0 and 2**32 - 1"."""
+    assert f"argument --seed: must be 0 to 4294967295, got {seed}" in refused(capsys, "train", "--seed", seed)
