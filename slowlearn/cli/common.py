@@ -14,7 +14,8 @@ import tempfile
 from pathlib import Path
 
 __all__ = ["CLIError", "positive_int", "positive_float", "integer", "number", "non_negative_int", "seed",
-           "writable_folder", "writable_file", "in_cli_terms", "nearest_option", "Parser"]
+           "writable_folder", "created_folders", "remove_created_folders", "writable_file", "in_cli_terms",
+           "nearest_option", "Parser"]
 
 # The library's keyword arguments that are command-line options, as its messages name them (`valid_pct=0.2`)
 KEYWORD_OPTIONS = {"valid_pct": "--valid-pct", "valid_col": "--valid-col", "size": "--size", "n_train": "--n-train",
@@ -85,17 +86,33 @@ def non_negative_int(value: str) -> int:
     return number
 
 
+created_folders: list[Path] = []  # the folders writable_folder made for this command, deepest first
+
+
 def writable_folder(folder: str | os.PathLike, option: str) -> Path:
-    """The folder given to `option`, created if needed and checked writable."""
+    """The folder given to `option`, created if needed and checked writable (`remove_created_folders` removes the
+    folders made here when the command then fails)."""
     path = Path(folder)
     if path.exists() and not path.is_dir():
         raise CLIError(f"{option} {folder}: that is a file; give a folder (it is created if needed)")
+    missing = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
+        created_folders.extend(missing)
         tempfile.TemporaryFile(dir=path).close()
     except OSError as e:
         raise CLIError(f"{option} {folder}: cannot write there ({e.strerror or e}); give a folder you can write to")
     return path
+
+
+def remove_created_folders() -> None:
+    """Remove the folders writable_folder made that are still empty: a command refused after the check leaves
+    nothing behind."""
+    while created_folders:
+        try:
+            created_folders.pop(0).rmdir()
+        except OSError:  # something was written into it (or it is gone): kept
+            pass
 
 
 def writable_file(file: str | os.PathLike, option: str) -> Path:

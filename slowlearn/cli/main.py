@@ -6,7 +6,7 @@ import sys
 from collections.abc import Sequence
 
 from ..version import __version__
-from .common import CLIError, Parser
+from .common import CLIError, Parser, created_folders, remove_created_folders
 from .deploy import add_model_commands
 from .train import add_train_commands
 
@@ -29,8 +29,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except (CLIError, FileNotFoundError) as e:
+        remove_created_folders()  # a mistake writes nothing, not even an empty --out
         print(f"slowlearn: error: {str(e).splitlines()[0]}", file=sys.stderr)
         return 2
+    finally:
+        created_folders.clear()
 
 
 if __name__ == "__main__":

@@ -229,7 +229,7 @@ def test_a_bad_checkpoint_to_resume_is_one_line_and_nothing_is_written(capsys, t
     out = tmp_path / "out"
     message = refused(capsys, "train", "--data", str(images), "--out", str(out), "--resume", str(path))
     assert message.startswith(f"slowlearn: error: --resume {path}: ") and says in message
-    assert list(out.iterdir()) == [] and not (tmp_path / "pwned").exists()
+    assert not out.exists() and not (tmp_path / "pwned").exists()
 
 
 def test_resuming_with_more_epochs_continues_the_run(capsys, tmp_path, images):
@@ -411,3 +411,12 @@ def test_a_batch_size_that_gives_batchnorm_one_image_is_refused_in_cli_terms(cap
 def test_a_seed_out_of_range_is_refused_by_the_parser(capsys, seed):
     """It ended in NumPy's traceback: "Seed must be between 0 and 2**32 - 1"."""
     assert f"argument --seed: must be 0 to 4294967295, got {seed}" in refused(capsys, "train", "--seed", seed)
+
+
+@pytest.mark.parametrize("command", ["train", "lr-find"])
+def test_a_mistake_in_the_options_leaves_no_output_folder_behind(capsys, tmp_path, command):
+    """The guide says a mistake exits "before any image is decoded or any file written"; --out (and its missing
+    parents) used to be created first, so a typo in --data left runs/NAME behind, empty."""
+    out = tmp_path / "runs" / "typo"
+    assert "--data no-such-folder" in refused(capsys, command, "--data", "no-such-folder", "--out", str(out))
+    assert list(tmp_path.iterdir()) == []
