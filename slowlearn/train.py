@@ -26,6 +26,8 @@ from .randomness import randomness, restore_randomness
 __all__ = ["train", "train_1cycle", "vision_learner", "default_cbs", "fast_adamw", "compare_optimizers",
            "optimizer_state_bytes"]
 
+DEFAULT_BS = 512  # train's and train_1cycle's Fashion-MNIST batches
+
 
 def default_cbs(verbose: int | None = None, metrics=None, given: Sequence[Callback] = ()) -> list[Callback]:
     """Device placement, loss and metrics per epoch, and progress (`ProgressCB(verbose=verbose)`):
@@ -54,10 +56,11 @@ def _recorder(given: Sequence[Callback]) -> list[Callback]:
     return [] if any(isinstance(cb, RecorderCB) for cb in given) else [RecorderCB()]
 
 
-def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,
+def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = DEFAULT_BS,
           opt_func: Callable = torch.optim.SGD, cbs: Sequence[Callback] = (), dls: DataLoaders | None = None,
           loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None) -> Learner:
-    """Train a Fashion-MNIST model (or one on `dls`), printing accuracy and loss per epoch and phase.
+    """Train a Fashion-MNIST model (in batches of `bs`; or one on `dls`, whose batches are theirs), printing accuracy
+    and loss per epoch and phase.
 
     `cbs` are added to the defaults (device, metrics, progress; one of those kinds in `cbs` replaces the default's,
     e.g. `MetricsCB(f1=...)`). `verbose` is ProgressCB's: 0 nothing,
@@ -67,9 +70,21 @@ def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = 512,
     from the CheckpointCB in `cbs` when its file is there, and starts afresh when it is not. Returns the
     Learner: its `history` holds the table, `learn.progress.plot_loss()` draws the loss curve.
     """
-    dls = dls if dls is not None else fashion_mnist(bs)
+    dls = _data(dls, bs, "train")
     learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose, given=cbs), *cbs], opt_func=opt_func)
     return learn.fit(n_epochs, resume=resume)
+
+
+def _data(dls: DataLoaders | None, bs: int, owner: str) -> DataLoaders:
+    """`dls`, or Fashion-MNIST in batches of `bs`. A `bs` other than the default that `dls` do not have is refused:
+    it would be ignored."""
+    if dls is None:
+        return fashion_mnist(bs)
+    loader_bs = getattr(dls.train, "bs", None) or getattr(dls.train, "batch_size", None)
+    if bs != DEFAULT_BS and bs != loader_bs:
+        raise ValueError(f"{owner}: bs={bs} sizes the Fashion-MNIST batches it loads, but dls= are given, in batches "
+                         f"of {loader_bs}: make the loaders with bs={bs}, or leave bs out")
+    return dls
 
 
 def fast_adamw() -> Callable:
@@ -80,7 +95,7 @@ def fast_adamw() -> Callable:
 
 
 def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: DataLoaders | None = None,
-                 opt_func: Callable | None = None, cbs: Sequence[Callback] = (), bs: int = 512,
+                 opt_func: Callable | None = None, cbs: Sequence[Callback] = (), bs: int = DEFAULT_BS,
                  loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None,
                  precision: str = "auto",
                  **one_cycle_kwargs) -> Learner:
@@ -88,8 +103,9 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     the opposite way, set every batch from training progress by `Learner.fit_one_cycle`
     (`one_cycle_kwargs` go to it: `pct_start`, `div`, `div_final`, `moms`).
 
-    Fashion-MNIST by default, or any `dls`. `cbs` are added to those of `train` and a RecorderCB (one of those kinds
-    in `cbs` replaces the default's). `opt_func=None` picks `fast_adamw()`. `precision="auto"`
+    Fashion-MNIST in batches of `bs` by default, or any `dls` (whose batches are theirs). `cbs` are added to those
+    of `train` and a RecorderCB (one of those kinds in `cbs` replaces the default's). `opt_func=None` picks
+    `fast_adamw()`. `precision="auto"`
     trains wide models in bf16 autocast where the hardware runs bf16 natively, and CNNs in channels-last
     where it pays (`speed_cbs`; your own MixedPrecisionCB or ChannelsLastCB in `cbs` wins); "fp32",
     "bf16", "fp16" as asked. `resume=path`
@@ -98,7 +114,7 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     metrics table (`verbose` as in `train`; 0 prints neither) and returns the Learner: `learn.recorder.plot()`
     shows lr and momentum per batch.
     """
-    dls = dls if dls is not None else fashion_mnist(bs)
+    dls = _data(dls, bs, "train_1cycle")
     speed = speed_cbs(model, precision, given=cbs, verbose=verbose != 0)
     learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose, given=cbs), *speed, *_recorder(cbs), *cbs],
                     opt_func=opt_func or fast_adamw())

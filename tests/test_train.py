@@ -100,3 +100,15 @@ def test_metrics_given_twice_are_refused():
     from slowlearn.train import default_cbs
     with pytest.raises(ValueError, match="metrics= and a MetricsCB in cbs"):
         default_cbs(metrics={"accuracy": None}, given=[MetricsCB()])
+
+
+@pytest.mark.parametrize("helper", ["train", "train_1cycle"])
+def test_a_batch_size_that_the_given_loaders_do_not_have_is_refused(helper):
+    """bs= makes the Fashion-MNIST loaders; with dls= it was silently ignored (train_1cycle(model, dls=dls, bs=64)
+    trained in the loaders' batches of 4)."""
+    from slowlearn import train
+    fit = {"train": lambda **kw: train(lr=0.1, **kw), "train_1cycle": train_1cycle}[helper]
+    with pytest.raises(ValueError, match=rf"{helper}: bs=64 sizes the Fashion-MNIST batches it loads, but dls= "
+                                         rf"are given, in batches of 4"):
+        fit(model=nn.Linear(3, 2), n_epochs=1, dls=make_dls(bs=4), bs=64, verbose=0)
+    fit(model=nn.Linear(3, 2), n_epochs=1, dls=make_dls(bs=4), bs=4, verbose=0)  # the loaders' own: fine
