@@ -38,8 +38,8 @@ def _speed_cbs(args, model) -> list:
 RUN_OPTIONS = ("data", "images", "valid_col", "size", "valid_pct", "aug", "n_train", "model", "bs", "opt", "precision",
                "seed", "lr", "epochs")
 # What a --recipe does not use: it brings its own data, model, optimizer, schedule and epochs
-RECIPE_IGNORES = ("data", "images", "valid_col", "size", "valid_pct", "aug", "n_train", "model", "bs", "opt", "epochs",
-                  "lr")
+RECIPE_IGNORES = ("data", "images", "valid_col", "size", "valid_pct", "aug", "n_train", "workers", "model",
+                  "pretrained", "weights", "freeze_epochs", "bs", "opt", "epochs", "lr")
 
 
 def _flag(dest: str) -> str:
@@ -64,6 +64,7 @@ def train_command(args) -> int:
 
     if args.recipe is not None:
         _check_recipe_options(args)
+    _check_options_used(args)
     if _fine_tuning(args) and args.resume is not None:
         raise CLIError("--resume does not work with --pretrained: fine-tuning runs a frozen and an unfrozen stage; "
                        "start it again")
@@ -180,11 +181,22 @@ def _check_recipe_options(args) -> None:
     """A recipe trains its own data, model and schedule: an option it would ignore is refused, by name."""
     if args.resume is not None:
         raise CLIError("--resume does not work with --recipe: a recipe run is short, start it again")
-    ignored = [_flag(dest) for dest in RECIPE_IGNORES if dest in args.given]
+    ignored = [args.given[dest] or _flag(dest) for dest in RECIPE_IGNORES if dest in args.given]
+    ignored += ["--no-in-memory"] * (not args.in_memory)  # (BooleanOptionalAction: not in args.given)
     if ignored:
         them = "them" if len(ignored) > 1 else "it"
         raise CLIError(f"--recipe {args.recipe} brings its own data, model, optimizer, schedule and epochs, so it "
                        f"would ignore {', '.join(ignored)}: drop {them}, or train without --recipe")
+
+
+def _check_options_used(args) -> None:
+    """--freeze-epochs and --max-restarts apply to fine-tuning and to --nproc only: given without them, refused."""
+    if "freeze_epochs" in args.given and args.recipe is None and not _fine_tuning(args):
+        raise CLIError(f"--freeze-epochs {args.freeze_epochs}: only fine-tuning (--pretrained or --weights, with a "
+                       f"torchvision or timm --model) trains a frozen stage first; drop --freeze-epochs")
+    if "max_restarts" in args.given and args.nproc is None:
+        raise CLIError(f"--max-restarts {args.max_restarts}: only goes with --nproc (restarts of the processes it "
+                       f"launches); add --nproc N, or drop --max-restarts")
 
 
 class RunOptionsCB(Callback):
@@ -339,12 +351,12 @@ def add_train_commands(sub) -> None:
                    help=f"peak learning rate (default: {SCRATCH_LR:g}; with --pretrained, fine-tuning's base lr: the "
                         f"head's, the body's spread below it, default {FINE_TUNE_LR:g})")
     t.add_argument("--freeze-epochs", type=positive_int, default=1,
-                   help="with --pretrained: epochs that train the new head (and BatchNorm layers) on the frozen body "
-                        "before --epochs of the whole model (default: 1)")
+                   help="with --pretrained or --weights (refused without): epochs that train the new head (and "
+                        "BatchNorm layers) on the frozen body before --epochs of the whole model (default: 1)")
     t.add_argument("--recipe", choices=("fashion_mnist", "cifar10"), default=None,
                    help="train a speed recipe of slowlearn.recipes (its own data, model, optimizer, schedule "
-                        "and epochs: --data and the other data options, --model, --bs, --opt, --epochs and --lr are "
-                        "refused with it)")
+                        "and epochs: --data and the other data options, --model, --pretrained, --weights, "
+                        "--freeze-epochs, --bs, --opt, --epochs and --lr are refused with it)")
     t.add_argument("--resume", default=None, metavar="CKPT",
                    help="continue the run saved in this checkpoint, with the options it records (an option given "
                         "with another value is refused; --epochs may differ: the schedule then spans the new number); "
@@ -358,7 +370,8 @@ def add_train_commands(sub) -> None:
                         "restarted when one fails and resuming from checkpoint.pt (--resume auto; a --recipe or "
                         "fine-tuning run, which do not resume, starts again from the beginning)")
     t.add_argument("--max-restarts", type=non_negative_int, default=3, metavar="R",
-                   help="with --nproc: how many times the processes are started again after a failure (default: 3)")
+                   help="with --nproc (refused without): how many times the processes are started again after a "
+                        "failure (default: 3)")
     _verbosity(t)
     t.add_argument("--tensorboard", action="store_true",
                    help="also log curves, hyper-parameters and final metrics for TensorBoard into --out/tensorboard")

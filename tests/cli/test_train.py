@@ -420,3 +420,25 @@ def test_a_mistake_in_the_options_leaves_no_output_folder_behind(capsys, tmp_pat
     out = tmp_path / "runs" / "typo"
     assert "--data no-such-folder" in refused(capsys, command, "--data", "no-such-folder", "--out", str(out))
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--freeze-epochs", "2"], "--freeze-epochs 2: only fine-tuning (--pretrained or --weights, with a torchvision or "
+                               "timm --model) trains a frozen stage first; drop --freeze-epochs"),
+    (["--model", "resnet18", "--freeze-epochs", "2"], "--freeze-epochs 2: only fine-tuning"),
+    (["--max-restarts", "5"], "--max-restarts 5: only goes with --nproc (restarts of the processes it launches)"),
+    (["--recipe", "fashion_mnist", "--pretrained"], "so it would ignore --pretrained: drop it"),
+    (["--recipe", "fashion_mnist", "--freeze-epochs", "2", "--no-in-memory"],
+     "so it would ignore --freeze-epochs, --no-in-memory: drop them"),
+])
+def test_an_option_that_would_be_ignored_is_refused(capsys, tmp_path, images, monkeypatch, argv, message):
+    """They used to be silently ignored: --freeze-epochs without fine-tuning, --max-restarts without --nproc, and
+    --pretrained, --weights, --freeze-epochs, --no-in-memory and --workers with a --recipe."""
+    from slowlearn.recipes import RECIPES
+
+    def trains(**kwargs):
+        raise AssertionError("the recipe trained, ignoring the options")
+    for name in RECIPES:
+        monkeypatch.setitem(RECIPES, name, trains)
+    data = [] if "--recipe" in argv else ["--data", str(images), "--epochs", "1"]
+    assert message in refused(capsys, "train", *data, *argv, "--out", str(tmp_path / "out"))
