@@ -21,14 +21,16 @@ LAUNCH_OPTIONS = ("--nproc", "--max-restarts", "--resume")  # the launcher's own
 
 
 def _without(argv: Sequence[str], option: str) -> list[str]:
-    """`argv` without `option VALUE` and `option=VALUE`."""
+    """`argv` without `option VALUE` and `option=VALUE`, `option` also as argparse takes it abbreviated (`--npro`:
+    argv parsed, so an abbreviation of it can mean nothing else)."""
     kept, skip = [], False
     for arg in argv:
+        name, is_option = arg.split("=", 1)[0], arg.startswith("--") and len(arg) > 2
         if skip:
             skip = False
-        elif arg == option:
-            skip = True
-        elif not arg.startswith(option + "="):
+        elif is_option and option.startswith(name):
+            skip = "=" not in arg
+        else:
             kept.append(arg)
     return kept
 

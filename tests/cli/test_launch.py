@@ -110,3 +110,11 @@ def test_the_launcher_says_nothing_of_a_resume_its_processes_announce(monkeypatc
     capsys.readouterr()
     assert main(["train", "--data", str(root), "--nproc", "2", "--epochs", "2", "--out", str(out)]) == 0
     assert "Resuming" not in capsys.readouterr().out
+
+
+def test_the_launch_options_are_left_out_of_the_processes_command_however_abbreviated():
+    """argparse takes --npro for --nproc: it used to reach torchrun (which stopped at the ambiguous --npro), and
+    --max-r 5 reached every process (which refuses --max-restarts without --nproc)."""
+    argv = ["train", "--npro", "2", "--max-r=5", "--epochs", "3", "--res", "auto"]
+    command = launch.torchrun_command(argv, nproc=2, max_restarts=5)
+    assert command[command.index("slowlearn") + 1:] == ["train", "--epochs", "3", "--resume", "auto"]
