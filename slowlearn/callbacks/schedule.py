@@ -61,7 +61,8 @@ class BaseSchedulerCB(Callback):
         # a schedule of factors of lr 0 gives 0 throughout (CyclicLR rises from its base_lr to max_lrs: not that)
         starts_at_0 = all(lr == 0 for lr in getattr(self.scheduler, "base_lrs", [None]))
         if starts_at_0 and not hasattr(self.scheduler, "max_lrs"):
-            warnings.warn(f"{type(self).__name__}({type(self.scheduler).__name__}) starts from lr 0 in every param group "
+            name = f"{type(self).__name__}({type(self.scheduler).__name__})"
+            warnings.warn(f"{name} starts from lr 0 in every param group "
                           f"(the optimizer keeps the lrs where the last fit's schedule ended), so its lrs, factors "
                           f"of that, are all 0 and this fit will not train: start it from an lr with "
                           f"fit(n_epochs, lr=...).", stacklevel=2)

@@ -54,7 +54,9 @@ def add_data_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--size", type=_size, help="resize images to SIZE (square) or HxW: scaled to cover, centre-cropped "
                                               "(needed when a folder's images differ in size)")
     p.add_argument("--valid-pct", type=_fraction,
-                   help="validation fraction, split at random per class (folders of <class>/*, or a CSV)")
+                   help="validation fraction (folders of <class>/*, or a CSV): each image goes to validation by a "
+                        "hash of its name, the same on every run, so adding images moves no other; not stratified by "
+                        "class")
     p.add_argument("--aug", type=_aug, help="training augmentation: crop,flip (translate by up to 1/8 of the size, "
                                             "mirror), crop, flip or none (default: crop,flip; none for fashion_mnist)")
     p.add_argument("--n-train", type=positive_int, metavar="N",

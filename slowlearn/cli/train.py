@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from contextlib import contextmanager
 from functools import partial
 from pathlib import Path
@@ -82,7 +83,7 @@ def train_command(args) -> int:
     cbs += [tracker] if tracker is not None else []
     if args.model == "resnet" and args.precision != "auto":
         cbs.append(ChannelsLastCB())  # "auto" decides the layout itself
-    with _batch_size_in_cli_terms():
+    with _batch_size_in_cli_terms(), _interrupt_in_cli_terms(args, out):
         if args.recipe is not None:
             learn = _run_recipe(args, cbs)
         elif is_vision_arch(args):
@@ -128,6 +129,26 @@ def _batch_size_in_cli_terms():
         works = next((bs for bs in range(max(2, e.bs + 1), e.bs + 1 + e.n_items) if e.n_items % bs != 1), None)
         raise CLIError(f"{what}, and BatchNorm layer {e.layer} cannot train on a single image: give another --bs"
                        f"{f' (e.g. {works})' if works else ''}") from e
+
+
+@contextmanager
+def _interrupt_in_cli_terms(args, out: Path):
+    """Ctrl-C: one line saying what is kept and how to go on, exit code 130 (as a shell reports SIGINT), not a
+    traceback."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from ..distributed import rank0_print
+        saved = out / "checkpoint.pt"
+        if not saved.is_file():
+            how = "nothing was saved yet: run the command again"
+        elif args.recipe is not None or _fine_tuning(args):
+            how = "this kind of run starts afresh: run the command again (without --resume)"
+        else:
+            how = (f"{saved} holds the run up to its last save (each epoch's end, or every --checkpoint-every "
+                   f"batches): continue it with the same command and --resume auto")
+        rank0_print(f"slowlearn: interrupted; {how}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
 
 
 def _fine_tuning(args) -> bool:

@@ -348,6 +348,25 @@ def test_checkpoint_every_and_resume_auto(capsys, tmp_path, images):
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
+def test_ctrl_c_is_one_line_saying_how_to_go_on_exit_code_130(capsys, tmp_path, images):
+    out = tmp_path / "out"
+    common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--no-in-memory", "--workers", "0"]
+    real_save = checkpoint_module.write_atomically
+
+    def ctrl_c_after_saving(state, path):
+        real_save(state, path)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint_module, "write_atomically", ctrl_c_after_saving)
+        code, err = run(capsys, *common, "--epochs", "2")
+    assert code == 130 and err[-1] == (f"slowlearn: interrupted; {out / 'checkpoint.pt'} holds the run up to its "
+                                       f"last save (each epoch's end, or every --checkpoint-every batches): continue it "
+                                       f"with the same command and --resume auto")
+    assert main([*common, "--epochs", "2", "--resume", "auto"]) == 0
+    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
 def test_train_a_pretrained_torchvision_model_then_export_and_predict(capsys, tmp_path, torchvision_cache):
     torchvision_cache("resnet18")
     data = make_folder(tmp_path / "pets", n_per_class=4, size=16)
