@@ -57,6 +57,18 @@ def straight_run(tmp_path):
     return learn
 
 
+def straight_and_stopped(tmp_path, *cbs):
+    """The uninterrupted run, and the same run stopped by one of `cbs` (with Ctrl-C, or by ending the fit)."""
+    straight = straight_run(tmp_path)
+    set_seed(0)
+    learn = make_learner(tmp_path / "resumed.csv")
+    try:
+        learn.fit(4, cbs=list(cbs))
+    except KeyboardInterrupt:
+        pass
+    return straight, learn
+
+
 def test_resume_after_two_epochs_in_a_new_process_is_bitwise_exact(tmp_path):
     straight = straight_run(tmp_path)
     set_seed(0)
@@ -86,13 +98,7 @@ def test_resume_from_a_mid_epoch_checkpoint_is_bitwise_exact(tmp_path):
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, CancelFitException])  # Ctrl-C, or a callback ending the fit
 def test_save_after_a_fit_stopped_mid_epoch_resumes_the_rest_of_that_epoch(tmp_path, exc):
-    straight = straight_run(tmp_path)
-    set_seed(0)
-    learn = make_learner(tmp_path / "resumed.csv")
-    try:
-        learn.fit(4, cbs=[StopAt(epoch=1, iter=4, exc=exc)])
-    except KeyboardInterrupt:
-        pass
+    straight, learn = straight_and_stopped(tmp_path, StopAt(epoch=1, iter=4, exc=exc))
     learn.save(tmp_path / "ckpt.pt")
     state = read_checkpoint(tmp_path / "ckpt.pt")
     assert (state["epoch"], state["iter"]) == (1, 5)  # batches 0-4 of epoch 1 were trained on
@@ -111,11 +117,7 @@ class CtrlCInBackward(Callback):
 
 def test_a_fit_interrupted_after_a_backward_pass_resumes_exactly_in_the_same_process(tmp_path):
     """The interrupted batch's gradients stayed in p.grad, and the resumed fit's first step added them to its own."""
-    straight = straight_run(tmp_path)
-    set_seed(0)
-    learn = make_learner(tmp_path / "resumed.csv")
-    with pytest.raises(KeyboardInterrupt):
-        learn.fit(4, cbs=[CtrlCInBackward(), CheckpointCB(tmp_path / "ckpt.pt", every=1)])
+    straight, learn = straight_and_stopped(tmp_path, CtrlCInBackward(), CheckpointCB(tmp_path / "ckpt.pt", every=1))
     for p in learn.model.parameters():  # as if the interrupted batch had left them (the Learner now drops them)
         p.grad = torch.ones_like(p)
     learn.fit(4, resume=tmp_path / "ckpt.pt")
@@ -132,11 +134,7 @@ class StopInValidation(Callback):
 
 
 def test_save_after_a_fit_stopped_in_validation_resumes_with_that_epochs_validation(tmp_path):
-    straight = straight_run(tmp_path)
-    set_seed(0)
-    learn = make_learner(tmp_path / "resumed.csv")
-    with pytest.raises(KeyboardInterrupt):
-        learn.fit(4, cbs=[StopInValidation(epoch=1)])
+    straight, learn = straight_and_stopped(tmp_path, StopInValidation(epoch=1))
     learn.save(tmp_path / "ckpt.pt")
     state = read_checkpoint(tmp_path / "ckpt.pt")
     assert (state["epoch"], state["iter"]) == (1, N_BATCHES)  # every training batch of epoch 1 was stepped on
