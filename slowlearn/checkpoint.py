@@ -52,7 +52,7 @@ def save(learn, path: str | os.PathLike) -> None:
     moved BatchNorm statistics and random numbers, so that resume is close, not bitwise: CheckpointCB's
     saves, at steps, are exact)."""
     epoch, iter = learn._position
-    if _mid_epoch(learn, iter):
+    if _mid_epoch(learn, iter, learn._train_done):
         check_mid_epoch_resumable(learn.dls.train, "learn.save after a fit interrupted mid-epoch")
     save_checkpoint(learn, path, epoch=epoch, iter=iter, train_done=learn._train_done)
 
@@ -73,11 +73,12 @@ def callback_key(cbs, cb) -> str:
     return type(cb).__name__ if len(same) == 1 else f"{type(cb).__name__}_{same.index(cb)}"
 
 
-def _mid_epoch(learn, iter: int) -> bool:
-    """Whether `iter` training batches done leave some of the epoch's to train. After its last one (a checkpoint
-    taken during validation) the next epoch draws a new order from the loader's generator as it is now."""
+def _mid_epoch(learn, iter: int, train_done: bool = False) -> bool:
+    """Whether `iter` training batches done leave some of the epoch's to train. After its last one, or once its
+    training phase is over (`train_done`: a cancel may have cut it short), a checkpoint is taken during validation,
+    and the next epoch draws a new order from the loader's generator as it is now."""
     train = getattr(learn.dls, "train", None)
-    return train is not None and 0 < iter < len(train)
+    return train is not None and 0 < iter < len(train) and not train_done
 
 
 def _loader_states(learn, mid_epoch: bool) -> dict:
@@ -111,8 +112,8 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0, t
         "opt_type": type_name(learn.opt) if learn.opt is not None else None,
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
         "rng": rng_states(),
-        "loaders": _loader_states(learn, mid_epoch=_mid_epoch(learn, iter)),
-        "positions": _loader_positions(learn, iter),
+        "loaders": _loader_states(learn, mid_epoch=_mid_epoch(learn, iter, train_done)),
+        "positions": _loader_positions(learn, iter, train_done),
         "history": list(learn.history),
         "lr": _lr_as_data(learn.lr),
         "frozen": learn.frozen_state(),
@@ -129,12 +130,12 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0, t
     return path
 
 
-def _loader_positions(learn, iter: int) -> dict:
+def _loader_positions(learn, iter: int, train_done: bool) -> dict:
     """Mid-epoch, where a training loader that keeps its own position stands (`position(batches)`: a
     file-backed loader's StatefulDataLoader state); nothing at an epoch's end. Every rank of a distributed
     run is at the same position of its own shard, so rank 0's resumes them all."""
     train = getattr(learn.dls, "train", None)
-    return {"train": train.position(iter)} if _mid_epoch(learn, iter) and hasattr(train, "position") else {}
+    return {"train": train.position(iter)} if _mid_epoch(learn, iter, train_done) and hasattr(train, "position") else {}
 
 
 def _inputs(dls) -> dict | None:

@@ -143,6 +143,31 @@ def test_save_after_a_fit_stopped_in_validation_resumes_with_that_epochs_validat
     assert resumed.history == straight.history  # the finished training phase is not run again (no empty row)
 
 
+class CancelTrainingEpochs(Callback):
+    """Ends every training phase after 2 batches (CancelEpochException), a way to shorten epochs."""
+
+    def before_batch(self, learn):
+        if learn.training and learn.iter == 2:
+            raise CancelEpochException
+
+
+def test_save_in_validation_after_a_training_phase_cut_short_resumes_on_the_next_epochs_order(tmp_path):
+    """The training phase that a cancel cut short is over: the checkpoint held the loader's state from before that
+    epoch's order was drawn (as for a resume inside the epoch), and skipping the phase, the next epoch drew that same
+    order again."""
+    def learner():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), make_dls(n_train=12, bs=4), lr=0.1, cbs=[MetricsCB(), CancelTrainingEpochs()])
+
+    straight, stopped = learner().fit(3), learner()
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(3, cbs=[StopInValidation(epoch=0)])
+    stopped.save(tmp_path / "ckpt.pt")
+    resumed = learner().fit(3, resume=tmp_path / "ckpt.pt")
+    assert resumed.history == straight.history
+    assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), straight.model.parameters()))
+
+
 def test_a_best_checkpoint_of_a_train_monitor_resumes_with_that_epochs_validation(tmp_path):
     """keep="best" on a train_* metric saves when the training phase ends, before the validation: resuming runs
     that validation, not the finished training phase again (which added a NaN row and ran its handlers twice)."""
