@@ -273,9 +273,6 @@ class Learner:
             except CancelBatchException:
                 pass
             except BaseException as error:
-                if self.training:  # a batch cut short after its backward pass: its gradients go into no step
-                    for p in self.model.parameters():
-                        p.grad = None
                 self.dispatch.cleanup("cleanup_batch", self, error)
                 raise
             if "cleanup_batch" in handled:
@@ -309,8 +306,8 @@ class Learner:
         if self.training:
             if self._loss_readers:
                 self.batch_losses.append_loss(self)
-            backward()
             try:
+                backward()
                 if "after_backward" in handled:
                     self.callback("after_backward")
                 step()
@@ -320,6 +317,12 @@ class Learner:
                 zero_grad()
             except CancelStepException:
                 pass
+            except CancelBatchException:  # the rest of the batch skipped, as before (its gradients left as they are)
+                raise
+            except BaseException:  # cut short between its backward pass and zero_grad: its gradients go into no step
+                for p in self.model.parameters():
+                    p.grad = None
+                raise
 
     # Callbacks: `learn.<name>` finds a callback of the list by its `name` (e.g. `learn.recorder`).
     @property

@@ -13,9 +13,12 @@ from slowlearn import (
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    DataLoaders,
     Learner,
     MetricsCB,
+    MomentumCB,
     ProgressCB,
+    TensorLoader,
 )
 from slowlearn.callback import EVENTS
 
@@ -303,6 +306,24 @@ def test_a_batch_interrupted_between_backward_and_step_leaves_no_gradients_for_t
     interrupted.fit(1)
     straight.fit(1)
     assert all(torch.equal(p, q) for p, q in zip(interrupted.model.parameters(), straight.model.parameters()))
+
+
+@pytest.mark.parametrize("event", ["before_batch", "after_batch"])
+def test_an_epoch_cancelled_outside_a_batchs_backward_and_step_keeps_momentum_cbs_gradients(event):
+    """MomentumCB keeps the decayed gradients in p.grad from step to step: an epoch that a callback ends with
+    CancelEpochException before a batch's backward pass or after its step (miniai's way to shorten epochs) goes on
+    with them, as an epoch that ends by itself does; only a batch cut short between its backward pass and its step
+    drops them."""
+    def fit(n_train, cbs):
+        torch.manual_seed(0)
+        x, y = torch.randn(12, 3), torch.randint(0, 2, (12,))
+        dls = DataLoaders(TensorLoader(x[:n_train], y[:n_train], 4, device="cpu"), TensorLoader(x, y, 4, device="cpu"))
+        return Learner(nn.Linear(3, 2), dls, lr=0.1, cbs=[MomentumCB(0.9), *cbs]).fit(3, valid=False)
+
+    two_batches = fit(8, [])
+    third_batch_or_second = 2 if event == "before_batch" else 1
+    cut_at_two = fit(12, [raising(event, CancelEpochException, lambda learn: learn.iter == third_batch_or_second)])
+    assert all(torch.equal(p, q) for p, q in zip(cut_at_two.model.parameters(), two_batches.model.parameters()))
 
 
 def test_dispatch_wrap_runs_every_other_handler_through_the_wrapper():
