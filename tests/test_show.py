@@ -116,6 +116,6 @@ def test_pictures_of_data_that_are_not_images_say_so(picture):
     """A Learner on tabular data (3 numbers per item): the pictures of images say what they need, before drawing."""
     learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1)
     open_figures = plt.get_fignums()
-    with pytest.raises(ValueError, match=r"images .*1 or 3 channels.*got items of shape \(3,\)"):
+    with pytest.raises(ValueError, match=r"images .*1, 3 or 4 channels.*got items of shape \(3,\)"):
         picture(learn)
     assert plt.get_fignums() == open_figures  # no half-drawn figure left open

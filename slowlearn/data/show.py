@@ -29,7 +29,7 @@ def image_grid(n: int, size: float = 1.6):
 
 
 def show_image(ax, image: torch.Tensor) -> None:
-    """A CxHxW image in [0, 1] (1 or 3 channels)."""
+    """A CxHxW image in [0, 1] (1 channel: grey, 3: RGB, 4: RGBA)."""
     image = image.clamp(0, 1).cpu()
     if image.shape[0] == 1:
         ax.imshow(image[0].numpy(), cmap="gray", vmin=0, vmax=1)
@@ -40,9 +40,9 @@ def show_image(ax, image: torch.Tensor) -> None:
 def for_display(loader, xb: torch.Tensor) -> torch.Tensor:
     """Images in [0, 1]: the loader's `decode` undoes its normalisation; for other loaders (a torch
     DataLoader), uint8 images are scaled and float images are stretched, each to its own range. Anything but
-    a batch of images (N x C x H x W, 1 or 3 channels) is refused: there is no picture to draw."""
-    if xb.ndim != 4 or xb.shape[1] not in (1, 3):
-        raise ValueError(f"Only images can be pictured: batches of N x C x H x W images with 1 or 3 channels; got "
+    a batch of images (N x C x H x W, 1, 3 or 4 channels: grey, RGB, RGBA) is refused: there is no picture to draw."""
+    if xb.ndim != 4 or xb.shape[1] not in (1, 3, 4):
+        raise ValueError(f"Only images can be pictured: batches of N x C x H x W images with 1, 3 or 4 channels; got "
                          f"items of shape {tuple(xb.shape[1:])}. For other data, read the predictions with "
                          f"learn.get_preds() (and the batches with next(iter(dls.train))).")
     if hasattr(loader, "decode"):
