@@ -134,13 +134,14 @@ def _batch_size_in_cli_terms():
 @contextmanager
 def _interrupt_in_cli_terms(args, out: Path):
     """Ctrl-C: one line saying what is kept and how to go on, exit code 130 (as a shell reports SIGINT), not a
-    traceback."""
+    traceback. --out's checkpoint.pt is this run's when the run wrote it or resumed from it (not an earlier run's)."""
+    saved = out / "checkpoint.pt"
+    found = _file_version(saved)
     try:
         yield
     except KeyboardInterrupt:
         from ..distributed import rank0_print
-        saved = out / "checkpoint.pt"
-        if not saved.is_file():
+        if _file_version(saved) in (None, found) and not (found and args.resume == "auto"):
             how = "nothing was saved yet: run the command again"
         elif args.recipe is not None or _fine_tuning(args):
             how = "this kind of run starts afresh: run the command again (without --resume)"
@@ -149,6 +150,15 @@ def _interrupt_in_cli_terms(args, out: Path):
                    f"batches): continue it with the same command and --resume auto")
         rank0_print(f"slowlearn: interrupted; {how}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
+
+
+def _file_version(path: Path) -> tuple[int, int] | None:
+    """What changes when `path` is written again (checkpoints are renamed into place): None when it is not there."""
+    try:
+        status = path.stat()
+    except FileNotFoundError:
+        return None
+    return status.st_ino, status.st_mtime_ns
 
 
 def _fine_tuning(args) -> bool:

@@ -367,6 +367,22 @@ def test_ctrl_c_is_one_line_saying_how_to_go_on_exit_code_130(capsys, tmp_path, 
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
+def test_ctrl_c_before_a_run_saves_does_not_send_to_an_earlier_runs_checkpoint(capsys, tmp_path, images):
+    """--out's checkpoint.pt of a finished run, then the same command with more epochs, stopped before its first
+    save: that checkpoint is the earlier run's, and --resume auto would go on from it, not from this run."""
+    out = tmp_path / "out"
+    common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--no-in-memory", "--workers", "0"]
+    assert main([*common, "--epochs", "1"]) == 0
+
+    def ctrl_c(learn):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Learner, "_step", ctrl_c)
+        code, err = run(capsys, *common, "--epochs", "2")
+    assert code == 130 and err[-1] == "slowlearn: interrupted; nothing was saved yet: run the command again"
+
+
 def test_train_a_pretrained_torchvision_model_then_export_and_predict(capsys, tmp_path, torchvision_cache):
     torchvision_cache("resnet18")
     data = make_folder(tmp_path / "pets", n_per_class=4, size=16)
