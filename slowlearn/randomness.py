@@ -48,8 +48,11 @@ def rng_states() -> dict:
 
 
 def randomness(dls) -> dict:
-    """All a fit draws random numbers from: the global RNGs and the loaders' generators."""
-    return {"rng": rng_states(), "loaders": {split: g.get_state() for split, g in loader_generators(dls).items()}}
+    """All a fit draws random numbers from: the global RNGs and the loaders' generators, and the generator states
+    that the loaders' current epochs drew their order from (what a save after a fit interrupted mid-epoch holds)."""
+    starts = {split: dl.epoch_start_state for split, dl in _loaders(dls) if hasattr(dl, "epoch_start_state")}
+    return {"rng": rng_states(), "loaders": {split: g.get_state() for split, g in loader_generators(dls).items()},
+            "epoch_starts": starts}
 
 
 def restore_randomness(dls, saved: dict) -> None:
@@ -59,6 +62,13 @@ def restore_randomness(dls, saved: dict) -> None:
     for split, state in saved["loaders"].items():
         if split in generators:
             generators[split].set_state(state)
+    for split, dl in _loaders(dls):
+        if split in saved.get("epoch_starts", {}):
+            dl.epoch_start_state = saved["epoch_starts"][split]
+
+
+def _loaders(dls) -> list[tuple[str, object]]:
+    return [(split, getattr(dls, split)) for split in ("train", "valid") if getattr(dls, split, None) is not None]
 
 
 def set_rng_states(rng: dict) -> None:

@@ -41,3 +41,25 @@ def test_a_seed_numpy_cannot_take_is_refused_before_any_rng_is_seeded(seed):
     with pytest.raises(ValueError, match=r"set_seed: Invalid seed: .* \(must be an integer in \[0, 4294967295\]\)"):
         set_seed(seed)
     assert random.getstate() == before
+
+
+@pytest.mark.parametrize("look", ["summary", "lr_find"])
+def test_looking_between_an_interrupted_fit_and_its_save_leaves_the_epochs_order_to_resume(tmp_path, look):
+    """A save after a fit interrupted mid-epoch holds the state the loader drew that epoch's order from: a summary or
+    an lr_find in between drew another order, and the resumed epoch went on in that one (some samples twice)."""
+    from conftest import StopAt, make_dls
+    from torch import nn
+
+    from slowlearn import Learner, MetricsCB
+
+    def learner():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=4), lr=0.1, cbs=[MetricsCB()])
+
+    straight, stopped = learner().fit(3), learner()
+    with pytest.raises(KeyboardInterrupt):
+        stopped.fit(3, cbs=[StopAt(epoch=1, iter=3, exc=KeyboardInterrupt)])
+    stopped.summary(print_table=False) if look == "summary" else stopped.lr_find(num_it=5, show_plot=False)
+    stopped.save(tmp_path / "ckpt.pt")
+    resumed = learner().fit(3, resume=tmp_path / "ckpt.pt")
+    assert all(torch.equal(p, q) for p, q in zip(resumed.model.parameters(), straight.model.parameters()))
