@@ -213,15 +213,24 @@ class LookaheadCB(Callback):
         self.every, self.alpha = every, alpha
         self.steps, self._slow, self._live, self._named_live = 0, None, None, None
         self._ended_on_slow = False  # the last fit ended by giving the model the slow weights
+        self._started = False  # this fit's slow weights are settled (its first training epoch began)
 
     def before_fit(self, learn) -> None:
         live = {k: v.detach() for k, v in bare_model(learn.model).state_dict(keep_vars=True).items()
                 if v.is_floating_point()}
         self._named_live, self._live = live, list(live.values())
-        slow = self._placed(self._slow, live)
+        self._slow, self._started = self._placed(self._slow, live), False
+
+    def before_epoch(self, learn) -> None:
+        """At the fit's first training epoch, once every `before_fit` has run (WeightAveragingCB's puts the trained
+        weights back in place of its average), the slow weights start, or go on."""
+        if self._started or not learn.training:
+            return
+        live, slow = self._named_live, self._slow
         if slow is not None and self._ended_on_slow and not all(torch.equal(slow[k], v) for k, v in live.items()):
             slow = None  # the model got other weights since (learn.load, EarlyStoppingCB's best): go on from those
         self._slow, self._ended_on_slow = slow or {k: v.clone() for k, v in live.items()}, False
+        self._started = True
 
     @staticmethod
     def _placed(slow: dict | None, live: dict) -> dict | None:

@@ -329,6 +329,16 @@ def test_lookahead_goes_on_from_its_slow_weights_after_an_interrupted_fit():
     assert all(torch.equal(v, lookahead._slow[k]) for k, v in slow.items())
 
 
+def test_lookahead_before_an_ema_that_leaves_its_average_in_the_model_goes_on_from_its_slow_weights():
+    """WeightAveragingCB leaves its average in the model after a fit and puts the trained weights back in its
+    before_fit: a LookaheadCB listed before it (the same order) took the average for other weights loaded between the
+    fits and restarted its slow weights from it. Training must go on as without the average."""
+    alone = learner(bn_model(), [LookaheadCB(every=2, alpha=0.5)]).fit(1).fit(1)
+    averaging = WeightAveragingCB(decay=0.9)
+    learner(bn_model(), [LookaheadCB(every=2, alpha=0.5), averaging]).fit(1).fit(1)
+    assert_close_states(averaging.state_dict()["trained"], alone.model.state_dict())
+
+
 class InterruptAtFitStart(Callback):
     order = LookaheadCB.order + 1
 
