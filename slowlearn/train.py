@@ -80,10 +80,13 @@ def _data(dls: DataLoaders | None, bs: int, owner: str) -> DataLoaders:
     it would be ignored."""
     if dls is None:
         return fashion_mnist(bs)
-    loader_bs = getattr(dls.train, "bs", None) or getattr(dls.train, "batch_size", None)
+    train = dls.train  # a DataLoader made with batch_sampler= has batch_size None: its sampler's is the one
+    loader_bs = getattr(train, "bs", None) or getattr(train, "batch_size", None) or \
+        getattr(getattr(train, "batch_sampler", None), "batch_size", None)
     if bs != DEFAULT_BS and bs != loader_bs:
-        raise ValueError(f"{owner}: bs={bs} sizes the Fashion-MNIST batches it loads, but dls= are given, in batches "
-                         f"of {loader_bs}: make the loaders with bs={bs}, or leave bs out")
+        batches = f"in batches of {loader_bs}" if loader_bs is not None else "whose batches are their own"
+        raise ValueError(f"{owner}: bs={bs} sizes the Fashion-MNIST batches it loads, but dls= are given, {batches}: "
+                         f"make the loaders with bs={bs}, or leave bs out")
     return dls
 
 

@@ -112,3 +112,16 @@ def test_a_batch_size_that_the_given_loaders_do_not_have_is_refused(helper):
                                          rf"are given, in batches of 4"):
         fit(model=nn.Linear(3, 2), n_epochs=1, dls=make_dls(bs=4), bs=64, verbose=0)
     fit(model=nn.Linear(3, 2), n_epochs=1, dls=make_dls(bs=4), bs=4, verbose=0)  # the loaders' own: fine
+
+
+def test_the_batch_size_of_a_dataloader_made_with_a_batch_sampler_is_its_samplers():
+    """DataLoader(batch_sampler=...) has batch_size None: its batch size is the sampler's, not an unknown one
+    ('in batches of None')."""
+    from torch.utils.data import BatchSampler, DataLoader, RandomSampler, TensorDataset
+
+    from slowlearn import DataLoaders, train
+    data = TensorDataset(torch.randn(16, 3), torch.randint(0, 2, (16,)))
+    dl = DataLoader(data, batch_sampler=BatchSampler(RandomSampler(data), 8, drop_last=False))
+    train(nn.Linear(3, 2), lr=0.1, n_epochs=1, bs=8, dls=DataLoaders(dl, dl), verbose=0)
+    with pytest.raises(ValueError, match=r"dls= are given, in batches of 8: make the loaders with bs=4"):
+        train(nn.Linear(3, 2), lr=0.1, n_epochs=1, bs=4, dls=DataLoaders(dl, dl), verbose=0)
