@@ -361,8 +361,8 @@ def test_ctrl_c_is_one_line_saying_how_to_go_on_exit_code_130(capsys, tmp_path, 
         patch.setattr(checkpoint_module, "write_atomically", ctrl_c_after_saving)
         code, err = run(capsys, *common, "--epochs", "2")
     assert code == 130 and err[-1] == (f"slowlearn: interrupted; {out / 'checkpoint.pt'} holds the run up to its "
-                                       f"last save (each epoch's end, or every --checkpoint-every batches): continue it "
-                                       f"with the same command and --resume auto")
+                                       f"last save (each epoch's end, or every --checkpoint-every batches): "
+                                       f"continue it with the same command and --resume auto")
     assert main([*common, "--epochs", "2", "--resume", "auto"]) == 0
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
