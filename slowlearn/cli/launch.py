@@ -56,5 +56,10 @@ def launch_local(argv: Sequence[str], nproc: int, max_restarts: int, resume: boo
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
     try:
         return child.wait()
+    except KeyboardInterrupt:  # Ctrl-C reached torchrun and the processes too: they stop, rank 0 says where it was
+        child.wait()
+        again = "the same command goes on from the last checkpoint" if resume else "run the command again"
+        print(f"slowlearn: interrupted; the processes stopped: {again}", file=sys.stderr, flush=True)
+        return 130
     finally:
         signal.signal(signal.SIGTERM, previous)

@@ -37,6 +37,28 @@ def test_the_launcher_sets_the_rendezvous_setting_before_torchrun_starts(monkeyp
     assert "Launching 3 processes (restarted up to 1 times" in capsys.readouterr().out
 
 
+def test_ctrl_c_waits_for_the_processes_and_exits_130_without_a_traceback(monkeypatch, tmp_path, capsys):
+    """Ctrl-C reaches torchrun and the processes as well (rank 0 says how to go on): the launcher waits for them to
+    stop rather than ending in a traceback of its own."""
+    waits = []
+
+    class Child:
+        def __init__(self, command, env):
+            pass
+
+        def wait(self):
+            waits.append(1)
+            if len(waits) == 1:
+                raise KeyboardInterrupt
+            return -2  # torchrun stopped by the signal
+    monkeypatch.setattr(launch.subprocess, "Popen", Child)
+    root = make_folder(tmp_path / "pets", n_per_class=2)
+    code = main(["train", "--data", str(root), "--nproc", "2", "--out", str(tmp_path / "out")])
+    assert code == 130 and len(waits) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "slowlearn: interrupted; the processes stopped: the same command goes on from the last checkpoint")
+
+
 def test_a_checkpoint_to_resume_is_refused_with_nproc(tmp_path, capsys):
     code = main(["train", "--nproc", "2", "--resume", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path)])
     assert code == 2 and "--nproc resumes by itself, from --out's checkpoint.pt" in capsys.readouterr().err
