@@ -245,21 +245,36 @@ def undo_point(learn) -> Callable[[], None]:
     """A function that puts back what resuming changes before the checkpoint is accepted: the weights, optimizer,
     history, lr and frozen layers (`restore_weights`, `restore_setup`). A resume can still be refused after them,
     once `before_fit` has run (`resume_point`), and a refusal must leave the Learner as it was. Until then this
-    holds a copy of the weights, and of the optimizer's state when the Learner had one."""
+    holds a copy of the weights and their gradients, and of the optimizer's state when the Learner had one, on the
+    CPU (so that it takes no accelerator memory)."""
     model, opt, history, lr, frozen = bare_model(learn.model), learn.opt, list(learn.history), learn.lr, \
         learn.frozen_state()
-    weights = {key: value.detach().clone() for key, value in model.state_dict().items()}
-    opt_state = copy.deepcopy(opt.state_dict()) if opt is not None else None
+    weights = _cpu_copy(model.state_dict())
+    grads = [_cpu_copy(p.grad) for p in model.parameters()]
+    opt_state = _cpu_copy(opt.state_dict()) if opt is not None else None
 
     def undo() -> None:
-        model.load_state_dict(weights)
+        model.load_state_dict(weights)  # copied onto the devices the model is on now
         learn.opt = opt
         if opt is not None:
-            opt.load_state_dict(opt_state)
+            opt.load_state_dict(opt_state)  # torch moves the state onto its parameters' devices
         learn.history[:] = history
         learn.lr = lr
-        learn.load_frozen_state(frozen)
+        learn.load_frozen_state(frozen)  # before the gradients: freezing drops the frozen layers'
+        for p, grad in zip(model.parameters(), grads):
+            p.grad = None if grad is None else grad.to(p.device)
     return undo
+
+
+def _cpu_copy(obj):
+    """A copy of `obj` (tensors in dicts, lists and tuples) with every tensor copied to the CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {key: _cpu_copy(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(value) for value in obj)
+    return copy.deepcopy(obj)
 
 
 def _lr_as_data(lr):

@@ -523,13 +523,14 @@ def test_a_mid_epoch_resume_with_another_batch_size_is_refused(tmp_path):
 
 
 def learner_state(learn):
-    """What a refused resume must leave as it was: weights, optimizer, history, lr, frozen layers."""
+    """What a refused resume must leave as it was: weights and gradients, optimizer, history, lr, frozen layers."""
     opt = learn.opt.state_dict() if learn.opt is not None else None
-    return state_tensors(learn), learn.opt, repr(opt), list(learn.history), learn.lr, learn.frozen_state()
+    grads = [p.grad.clone() if p.grad is not None else torch.zeros(0) for p in learn.model.parameters()]
+    return [*state_tensors(learn), *grads], learn.opt, repr(opt), list(learn.history), learn.lr, learn.frozen_state()
 
 
 def same_learner_state(a, b):
-    return same(a[0], b[0]) and a[1:] == b[1:]
+    return len(a[0]) == len(b[0]) and same(a[0], b[0]) and a[1:] == b[1:]
 
 
 @pytest.mark.parametrize("trained", [False, True])
@@ -544,6 +545,8 @@ def test_a_resume_refused_after_before_fit_leaves_the_learner_as_it_was(tmp_path
         other.fit(1)
         other.freeze()
         assert other.frozen_state()["params"]
+        for p in other.model.parameters():  # e.g. MomentumCB's decayed gradients
+            p.grad = torch.full_like(p, 0.5)
     before = learner_state(other)
     with pytest.raises(CheckpointError, match="the training loader now has 5"):
         other.fit(2, resume=tmp_path / "mid.pt")
