@@ -9,7 +9,7 @@ from fastcore.basics import camel2snake
 
 __all__ = ["EVENTS", "VERBS", "Callback", "CancelException", "CancelFitException", "CancelEpochException",
            "CancelBatchException", "CancelStepException", "check_callback", "call", "note_origin",
-           "Dispatch"]
+           "Dispatch", "defaults_not_given"]
 
 EVENTS = ("before_fit", "before_epoch", "before_batch", "after_predict", "after_loss", "after_backward",
           "after_step", "after_batch", "after_epoch", "after_fit", "cleanup_fit", "cleanup_epoch", "cleanup_batch")
@@ -122,6 +122,13 @@ FOREIGN_EVENTS = {
     **dict.fromkeys(["on_step_end", "on_before_zero_grad"], "after_step"),
     **dict.fromkeys(["on_exception", "after_cancel_fit"], "cleanup_fit"),
 }
+
+
+def defaults_not_given(defaults: Iterable[Callback], given: Iterable[Callback]) -> list[Callback]:
+    """The default callbacks of whose kind `given` (the user's) has none: a user's callback replaces the default of
+    its kind (a MetricsCB with the user's metrics, a MixedPrecisionCB in the user's precision)."""
+    given = list(given)
+    return [cb for cb in defaults if not any(isinstance(g, type(cb)) for g in given)]
 
 
 def _looks_like_event(name: str) -> bool:

@@ -35,7 +35,7 @@ from .checkpoint_io import (
     type_name,
     write_atomically,
 )
-from .device import bare_model
+from .device import bare_model, copy_gradients, drop_gradients, put_back_gradients
 from .distributed import check_ranks_agree, init_distributed, is_rank0, rank0_print, world_size
 from .randomness import loader_generators, restore_randomness, rng_states
 
@@ -234,8 +234,7 @@ def restore_weights(learn, state: dict) -> None:
     if state["opt"] is not None:
         check_optimizer_fits(learn.opt, state["opt"], state.get("opt_type"), source)
     bare_model(learn.model).load_state_dict(state["model"])
-    for p in learn.model.parameters():
-        p.grad = None
+    drop_gradients(learn.model)
     if state["opt"] is not None:
         learn.opt.load_state_dict(state["opt"])
     learn.history[:] = [current_row(row) for row in state["history"]]
@@ -250,7 +249,7 @@ def undo_point(learn) -> Callable[[], None]:
     model, opt, history, lr, frozen = bare_model(learn.model), learn.opt, list(learn.history), learn.lr, \
         learn.frozen_state()
     weights = _cpu_copy(model.state_dict())
-    grads = [_cpu_copy(p.grad) for p in model.parameters()]
+    grads = copy_gradients(model, "cpu")
     opt_state = _cpu_copy(opt.state_dict()) if opt is not None else None
 
     def undo() -> None:
@@ -261,8 +260,7 @@ def undo_point(learn) -> Callable[[], None]:
         learn.history[:] = history
         learn.lr = lr
         learn.load_frozen_state(frozen)  # before the gradients: freezing drops the frozen layers'
-        for p, grad in zip(model.parameters(), grads):
-            p.grad = None if grad is None else grad.to(p.device)
+        put_back_gradients(model, grads)
     return undo
 
 

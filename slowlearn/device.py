@@ -11,7 +11,8 @@ import torch
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
-__all__ = ["default_device", "to_device", "model_device", "bare_model", "sync_time", "DeviceFloats"]
+__all__ = ["default_device", "to_device", "model_device", "bare_model", "drop_gradients", "copy_gradients",
+           "put_back_gradients", "sync_time", "DeviceFloats"]
 
 
 def default_device() -> torch.device:
@@ -47,6 +48,24 @@ def bare_model(model: nn.Module) -> nn.Module:
     while isinstance(model, DistributedDataParallel) or _compiled(model):
         model = model.module if isinstance(model, DistributedDataParallel) else model._orig_mod
     return model
+
+
+def drop_gradients(model: nn.Module) -> None:
+    """Free every parameter's gradient (what an optimizer's `zero_grad()` does to its own parameters)."""
+    for p in model.parameters():
+        p.grad = None
+
+
+def copy_gradients(model: nn.Module, device: torch.device | str | None = None) -> list[torch.Tensor | None]:
+    """A copy of each parameter's gradient (None where it has none), on `device` (default: where it is)."""
+    return [None if p.grad is None else p.grad.detach().to(device or p.grad.device, copy=True)
+            for p in model.parameters()]
+
+
+def put_back_gradients(model: nn.Module, grads: list[torch.Tensor | None]) -> None:
+    """Give the parameters the gradients `copy_gradients` took, on the devices the parameters are on now."""
+    for p, grad in zip(model.parameters(), grads):
+        p.grad = None if grad is None else grad.to(p.device)
 
 
 def _compiled(model: nn.Module) -> bool:

@@ -51,7 +51,7 @@ from .checkpoint import (
     undo_point,
 )
 from .deploy import Prediction, Preds
-from .device import DeviceFloats
+from .device import DeviceFloats, drop_gradients
 from .groups import check_lr, default_splitter
 
 __all__ = ["Learner"]
@@ -320,8 +320,7 @@ class Learner:
             except CancelBatchException:  # the rest of the batch skipped, as before (its gradients left as they are)
                 raise
             except BaseException:  # cut short between its backward pass and zero_grad: its gradients go into no step
-                for p in self.model.parameters():
-                    p.grad = None
+                drop_gradients(self.model)
                 raise
 
     # Callbacks: `learn.<name>` finds a callback of the list by its `name` (e.g. `learn.recorder`).

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .callback import Callback
+from .callback import Callback, defaults_not_given
 from .callbacks import DeviceCB, DistributedCB, MetricsCB, ProgressCB, RecorderCB, speed_cbs
 from .data import DataLoaders, fashion_mnist
 from .device import default_device
@@ -35,13 +35,12 @@ def default_cbs(verbose: int | None = None, metrics=None, given: Sequence[Callba
     as a {column: metric} dict or a list (columns named after their classes); None: accuracy.
     Callbacks of `given` (the user's own MetricsCB, ProgressCB, DeviceCB, DistributedCB) win: none of their kind
     is added."""
-    def wanted(kind: type) -> bool:
-        return not any(isinstance(cb, kind) for cb in given)
-    if metrics is not None and not wanted(MetricsCB):
+    own_metrics = any(isinstance(cb, MetricsCB) for cb in given)
+    if metrics is not None and own_metrics:
         raise ValueError("metrics= and a MetricsCB in cbs: give the metrics one way, not both")
     cbs = [DistributedCB()] if world_size() > 1 else []
-    cbs += [DeviceCB(), *([_metrics_cb(metrics)] if wanted(MetricsCB) else []), ProgressCB(verbose=verbose)]
-    return [cb for cb in cbs if wanted(type(cb))]
+    cbs += [DeviceCB(), *([] if own_metrics else [_metrics_cb(metrics)]), ProgressCB(verbose=verbose)]
+    return defaults_not_given(cbs, given)
 
 
 def _metrics_cb(metrics) -> MetricsCB:
@@ -49,11 +48,6 @@ def _metrics_cb(metrics) -> MetricsCB:
         from torcheval.metrics import MulticlassAccuracy  # imported when used: it takes a second
         metrics = {"accuracy": MulticlassAccuracy()}
     return MetricsCB(**metrics) if isinstance(metrics, dict) else MetricsCB(*metrics)
-
-
-def _recorder(given: Sequence[Callback]) -> list[Callback]:
-    """A RecorderCB (lr and momentum), unless the user's `given` callbacks have one."""
-    return [] if any(isinstance(cb, RecorderCB) for cb in given) else [RecorderCB()]
 
 
 def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = DEFAULT_BS,
@@ -119,8 +113,8 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     """
     dls = _data(dls, bs, "train_1cycle")
     speed = speed_cbs(model, precision, given=cbs, verbose=verbose != 0)
-    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*default_cbs(verbose, given=cbs), *speed, *_recorder(cbs), *cbs],
-                    opt_func=opt_func or fast_adamw())
+    defaults = [*default_cbs(verbose, given=cbs), *speed, *defaults_not_given([RecorderCB()], cbs)]
+    learn = Learner(model, dls, loss_func, lr=lr, cbs=[*defaults, *cbs], opt_func=opt_func or fast_adamw())
     return learn.fit_one_cycle(n_epochs, lr, resume=resume, **one_cycle_kwargs)
 
 
@@ -164,8 +158,9 @@ def vision_learner(dls: DataLoaders, arch: str | Callable, pretrained: bool = Tr
     if body.size is not None:
         _warn_if_small(dls, body.size, body.name)
     speed = speed_cbs(body.model, precision, given=cbs, verbose=verbose != 0)
+    defaults = [*default_cbs(verbose, metrics, given=cbs), *speed, *defaults_not_given([RecorderCB()], cbs)]
     learn = Learner(body.model, dls, loss_func, lr=lr, splitter=pretrained_splitter, opt_func=opt_func or fast_adamw(),
-                    cbs=[*default_cbs(verbose, metrics, given=cbs), *speed, *_recorder(cbs), *cbs])
+                    cbs=[*defaults, *cbs])
     for loader in loaders:  # only now that every argument is checked: an error leaves the user's loaders as they were
         loader.normalise_with(mean, std)
     if pretrained:

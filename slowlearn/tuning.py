@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 from .arguments import check_range
 from .callbacks import LRFinderCB, SuggestedLRs
-from .device import model_device, sync_time
+from .device import copy_gradients, model_device, put_back_gradients, sync_time
 from .distributed import all_reduce_mean
 from .randomness import randomness, restore_randomness
 
@@ -90,7 +90,7 @@ def _snapshot(learn, sweepers) -> dict:
     callbacks' attributes (position, history, dispatch, ...; restored as they were)."""
     return {
         "model": copy.deepcopy(learn.model.state_dict()),
-        "grads": [None if p.grad is None else p.grad.clone() for p in learn.model.parameters()],
+        "grads": copy_gradients(learn.model),
         "opt": copy.deepcopy(learn.opt.state_dict()) if learn.opt is not None else None,
         "random": randomness(learn.dls),
         "learner": dict(learn.__dict__),
@@ -100,8 +100,7 @@ def _snapshot(learn, sweepers) -> dict:
 
 def _restore(learn, saved: dict) -> None:
     learn.model.load_state_dict(saved["model"])
-    for p, grad in zip(learn.model.parameters(), saved["grads"]):
-        p.grad = None if grad is None else grad.to(p.device)  # the sweep may have moved the model (DeviceCB)
+    put_back_gradients(learn.model, saved["grads"])  # onto the device the sweep may have moved the model to
     if saved["opt"] is not None:
         learn.opt.load_state_dict(saved["opt"])
     restore_randomness(learn.dls, saved["random"])

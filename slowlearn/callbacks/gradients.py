@@ -10,7 +10,7 @@ from torch import nn
 
 from ..arguments import check_range
 from ..callback import Callback, CancelStepException
-from ..device import DeviceFloats
+from ..device import DeviceFloats, drop_gradients
 
 __all__ = ["GradientClipCB", "GradientAccumulationCB", "GradientMultiplierCB", "batchnorm_shifts",
            "steps_after_this_batch"]
@@ -48,8 +48,7 @@ class GradientAccumulationCB(Callback):
 
     def cleanup_epoch(self, learn) -> None:
         if learn.training and self._accumulated:  # a cancel or an error cut the group short: drop its gradients
-            for p in learn.model.parameters():
-                p.grad = None
+            drop_gradients(learn.model)
             self._accumulated = 0
 
     def cleanup_fit(self, learn) -> None:

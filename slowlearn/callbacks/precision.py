@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from ..callback import Callback
+from ..callback import Callback, defaults_not_given
 from ..device import default_device, model_device
 from ..hardware import speed_settings
 from .core import ChannelsLastCB
@@ -113,4 +113,4 @@ def speed_cbs(model: nn.Module, precision: str = "auto", device: torch.device | 
                               channels_last, verbose)
     cbs: list[Callback] = [ChannelsLastCB()] if settings.channels_last else []
     cbs += [MixedPrecisionCB(settings.precision)] if settings.precision != "fp32" else []
-    return [cb for cb in cbs if not any(isinstance(g, type(cb)) for g in given)]
+    return defaults_not_given(cbs, given)
