@@ -6,7 +6,9 @@ from __future__ import annotations
 import math
 import numbers
 
-__all__ = ["check_range"]
+__all__ = ["check_range", "MAX_SEED"]
+
+MAX_SEED = 2**32 - 1  # the largest random seed NumPy takes (set_seed, the command line's --seed)
 
 
 def check_range(name: str, value, low: float | None = None, high: float | None = None, *, low_open: bool = False,

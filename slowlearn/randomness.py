@@ -7,12 +7,9 @@ import random
 import numpy as np
 import torch
 
-from .arguments import check_range
+from .arguments import MAX_SEED, check_range
 
 __all__ = ["set_seed", "randomness", "restore_randomness", "rng_states", "set_rng_states", "loader_generators"]
-
-
-MAX_SEED = 2**32 - 1  # NumPy's largest
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:

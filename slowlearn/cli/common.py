@@ -13,6 +13,8 @@ import re
 import tempfile
 from pathlib import Path
 
+from ..arguments import MAX_SEED
+
 __all__ = ["CLIError", "positive_int", "positive_float", "integer", "number", "non_negative_int", "seed",
            "writable_folder", "created_folders", "remove_created_folders", "writable_file", "in_cli_terms",
            "nearest_option", "Parser"]
@@ -73,8 +75,8 @@ def positive_float(value: str) -> float:
 def seed(value: str) -> int:
     """A random seed from the command line: a whole number from 0 to 2**32 - 1 (what NumPy takes)."""
     number = integer(value)
-    if not 0 <= number <= 2**32 - 1:
-        raise argparse.ArgumentTypeError(f"must be 0 to {2**32 - 1}, got {value}")
+    if not 0 <= number <= MAX_SEED:
+        raise argparse.ArgumentTypeError(f"must be 0 to {MAX_SEED}, got {value}")
     return number
 
 
