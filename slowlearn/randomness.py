@@ -9,7 +9,7 @@ import torch
 
 from .arguments import MAX_SEED, check_range
 
-__all__ = ["set_seed", "randomness", "restore_randomness", "rng_states", "set_rng_states", "loader_generators"]
+__all__ = ["set_seed", "randomness", "restore_randomness", "peek_batch", "rng_states", "set_rng_states", "loader_generators"]
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
@@ -62,6 +62,16 @@ def restore_randomness(dls, saved: dict) -> None:
     for split, dl in _loaders(dls):
         if split in saved.get("epoch_starts", {}):
             dl.epoch_start_state = saved["epoch_starts"][split]
+
+
+def peek_batch(dls, loader=None):
+    """The first batch of `loader` (default: `dls.train`), drawing nothing that training would: its order and
+    augmentation draw on the loaders' generators and the global RNGs, which are put back as they were."""
+    saved = randomness(dls)
+    try:
+        return next(iter(loader if loader is not None else dls.train))
+    finally:
+        restore_randomness(dls, saved)
 
 
 def _loaders(dls) -> list[tuple[str, object]]:

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..display import finished, subplots
-from ..randomness import randomness, restore_randomness
+from ..randomness import peek_batch
 
 __all__ = ["show_batch", "image_grid", "show_image", "for_display", "class_name"]
 
@@ -54,22 +54,12 @@ def for_display(loader, xb: torch.Tensor) -> torch.Tensor:
     return (xb - low) / (high - low).clamp_min(1e-12)
 
 
-def _a_batch(dls, loader) -> tuple[torch.Tensor, torch.Tensor]:
-    """The first batch of `loader`, whose order and augmentation draw on the loaders' generators and the global
-    RNGs: put back afterwards."""
-    saved = randomness(dls)
-    try:
-        return next(iter(loader))
-    finally:
-        restore_randomness(dls, saved)
-
-
 def show_batch(dls, n: int = 16, split: str = "train", path: str | Path | None = None):
     """The first `n` images of a batch from `dls[split]`, de-normalised, titled with their class names. Looking
     draws no random numbers that training would: the loaders' generators and the global RNGs are left as they were,
     so a seeded run is the same with or without it."""
     loader = dls[split]
-    xb, yb = _a_batch(dls, loader)
+    xb, yb = peek_batch(dls, loader)
     n = min(n, len(xb))
     images, classes = for_display(loader, xb[:n]), getattr(dls, "classes", None)
     fig, axs = image_grid(n)

@@ -7,7 +7,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from ..randomness import randomness, restore_randomness
+from ..randomness import peek_batch
 from .init import GeneralReLU, init_weights
 
 __all__ = ["data_shape", "conv_block", "seed_cnn", "seed_cnn_fits", "get_kaiming_initialized_model",
@@ -19,19 +19,9 @@ def data_shape(dls) -> tuple[int, int | None]:
     """The input channels and the number of classes (None when the loaders name no classes) of `dls`'s images:
     what a model for them must take and give. slowlearn's loaders know their items' shape; another loader is
     asked for a batch, with the random states (its order, augmentation) put back afterwards."""
-    shape = getattr(dls.train, "item_shape", None) or tuple(_a_training_batch(dls).shape[1:])
+    shape = getattr(dls.train, "item_shape", None) or tuple(peek_batch(dls)[0].shape[1:])
     classes = getattr(dls, "classes", None)
     return int(shape[0]), (len(classes) if classes else None)
-
-
-def _a_training_batch(dls) -> torch.Tensor:
-    """The inputs of a batch of `dls.train`, drawing nothing that training would: the loaders' generators and
-    the global RNGs are put back as they were."""
-    saved = randomness(dls)
-    try:
-        return next(iter(dls.train))[0]
-    finally:
-        restore_randomness(dls, saved)
 
 
 def _sized(in_channels: int | None, n_classes: int | None, dls, owner: str) -> tuple[int, int]:

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..device import model_device
 from ..display import format_table
-from .nets import _a_training_batch
+from ..randomness import peek_batch
 
 __all__ = ["summary", "Summary"]
 
@@ -43,7 +43,7 @@ def summary(learn_or_model, xb: torch.Tensor | None = None, depth: int = 1, prin
         raise ValueError(f"depth must be at least 1 (the top-level layers), got {depth}")
     model = getattr(learn_or_model, "model", learn_or_model)
     if xb is None:
-        xb = _a_training_batch(learn_or_model.dls)
+        xb = peek_batch(learn_or_model.dls)[0]
     xb = xb.to(model_device(model))
     modules = [(name, m) for name, m in model.named_modules() if name and name.count(".") < depth]
     shapes, hooks = {}, []
