@@ -55,6 +55,10 @@ class MixedPrecisionCB(Callback):
 
     def cleanup_batch(self, learn) -> None:
         self._exit_autocast()
+        if self.scaler is not None and self.scaler._per_optimizer_states:
+            # a callback cancelled the step after unscaling the gradients (GradientClipCB): without an update
+            # the next batch's unscale_ would be refused; the update also backs off the scale on inf gradients
+            self.scaler.update()
 
     def cleanup_fit(self, learn) -> None:
         learn.grad_scaler = None

@@ -7,6 +7,7 @@ from torch import nn
 
 from slowlearn import (
     Callback,
+    CancelStepException,
     ChannelsLastCB,
     CheckpointCB,
     GradientClipCB,
@@ -110,3 +111,21 @@ def test_a_disabled_scalers_empty_state_leaves_the_new_scaler_as_it_is():
     scale = mp.scaler.get_scale()
     mp.load_state_dict({"scaler": {}, "skipped_steps": 0})  # what a run whose scaler was disabled saved
     assert mp.scaler.get_scale() == scale and mp.skipped_steps == 0
+
+
+def test_a_step_cancelled_after_the_clip_unscaled_fp16_gradients_leaves_the_next_batch_working():
+    class SkipSecondStep(Callback):
+        order = 10  # after GradientClipCB, which unscaled the gradients
+
+        def after_backward(self, learn):
+            if learn.iter == 1:
+                raise CancelStepException
+
+        def after_step(self, learn):
+            steps.append((learn.epoch, learn.iter))
+
+    mp, steps = MixedPrecisionCB("fp16"), []
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[mp, GradientClipCB(1.), SkipSecondStep()])
+    learn.fit(2)  # raised "unscale_() has already been called on this optimizer since the last update()" at iter 2
+    every_step = [(epoch, i) for epoch in range(2) for i in range(len(learn.dls.train)) if i != 1]
+    assert steps == every_step and mp.skipped_steps == 0 and mp.scaler.get_scale() == 2. ** 16
