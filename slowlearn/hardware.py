@@ -12,8 +12,8 @@ from torch import nn
 
 from .distributed import rank0_print
 
-__all__ = ["PRECISIONS", "cpu_bf16_features", "native_bf16", "resolve_precision", "pays_channels_last", "is_narrow",
-           "SpeedSettings", "speed_settings"]
+__all__ = ["PRECISIONS", "cpu_bf16_features", "native_bf16", "native_bf16_override", "resolve_precision",
+           "pays_channels_last", "is_narrow", "SpeedSettings", "speed_settings"]
 
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _NATIVE_BF16_ENV = "SLOWLEARN_NATIVE_BF16"  # "0" or "1": what native_bf16 answers, instead of asking the hardware
@@ -49,7 +49,7 @@ def native_bf16(device: torch.device | str) -> bool:
     `SLOWLEARN_NATIVE_BF16=0` (or `1`) in the environment answers for the hardware, e.g. to train on a CPU
     with native bf16 as on one without (the notebooks' smoke runs do, so that what they print does not
     depend on the machine)."""
-    override = _native_bf16_override()
+    override = native_bf16_override()
     if override is not None:
         return override
     device = torch.device(device)
@@ -60,7 +60,7 @@ def native_bf16(device: torch.device | str) -> bool:
     return False
 
 
-def _native_bf16_override() -> bool | None:
+def native_bf16_override() -> bool | None:
     """`SLOWLEARN_NATIVE_BF16` as a bool, None where it is unset or empty."""
     value = os.environ.get(_NATIVE_BF16_ENV, "")
     if value not in ("", "0", "1"):
@@ -128,7 +128,7 @@ def speed_settings(model: nn.Module, device: torch.device | str, precision: str 
         reason = "as asked"
     elif narrow:
         reason = "a narrow model: bf16 would gain it little"
-    elif (override := _native_bf16_override()) is not None:
+    elif (override := native_bf16_override()) is not None:
         reason = f"{_NATIVE_BF16_ENV} says {'native' if override else 'no native'} bf16"
     elif device.type == "cpu":
         features = cpu_bf16_features()

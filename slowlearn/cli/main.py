@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
+from ..hardware import native_bf16_override
 from ..version import __version__
 from .common import CLIError, Parser, created_folders, remove_created_folders
 from .deploy import add_model_commands
@@ -23,10 +24,19 @@ def parser() -> Parser:
     return p
 
 
+def check_environment() -> None:
+    """The environment's slowlearn settings, checked before a command runs (a mistake there is one line too)."""
+    try:
+        native_bf16_override()
+    except ValueError as e:
+        raise CLIError(str(e)) from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     args.argv = list(argv) if argv is not None else sys.argv[1:]  # what `train --nproc` runs in each process
     try:
+        check_environment()
         return args.func(args)
     except (CLIError, FileNotFoundError) as e:
         remove_created_folders()  # a mistake writes nothing, not even an empty --out

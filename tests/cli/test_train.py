@@ -477,3 +477,10 @@ def test_an_option_that_would_be_ignored_is_refused(capsys, tmp_path, images, mo
         monkeypatch.setitem(RECIPES, name, trains)
     data = [] if "--recipe" in argv else ["--data", str(images), "--epochs", "1"]
     assert message in refused(capsys, "train", *data, *argv, "--out", str(tmp_path / "out"))
+
+
+def test_a_bad_native_bf16_setting_in_the_environment_is_one_line_before_anything_runs(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("SLOWLEARN_NATIVE_BF16", "yes")
+    data = make_folder(tmp_path / "pets")
+    message = refused(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1")
+    assert "SLOWLEARN_NATIVE_BF16='yes' is not 0 or 1" in message and not (tmp_path / "run").exists()
