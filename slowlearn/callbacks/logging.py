@@ -351,8 +351,10 @@ class TensorBoardCB(ScalarLoggerCB):
 class CSVLoggerCB(LoggerCB):
     """Writes one CSV row per epoch and phase: the MetricsCB row, the lr and the phase's seconds.
 
-    A new fit starts a new file (unless `append`, which keeps the rows already there); a resumed fit
-    keeps the file as it was at its checkpoint (earlier runs' rows included) and appends after it. Only
+    The callback's first fit starts a new file (unless `append`, which keeps the rows already there); its
+    later fits (`fine_tune`'s unfrozen stage, another `fit`) add their rows to it, as TensorBoardCB's and
+    MLflowCB's curves go on over all their fits: a new CSVLoggerCB starts a new file. A resumed fit keeps the
+    file as it was at its checkpoint (earlier runs' rows included) and appends after it. Only
     rank 0 writes, and a file that cannot be written is a warning, never the end of training (LoggerCB).
     The file goes into `learn.log_files`, so trackers (MLflowCB) attach it to their run.
     """
@@ -360,6 +362,7 @@ class CSVLoggerCB(LoggerCB):
     def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path, self.append = Path(path), append
         self._end = 0  # the log's size in bytes after the last row of this run: what a resume keeps
+        self._fits = 0
 
     @property
     def destination(self) -> str:
@@ -368,7 +371,8 @@ class CSVLoggerCB(LoggerCB):
     def before_fit(self, learn) -> None:
         super().before_fit(learn)
         self._columns, self._resume_at = None, None
-        self._end = self.path.stat().st_size if self.append and self.path.is_file() else 0
+        self._keep_rows, self._fits = self.append or self._fits > 0, self._fits + 1
+        self._end = self.path.stat().st_size if self._keep_rows and self.path.is_file() else 0
         learn.log_files.append(self.path)
 
     def before_epoch(self, learn) -> None:
@@ -394,7 +398,7 @@ class CSVLoggerCB(LoggerCB):
         if self._resume_at and self.path.exists():
             with open(self.path, "r+b") as f:  # drop the rows written after the checkpoint
                 f.truncate(self._resume_at)
-        elif self._resume_at is not None or not (self.append and self.path.exists()):
+        elif self._resume_at is not None or not (self._keep_rows and self.path.exists()):
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerow(self._columns)
 

@@ -73,10 +73,8 @@ def train_command(args) -> int:
     if args.nproc is not None:
         return _launch(args)
     _resume_options(args)
-    if _fine_tuning(args):  # two fits (frozen, unfrozen) write one CSV
-        (out / "metrics.csv").unlink(missing_ok=True)
     checkpoints = CheckpointCB(out / "checkpoint.pt", every=args.checkpoint_every or "epoch")
-    cbs = [CSVLoggerCB(out / "metrics.csv", append=_fine_tuning(args)), checkpoints]
+    cbs = [CSVLoggerCB(out / "metrics.csv"), checkpoints]  # fine-tuning's two fits (frozen, unfrozen) write one CSV
     if args.tensorboard:
         cbs.append(TensorBoardCB(out / "tensorboard"))
     tracker = _mlflow_cb(args.mlflow, out) if args.mlflow is not None else None

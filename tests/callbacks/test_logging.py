@@ -325,6 +325,17 @@ def test_a_csv_log_listed_after_the_checkpoint_keeps_the_saved_epochs_rows_when_
     assert len(straight) == 7 and csv_rows_without_time(tmp_path / "resumed.csv") == straight
 
 
+def test_a_csv_logs_later_fits_add_their_rows_as_fine_tunes_unfrozen_stage_does(tmp_path):
+    log = tmp_path / "metrics.csv"
+    learn = learner(CSVLoggerCB(log))
+    learn.fine_tune(2, freeze_epochs=1)  # the unfrozen stage's fit started a new file: the frozen rows were lost
+    rows = [line.split(",")[:4] for line in log.read_text().splitlines()[1:]]
+    assert [row[2:] for row in rows] == [["0", "train"], ["0", "valid"], ["0", "train"], ["0", "valid"],
+                                         ["1", "train"], ["1", "valid"]]
+    learner(CSVLoggerCB(log)).fit(1)  # a new callback starts a new file
+    assert len(log.read_text().splitlines()) == 3
+
+
 def list_loaders():
     """Plain lists of (x, y) batches: a loader with no batch size attribute."""
     g = torch.Generator().manual_seed(0)
