@@ -7,7 +7,7 @@ FASHION_DEB := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 .PHONY: demo test docs docs-serve bench bench-gpu speedrun notebooks data chromium install clean
 
 demo: install data
-	$(PY) -m slowlearn train --data fashion_mnist --model cnn --epochs 3 --out runs/demo
+	$(PY) -m slowlearn train --data fashion_mnist --model cnn --epochs 3 --out runs/demo --force
 
 test: install data
 	$(PY) -m pytest -q tests

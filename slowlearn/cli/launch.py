@@ -18,18 +18,19 @@ __all__ = ["torchrun_command", "launch_local", "RESTART_ENV"]
 # processes reach the rendezvous store of the agent's first round. It must be set before torchrun starts.
 RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 LAUNCH_OPTIONS = ("--nproc", "--max-restarts", "--resume")  # the launcher's own: not passed to the processes
+LAUNCH_FLAGS = ("--force",)  # the same, for options that take no value
 
 
-def _without(argv: Sequence[str], option: str) -> list[str]:
-    """`argv` without `option VALUE` and `option=VALUE`, `option` also as argparse takes it abbreviated (`--npro`:
-    argv parsed, so an abbreviation of it can mean nothing else)."""
+def _without(argv: Sequence[str], option: str, takes_value: bool = True) -> list[str]:
+    """`argv` without `option VALUE` and `option=VALUE` (without `option` where it takes no value), `option` also as
+    argparse takes it abbreviated (`--npro`: argv parsed, so an abbreviation of it can mean nothing else)."""
     kept, skip = [], False
     for arg in argv:
         name, is_option = arg.split("=", 1)[0], arg.startswith("--") and len(arg) > 2
         if skip:
             skip = False
         elif is_option and option.startswith(name):
-            skip = "=" not in arg
+            skip = takes_value and "=" not in arg
         else:
             kept.append(arg)
     return kept
@@ -38,11 +39,14 @@ def _without(argv: Sequence[str], option: str) -> list[str]:
 def torchrun_command(argv: Sequence[str], nproc: int, max_restarts: int, resume: bool = True) -> list[str]:
     """The command that runs `slowlearn <argv>` (without the launch options) in `nproc` local processes, restarted
     up to `max_restarts` times, each start resuming from the last checkpoint (with `resume`; else each start
-    trains from the beginning: a recipe or fine-tuning, which do not resume)."""
+    trains from the beginning: a recipe or fine-tuning, which do not resume, and which the earlier start's files in
+    --out then do not stop)."""
     for option in LAUNCH_OPTIONS:
         argv = _without(argv, option)
+    for flag in LAUNCH_FLAGS:
+        argv = _without(argv, flag, takes_value=False)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            f"--max_restarts={max_restarts}", "-m", "slowlearn", *argv, *(["--resume", "auto"] if resume else [])]
+            f"--max_restarts={max_restarts}", "-m", "slowlearn", *argv, *(["--resume", "auto"] if resume else ["--force"])]
 
 
 def launch_local(argv: Sequence[str], nproc: int, max_restarts: int, resume: bool = True) -> int:

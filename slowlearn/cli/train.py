@@ -17,6 +17,7 @@ from .data import BUILT_IN, add_data_args, check_data_args
 OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 MLFLOW_STORE = "sqlite:///runs/mlflow.db"  # MLflowCB's default
 SCRATCH_LR, FINE_TUNE_LR = 1e-2, 2e-3
+RUN_FILES = ("checkpoint.pt", "model.pt2", "metrics.csv")  # what a run writes into --out that a new one would replace
 
 
 def _opt_func(name: str):
@@ -70,6 +71,7 @@ def train_command(args) -> int:
         raise CLIError("--resume does not work with --pretrained: fine-tuning runs a frozen and an unfrozen stage; "
                        "start it again")
     out = writable_folder(args.out, "--out")
+    _check_out_is_free(args, out)
     if args.nproc is not None:
         return _launch(args)
     _resume_options(args)
@@ -159,6 +161,20 @@ def _file_version(path: Path) -> tuple[int, int] | None:
     return status.st_ino, status.st_mtime_ns
 
 
+def _check_out_is_free(args, out: Path) -> None:
+    """An earlier run's files in --out are neither replaced nor continued unless the command says which: --resume
+    continues it, --force starts afresh over it."""
+    if args.force and args.resume is not None:
+        raise CLIError(f"--force starts afresh over --out's run and --resume {args.resume} continues a run: give one")
+    found = [name for name in RUN_FILES if (out / name).exists()]
+    if not found or args.force or args.resume is not None:
+        return
+    resumable = args.recipe is None and not _fine_tuning(args)
+    raise CLIError(f"--out {args.out} holds an earlier run ({', '.join(found)}): "
+                   f"{'continue it with --resume auto, ' * resumable}start afresh over it with --force, "
+                   f"or give another --out")
+
+
 def _fine_tuning(args) -> bool:
     return args.recipe is None and is_vision_arch(args) and (args.pretrained or args.weights is not None)
 
@@ -184,14 +200,18 @@ def _launch(args) -> int:
     """--nproc N: this command again in N processes under torch.distributed.run, restarted on failure."""
     from .launch import launch_local
     if args.resume not in (None, "auto"):
-        raise CLIError(f"--resume {args.resume}: --nproc resumes by itself, from --out's checkpoint.pt (the first "
-                       f"start too, when there is one): copy the checkpoint there, or leave --resume out")
+        raise CLIError(f"--resume {args.resume}: --nproc resumes from --out's checkpoint.pt only (--resume auto, "
+                       f"which its restarts use too): copy the checkpoint there and give --resume auto")
     if "WORLD_SIZE" in os.environ:
         raise CLIError("--nproc: this command already runs under torchrun (WORLD_SIZE is set): leave --nproc out")
     resumable = args.recipe is None and not _fine_tuning(args)  # those two refuse --resume: each start is afresh
     checked = argparse.Namespace(**{**vars(args), "resume": "auto" if resumable else None})
+    if args.force:  # the first start must not resume the earlier run (later starts resume this one)
+        checked.resume = None
     _resume_options(checked, announce=False)  # mistakes in the options: one line here, not one per process
     check_data_args(checked)
+    if args.force:
+        (Path(args.out) / "checkpoint.pt").unlink(missing_ok=True)
     return launch_local(args.argv, args.nproc, args.max_restarts, resume=resumable)
 
 
@@ -391,6 +411,9 @@ def add_train_commands(sub) -> None:
                         "with another value is refused; --epochs may differ: the schedule then spans the new number); "
                         "auto: from --out's checkpoint.pt when there is one, else start afresh (the same command for "
                         "every restart)")
+    t.add_argument("--force", action="store_true",
+                   help="start afresh in an --out that holds an earlier run, replacing its files (by default such an "
+                        "--out is refused: --resume auto continues the run there)")
     t.add_argument("--checkpoint-every", type=positive_int, metavar="N",
                    help="also save checkpoint.pt every N training batches, so that a resumed run loses less than N "
                         "batches (default: at the end of every epoch only)")

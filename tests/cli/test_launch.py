@@ -61,7 +61,7 @@ def test_ctrl_c_waits_for_the_processes_and_exits_130_without_a_traceback(monkey
 
 def test_a_checkpoint_to_resume_is_refused_with_nproc(tmp_path, capsys):
     code = main(["train", "--nproc", "2", "--resume", str(tmp_path / "ckpt.pt"), "--out", str(tmp_path)])
-    assert code == 2 and "--nproc resumes by itself, from --out's checkpoint.pt" in capsys.readouterr().err
+    assert code == 2 and "--nproc resumes from --out's checkpoint.pt only" in capsys.readouterr().err
 
 
 def test_train_in_two_processes_through_torchrun(tmp_path):
@@ -120,7 +120,7 @@ def test_a_resume_from_out_that_would_be_refused_is_refused_once_before_launchin
     root, out = make_folder(tmp_path / "pets", n_per_class=2), tmp_path / "out"
     assert main(["train", "--data", str(root), "--bs", "4", "--epochs", "2", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert main(["train", "--data", str(root), "--nproc", "2", "--out", str(out), *argv]) == 2
+    assert main(["train", "--data", str(root), "--nproc", "2", "--out", str(out), "--resume", "auto", *argv]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("slowlearn: error: --resume auto: ") and says in err[0]
 
@@ -130,7 +130,8 @@ def test_the_launcher_says_nothing_of_a_resume_its_processes_announce(monkeypatc
     root, out = make_folder(tmp_path / "pets", n_per_class=2), tmp_path / "out"
     assert main(["train", "--data", str(root), "--bs", "4", "--epochs", "1", "--out", str(out)]) == 0
     capsys.readouterr()
-    assert main(["train", "--data", str(root), "--nproc", "2", "--epochs", "2", "--out", str(out)]) == 0
+    assert main(["train", "--data", str(root), "--nproc", "2", "--epochs", "2", "--out", str(out), "--resume",
+                 "auto"]) == 0
     assert "Resuming" not in capsys.readouterr().out
 
 
@@ -140,3 +141,24 @@ def test_the_launch_options_are_left_out_of_the_processes_command_however_abbrev
     argv = ["train", "--npro", "2", "--max-r=5", "--epochs", "3", "--res", "auto"]
     command = launch.torchrun_command(argv, nproc=2, max_restarts=5)
     assert command[command.index("slowlearn") + 1:] == ["train", "--epochs", "3", "--resume", "auto"]
+
+
+def test_force_makes_the_first_start_fresh_and_the_restarts_resume_this_run(monkeypatch, tmp_path, capsys):
+    """Without --resume auto or --force, --nproc went on from an earlier run in --out: deleting it was the only way
+    to start afresh. Now the launcher refuses that --out (as one process does) unless told which."""
+    started = []
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda command, env: started.append(command) or
+                        type("Child", (), {"wait": lambda self: 0})())
+    root, out = make_folder(tmp_path / "pets", n_per_class=2), tmp_path / "out"
+    assert main(["train", "--data", str(root), "--bs", "4", "--epochs", "1", "--out", str(out)]) == 0
+    capsys.readouterr()
+    run = ["train", "--data", str(root), "--nproc", "2", "--epochs", "2", "--out", str(out)]
+    assert main(run) == 2 and "holds an earlier run" in capsys.readouterr().err and not started
+    assert main([*run, "--forc"]) == 0 and not (out / "checkpoint.pt").exists()
+    child = started[0][started[0].index("slowlearn") + 1:]
+    assert child[-2:] == ["--resume", "auto"] and not any(arg.startswith("--forc") for arg in child)
+
+
+def test_processes_of_runs_that_cannot_resume_are_told_to_start_afresh_over_the_last_start():
+    command = launch.torchrun_command(["train", "--recipe", "cifar10", "--nproc", "2"], 2, 3, resume=False)
+    assert command[command.index("slowlearn") + 1:] == ["train", "--recipe", "cifar10", "--force"]

@@ -379,7 +379,7 @@ def test_ctrl_c_before_a_run_saves_does_not_send_to_an_earlier_runs_checkpoint(c
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Learner, "_step", ctrl_c)
-        code, err = run(capsys, *common, "--epochs", "2")
+        code, err = run(capsys, *common, "--epochs", "2", "--force")
     assert code == 130 and err[-1] == "slowlearn: interrupted; nothing was saved yet: run the command again"
 
 
@@ -484,3 +484,27 @@ def test_a_bad_native_bf16_setting_in_the_environment_is_one_line_before_anythin
     data = make_folder(tmp_path / "pets")
     message = refused(capsys, "train", "--data", str(data), "--out", str(tmp_path / "run"), "--epochs", "1")
     assert "SLOWLEARN_NATIVE_BF16='yes' is not 0 or 1" in message and not (tmp_path / "run").exists()
+
+
+def test_an_out_holding_an_earlier_run_is_refused_unless_the_command_resumes_it_or_forces(capsys, tmp_path, images):
+    """A second `slowlearn train` into the same --out overwrote the first run's checkpoint, log and model."""
+    out = tmp_path / "out"
+    common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--epochs", "1"]
+    assert main(common) == 0
+    before = {name: (out / name).read_bytes() for name in ("checkpoint.pt", "model.pt2", "metrics.csv")}
+    message = refused(capsys, *common, "--lr", "0.1")
+    assert message == (f"slowlearn: error: --out {out} holds an earlier run (checkpoint.pt, model.pt2, metrics.csv): "
+                       f"continue it with --resume auto, start afresh over it with --force, or give another --out")
+    assert {name: (out / name).read_bytes() for name in before} == before
+    assert "--resume auto continues a run: give one" in refused(capsys, *common, "--resume", "auto", "--force")
+    assert main([*common, "--lr", "0.1", "--force"]) == 0
+    assert (out / "checkpoint.pt").read_bytes() != before["checkpoint.pt"]
+
+
+def test_a_run_that_cannot_resume_is_told_only_to_force_or_move(capsys, tmp_path, images):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.csv").write_text("loss,epoch,phase\n")
+    message = refused(capsys, "train", "--data", str(images), "--model", "resnet18", "--weights", str(tmp_path / "w.pth"),
+                      "--out", str(out))
+    assert message.endswith("holds an earlier run (metrics.csv): start afresh over it with --force, or give another --out")
