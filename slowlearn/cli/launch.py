@@ -46,7 +46,8 @@ def torchrun_command(argv: Sequence[str], nproc: int, max_restarts: int, resume:
     for flag in LAUNCH_FLAGS:
         argv = _without(argv, flag, takes_value=False)
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
-            f"--max_restarts={max_restarts}", "-m", "slowlearn", *argv, *(["--resume", "auto"] if resume else ["--force"])]
+            f"--max_restarts={max_restarts}", "-m", "slowlearn", *argv,
+            *(["--resume", "auto"] if resume else ["--force"])]
 
 
 def launch_local(argv: Sequence[str], nproc: int, max_restarts: int, resume: bool = True) -> int:

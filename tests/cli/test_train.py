@@ -505,6 +505,7 @@ def test_a_run_that_cannot_resume_is_told_only_to_force_or_move(capsys, tmp_path
     out = tmp_path / "out"
     out.mkdir()
     (out / "metrics.csv").write_text("loss,epoch,phase\n")
-    message = refused(capsys, "train", "--data", str(images), "--model", "resnet18", "--weights", str(tmp_path / "w.pth"),
-                      "--out", str(out))
-    assert message.endswith("holds an earlier run (metrics.csv): start afresh over it with --force, or give another --out")
+    message = refused(capsys, "train", "--data", str(images), "--model", "resnet18", "--weights",
+                      str(tmp_path / "w.pth"), "--out", str(out))
+    assert message.endswith("holds an earlier run (metrics.csv): start afresh over it with --force, or give another "
+                            "--out")
