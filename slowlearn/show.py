@@ -89,16 +89,26 @@ def plot_top_losses(learn, k: int = 9, path: str | Path | None = None):
 def plot_metrics(learn, path: str | Path | None = None):
     """Training and validation loss (and every other metric) per epoch, from `learn.history`, with epochs
     counted from 0 over every fit so far: a later fit continues the count, where the history's and the metrics
-    table's `epoch` start again at 0."""
+    table's `epoch` start again at 0. A validation is drawn at the training epoch whose weights it scored (a
+    validation-only fit, `fit(train=False)`, at the last one; before any training, at -1)."""
     names = [k for k in learn.history[0] if k not in ("epoch", "phase")] if learn.history else ["loss"]
+    epochs = _trained_epochs(learn.history)
     fig, axs = subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axs[0], names):
         for phase in ("train", "valid"):
-            values = [r[name] for r in learn.history if r.get("phase") == phase and name in r]
-            ax.plot(range(len(values)), values, "o-", label=phase)
+            points = [(x, r[name]) for x, r in zip(epochs, learn.history) if r.get("phase") == phase and name in r]
+            ax.plot([x for x, _ in points], [value for _, value in points], "o-", label=phase)
         ax.set(title=name, xlabel="epoch")
         integer_xticks(ax)
         ax.legend()
     return finished(fig, path)
 
 
+def _trained_epochs(history: list[dict]) -> list[int]:
+    """For each history row, the training epoch (counted over every fit) whose weights it scores: a training row
+    its own, a validation row the last one trained before it (-1 before any)."""
+    epochs, trained = [], 0
+    for row in history:
+        trained += row.get("phase") == "train"
+        epochs.append(trained - 1)
+    return epochs

@@ -119,3 +119,23 @@ def test_pictures_of_data_that_are_not_images_say_so(picture):
     with pytest.raises(ValueError, match=r"images .*1, 3 or 4 channels.*got items of shape \(3,\)"):
         picture(learn)
     assert plt.get_fignums() == open_figures  # no half-drawn figure left open
+
+
+def curve_points(fig, name):
+    ax = next(ax for ax in fig.axes if ax.get_title() == name)
+    return {line.get_label(): list(zip(line.get_xdata(), line.get_ydata())) for line in ax.get_lines()}
+
+
+def test_plot_metrics_puts_each_validation_at_the_training_epoch_it_scored():
+    """A validation-only fit scores the weights of the last training epoch, and a fit after one with valid=False
+    validates the epoch it trained: both used to be drawn an epoch off (the valid curve counted its own rows)."""
+    learn = image_learner()
+    learn.fit(2)
+    learn.fit(1, train=False)
+    valid = [row["loss"] for row in learn.history if row["phase"] == "valid"]
+    assert curve_points(plot_metrics(learn), "loss")["valid"] == [(0, valid[0]), (1, valid[1]), (1, valid[2])]
+    learn = image_learner()
+    learn.fit(1, valid=False)
+    learn.fit(1)
+    points = curve_points(plot_metrics(learn), "loss")
+    assert [x for x, _ in points["train"]] == [0, 1] and points["valid"] == [(1, learn.history[-1]["loss"])]
