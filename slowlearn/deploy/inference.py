@@ -45,7 +45,10 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False,
 
 
 @torch.no_grad()
-def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner: str) -> Preds:
+def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner: str,
+                 probabilities: bool = True) -> Preds:
+    """`get_preds` on the loader `dl`; `probabilities=False` keeps the model's outputs as they are (what MetricsCB
+    scores during a fit)."""
     device, was_training = model_device(learn.model), learn.model.training
     loss_per_item = _per_item_loss(learn.loss_func, owner) if with_loss else None
     preds, targets, inputs, losses = [], [], [], []
@@ -54,7 +57,7 @@ def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner:
         for xb, yb in dl:
             xb, yb = to_device((xb, yb), device)
             out = learn.model(xb).float()
-            probs = out.softmax(-1)
+            probs = out.softmax(-1) if probabilities else out
             if tta:
                 probs = (probs + learn.model(xb.flip(-1)).float().softmax(-1)) / 2
                 out = probs.log()  # so that per-item losses score the averaged prediction
@@ -157,8 +160,9 @@ def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, n_classes: int)
 
 
 def validate(learn, dl=None) -> dict:
-    """The mean loss and the MetricsCB metrics on `dl`, computed from `get_preds` (history untouched)."""
-    result = _predictions(learn, _loader(learn, dl, "validate"), False, True, False, "validate")
+    """The mean loss and the MetricsCB metrics on `dl` (history untouched): the metrics score the model's outputs, as
+    during a fit, so that a validation row of the fit and `validate()` agree."""
+    result = _predictions(learn, _loader(learn, dl, "validate"), False, True, False, "validate", probabilities=False)
     row = {"loss": result.losses.mean().item()}
     metrics_cb = next((cb for cb in learn.cbs if hasattr(cb, "metrics") and isinstance(cb.metrics, dict)), None)
     for name, metric in (metrics_cb.metrics.items() if metrics_cb else ()):

@@ -4,13 +4,14 @@ import matplotlib.figure
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CLASSES, image_dls, image_learner
+from conftest import CLASSES, image_dls, image_learner, make_dls
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from slowlearn import (
     DataLoaders,
     Learner,
+    MetricsCB,
     TensorLoader,
     confusion_matrix,
     plot_confusion_matrix,
@@ -208,3 +209,26 @@ def test_per_item_losses_from_a_loss_module_a_partial_and_a_loss_without_reducti
     with pytest.raises(TypeError, match=r"learn.validate\(\) needs a loss per item.*takes no `reduction=`.*"
                                         r"accepts reduction='none'"):
         learn.validate()
+
+
+def regression_dls(targets):
+    """20 items of 3 numbers, `targets` one per item (a regression, one logit, several labels)."""
+    x = torch.randn(20, 3, generator=torch.Generator().manual_seed(0))
+    y = targets(x)
+    return DataLoaders(TensorLoader(x[:13], y[:13], 4, shuffle=True, device="cpu", seed=0),
+                       TensorLoader(x[13:], y[13:], 4, device="cpu"))
+
+
+def test_validate_scores_the_outputs_the_fit_scored():
+    """validate fed the metrics softmax probabilities where the fit's MetricsCB feeds the model's outputs: a
+    regression's mean squared error was that of 1.0 (the softmax of one output), and a multiclass AUROC differed."""
+    from torcheval.metrics import MeanSquaredError, MulticlassAUROC
+    torch.manual_seed(0)
+    regression = Learner(nn.Linear(3, 1), regression_dls(lambda x: x.sum(1, keepdim=True)), F.mse_loss,
+                         cbs=[MetricsCB(mse=MeanSquaredError())]).fit(1)
+    torch.manual_seed(0)
+    classes = Learner(nn.Linear(3, 3), make_dls(n_valid=40, n_classes=3),
+                      cbs=[MetricsCB(auroc=MulticlassAUROC(num_classes=3))]).fit(1)
+    for learn in (regression, classes):
+        row, scores = learn.history[-1], learn.validate()
+        assert scores == pytest.approx({k: v for k, v in row.items() if k not in ("epoch", "phase")}, rel=1e-5)
