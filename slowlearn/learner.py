@@ -437,13 +437,13 @@ class Learner:
 
     # Using the model (deploy/).
     def get_preds(self, dl=None, with_input: bool = False, with_loss: bool = False, tta: bool = False) -> Preds:
-        """Probabilities and targets (and inputs, per-item losses) on `dl` (default: the validation set);
-        `tta` averages each image's prediction with its mirror image's."""
+        """Predictions (probabilities where the loss makes them) and targets (and inputs, per-item losses) on `dl`
+        (default: the validation set); `tta` averages each image's prediction with its mirror image's."""
         return deploy.get_preds(self, dl, with_input, with_loss, tta)
 
     def predict(self, x) -> Prediction:
-        """Class index, name and probabilities for one item (or a batch): an image file, PIL image, uint8
-        tensor or array, or float tensor in [0, 1] (see `slowlearn.data.preprocess`)."""
+        """Class index, name and probabilities (as `get_preds` gives them) for one item (or a batch): an image file,
+        PIL image, uint8 tensor or array, or float tensor in [0, 1] (see `slowlearn.data.preprocess`)."""
         return deploy.predict(self, x)
 
     def validate(self, dl=None) -> dict:

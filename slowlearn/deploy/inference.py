@@ -4,15 +4,23 @@ from __future__ import annotations
 import copy
 import inspect
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
+from torch import nn
 
 from ..data import as_items, preprocessing_of, to_batch
 from ..device import model_device, to_device
 
 __all__ = ["Preds", "Prediction", "get_preds", "predict", "prediction", "validate",
-           "confusion_matrix"]
+           "confusion_matrix", "activation"]
+
+# Losses on logits of independent labels (a probability per output: sigmoid), and losses on numbers (no probabilities).
+SIGMOID_LOSSES = (F.binary_cross_entropy_with_logits, nn.BCEWithLogitsLoss)
+NUMBER_LOSSES = (F.mse_loss, F.l1_loss, F.smooth_l1_loss, F.huber_loss, nn.MSELoss, nn.L1Loss, nn.SmoothL1Loss,
+                 nn.HuberLoss)
 
 
 class Preds(NamedTuple):
@@ -32,7 +40,9 @@ class Prediction(NamedTuple):
 
 @torch.no_grad()
 def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False, tta: bool = False) -> Preds:
-    """Run the model in eval mode over `dl` (default `learn.dls.valid`), in order, without callbacks.
+    """Run the model in eval mode over `dl` (default `learn.dls.valid`), in order, without callbacks; `preds` are
+    probabilities where the loss makes them (softmax over classes, sigmoid per label: see `activation`), else the
+    model's outputs.
 
     Everything stays on the model's device until one copy to the CPU at the end (no host sync per
     batch). Per-item losses come from `learn.loss_func` with reduction="none": a copy of an `nn.Module` loss with
@@ -57,10 +67,11 @@ def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner:
         for xb, yb in dl:
             xb, yb = to_device((xb, yb), device)
             out = learn.model(xb).float()
-            probs = out.softmax(-1) if probabilities else out
+            activate, undo = activation(learn.loss_func, out) if probabilities else (_as_is, _as_is)
+            probs = activate(out)
             if tta:
-                probs = (probs + learn.model(xb.flip(-1)).float().softmax(-1)) / 2
-                out = probs.log()  # so that per-item losses score the averaged prediction
+                probs = (probs + activate(learn.model(xb.flip(-1)).float())) / 2
+                out = undo(probs)  # so that per-item losses score the averaged prediction
             preds.append(probs)
             targets.append(yb)
             if with_input:
@@ -73,6 +84,28 @@ def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner:
         raise ValueError(_empty(owner, dl))
     cat = lambda ts: torch.cat(ts).cpu() if ts else None  # noqa: E731
     return Preds(cat(preds), cat(targets), cat(inputs), cat(losses))
+
+
+def activation(loss_func: Callable, out: torch.Tensor) -> tuple[Callable, Callable]:
+    """How get_preds and predict turn the model's outputs `out` into predictions, and back into what `loss_func`
+    takes: a sigmoid per output for binary cross-entropy on logits (one label or several); the outputs as they are
+    for a regression loss (mean squared or absolute error, Huber) or one output per item; else a softmax over the
+    classes (the last dimension)."""
+    while isinstance(loss_func, partial):
+        loss_func = loss_func.func
+    if _is_one_of(loss_func, SIGMOID_LOSSES):
+        return torch.sigmoid, partial(torch.logit, eps=1e-7)
+    if _is_one_of(loss_func, NUMBER_LOSSES) or out.ndim < 2 or out.shape[-1] == 1:
+        return _as_is, _as_is
+    return partial(torch.softmax, dim=-1), torch.log
+
+
+def _is_one_of(loss_func: Callable, losses: tuple) -> bool:
+    return any(loss_func is loss or (isinstance(loss, type) and isinstance(loss_func, loss)) for loss in losses)
+
+
+def _as_is(out: torch.Tensor) -> torch.Tensor:
+    return out
 
 
 def _per_item_loss(loss_func: Callable, owner: str = "get_preds") -> Callable:
@@ -133,7 +166,8 @@ def predict(learn, x) -> Prediction:
     was_training = learn.model.training
     learn.model.eval()
     try:
-        probs = learn.model(to_batch(items, prep).to(model_device(learn.model))).float().softmax(-1).cpu()
+        out = learn.model(to_batch(items, prep).to(model_device(learn.model))).float()
+        probs = activation(learn.loss_func, out)[0](out).cpu()
     finally:
         learn.model.train(was_training)
     return prediction(probs, getattr(learn.dls, "classes", None), single)

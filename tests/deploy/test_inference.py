@@ -232,3 +232,21 @@ def test_validate_scores_the_outputs_the_fit_scored():
     for learn in (regression, classes):
         row, scores = learn.history[-1], learn.validate()
         assert scores == pytest.approx({k: v for k, v in row.items() if k not in ("epoch", "phase")}, rel=1e-5)
+
+
+@pytest.mark.parametrize("model, targets, loss_func, expected", [
+    (nn.Linear(3, 1), lambda x: x.sum(1, keepdim=True), F.mse_loss, lambda out: out),  # a regression
+    (nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), lambda x: (x[:, 0] > 0).float(),  # binary, one logit an item
+     F.binary_cross_entropy_with_logits, torch.sigmoid),
+    (nn.Linear(3, 3), lambda x: (x > 0).float(), nn.BCEWithLogitsLoss(), torch.sigmoid),  # multi-label
+    (nn.Linear(3, 2), lambda x: x[:, :2] * 2, nn.L1Loss(), lambda out: out),  # two numbers an item
+])
+def test_get_preds_and_predict_give_probabilities_only_where_the_loss_makes_them(model, targets, loss_func, expected):
+    """Every output was put through a softmax over its last dimension: a regression's predictions were all 1.0, and
+    one logit per item (shape (N,)) became a softmax over the batch."""
+    learn = Learner(model, regression_dls(targets), loss_func)
+    x = torch.cat([xb for xb, _ in learn.dls.valid])
+    with torch.no_grad():
+        outputs = expected(model(x))
+    torch.testing.assert_close(learn.get_preds().preds, outputs)
+    torch.testing.assert_close(learn.predict(x[:4]).probs, outputs[:4])
