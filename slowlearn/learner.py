@@ -175,7 +175,8 @@ class Learner:
         finally:
             self._fitting, self._undo_resume = False, None
             for cb in cbs:
-                self.cbs.remove(cb)
+                if cb in self.cbs:  # not if it removed itself (learn.remove_cb) during the fit
+                    self.cbs.remove(cb)
             self._name_callbacks()
         return self
 
@@ -357,7 +358,7 @@ class Learner:
         return self
 
     def remove_cb(self, cb: Callback) -> Learner:
-        """Remove `cb` from the callbacks."""
+        """Remove `cb` from the callbacks of every later fit (a running fit calls it to its end)."""
         self.cbs.remove(cb)
         self._name_callbacks()
         return self

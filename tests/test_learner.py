@@ -592,3 +592,17 @@ def test_each_step_frees_the_gradients():
     learn = Learner(nn.Linear(3, 2), make_dls(), lr=0.1)
     learn.fit(1, valid=False)
     assert all(p.grad is None for p in learn.model.parameters())  # zero_grad sets them to None, not to zeros
+
+
+def test_a_fit_only_callback_that_removes_itself_during_the_fit_ends_the_fit_cleanly():
+    """fit(cbs=) took its callbacks off with list.remove, so one that had called learn.remove_cb(self) (a one-shot
+    callback, as in fastai) ended the fit with "list.remove(x): x not in list", and left the others on the Learner."""
+    class OneShot(Callback):
+        def after_epoch(self, learn):
+            if self in learn.cbs:  # the running fit still calls it (its handlers are bound for the fit)
+                learn.remove_cb(self)
+
+    other = SaveBestCB()
+    learn = Learner(nn.Linear(3, 2), make_dls())
+    learn.fit(2, cbs=[OneShot(), other])
+    assert learn.cbs == [] and not hasattr(learn, "save_best")
