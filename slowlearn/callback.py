@@ -171,6 +171,16 @@ def call(cb: Callback, method: Handler, where: str, learn) -> None:
         raise
 
 
+def _check_given_once(cbs: list[Callback]) -> None:
+    """Each callback object is in a fit once: twice, each of its handlers would run twice an event."""
+    twice = [cb for i, cb in enumerate(cbs) if any(other is cb for other in cbs[:i])]
+    if twice:
+        raise ValueError(f"Callback {type(twice[0]).__name__} is given to this fit twice (the same object), so each of "
+                         f"its handlers would run twice an event: give it once. The Learner's callbacks (learn.cbs) "
+                         f"run in every fit; fit(cbs=) adds callbacks for that fit only, so leave out those the "
+                         f"Learner has already.")
+
+
 def _check_one_lr_schedule(cbs: list[Callback]) -> None:
     """At most one callback of a fit sets the learning rate: two schedules would overwrite each other."""
     setters = [type(cb).__name__ for cb in cbs if cb.sets_lr]
@@ -195,6 +205,7 @@ class Dispatch:
         cbs = sorted(cbs, key=lambda cb: cb.order)
         for cb in cbs:
             check_callback(cb)
+        _check_given_once(cbs)
         self._bound = {ev: [(cb, getattr(cb, ev)) for cb in cbs if hasattr(cb, ev)] for ev in EVENTS}
         self._inactive: set[tuple[int, str]] = set()  # (id(callback), event) pairs switched off
         self.handlers: dict[str, list[tuple[Callback, Handler]]] = {}

@@ -174,9 +174,9 @@ class Learner:
             raise
         finally:
             self._fitting, self._undo_resume = False, None
-            for cb in cbs:
-                if cb in self.cbs:  # not if it removed itself (learn.remove_cb) during the fit
-                    self.cbs.remove(cb)
+            for cb in cbs:  # the last of each (one in learn.cbs too is refused, and stays), unless it removed itself
+                if cb in self.cbs:
+                    del self.cbs[len(self.cbs) - 1 - self.cbs[::-1].index(cb)]
             self._name_callbacks()
         return self
 

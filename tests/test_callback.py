@@ -49,3 +49,17 @@ def test_another_frameworks_event_names_are_an_error_naming_the_slowlearn_event(
     with pytest.raises(AttributeError, match=f"Callback FastaiStyle defines '{name}', an event name of another framework "
                                              f"that slowlearn never calls: name the method '{re.escape(event)}"):
         Learner(nn.Linear(3, 2), make_dls(), cbs=[foreign]).fit(1)
+
+
+def test_a_callback_given_twice_to_a_fit_is_an_error_before_any_step():
+    """The same callback object in learn.cbs and in fit(cbs=) (as Keras takes callbacks in fit) ran each handler twice
+    an event: a RecorderCB recorded every batch twice, a MetricsCB wrote each history row twice."""
+    from slowlearn import MetricsCB, RecorderCB
+    recorder, metrics = RecorderCB(), MetricsCB()
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[recorder, metrics])
+    weights = learn.model.weight.detach().clone()
+    with pytest.raises(ValueError, match=r"RecorderCB is given to this fit twice.*learn.cbs.*fit\(cbs=\)"):
+        learn.fit(1, cbs=[recorder])
+    assert learn.cbs == [recorder, metrics] and learn.model.weight.equal(weights) and learn.history == []
+    with pytest.raises(ValueError, match="MetricsCB is given to this fit twice"):
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[metrics, metrics]).fit(1)
