@@ -82,7 +82,7 @@ class MetricsCB(Callback):
         self._resumed = state or None  # applied when the resumed training phase starts
 
     def after_batch(self, learn) -> None:
-        target = learn.batch[-1]
+        target = learn.batch[1]  # (inputs, targets, ...): what follows the targets (weights, masks) goes to the loss
         n = target.shape[0]  # not len(target): a Python-level call on tensors, and this runs every batch
         self.count += n
         value = learn.loss_value

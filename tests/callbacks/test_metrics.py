@@ -137,3 +137,23 @@ def test_metrics_rows_reach_the_display_through_the_learners_slot(capsys):
     assert capsys.readouterr().out == "" and [loss for _, loss in progress.valid_losses] == [learn.history[-1]["loss"]]
     learn.remove_cb(progress).fit(1)  # without a display, MetricsCB prints its own table
     assert capsys.readouterr().out.splitlines()[0].split() == ["loss", "epoch", "phase"]
+
+
+def test_metrics_score_the_targets_of_batches_that_carry_more_than_inputs_and_targets():
+    """A batch (inputs, targets, weights) gives the loss both (loss_func(preds, targets, weights)); MetricsCB scored
+    the last tensor, the weights, as targets: an accuracy of 0.0 with no error."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from slowlearn import DataLoaders
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(20, 3, generator=g), torch.rand(20, generator=g)
+    y = (x[:, 0] > 0).long()
+    dls = DataLoaders(DataLoader(TensorDataset(x[:12], y[:12], w[:12]), 4),
+                      DataLoader(TensorDataset(x[12:], y[12:], w[12:]), 4))
+    torch.manual_seed(0)
+    model = nn.Linear(3, 2)
+    weighted = lambda preds, y, w: (F.cross_entropy(preds, y, reduction="none") * w).mean()  # noqa: E731
+    learn = Learner(model, dls, weighted, cbs=[MetricsCB(acc=MulticlassAccuracy()), Frozen()]).fit(1)
+    with torch.no_grad():
+        expected = (model(x[12:]).argmax(1) == y[12:]).float().mean().item()
+    assert learn.history[-1]["acc"] == pytest.approx(expected)
