@@ -64,8 +64,8 @@ def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner:
     preds, targets, inputs, losses = [], [], [], []
     learn.model.eval()
     try:
-        for xb, yb in dl:
-            xb, yb = to_device((xb, yb), device)
+        for xb, yb, *rest in dl:  # (inputs, targets, ...): what follows the targets (weights, masks) goes to the loss
+            xb, yb, *rest = to_device((xb, yb, *rest), device)
             out = learn.model(xb).float()
             activate, undo = activation(learn.loss_func, out) if probabilities else (_as_is, _as_is)
             probs = activate(out)
@@ -77,7 +77,7 @@ def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner:
             if with_input:
                 inputs.append(xb)
             if with_loss:
-                losses.append(loss_per_item(out, yb))
+                losses.append(loss_per_item(out, yb, *rest))
     finally:
         learn.model.train(was_training)
     if not preds:  # a loader without len() that gave nothing
@@ -122,7 +122,7 @@ def _per_item_loss(loss_func: Callable, owner: str = "get_preds") -> Callable:
                         f"argument: give the Learner a loss that accepts reduction='none' and then returns one loss "
                         f"per item (as torch.nn.functional.cross_entropy does), or an nn.Module loss with a "
                         f"`reduction` attribute (as nn.CrossEntropyLoss)")
-    return lambda out, yb: loss_func(out, yb, reduction="none")
+    return lambda out, *targets: loss_func(out, *targets, reduction="none")
 
 
 def _takes_reduction(loss_func: Callable) -> bool:

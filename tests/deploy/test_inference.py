@@ -250,3 +250,22 @@ def test_get_preds_and_predict_give_probabilities_only_where_the_loss_makes_them
         outputs = expected(model(x))
     torch.testing.assert_close(learn.get_preds().preds, outputs)
     torch.testing.assert_close(learn.predict(x[:4]).probs, outputs[:4])
+
+
+def test_get_preds_and_validate_take_batches_that_carry_more_than_inputs_and_targets():
+    """The fit takes (inputs, targets, weights) batches (the loss gets the weights); get_preds and validate failed on
+    them with "too many values to unpack (expected 2)"."""
+    g = torch.Generator().manual_seed(0)
+    x, w = torch.randn(20, 3, generator=g), torch.rand(20, generator=g)
+    y = (x[:, 0] > 0).long()
+    dls = DataLoaders(DataLoader(TensorDataset(x[:12], y[:12], w[:12]), 4),
+                      DataLoader(TensorDataset(x[12:], y[12:], w[12:]), 4))
+
+    def weighted(preds, y, w, reduction="mean"):
+        losses = F.cross_entropy(preds, y, reduction="none") * w
+        return losses.mean() if reduction == "mean" else losses
+
+    learn = Learner(nn.Linear(3, 2), dls, weighted, cbs=[MetricsCB()]).fit(1)
+    result = learn.get_preds(with_loss=True)
+    assert torch.equal(result.targets, y[12:]) and result.losses.shape == (8,)
+    assert learn.validate()["loss"] == pytest.approx(learn.history[-1]["loss"], rel=1e-5)
