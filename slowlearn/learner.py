@@ -69,7 +69,8 @@ class Learner:
 
     During a fit callbacks read `model, dls, opt, loss_func, n_epochs, epoch, training, dl, n_iter, iter,
     batch, preds, loss, loss_value` (the loss as a float from `after_loss` on, or None: see
-    `Callback.reads_loss_value`), `pct_train` (fraction of training done), `cbs` and `dispatch` (the fit's
+    `Callback.reads_loss_value`), `pct_train` (fraction of training done), `train_phase` and `valid_phase` (whether
+    the fit runs each: `fit(train=, valid=)`), `cbs` and `dispatch` (the fit's
     handlers, which `dispatch.wrap` can wrap, e.g. to time them, and `dispatch.set_active` switch off for a phase).
     What callbacks share lives in these slots, each set by one callback for the fit and put back after it:
       device        the device the fit trains on: this process's under DistributedCB, else DeviceCB's
@@ -165,7 +166,8 @@ class Learner:
             if state is not None:
                 restore_weights(self, state)
                 restore_setup(self, state)
-            self.n_epochs, self.epoch, self.pct_train, self.valid_phase = n_epochs, 0, 0., valid
+            self.n_epochs, self.epoch, self.pct_train = n_epochs, 0, 0.
+            self.train_phase, self.valid_phase = train, valid
             self.fit_lrs = [group["lr"] for group in self.opt.param_groups]
             self._run_level("fit", CancelFitException, lambda: self._epochs(train, valid, state))
         except BaseException:

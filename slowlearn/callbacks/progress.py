@@ -167,12 +167,13 @@ class PlainView:
     shows_loss = shows_batches = False
 
     def __init__(self, learn):
-        phases = f"{len(learn.dls.train)} training"
+        phases = [f"{len(learn.dls.train)} training"] if learn.train_phase else []
         if learn.valid_phase:
-            phases += f" and {len(learn.dls.valid)} validation"
+            phases.append(f"{len(learn.dls.valid)} validation")
         device = learn.device or model_device(learn.model)
-        self.write(f"fit: {learn.n_epochs} epoch{'s' * (learn.n_epochs != 1)} of {phases} batches, "
-                   f"{type(learn.model).__name__} on {device}, {type(learn.opt).__name__} at {_lr_text(learn)}")
+        training = f", {type(learn.opt).__name__} at {_lr_text(learn)}" if learn.train_phase else ""
+        self.write(f"fit: {learn.n_epochs} epoch{'s' * (learn.n_epochs != 1)} of {' and '.join(phases)} batches, "
+                   f"{type(learn.model).__name__} on {device}{training}")
         self.row = TablePrinter(self.write)
 
     @staticmethod

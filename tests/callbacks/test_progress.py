@@ -177,3 +177,13 @@ def test_notebook_view_updates_one_line_and_one_table_in_place(monkeypatch):
     line, table = shown  # nothing else was displayed: every update went to these two
     assert "epoch 2/2" in line.objs[-1].data and "<progress" in line.objs[-1].data
     assert table.objs[-1].data.count("<tr>") == 5  # header + 2 epochs x 2 phases
+
+
+def test_a_log_files_start_line_of_a_validation_only_fit_counts_only_validation_batches(capsys):
+    """fit(train=False) on data without a training loader (which the fit allows) failed in the start line with
+    "object of type 'NoneType' has no len()", and with one it counted training batches that the fit never ran."""
+    from slowlearn import DataLoaders
+    dls = make_dls()
+    for data in (dls, DataLoaders(None, dls.valid)):
+        Learner(nn.Linear(3, 2), data, cbs=[MetricsCB(), ProgressCB(verbose=2)]).fit(1, train=False)
+        assert capsys.readouterr().out.splitlines()[0] == "fit: 1 epoch of 2 validation batches, Linear on cpu"
