@@ -57,6 +57,7 @@ class ProgressCB(Callback):
         self.verbose = verbose
         self._losses = DeviceFloats()
         self.valid_losses: list[tuple[int, float]] = []
+        self._valid_after: list[int] = []  # for each validation loss, the training batches of the fit before it
         self.view = None
         self._in_fit = False
 
@@ -78,8 +79,8 @@ class ProgressCB(Callback):
             self.view = TerminalView(learn.n_epochs)
         self.live_plot = notebook and verbose == 1 and self.plot is not False
         self._shows_batches, self._shows_loss = self.view.shows_batches, self.view.shows_loss
-        self._losses, self.valid_losses = learn.batch_losses, []
-        self._n_train_batches, self._last_plot, self._plot_handle = 0, 0., None
+        self._losses, self.valid_losses, self._valid_after = learn.batch_losses, [], []
+        self._last_plot, self._plot_handle = 0., None
         learn.metrics_log = self._log_row
         self._in_fit = True
 
@@ -88,8 +89,6 @@ class ProgressCB(Callback):
         self.view.start_phase(f"{phase} {learn.epoch}", learn.n_iter)
         # a batch that no bar counts and whose loss nothing shows leaves nothing to do: no call per batch
         learn.dispatch.set_active(self, "after_batch", self._shows_batches or (learn.training and self._shows_loss))
-        if learn.training:
-            self._n_train_batches = learn.n_iter
 
     def after_batch(self, learn) -> None:
         if self._shows_batches:
@@ -123,6 +122,7 @@ class ProgressCB(Callback):
     def _log_row(self, row: dict) -> None:
         if row.get("phase") == "valid" and "loss" in row:
             self.valid_losses.append((row["epoch"], row["loss"]))
+            self._valid_after.append(len(self._losses.values) + self._losses.n_pending)
         if self.table:
             self.view.row(row)
 
@@ -132,8 +132,7 @@ class ProgressCB(Callback):
         fig, ax = subplots(figsize=(6, 3.5))
         ax.plot(range(1, len(self.train_losses) + 1), self.train_losses, label="train (per batch)", lw=1)
         if self.valid_losses:
-            xs = [(epoch + 1) * self._n_train_batches for epoch, _ in self.valid_losses]
-            ax.plot(xs, [loss for _, loss in self.valid_losses], "o-", label="valid (per epoch)")
+            ax.plot(self._valid_after, [loss for _, loss in self.valid_losses], "o-", label="valid (per epoch)")
         ax.set(xlabel="training batch", ylabel="loss", title="Loss")
         integer_xticks(ax)
         ax.legend()

@@ -5,7 +5,7 @@ import torch
 from conftest import FailsBeforeFit, TrainLosses, make_dls
 from torch import nn
 
-from slowlearn import Callback, Learner, MetricsCB, ProgressCB
+from slowlearn import Callback, CancelEpochException, Learner, MetricsCB, ProgressCB
 from slowlearn.callbacks import progress as progress_module
 
 ESCAPES = ("\r", "\x1b")
@@ -187,3 +187,17 @@ def test_a_log_files_start_line_of_a_validation_only_fit_counts_only_validation_
     for data in (dls, DataLoaders(None, dls.valid)):
         Learner(nn.Linear(3, 2), data, cbs=[MetricsCB(), ProgressCB(verbose=2)]).fit(1, train=False)
         assert capsys.readouterr().out.splitlines()[0] == "fit: 1 epoch of 2 validation batches, Linear on cpu"
+
+
+def test_the_loss_plot_puts_each_validation_after_the_training_batches_it_followed():
+    """The validation points were drawn at (epoch + 1) x batches an epoch: epochs that a callback cut short
+    (CancelEpochException, miniai's way to shorten them) left them far to the right of the training curve."""
+    class TwoBatches(Callback):
+        def after_batch(self, learn):
+            if learn.training and learn.iter == 1:
+                raise CancelEpochException()
+
+    learn = Learner(nn.Linear(3, 2), make_dls(n_train=40), cbs=[MetricsCB(), ProgressCB(verbose=0), TwoBatches()])
+    learn.fit(3)
+    train, valid = learn.progress.plot_loss().axes[0].get_lines()
+    assert list(train.get_xdata()) == [1, 2, 3, 4, 5, 6] and list(valid.get_xdata()) == [2, 4, 6]
