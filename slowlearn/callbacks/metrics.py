@@ -117,7 +117,7 @@ class MetricsCB(Callback):
 
     def after_epoch(self, learn) -> None:
         self._update()
-        row = {name: self._compute(m).item() for name, m in self.metrics.items()}
+        row = {name: _number(name, self._compute(m)) for name, m in self.metrics.items()}
         loss_sum = self._total_loss(model_device(learn.model))
         count = torch.tensor(float(self.count), dtype=torch.float64, device=loss_sum.device)
         totals = all_reduce_sum(torch.stack([loss_sum, count]))
@@ -141,3 +141,14 @@ class MetricsCB(Callback):
             return metric.compute()
         from torcheval.metrics.toolkit import sync_and_compute
         return sync_and_compute(metric)
+
+
+def _number(name: str, value: torch.Tensor) -> float:
+    """A metric's value as the one number that the history and the table hold; an error naming the metric if it
+    gives several."""
+    if value.numel() != 1:
+        raise ValueError(f"Metric {name} gives {value.numel()} values (shape {tuple(value.shape)}), but the history "
+                         f"and the metrics table hold one number per metric: make it give one (for a classification "
+                         f"metric, average='macro' or 'micro' rather than average=None), or compute the values per "
+                         f"class from learn.get_preds() after the fit.")
+    return value.item()

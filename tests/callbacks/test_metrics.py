@@ -157,3 +157,12 @@ def test_metrics_score_the_targets_of_batches_that_carry_more_than_inputs_and_ta
     with torch.no_grad():
         expected = (model(x[12:]).argmax(1) == y[12:]).float().mean().item()
     assert learn.history[-1]["acc"] == pytest.approx(expected)
+
+
+def test_a_metric_that_gives_several_values_is_an_error_naming_it_and_the_fix():
+    """MulticlassAccuracy(average=None) gives one accuracy per class: the fit failed at the end of its first epoch
+    with torch's "a Tensor with 3 elements cannot be converted to Scalar", naming neither the metric nor a fix."""
+    metrics = MetricsCB(per_class=MulticlassAccuracy(average=None, num_classes=3))
+    learn = Learner(nn.Linear(3, 3), make_dls(n_classes=3), cbs=[metrics])
+    with pytest.raises(ValueError, match=r"per_class gives 3 values \(shape \(3,\)\).*one number.*average="):
+        learn.fit(1)
