@@ -91,7 +91,7 @@ def plot_metrics(learn, path: str | Path | None = None):
     counted from 0 over every fit so far: a later fit continues the count, where the history's and the metrics
     table's `epoch` start again at 0. A validation is drawn at the training epoch whose weights it scored (a
     validation-only fit, `fit(train=False)`, at the last one; before any training, at -1)."""
-    names = [k for k in learn.history[0] if k not in ("epoch", "phase")] if learn.history else ["loss"]
+    names = list(dict.fromkeys(k for row in learn.history for k in row if k not in ("epoch", "phase"))) or ["loss"]
     epochs = _trained_epochs(learn.history)
     fig, axs = subplots(1, len(names), figsize=(4.5 * len(names), 3.2), squeeze=False)
     for ax, name in zip(axs[0], names):

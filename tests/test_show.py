@@ -139,3 +139,16 @@ def test_plot_metrics_puts_each_validation_at_the_training_epoch_it_scored():
     learn.fit(1)
     points = curve_points(plot_metrics(learn), "loss")
     assert [x for x, _ in points["train"]] == [0, 1] and points["valid"] == [(1, learn.history[-1]["loss"])]
+
+
+def test_plot_metrics_draws_a_metric_that_a_later_fit_added():
+    """The panels were the first history row's columns: a metric that a later fit's MetricsCB added was not drawn."""
+    from torcheval.metrics import MulticlassAccuracy
+
+    from slowlearn import MetricsCB
+    learn = Learner(nn.Linear(3, 2), make_dls(), cbs=[MetricsCB()])
+    learn.fit(1)
+    learn.cbs = [MetricsCB(accuracy=MulticlassAccuracy())]
+    learn.fit(1)
+    points = curve_points(plot_metrics(learn), "accuracy")
+    assert [x for x, _ in points["train"]] == [1] and [x for x, _ in points["valid"]] == [1]
