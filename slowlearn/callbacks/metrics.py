@@ -45,6 +45,14 @@ class MetricsCB(Callback):
     reads_loss_value = True
 
     def __init__(self, *metrics: Metric, update_every: int = 256, max_buffered: int = 2**22, **named_metrics: Metric):
+        names = [type(m).__name__ for m in metrics] + list(named_metrics)
+        clash = next((n for i, n in enumerate(names) if n in names[:i] or n in ("loss", "epoch", "phase")), None)
+        if clash is not None:
+            raise ValueError(f"MetricsCB: two metrics would be named '{clash}' in the history and the table (a metric "
+                             f"given without a name is named after its class; 'loss', 'epoch' and 'phase' are "
+                             f"MetricsCB's own columns), so one would hide the other: name each metric by keyword, "
+                             f"e.g. MetricsCB(acc=MulticlassAccuracy(), acc_macro=MulticlassAccuracy(average='macro', "
+                             f"num_classes=10)).")
         self.metrics = {type(m).__name__: m for m in metrics} | named_metrics
         self.update_every, self.max_buffered = update_every, max_buffered
         self._buffered_numel = 0

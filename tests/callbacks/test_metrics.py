@@ -166,3 +166,16 @@ def test_a_metric_that_gives_several_values_is_an_error_naming_it_and_the_fix():
     learn = Learner(nn.Linear(3, 3), make_dls(n_classes=3), cbs=[metrics])
     with pytest.raises(ValueError, match=r"per_class gives 3 values \(shape \(3,\)\).*one number.*average="):
         learn.fit(1)
+
+
+@pytest.mark.parametrize("args, kwargs, name", [
+    ((MulticlassAccuracy(), MulticlassAccuracy(average="macro", num_classes=2)), {}, "MulticlassAccuracy"),
+    ((MulticlassAccuracy(),), {"MulticlassAccuracy": MulticlassAccuracy()}, "MulticlassAccuracy"),
+    ((), {"loss": MulticlassAccuracy()}, "loss"),
+    ((), {"phase": MulticlassAccuracy()}, "phase"),
+])
+def test_two_metrics_of_one_name_or_a_metric_named_as_a_column_of_its_own_are_refused(args, kwargs, name):
+    """Metrics are named after their class unless named by keyword: a second of one class replaced the first, and
+    one named "loss" (or "epoch", "phase") was replaced in each row by MetricsCB's own column, without a word."""
+    with pytest.raises(ValueError, match=rf"'{name}'.*name each metric by keyword"):
+        MetricsCB(*args, **kwargs)
