@@ -13,6 +13,7 @@ from torch import nn
 
 from ..data import as_items, preprocessing_of, to_batch
 from ..device import model_device, to_device
+from ..randomness import randomness, restore_randomness
 
 __all__ = ["Preds", "Prediction", "get_preds", "predict", "prediction", "validate",
            "confusion_matrix", "activation"]
@@ -58,11 +59,13 @@ def get_preds(learn, dl=None, with_input: bool = False, with_loss: bool = False,
 def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner: str,
                  probabilities: bool = True) -> Preds:
     """`get_preds` on the loader `dl`; `probabilities=False` keeps the model's outputs as they are (what MetricsCB
-    scores during a fit)."""
+    scores during a fit). The random numbers that a shuffled or augmented loader draws are put back afterwards, so
+    the next fit gets the batches it would have had."""
     device, was_training = model_device(learn.model), learn.model.training
     loss_per_item = _per_item_loss(learn.loss_func, owner) if with_loss else None
     preds, targets, inputs, losses = [], [], [], []
     learn.model.eval()
+    saved = randomness(learn.dls)
     try:
         for xb, yb, *rest in dl:  # (inputs, targets, ...): what follows the targets (weights, masks) goes to the loss
             xb, yb, *rest = to_device((xb, yb, *rest), device)
@@ -80,6 +83,7 @@ def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner:
                 losses.append(loss_per_item(out, yb, *rest))
     finally:
         learn.model.train(was_training)
+        restore_randomness(learn.dls, saved)
     if not preds:  # a loader without len() that gave nothing
         raise ValueError(_empty(owner, dl))
     cat = lambda ts: torch.cat(ts).cpu() if ts else None  # noqa: E731

@@ -269,3 +269,18 @@ def test_get_preds_and_validate_take_batches_that_carry_more_than_inputs_and_tar
     result = learn.get_preds(with_loss=True)
     assert torch.equal(result.targets, y[12:]) and result.losses.shape == (8,)
     assert learn.validate()["loss"] == pytest.approx(learn.history[-1]["loss"], rel=1e-5)
+
+
+def test_predictions_on_the_training_loader_leave_the_next_fits_batches_as_they_were():
+    """get_preds(learn.dls.train) drew a shuffled epoch's order from the loader's generator (and augmentation from
+    the global RNGs), so the next fit trained on other batches than it would have: a look at the training
+    predictions between two fits changed the run."""
+    def run(look):
+        torch.manual_seed(0)
+        learn = Learner(nn.Linear(3, 2), make_dls(n_train=40, bs=8)).fit(1)
+        if look:
+            learn.get_preds(learn.dls.train)
+            learn.validate(learn.dls.train)
+        return learn.fit(1).model.weight.detach().clone()
+
+    assert torch.equal(run(look=True), run(look=False))
