@@ -33,13 +33,23 @@ def check_loaders(dls, train: bool, valid: bool) -> None:
         loader = getattr(dls, phase)
         if loader is None:
             raise ValueError(f"There is no {phase} loader: give DataLoaders one, or fit with {phase}=False.")
-        if len(loader) == 0:
+        if _length(loader, phase) == 0:
             raise ValueError(f"The {phase} loader has no batches: check the dataset is not empty and that "
                              f"drop_last=True is not dropping a dataset smaller than one batch.")
         for what, data in zip(("inputs", "targets"), _tensors_in_memory(loader)):
             _check_finite(data, f"The {phase} set's {what}")
     if train:
         check_steps_per_epoch(dls.train)
+
+
+def _length(loader, phase: str) -> int:
+    try:
+        return len(loader)
+    except TypeError:
+        raise TypeError(f"The {phase} loader has no length ({type(loader).__name__} of "
+                        f"{type(getattr(loader, 'dataset', loader)).__name__}; an IterableDataset has none), but a fit "
+                        f"needs its batches an epoch (for progress, schedules and pct_train): give the dataset a "
+                        f"__len__, or use a map-style dataset (__getitem__ and __len__).") from None
 
 
 def check_steps_per_epoch(loader) -> None:

@@ -265,3 +265,19 @@ def test_batches_of_one_item_for_batchnorm_are_named_before_any_step():
                                                    r"and BatchNorm layer '1' \(BatchNorm1d\) cannot normalise") as e:
         Learner(model, make_dls(n_train=9, bs=1)).fit(1)
     assert (e.value.bs, e.value.n_items, e.value.layer) == (1, 9, "'1' (BatchNorm1d)")
+
+
+def test_a_loader_without_a_length_says_what_the_fit_needs_before_training():
+    """A DataLoader over an IterableDataset has no len(): the fit failed with "object of type 'Stream' has no len()",
+    saying neither which loader nor why a length is needed."""
+    from torch.utils.data import IterableDataset
+
+    class Stream(IterableDataset):
+        def __iter__(self):
+            return iter([(torch.randn(3), torch.tensor(1))] * 8)
+
+    dls = make_dls()
+    learn = Learner(nn.Linear(3, 2), DataLoaders(dls.train, DataLoader(Stream(), 4)))
+    with pytest.raises(TypeError, match=r"The valid loader has no length.*IterableDataset.*batches an epoch"):
+        learn.fit(1)
+    assert learn.opt is None  # refused before anything was made or trained
