@@ -227,16 +227,18 @@ def restore_weights(learn, state: dict) -> None:
     to fit (the model's keys and shapes, the optimizer's type and groups) before anything is overwritten.
     The model's gradients are dropped: a checkpoint is taken after a step, where none wait (those of a batch
     interrupted between its backward pass and its step would go into the next step)."""
-    if state["opt"] is not None and learn.opt is None:
-        learn.opt = learn.make_optimizer()
+    opt = learn.opt
+    if state["opt"] is not None and opt is None:  # kept only once the checkpoint fits (a refusal changes nothing)
+        opt = learn.make_optimizer()
     source = state.get("source", "the checkpoint")
     check_model_fits(bare_model(learn.model), state["model"], source)
     if state["opt"] is not None:
-        check_optimizer_fits(learn.opt, state["opt"], state.get("opt_type"), source)
+        check_optimizer_fits(opt, state["opt"], state.get("opt_type"), source)
     bare_model(learn.model).load_state_dict(state["model"])
     drop_gradients(learn.model)
     if state["opt"] is not None:
-        learn.opt.load_state_dict(state["opt"])
+        opt.load_state_dict(state["opt"])
+    learn.opt = opt
     learn.history[:] = [current_row(row) for row in state["history"]]
 
 

@@ -461,6 +461,17 @@ def test_resuming_with_another_optimizer_is_refused_before_the_weights_are_loade
     assert same(state_tensors(adam), before)
 
 
+def test_a_load_refused_for_its_optimizer_creates_none_so_the_right_opt_func_then_loads(tmp_path):
+    path = saved_checkpoint(tmp_path)  # SGD with momentum
+    learn = learner(opt_func=torch.optim.Adam)
+    with pytest.raises(CheckpointError, match="so nothing was loaded: resume with the opt_func of the saved run"):
+        learn.load(path)
+    assert learn.opt is None
+    learn.opt_func = lambda p, lr: torch.optim.SGD(p, lr, momentum=0.9)  # as the message says
+    learn.load(path)
+    assert isinstance(learn.opt, torch.optim.SGD) and learn.opt.param_groups[0]["momentum"] == 0.9
+
+
 def test_an_old_checkpoint_of_another_optimizer_is_refused_by_its_hyper_parameters(tmp_path):
     state = torch.load(saved_checkpoint(tmp_path), weights_only=True)
     del state["opt_type"], state["checksum"]
