@@ -99,7 +99,8 @@ def make_optimizer(learn) -> torch.optim.Optimizer:
 
 def set_lr(learn, lr: float | slice | Sequence[float]) -> None:
     """Set `learn.lr` and every param group's lr from it (a number, a slice or one lr per group); an
-    `lr` that does not fit the groups raises and changes nothing."""
+    `lr` that does not fit the groups, or is not a finite number >= 0 (see `check_lr`), raises and changes nothing."""
+    check_lr(lr, owner="set_lr")
     lrs = group_lrs(lr, len(learn.opt.param_groups) if learn.opt is not None else len(learn.param_groups()))
     learn.lr = lr
     if learn.opt is not None:

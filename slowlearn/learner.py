@@ -400,7 +400,7 @@ class Learner:
 
     def set_lr(self, lr: float | slice | Sequence[float]) -> None:
         """Set `learn.lr` and every param group's lr from it (a number, a slice or one lr per group); an
-        `lr` that does not fit the groups raises and changes nothing."""
+        `lr` that does not fit the groups, or is not a finite number >= 0, raises and changes nothing."""
         groups.set_lr(self, lr)
 
     def freeze_to(self, n: int, train_bn: bool = True) -> None:

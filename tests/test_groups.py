@@ -108,6 +108,16 @@ def test_a_bad_lr_is_refused_naming_it(lr, message):
     assert learn.lr == 0.1 and learn.opt is None
 
 
+@pytest.mark.parametrize("lr, message", [(-1., "set_lr: Invalid lr: -1.0"), (float("nan"), "set_lr: Invalid lr: nan"),
+                                         (slice(0, 1e-2), r"set_lr: Invalid lo of lr=slice\(lo, hi\): 0 "),
+                                         ("0.1", "set_lr: Invalid lr: '0.1'")])
+def test_set_lr_refuses_a_bad_lr_and_changes_nothing(lr, message):
+    learn = Learner(three_layers(), make_dls(), lr=0.1, splitter=by_layer).fit(1)
+    with pytest.raises(ValueError, match=message):
+        learn.set_lr(lr)
+    assert learn.lr == 0.1 and [g["lr"] for g in learn.opt.param_groups] == [0.1] * 3
+
+
 def test_lr_finds_suggestion_itself_is_refused_as_an_lr_saying_which_value_to_pass():
     """fit_one_cycle(1, learn.lr_find()) on a model of two param groups trained the body at the valley and the head
     at the steep lr: SuggestedLRs is a tuple of two numbers, which read as one lr per group."""
