@@ -32,7 +32,11 @@ class ForeachOptimizer(Optimizer):
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
-        self.check_hyperparameters(self.param_groups[-1])
+        try:
+            self.check_hyperparameters(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()  # refused: the optimizer stays as it was
+            raise
 
     def check_hyperparameters(self, group: dict) -> None:
         _check_range("lr", group["lr"], 0.)

@@ -202,6 +202,17 @@ def test_invalid_hyperparameters_name_the_value(make, match):
         make(small_cnn().parameters())
 
 
+def test_a_param_group_refused_by_add_param_group_is_not_kept():
+    a, b = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(3))
+    opt = Adam([a], 0.1)
+    with pytest.raises(ValueError, match="Invalid lr: -1.0"):
+        opt.add_param_group({"params": [b], "lr": -1.})
+    assert len(opt.param_groups) == 1
+    a.grad, b.grad = torch.ones(3), torch.ones(3)
+    opt.step()
+    assert torch.equal(b, torch.zeros(3))
+
+
 def record_schedule(opt, sched, n):
     model = opt.param_groups[0]["params"][0]
     key = "betas" if "betas" in opt.defaults else "momentum"
