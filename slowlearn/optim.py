@@ -4,7 +4,8 @@ State lives in `self.state` (so it reaches `state_dict()` and checkpoints), hype
 `param_groups` under torch's names (`lr`, `momentum`, `betas`, `eps`, `weight_decay`), so every
 `torch.optim.lr_scheduler` drives them, `OneCycleLR(cycle_momentum=True)` included. Each update is
 vectorised over a group's parameters with `torch._foreach_*` ops; there is no per-parameter Python
-loop (foreach ops fall back to per-tensor kernels by themselves when a list mixes devices or dtypes).
+loop (foreach ops fall back to per-tensor kernels by themselves when a list mixes devices or dtypes). As in
+`torch.optim`, a complex parameter is updated as a pair of real ones (its state is real, with a last dimension of 2).
 
 Notation below: g = gradient, p = parameter, γ = lr, λ = weight decay, t = step number (from 1).
 "L2" weight decay adds λp to the gradient (torch's `weight_decay`); "decoupled" shrinks p by γλ.
@@ -68,14 +69,22 @@ class ForeachOptimizer(Optimizer):
                 continue
             if any(p.grad.is_sparse for p in params):
                 raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+            grads, views = [p.grad for p in params], params
+            if any(p.is_complex() for p in params):  # as torch.optim: a complex number is a pair of real ones
+                views, grads = _real_views(params), _real_views(grads)
             states = []
-            for p in params:
+            for p, view in zip(params, views):
                 state = self.state[p]
                 if not state:
-                    state.update(self.init_state(p, group))
+                    state.update(self.init_state(view, group))
                 states.append(state)
-            self.update(group, params, [p.grad for p in params], states)
+            self.update(group, views, grads, states)
         return loss
+
+
+def _real_views(tensors: list[Tensor]) -> list[Tensor]:
+    """Complex tensors viewed as real ones with a last dimension of 2 (real, imaginary); the others as they are."""
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
 
 
 def _zeros(params: Tensor) -> Tensor:

@@ -95,6 +95,25 @@ def test_matches_torch_optim(name, seed):
     assert_same_trajectory(*torch_pair(name, grid(seed)))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_complex_parameters_follow_torch_optim(name):
+    """torch.optim treats a complex number as a pair of real ones (its squares are |g|^2, not g^2)."""
+    ours, theirs = torch_pair(name, dict(lr=1e-2, wd=1e-2, mom=0.9, two_groups=False, beta2=0.999))
+    start = torch.randn(4, 3, dtype=torch.cfloat, generator=torch.Generator().manual_seed(0))
+    ends = []
+    for make in (ours, theirs):
+        weights = nn.ParameterList([start.clone()])
+        opt = make(weights)
+        for i in range(20):
+            x = torch.randn(8, 4, dtype=torch.cfloat, generator=torch.Generator().manual_seed(i))
+            (x @ weights[0]).abs().sum().backward()
+            opt.step()
+            opt.zero_grad()
+        ends.append(weights[0].detach())
+    assert not torch.equal(ends[1], start)
+    assert ((ends[0] - ends[1]).norm() / ends[1].norm()).item() <= 1e-5
+
+
 class Reference(torch.optim.Optimizer):
     """A straightforward per-parameter implementation of the seeds' variants, as in the seed notebooks."""
 
