@@ -39,6 +39,18 @@ class ForeachOptimizer(Optimizer):
             self.param_groups.pop()  # refused: the optimizer stays as it was
             raise
 
+    def load_state_dict(self, state_dict: dict) -> None:
+        """torch's, once the saved param groups are known to hold this optimizer's hyper-parameters: the state of
+        another optimizer (torch.optim's Adam into this Adam, say) is refused before anything is loaded."""
+        for group in state_dict["param_groups"]:
+            missing = [key for key in self.defaults if key not in group]
+            if missing:
+                name = type(self).__name__
+                raise ValueError(f"The param groups of this state dict lack {', '.join(missing)}, which {name} needs: "
+                                 f"it is the state of another optimizer (torch.optim's {name}?). Nothing was loaded: "
+                                 f"load it into an optimizer of the type that saved it.")
+        super().load_state_dict(state_dict)
+
     def check_hyperparameters(self, group: dict) -> None:
         _check_range("lr", group["lr"], 0.)
         _check_range("weight_decay", group.get("weight_decay", 0.), 0.)

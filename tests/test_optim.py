@@ -187,6 +187,22 @@ def test_state_dict_round_trip_continues_identically(index):
     assert torch.equal(flat(straight), flat(resumed))
 
 
+@pytest.mark.parametrize("ours, theirs, missing", [
+    (lambda p: Adam(p, 1e-2), lambda p: torch.optim.Adam(p, 1e-2), "eps_inside_sqrt"),
+    (lambda p: RMSProp(p, 1e-2), lambda p: torch.optim.RMSprop(p, 1e-2), "v_init, eps_inside_sqrt"),
+])
+def test_the_state_of_another_optimizer_is_refused_before_anything_is_loaded(ours, theirs, missing):
+    param = nn.Parameter(torch.zeros(3))
+    other = theirs([param])
+    param.grad = torch.ones(3)
+    other.step()
+    opt = ours([param])
+    with pytest.raises(ValueError, match=f"lack {missing}, which {type(opt).__name__} needs: .*Nothing was loaded"):
+        opt.load_state_dict(other.state_dict())
+    assert not opt.state and "amsgrad" not in opt.param_groups[0]
+    opt.step()
+
+
 def test_parameters_without_gradient_are_skipped_and_zero_grad_sets_none():
     model = small_cnn()
     model[0].weight.requires_grad_(False)
