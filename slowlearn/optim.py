@@ -23,8 +23,9 @@ from .arguments import check_range
 __all__ = ["SGD", "MomentumSGD", "RMSProp", "AdaGrad", "AdaDelta", "Adam", "AdamW"]
 
 
-def _check_range(name: str, value: float, low: float, high: float | None = None, low_open: bool = False) -> None:
-    check_range(name, value, low, high, low_open=low_open)
+def _check_range(name: str, value: float, low: float, high: float | None = None, low_open: bool = False,
+                 high_open: bool = True) -> None:
+    check_range(name, value, low, high, low_open=low_open, high_open=high_open)
 
 
 class ForeachOptimizer(Optimizer):
@@ -56,8 +57,12 @@ class ForeachOptimizer(Optimizer):
         _check_range("weight_decay", group.get("weight_decay", 0.), 0.)
         if "momentum" in group:
             _check_range("momentum", group["momentum"], 0., 1.)
-        for i, beta in enumerate(group.get("betas", ())):
-            _check_range(f"beta{i + 1}", beta, 0., 1.)
+        if "betas" in group:
+            betas = group["betas"]
+            if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+                raise ValueError(f"Invalid betas: {betas!r} (must be two numbers (beta1, beta2), each in [0, 1))")
+            for i, beta in enumerate(betas):
+                _check_range(f"beta{i + 1}", beta, 0., 1.)
         if "eps" in group:
             _check_range("eps", group["eps"], 0., low_open=True)
 
@@ -168,7 +173,7 @@ class MomentumSGD(ForeachOptimizer):
     def check_hyperparameters(self, group):
         super().check_hyperparameters(group)
         if group["dampening"] is not None:
-            _check_range("dampening", group["dampening"], 0., 1.0000001)
+            _check_range("dampening", group["dampening"], 0., 1., high_open=False)
 
     def init_state(self, p, group):
         return {"momentum_buffer": _zeros(p)}
@@ -214,14 +219,14 @@ class RMSProp(ForeachOptimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-2, alpha: float = 0.99, eps: float = 1e-8, wd: float = 0.,
                  momentum: float = 0., v_init: str = "zero", eps_inside_sqrt: bool = False):
-        if v_init not in ("zero", "grad"):
-            raise ValueError(f"Invalid v_init: {v_init!r} (must be 'zero' or 'grad')")
         super().__init__(params, dict(lr=lr, alpha=alpha, eps=eps, weight_decay=wd, momentum=momentum,
                                       v_init=v_init, eps_inside_sqrt=eps_inside_sqrt))
 
     def check_hyperparameters(self, group):
         super().check_hyperparameters(group)
         _check_range("alpha", group["alpha"], 0., 1.)
+        if group["v_init"] not in ("zero", "grad"):
+            raise ValueError(f"Invalid v_init: {group['v_init']!r} (must be 'zero' or 'grad')")
 
     def init_state(self, p, group):
         return {"step": 0, "square_avg": _zeros(p)}
@@ -281,9 +286,12 @@ class AdaGrad(ForeachOptimizer):
 
     def __init__(self, params: Iterable, lr: float = 1e-2, eps: float = 1e-10, wd: float = 0.,
                  initial_accumulator_value: float = 0.):
-        _check_range("initial_accumulator_value", initial_accumulator_value, 0.)
         super().__init__(params, dict(lr=lr, eps=eps, weight_decay=wd,
                                       initial_accumulator_value=initial_accumulator_value))
+
+    def check_hyperparameters(self, group):
+        super().check_hyperparameters(group)
+        _check_range("initial_accumulator_value", group["initial_accumulator_value"], 0.)
 
     def init_state(self, p, group):
         return {"step": 0, "sum": torch.full_like(p, group["initial_accumulator_value"],

@@ -231,6 +231,11 @@ def test_parameters_without_gradient_are_skipped_and_zero_grad_sets_none():
     (lambda p: AdamW(p, wd=float("nan")), "Invalid weight_decay: nan"),
     (lambda p: RMSProp(p, eps=float("inf")), "Invalid eps: inf"),
     (lambda p: MomentumSGD(p, 0.1, mom=float("nan")), "Invalid momentum: nan"),
+    (lambda p: MomentumSGD(p, 0.1, dampening=1.5), r"Invalid dampening: 1.5 \(must be a finite number in \[0.0, 1.0\]\)"),
+    (lambda p: Adam(p, betas=(0.9,)), r"Invalid betas: \(0.9,\) \(must be two numbers \(beta1, beta2\)"),
+    (lambda p: AdamW([{"params": p, "betas": (0.9, 0.99, 0.5)}]), r"Invalid betas: \(0.9, 0.99, 0.5\)"),
+    (lambda p: RMSProp([{"params": p, "v_init": "ones"}]), "Invalid v_init: 'ones'"),
+    (lambda p: AdaGrad([{"params": p, "initial_accumulator_value": -1.}]), "Invalid initial_accumulator_value: -1.0"),
 ])
 def test_invalid_hyperparameters_name_the_value(make, match):
     with pytest.raises(ValueError, match=match):
