@@ -80,12 +80,12 @@ class ForeachOptimizer(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for group in self.param_groups:
-            params = [p for p in group["params"] if p.grad is not None]
+        stepped = [(group, [p for p in group["params"] if p.grad is not None]) for group in self.param_groups]
+        if any(p.grad.is_sparse for _, params in stepped for p in params):  # refused before any group steps
+            raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
+        for group, params in stepped:
             if not params:
                 continue
-            if any(p.grad.is_sparse for p in params):
-                raise RuntimeError(f"{type(self).__name__} does not support sparse gradients")
             grads, views = [p.grad for p in params], params
             if any(p.is_complex() for p in params):  # as torch.optim: a complex number is a pair of real ones
                 views, grads = _real_views(params), _real_views(grads)

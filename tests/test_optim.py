@@ -203,6 +203,15 @@ def test_the_state_of_another_optimizer_is_refused_before_anything_is_loaded(our
     opt.step()
 
 
+def test_a_sparse_gradient_is_refused_before_any_group_steps():
+    dense, embedding = nn.Parameter(torch.zeros(3)), nn.Parameter(torch.zeros(4, 2))
+    opt = Adam([{"params": [dense]}, {"params": [embedding]}], 0.1)
+    dense.grad, embedding.grad = torch.ones(3), torch.ones(4, 2).to_sparse()
+    with pytest.raises(RuntimeError, match="Adam does not support sparse gradients"):
+        opt.step()
+    assert torch.equal(dense, torch.zeros(3)) and not opt.state
+
+
 def test_parameters_without_gradient_are_skipped_and_zero_grad_sets_none():
     model = small_cnn()
     model[0].weight.requires_grad_(False)
