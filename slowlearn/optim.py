@@ -154,8 +154,10 @@ class MomentumSGD(ForeachOptimizer):
 
     The dampening d selects the form: `dampening=None` (the default) means d = μ, the seeds'
     exponential moving average `avg = mom*avg + (1-mom)*grad` (so lr can be large: 1.25 trains the
-    seed CNN); `dampening=0.` is `torch.optim.SGD(momentum=mom)` exactly. Other values of d differ
-    from torch on the first step only: torch starts its buffer at g_1 undamped, here b_0 = 0.
+    seed CNN); `dampening=0.` is `torch.optim.SGD(momentum=mom)` exactly. With other values of d,
+    `torch.optim.SGD(momentum=mom, dampening=d)` starts its buffer at g_1 undamped (b_1 = g_1, here
+    (1 - d) g_1): the buffers then differ by d μ^(t-1) g_1, which fades, but the weights keep the offset
+    of γ d g_1 / (1 - μ) that it adds up to.
 
     Args:
         params: parameters or param-group dicts.

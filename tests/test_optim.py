@@ -154,6 +154,18 @@ def test_seed_exponential_average_momentum():
                            lambda m: Reference(m.parameters(), seed_momentum, lr=0.5, mom=0.9))
 
 
+def test_other_dampenings_differ_from_torch_as_the_docstring_says():
+    ours, theirs = nn.Parameter(torch.zeros(1, dtype=torch.float64)), nn.Parameter(torch.zeros(1, dtype=torch.float64))
+    mom, d, lr = 0.9, 0.5, 0.1
+    opts = MomentumSGD([ours], lr, mom=mom, dampening=d), torch.optim.SGD([theirs], lr, momentum=mom, dampening=d)
+    for t in range(1, 201):
+        ours.grad, theirs.grad = torch.ones_like(ours), torch.ones_like(theirs)  # g_1 = 1
+        [opt.step() for opt in opts]
+        bufs = [opt.state[p]["momentum_buffer"] for opt, p in zip(opts, (ours, theirs))]
+        assert (bufs[1] - bufs[0]).item() == pytest.approx(d * mom ** (t - 1))
+    assert (ours - theirs).item() == pytest.approx(lr * d / (1 - mom))
+
+
 def test_seed_rmsprop_starts_at_first_squared_gradient():
     assert_same_trajectory(lambda m: RMSProp(m.parameters(), 1e-2, alpha=0.99, eps=1e-5, v_init="grad"),
                            lambda m: Reference(m.parameters(), seed_rmsprop, lr=1e-2, sqr_mom=0.99, eps=1e-5))
