@@ -21,6 +21,7 @@ import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch.utils.data import DataLoader, RandomSampler
 
@@ -108,7 +109,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0, t
     state = {
         "format": FORMAT,
         "model": model_state,
-        "opt": learn.opt.state_dict() if learn.opt is not None else None,
+        "opt": _opt_state_as_data(learn.opt) if learn.opt is not None else None,
         "opt_type": type_name(learn.opt) if learn.opt is not None else None,
         "callbacks": {callback_key(learn.cbs, cb): cb.state_dict() for cb in learn.cbs if hasattr(cb, "state_dict")},
         "rng": rng_states(),
@@ -275,6 +276,23 @@ def _cpu_copy(obj):
     if isinstance(obj, (list, tuple)):
         return type(obj)(_cpu_copy(value) for value in obj)
     return copy.deepcopy(obj)
+
+
+def _opt_state_as_data(opt) -> dict:
+    """The optimizer's state dict with the numpy numbers of its param groups (say a weight decay taken from a numpy
+    array) as Python numbers, which `torch.load(weights_only=True)` reads."""
+    state = opt.state_dict()  # new dicts for the groups: the optimizer's own are left as they are
+    state["param_groups"] = [{key: _plain_numbers(value) for key, value in group.items()}
+                             for group in state["param_groups"]]
+    return state
+
+
+def _plain_numbers(value):
+    if isinstance(value, (np.generic, np.ndarray)):
+        return value.tolist()
+    if type(value) in (list, tuple):
+        return type(value)(_plain_numbers(v) for v in value)
+    return value
 
 
 def _lr_as_data(lr):

@@ -209,6 +209,19 @@ def test_a_slice_of_numpy_floats_is_saved_as_plain_numbers(tmp_path):
     assert lr == {"slice": [pytest.approx(1e-4), pytest.approx(1e-2)]} and all(type(v) is float for v in lr["slice"])
 
 
+def test_numpy_hyper_parameters_of_the_optimizer_are_saved_as_plain_numbers(tmp_path):
+    def opt_func(params, lr):
+        return torch.optim.AdamW(params, lr, betas=(np.float64(0.9), 0.999), weight_decay=np.float32(0.5))
+
+    torch.manual_seed(0)
+    learn = Learner(nn.Linear(3, 2), make_dls(), opt_func=opt_func).fit(1)
+    learn.save(tmp_path / "ckpt.pt")
+    group = read_checkpoint(tmp_path / "ckpt.pt")["opt"]["param_groups"][0]  # weights_only=True refuses numpy scalars
+    assert type(group["weight_decay"]) is float and group["betas"] == (0.9, 0.999) and type(group["betas"][0]) is float
+    torch.manual_seed(0)
+    Learner(nn.Linear(3, 2), make_dls(), opt_func=opt_func).load(tmp_path / "ckpt.pt").fit(1)
+
+
 def test_interrupted_write_leaves_the_previous_checkpoint(tmp_path, monkeypatch):
     learn = Learner(nn.Linear(3, 2), make_dls())
     learn.fit(1)
