@@ -60,6 +60,7 @@ from torch import nn
 from ..data import Preprocessing, preprocessing_of
 from ..device import bare_model
 from ..distributed import is_rank0
+from .inference import activation_kind
 
 __all__ = ["export_learner", "export_format", "read_export", "ExportError", "FORMAT", "VERSION"]
 
@@ -121,7 +122,10 @@ def export_learner(learn, path: str | os.PathLike, format: str | None = None,
                          "(see slowlearn.data.preprocess)")
     model = copy.deepcopy(bare_model(learn.model)).cpu().eval()
     meta = _meta(learn, model, prep)
-    _check_one_output_per_class(model, prep, meta["classes"])
+    out = _sample_output(model, prep)
+    _check_one_output_per_class(out, meta["classes"])
+    # what turns the outputs into predictions (Predictor.probabilities; for ONNX users, in its metadata)
+    meta["activation"] = activation_kind(learn.loss_func, out) if isinstance(out, torch.Tensor) else "softmax"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     try:
@@ -159,12 +163,15 @@ def _row_of_weights(learn) -> dict:
     return rows[-1] if rows else {}
 
 
-def _check_one_output_per_class(model: nn.Module, prep: Preprocessing, classes: list[str]) -> None:
+@torch.no_grad()
+def _sample_output(model: nn.Module, prep: Preprocessing):
+    return model(torch.zeros(1, *prep.shape))
+
+
+def _check_one_output_per_class(out, classes: list[str]) -> None:
     """A classifier with class names gives one output per class (else predict would name the wrong class)."""
     if not classes:
         return
-    with torch.no_grad():
-        out = model(torch.zeros(1, *prep.shape))
     if isinstance(out, torch.Tensor) and out.shape != (1, len(classes)):
         raise ValueError(f"learn.export: the model gives outputs of shape {tuple(out.shape[1:])} per item, but the "
                          f"data has {len(classes)} classes: give its last layer {len(classes)} outputs (trained so, it "

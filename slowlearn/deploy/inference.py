@@ -16,7 +16,7 @@ from ..device import model_device, to_device
 from ..randomness import randomness, restore_randomness
 
 __all__ = ["Preds", "Prediction", "get_preds", "predict", "prediction", "validate",
-           "confusion_matrix", "activation"]
+           "confusion_matrix", "activation", "activation_kind", "ACTIVATIONS"]
 
 # Losses on logits of independent labels (a probability per output: sigmoid), and losses on numbers (no probabilities).
 SIGMOID_LOSSES = (F.binary_cross_entropy_with_logits, nn.BCEWithLogitsLoss)
@@ -92,16 +92,22 @@ def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner:
 
 def activation(loss_func: Callable, out: torch.Tensor) -> tuple[Callable, Callable]:
     """How get_preds and predict turn the model's outputs `out` into predictions, and back into what `loss_func`
-    takes: a sigmoid per output for binary cross-entropy on logits (one label or several); the outputs as they are
-    for a regression loss (mean squared or absolute error, Huber) or one output per item; else a softmax over the
-    classes (the last dimension)."""
+    takes: `ACTIVATIONS[activation_kind(loss_func, out)]`."""
+    return ACTIVATIONS[activation_kind(loss_func, out)]
+
+
+def activation_kind(loss_func: Callable, out: torch.Tensor) -> str:
+    """"sigmoid" (a probability per output) for binary cross-entropy on logits (one label or several); "none" (the
+    outputs as they are) for a regression loss (mean squared or absolute error, Huber) or one output per item;
+    else "softmax" (over the classes, the last dimension). Exports record it, so that a `Predictor` gives what
+    `predict` gives."""
     while isinstance(loss_func, partial):
         loss_func = loss_func.func
     if _is_one_of(loss_func, SIGMOID_LOSSES):
-        return torch.sigmoid, partial(torch.logit, eps=1e-7)
+        return "sigmoid"
     if _is_one_of(loss_func, NUMBER_LOSSES) or out.ndim < 2 or out.shape[-1] == 1:
-        return _as_is, _as_is
-    return partial(torch.softmax, dim=-1), torch.log
+        return "none"
+    return "softmax"
 
 
 def _is_one_of(loss_func: Callable, losses: tuple) -> bool:
@@ -110,6 +116,12 @@ def _is_one_of(loss_func: Callable, losses: tuple) -> bool:
 
 def _as_is(out: torch.Tensor) -> torch.Tensor:
     return out
+
+
+# Each activation_kind: (outputs -> predictions, predictions -> what the loss takes)
+ACTIVATIONS = {"softmax": (partial(torch.softmax, dim=-1), torch.log),
+               "sigmoid": (torch.sigmoid, partial(torch.logit, eps=1e-7)),
+               "none": (_as_is, _as_is)}
 
 
 def _per_item_loss(loss_func: Callable, owner: str = "get_preds") -> Callable:

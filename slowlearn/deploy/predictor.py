@@ -25,7 +25,7 @@ from ..data import (
 )
 from ..device import default_device
 from .export import ExportError, read_export
-from .inference import Prediction, prediction
+from .inference import ACTIVATIONS, Prediction, prediction
 
 __all__ = ["Predictor", "load_learner", "FilePreds"]
 
@@ -56,6 +56,9 @@ class Predictor:
         self.classes: list[str] = meta["classes"]
         self.preprocessing = Preprocessing.from_dict(meta["preprocessing"])
         self.metadata: dict = meta["metadata"]
+        # as learn.predict: a softmax over the classes, a sigmoid per label (multi-label), or the outputs as they are
+        self.activation: str = meta.get("activation", "softmax")  # older exports record none: softmax
+        self._activate = ACTIVATIONS[self.activation][0]
 
     def __repr__(self) -> str:
         p = self.preprocessing
@@ -64,8 +67,9 @@ class Predictor:
 
     @torch.no_grad()
     def probabilities(self, xb: torch.Tensor) -> torch.Tensor:
-        """Class probabilities for a batch already normalised (as `to_batch` makes it)."""
-        return self.model(xb.to(self.device)).float().softmax(-1).cpu()
+        """Class probabilities (as `learn.predict` gives them: see `activation`) for a batch already normalised (as
+        `to_batch` makes it)."""
+        return self._activate(self.model(xb.to(self.device)).float()).cpu()
 
     def predict(self, item) -> Prediction:
         """Class index, name and probabilities for one item (or a batch given as an N x C x H x W tensor)."""

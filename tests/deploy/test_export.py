@@ -52,6 +52,7 @@ def test_export_holds_the_program_weights_preprocessing_classes_and_metadata(exp
     prep = meta["preprocessing"]
     assert prep["channels"] == 1 and prep["size"] == [6, 6] and prep["mean"] == [0.5] and prep["std"] == [0.25]
     assert prep["scale"] == pytest.approx(1 / 255) and prep["resize"] is None
+    assert meta["activation"] == "softmax"  # cross-entropy: probabilities over the classes
     info = meta["metadata"]
     assert info["torch"] == torch.__version__ and info["model"] == "Net" and info["date"].startswith("20")
     assert info["metrics"]["loss"] == pytest.approx(learn.history[-1]["loss"])
@@ -69,6 +70,18 @@ def test_loaded_model_predicts_as_the_learner_in_eval_mode_for_any_batch_size(ex
     assert learn.model.training  # export leaves the learner's model as it was
     one = predictor.predict(learn.dls.valid.x[0])
     assert one.index == int(expected[0].argmax()) and one.name == predictor.classes[one.index]
+
+
+def test_a_multi_label_export_predicts_the_sigmoids_that_learn_predict_gives(tmp_path):
+    """The Predictor put every export's outputs through a softmax: a model trained with binary cross-entropy on
+    logits (one label per class) got probabilities that sum to 1 over its labels, unlike learn.predict's."""
+    learn = trained()
+    learn.loss_func = nn.BCEWithLogitsLoss()
+    predictor = load_learner(learn.export(tmp_path / "model.pt2"), device="cpu")
+    expected = learn.get_preds().preds
+    assert predictor.activation == "sigmoid" and json.loads(zipfile.ZipFile(tmp_path / "model.pt2").read(
+        "archive/extra/slowlearn.json"))["activation"] == "sigmoid"
+    torch.testing.assert_close(predictor.predict_batch(learn.dls.valid.x[:4]).probs, expected[:4], atol=1e-5, rtol=0)
 
 
 def test_export_refuses_data_it_cannot_describe(tmp_path):
@@ -121,6 +134,21 @@ def test_a_malformed_description_is_an_error_naming_the_file(export_file, tmp_pa
     broken = rewrite(export_file[1], tmp_path / "broken.pt2", drop_classes)
     with pytest.raises(ExportError, match=r"broken.pt2: its slowlearn.json record is incomplete"):
         load_learner(broken)
+
+
+@pytest.mark.parametrize("activation, loads", [(None, "softmax"), ("sigmoid", "sigmoid"), ("relu", None)])
+def test_an_exports_activation_older_files_lack_is_a_softmax_and_an_unknown_one_an_error(export_file, tmp_path,
+                                                                                       activation, loads):
+    def set_activation(records):
+        meta = json.loads(records["extra/slowlearn.json"])
+        meta.pop("activation")
+        records["extra/slowlearn.json"] = json.dumps(meta | ({"activation": activation} if activation else {})).encode()
+    changed = rewrite(export_file[1], tmp_path / "changed.pt2", set_activation)
+    if loads is None:
+        with pytest.raises(ExportError, match=r"changed.pt2: its slowlearn.json record is incomplete or malformed"):
+            load_learner(changed)
+    else:
+        assert load_learner(changed).activation == loads
 
 
 class RunsCode:
