@@ -276,7 +276,7 @@ class TensorBoardCB(ScalarLoggerCB):
     def after_batch(self, learn) -> None:
         super().after_batch(learn)
         if not learn.training and self.confusion_matrix:
-            self._count_confusion(learn.preds, learn.batch[-1])
+            self._count_confusion(learn.preds, learn.batch[1])  # (inputs, targets, ...)
 
     def before_epoch(self, learn) -> None:
         if not learn.training:

@@ -86,7 +86,7 @@ class ProfilerCB(Callback):
     def after_batch(self, learn) -> None:
         if learn.training:
             self._mark("step")  # zero_grad, or the rest of a batch whose step was skipped
-            self.samples += len(learn.batch[-1])
+            self.samples += len(learn.batch[1])
             self.batches += 1
 
     def report(self, print_table: bool = True) -> dict:

@@ -11,6 +11,7 @@ from conftest import FailsBeforeFit, TrainLosses, make_dls
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import plugin_data_pb2
 from torch import nn
+from torch.nn import functional as F
 from torcheval.metrics import MulticlassAccuracy
 
 from slowlearn import (
@@ -223,6 +224,18 @@ def test_confusion_matrix_leaves_out_ignored_targets(tmp_path):
     dls = DataLoaders(TensorLoader(x, y.clamp(min=0), 4, device="cpu"), TensorLoader(x, y, 4, device="cpu"))
     learn = Learner(nn.Linear(3, 3), dls, cbs=[MetricsCB(), TensorBoardCB(tmp_path, confusion_matrix=True)]).fit(1)
     assert learn.tensor_board.confusion.sum() == 6
+
+
+def test_confusion_matrix_counts_the_targets_of_batches_that_carry_more(tmp_path):
+    """Batches (inputs, targets, weights): the matrix counted the weights (floats in [0, 1)) as the classes."""
+    from torch.utils.data import DataLoader, TensorDataset
+    torch.manual_seed(0)
+    x, y, w = torch.randn(8, 3), torch.tensor([0, 1, 2, 2, 0, 1, 1, 2]), torch.rand(8) + 1.
+    weighted = lambda preds, y, w: (F.cross_entropy(preds, y, reduction="none") * w).mean()  # noqa: E731
+    loader = lambda: DataLoader(TensorDataset(x, y, w), 4)  # noqa: E731
+    learn = Learner(nn.Linear(3, 3), DataLoaders(loader(), loader()), weighted,
+                    cbs=[MetricsCB(), TensorBoardCB(tmp_path, confusion_matrix=True)]).fit(1)
+    assert learn.tensor_board.confusion.sum(1).tolist() == [2, 3, 3]  # the targets' classes, every item once
 
 
 def assert_same_curves(got, want, tags):
