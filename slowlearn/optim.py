@@ -12,6 +12,7 @@ Notation below: g = gradient, p = parameter, γ = lr, λ = weight decay, t = ste
 """
 from __future__ import annotations
 
+import inspect
 from collections.abc import Iterable
 
 import torch
@@ -28,9 +29,18 @@ def _check_range(name: str, value: float, low: float, high: float | None = None,
     check_range(name, value, low, high, low_open=low_open, high_open=high_open)
 
 
+# torch.optim's keyword arguments that slowlearn's optimizers name otherwise, or do not have
+TORCH_NAMES = {"weight_decay": "wd", "momentum": "mom"}
+TORCH_ONLY = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
+
+
 class ForeachOptimizer(Optimizer):
     """Base of slowlearn's optimizers: validates hyper-parameters, gathers each group's parameters
     that have a gradient, creates their state, and hands the lists to `update`."""
+
+    def __new__(cls, *args, **kwargs):
+        _check_keywords(cls, kwargs)
+        return super().__new__(cls)
 
     def add_param_group(self, param_group: dict) -> None:
         super().add_param_group(param_group)
@@ -97,6 +107,21 @@ class ForeachOptimizer(Optimizer):
                 states.append(state)
             self.update(group, views, grads, states)
         return loss
+
+
+def _check_keywords(cls: type, kwargs: dict) -> None:
+    """A keyword argument of torch.optim's that this optimizer names otherwise (weight_decay=: wd=) or lacks
+    (amsgrad=, foreach=, ...) is a TypeError saying so, rather than Python's bare 'unexpected keyword'."""
+    takes = inspect.signature(cls.__init__).parameters
+    for key in kwargs:
+        if key in takes or any(p.kind is p.VAR_KEYWORD for p in takes.values()):
+            continue
+        if TORCH_NAMES.get(key) in takes:
+            raise TypeError(f"{cls.__name__}({key}=...): slowlearn's {cls.__name__} calls it {TORCH_NAMES[key]}= "
+                            f"({key}= is torch.optim's name)")
+        if key in TORCH_ONLY:
+            raise TypeError(f"{cls.__name__}({key}=...): that option is torch.optim's, which slowlearn's "
+                            f"{cls.__name__} does not have: use torch.optim's optimizer for it")
 
 
 def _real_views(tensors: list[Tensor]) -> list[Tensor]:

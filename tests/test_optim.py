@@ -317,3 +317,15 @@ def test_compare_optimizers_same_start_table_and_figure(capsys):
     assert [ax.get_title() for ax in fig.axes] == ["Training loss", "Validation accuracy"]
     assert len(fig.axes[0].get_lines()) == 4
     assert "state/param bytes" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda p: Adam(p, weight_decay=0.1), r"Adam\(weight_decay=...\): slowlearn's Adam calls it wd="),
+    (lambda p: MomentumSGD(p, 0.1, momentum=0.9), r"MomentumSGD\(momentum=...\): .* MomentumSGD calls it mom="),
+    (lambda p: AdamW(p, amsgrad=True), r"AdamW\(amsgrad=...\): that option is torch.optim's, which slowlearn's AdamW "),
+])
+def test_torch_optims_keywords_say_what_slowlearn_calls_them_or_that_it_lacks_them(make, message):
+    """Python's own 'unexpected keyword argument' named neither slowlearn's name nor where the option is."""
+    with pytest.raises(TypeError, match=message):
+        make([nn.Parameter(torch.zeros(2))])
+    assert RMSProp([nn.Parameter(torch.zeros(2))], momentum=0.9).defaults["momentum"] == 0.9  # its own name
