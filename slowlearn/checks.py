@@ -29,6 +29,9 @@ SMALLEST_SUGGESTED_BS = 16
 def check_loaders(dls, train: bool, valid: bool) -> None:
     """Before a fit: each loader the fit will use has at least one batch, and data held in memory as
     tensors (a TensorLoader's, a TensorDataset's) is finite, all of it."""
+    if not (train or valid):
+        raise ValueError("fit(train=False, valid=False) runs neither phase, so it would do nothing: train=True "
+                         "trains, valid=True (alone: a validation-only fit) scores the model, as learn.validate() does")
     for phase in [phase for phase, wanted in (("train", train), ("valid", valid)) if wanted]:
         loader = getattr(dls, phase)
         if loader is None:

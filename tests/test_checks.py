@@ -133,6 +133,12 @@ def test_a_missing_validation_loader_says_how_to_train_without_one():
     assert not torch.equal(model.weight, before)
 
 
+def test_a_fit_with_neither_phase_is_an_error_rather_than_nothing():
+    """fit(train=False, valid=False) ran every fit-level handler, trained nothing, and said nothing."""
+    with pytest.raises(ValueError, match=r"fit\(train=False, valid=False\) runs neither phase"):
+        Learner(nn.Linear(3, 2), make_dls()).fit(1, train=False, valid=False)
+
+
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 def test_non_finite_inputs_anywhere_in_a_tensor_loader_are_named_before_training(bad):
     dls = make_dls(n_train=40, bs=4)
