@@ -3,12 +3,13 @@ exceptions, and the checks and dispatch tables that bind callbacks to events (se
 from __future__ import annotations
 
 import difflib
+import traceback
 from collections.abc import Callable, Iterable
 
 from fastcore.basics import camel2snake
 
 __all__ = ["EVENTS", "VERBS", "Callback", "CancelException", "CancelFitException", "CancelEpochException",
-           "CancelBatchException", "CancelStepException", "check_callback", "call", "note_origin",
+           "CancelBatchException", "CancelStepException", "check_callback", "call", "note_origin", "misplaced_cancel",
            "Dispatch", "defaults_not_given"]
 
 EVENTS = ("before_fit", "before_epoch", "before_batch", "after_predict", "after_loss", "after_backward",
@@ -158,6 +159,27 @@ def check_callback(cb: Callback) -> None:
 def note_origin(error: Exception, cb: Callback, where: str) -> None:
     """Add a note to `error` naming the callback whose handler raised it and the event or verb it ran for."""
     error.add_note(f"(raised in callback {type(cb).__name__} during {where})")
+
+
+# Where each cancel may be raised: the events of the level that catches it (and those of the levels inside it)
+CANCEL_WHERE = {"CancelFitException": "any event of the fit",
+                "CancelEpochException": "an event of an epoch's phase (before_epoch to after_epoch, or a batch's)",
+                "CancelBatchException": "an event of a batch (before_batch to after_batch)",
+                "CancelStepException": "after_backward (or the backward, step and zero_grad verbs, or after_step)"}
+
+
+def misplaced_cancel(error: CancelException) -> RuntimeError:
+    """A cancel raised where no level of the loop catches it (CancelBatchException in before_epoch, say), which
+    would end the fit as a bare exception: a RuntimeError naming it, the callback and event that raised it (from
+    the traceback: this runs on the error path only), and where it belongs."""
+    name = type(error).__name__
+    origin = next(((type(frame.f_locals["self"]).__name__, frame.f_code.co_name)
+                   for frame, _ in reversed(list(traceback.walk_tb(error.__traceback__)))
+                   if isinstance(frame.f_locals.get("self"), Callback)), None)
+    by = f" by callback {origin[0]} in {origin[1]}" if origin else ""
+    return RuntimeError(f"{name} was raised{by}, where no level of the loop catches it, so it would end the fit: raise "
+                        f"it in {CANCEL_WHERE.get(name, 'the level it cancels')}, or raise CancelFitException to end "
+                        f"the fit")
 
 
 def call(cb: Callback, method: Handler, where: str, learn) -> None:

@@ -38,6 +38,7 @@ from .callback import (
     CancelFitException,
     CancelStepException,
     Dispatch,
+    misplaced_cancel,
     note_origin,
 )
 from .callbacks import SuggestedLRs, schedule
@@ -170,9 +171,11 @@ class Learner:
             self.train_phase, self.valid_phase = train, valid
             self.fit_lrs = [group["lr"] for group in self.opt.param_groups]
             self._run_level("fit", CancelFitException, lambda: self._epochs(train, valid, state))
-        except BaseException:
+        except BaseException as error:
             if self._undo_resume is not None:  # refused (or failed) before training on from the checkpoint
                 self._undo_resume()
+            if isinstance(error, CancelException):  # raised where no level catches it (a batch's in before_epoch)
+                raise misplaced_cancel(error) from error
             raise
         finally:
             self._fitting, self._undo_resume = False, None

@@ -13,6 +13,7 @@ from slowlearn import (
     CancelBatchException,
     CancelEpochException,
     CancelFitException,
+    CancelStepException,
     DataLoaders,
     Learner,
     MetricsCB,
@@ -606,3 +607,35 @@ def test_a_fit_only_callback_that_removes_itself_during_the_fit_ends_the_fit_cle
     learn = Learner(nn.Linear(3, 2), make_dls())
     learn.fit(2, cbs=[OneShot(), other])
     assert learn.cbs == [] and not hasattr(learn, "save_best")
+
+
+class BatchCancelInBeforeEpoch(Callback):
+    def before_epoch(self, learn):
+        raise CancelBatchException
+
+
+class StepCancelInAfterBatch(Callback):
+    def after_batch(self, learn):
+        raise CancelStepException
+
+
+class EpochCancelInBeforeFit(Callback):
+    def before_fit(self, learn):
+        raise CancelEpochException
+
+
+@pytest.mark.parametrize("cb, belongs", [
+    (BatchCancelInBeforeEpoch(), "an event of a batch"),
+    (StepCancelInAfterBatch(), "after_backward"),
+    (EpochCancelInBeforeFit(), "an event of an epoch's phase"),
+])
+def test_a_cancel_raised_where_no_level_catches_it_names_the_callback_and_where_it_belongs(cb, belongs):
+    """It ended the fit as the bare cancel exception, naming neither the callback nor the mistake."""
+    event = next(name for name in vars(type(cb)) if not name.startswith("_"))
+    cancel = {"before_epoch": CancelBatchException, "after_batch": CancelStepException,
+              "before_fit": CancelEpochException}[event]
+    with pytest.raises(RuntimeError, match=rf"{cancel.__name__} was raised by callback {type(cb).__name__} in {event}, "
+                                           rf"where no level of the loop catches it, so it would end the fit: raise it "
+                                           rf"in {belongs}") as raised:
+        Learner(nn.Linear(3, 2), make_dls(), cbs=[cb]).fit(1)
+    assert isinstance(raised.value.__cause__, cancel)
