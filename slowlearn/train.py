@@ -50,11 +50,11 @@ def _metrics_cb(metrics) -> MetricsCB:
     return MetricsCB(**metrics) if isinstance(metrics, dict) else MetricsCB(*metrics)
 
 
-def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = DEFAULT_BS,
+def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int | None = None,
           opt_func: Callable = torch.optim.SGD, cbs: Sequence[Callback] = (), dls: DataLoaders | None = None,
           loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None) -> Learner:
-    """Train a Fashion-MNIST model (in batches of `bs`; or one on `dls`, whose batches are theirs), printing accuracy
-    and loss per epoch and phase.
+    """Train a Fashion-MNIST model (in batches of `bs`, default 512; or one on `dls`, whose batches are theirs),
+    printing accuracy and loss per epoch and phase.
 
     `cbs` are added to the defaults (device, metrics, progress; one of those kinds in `cbs` replaces the default's,
     e.g. `MetricsCB(f1=...)`). `verbose` is ProgressCB's: 0 nothing,
@@ -69,15 +69,15 @@ def train(model: nn.Module, lr: float, n_epochs: int = 3, bs: int = DEFAULT_BS,
     return learn.fit(n_epochs, resume=resume)
 
 
-def _data(dls: DataLoaders | None, bs: int, owner: str) -> DataLoaders:
-    """`dls`, or Fashion-MNIST in batches of `bs`. A `bs` other than the default that `dls` do not have is refused:
-    it would be ignored."""
+def _data(dls: DataLoaders | None, bs: int | None, owner: str) -> DataLoaders:
+    """`dls`, or Fashion-MNIST in batches of `bs` (default DEFAULT_BS). A `bs` given with `dls` that do not have
+    it is refused: it would be ignored."""
     if dls is None:
-        return fashion_mnist(bs)
+        return fashion_mnist(bs or DEFAULT_BS)
     train = dls.train  # a DataLoader made with batch_sampler= has batch_size None: its sampler's is the one
     loader_bs = getattr(train, "bs", None) or getattr(train, "batch_size", None) or \
         getattr(getattr(train, "batch_sampler", None), "batch_size", None)
-    if bs != DEFAULT_BS and bs != loader_bs:
+    if bs is not None and bs != loader_bs:
         batches = f"in batches of {loader_bs}" if loader_bs is not None else "whose batches are their own"
         raise ValueError(f"{owner}: bs={bs} sizes the Fashion-MNIST batches it loads, but dls= are given, {batches}: "
                          f"make the loaders with bs={bs}, or leave bs out")
@@ -92,7 +92,7 @@ def fast_adamw() -> Callable:
 
 
 def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: DataLoaders | None = None,
-                 opt_func: Callable | None = None, cbs: Sequence[Callback] = (), bs: int = DEFAULT_BS,
+                 opt_func: Callable | None = None, cbs: Sequence[Callback] = (), bs: int | None = None,
                  loss_func: Callable = F.cross_entropy, resume: str | None = None, verbose: int | None = None,
                  precision: str = "auto",
                  **one_cycle_kwargs) -> Learner:
@@ -100,7 +100,7 @@ def train_1cycle(model: nn.Module, lr: float = 1e-2, n_epochs: int = 3, dls: Dat
     the opposite way, set every batch from training progress by `Learner.fit_one_cycle`
     (`one_cycle_kwargs` go to it: `pct_start`, `div`, `div_final`, `moms`).
 
-    Fashion-MNIST in batches of `bs` by default, or any `dls` (whose batches are theirs). `cbs` are added to those
+    Fashion-MNIST in batches of `bs` (default 512), or any `dls` (whose batches are theirs). `cbs` are added to those
     of `train` and a RecorderCB (one of those kinds in `cbs` replaces the default's). `opt_func=None` picks
     `fast_adamw()`. `precision="auto"`
     trains wide models in bf16 autocast where the hardware runs bf16 natively, and CNNs in channels-last

@@ -111,6 +111,8 @@ def test_a_batch_size_that_the_given_loaders_do_not_have_is_refused(helper):
     with pytest.raises(ValueError, match=rf"{helper}: bs=64 sizes the Fashion-MNIST batches it loads, but dls= "
                                          rf"are given, in batches of 4"):
         fit(model=nn.Linear(3, 2), n_epochs=1, dls=make_dls(bs=4), bs=64, verbose=0)
+    with pytest.raises(ValueError, match=rf"{helper}: bs=512 sizes"):  # the default's value, given: it was taken as
+        fit(model=nn.Linear(3, 2), n_epochs=1, dls=make_dls(bs=4), bs=512, verbose=0)  # the default, and ignored
     fit(model=nn.Linear(3, 2), n_epochs=1, dls=make_dls(bs=4), bs=4, verbose=0)  # the loaders' own: fine
 
 
