@@ -34,7 +34,7 @@ from .callbacks import (
     sched_lin,
     speed_cbs,
 )
-from .data import BatchAugment, DataLoaders, cifar10, fashion_mnist
+from .data import BatchAugment, BatchLoader, DataLoaders, cifar10, fashion_mnist
 from .device import default_device
 from .learner import Learner
 from .models import speed_net, whiten_first_conv
@@ -138,7 +138,7 @@ def run_recipe(config: RecipeConfig, dls: DataLoaders, seed: int = 0, precision:
     is ProgressCB's otherwise (None: bars on a terminal, one line per epoch and phase in a file)."""
     set_seed(seed)
     start = time.perf_counter()
-    dls.train.aug = BatchAugment(pad=config.pad, flip=config.flip)
+    _use_recipe_augmentation(dls, config)
     model = _model(config, dls)
     speed = speed_cbs(model, precision, verbose=not quiet)
     base = default_cbs(verbose)
@@ -153,6 +153,22 @@ def run_recipe(config: RecipeConfig, dls: DataLoaders, seed: int = 0, precision:
     with torch.autocast(default_device().type, dtype=torch.bfloat16, enabled=bf16):  # evaluated as trained
         accuracy = tta_accuracy(learn)
     return RecipeResult(learn, accuracy, time.perf_counter() - start)
+
+
+def _use_recipe_augmentation(dls: DataLoaders, config: RecipeConfig) -> None:
+    """Give the training loader the recipe's augmentation, which is part of the recipe. Loaders that would not
+    apply it (not slowlearn's), or that carry an augmentation of their own, are refused: the recipe would
+    silently train without its augmentation, or replace the user's."""
+    train, wanted = dls.train, BatchAugment(pad=config.pad, flip=config.flip)
+    if not isinstance(train, BatchLoader):
+        raise ValueError(f"run_recipe trains with its own augmentation ({wanted!r}), which only slowlearn's loaders "
+                         f"apply, not a {type(train).__name__}: make the loaders with slowlearn (TensorLoader, "
+                         f"image_folder), or train with Learner.fit_one_cycle and your own augmentation")
+    if train.aug is not None and repr(train.aug) != repr(wanted):
+        raise ValueError(f"run_recipe trains with its own augmentation ({wanted!r}), and the training loader has "
+                         f"another ({train.aug!r}) that it would replace: make the loaders with aug=None, or train "
+                         f"with Learner.fit_one_cycle to keep yours")
+    train.aug = wanted
 
 
 def fashion_mnist_recipe(seed: int = 0, dls: DataLoaders | None = None, precision: str = "auto",

@@ -50,6 +50,24 @@ def test_the_recipe_learns_and_validates_when_asked():
     assert len(evals) == 4 and result.accuracy > 0.5
 
 
+def test_loaders_that_would_not_take_the_recipes_augmentation_or_have_their_own_are_refused():
+    """run_recipe set `dls.train.aug`: over the user's own augmentation (replaced silently), and on a torch
+    DataLoader, which ignores the attribute (the recipe trained without its augmentation, silently)."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from slowlearn import BatchAugment
+    own = image_dls()
+    own.train.aug = BatchAugment(pad=0, flip=False, cutout=8)
+    with pytest.raises(ValueError, match=r"the training loader has another \(BatchAugment\(pad=0, flip=False, "
+                                         r"cutout=8\)\) that it would replace: make the loaders with aug=None"):
+        run_recipe(tiny(FASHION_MNIST, epochs=1), own, precision="fp32", quiet=True)
+    assert repr(own.train.aug) == "BatchAugment(pad=0, flip=False, cutout=8)"
+    torch_loaders = DataLoaders(DataLoader(TensorDataset(torch.zeros(8, 1, 28, 28), torch.zeros(8).long()), 4),
+                                image_dls().valid)
+    with pytest.raises(ValueError, match=r"which only slowlearn's loaders apply, not a DataLoader"):
+        run_recipe(tiny(FASHION_MNIST, epochs=1), torch_loaders, precision="fp32", quiet=True)
+
+
 def test_same_seed_same_result():
     runs = [run_recipe(tiny(FASHION_MNIST, epochs=1), image_dls(), seed=3, precision="fp32", quiet=True)
             for _ in range(2)]
