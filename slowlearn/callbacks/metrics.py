@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING
 
 import torch
 
 from ..callback import Callback
+from ..deploy import metric_inputs
 from ..device import model_device
 from ..display import TablePrinter
 from ..distributed import all_reduce_sum, is_rank0, world_size
@@ -39,6 +41,10 @@ class MetricsCB(Callback):
     (large outputs such as segmentation maps), they are concatenated and fed to the metrics in one
     update, which keeps the per-batch cost to a few microseconds even for tiny models. Nothing on a GPU
     is read back to the host before the end of the phase.
+
+    The metrics score the model's outputs as they are (argmax and ranking metrics take logits), but for a loss on
+    logits of independent labels (binary cross-entropy with logits) their sigmoids: metrics that threshold at
+    0.5 (BinaryAccuracy, MultilabelAccuracy) expect probabilities (`deploy.metric_inputs`).
     """
 
     order = 50
@@ -57,11 +63,13 @@ class MetricsCB(Callback):
         self.update_every, self.max_buffered = update_every, max_buffered
         self._buffered_numel = 0
         self._in_training_phase, self._resumed = False, None
+        self._scores = lambda preds: preds  # what the metrics get of the predictions: set for the fit's loss
 
     def before_fit(self, learn) -> None:
         printer = TablePrinter(lambda line: print(line, file=sys.stdout, flush=True))
         self._print: Callable[[dict], None] = printer if is_rank0() else (lambda row: None)
         learn.metric_names = (*self.metrics, "loss")
+        self._scores = partial(metric_inputs, learn.loss_func)
 
     def cleanup_fit(self, learn) -> None:
         learn.metric_names = ()
@@ -113,7 +121,7 @@ class MetricsCB(Callback):
 
     def _update(self) -> None:
         if self._preds:
-            preds, targets = torch.cat(self._preds), torch.cat(self._targets)
+            preds, targets = self._scores(torch.cat(self._preds)), torch.cat(self._targets)
             for m in self.metrics.values():
                 if m.device != preds.device:
                     m.to(preds.device)

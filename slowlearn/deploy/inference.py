@@ -16,7 +16,7 @@ from ..device import model_device, to_device
 from ..randomness import randomness, restore_randomness
 
 __all__ = ["Preds", "Prediction", "get_preds", "predict", "prediction", "validate",
-           "confusion_matrix", "activation", "activation_kind", "ACTIVATIONS"]
+           "confusion_matrix", "activation", "activation_kind", "metric_inputs", "ACTIVATIONS"]
 
 # Losses on logits of independent labels (a probability per output: sigmoid), and losses on numbers (no probabilities).
 SIGMOID_LOSSES = (F.binary_cross_entropy_with_logits, nn.BCEWithLogitsLoss)
@@ -96,18 +96,26 @@ def activation(loss_func: Callable, out: torch.Tensor) -> tuple[Callable, Callab
     return ACTIVATIONS[activation_kind(loss_func, out)]
 
 
-def activation_kind(loss_func: Callable, out: torch.Tensor) -> str:
+def activation_kind(loss_func: Callable, out: torch.Tensor | None = None) -> str:
     """"sigmoid" (a probability per output) for binary cross-entropy on logits (one label or several); "none" (the
     outputs as they are) for a regression loss (mean squared or absolute error, Huber) or one output per item;
     else "softmax" (over the classes, the last dimension). Exports record it, so that a `Predictor` gives what
-    `predict` gives."""
+    `predict` gives. Without `out`, from the loss alone."""
     while isinstance(loss_func, partial):
         loss_func = loss_func.func
     if _is_one_of(loss_func, SIGMOID_LOSSES):
         return "sigmoid"
-    if _is_one_of(loss_func, NUMBER_LOSSES) or out.ndim < 2 or out.shape[-1] == 1:
+    if _is_one_of(loss_func, NUMBER_LOSSES) or (out is not None and (out.ndim < 2 or out.shape[-1] == 1)):
         return "none"
     return "softmax"
+
+
+def metric_inputs(loss_func: Callable, preds: torch.Tensor) -> torch.Tensor:
+    """What metrics score (MetricsCB during a fit, `validate`): the sigmoids of the outputs for a loss on logits of
+    independent labels (binary cross-entropy with logits), as metrics that threshold at 0.5 (BinaryAccuracy,
+    MultilabelAccuracy, F1) expect probabilities; else the outputs as they are (argmax and ranking metrics take
+    logits)."""
+    return preds.sigmoid() if activation_kind(loss_func) == "sigmoid" else preds
 
 
 def _is_one_of(loss_func: Callable, losses: tuple) -> bool:
@@ -210,15 +218,15 @@ def confusion_matrix(targets: torch.Tensor, preds: torch.Tensor, n_classes: int)
 
 
 def validate(learn, dl=None) -> dict:
-    """The mean loss and the MetricsCB metrics on `dl` (history untouched): the metrics score the model's outputs, as
-    during a fit, so that a validation row of the fit and `validate()` agree."""
+    """The mean loss and the MetricsCB metrics on `dl` (history untouched): the metrics score what they score during a
+    fit (`metric_inputs`), so that a validation row of the fit and `validate()` agree."""
     result = _predictions(learn, _loader(learn, dl, "validate"), False, True, False, "validate", probabilities=False)
-    row = {"loss": result.losses.mean().item()}
+    row, preds = {"loss": result.losses.mean().item()}, metric_inputs(learn.loss_func, result.preds)
     metrics_cb = next((cb for cb in learn.cbs if hasattr(cb, "metrics") and isinstance(cb.metrics, dict)), None)
     for name, metric in (metrics_cb.metrics.items() if metrics_cb else ()):
         fresh = copy.deepcopy(metric).to("cpu")
         fresh.reset()
-        fresh.update(result.preds, result.targets)
+        fresh.update(preds, result.targets)
         row[name] = fresh.compute().item()
     return row
 

@@ -179,3 +179,24 @@ def test_two_metrics_of_one_name_or_a_metric_named_as_a_column_of_its_own_are_re
     one named "loss" (or "epoch", "phase") was replaced in each row by MetricsCB's own column, without a word."""
     with pytest.raises(ValueError, match=rf"'{name}'.*name each metric by keyword"):
         MetricsCB(*args, **kwargs)
+
+
+def test_threshold_metrics_of_a_loss_on_logits_score_probabilities_in_the_fit_and_in_validate():
+    """With binary cross-entropy on logits, BinaryAccuracy thresholded the logits at 0.5 (it expects probabilities):
+    0.900 in the history where the model's accuracy was 0.930, silently."""
+    from torch.utils.data import DataLoader, TensorDataset
+    from torcheval.metrics import BinaryAccuracy
+
+    from slowlearn import DataLoaders
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(64, 3, generator=g)
+    y = (x[:, 0] + 0.3 * x[:, 1] > 0).float()
+    dls = DataLoaders(DataLoader(TensorDataset(x[:32], y[:32]), 8), DataLoader(TensorDataset(x[32:], y[32:]), 8))
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 1), nn.Flatten(0))
+    learn = Learner(model, dls, nn.BCEWithLogitsLoss(), cbs=[MetricsCB(acc=BinaryAccuracy()), Frozen()]).fit(1)
+    with torch.no_grad():
+        logits = model(x[32:])
+    expected = ((logits > 0).float() == y[32:]).float().mean().item()
+    assert expected != ((logits > 0.5).float() == y[32:]).float().mean().item()  # the data tells the two apart
+    assert learn.history[-1]["acc"] == pytest.approx(expected) and learn.validate()["acc"] == pytest.approx(expected)
