@@ -161,7 +161,7 @@ def _use_recipe_augmentation(dls: DataLoaders, config: RecipeConfig) -> None:
     silently train without its augmentation, or replace the user's."""
     train, wanted = dls.train, BatchAugment(pad=config.pad, flip=config.flip)
     if not isinstance(train, BatchLoader):
-        raise ValueError(f"run_recipe trains with its own augmentation ({wanted!r}), which only slowlearn's loaders "
+        raise TypeError(f"run_recipe trains with its own augmentation ({wanted!r}), which only slowlearn's loaders "
                          f"apply, not a {type(train).__name__}: make the loaders with slowlearn (TensorLoader, "
                          f"image_folder), or train with Learner.fit_one_cycle and your own augmentation")
     if train.aug is not None and repr(train.aug) != repr(wanted):

@@ -64,7 +64,7 @@ def test_loaders_that_would_not_take_the_recipes_augmentation_or_have_their_own_
     assert repr(own.train.aug) == "BatchAugment(pad=0, flip=False, cutout=8)"
     torch_loaders = DataLoaders(DataLoader(TensorDataset(torch.zeros(8, 1, 28, 28), torch.zeros(8).long()), 4),
                                 image_dls().valid)
-    with pytest.raises(ValueError, match=r"which only slowlearn's loaders apply, not a DataLoader"):
+    with pytest.raises(TypeError, match=r"which only slowlearn's loaders apply, not a DataLoader"):
         run_recipe(tiny(FASHION_MNIST, epochs=1), torch_loaders, precision="fp32", quiet=True)
 
 
