@@ -362,7 +362,7 @@ class CSVLoggerCB(LoggerCB):
     def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path, self.append = Path(path), append
         self._end = 0  # the log's size in bytes after the last row of this run: what a resume keeps
-        self._fits = 0
+        self._fits, self._resume_at = 0, None
 
     @property
     def destination(self) -> str:
@@ -370,10 +370,15 @@ class CSVLoggerCB(LoggerCB):
 
     def before_fit(self, learn) -> None:
         super().before_fit(learn)
-        self._columns, self._resume_at = None, None
+        self._columns = None
         self._keep_rows, self._fits = self.append or self._fits > 0, self._fits + 1
-        self._end = self.path.stat().st_size if self._keep_rows and self.path.is_file() else 0
+        if self._resume_at is None:  # else a finished fit's checkpoint, restored before this fit (fine_tune going on
+            # from the frozen stage's end), said where the file ends: its rows are kept, as if the process had lived on
+            self._end = self.path.stat().st_size if self._keep_rows and self.path.is_file() else 0
         learn.log_files.append(self.path)
+
+    def cleanup_fit(self, learn) -> None:
+        self._resume_at = None  # a resume's place in the file belongs to its fit
 
     def before_epoch(self, learn) -> None:
         self._start = time.perf_counter()

@@ -349,6 +349,33 @@ def test_a_csv_logs_later_fits_add_their_rows_as_fine_tunes_unfrozen_stage_does(
     assert len(log.read_text().splitlines()) == 3
 
 
+class InterruptTheSecondFit(Interrupt):
+    """Interrupt's KeyboardInterrupt, in the second fit only (fine_tune's unfrozen stage)."""
+
+    fits = 0
+
+    def before_fit(self, learn):
+        self.fits += 1
+
+    def after_batch(self, learn):
+        if self.fits == 2:
+            super().after_batch(learn)
+
+
+def test_a_csv_log_keeps_the_frozen_stages_rows_when_fine_tune_resumes_from_its_end(tmp_path):
+    def make(name):  # two layers: the frozen stage freezes the first, which tells its checkpoints apart
+        torch.manual_seed(0)
+        cbs = [MetricsCB(), CSVLoggerCB(tmp_path / f"{name}.csv"), CheckpointCB(tmp_path / f"{name}.pt")]
+        return Learner(nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 3)), dls(), lr=0.1, cbs=cbs)
+
+    make("straight").fine_tune(2, freeze_epochs=1)
+    with pytest.raises(KeyboardInterrupt):  # before the unfrozen stage's first checkpoint: the frozen stage's end is
+        make("resumed").fine_tune(2, freeze_epochs=1, cbs=[InterruptTheSecondFit(0, 3)])  # the last one
+    make("resumed").fine_tune(2, freeze_epochs=1, resume="auto")  # the frozen stage's rows were lost
+    straight = csv_rows_without_time(tmp_path / "straight.csv")
+    assert len(straight) == 7 and csv_rows_without_time(tmp_path / "resumed.csv") == straight
+
+
 def list_loaders():
     """Plain lists of (x, y) batches: a loader with no batch size attribute."""
     g = torch.Generator().manual_seed(0)
