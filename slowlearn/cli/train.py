@@ -312,7 +312,7 @@ def _resume_options(args, announce: bool = True) -> None:
     stretched = "" if planned in (None, args.epochs) else \
         f" (the run was for {planned}: its schedule now spans {args.epochs})"
     position = f"epoch {done}" if not state["iter"] else f"batch {state['iter']} of epoch {done}"
-    say(f"Resuming the run of {args.resume} from {position} of {args.epochs}{stretched}: epochs {done} to "
+    say(f"Resuming the run of {path} from {position} of {args.epochs}{stretched}: epochs {done} to "
         f"{args.epochs - 1} follow")
 
 

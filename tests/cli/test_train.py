@@ -344,7 +344,9 @@ def test_checkpoint_every_and_resume_auto(capsys, tmp_path, images):
     assert "resume='auto': no checkpoint at" in capsys.readouterr().out
     assert saves == [(0, 2), (1, 0)]  # after 2 training batches (of 2), and at the end of the epoch
     assert main([*common, "--epochs", "2"]) == 0
-    assert f"resume='auto': resuming from {out / 'checkpoint.pt'} at epoch 1" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert f"resume='auto': resuming from {out / 'checkpoint.pt'} at epoch 1" in said
+    assert f"Resuming the run of {out / 'checkpoint.pt'} from epoch 1 of 2" in said  # it read "the run of auto"
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
