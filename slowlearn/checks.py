@@ -160,9 +160,10 @@ def _watch_batchnorm(learn) -> list:
         return []
     which = "batches hold 1 item (batch size 1)" if bs == 1 else f"last batch holds {last} item"
     when = "at this first batch" if bs == 1 else "at the end of the first epoch"
-    fix = ("pick a batch size of 2 or more" if bs == 1 else "drop that batch with drop_last=True (TensorLoader(..., "
-           "drop_last=True) or DataLoader(..., drop_last=True)), or pick a batch size that does not leave one item "
-           "over")
+    drop = ("set dls.train.drop_last = True (or TensorLoader(..., drop_last=True))" if hasattr(learn.dl, "n_items")
+            else "DataLoader(..., drop_last=True)")  # slowlearn's loaders (image_folder's too) take no drop_last=
+    fix = ("pick a batch size of 2 or more" if bs == 1 else f"drop that batch ({drop}), or pick a batch size that does "
+           f"not leave one item over")
 
     def check(module, args):
         x = args[0]

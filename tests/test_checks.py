@@ -203,8 +203,11 @@ def batchnorm_mlp():
     return nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.ReLU(), nn.Linear(4, 2))
 
 
-@pytest.mark.parametrize("loader", ["tensor", "torch"])
-def test_a_last_batch_of_one_item_for_batchnorm_suggests_drop_last_before_any_step(loader):
+@pytest.mark.parametrize("loader, advice", [
+    ("tensor", "set dls.train.drop_last = True"),  # image_folder's and fashion_mnist's loaders take no drop_last=
+    ("torch", "DataLoader(..., drop_last=True)"),
+])
+def test_a_last_batch_of_one_item_for_batchnorm_suggests_drop_last_before_any_step(loader, advice):
     dls = make_dls(n_train=9, bs=4)  # batches of 4, 4, 1
     if loader == "torch":
         dls = DataLoaders(DataLoader(TensorDataset(dls.train.x, dls.train.y), 4, shuffle=True), dls.valid)
@@ -212,8 +215,9 @@ def test_a_last_batch_of_one_item_for_batchnorm_suggests_drop_last_before_any_st
     before = [p.detach().clone() for p in model.parameters()]
     with pytest.raises(ValueError, match=r"The training loader's last batch holds 1 item, and BatchNorm layer '1' "
                                          r"\(BatchNorm1d\) cannot normalise a single value per channel in training.*"
-                                         r"drop_last=True"):
+                                         r"drop_last=True") as error:
         Learner(model, dls).fit(1)
+    assert advice in str(error.value)
     assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
