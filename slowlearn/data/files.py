@@ -79,7 +79,9 @@ class ImageFiles(Dataset):
         path = os.fsdecode(self.files[i])
         array = _decode_file(path, self.mode, self.size)
         if array.shape[:2] != self.item_shape[1:]:  # the file changed since its header was read
-            check_same_size([self.item_shape[1:], array.shape[:2]], ["the other images", path])
+            (h, w), (was_h, was_w) = array.shape[:2], self.item_shape[1:]
+            raise ValueError(f"{path} is now {h}x{w} (h x w), but every image of the set was {was_h}x{was_w} when the "
+                             f"loaders were made: make them again, with size= (e.g. size=64) if the sizes now differ")
         if array.shape[-1] > self.item_shape[0]:
             raise ValueError(f"{path} is now in colour, but it and every other image of the set were grayscale "
                              f"when the loaders were made: make them again (or pass channels=1, or 3)")
