@@ -136,12 +136,21 @@ def evaluate_command(args) -> int:
     accuracy = (probs.argmax(-1) == targets).float().mean().item()
     cm = confusion_matrix(targets, probs.argmax(-1), len(predictor.classes))
     path = save_png(plot_confusion(cm, predictor.classes), out / "confusion_matrix.png")
-    skipped = f" ({int((~labelled).sum())} images outside class folders skipped)" if not labelled.all() else ""
+    skipped = "" if labelled.all() else _skipped(predictor, result.files, labelled, folder)
     print(f"{int(labelled.sum())} images in {folder}{skipped}: loss {loss:.4f}, accuracy {accuracy:.4f}. "
           f"Confusion matrix: {path}")
     if note:
         print(f"Note: {note}.")
     return 0
+
+
+def _skipped(predictor, files, labelled, folder: Path) -> str:
+    """What evaluate says of the images it left out: the folders holding them name none of the model's classes."""
+    from ..data import class_of_file
+    names = sorted({class_of_file(Path(f), folder, predictor.classes) for f, known in zip(files, labelled.tolist())
+                    if not known})
+    shown = ", ".join(names[:5]) + (" ..." if len(names) > 5 else "")
+    return f" ({int((~labelled).sum())} images skipped: their folders ({shown}) name none of the model's classes)"
 
 
 def _split_note(predictor, folder: Path, n_kept: int, include_training: bool) -> str:

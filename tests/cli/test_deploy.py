@@ -1,6 +1,7 @@
 """`slowlearn export / predict / evaluate` (cli_model.py), run in this process through `cli.main` (the
 subprocess tests of `train` are in test_integration.py and test_image_data.py)."""
 import csv
+import shutil
 
 import pytest
 import torch
@@ -104,6 +105,18 @@ def test_evaluate_on_the_folder_a_model_split_with_valid_pct_leaves_out_its_trai
                          "--include-training")
     assert code == 0 and out.startswith(f"24 images in {root}: loss ")
     assert f"if {root} is the folder it trained on, it trained on {n_train} of these 24 images" in out
+
+
+def test_evaluate_names_the_folders_it_skips_as_none_of_the_models_classes(run, capsys, tmp_path):
+    """Images in an owl/ folder of a cat/dog/... model were 'images outside class folders skipped', which they were
+    not: the folder is a class, just none of the model's."""
+    root, tmp, _ = run
+    shutil.copytree(root / "test", tmp_path / "data")
+    shutil.copytree(root / "test" / CLASSES[0], tmp_path / "data" / "owl")
+    code, out, err = cli(capsys, "evaluate", tmp / "model.pt2", "--data", tmp_path / "data", "--out", tmp_path)
+    assert code == 0, err
+    assert out.startswith(f"12 images in {tmp_path / 'data'} (4 images skipped: their folders (owl) name none of "
+                          f"the model's classes): loss ")
 
 
 def test_user_mistakes_exit_2_with_one_line(run, capsys, tmp_path):
