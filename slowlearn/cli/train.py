@@ -147,7 +147,8 @@ def _interrupt_in_cli_terms(args, out: Path):
             how = "this kind of run starts afresh: run the command again (without --resume)"
         else:
             how = (f"{saved} holds the run up to its last save (each epoch's end, or every --checkpoint-every "
-                   f"batches): continue it with the same command and --resume auto")
+                   f"batches): continue it with the same command and --resume auto"
+                   f"{' in place of --force' * args.force}")  # which refuses --resume
         rank0_print(f"slowlearn: interrupted; {how}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
 
@@ -212,7 +213,7 @@ def _launch(args) -> int:
     check_data_args(checked)
     if args.force:
         (Path(args.out) / "checkpoint.pt").unlink(missing_ok=True)
-    return launch_local(args.argv, args.nproc, args.max_restarts, resume=resumable)
+    return launch_local(args.argv, args.nproc, args.max_restarts, resume=resumable, forced=args.force)
 
 
 def _mlflow_cb(uri: str, out: Path):

@@ -57,6 +57,11 @@ def test_ctrl_c_waits_for_the_processes_and_exits_130_without_a_traceback(monkey
     assert code == 130 and len(waits) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "slowlearn: interrupted; the processes stopped: the same command goes on from the last checkpoint")
+    waits.clear()  # with --force, the same command would delete that checkpoint and start afresh
+    assert main(["train", "--data", str(root), "--nproc", "2", "--out", str(tmp_path / "out"), "--force"]) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "slowlearn: interrupted; the processes stopped: the same command without --force goes on from the last "
+        "checkpoint")
 
 
 def test_a_checkpoint_to_resume_is_refused_with_nproc(tmp_path, capsys):

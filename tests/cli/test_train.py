@@ -369,6 +369,25 @@ def test_ctrl_c_is_one_line_saying_how_to_go_on_exit_code_130(capsys, tmp_path, 
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
+def test_ctrl_c_of_a_forced_run_says_to_resume_without_force(capsys, tmp_path, images):
+    """`make demo` (--force) stopped by Ctrl-C said "the same command and --resume auto", which --force refuses."""
+    out = tmp_path / "out"
+    common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--no-in-memory", "--workers", "0",
+              "--epochs", "2"]
+    real_save = checkpoint_module.write_atomically
+
+    def ctrl_c_after_saving(state, path):
+        real_save(state, path)
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint_module, "write_atomically", ctrl_c_after_saving)
+        code, err = run(capsys, *common, "--force")
+    assert code == 130 and err[-1].endswith("continue it with the same command and --resume auto in place of --force")
+    assert main([*common, "--resume", "auto"]) == 0
+    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
 def test_ctrl_c_before_a_run_saves_does_not_send_to_an_earlier_runs_checkpoint(capsys, tmp_path, images):
     """--out's checkpoint.pt of a finished run, then the same command with more epochs, stopped before its first
     save: that checkpoint is the earlier run's, and --resume auto would go on from it, not from this run."""
