@@ -18,6 +18,7 @@ OPTIMIZERS = ("adamw", "adam", "sgd", "momentum", "nesterov", "rmsprop")
 MLFLOW_STORE = "sqlite:///runs/mlflow.db"  # MLflowCB's default
 SCRATCH_LR, FINE_TUNE_LR = 1e-2, 2e-3
 RUN_FILES = ("checkpoint.pt", "model.pt2", "metrics.csv")  # what a run writes into --out that a new one would replace
+RUN_PICTURES = ("schedule.png", "loss.png", "metrics.png", "confusion_matrix.png")
 
 
 def _opt_func(name: str):
@@ -77,6 +78,7 @@ def train_command(args) -> int:
     _resume_options(args)
     checkpoints = CheckpointCB(out / "checkpoint.pt", every=args.checkpoint_every or "epoch")
     cbs = [CSVLoggerCB(out / "metrics.csv"), checkpoints]  # fine-tuning's two fits (frozen, unfrozen) write one CSV
+    cbs += [ClearEarlierRunCB(out)] if args.force else []
     if args.tensorboard:
         cbs.append(TensorBoardCB(out / "tensorboard"))
     tracker = _mlflow_cb(args.mlflow, out) if args.mlflow is not None else None
@@ -97,18 +99,15 @@ def train_command(args) -> int:
                                      resume=args.resume, verbose=args.verbose, precision=args.precision)
             except CheckpointError as e:  # saved from another --model or --opt: found before training starts
                 raise CLIError(f"--resume {args.resume}: {e}") from e
-    pictures = {"lr and momentum": (learn.recorder.plot(), "schedule.png"),
-                "loss curves": (learn.progress.plot_loss(), "loss.png"),
-                "metrics per epoch": (plot_metrics(learn), "metrics.png"),
-                "confusion matrix": (plot_confusion_matrix(learn), "confusion_matrix.png")}
-    for fig, name in pictures.values():
+    figures = (learn.recorder.plot(), learn.progress.plot_loss(), plot_metrics(learn), plot_confusion_matrix(learn))
+    for fig, name in zip(figures, RUN_PICTURES):  # lr and momentum, loss curves, metrics per epoch, confusion matrix
         save_png(fig, out / name)
     if is_rank0():
         learn.export(out / "model.pt2")
-    written = ["metrics.csv", "checkpoint.pt", "model.pt2 (slowlearn predict)", *(n for _, n in pictures.values())]
+    written = ["metrics.csv", "checkpoint.pt", "model.pt2 (slowlearn predict)", *RUN_PICTURES]
     rank0_print(f"Wrote to {out}/: " + ", ".join(written + ["tensorboard/"] * args.tensorboard))
     if tracker is not None and tracker.run_id is not None:
-        tracker.log_artifacts(out / "model.pt2", *(out / name for _, name in pictures.values()))
+        tracker.log_artifacts(out / "model.pt2", *(out / name for name in RUN_PICTURES))
         rank0_print(f"MLflow run {tracker.run_id} in {args.mlflow} (mlflow ui --backend-store-uri {args.mlflow})")
     return 0
 
@@ -212,7 +211,7 @@ def _launch(args) -> int:
     _resume_options(checked, announce=False)  # mistakes in the options: one line here, not one per process
     check_data_args(checked)
     if args.force:
-        (Path(args.out) / "checkpoint.pt").unlink(missing_ok=True)
+        clear_earlier_run(Path(args.out))
     return launch_local(args.argv, args.nproc, args.max_restarts, resume=resumable, forced=args.force)
 
 
@@ -247,6 +246,29 @@ def _check_options_used(args) -> None:
     if "max_restarts" in args.given and args.nproc is None:
         raise CLIError(f"--max-restarts {args.max_restarts}: only goes with --nproc (restarts of the processes it "
                        f"launches); add --nproc N, or drop --max-restarts")
+
+
+def clear_earlier_run(out: Path) -> None:
+    """--force: the earlier run's files in --out go, so that none of them is left beside the new run's (its model.pt2
+    next to an interrupted new run's checkpoint, say)."""
+    for name in (*RUN_FILES, *RUN_PICTURES):
+        (out / name).unlink(missing_ok=True)
+
+
+class ClearEarlierRunCB(Callback):
+    """--force in one process: clears --out's earlier run when the first fit starts, once the data and the model
+    are made (a mistake in them leaves the earlier run as it was)."""
+
+    order = -100  # before the loggers and CheckpointCB look at --out
+
+    def __init__(self, out: Path):
+        self.out, self.cleared = out, False
+
+    def before_fit(self, learn) -> None:
+        from ..distributed import is_rank0
+        if not self.cleared and is_rank0():
+            clear_earlier_run(self.out)
+        self.cleared = True
 
 
 class RunOptionsCB(Callback):

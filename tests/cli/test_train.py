@@ -530,3 +530,22 @@ def test_a_run_that_cannot_resume_is_told_only_to_force_or_move(capsys, tmp_path
                       str(tmp_path / "w.pth"), "--out", str(out))
     assert message.endswith("holds an earlier run (metrics.csv): start afresh over it with --force, or give another "
                             "--out")
+
+
+def test_force_clears_the_earlier_run_once_the_new_one_starts_and_not_on_a_mistake(capsys, tmp_path, images):
+    """--force left the earlier run's model.pt2 and pictures beside an interrupted new run's checkpoint and CSV, so
+    `slowlearn predict --out/model.pt2` used the old model."""
+    out = tmp_path / "out"
+    common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--epochs", "1"]
+    assert main(common) == 0
+    earlier = sorted(p.name for p in out.iterdir())
+    assert refused(capsys, *common[:2], str(tmp_path / "nowhere"), *common[3:], "--force")  # a mistake in the data
+    assert sorted(p.name for p in out.iterdir()) == earlier  # ... keeps the earlier run
+
+    def ctrl_c(learn):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(Learner, "_step", ctrl_c)
+        code, _ = run(capsys, *common, "--force")
+    assert code == 130 and not any((out / name).exists() for name in ("model.pt2", "checkpoint.pt", "loss.png"))
