@@ -118,6 +118,7 @@ def save_checkpoint(learn, path: str | os.PathLike, epoch: int, iter: int = 0, t
         "history": list(learn.history),
         "lr": _lr_as_data(learn.lr),
         "frozen": learn.frozen_state(),
+        "fine_tune_stage": learn.fine_tune_stage,
         "epoch": epoch,
         "iter": iter,
         "train_done": train_done,
@@ -377,6 +378,14 @@ def auto_resume_path(cbs) -> Path:
     return Path(paths[0])
 
 
+def _of_frozen_stage(state: dict) -> bool:
+    """Whether a checkpoint of `fine_tune` comes from its frozen stage: as it records, or for checkpoints of
+    slowlearn before it recorded the stage, from the frozen layers it holds (a model that freezing leaves as it
+    is, with one param group, then passes for the unfrozen stage)."""
+    stage = state.get("fine_tune_stage")
+    return stage == "frozen" if stage is not None else bool(state.get("frozen", {}).get("params"))
+
+
 def _agreed_found(path: Path) -> bool:
     """Whether `path` exists, checked to be the same answer on every process of a distributed run (one that
     resumed while another started afresh would wait for the other forever)."""
@@ -407,9 +416,9 @@ def resume_state(learn, resume: str | os.PathLike | None) -> dict | None:
 
 def fine_tune_resumes(learn, resume, freeze_epochs: int, cbs=()) -> tuple[object, object]:
     """What each fit of `fine_tune` resumes from: (the frozen stage's, the unfrozen stage's); "skip" skips the
-    frozen stage. Only resume="auto" is told apart, by the saved run's frozen layers: a checkpoint of the
-    unfrozen stage skips the frozen one; one of the frozen stage resumes it, or, when that stage is complete
-    (or stopped early), is loaded and the unfrozen stage starts."""
+    frozen stage. Only resume="auto" is told apart, by the stage its checkpoint records (`learn.fine_tune_stage`): a
+    checkpoint of the unfrozen stage skips the frozen one; one of the frozen stage resumes it, or, when that stage is
+    complete (or stopped early), is loaded and the unfrozen stage starts."""
     if str(resume) != "auto":
         return resume, resume
     path = auto_resume_path([*learn.cbs, *cbs])
@@ -417,7 +426,7 @@ def fine_tune_resumes(learn, resume, freeze_epochs: int, cbs=()) -> tuple[object
         rank0_print(f"resume='auto': no checkpoint at {path} yet, so this is a new run")
         return None, None
     state = read_checkpoint(path)
-    if not state.get("frozen", {}).get("params"):
+    if not _of_frozen_stage(state):
         return "skip", "auto"
     if state["epoch"] < freeze_epochs and not state.get("stop_reason"):
         return "auto", None

@@ -86,6 +86,8 @@ class Learner:
                     the fit reads losses (`reads_loss_value`): a `DeviceFloats` (`batch_losses.read()`
                     gives the floats; on a device the values wait there and are read in bulk), e.g. what
                     ProgressCB plots; empty otherwise
+      fine_tune_stage "frozen" or "unfrozen" during the fits of `fine_tune`, else None: checkpoints record it, so
+                    that resume="auto" goes on with the stage a file comes from
       weights_epoch the epoch whose weights the model holds when that is not the last one trained
                     (EarlyStoppingCB(restore_best=True) sets it; each fit clears it): exports report that
                     epoch's metrics
@@ -108,6 +110,7 @@ class Learner:
         self.device = self.grad_scaler = self.metrics_log = None  # the shared slots, empty between fits
         self.metric_names, self.accumulate = (), 1
         self.weights_epoch: int | None = None
+        self.fine_tune_stage: str | None = None
         self.stop_reason: str | None = None
         self.log_files: list[Path] = []
         self._fitting = False  # a fit started from inside a fit (by a callback) is refused

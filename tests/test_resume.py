@@ -144,6 +144,27 @@ def test_fine_tune_resume_auto_continues_the_stage_it_was_in(tmp_path, stop):
     assert same(params(resumed), params(straight))
 
 
+@pytest.mark.parametrize("stop", [(0, 1, 3), (1, 1, 4), (1, 0, 2)], ids=["frozen stage", "unfrozen stage",
+                                                                         "between the stages"])
+def test_fine_tune_resume_auto_of_a_model_that_freezing_leaves_as_it_is_continues_the_stage_it_was_in(tmp_path, stop):
+    """One param group: freeze() freezes nothing, so a checkpoint's frozen layers could not tell the stages apart.
+    A frozen-stage checkpoint was taken for an unfrozen one: the run skipped epochs, or refused to go on."""
+    def learner(path, cbs=()):
+        learn = tiny_learner(path, [MetricsCB(), *cbs], every="epoch")
+        learn.splitter = lambda model: [list(model.parameters())]
+        return learn
+
+    fit, epoch, iter = stop
+    straight = learner(tmp_path / "straight.pt")
+    straight.fine_tune(2, base_lr=0.05, freeze_epochs=2, resume="auto")
+    path = tmp_path / "ckpt.pt"
+    with pytest.raises(Killed):
+        learner(path, [StopAt(epoch, iter, fit)]).fine_tune(2, base_lr=0.05, freeze_epochs=2, resume="auto")
+    resumed = learner(path)
+    resumed.fine_tune(2, base_lr=0.05, freeze_epochs=2, resume="auto")
+    assert same(params(resumed), params(straight)) and resumed.history == straight.history
+
+
 class BestAtFitStart(Callback):
     """What a CheckpointCB holds as its best when each fit starts."""
 

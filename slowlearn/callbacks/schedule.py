@@ -284,10 +284,15 @@ def fine_tune(learn, epochs: int, base_lr: float = 2e-3, freeze_epochs: int = 1,
 
     `resume="auto"` continues whichever stage the run's CheckpointCB file holds (`checkpoint.fine_tune_resumes`)."""
     frozen_resume, resume = fine_tune_resumes(learn, kwargs.pop("resume", None), freeze_epochs, kwargs.get("cbs", ()))
-    learn.freeze()
-    if freeze_epochs and frozen_resume != "skip":
-        learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, resume=frozen_resume, **kwargs)
-    base_lr /= 2
-    learn.unfreeze()
-    return learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div, resume=resume,
-                               **kwargs)
+    try:
+        learn.freeze()
+        if freeze_epochs and frozen_resume != "skip":
+            learn.fine_tune_stage = "frozen"  # checkpoints record it: resume="auto" then knows the stage
+            learn.fit_one_cycle(freeze_epochs, slice(base_lr), pct_start=0.99, resume=frozen_resume, **kwargs)
+        base_lr /= 2
+        learn.unfreeze()
+        learn.fine_tune_stage = "unfrozen"
+        return learn.fit_one_cycle(epochs, slice(base_lr / lr_mult, base_lr), pct_start=pct_start, div=div,
+                                   resume=resume, **kwargs)
+    finally:
+        learn.fine_tune_stage = None
