@@ -350,27 +350,9 @@ def test_checkpoint_every_and_resume_auto(capsys, tmp_path, images):
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
-def test_ctrl_c_is_one_line_saying_how_to_go_on_exit_code_130(capsys, tmp_path, images):
-    out = tmp_path / "out"
-    common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--no-in-memory", "--workers", "0"]
-    real_save = checkpoint_module.write_atomically
-
-    def ctrl_c_after_saving(state, path):
-        real_save(state, path)
-        raise KeyboardInterrupt
-
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(checkpoint_module, "write_atomically", ctrl_c_after_saving)
-        code, err = run(capsys, *common, "--epochs", "2")
-    assert code == 130 and err[-1] == (f"slowlearn: interrupted; {out / 'checkpoint.pt'} holds the run up to its "
-                                       f"last save (each epoch's end, or every --checkpoint-every batches): "
-                                       f"continue it with the same command and --resume auto")
-    assert main([*common, "--epochs", "2", "--resume", "auto"]) == 0
-    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
-
-
-def test_ctrl_c_of_a_forced_run_says_to_resume_without_force(capsys, tmp_path, images):
-    """`make demo` (--force) stopped by Ctrl-C said "the same command and --resume auto", which --force refuses."""
+@pytest.mark.parametrize("given, then", [([], ""), (["--force"], " in place of --force")], ids=["plain", "forced"])
+def test_ctrl_c_is_one_line_saying_how_to_go_on_exit_code_130(capsys, tmp_path, images, given, then):
+    """A --force run (`make demo`) was told "the same command and --resume auto", which --force refuses."""
     out = tmp_path / "out"
     common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--no-in-memory", "--workers", "0",
               "--epochs", "2"]
@@ -382,8 +364,10 @@ def test_ctrl_c_of_a_forced_run_says_to_resume_without_force(capsys, tmp_path, i
 
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(checkpoint_module, "write_atomically", ctrl_c_after_saving)
-        code, err = run(capsys, *common, "--force")
-    assert code == 130 and err[-1].endswith("continue it with the same command and --resume auto in place of --force")
+        code, err = run(capsys, *common, *given)
+    assert code == 130 and err[-1] == (f"slowlearn: interrupted; {out / 'checkpoint.pt'} holds the run up to its "
+                                       f"last save (each epoch's end, or every --checkpoint-every batches): "
+                                       f"continue it with the same command and --resume auto{then}")
     assert main([*common, "--resume", "auto"]) == 0
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
