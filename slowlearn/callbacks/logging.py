@@ -351,9 +351,9 @@ class TensorBoardCB(ScalarLoggerCB):
 class CSVLoggerCB(LoggerCB):
     """Writes one CSV row per epoch and phase: the MetricsCB row, the lr and the phase's seconds.
 
-    The callback's first fit starts a new file (unless `append`, which keeps the rows already there); its
-    later fits (`fine_tune`'s unfrozen stage, another `fit`) add their rows to it, as TensorBoardCB's and
-    MLflowCB's curves go on over all their fits: a new CSVLoggerCB starts a new file. A resumed fit keeps the
+    The callback's first fit to write a row starts a new file (unless `append`, which keeps the rows already
+    there); its later fits (`fine_tune`'s unfrozen stage, another `fit`) add their rows to it, as TensorBoardCB's
+    and MLflowCB's curves go on over all their fits: a new CSVLoggerCB starts a new file. A resumed fit keeps the
     file as it was at its checkpoint (earlier runs' rows included) and appends after it. Only
     rank 0 writes, and a file that cannot be written is a warning, never the end of training (LoggerCB).
     The file goes into `learn.log_files`, so trackers (MLflowCB) attach it to their run.
@@ -362,7 +362,7 @@ class CSVLoggerCB(LoggerCB):
     def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path, self.append = Path(path), append
         self._end = 0  # the log's size in bytes after the last row of this run: what a resume keeps
-        self._fits, self._resume_at = 0, None
+        self._started, self._resume_at = False, None  # _started: a fit of this callback has begun the file
 
     @property
     def destination(self) -> str:
@@ -371,7 +371,7 @@ class CSVLoggerCB(LoggerCB):
     def before_fit(self, learn) -> None:
         super().before_fit(learn)
         self._columns = None
-        self._keep_rows, self._fits = self.append or self._fits > 0, self._fits + 1
+        self._keep_rows = self.append or self._started
         if self._resume_at is None:  # else a finished fit's checkpoint, restored before this fit (fine_tune going on
             # from the frozen stage's end), said where the file ends: its rows are kept, as if the process had lived on
             self._end = self.path.stat().st_size if self._keep_rows and self.path.is_file() else 0
@@ -400,6 +400,7 @@ class CSVLoggerCB(LoggerCB):
 
     def _open_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._started = True
         if self._resume_at and self.path.exists():
             with open(self.path, "r+b") as f:  # drop the rows written after the checkpoint
                 f.truncate(self._resume_at)

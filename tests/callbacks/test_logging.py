@@ -349,6 +349,18 @@ def test_a_csv_logs_later_fits_add_their_rows_as_fine_tunes_unfrozen_stage_does(
     assert len(log.read_text().splitlines()) == 3
 
 
+def test_a_csv_log_that_a_fit_ended_before_its_first_row_is_still_started_afresh_by_the_next(tmp_path):
+    """A fit stopped before its first row (Ctrl-C in its first epoch, say) counted as the callback's first fit, so
+    the next fit added its rows to the file an earlier run (yesterday's) had left at that path."""
+    log = tmp_path / "metrics.csv"
+    log.write_text("accuracy,loss,epoch,phase,lr,time\n0.1,9.0,0,train,0.1,1.0\n")
+    learn = learner(CSVLoggerCB(log))
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(1, cbs=[Interrupt(0, 0)])
+    learn.fit(1)
+    assert [row[2:4] for row in csv_rows_without_time(log)[1:]] == [["0", "train"], ["0", "valid"]]
+
+
 class InterruptTheSecondFit(Interrupt):
     """Interrupt's KeyboardInterrupt, in the second fit only (fine_tune's unfrozen stage)."""
 
