@@ -353,7 +353,8 @@ class CSVLoggerCB(LoggerCB):
 
     The callback's first fit to write a row starts a new file (unless `append`, which keeps the rows already
     there); its later fits (`fine_tune`'s unfrozen stage, another `fit`) add their rows to it, as TensorBoardCB's
-    and MLflowCB's curves go on over all their fits: a new CSVLoggerCB starts a new file. A resumed fit keeps the
+    and MLflowCB's curves go on over all their fits (a column that a later fit adds, such as a new metric, is
+    added to the file, blank in the earlier rows): a new CSVLoggerCB starts a new file. A resumed fit keeps the
     file as it was at its checkpoint (earlier runs' rows included) and appends after it. Only
     rank 0 writes, and a file that cannot be written is a warning, never the end of training (LoggerCB).
     The file goes into `learn.log_files`, so trackers (MLflowCB) attach it to their run.
@@ -407,6 +408,20 @@ class CSVLoggerCB(LoggerCB):
         elif self._resume_at is not None or not (self._keep_rows and self.path.exists()):
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerow(self._columns)
+            return
+        self._columns = self._kept_columns()
+
+    def _kept_columns(self) -> list[str]:
+        """The columns of the file that this fit adds rows to: its header, and at its end the columns of this fit
+        that it lacks (a metric that a later fit added), for which the file is written again, blank in its rows."""
+        with open(self.path, newline="") as f:
+            rows = list(csv.reader(f))
+        header = rows[0] if rows else []
+        new = [column for column in self._columns if column not in header]
+        if new:
+            with open(self.path, "w", newline="") as f:
+                csv.writer(f).writerows([header + new, *(row + [""] * len(new) for row in rows[1:])])
+        return header + new
 
     def state_dict(self) -> dict:
         return {"end": self._end}

@@ -361,6 +361,22 @@ def test_a_csv_log_that_a_fit_ended_before_its_first_row_is_still_started_afresh
     assert [row[2:4] for row in csv_rows_without_time(log)[1:]] == [["0", "train"], ["0", "valid"]]
 
 
+def test_a_csv_log_keeps_its_columns_when_a_later_fit_adds_a_metric(tmp_path):
+    """A later fit with another metric added rows of 7 values under the header of 6: every value of those rows sat
+    under the wrong column (csv.DictReader read the loss as 'epoch')."""
+    import csv
+    log = tmp_path / "metrics.csv"
+    learn = Learner(nn.Linear(3, 3), dls(), lr=0.1, cbs=[CSVLoggerCB(log)])
+    learn.fit(1, cbs=[MetricsCB()])
+    learn.fit(1, cbs=[MetricsCB(accuracy=MulticlassAccuracy())])
+    learn.fit(1, cbs=[MetricsCB()])
+    with open(log, newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert list(rows[0]) == ["loss", "epoch", "phase", "lr", "time", "accuracy"] and len(rows) == 6
+    assert [row["phase"] for row in rows] == ["train", "valid"] * 3
+    assert [row["accuracy"] != "" for row in rows] == [False, False, True, True, False, False]
+    assert [float(row["loss"]) for row in rows] == [row["loss"] for row in learn.history]
+
 class InterruptTheSecondFit(Interrupt):
     """Interrupt's KeyboardInterrupt, in the second fit only (fine_tune's unfrozen stage)."""
 
