@@ -50,10 +50,12 @@ def torchrun_command(argv: Sequence[str], nproc: int, max_restarts: int, resume:
             *(["--resume", "auto"] if resume else ["--force"])]
 
 
-def launch_local(argv: Sequence[str], nproc: int, max_restarts: int, resume: bool = True, forced: bool = False) -> int:
+def launch_local(argv: Sequence[str], nproc: int, max_restarts: int, resume: bool = True, forced: bool = False,
+                 resumed: bool = False) -> int:
     """Run `torchrun_command` with `RESTART_ENV` and return its exit code; a SIGTERM (a scheduler stopping the
-    job) is passed on, so that every process saves a checkpoint before it stops. `forced`: the command has --force,
-    so that after a Ctrl-C the same command would start afresh, not go on."""
+    job) is passed on, so that every process saves a checkpoint before it stops. After a Ctrl-C it says how to go
+    on: the command has --force (`forced`: it would start afresh) or --resume auto (`resumed`: it goes on), else
+    the --out that the processes wrote to refuses it."""
     command = torchrun_command(argv, nproc, max_restarts, resume)
     starts = "resuming from the last checkpoint" if resume else "each start from the beginning"
     print(f"Launching {nproc} process{'es' * (nproc > 1)} (restarted up to {max_restarts} times, {starts}): "
@@ -64,8 +66,9 @@ def launch_local(argv: Sequence[str], nproc: int, max_restarts: int, resume: boo
         return child.wait()
     except KeyboardInterrupt:  # Ctrl-C reached torchrun and the processes too: they stop, rank 0 says where it was
         child.wait()
-        again = (f"the same command{' without --force' * forced} goes on from the last checkpoint" if resume else
-                 "run the command again")
+        told = "" if resumed else " with --resume auto in place of --force" if forced else " with --resume auto"
+        again = (f"the same command{told} goes on from the last checkpoint" if resume else
+                 f"run the command again{' with --force' * (not forced)}")
         print(f"slowlearn: interrupted; the processes stopped: {again}", file=sys.stderr, flush=True)
         return 130
     finally:

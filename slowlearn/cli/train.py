@@ -140,10 +140,11 @@ def _interrupt_in_cli_terms(args, out: Path):
         yield
     except KeyboardInterrupt:
         from ..distributed import rank0_print
+        again = "run the command again with --force" if _refused_again(args, out) else "run the command again"
         if _file_version(saved) in (None, found) and not (found and args.resume == "auto"):
-            how = "nothing was saved yet: run the command again"
+            how = f"nothing was saved yet: {again}"
         elif args.recipe is not None or _fine_tuning(args):
-            how = "this kind of run starts afresh: run the command again (without --resume)"
+            how = f"this kind of run starts afresh: {again}{' (without --resume)' * args.force}"
         else:
             how = (f"{saved} holds the run up to its last save (each epoch's end, or every --checkpoint-every "
                    f"batches): continue it with the same command and --resume auto"
@@ -159,6 +160,11 @@ def _file_version(path: Path) -> tuple[int, int] | None:
     except FileNotFoundError:
         return None
     return status.st_ino, status.st_mtime_ns
+
+
+def _refused_again(args, out: Path) -> bool:
+    """Whether the same command, run again, would refuse --out for the files this run has written there."""
+    return not args.force and args.resume is None and any((out / name).exists() for name in RUN_FILES)
 
 
 def _check_out_is_free(args, out: Path) -> None:
@@ -212,7 +218,8 @@ def _launch(args) -> int:
     check_data_args(checked)
     if args.force:
         clear_earlier_run(Path(args.out))
-    return launch_local(args.argv, args.nproc, args.max_restarts, resume=resumable, forced=args.force)
+    return launch_local(args.argv, args.nproc, args.max_restarts, resume=resumable, forced=args.force,
+                        resumed=args.resume == "auto")
 
 
 def _mlflow_cb(uri: str, out: Path):

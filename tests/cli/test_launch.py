@@ -56,12 +56,42 @@ def test_ctrl_c_waits_for_the_processes_and_exits_130_without_a_traceback(monkey
     code = main(["train", "--data", str(root), "--nproc", "2", "--out", str(tmp_path / "out")])
     assert code == 130 and len(waits) == 2
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "slowlearn: interrupted; the processes stopped: the same command goes on from the last checkpoint")
-    waits.clear()  # with --force, the same command would delete that checkpoint and start afresh
-    assert main(["train", "--data", str(root), "--nproc", "2", "--out", str(tmp_path / "out"), "--force"]) == 130
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "slowlearn: interrupted; the processes stopped: the same command without --force goes on from the last "
+        "slowlearn: interrupted; the processes stopped: the same command with --resume auto goes on from the last "
         "checkpoint")
+
+
+@pytest.mark.parametrize("given, how", [
+    ([], "the same command with --resume auto goes on from the last checkpoint"),  # else it refuses that --out
+    (["--resume", "auto"], "the same command goes on from the last checkpoint"),
+    (["--force"], "the same command with --resume auto in place of --force goes on from the last checkpoint"),
+    (["--model", "resnet18", "--weights", "w.pth"], "run the command again with --force"),  # fine-tuning: afresh
+    (["--model", "resnet18", "--weights", "w.pth", "--force"], "run the command again")])
+def test_ctrl_c_says_a_command_that_goes_on_from_the_out_the_processes_left(monkeypatch, tmp_path, capsys, given,
+                                                                              how):
+    """The same command (without --force) went on from the last checkpoint, said the launcher; but the same command
+    without --resume auto or --force refuses an --out that holds a run, as the processes' checkpoint then is."""
+    out = tmp_path / "out"
+
+    class Child:
+        def __init__(self, command, env):
+            self.waits = 0
+
+        def wait(self):
+            self.waits += 1
+            if self.waits == 1:
+                out.mkdir(exist_ok=True)
+                (out / "metrics.csv").write_text("loss,epoch,phase\n")  # what the processes wrote before the Ctrl-C
+                raise KeyboardInterrupt
+            return -2
+    monkeypatch.setattr(launch.subprocess, "Popen", Child)
+    root = make_folder(tmp_path / "pets", n_per_class=2)
+    command = ["train", "--data", str(root), "--nproc", "2", "--out", str(out), *given]
+    assert main(command) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == f"slowlearn: interrupted; the processes stopped: {how}"
+    told = [arg for arg in command if arg != "--force" or "in place of --force" not in how]
+    told += ["--resume", "auto"] * ("with --resume auto" in how) + ["--force"] * how.endswith("with --force")
+    monkeypatch.setattr(launch.subprocess, "Popen", lambda command, env: type("Child", (), {"wait": lambda _: 0})())
+    assert main(told) == 0, capsys.readouterr().err  # the command it told of goes on
 
 
 def test_a_checkpoint_to_resume_is_refused_with_nproc(tmp_path, capsys):

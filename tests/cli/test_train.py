@@ -372,6 +372,37 @@ def test_ctrl_c_is_one_line_saying_how_to_go_on_exit_code_130(capsys, tmp_path, 
     assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
 
 
+def test_ctrl_c_before_a_save_or_of_a_run_that_starts_afresh_tells_a_command_that_out_then_takes(capsys, tmp_path,
+                                                                                                   images):
+    """'Run the command again', said Ctrl-C where nothing was saved yet (but the first epoch's rows were in
+    metrics.csv) and of a recipe that had saved: the same command then refused that --out as holding a run."""
+    from slowlearn.recipes import RECIPES
+    out = tmp_path / "out"
+    common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--no-in-memory", "--workers", "0"]
+
+    def ctrl_c(state, path):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint_module, "write_atomically", ctrl_c)  # at the first epoch's end: its rows written
+        code, err = run(capsys, *common)
+    assert code == 130 and err[-1] == ("slowlearn: interrupted; nothing was saved yet: run the command again with "
+                                       "--force")
+    assert main([*common, "--force"]) == 0
+
+    def recipe_saves_then_stops(**kwargs):
+        (tmp_path / "recipe" / "checkpoint.pt").write_bytes(b"its first epoch")
+        raise KeyboardInterrupt
+
+    for given, how in (([], " with --force"), (["--force"], " (without --resume)")):
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setitem(RECIPES, "fashion_mnist", recipe_saves_then_stops)
+            code, err = run(capsys, "train", "--recipe", "fashion_mnist", "--out", str(tmp_path / "recipe"), *given)
+        assert code == 130 and err[-1] == f"slowlearn: interrupted; this kind of run starts afresh: run the command " \
+                                          f"again{how}"
+        (tmp_path / "recipe" / "checkpoint.pt").unlink()
+
+
 def test_ctrl_c_before_a_run_saves_does_not_send_to_an_earlier_runs_checkpoint(capsys, tmp_path, images):
     """--out's checkpoint.pt of a finished run, then the same command with more epochs, stopped before its first
     save: that checkpoint is the earlier run's, and --resume auto would go on from it, not from this run."""
