@@ -169,11 +169,17 @@ def _refused_again(args, out: Path) -> bool:
 
 def _check_out_is_free(args, out: Path) -> None:
     """An earlier run's files in --out are neither replaced nor continued unless the command says which: --resume
-    continues it, --force starts afresh over it."""
+    continues it (auto, or a checkpoint in --out; another run's checkpoint is refused), --force starts afresh over
+    it."""
     if args.force and args.resume is not None:
         raise CLIError(f"--force starts afresh over --out's run and --resume {args.resume} continues a run: give one")
     found = [name for name in RUN_FILES if (out / name).exists()]
-    if not found or args.force or args.resume is not None:
+    if not found or args.force or args.resume == "auto":
+        return
+    if args.resume is not None:  # a checkpoint of --out's run goes on there; another run's would replace it
+        if Path(args.resume).resolve().parent != out.resolve():
+            raise CLIError(f"--out {args.out} holds an earlier run ({', '.join(found)}), and --resume {args.resume} "
+                           f"continues another: give that run's own --out, or another --out")
         return
     resumable = args.recipe is None and not _fine_tuning(args)
     raise CLIError(f"--out {args.out} holds an earlier run ({', '.join(found)}): "

@@ -537,6 +537,23 @@ def test_an_out_holding_an_earlier_run_is_refused_unless_the_command_resumes_it_
     assert (out / "checkpoint.pt").read_bytes() != before["checkpoint.pt"]
 
 
+def test_resuming_another_folders_run_into_an_out_that_holds_a_run_is_refused(capsys, tmp_path, images):
+    """--resume a/checkpoint.pt --out b, b holding a run of its own: b's model was replaced without --force, and
+    b's metrics.csv was cut at a's byte count (in the middle of one of b's rows) and a's rows added to it."""
+    common = ["train", "--data", str(images), "--bs", "8", "--no-in-memory", "--workers", "0"]
+    assert main([*common, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--epochs", "3", "--out", str(tmp_path / "b")]) == 0
+    before = {name: (tmp_path / "b" / name).read_bytes() for name in ("checkpoint.pt", "model.pt2", "metrics.csv")}
+    message = refused(capsys, *common, "--epochs", "2", "--resume", str(tmp_path / "a" / "checkpoint.pt"), "--out",
+                      str(tmp_path / "b"))
+    assert message == (f"slowlearn: error: --out {tmp_path / 'b'} holds an earlier run (checkpoint.pt, model.pt2, "
+                       f"metrics.csv), and --resume {tmp_path / 'a' / 'checkpoint.pt'} continues another: give that "
+                       f"run's own --out, or another --out")
+    assert {name: (tmp_path / "b" / name).read_bytes() for name in before} == before
+    assert main([*common, "--epochs", "2", "--resume", str(tmp_path / "a" / "checkpoint.pt"), "--out",
+                 str(tmp_path / "a")]) == 0  # its own folder: it goes on there
+
+
 def test_a_run_that_cannot_resume_is_told_only_to_force_or_move(capsys, tmp_path, images):
     out = tmp_path / "out"
     out.mkdir()
