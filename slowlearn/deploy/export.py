@@ -10,9 +10,13 @@ Format (version 1): a `torch.export` archive (a zip, `.pt2`, as `torch.export.sa
   by `data/weights/model_weights_config.json` and `data/constants/model_constants_config.json`.
 - `data/sample_inputs/model.pt`: empty (torch would unpickle it).
 - `extra/slowlearn.json`: `{"format": "slowlearn-export", "version": 1, "classes": [...],
-  "preprocessing": {...}, "metadata": {...}}`. `preprocessing` is `slowlearn.data.preprocess.Preprocessing`
-  as a dict: `kind` ("image"), `channels`, `size` [h, w], `scale` (1/255: uint8 to [0, 1]), `mean` and
-  `std` (per channel, applied after the scaling), `resize` (how the training images were resized:
+  "preprocessing": {...}, "activation": ..., "metadata": {...}}`. `activation` is what turns the logits into
+  the predictions (`deploy.inference.activation_kind`, from the training loss): "softmax" over the classes,
+  "sigmoid" per output (binary cross-entropy on logits: multi-label) or "none" (the outputs as they are: a
+  regression); files written before it was recorded lack it and mean "softmax". `preprocessing` is
+  `slowlearn.data.preprocess.Preprocessing` as a dict: `kind` ("image"), `channels`, `size` [h, w], `scale`
+  (1/255: uint8 to [0, 1]), `mean` and `std` (per channel, applied after the scaling), `resize` (how the
+  training images were resized:
   {"method": "crop" | "squish", "interpolation": "bilinear"}, or null: inputs must have `size`).
   `metadata`: slowlearn and torch versions, the date (UTC, ISO 8601), the model's class name, the
   metrics of the epoch whose weights it holds (the last row of the training history, or, when
