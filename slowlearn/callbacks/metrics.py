@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..callback import Callback
-from ..deploy import metric_inputs
+from ..deploy import activation_kind, metric_inputs
 from ..device import model_device
 from ..display import TablePrinter
 from ..distributed import all_reduce_sum, is_rank0, world_size
@@ -70,6 +70,8 @@ class MetricsCB(Callback):
         self._print: Callable[[dict], None] = printer if is_rank0() else (lambda row: None)
         learn.metric_names = (*self.metrics, "loss")
         self._scores = partial(metric_inputs, learn.loss_func)
+        if activation_kind(learn.loss_func) == "sigmoid":
+            _check_thresholds_of_probabilities(self.metrics)
 
     def cleanup_fit(self, learn) -> None:
         learn.metric_names = ()
@@ -157,6 +159,18 @@ class MetricsCB(Callback):
             return metric.compute()
         from torcheval.metrics.toolkit import sync_and_compute
         return sync_and_compute(metric)
+
+
+def _check_thresholds_of_probabilities(metrics: dict) -> None:
+    """Under a loss on logits of labels the metrics get probabilities (sigmoids): a threshold outside (0, 1), such as
+    BinaryAccuracy(threshold=0.) (the way to score logits before slowlearn gave such metrics probabilities), would
+    call every item one class, silently."""
+    for name, metric in metrics.items():
+        threshold = getattr(metric, "threshold", None)
+        if isinstance(threshold, (int, float)) and not 0 < threshold < 1:
+            raise ValueError(f"MetricsCB: {name} thresholds at {threshold}, but under a loss on logits (binary "
+                             f"cross-entropy with logits) the metrics get probabilities, the sigmoids of the outputs: "
+                             f"give it a threshold between 0 and 1 (0.5, torcheval's default, for the logits' 0)")
 
 
 def _number(name: str, value: torch.Tensor) -> float:

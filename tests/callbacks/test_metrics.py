@@ -200,3 +200,15 @@ def test_threshold_metrics_of_a_loss_on_logits_score_probabilities_in_the_fit_an
     expected = ((logits > 0).float() == y[32:]).float().mean().item()
     assert expected != ((logits > 0.5).float() == y[32:]).float().mean().item()  # the data tells the two apart
     assert learn.history[-1]["acc"] == pytest.approx(expected) and learn.validate()["acc"] == pytest.approx(expected)
+
+
+
+def test_a_threshold_for_logits_is_refused_where_the_metrics_get_probabilities():
+    """BinaryAccuracy(threshold=0.), the way to score logits before MetricsCB gave such metrics sigmoids, would call
+    every item positive: 0.953 before, 0.375 after, silently."""
+    from torcheval.metrics import BinaryAccuracy
+    learn = Learner(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), make_dls(), nn.BCEWithLogitsLoss(),
+                    cbs=[MetricsCB(acc=BinaryAccuracy(threshold=0.))])
+    with pytest.raises(ValueError, match=r"acc thresholds at 0.0, but under a loss on logits .* give it a threshold "
+                                         r"between 0 and 1"):
+        learn.fit(1)
