@@ -1,7 +1,8 @@
 """`learn.export(path)`: a trained classifier in one file that loads without slowlearn's training code,
 the model's Python class or the data, and never runs code from the file.
 
-Format (version 1): a `torch.export` archive (a zip, `.pt2`, as `torch.export.save` writes it) holding
+Format (version 2; version 1 lacked `activation`): a `torch.export` archive (a zip, `.pt2`, as
+`torch.export.save` writes it) holding
 
 - `models/model.json`: the model's graph as a `torch.export` program, traced in eval mode (BatchNorm
   uses its running statistics, dropout is off) on the CPU, with a dynamic batch dimension. It takes
@@ -9,7 +10,7 @@ Format (version 1): a `torch.export` archive (a zip, `.pt2`, as `torch.export.sa
 - `data/weights/*`, `data/constants/*`: its parameters and buffers as raw bytes (never pickles), described
   by `data/weights/model_weights_config.json` and `data/constants/model_constants_config.json`.
 - `data/sample_inputs/model.pt`: empty (torch would unpickle it).
-- `extra/slowlearn.json`: `{"format": "slowlearn-export", "version": 1, "classes": [...],
+- `extra/slowlearn.json`: `{"format": "slowlearn-export", "version": 2, "classes": [...],
   "preprocessing": {...}, "activation": ..., "metadata": {...}}`. `activation` is what turns the logits into
   the predictions (`deploy.inference.activation_kind`, from the training loss): "softmax" over the classes,
   "sigmoid" per output (binary cross-entropy on logits: multi-label) or "none" (the outputs as they are: a
@@ -68,7 +69,8 @@ from .inference import activation_kind
 
 __all__ = ["export_learner", "export_format", "read_export", "ExportError", "FORMAT", "VERSION"]
 
-FORMAT, VERSION, META = "slowlearn-export", 1, "slowlearn.json"
+FORMAT, VERSION, META = "slowlearn-export", 2, "slowlearn.json"
+READABLE_VERSIONS = (1, 2)  # 2 records the activation (1: softmax); an older slowlearn refuses 2 rather than misread it
 _MEMBERS = re.compile(r"(archive_format|archive_version|byteorder|\.data/version|\.data/serialization_id|"
                       r"models/model\.json|data/sample_inputs/model\.pt|extra/slowlearn\.json|"
                       r"data/weights/(model_weights_config\.json|weight_\d+)|"
@@ -283,8 +285,12 @@ def _check_archive(archive: zipfile.ZipFile, path: Path) -> dict:
     if f"{root}extra/{META}" not in names:
         raise ExportError(f"{path} is not a slowlearn export (no extra/{META} record): write one with learn.export")
     meta = _json(archive, f"{root}extra/{META}", path)
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != VERSION:
-        raise ExportError(f"{path} is not a slowlearn export of format version {VERSION}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise ExportError(f"{path} is not a slowlearn export")
+    if meta.get("version") not in READABLE_VERSIONS:
+        raise ExportError(f"{path} is a slowlearn export of format version {meta.get('version')!r}, which this "
+                          f"slowlearn does not read (it reads versions {', '.join(map(str, READABLE_VERSIONS))}): "
+                          f"load it with the slowlearn that wrote it, or a newer one")
     unexpected = [n for n in names if not n.startswith(root) or not _MEMBERS.fullmatch(n[len(root):])]
     if unexpected or len(set(names)) != len(names):
         raise _refused(path, f"unexpected or repeated records {(unexpected or names)[:3]}")
