@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 from contextlib import contextmanager
 from functools import partial
@@ -266,6 +267,7 @@ def clear_earlier_run(out: Path) -> None:
     next to an interrupted new run's checkpoint, say)."""
     for name in (*RUN_FILES, *RUN_PICTURES):
         (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / "tensorboard", ignore_errors=True)  # --tensorboard's events: the runs' curves would mix
 
 
 class ClearEarlierRunCB(Callback):

@@ -570,6 +570,8 @@ def test_force_clears_the_earlier_run_once_the_new_one_starts_and_not_on_a_mista
     out = tmp_path / "out"
     common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--epochs", "1"]
     assert main(common) == 0
+    (out / "tensorboard").mkdir()
+    (out / "tensorboard" / "events.out.tfevents.1").write_bytes(b"")  # as --tensorboard writes them
     earlier = sorted(p.name for p in out.iterdir())
     assert refused(capsys, *common[:2], str(tmp_path / "nowhere"), *common[3:], "--force")  # a mistake in the data
     assert sorted(p.name for p in out.iterdir()) == earlier  # ... keeps the earlier run
@@ -580,4 +582,5 @@ def test_force_clears_the_earlier_run_once_the_new_one_starts_and_not_on_a_mista
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(Learner, "_step", ctrl_c)
         code, _ = run(capsys, *common, "--force")
-    assert code == 130 and not any((out / name).exists() for name in ("model.pt2", "checkpoint.pt", "loss.png"))
+    assert code == 130 and not any((out / name).exists() for name in ("model.pt2", "checkpoint.pt", "loss.png",
+                                                                       "tensorboard"))
