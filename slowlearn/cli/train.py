@@ -141,7 +141,7 @@ def _interrupt_in_cli_terms(args, out: Path):
         yield
     except KeyboardInterrupt:
         from ..distributed import rank0_print
-        again = "run the command again with --force" if _refused_again(args, out) else "run the command again"
+        again = _run_again(args, out)
         if _file_version(saved) in (None, found) and not (found and args.resume == "auto"):
             how = f"nothing was saved yet: {again}"
         elif args.recipe is not None or _fine_tuning(args):
@@ -163,9 +163,17 @@ def _file_version(path: Path) -> tuple[int, int] | None:
     return status.st_ino, status.st_mtime_ns
 
 
-def _refused_again(args, out: Path) -> bool:
-    """Whether the same command, run again, would refuse --out for the files this run has written there."""
-    return not args.force and args.resume is None and any((out / name).exists() for name in RUN_FILES)
+def _run_again(args, out: Path) -> str:
+    """How to run the command again from the start, after this run wrote files into --out that the same command
+    may refuse (`_check_out_is_free`): with --force, or (a --resume of another folder's run) once they are gone."""
+    try:
+        _check_out_is_free(args, out)
+    except CLIError:
+        if args.resume is None:
+            return "run the command again with --force"
+        written = ", ".join(name for name in RUN_FILES if (out / name).exists())
+        return f"delete this run's {written} in --out {args.out} and run the command again (or give another --out)"
+    return "run the command again"
 
 
 def _check_out_is_free(args, out: Path) -> None:

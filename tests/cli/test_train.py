@@ -419,6 +419,29 @@ def test_ctrl_c_before_a_run_saves_does_not_send_to_an_earlier_runs_checkpoint(c
     assert code == 130 and err[-1] == "slowlearn: interrupted; nothing was saved yet: run the command again"
 
 
+def test_ctrl_c_before_the_first_save_of_a_run_resumed_into_another_out_tells_a_command_it_then_takes(capsys,
+                                                                                                       tmp_path,
+                                                                                                       images):
+    """--resume a/checkpoint.pt --out b (b empty), stopped before its first save with its first rows in b's
+    metrics.csv: 'run the command again', said Ctrl-C, and the same command then refused b as holding a run."""
+    common = ["train", "--data", str(images), "--bs", "8", "--no-in-memory", "--workers", "0"]
+    assert main([*common, "--epochs", "1", "--out", str(tmp_path / "a")]) == 0
+    out = tmp_path / "b"
+    resumed = [*common, "--epochs", "2", "--resume", str(tmp_path / "a" / "checkpoint.pt"), "--out", str(out)]
+
+    def ctrl_c(state, path):
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint_module, "write_atomically", ctrl_c)  # at the resumed epoch's end: its rows written
+        code, err = run(capsys, *resumed)
+    assert code == 130 and err[-1] == (f"slowlearn: interrupted; nothing was saved yet: delete this run's metrics.csv "
+                                       f"in --out {out} and run the command again (or give another --out)")
+    (out / "metrics.csv").unlink()
+    assert main(resumed) == 0
+    assert read_checkpoint(out / "checkpoint.pt")["epoch"] == 2
+
+
 def test_train_a_pretrained_torchvision_model_then_export_and_predict(capsys, tmp_path, torchvision_cache):
     torchvision_cache("resnet18")
     data = make_folder(tmp_path / "pets", n_per_class=4, size=16)
