@@ -279,15 +279,15 @@ def clear_earlier_run(out: Path) -> None:
 
 
 class ClearEarlierRunCB(Callback):
-    """--force in one process: clears --out's earlier run when the first fit starts, once the data and the model
-    are made (a mistake in them leaves the earlier run as it was)."""
+    """--force in one process: clears --out's earlier run once the first batch has given a loss, before anything is
+    written there (a mistake in the data, the model or --bs, found by then, leaves the earlier run as it was)."""
 
     order = -100  # before the loggers and CheckpointCB look at --out
 
     def __init__(self, out: Path):
         self.out, self.cleared = out, False
 
-    def before_fit(self, learn) -> None:
+    def after_loss(self, learn) -> None:
         from ..distributed import is_rank0
         if not self.cleared and is_rank0():
             clear_earlier_run(self.out)

@@ -607,3 +607,14 @@ def test_force_clears_the_earlier_run_once_the_new_one_starts_and_not_on_a_mista
         code, _ = run(capsys, *common, "--force")
     assert code == 130 and not any((out / name).exists() for name in ("model.pt2", "checkpoint.pt", "loss.png",
                                                                        "tensorboard"))
+
+
+def test_force_keeps_the_earlier_run_when_a_mistake_is_found_at_the_first_batch(capsys, tmp_path, images):
+    """--force --bs 11 of 12 training images (a BatchNorm layer would get one image), refused in one line at the first
+    batch: the earlier run's files had gone already, when the first fit started."""
+    out = tmp_path / "out"
+    common = ["train", "--data", str(images), "--out", str(out), "--epochs", "1"]
+    assert main([*common, "--bs", "8"]) == 0
+    earlier = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert "--bs 11 leaves 1 of the 12 training images alone" in refused(capsys, *common, "--bs", "11", "--force")
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
