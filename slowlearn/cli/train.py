@@ -3,9 +3,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from functools import partial
 from pathlib import Path
 
@@ -275,7 +274,11 @@ def clear_earlier_run(out: Path) -> None:
     next to an interrupted new run's checkpoint, say)."""
     for name in (*RUN_FILES, *RUN_PICTURES):
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / "tensorboard", ignore_errors=True)  # --tensorboard's events: the runs' curves would mix
+    board = out / "tensorboard"  # --tensorboard's event files, or the runs' curves would mix (the user's files stay)
+    for events in board.glob("events.out.tfevents.*"):
+        events.unlink(missing_ok=True)
+    with suppress(OSError):  # the folder, when that left it empty
+        board.rmdir()
 
 
 class ClearEarlierRunCB(Callback):

@@ -618,3 +618,19 @@ def test_force_keeps_the_earlier_run_when_a_mistake_is_found_at_the_first_batch(
     earlier = {p.name: p.read_bytes() for p in out.iterdir()}
     assert "--bs 11 leaves 1 of the 12 training images alone" in refused(capsys, *common, "--bs", "11", "--force")
     assert {p.name: p.read_bytes() for p in out.iterdir()} == earlier
+
+
+def test_force_replaces_the_earlier_runs_tensorboard_events_and_not_the_users_files_beside_them(tmp_path, images):
+    """--force removed the whole of --out/tensorboard: the user's own runs logged into folders under it too."""
+    out = tmp_path / "out"
+    common = ["train", "--data", str(images), "--bs", "8", "--out", str(out), "--epochs", "1", "--tensorboard"]
+    assert main(common) == 0
+    earlier = {p.name for p in (out / "tensorboard").glob("events.out.tfevents.*")}
+    mine = [out / "tensorboard" / "notebook" / "events.out.tfevents.1", out / "tensorboard" / "notes.txt"]
+    mine[0].parent.mkdir()
+    for path in mine:
+        path.write_text("the user's")
+    assert earlier and main([*common, "--force"]) == 0
+    events = {p.name for p in (out / "tensorboard").glob("events.out.tfevents.*")}
+    assert events and not events & earlier  # the new run's only
+    assert all(path.read_text() == "the user's" for path in mine)
