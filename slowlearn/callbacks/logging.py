@@ -362,7 +362,8 @@ class CSVLoggerCB(LoggerCB):
 
     def __init__(self, path: str | os.PathLike, append: bool = False):
         self.path, self.append = Path(path), append
-        self._end = 0  # the log's size in bytes after the last row of this run: what a resume keeps
+        self._end = 0  # the log's size in bytes after the last row of this run
+        self._lines = 0  # and its lines then, the header's included: what a resume keeps (a later fit may rewrite it)
         self._started, self._resume_at = False, None  # _started: a fit of this callback has begun the file
 
     @property
@@ -375,7 +376,8 @@ class CSVLoggerCB(LoggerCB):
         self._keep_rows = self.append or self._started
         if self._resume_at is None:  # else a finished fit's checkpoint, restored before this fit (fine_tune going on
             # from the frozen stage's end), said where the file ends: its rows are kept, as if the process had lived on
-            self._end = self.path.stat().st_size if self._keep_rows and self.path.is_file() else 0
+            kept = self._keep_rows and self.path.is_file()
+            self._end, self._lines = (self.path.stat().st_size, self._line_count()) if kept else (0, 0)
         learn.log_files.append(self.path)
 
     def cleanup_fit(self, learn) -> None:
@@ -397,7 +399,7 @@ class CSVLoggerCB(LoggerCB):
             self._open_file()
         with open(self.path, "a", newline="") as f:
             csv.DictWriter(f, self._columns, extrasaction="ignore").writerow(row)
-            self._end = f.tell()
+            self._end, self._lines = f.tell(), self._lines + 1
 
     def _open_file(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -408,8 +410,10 @@ class CSVLoggerCB(LoggerCB):
         elif self._resume_at is not None or not (self._keep_rows and self.path.exists()):
             with open(self.path, "w", newline="") as f:
                 csv.writer(f).writerow(self._columns)
+            self._lines = 1
             return
         self._columns = self._kept_columns()
+        self._lines = self._line_count()
 
     def _kept_columns(self) -> list[str]:
         """The columns of the file that this fit adds rows to: its header, and at its end the columns of this fit
@@ -424,17 +428,25 @@ class CSVLoggerCB(LoggerCB):
         return header + new
 
     def state_dict(self) -> dict:
-        return {"end": self._end}
+        return {"end": self._end, "lines": self._lines}
 
     def load_state_dict(self, state: dict) -> None:
-        self._resume_at = self._end = state["end"] if "end" in state else self._legacy_end(state["rows"])
+        if "lines" in state:  # whole lines: a later fit's new column may have written the file again since
+            self._lines = state["lines"]
+            self._resume_at = self._end = self._size_of_lines(self._lines)
+        else:  # checkpoints written before "lines" hold the size, and before "end" the number of this run's rows
+            self._resume_at = self._end = state["end"] if "end" in state else self._size_of_lines(1 + state["rows"])
 
-    def _legacy_end(self, rows: int) -> int:
-        """Checkpoints written before "end" hold the number of rows this run had written."""
+    def _size_of_lines(self, lines: int) -> int:
+        """The size in bytes of the file's first `lines` lines (of all of them where it has fewer; 0 without it)."""
         if not self.path.exists():
             return 0
         with open(self.path, "rb") as f:
-            return sum(len(line) for line in f.readlines()[:1 + rows])
+            return sum(len(line) for line in f.readlines()[:lines])
+
+    def _line_count(self) -> int:
+        with open(self.path, "rb") as f:
+            return sum(1 for _ in f)
 
 
 class MLflowCB(ScalarLoggerCB):

@@ -377,6 +377,38 @@ def test_a_csv_log_keeps_its_columns_when_a_later_fit_adds_a_metric(tmp_path):
     assert [row["accuracy"] != "" for row in rows] == [False, False, True, True, False, False]
     assert [float(row["loss"]) for row in rows] == [row["loss"] for row in learn.history]
 
+class InterruptAfterTraining(Callback):
+    """A KeyboardInterrupt once a fit's first training phase has its CSV row (before validation and the checkpoint)."""
+
+    order = 95
+
+    def after_epoch(self, learn):
+        if learn.training:
+            raise KeyboardInterrupt
+
+
+def test_a_csv_log_resumed_from_before_a_later_fit_added_a_column_keeps_whole_rows(tmp_path):
+    """The later fit's new metric rewrote the file with the new column (each row one comma longer), then Ctrl-C
+    before its checkpoint; resumed from the checkpoint of the fit before, the file was cut at that checkpoint's byte
+    count, in the middle of a row, and the resumed rows were added after it."""
+    import csv
+    log, checkpoint = tmp_path / "metrics.csv", tmp_path / "checkpoint.pt"
+
+    def make():
+        torch.manual_seed(0)
+        return Learner(nn.Linear(3, 3), dls(), lr=0.1, cbs=[CSVLoggerCB(log), CheckpointCB(checkpoint)])
+
+    learn = make()
+    learn.fit(1, cbs=[MetricsCB()])
+    with pytest.raises(KeyboardInterrupt):
+        learn.fit(2, cbs=[MetricsCB(accuracy=MulticlassAccuracy()), InterruptAfterTraining()])
+    make().fit(2, cbs=[MetricsCB(accuracy=MulticlassAccuracy())], resume=checkpoint)
+    with open(log, newline="") as f:
+        rows = list(csv.reader(f))
+    assert rows[0] == ["loss", "epoch", "phase", "lr", "time", "accuracy"] and {len(row) for row in rows} == {6}
+    assert [row[1:3] for row in rows[1:]] == [["0", "train"], ["0", "valid"], ["1", "train"], ["1", "valid"]]
+
+
 class InterruptTheSecondFit(Interrupt):
     """Interrupt's KeyboardInterrupt, in the second fit only (fine_tune's unfrozen stage)."""
 
