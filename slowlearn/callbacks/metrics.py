@@ -1,6 +1,7 @@
 """MetricsCB: the loss and torcheval metrics per epoch and phase, accumulated on the device."""
 from __future__ import annotations
 
+import numbers
 import sys
 from collections.abc import Callable
 from functools import partial
@@ -167,7 +168,9 @@ def _check_thresholds_of_probabilities(metrics: dict) -> None:
     call every item one class, silently."""
     for name, metric in metrics.items():
         threshold = getattr(metric, "threshold", None)
-        if isinstance(threshold, (int, float)) and not 0 < threshold < 1:
+        if isinstance(threshold, torch.Tensor) and threshold.ndim == 0:  # not a binned metric's tensor of bins
+            threshold = threshold.item()
+        if isinstance(threshold, numbers.Real) and not 0 < threshold < 1:  # numpy's floats too
             raise ValueError(f"MetricsCB: {name} thresholds at {threshold}, but under a loss on logits (binary "
                              f"cross-entropy with logits) the metrics get probabilities, the sigmoids of the outputs: "
                              f"give it a threshold between 0 and 1 (0.5, torcheval's default, for the logits' 0)")

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -211,4 +212,15 @@ def test_a_threshold_for_logits_is_refused_where_the_metrics_get_probabilities()
                     cbs=[MetricsCB(acc=BinaryAccuracy(threshold=0.))])
     with pytest.raises(ValueError, match=r"acc thresholds at 0.0, but under a loss on logits .* give it a threshold "
                                          r"between 0 and 1"):
+        learn.fit(1)
+
+
+@pytest.mark.parametrize("threshold", [torch.tensor(0.), np.float32(0.)], ids=["tensor", "numpy"])
+def test_a_threshold_for_logits_given_as_a_tensor_or_a_numpy_number_is_refused_too(threshold):
+    """BinaryAccuracy keeps the threshold as given: a tensor or a numpy float32 of 0 was let through, and called every
+    item positive, silently. A binned metric's `threshold` (a tensor of bins) is no threshold of probabilities."""
+    from torcheval.metrics import BinaryAccuracy, BinaryBinnedAUROC
+    learn = Learner(nn.Sequential(nn.Linear(3, 1), nn.Flatten(0)), make_dls(), nn.BCEWithLogitsLoss(),
+                    cbs=[MetricsCB(acc=BinaryAccuracy(threshold=threshold), auroc=BinaryBinnedAUROC(threshold=1))])
+    with pytest.raises(ValueError, match=r"acc thresholds at 0.0, but under a loss on logits"):
         learn.fit(1)
