@@ -185,7 +185,8 @@ def _check_out_is_free(args, out: Path) -> None:
     if not found or args.force or args.resume == "auto":
         return
     if args.resume is not None:  # a checkpoint of --out's run goes on there; another run's would replace it
-        if Path(args.resume).resolve().parent != out.resolve():
+        resume = Path(args.resume)  # (not a file: _resume_options says so)
+        if resume.is_file() and resume.resolve().parent != out.resolve():
             raise CLIError(f"--out {args.out} holds an earlier run ({', '.join(found)}), and --resume {args.resume} "
                            f"continues another: give that run's own --out, or another --out")
         return

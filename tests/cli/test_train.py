@@ -634,3 +634,11 @@ def test_force_replaces_the_earlier_runs_tensorboard_events_and_not_the_users_fi
     events = {p.name for p in (out / "tensorboard").glob("events.out.tfevents.*")}
     assert events and not events & earlier  # the new run's only
     assert all(path.read_text() == "the user's" for path in mine)
+
+
+def test_resume_given_the_runs_folder_is_told_to_give_its_checkpoint_file(capsys, two_epoch_run, images):
+    """--resume runs/x --out runs/x (the folder, as `slowlearn export` takes it) was told that it continues another
+    run than runs/x's."""
+    message = refused(capsys, "train", "--data", str(images), "--bs", "4", "--epochs", "3", "--resume",
+                      str(two_epoch_run), "--out", str(two_epoch_run))
+    assert message == f"slowlearn: error: --resume {two_epoch_run}: no such checkpoint file"
