@@ -295,6 +295,7 @@ class ClearEarlierRunCB(Callback):
         from ..distributed import is_rank0
         if not self.cleared and is_rank0():
             clear_earlier_run(self.out)
+        learn.dispatch.set_active(self, "after_loss", False)  # once is all: the fit's other batches skip the call
         self.cleared = True
 
 
