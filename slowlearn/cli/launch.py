@@ -12,11 +12,14 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-__all__ = ["torchrun_command", "launch_local", "RESTART_ENV"]
+__all__ = ["torchrun_command", "launch_local", "RESTART_ENV", "LAUNCHED_ENV"]
 
 # Without it a restarted run on gloo hung or failed in 5 of 8 tries here (PyTorch issue #135712): the new
 # processes reach the rendezvous store of the agent's first round. It must be set before torchrun starts.
 RESTART_ENV = {"TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
+# Set for the processes: after a Ctrl-C the launcher alone says how to go on (the processes' own command, with
+# the --resume auto or --force it adds, is not the user's)
+LAUNCHED_ENV = "SLOWLEARN_LAUNCHED"
 LAUNCH_OPTIONS = ("--nproc", "--max-restarts", "--resume")  # the launcher's own: not passed to the processes
 LAUNCH_FLAGS = ("--force",)  # the same, for options that take no value
 
@@ -60,7 +63,7 @@ def launch_local(argv: Sequence[str], nproc: int, max_restarts: int, resume: boo
     starts = "resuming from the last checkpoint" if resume else "each start from the beginning"
     print(f"Launching {nproc} process{'es' * (nproc > 1)} (restarted up to {max_restarts} times, {starts}): "
           f"{' '.join(f'{k}={v}' for k, v in RESTART_ENV.items())} {shlex.join(command)}", flush=True)
-    child = subprocess.Popen(command, env={**os.environ, **RESTART_ENV})
+    child = subprocess.Popen(command, env={**os.environ, **RESTART_ENV, LAUNCHED_ENV: "1"})
     previous = signal.signal(signal.SIGTERM, lambda signum, frame: child.send_signal(signal.SIGTERM))
     try:
         return child.wait()

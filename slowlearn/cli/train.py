@@ -140,6 +140,9 @@ def _interrupt_in_cli_terms(args, out: Path):
         yield
     except KeyboardInterrupt:
         from ..distributed import rank0_print
+        from .launch import LAUNCHED_ENV
+        if os.environ.get(LAUNCHED_ENV):  # one of --nproc's processes: the launcher says how to go on
+            raise SystemExit(130) from None
         again = _run_again(args, out)
         if _file_version(saved) in (None, found) and not (found and args.resume == "auto"):
             how = f"nothing was saved yet: {again}"

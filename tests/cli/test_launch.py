@@ -38,23 +38,23 @@ def test_the_launcher_sets_the_rendezvous_setting_before_torchrun_starts(monkeyp
 
 
 def test_ctrl_c_waits_for_the_processes_and_exits_130_without_a_traceback(monkeypatch, tmp_path, capsys):
-    """Ctrl-C reaches torchrun and the processes as well (rank 0 says how to go on): the launcher waits for them to
+    """Ctrl-C reaches torchrun and the processes as well (the launcher alone says how to go on): it waits for them to
     stop rather than ending in a traceback of its own."""
     waits = []
 
     class Child:
         def __init__(self, command, env):
-            pass
+            waits.append(env)
 
         def wait(self):
             waits.append(1)
-            if len(waits) == 1:
+            if len(waits) == 2:
                 raise KeyboardInterrupt
             return -2  # torchrun stopped by the signal
     monkeypatch.setattr(launch.subprocess, "Popen", Child)
     root = make_folder(tmp_path / "pets", n_per_class=2)
     code = main(["train", "--data", str(root), "--nproc", "2", "--out", str(tmp_path / "out")])
-    assert code == 130 and len(waits) == 2
+    assert code == 130 and len(waits) == 3 and waits[0][launch.LAUNCHED_ENV] == "1"  # the processes stay quiet
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
         "slowlearn: interrupted; the processes stopped: the same command with --resume auto goes on from the last "
         "checkpoint")

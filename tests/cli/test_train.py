@@ -642,3 +642,17 @@ def test_resume_given_the_runs_folder_is_told_to_give_its_checkpoint_file(capsys
     message = refused(capsys, "train", "--data", str(images), "--bs", "4", "--epochs", "3", "--resume",
                       str(two_epoch_run), "--out", str(two_epoch_run))
     assert message == f"slowlearn: error: --resume {two_epoch_run}: no such checkpoint file"
+
+
+def test_a_process_of_the_launcher_leaves_saying_how_to_go_on_to_it(capsys, tmp_path, images, monkeypatch):
+    """Rank 0 of --nproc said "run the command again" of its own command (the launcher adds --resume auto to it),
+    and the launcher another command: two instructions, the first refused once --out held the run's files."""
+    from slowlearn.cli.launch import LAUNCHED_ENV
+    monkeypatch.setenv(LAUNCHED_ENV, "1")
+
+    def ctrl_c(learn):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Learner, "_step", ctrl_c)
+    code, err = run(capsys, "train", "--data", str(images), "--bs", "8", "--out", str(tmp_path / "out"))
+    assert code == 130 and not [line for line in err if "interrupted" in line]
