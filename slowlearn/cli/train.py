@@ -99,11 +99,12 @@ def train_command(args) -> int:
                                      resume=args.resume, verbose=args.verbose, precision=args.precision)
             except CheckpointError as e:  # saved from another --model or --opt: found before training starts
                 raise CLIError(f"--resume {args.resume}: {e}") from e
-    figures = (learn.recorder.plot(), learn.progress.plot_loss(), plot_metrics(learn), plot_confusion_matrix(learn))
-    for fig, name in zip(figures, RUN_PICTURES):  # lr and momentum, loss curves, metrics per epoch, confusion matrix
-        save_png(fig, out / name)
-    if is_rank0():
-        learn.export(out / "model.pt2")
+    with _interrupt_while_writing_results(args, out):
+        figures = (learn.recorder.plot(), learn.progress.plot_loss(), plot_metrics(learn), plot_confusion_matrix(learn))
+        for fig, name in zip(figures, RUN_PICTURES):  # lr and momentum, loss, metrics per epoch, confusion matrix
+            save_png(fig, out / name)
+        if is_rank0():
+            learn.export(out / "model.pt2")
     written = ["metrics.csv", "checkpoint.pt", "model.pt2 (slowlearn predict)", *RUN_PICTURES]
     rank0_print(f"Wrote to {out}/: " + ", ".join(written + ["tensorboard/"] * args.tensorboard))
     if tracker is not None and tracker.run_id is not None:
@@ -153,6 +154,21 @@ def _interrupt_in_cli_terms(args, out: Path):
                    f"batches): continue it with the same command and --resume auto"
                    f"{' in place of --force' * args.force}")  # which refuses --resume
         rank0_print(f"slowlearn: interrupted; {how}", file=sys.stderr, flush=True)
+        raise SystemExit(130) from None
+
+
+@contextmanager
+def _interrupt_while_writing_results(args, out: Path):
+    """Ctrl-C after training, while the pictures and model.pt2 are written: one line saying what holds the trained
+    run and how to get model.pt2 (--resume would train nothing), exit code 130."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        from ..distributed import rank0_print
+        how = ("run the command again with --force" if args.recipe is not None else
+               f"`slowlearn export {args.out}` with the run's --data and --model options writes model.pt2 from it")
+        rank0_print(f"slowlearn: interrupted after training, while writing the results: {out / 'checkpoint.pt'} holds "
+                    f"the trained run; {how}", file=sys.stderr, flush=True)
         raise SystemExit(130) from None
 
 

@@ -656,3 +656,20 @@ def test_a_process_of_the_launcher_leaves_saying_how_to_go_on_to_it(capsys, tmp_
     monkeypatch.setattr(Learner, "_step", ctrl_c)
     code, err = run(capsys, "train", "--data", str(images), "--bs", "8", "--out", str(tmp_path / "out"))
     assert code == 130 and not [line for line in err if "interrupted" in line]
+
+
+def test_ctrl_c_while_the_results_are_written_says_how_to_get_the_model(capsys, tmp_path, images, monkeypatch):
+    """After training, a Ctrl-C during the pictures or the export ended in a traceback."""
+    from slowlearn import display
+
+    def ctrl_c(fig, path):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(display, "save_png", ctrl_c)
+    out = tmp_path / "out"
+    code, err = run(capsys, "train", "--data", str(images), "--bs", "8", "--out", str(out), "--epochs", "1")
+    assert code == 130 and err[-1] == (f"slowlearn: interrupted after training, while writing the results: "
+                                       f"{out / 'checkpoint.pt'} holds the trained run; `slowlearn export {out}` with "
+                                       f"the run's --data and --model options writes model.pt2 from it")
+    monkeypatch.undo()
+    assert main(["export", str(out), "--data", str(images)]) == 0 and (out / "model.pt2").is_file()
