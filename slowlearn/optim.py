@@ -24,11 +24,6 @@ from .arguments import check_range
 __all__ = ["SGD", "MomentumSGD", "RMSProp", "AdaGrad", "AdaDelta", "Adam", "AdamW"]
 
 
-def _check_range(name: str, value: float, low: float, high: float | None = None, low_open: bool = False,
-                 high_open: bool = True) -> None:
-    check_range(name, value, low, high, low_open=low_open, high_open=high_open)
-
-
 # torch.optim's keyword arguments that slowlearn's optimizers name otherwise, or do not have
 TORCH_NAMES = {"weight_decay": "wd", "momentum": "mom"}
 TORCH_ONLY = ("amsgrad", "maximize", "foreach", "capturable", "differentiable", "fused", "decoupled_weight_decay")
@@ -63,18 +58,18 @@ class ForeachOptimizer(Optimizer):
         super().load_state_dict(state_dict)
 
     def check_hyperparameters(self, group: dict) -> None:
-        _check_range("lr", group["lr"], 0.)
-        _check_range("weight_decay", group.get("weight_decay", 0.), 0.)
+        check_range("lr", group["lr"], 0.)
+        check_range("weight_decay", group.get("weight_decay", 0.), 0.)
         if "momentum" in group:
-            _check_range("momentum", group["momentum"], 0., 1.)
+            check_range("momentum", group["momentum"], 0., 1.)
         if "betas" in group:
             betas = group["betas"]
             if not isinstance(betas, (tuple, list)) or len(betas) != 2:
                 raise ValueError(f"Invalid betas: {betas!r} (must be two numbers (beta1, beta2), each in [0, 1))")
             for i, beta in enumerate(betas):
-                _check_range(f"beta{i + 1}", beta, 0., 1.)
+                check_range(f"beta{i + 1}", beta, 0., 1.)
         if "eps" in group:
-            _check_range("eps", group["eps"], 0., low_open=True)
+            check_range("eps", group["eps"], 0., low_open=True)
 
     def init_state(self, p: Tensor, group: dict) -> dict:
         """The state of a parameter before its first step (override)."""
@@ -200,7 +195,7 @@ class MomentumSGD(ForeachOptimizer):
     def check_hyperparameters(self, group):
         super().check_hyperparameters(group)
         if group["dampening"] is not None:
-            _check_range("dampening", group["dampening"], 0., 1., high_open=False)
+            check_range("dampening", group["dampening"], 0., 1., high_open=False)
 
     def init_state(self, p, group):
         return {"momentum_buffer": _zeros(p)}
@@ -251,7 +246,7 @@ class RMSProp(ForeachOptimizer):
 
     def check_hyperparameters(self, group):
         super().check_hyperparameters(group)
-        _check_range("alpha", group["alpha"], 0., 1.)
+        check_range("alpha", group["alpha"], 0., 1.)
         if group["v_init"] not in ("zero", "grad"):
             raise ValueError(f"Invalid v_init: {group['v_init']!r} (must be 'zero' or 'grad')")
 
@@ -318,7 +313,7 @@ class AdaGrad(ForeachOptimizer):
 
     def check_hyperparameters(self, group):
         super().check_hyperparameters(group)
-        _check_range("initial_accumulator_value", group["initial_accumulator_value"], 0.)
+        check_range("initial_accumulator_value", group["initial_accumulator_value"], 0.)
 
     def init_state(self, p, group):
         return {"step": 0, "sum": torch.full_like(p, group["initial_accumulator_value"],
@@ -358,7 +353,7 @@ class AdaDelta(ForeachOptimizer):
 
     def check_hyperparameters(self, group):
         super().check_hyperparameters(group)
-        _check_range("rho", group["rho"], 0., 1.)
+        check_range("rho", group["rho"], 0., 1.)
 
     def init_state(self, p, group):
         return {"step": 0, "square_avg": _zeros(p), "acc_delta": _zeros(p)}
