@@ -189,7 +189,7 @@ def _run_again(args, out: Path) -> str:
     except CLIError:
         if args.resume is None:
             return "run the command again with --force"
-        written = ", ".join(name for name in RUN_FILES if (out / name).exists())
+        written = ", ".join(_run_files_in(out))
         return f"delete this run's {written} in --out {args.out} and run the command again (or give another --out)"
     return "run the command again"
 
@@ -200,7 +200,7 @@ def _check_out_is_free(args, out: Path) -> None:
     it."""
     if args.force and args.resume is not None:
         raise CLIError(f"--force starts afresh over --out's run and --resume {args.resume} continues a run: give one")
-    found = [name for name in RUN_FILES if (out / name).exists()]
+    found = _run_files_in(out)
     if not found or args.force or args.resume == "auto":
         return
     if args.resume is not None:  # a checkpoint of --out's run goes on there; another run's would replace it
@@ -209,10 +209,19 @@ def _check_out_is_free(args, out: Path) -> None:
             raise CLIError(f"--out {args.out} holds an earlier run ({', '.join(found)}), and --resume {args.resume} "
                            f"continues another: give that run's own --out, or another --out")
         return
-    resumable = args.recipe is None and not _fine_tuning(args)
     raise CLIError(f"--out {args.out} holds an earlier run ({', '.join(found)}): "
-                   f"{'continue it with --resume auto, ' * resumable}start afresh over it with --force, "
+                   f"{'continue it with --resume auto, ' * _resumable(args)}start afresh over it with --force, "
                    f"or give another --out")
+
+
+def _run_files_in(out: Path) -> list[str]:
+    """The files of RUN_FILES that --out holds: an earlier run's."""
+    return [name for name in RUN_FILES if (out / name).exists()]
+
+
+def _resumable(args) -> bool:
+    """Whether the run can resume: a recipe and fine-tuning refuse --resume (each start is afresh)."""
+    return args.recipe is None and not _fine_tuning(args)
 
 
 def _fine_tuning(args) -> bool:
@@ -244,7 +253,7 @@ def _launch(args) -> int:
                        f"which its restarts use too): copy the checkpoint there and give --resume auto")
     if "WORLD_SIZE" in os.environ:
         raise CLIError("--nproc: this command already runs under torchrun (WORLD_SIZE is set): leave --nproc out")
-    resumable = args.recipe is None and not _fine_tuning(args)  # those two refuse --resume: each start is afresh
+    resumable = _resumable(args)
     checked = argparse.Namespace(**{**vars(args), "resume": "auto" if resumable else None})
     if args.force:  # the first start must not resume the earlier run (later starts resume this one)
         checked.resume = None
@@ -305,7 +314,7 @@ class ClearEarlierRunCB(Callback):
     """--force in one process: clears --out's earlier run once the first batch has given a loss, before anything is
     written there (a mistake in the data, the model or --bs, found by then, leaves the earlier run as it was)."""
 
-    order = -100  # before the loggers and CheckpointCB look at --out
+    order = -100  # the first handler of the first batch's after_loss: nothing is written to --out before then
 
     def __init__(self, out: Path):
         self.out, self.cleared = out, False
