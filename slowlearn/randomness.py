@@ -3,13 +3,15 @@ and the loaders' own generators) that checkpoints and sweeps save and restore.""
 from __future__ import annotations
 
 import random
+from contextlib import contextmanager
 
 import numpy as np
 import torch
 
 from .arguments import MAX_SEED, check_range
 
-__all__ = ["set_seed", "randomness", "restore_randomness", "peek_batch", "rng_states", "set_rng_states", "loader_generators"]
+__all__ = ["set_seed", "randomness", "restore_randomness", "random_states_kept", "peek_batch", "rng_states",
+           "set_rng_states", "loader_generators"]
 
 
 def set_seed(seed: int, deterministic: bool = False) -> None:
@@ -64,14 +66,22 @@ def restore_randomness(dls, saved: dict) -> None:
             dl.epoch_start_state = saved["epoch_starts"][split]
 
 
+@contextmanager
+def random_states_kept(dls):
+    """Within it, draw as you like: the global RNGs and the loaders' generators (`randomness(dls)`) are put back as
+    they were afterwards, so that the next fit gets the batches it would have had."""
+    saved = randomness(dls)
+    try:
+        yield
+    finally:
+        restore_randomness(dls, saved)
+
+
 def peek_batch(dls, loader=None):
     """The first batch of `loader` (default: `dls.train`), drawing nothing that training would: its order and
     augmentation draw on the loaders' generators and the global RNGs, which are put back as they were."""
-    saved = randomness(dls)
-    try:
+    with random_states_kept(dls):
         return next(iter(loader if loader is not None else dls.train))
-    finally:
-        restore_randomness(dls, saved)
 
 
 def _loaders(dls) -> list[tuple[str, object]]:

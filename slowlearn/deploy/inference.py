@@ -13,7 +13,7 @@ from torch import nn
 
 from ..data import as_items, preprocessing_of, to_batch
 from ..device import model_device, to_device
-from ..randomness import randomness, restore_randomness
+from ..randomness import random_states_kept
 
 __all__ = ["Preds", "Prediction", "get_preds", "predict", "prediction", "validate",
            "confusion_matrix", "activation", "activation_kind", "metric_inputs", "ACTIVATIONS"]
@@ -65,25 +65,24 @@ def _predictions(learn, dl, with_input: bool, with_loss: bool, tta: bool, owner:
     loss_per_item = _per_item_loss(learn.loss_func, owner) if with_loss else None
     preds, targets, inputs, losses = [], [], [], []
     learn.model.eval()
-    saved = randomness(learn.dls)
     try:
-        for xb, yb, *rest in dl:  # (inputs, targets, ...): what follows the targets (weights, masks) goes to the loss
-            xb, yb, *rest = to_device((xb, yb, *rest), device)
-            out = learn.model(xb).float()
-            activate, undo = activation(learn.loss_func, out) if probabilities else (_as_is, _as_is)
-            probs = activate(out)
-            if tta:
-                probs = (probs + activate(learn.model(xb.flip(-1)).float())) / 2
-                out = undo(probs)  # so that per-item losses score the averaged prediction
-            preds.append(probs)
-            targets.append(yb)
-            if with_input:
-                inputs.append(xb)
-            if with_loss:
-                losses.append(loss_per_item(out, yb, *rest))
+        with random_states_kept(learn.dls):  # a shuffled or augmented loader draws nothing a fit would
+            for xb, yb, *rest in dl:  # (inputs, targets, ...): what follows the targets goes to the loss
+                xb, yb, *rest = to_device((xb, yb, *rest), device)
+                out = learn.model(xb).float()
+                activate, undo = activation(learn.loss_func, out) if probabilities else (_as_is, _as_is)
+                probs = activate(out)
+                if tta:
+                    probs = (probs + activate(learn.model(xb.flip(-1)).float())) / 2
+                    out = undo(probs)  # so that per-item losses score the averaged prediction
+                preds.append(probs)
+                targets.append(yb)
+                if with_input:
+                    inputs.append(xb)
+                if with_loss:
+                    losses.append(loss_per_item(out, yb, *rest))
     finally:
         learn.model.train(was_training)
-        restore_randomness(learn.dls, saved)
     if not preds:  # a loader without len() that gave nothing
         raise ValueError(_empty(owner, dl))
     cat = lambda ts: torch.cat(ts).cpu() if ts else None  # noqa: E731
