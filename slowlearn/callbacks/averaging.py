@@ -11,7 +11,7 @@ from ..callback import Callback
 from ..device import bare_model, model_device, to_device
 from ..distributed import all_reduce_mean
 from ..groups import stays_in_eval
-from ..randomness import randomness, restore_randomness
+from ..randomness import random_states_kept
 
 __all__ = ["WeightAveragingCB", "LookaheadCB", "update_bn"]
 
@@ -290,24 +290,24 @@ def update_bn(learn, averaging: WeightAveragingCB | None = None) -> None:
     held = averaging is not None and averaging._stash is not None
     if averaging is not None:
         averaging._hold_average()
-    momenta, was_training, saved = [m.momentum for m in norms], model.training, randomness(learn.dls)
+    momenta, was_training = [m.momentum for m in norms], model.training
     device = model_device(model)
-    try:
-        for m in norms:
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the pass
-        model.train()
-        for batch in learn.dls.train:
-            model(to_device(batch[0], device))
-        for m in norms:
-            all_reduce_mean(m.running_mean)
-            all_reduce_mean(m.running_var)
-        if averaging is not None:
-            _copy(list(averaging._avg.values()), averaging._live)
-    finally:
-        for m, momentum in zip(norms, momenta):
-            m.momentum = momentum
-        model.train(was_training)
-        restore_randomness(learn.dls, saved)
-        if averaging is not None and not held:
-            averaging._release_average()
+    with random_states_kept(learn.dls):  # the pass over the training loader draws nothing a fit would
+        try:
+            for m in norms:
+                m.reset_running_stats()
+                m.momentum = None  # a cumulative average over the pass
+            model.train()
+            for batch in learn.dls.train:
+                model(to_device(batch[0], device))
+            for m in norms:
+                all_reduce_mean(m.running_mean)
+                all_reduce_mean(m.running_var)
+            if averaging is not None:
+                _copy(list(averaging._avg.values()), averaging._live)
+        finally:
+            for m, momentum in zip(norms, momenta):
+                m.momentum = momentum
+            model.train(was_training)
+            if averaging is not None and not held:
+                averaging._release_average()
